@@ -1,0 +1,50 @@
+# The two commands: `make demo` runs the whole loop on the embedded default; `make test` runs the tests.
+# Both create the virtual environment on first use (pinned in requirements.lock).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+export DO_NOT_TRACK := 1
+export BENTOML_DO_NOT_TRACK := true
+export DVC_NO_ANALYTICS := 1
+export GX_ANALYTICS_ENABLED := false
+export TOKENIZERS_PARALLELISM := false
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install demo test test-fast lint format lock clean bench
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first, from its CPU wheel, so nothing pulls a multi-GB CUDA build
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/rlhf demo
+
+# Unit + integration + e2e (the e2e tests load the real default model; a few minutes on 2 CPU cores).
+test: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test-fast: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
+
+lock: install
+	$(PY) -m pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu/torch==\1/' > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,86 @@
+"""One source of truth for where things live.
+
+Two roots:
+- the *project root* (the git + DVC repository): ``data/``, ``models/``, ``metrics/``, ``reports/``;
+- the *home* (``$RLHF_HOME``, default ``~/.cache/rlhf-loop``): prepared base models and the local
+  DVC remote, which are shared between checkouts and never committed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def rlhf_home() -> Path:
+    """Cache folder for prepared base models and the default DVC remote (``$RLHF_HOME``)."""
+    env = os.environ.get("RLHF_HOME")
+    home = Path(env) if env else Path.home() / ".cache" / "rlhf-loop"
+    return home.expanduser().resolve()
+
+
+def models_cache() -> Path:
+    return rlhf_home() / "models"
+
+
+def dvc_remote_dir() -> Path:
+    """Default local DVC remote; override with ``$RLHF_DVC_REMOTE`` or ``dvc remote modify``."""
+    env = os.environ.get("RLHF_DVC_REMOTE")
+    return Path(env).expanduser().resolve() if env else rlhf_home() / "dvc-remote"
+
+
+def find_project_root(start: Path | None = None) -> Path:
+    """The nearest folder at or above ``start`` that holds ``params.yaml`` (else ``start``)."""
+    env = os.environ.get("RLHF_PROJECT")
+    if env:
+        return Path(env).expanduser().resolve()
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "params.yaml").is_file():
+            return folder
+    return here
+
+
+@dataclass(frozen=True)
+class ProjectPaths:
+    """Every path inside a project checkout, derived from its root."""
+
+    root: Path
+
+    @classmethod
+    def discover(cls, start: Path | None = None) -> ProjectPaths:
+        return cls(find_project_root(start))
+
+    @property
+    def params(self) -> Path:
+        return self.root / "params.yaml"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def feedback(self) -> Path:
+        """Versioned, accepted feedback (tracked by ``data.dvc``)."""
+        return self.data / "feedback"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.data / "quarantine"
+
+    @property
+    def prompts(self) -> Path:
+        return self.data / "prompts"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"

@@ -1,0 +1,25 @@
+"""Shared test setup: offline, telemetry off, a throwaway RLHF_HOME unless one is given."""
+
+from __future__ import annotations
+
+import os
+
+for key, value in {
+    "HF_HUB_OFFLINE": "1",
+    "DO_NOT_TRACK": "1",
+    "BENTOML_DO_NOT_TRACK": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
+    os.environ.setdefault(key, value)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The tiny random model and tokenizer (built once per session; treat as read-only)."""
+    from components.base_model import build_tiny
+
+    return build_tiny(seed=0)
