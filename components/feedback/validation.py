@@ -57,7 +57,7 @@ def check_descriptions(kind: str, cfg: DataConfig) -> dict[str, str]:
             f"{col}_valid_utf8": f"{col} is valid UTF-8",
             f"{col}_not_blank": f"{col} is not empty or whitespace only",
             f"{col}_no_control_chars": f"{col} has no control characters (tab and newlines allowed)",
-            f"{col}_length": f"{col} has 1..{limit} characters",
+            f"{col}_length": f"{col} has at most {limit} characters",
         }
     if kind == PAIRS:
         out |= {
@@ -220,7 +220,7 @@ def build_suite(gx: Any, kind: str, cfg: DataConfig) -> Any:
         flag(f"{col}_valid_utf8")
         add(gxe.ExpectColumnValuesToNotMatchRegex, f"{col}_not_blank", column=col, regex=BLANK)
         add(gxe.ExpectColumnValuesToNotMatchRegex, f"{col}_no_control_chars", column=col, regex=CONTROL_CHARS)
-        add(gxe.ExpectColumnValueLengthsToBeBetween, f"{col}_length", column=col, min_value=1, max_value=limit)
+        add(gxe.ExpectColumnValueLengthsToBeBetween, f"{col}_length", column=col, max_value=limit)
     if kind == PAIRS:
         flag("chosen_differs_from_rejected")
         flag("margin_is_number")
