@@ -17,7 +17,7 @@ class DataConfig:
     """Longest accepted reply (chosen / rejected / response) in characters."""
     seed_prompts: int = 200
     """How many train prompts of the demo task get seed replies (at most the number of train prompts)."""
-    replies_per_prompt: int = 3
+    replies_per_prompt: int = 2
     """Replies sampled per prompt from the base policy; the gold annotator's best and worst make a pair."""
     max_new_tokens: int = 40
     """Tokens per sampled seed reply."""
