@@ -150,6 +150,7 @@ def prepare(
         raise FeedbackFileError("<frame>", f"wrong columns: missing {', '.join(missing)}", column=missing[0])
     now = now or pd.Timestamp.now(tz="UTC")
     frame = frame.reset_index(drop=True)
+    frame = frame.assign(**{c: None for c in schema.optional if c not in frame.columns})
     typed = pd.DataFrame(index=frame.index)
     gx = pd.DataFrame(index=frame.index)
     for col in schema.text:
@@ -239,9 +240,15 @@ def build_suite(gx: Any, kind: str, cfg: DataConfig) -> Any:
 def run_suite(gx_frame: pd.DataFrame, kind: str, cfg: DataConfig, report_dir: Path | None) -> tuple[dict, Path | None]:
     """Run the suite over ``gx_frame`` with GX; return ({check: failing row indexes}, report index.html)."""
     import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
 
-    context = gx.get_context(mode="ephemeral")
+    # In-memory stores and no default docs site: the only site is the report folder asked for.
+    config = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False))
+    context = gx.get_context(mode="ephemeral", project_config=config)
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     actions = []
     if report_dir is not None:
@@ -344,9 +351,7 @@ def validate_frame(
         raise ValueError(f"unknown feedback kind {kind!r}")
     schema = SCHEMAS[kind]
     frame = frame.reset_index(drop=True)
-    for col in schema.columns:
-        if col not in frame.columns and col not in schema.required:
-            frame[col] = None
+    frame = frame.assign(**{c: None for c in schema.optional if c not in frame.columns})
     lines = frame[LINE] if LINE in frame.columns else pd.Series(range(1, len(frame) + 1))
     prep = prepare(frame, kind, existing_keys=existing_keys, source=source, annotator=annotator)
     failures, report = run_suite(prep.gx_frame, kind, cfg, report_dir) if len(frame) else ({}, None)
