@@ -49,3 +49,19 @@ def test_unreadable_file_is_a_message_and_exit_2(tmp_path, monkeypatch):
     assert result.exit_code == 2
     assert "cannot read feedback file" in result.output and "line 1" in result.output
     assert "Traceback" not in result.output
+
+
+def test_store_flag_appends_and_reports_the_data_version(tmp_path, monkeypatch):
+    from components.feedback.store import data_version
+    from components.project import init_project
+
+    monkeypatch.setenv("RLHF_DVC_REMOTE", str(tmp_path / "remote"))
+    paths = init_project(tmp_path / "proj")
+    monkeypatch.chdir(paths.root)
+    f = _file(tmp_path, [_pair(1), _pair(2)])
+    result = runner.invoke(app, ["validate", str(f), "--store"])
+    assert result.exit_code == 0, result.output
+    version = data_version(paths)
+    assert version and version in " ".join(result.output.split())
+    again = runner.invoke(app, ["validate", str(f)])  # same rows again: already stored -> quarantined
+    assert again.exit_code == 1 and "not_already_stored" in again.output
