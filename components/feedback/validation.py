@@ -86,16 +86,23 @@ def _flag(name: str) -> str:
     return f"__ok_{name}"
 
 
+def _is_null(v: Any) -> bool:
+    return v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and np.isnan(v))
+
+
 def _is_text(s: pd.Series) -> pd.Series:
-    return s.map(lambda v: v is None or isinstance(v, str) or (isinstance(v, float) and np.isnan(v))).astype(bool)
+    """True for strings and nulls (nulls are the not-null check's business)."""
+    return pd.Series([_is_null(v) or isinstance(v, str) for v in s.tolist()], index=s.index, dtype=bool)
 
 
 def _as_text(s: pd.Series) -> pd.Series:
     """Strings stay, nulls stay null, anything else becomes its JSON text (so regexes can run on it)."""
 
     def one(v: Any) -> Any:
-        if v is None or (isinstance(v, float) and np.isnan(v)):
+        if _is_null(v):
             return None
+        if isinstance(v, pd.Timestamp):
+            return v.isoformat()
         return v if isinstance(v, str) else json.dumps(v, default=str)
 
     # built as object dtype: pandas would otherwise infer Arrow strings, which refuse lone surrogates
@@ -110,7 +117,7 @@ def _number(s: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
     values, missing, ok = [], [], []
     for v in s.tolist():
         x, miss = float("nan"), False
-        if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and not v.strip()):
+        if _is_null(v) or (isinstance(v, str) and not v.strip()):
             miss = True
         elif isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)):
             x = float(v)
@@ -185,8 +192,9 @@ def prepare(
             typed[col] = _as_text(frame[col])
     typed["source"] = _as_text(frame["source"]).fillna(source)
     typed["annotator"] = _as_text(frame["annotator"]).fillna(annotator)
-    created = frame["created_at"]
-    parsed = pd.to_datetime(created.astype("string"), errors="coerce", utc=True, format="ISO8601")
+    created = _as_text(frame["created_at"])
+    created_text = created.where(created.isna(), created.str.replace(SURROGATES, "\ufffd", regex=True))
+    parsed = pd.to_datetime(created_text, errors="coerce", utc=True, format="ISO8601")
     gx[_flag("created_at_valid")] = (created.isna() | parsed.notna()).astype(bool)
     typed["created_at"] = parsed.fillna(now)
     key_frame = typed if kind == PAIRS else typed.assign(rating=key_rating)

@@ -139,3 +139,19 @@ def test_hh_rlhf_excerpt_validates_clean():
     fixture = Path(__file__).resolve().parents[1] / "fixtures" / "hh-rlhf-harmless-base-excerpt.jsonl.gz"
     r = validate_file(fixture, DataConfig())
     assert (r.rows_in, len(r.accepted), len(r.quarantined)) == (4, 4, 0) and r.success
+
+
+def test_parquet_input_with_nulls_and_timestamps(tmp_path):
+    f = tmp_path / "pairs.parquet"
+    frame = pd.DataFrame(
+        {
+            "prompt": ["p1", None, "p3"],
+            "chosen": ["c1", "c2", "c3"],
+            "rejected": ["r1", "r2", "r3"],
+            "created_at": pd.to_datetime(["2026-01-01T00:00:00Z", None, "2026-01-03T00:00:00Z"], utc=True),
+        }
+    )
+    frame.astype({"prompt": pd.StringDtype("pyarrow")}).to_parquet(f)
+    r = validate_file(f, CFG)
+    assert len(r.accepted) == 2 and r.quarantined.reasons.tolist() == [["prompt_not_null"]]
+    assert r.accepted.created_at.dt.day.tolist() == [1, 3]
