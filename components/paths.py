@@ -74,6 +74,16 @@ class ProjectPaths:
         return self.data / "prompts"
 
     @property
+    def data_dvc(self) -> Path:
+        """The DVC file that tracks ``data/``; its ``md5`` is the data version."""
+        return self.root / "data.dvc"
+
+    @property
+    def data_versions(self) -> Path:
+        """Small, committable log of feedback data versions (one JSON line per DVC version made)."""
+        return self.metrics / "data_versions.jsonl"
+
+    @property
     def models(self) -> Path:
         return self.root / "models"
 

@@ -43,7 +43,7 @@ def _setup_logging(verbose: bool) -> None:
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
     )
-    for noisy in ("httpx", "urllib3", "filelock", "prefect", "bentoml"):
+    for noisy in ("httpx", "urllib3", "filelock", "prefect", "bentoml", "great_expectations"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -81,13 +81,52 @@ def demo(
         out = generate(model, tok, [prompt], system=cfg.system_prompt, max_new_tokens=64, generator_seed=cfg.seed)
     console.print(f"[bold]user:[/] {prompt}\n[bold]assistant:[/] {out.texts[0]}")
 
+    seeded = _seed_demo(params, cfg, model, tok)
+
     table = Table(title="rlhf demo: stages")
     table.add_column("stage")
     table.add_column("status")
     table.add_row("base model", "[green]done[/]")
-    for stage in ("seed feedback", "validate", "reward model", "PPO", "evaluate + gate", "serve + traffic"):
+    v = seeded.ingest.validation
+    table.add_row("seed feedback (gold annotator)", f"[green]done[/]: {seeded.stats['pairs']} pairs")
+    table.add_row(
+        "validate (Great Expectations)", f"[green]done[/]: {len(v.accepted)} accepted, {len(v.quarantined)} quarantined"
+    )
+    table.add_row("version (DVC)", f"[green]done[/]: {seeded.ingest.version}")
+    for stage in ("reward model", "PPO", "evaluate + gate", "serve + traffic"):
         table.add_row(stage, "[yellow]not built yet[/]")
     console.print(table)
+
+
+def _seed_demo(params: Path, model_cfg, model, tok):
+    """Seed the demo task's feedback with the base model, validate it and version it with DVC."""
+    from components.demo_task import load_prompts
+    from components.demo_task.seed import seed_demo_feedback
+    from components.feedback.store import StoreError
+    from components.paths import ProjectPaths
+
+    data_cfg = _data_config(params)
+    paths = ProjectPaths.discover()
+    n = min(data_cfg.seed_prompts, len(load_prompts("train"))) * data_cfg.replies_per_prompt
+    console.print(f"seeding demo feedback: {n} replies from the base model, labelled by the gold annotator")
+    try:
+        seeded = seed_demo_feedback(
+            paths, data_cfg, model, tok, system=model_cfg.system_prompt, report_dir=paths.reports / "seed-validation"
+        )
+    except StoreError as exc:
+        console.print(f"[red]store error:[/] {exc}")
+        raise typer.Exit(code=2) from exc
+    s = seeded.stats
+    console.print(
+        f"gold annotator: {s['pairs']} pairs from {s['replies']} replies ({s['skipped_prompts']} prompts skipped as "
+        f"near-ties); mean gold score chosen {s['mean_gold_chosen']} vs rejected {s['mean_gold_rejected']}"
+    )
+    console.print(_counts_table("seed feedback validation", seeded.ingest.validation))
+    console.print(
+        f"data version [bold]{seeded.ingest.version}[/] (was {seeded.ingest.previous_version}); "
+        f"stored rows {seeded.ingest.totals}; report {seeded.ingest.validation.report}; {seeded.seconds:.0f} s"
+    )
+    return seeded
 
 
 @app.command()
@@ -96,13 +135,77 @@ def retrain(params: ParamsOpt = Path("params.yaml")) -> None:
     _not_built("retrain", "the retraining flow comes with the orchestration issue")
 
 
+def _data_config(params: Path):
+    from components.config import ConfigError, load_section
+    from components.feedback.config import DataConfig
+
+    try:
+        return load_section(DataConfig, "data", params) if params.is_file() else DataConfig()
+    except ConfigError as exc:
+        console.print(f"[red]config error:[/] {exc}")
+        raise typer.Exit(code=2) from exc
+
+
+def _counts_table(title: str, result) -> Table:
+    """Rows in / accepted / quarantined, then quarantined rows per failed check."""
+    table = Table(title=title)
+    table.add_column("rows")
+    table.add_column("count", justify="right")
+    table.add_row("in", str(result.rows_in))
+    table.add_row("[green]accepted[/]", str(len(result.accepted)))
+    table.add_row("[red]quarantined[/]" if len(result.quarantined) else "quarantined", str(len(result.quarantined)))
+    for reason, count in result.by_reason.items():
+        table.add_row(f"  failed [bold]{reason}[/]", str(count))
+    return table
+
+
 @app.command()
 def validate(
-    path: Annotated[Path, typer.Argument(help="Feedback file (JSONL, Parquet or CSV).")],
+    path: Annotated[Path, typer.Argument(help="Feedback file: JSONL, CSV or Parquet (optionally .gz); HH-RLHF too.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output folder (default: reports/validation/<file name>).")
+    ] = None,
+    store: Annotated[
+        bool, typer.Option("--store", help="Also append the accepted rows to data/ as a new DVC version.")
+    ] = False,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Validate a feedback file: accepted rows, quarantined rows with reasons, an HTML report."""
-    _not_built("validate", "validation comes with the feedback-data issue")
+    """Validate a feedback file: accepted rows, quarantined rows with reasons, an HTML report.
+
+    Exit code 0 when every row was accepted, 1 when some were quarantined, 2 when the file is unusable.
+    """
+    from components.feedback.schema import FeedbackFileError
+    from components.feedback.store import StoreError, append, ensure_checked_out, existing_keys
+    from components.feedback.validation import validate_file, write_outputs
+    from components.paths import ProjectPaths
+
+    cfg = _data_config(params)
+    paths = ProjectPaths.discover()
+    out = out or paths.reports / "validation" / path.name.split(".")[0]
+    try:
+        if store:
+            ensure_checked_out(paths)
+        keys = existing_keys(paths) if paths.feedback.is_dir() else None
+        with console.status(f"validating {path} with Great Expectations"):
+            result = validate_file(path, cfg, existing_keys=keys, report_dir=out / "report")
+        written = write_outputs(result, out)
+        for note in result.notes:
+            console.print(f"[yellow]note:[/] {note}")
+        console.print(_counts_table(f"rlhf validate: {path.name} ({result.kind})", result))
+        console.print(f"accepted rows:    {written['accepted']}")
+        console.print(f"quarantined rows: {written['quarantine']}")
+        console.print(f"HTML report:      {result.report}")
+        if store:
+            with console.status("appending to the versioned store (dvc add + push)"):
+                ingest = append(paths, result, origin=str(path))
+            console.print(f"data version {ingest.version} (was {ingest.previous_version}); totals {ingest.totals}")
+    except FeedbackFileError as exc:
+        console.print(f"[red]cannot read feedback file:[/] {exc}")
+        raise typer.Exit(code=2) from exc
+    except StoreError as exc:
+        console.print(f"[red]store error:[/] {exc}")
+        raise typer.Exit(code=2) from exc
+    raise typer.Exit(code=0 if result.success else 1)
 
 
 @app.command()

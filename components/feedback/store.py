@@ -1,0 +1,205 @@
+"""The versioned feedback store: accepted rows in ``data/feedback/*.parquet``, quarantine beside them, DVC versions.
+
+One ingest = validate (deduplicating against what is already stored) -> append accepted rows -> append
+quarantined rows (with their reasons) to ``data/quarantine/<kind>.jsonl`` -> ``dvc add data`` ->
+``dvc push`` -> the new data version (the ``md5`` of ``data.dvc``), also logged to
+``metrics/data_versions.jsonl``. Later stages and the audit record that version.
+
+The default remote is the local folder :func:`components.paths.dvc_remote_dir`, configured in
+``.dvc/config.local`` only when the project has no default remote (so an S3 remote set with
+``dvc remote add -d`` wins).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from components.feedback.config import DataConfig
+from components.feedback.io import read_parquet, write_jsonl, write_parquet
+from components.feedback.schema import PAIRS, RATINGS, SCHEMAS, key_hashes
+from components.feedback.validation import ValidationResult, quarantine_records, validate_file, validate_frame
+from components.paths import ProjectPaths, dvc_remote_dir
+
+log = logging.getLogger(__name__)
+
+
+class StoreError(RuntimeError):
+    """The versioned store could not be read or updated (a DVC command failed, data not checked out, ...)."""
+
+
+def dvc(paths: ProjectPaths, *args: str) -> str:
+    """Run one DVC command in the project (waiting for DVC's lock); return stdout, or raise ``StoreError``."""
+    cmd = [sys.executable, "-m", "dvc", "--wait-for-lock", *args]
+    done = subprocess.run(cmd, cwd=paths.root, capture_output=True, text=True)
+    if done.returncode != 0:
+        detail = (done.stderr.strip() or done.stdout.strip()).splitlines()
+        raise StoreError(f"`dvc {' '.join(args)}` failed in {paths.root}: {' '.join(detail[-3:])}")
+    return done.stdout
+
+
+def data_version(paths: ProjectPaths) -> str | None:
+    """The current data version: the ``md5`` recorded for ``data/`` in ``data.dvc`` (None if untracked)."""
+    if not paths.data_dvc.is_file():
+        return None
+    outs = (yaml.safe_load(paths.data_dvc.read_text(encoding="utf-8")) or {}).get("outs") or [{}]
+    return outs[0].get("md5")
+
+
+def ensure_remote(paths: ProjectPaths) -> str:
+    """The default DVC remote's name; adds ``local`` -> ``dvc_remote_dir()`` in config.local if there is none."""
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", "remote", "default"], cwd=paths.root, capture_output=True, text=True
+    )
+    name = done.stdout.strip()
+    if done.returncode == 0 and name:
+        return name
+    remote = dvc_remote_dir()
+    remote.mkdir(parents=True, exist_ok=True)
+    dvc(paths, "remote", "add", "--local", "--force", "-d", "local", str(remote))
+    log.info("DVC default remote: local -> %s (in .dvc/config.local)", remote)
+    return "local"
+
+
+def ensure_checked_out(paths: ProjectPaths) -> None:
+    """Make sure ``data/`` holds the tracked version before appending (else old rows would be lost)."""
+    if paths.data.is_dir() or not paths.data_dvc.is_file():
+        return
+    outs = (yaml.safe_load(paths.data_dvc.read_text(encoding="utf-8")) or {}).get("outs") or [{}]
+    try:
+        dvc(paths, "checkout", "data.dvc")
+        return
+    except StoreError:
+        pass
+    try:
+        ensure_remote(paths)
+        dvc(paths, "pull", "data.dvc")
+    except StoreError as exc:
+        if not outs[0].get("size"):  # the tracked version is empty: nothing to lose
+            paths.data.mkdir(parents=True, exist_ok=True)
+            return
+        raise StoreError(
+            f"data/ is not checked out and data version {data_version(paths)} cannot be restored from the DVC "
+            f"cache or remote ({exc}). Run `dvc pull` (or configure the remote) before adding feedback."
+        ) from exc
+
+
+def load(paths: ProjectPaths, kind: str) -> pd.DataFrame:
+    """Every accepted row of ``kind`` in the current data version."""
+    return read_parquet(paths.feedback / SCHEMAS[kind].file_name, kind)
+
+
+def existing_keys(paths: ProjectPaths) -> dict[str, np.ndarray]:
+    """Dedupe-key hashes of the stored rows of each kind."""
+    return {kind: key_hashes(load(paths, kind), kind).to_numpy() for kind in (PAIRS, RATINGS)}
+
+
+@dataclass
+class IngestResult:
+    """What one ingest did: the validation, the rows now stored, and the new data version."""
+
+    validation: ValidationResult
+    version: str | None
+    previous_version: str | None
+    totals: dict[str, int]
+    pushed: bool
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            **self.validation.summary(),
+            "version": self.version,
+            "previous_version": self.previous_version,
+            "totals": self.totals,
+        }
+
+
+def append(paths: ProjectPaths, result: ValidationResult, *, origin: str, push: bool = True) -> IngestResult:
+    """Append a validation's accepted and quarantined rows, then make (and push) a new DVC version."""
+    previous = data_version(paths)
+    kind = result.kind
+    stored = load(paths, kind)
+    new = result.accepted
+    if len(new):
+        # Validation already refused rows that are stored; this guards against a stale ``existing_keys``.
+        fresh = ~key_hashes(new, kind).isin(key_hashes(stored, kind).to_numpy())
+        if not fresh.all():
+            raise StoreError(f"{int((~fresh).sum())} accepted rows are already stored: validate against this store")
+        combined = pd.concat([stored, new], ignore_index=True) if len(stored) else new
+        write_parquet(combined, paths.feedback / SCHEMAS[kind].file_name, kind)
+    stamp = pd.Timestamp.now(tz="UTC").isoformat()
+    if len(result.quarantined):
+        records = [{**r, "origin": origin, "quarantined_at": stamp} for r in quarantine_records(result)]
+        write_jsonl(records, paths.quarantine / f"{kind}.jsonl", append=True)
+    paths.data.mkdir(parents=True, exist_ok=True)
+    dvc(paths, "add", "data")
+    version = data_version(paths)
+    if push:
+        ensure_remote(paths)
+        dvc(paths, "push", "data.dvc")
+    totals = {k: len(load(paths, k)) for k in (PAIRS, RATINGS)}
+    entry = {
+        "version": version,
+        "previous_version": previous,
+        "time": stamp,
+        "origin": origin,
+        "kind": kind,
+        "rows_in": result.rows_in,
+        "accepted": len(result.accepted),
+        "quarantined": len(result.quarantined),
+        "by_reason": result.by_reason,
+        "totals": totals,
+    }
+    paths.data_versions.parent.mkdir(parents=True, exist_ok=True)
+    with paths.data_versions.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(entry) + "\n")
+    log.info("data version %s (was %s): +%d %s rows, %s", version, previous, len(result.accepted), kind, totals)
+    return IngestResult(result, version, previous, totals, push)
+
+
+def ingest_file(
+    path: Path | str,
+    paths: ProjectPaths,
+    cfg: DataConfig,
+    *,
+    report_dir: Path | None = None,
+    push: bool = True,
+) -> IngestResult:
+    """Validate a feedback file against the store and append it as a new data version (what the flow calls)."""
+    ensure_checked_out(paths)
+    result = validate_file(path, cfg, existing_keys=existing_keys(paths), report_dir=report_dir)
+    return append(paths, result, origin=str(path), push=push)
+
+
+def ingest_frame(
+    frame: pd.DataFrame,
+    kind: str,
+    paths: ProjectPaths,
+    cfg: DataConfig,
+    *,
+    origin: str,
+    source: str = "import",
+    annotator: str = "unknown",
+    report_dir: Path | None = None,
+    push: bool = True,
+) -> IngestResult:
+    """Validate in-memory rows (e.g. served feedback, seed pairs) and append them as a new data version."""
+    ensure_checked_out(paths)
+    result = validate_frame(
+        frame,
+        kind,
+        cfg,
+        existing_keys=existing_keys(paths)[kind],
+        report_dir=report_dir,
+        source=source,
+        annotator=annotator,
+    )
+    return append(paths, result, origin=origin, push=push)
