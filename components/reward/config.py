@@ -58,6 +58,9 @@ class RewardConfig:
     center_rewards_coef: float = 0.0
     """Weight of the auxiliary loss coef * mean((r_c + r_r)^2) that keeps raw rewards near 0 (TRL's
     ``center_rewards_coefficient``, Eisenstein et al. 2023); 0 = off."""
+    normalize_max_pairs: int | None = 256
+    """Pairs (a seeded random subset of the training pairs, both replies) the normalisation statistics are
+    estimated from; null = all. lm-human-preferences estimates them from 256 samples likewise."""
     log_every: int = 1
     """Write a line to the step log every this many optimiser steps."""
 
@@ -78,5 +81,7 @@ class RewardConfig:
             raise ValueError("warmup_ratio must be in [0, 1)")
         if self.max_train_pairs is not None and self.max_train_pairs < 1:
             raise ValueError("max_train_pairs must be >= 1 or null")
+        if self.normalize_max_pairs is not None and self.normalize_max_pairs < 1:
+            raise ValueError("normalize_max_pairs must be >= 1 or null")
         if self.log_every < 1:
             raise ValueError("log_every must be >= 1")

@@ -203,12 +203,12 @@ def step_fraction(step: int, steps_per_epoch: int, epoch: int) -> float:
 
 @torch.no_grad()
 def score_pairs(
-    model: PreTrainedModel, tok: PreTrainedTokenizerBase, pairs: Pairs, cfg: RewardConfig
+    model: PreTrainedModel, tok: PreTrainedTokenizerBase, pairs: Pairs, cfg: RewardConfig, desc: str = "scoring"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw rewards of every pair's chosen and rejected reply, shape (len(pairs),) each."""
     model.eval()
     rc, rr = [], []
-    for i in range(0, len(pairs), cfg.eval_batch_size):
+    for i in tqdm(range(0, len(pairs), cfg.eval_batch_size), desc=desc, unit="batch", mininterval=2.0):
         b = pairs.subset(list(range(i, min(i + cfg.eval_batch_size, len(pairs)))))
         c, r, _ = pair_scores(model, tok, b.prompts, b.chosen, b.rejected, cfg.max_length)
         rc.append(c.float().cpu())
@@ -353,13 +353,18 @@ def train_reward(
     model = _merged(trainable)
 
     # 4. normalise over the training prompts' responses (chosen and rejected)
-    tr_c, tr_r = score_pairs(model, tok, train, cfg)
+    norm_set = train
+    if cfg.normalize_max_pairs is not None and len(train) > cfg.normalize_max_pairs:
+        pick = np.random.default_rng(cfg.seed + 1).choice(len(train), size=cfg.normalize_max_pairs, replace=False)
+        norm_set = train.subset(np.sort(pick))
+    tr_c, tr_r = score_pairs(model, tok, norm_set, cfg, desc="normalisation")
     mean, std = reward_stats(torch.cat([tr_c, tr_r])) if cfg.center_rewards else (0.0, 1.0)
     train_metrics["accuracy"] = round(preference_accuracy(tr_c, tr_r).item(), 6)
+    train_metrics["accuracy_pairs"] = len(norm_set)
 
     # 5. evaluate on held-out prompts
     if len(held):
-        ev_c, ev_r = score_pairs(model, tok, held, cfg)
+        ev_c, ev_r = score_pairs(model, tok, held, cfg, desc="held-out eval")
         margins = torch.tensor(held.margins) if cfg.use_margin else None
         eval_metrics = evaluate_scores(ev_c, ev_r, margins, mean, std)
         eval_metrics["raw_mean_margin"] = round((ev_c - ev_r).mean().item(), 6)
