@@ -30,7 +30,7 @@ class RewardConfig:
     max_length: int = 256
     """Token budget per prompt+response; longer texts lose their *start* (the prompt's beginning), so
     the response and its final token, where the score is read, are always kept."""
-    lr: float = 5e-5
+    lr: float = 1e-4
     """Peak AdamW learning rate, decayed linearly to 0 over training (after ``warmup_ratio``)."""
     warmup_ratio: float = 0.05
     """Fraction of the optimiser steps spent warming the learning rate up linearly from 0."""
