@@ -397,9 +397,12 @@ def train_reward(
     }
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".reward-staging-", dir=out_dir.parent))
-    RewardModel(model, tok, mean=mean, std=std, max_length=cfg.max_length).save(staging)
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    _replace_dir(staging, out_dir)
+    try:
+        RewardModel(model, tok, mean=mean, std=std, max_length=cfg.max_length).save(staging)
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        _replace_dir(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful rename
     (metrics_dir / METRICS_JSON).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     write_step_table(step_log, metrics_dir / STEP_CSV, metrics_dir / STEP_PNG)
     return RewardResult(model_dir=out_dir, metrics=metrics, manifest=manifest)
