@@ -94,3 +94,13 @@ class ProjectPaths:
     @property
     def reports(self) -> Path:
         return self.root / "reports"
+
+    @property
+    def pairs(self) -> Path:
+        """Accepted preference pairs (Parquet), what the reward model trains on."""
+        return self.feedback / "pairs.parquet"
+
+    @property
+    def reward_model(self) -> Path:
+        """The trained reward model: a transformers folder plus manifest.json (DVC out)."""
+        return self.models / "reward"

@@ -1,0 +1,258 @@
+"""The reward model: a transformers backbone with a scalar head, read at the last real token.
+
+Letters: B preference pairs, N = 2B sequences (chosen then rejected) in one forward pass, T tokens
+(right padded to the longest sequence of the batch), H hidden size.
+
+The text scored is the backbone's chat template applied to ``[user: prompt, assistant: response]``;
+the score is the head applied to the hidden state of the reply's closing EOS token. The tokenizer's pad
+token is its EOS token (SmolLM2), so the last real token is found from the attention mask by position.
+transformers' own ``LlamaForSequenceClassification.forward`` (5.23) instead takes the rightmost token
+whose id differs from ``pad_token_id``, which skips that closing EOS; we therefore run the backbone and
+the ``score`` head ourselves (:func:`sequence_scores`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from components.base_model import TINY_SPEC, ModelLoadError, resolve_model_dir
+from components.reward.losses import normalise
+
+log = logging.getLogger(__name__)
+
+NORMALIZATION_KEY = "reward_normalization"
+"""Key in the saved ``config.json`` holding ``{"mean", "std", "max_length"}``."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Text and batches
+# ---------------------------------------------------------------------------------------------
+
+
+def reward_text(tok: PreTrainedTokenizerBase, prompt: str, response: str) -> str:
+    """The chat-template text of one prompt and its reply, ending at the reply's closing EOS token."""
+    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    text = tok.apply_chat_template(messages, tokenize=False)
+    eos = tok.eos_token or ""
+    if eos and text.endswith(eos + "\n"):
+        text = text[:-1]  # ChatML adds "\n" after <|im_end|>: read the score at the EOS itself
+    return text
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Token ids of N sequences, right padded, with their attention mask."""
+
+    input_ids: torch.Tensor  # shape: (N, T)
+    attention_mask: torch.Tensor  # shape: (N, T)
+    truncated: int
+    """How many of the N texts lost their start to ``max_length``."""
+
+
+def encode(
+    tok: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    max_length: int,
+) -> Batch:
+    """Tokenise prompt+response texts and right-pad them to the longest (dynamic padding).
+
+    A text longer than ``max_length`` keeps its *last* ``max_length`` tokens, so the reply and the token
+    the score is read at survive; the count of such texts is returned, never hidden.
+    """
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    if not prompts:
+        raise ValueError("nothing to encode: no prompts given")
+    texts = [reward_text(tok, p, r) for p, r in zip(prompts, responses)]
+    ids = tok(texts, add_special_tokens=False)["input_ids"]
+    truncated = sum(len(x) > max_length for x in ids)
+    ids = [x[-max_length:] for x in ids]
+    width = max(len(x) for x in ids)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    input_ids = torch.full((len(ids), width), pad, dtype=torch.long)  # shape: (N, T)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)  # shape: (N, T)
+    for i, x in enumerate(ids):
+        input_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
+        mask[i, : len(x)] = 1
+    return Batch(input_ids, mask, truncated)
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last position whose mask is 1, per row (works for left or right padding)."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)  # shape: (T,)
+    return (positions.unsqueeze(0) * attention_mask).argmax(dim=1)  # shape: (N,)
+
+
+def sequence_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Raw scalar rewards of N sequences: the ``score`` head at each row's last real token.
+
+    Position ids come from the mask, so a sequence scores the same whatever padding surrounds it.
+    """
+    backbone = getattr(model, model.base_model_prefix)
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # shape: (N, T)
+    hidden = backbone(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).last_hidden_state  # shape: (N, T, H)
+    last = last_token_index(attention_mask)  # shape: (N,)
+    pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # shape: (N, H)
+    return model.score(pooled).squeeze(-1)  # shape: (N,)
+
+
+def pair_scores(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    chosen: Sequence[str],
+    rejected: Sequence[str],
+    max_length: int,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Score B chosen and B rejected replies in ONE forward pass of 2B sequences.
+
+    Returns ``(r_chosen, r_rejected, truncated)`` with rewards of shape (B,).
+    """
+    b = len(prompts)
+    batch = encode(tok, [*prompts, *prompts], [*chosen, *rejected], max_length)
+    device = next(model.parameters()).device
+    scores = sequence_scores(model, batch.input_ids.to(device), batch.attention_mask.to(device))  # shape: (2B,)
+    return scores[:b], scores[b:], batch.truncated
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the trainable model
+# ---------------------------------------------------------------------------------------------
+
+
+def _source(spec: str) -> str:
+    """A local folder for model specs that have one, else the spec itself (a hub id)."""
+    try:
+        return str(resolve_model_dir(spec))
+    except ModelLoadError:
+        if spec == TINY_SPEC or Path(spec).expanduser().exists():
+            raise
+        return spec
+
+
+def build_reward_model(backbone: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A sequence-classification model with one label on ``backbone``'s weights, head freshly initialised.
+
+    The head is drawn from N(0, 1/(H+1)) as in OpenAI's lm-human-preferences reward head.
+    """
+    source = _source(backbone)
+    try:
+        tok = AutoTokenizer.from_pretrained(source)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, dtype=torch.float32)
+            hidden = model.score.weight.shape[1]
+            nn.init.normal_(model.score.weight, std=1.0 / math.sqrt(hidden + 1))
+    except OSError as exc:
+        raise ModelLoadError(f"could not load reward backbone {backbone!r}: {exc}") from exc
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
+def transformer_layers(model: PreTrainedModel) -> nn.ModuleList:
+    """The backbone's stack of transformer blocks (Llama-style ``.layers``)."""
+    backbone = getattr(model, model.base_model_prefix)
+    layers = getattr(backbone, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ModelLoadError(
+            f"{type(model).__name__}: no .{model.base_model_prefix}.layers; use reward.trainable: all or lora"
+        )
+    return layers
+
+
+def count_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# ---------------------------------------------------------------------------------------------
+# The trained model, as PPO and evaluation use it
+# ---------------------------------------------------------------------------------------------
+
+
+class RewardModel:
+    """A trained reward model: ``score(prompts, responses)`` gives normalised rewards (mean 0, std 1
+    over the training prompts' responses when the model was saved with ``center_rewards``)."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tok: PreTrainedTokenizerBase,
+        *,
+        mean: float = 0.0,
+        std: float = 1.0,
+        max_length: int = 256,
+    ) -> None:
+        self.model = model.eval()
+        self.tok = tok
+        self.mean = float(mean)
+        self.std = float(std)
+        self.max_length = int(max_length)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> RewardModel:
+        """Load a folder written by :meth:`save` (a transformers folder with normalisation in config.json)."""
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path}: no reward model here (no config.json); run the train_reward stage first")
+        tok = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=torch.float32).to(device)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        norm = getattr(model.config, NORMALIZATION_KEY, None) or {}
+        return cls(
+            model,
+            tok,
+            mean=norm.get("mean", 0.0),
+            std=norm.get("std", 1.0),
+            max_length=norm.get("max_length", 256),
+        )
+
+    def save(self, path: str | Path) -> None:
+        """Write a plain transformers folder; the normalisation goes into its config.json."""
+        path = Path(path)
+        norm = {"mean": self.mean, "std": self.std, "max_length": self.max_length}
+        setattr(self.model.config, NORMALIZATION_KEY, norm)
+        self.model.save_pretrained(path)
+        self.tok.save_pretrained(path)
+        (path / "reward_normalization.json").write_text(json.dumps(norm, indent=2) + "\n")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def raw_scores(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 16) -> torch.Tensor:
+        """Un-normalised head outputs, shape (B,), on the CPU."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        out: list[torch.Tensor] = []
+        for i in range(0, len(prompts), batch_size):
+            batch = encode(self.tok, prompts[i : i + batch_size], responses[i : i + batch_size], self.max_length)
+            scores = sequence_scores(
+                self.model, batch.input_ids.to(self.device), batch.attention_mask.to(self.device)
+            )  # shape: (b,)
+            out.append(scores.float().cpu())
+        return torch.cat(out) if out else torch.zeros(0)
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 16) -> torch.Tensor:
+        """Normalised rewards of each (prompt, response), shape (B,): ``(raw − mean) / std``."""
+        return normalise(self.raw_scores(prompts, responses, batch_size), self.mean, self.std)

@@ -1,0 +1,414 @@
+"""Train the reward model on preference pairs (Bradley–Terry), evaluate it, normalise it, save it.
+
+``train_reward`` reads top to bottom as numbered steps:
+1. read the pairs and split them by prompt (train / held-out);
+2. build the backbone + scalar head and choose what trains;
+3. optimise the Bradley–Terry loss (chosen and rejected in one forward pass), logging every step;
+4. normalise: mean and std of the raw rewards of the training prompts' responses;
+5. evaluate on the held-out pairs;
+6. save the transformers folder + manifest, the metrics JSON, the step log and its plot.
+
+Letters: B pairs per batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
+
+from components.config import to_dict
+from components.reward.config import RewardConfig
+from components.reward.losses import (
+    bradley_terry_loss,
+    center_loss,
+    normalise,
+    preference_accuracy,
+    reward_stats,
+)
+from components.reward.model import (
+    RewardModel,
+    build_reward_model,
+    count_trainable,
+    pair_scores,
+    transformer_layers,
+)
+from components.reward.pairs import Pairs, file_md5, read_pairs, split_by_prompt
+
+log = logging.getLogger(__name__)
+
+STEP_LOG = "reward_train.jsonl"
+STEP_CSV = "reward_train.csv"
+STEP_PNG = "reward_train.png"
+METRICS_JSON = "reward.json"
+MANIFEST = "manifest.json"
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class RewardResult:
+    """What a training run produced."""
+
+    model_dir: Path
+    metrics: dict[str, Any]
+    """The content of ``metrics/reward.json`` (``eval``, ``train``, ``normalization`` groups)."""
+    manifest: dict[str, Any] = field(repr=False)
+
+    @property
+    def eval_accuracy(self) -> float | None:
+        return self.metrics["eval"].get("accuracy")
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. what trains
+# ---------------------------------------------------------------------------------------------
+
+
+def select_trainable(model: PreTrainedModel, cfg: RewardConfig) -> PreTrainedModel:
+    """Freeze what ``cfg.trainable`` says; returns the module to optimise (a PeftModel for ``lora``).
+
+    The forward pass always goes through the original model object (LoRA layers are injected in place).
+    """
+    if cfg.trainable == "all":
+        model.requires_grad_(True)
+        return model
+    if cfg.trainable == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=list(LORA_TARGETS))
+        peft_model = get_peft_model(model, lora)
+        model.score.weight.requires_grad_(True)
+        return peft_model
+    model.requires_grad_(False)
+    model.score.requires_grad_(True)
+    if cfg.trainable == "top" and cfg.train_layers > 0:
+        layers = transformer_layers(model)
+        for block in layers[-cfg.train_layers :]:
+            block.requires_grad_(True)
+        norm = getattr(getattr(model, model.base_model_prefix), "norm", None)
+        if norm is not None:
+            norm.requires_grad_(True)
+    return model
+
+
+def _merged(trained: PreTrainedModel) -> PreTrainedModel:
+    """The plain transformers model to save (LoRA adapters merged into the weights)."""
+    if hasattr(trained, "merge_and_unload"):
+        return trained.merge_and_unload()
+    return trained
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. optimise
+# ---------------------------------------------------------------------------------------------
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[list[int]]:
+    order = torch.randperm(n, generator=generator).tolist()
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def _fit(
+    model: PreTrainedModel,
+    trainable: torch.nn.Module,
+    tok: PreTrainedTokenizerBase,
+    train: Pairs,
+    cfg: RewardConfig,
+    step_log: Path,
+) -> dict[str, Any]:
+    params = [p for p in trainable.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = -(-len(train) // cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    # Linear warmup then linear decay to 0 (Ouyang et al. 2022 / TRL RewardConfig default scheduler).
+    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model.train()
+    step, truncated, t0 = 0, 0, time.perf_counter()
+    last_losses: list[float] = []
+    last_accs: list[float] = []
+    bar = tqdm(total=total, desc="reward model", unit="step", mininterval=2.0)
+    with open(step_log, "w", encoding="utf-8") as logf, bar:
+        for epoch in range(cfg.epochs):
+            for idx in _batches(len(train), cfg.batch_size, gen):
+                b = train.subset(idx)
+                r_c, r_r, trunc = pair_scores(model, tok, b.prompts, b.chosen, b.rejected, cfg.max_length)
+                margin = torch.tensor(b.margins, dtype=r_c.dtype) if cfg.use_margin else None
+                loss = bradley_terry_loss(r_c, r_r, margin)
+                if cfg.center_rewards_coef > 0:
+                    loss = loss + cfg.center_rewards_coef * center_loss(r_c, r_r)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                opt.step()
+                sched.step()
+                step += 1
+                truncated += trunc
+                acc = preference_accuracy(r_c.detach(), r_r.detach()).item()
+                last_losses.append(loss.item())
+                last_accs.append(acc)
+                if step % cfg.log_every == 0 or step == total:
+                    record = {
+                        "step": step,
+                        "epoch": epoch + step_fraction(step, steps_per_epoch, epoch),
+                        "loss": round(loss.item(), 6),
+                        "accuracy": round(acc, 6),
+                        "margin": round((r_c - r_r).mean().item(), 6),
+                        "lr": sched.get_last_lr()[0],
+                        "seconds": round(time.perf_counter() - t0, 3),
+                    }
+                    logf.write(json.dumps(record) + "\n")
+                    logf.flush()
+                bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.2f}")
+                bar.update(1)
+    seconds = time.perf_counter() - t0
+    tail = max(1, steps_per_epoch)  # the last epoch's worth of steps
+    return {
+        "pairs": len(train),
+        "steps": step,
+        "epochs": cfg.epochs,
+        "seconds": round(seconds, 2),
+        "seconds_per_step": round(seconds / max(step, 1), 4),
+        "last_epoch_loss": round(float(np.mean(last_losses[-tail:])), 6),
+        "last_epoch_accuracy": round(float(np.mean(last_accs[-tail:])), 6),
+        "truncated_texts": truncated,
+        "trainable_params": count_trainable(trainable),
+        "total_params": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def step_fraction(step: int, steps_per_epoch: int, epoch: int) -> float:
+    """Fraction of the current epoch done after ``step`` (for a fractional epoch axis)."""
+    return round((step - epoch * steps_per_epoch) / steps_per_epoch, 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4.-5. normalise and evaluate
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def score_pairs(
+    model: PreTrainedModel, tok: PreTrainedTokenizerBase, pairs: Pairs, cfg: RewardConfig, desc: str = "scoring"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw rewards of every pair's chosen and rejected reply, shape (len(pairs),) each."""
+    model.eval()
+    rc, rr = [], []
+    for i in tqdm(range(0, len(pairs), cfg.eval_batch_size), desc=desc, unit="batch", mininterval=2.0):
+        b = pairs.subset(list(range(i, min(i + cfg.eval_batch_size, len(pairs)))))
+        c, r, _ = pair_scores(model, tok, b.prompts, b.chosen, b.rejected, cfg.max_length)
+        rc.append(c.float().cpu())
+        rr.append(r.float().cpu())
+    return torch.cat(rc), torch.cat(rr)
+
+
+def evaluate_scores(
+    raw_c: torch.Tensor, raw_r: torch.Tensor, margins: torch.Tensor | None, mean: float, std: float
+) -> dict[str, float]:
+    """Held-out metrics: accuracy and the loss on raw rewards; margin and reward statistics in normalised
+    units (what PPO sees)."""
+    r_c, r_r = normalise(raw_c, mean, std), normalise(raw_r, mean, std)
+    both = torch.cat([r_c, r_r])
+    return {
+        "pairs": int(r_c.numel()),
+        "accuracy": round(preference_accuracy(r_c, r_r).item(), 6),
+        "loss": round(bradley_terry_loss(raw_c, raw_r, margins).item(), 6),
+        "mean_margin": round((r_c - r_r).mean().item(), 6),
+        "reward_mean": round(both.mean().item(), 6),
+        "reward_std": round(both.std(unbiased=False).item(), 6),
+        "chosen_mean": round(r_c.mean().item(), 6),
+        "rejected_mean": round(r_r.mean().item(), 6),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. lineage and outputs
+# ---------------------------------------------------------------------------------------------
+
+
+def data_version(root: Path) -> str | None:
+    """The md5 of ``data/`` recorded in ``data.dvc`` (None when the project has none)."""
+    dvc_file = root / "data.dvc"
+    if not dvc_file.is_file():
+        return None
+    try:
+        outs = (yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("outs") or []
+    except yaml.YAMLError:
+        log.warning("%s: not valid YAML; data version left empty", dvc_file)
+        return None
+    return next((o.get("md5") for o in outs if o.get("md5")), None)
+
+
+def code_revision(root: Path) -> str | None:
+    """``git rev-parse HEAD`` of the project, with ``-dirty`` when tracked files have changes."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("-dirty" if dirty else "")
+
+
+def write_step_table(step_log: Path, csv_path: Path, png_path: Path) -> None:
+    """The step log as CSV (``dvc plots`` reads CSV, not JSONL) and as a PNG of loss and accuracy."""
+    rows = [json.loads(line) for line in step_log.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not rows:
+        return
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for ax, key in zip(axes, ("loss", "accuracy")):
+        values = np.array([r[key] for r in rows], dtype=float)
+        ax.plot(steps, values, alpha=0.35, label="per step")
+        window = max(1, len(values) // 10)
+        smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1 :], smooth, label=f"mean of {window}")
+        ax.set_xlabel("step")
+        ax.set_title(f"reward model: train {key}")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+
+
+def _replace_dir(staging: Path, target: Path) -> None:
+    if target.exists():
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging.rename(target)
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+# ---------------------------------------------------------------------------------------------
+
+
+def train_reward(
+    pairs_path: Path,
+    cfg: RewardConfig,
+    out_dir: Path,
+    metrics_dir: Path,
+    *,
+    project_root: Path | None = None,
+) -> RewardResult:
+    """Train, evaluate, normalise and save a reward model; returns its folder and metrics."""
+    pairs_path, out_dir, metrics_dir = Path(pairs_path), Path(out_dir), Path(metrics_dir)
+    root = Path(project_root) if project_root else Path.cwd()
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+
+    # 1. data
+    pairs = read_pairs(pairs_path)
+    train_idx, eval_idx = split_by_prompt(pairs, cfg.eval_fraction, cfg.seed)
+    if cfg.max_train_pairs is not None and len(train_idx) > cfg.max_train_pairs:
+        rng = np.random.default_rng(cfg.seed)
+        train_idx = np.sort(rng.choice(train_idx, size=cfg.max_train_pairs, replace=False))
+        log.info("using %d of the training pairs (reward.max_train_pairs)", cfg.max_train_pairs)
+    train, held = pairs.subset(train_idx), pairs.subset(eval_idx)
+    log.info("%d pairs: %d train, %d held-out (by prompt)", len(pairs), len(train), len(held))
+    if len(train) == 0:
+        raise ValueError(f"{pairs_path}: no training pairs left after the held-out split; add feedback")
+
+    # 2. model
+    model, tok = build_reward_model(cfg.backbone, seed=cfg.seed)
+    trainable = select_trainable(model, cfg)
+    log.info("reward model on %s: %d of %d parameters train (%s)", cfg.backbone, count_trainable(trainable),
+             sum(p.numel() for p in model.parameters()), cfg.trainable)  # fmt: skip
+
+    # 3. optimise
+    step_log = metrics_dir / STEP_LOG
+    train_metrics = _fit(model, trainable, tok, train, cfg, step_log)
+    if train_metrics["truncated_texts"]:
+        log.warning("%d texts were longer than reward.max_length=%d and lost their start",
+                    train_metrics["truncated_texts"], cfg.max_length)  # fmt: skip
+    model = _merged(trainable)
+
+    # 4. normalise over the training prompts' responses (chosen and rejected)
+    norm_set = train
+    if cfg.normalize_max_pairs is not None and len(train) > cfg.normalize_max_pairs:
+        pick = np.random.default_rng(cfg.seed + 1).choice(len(train), size=cfg.normalize_max_pairs, replace=False)
+        norm_set = train.subset(np.sort(pick))
+    tr_c, tr_r = score_pairs(model, tok, norm_set, cfg, desc="normalisation")
+    mean, std = reward_stats(torch.cat([tr_c, tr_r])) if cfg.center_rewards else (0.0, 1.0)
+    train_metrics["accuracy"] = round(preference_accuracy(tr_c, tr_r).item(), 6)
+    train_metrics["accuracy_pairs"] = len(norm_set)
+
+    # 5. evaluate on held-out prompts
+    if len(held):
+        ev_c, ev_r = score_pairs(model, tok, held, cfg, desc="held-out eval")
+        margins = torch.tensor(held.margins) if cfg.use_margin else None
+        eval_metrics = evaluate_scores(ev_c, ev_r, margins, mean, std)
+        eval_metrics["raw_mean_margin"] = round((ev_c - ev_r).mean().item(), 6)
+        log.info("held-out: accuracy %.3f on %d pairs, mean margin %.3f",
+                 eval_metrics["accuracy"], len(held), eval_metrics["mean_margin"])  # fmt: skip
+    else:
+        eval_metrics = {"pairs": 0}
+        log.warning("no held-out pairs (reward.eval_fraction=%s): accuracy not measured", cfg.eval_fraction)
+    metrics = {
+        "eval": eval_metrics,
+        "train": train_metrics,
+        "normalization": {"mean": round(mean, 6), "std": round(std, 6)},
+    }
+
+    # 6. save
+    manifest = {
+        "kind": "reward_model",
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "backbone": cfg.backbone,
+        "data": {
+            "pairs_path": str(pairs_path),
+            "pairs_md5": file_md5(pairs_path),
+            "data_version": data_version(root),
+        },
+        "params": to_dict(cfg),
+        "metrics": metrics,
+        "normalization": {"mean": mean, "std": std, "max_length": cfg.max_length},
+        "code_revision": code_revision(root),
+        "versions": {"torch": torch.__version__, "transformers": _transformers_version()},
+    }
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".reward-staging-", dir=out_dir.parent))
+    try:
+        RewardModel(model, tok, mean=mean, std=std, max_length=cfg.max_length).save(staging)
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        _replace_dir(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful rename
+    (metrics_dir / METRICS_JSON).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    write_step_table(step_log, metrics_dir / STEP_CSV, metrics_dir / STEP_PNG)
+    return RewardResult(model_dir=out_dir, metrics=metrics, manifest=manifest)
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__

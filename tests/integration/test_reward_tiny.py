@@ -1,0 +1,193 @@
+"""The reward model on the tiny backbone: learns a toy preference, saves and reloads, scores in one pass."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pandas as pd
+import pytest
+import torch
+
+from components.reward.config import RewardConfig
+from components.reward.model import (
+    RewardModel,
+    build_reward_model,
+    encode,
+    pair_scores,
+    sequence_scores,
+)
+from components.reward.pairs import read_pairs, split_by_prompt
+from components.reward.trainer import select_trainable, train_reward
+
+WORDS = ["order", "refund", "password", "package", "billing", "account", "status", "help", "day", "number"]
+OTHER = ["sorry", "please", "okay", "great"]
+
+
+def toy_rows(n: int, seed: int = 0) -> list[dict]:
+    """Chosen replies contain "thanks" at a random place; rejected ones have another word there."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        words = rng.sample(WORDS, 5)
+        pos = rng.randrange(len(words) + 1)
+        chosen = [*words[:pos], "thanks", *words[pos:]]
+        rejected = [*words[:pos], rng.choice(OTHER), *words[pos:]]
+        rows.append(
+            {
+                "prompt": f"customer {i} asks about the {rng.choice(WORDS)}",
+                "chosen": " ".join(chosen),
+                "rejected": " ".join(rejected),
+                "margin": None,
+                "source": "toy",
+            }
+        )
+    return rows
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model's ops are too small for two threads: on a loaded 2-core machine, thread hand-offs
+    made these tests ~8x slower. One thread for this module, restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+TOY_CFG = RewardConfig(
+    backbone="tiny",
+    trainable="all",
+    lr=3e-3,
+    epochs=3,
+    batch_size=8,
+    max_length=128,
+    eval_fraction=0.25,
+    warmup_ratio=0.0,
+    seed=0,
+)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reward")
+    pairs_path = root / "pairs.parquet"
+    pd.DataFrame(toy_rows(160)).to_parquet(pairs_path)
+    result = train_reward(pairs_path, TOY_CFG, root / "models" / "reward", root / "metrics", project_root=root)
+    return root, pairs_path, result
+
+
+def test_toy_preference_is_learned_above_chance(trained):
+    root, _, result = trained
+    ev = result.metrics["eval"]
+    assert ev["pairs"] == 40
+    assert ev["accuracy"] >= 0.8, ev
+    assert ev["mean_margin"] > 0
+    steps = [json.loads(x) for x in (root / "metrics" / "reward_train.jsonl").read_text().splitlines()]
+    assert len(steps) == result.metrics["train"]["steps"] == 3 * 15
+    first = sum(s["loss"] for s in steps[:15]) / 15
+    last = sum(s["loss"] for s in steps[-15:]) / 15
+    assert last < first * 0.5, (first, last)
+    assert steps[-1]["lr"] == pytest.approx(0.0)  # linear decay to 0
+
+
+def test_outputs_metrics_and_manifest(trained):
+    root, _, result = trained
+    metrics = json.loads((root / "metrics" / "reward.json").read_text())
+    assert metrics == result.metrics
+    assert set(metrics) == {"eval", "train", "normalization"}
+    assert (root / "metrics" / "reward_train.csv").read_text().startswith("step,")
+    assert (root / "metrics" / "reward_train.png").read_bytes()[:4] == b"\x89PNG"
+    manifest = json.loads((result.model_dir / "manifest.json").read_text())
+    assert manifest["params"]["backbone"] == "tiny" and manifest["params"]["lr"] == TOY_CFG.lr
+    assert len(manifest["data"]["pairs_md5"]) == 32
+    assert manifest["data"]["data_version"] is None  # no data.dvc in this folder
+    assert manifest["metrics"] == metrics
+    assert {"code_revision", "normalization", "created_at"} <= set(manifest)
+    assert (result.model_dir / "config.json").is_file() and (result.model_dir / "tokenizer.json").is_file()
+
+
+def test_save_load_identical_scores_and_normalisation(trained):
+    _, pairs_path, result = trained
+    a = RewardModel.load(result.model_dir)
+    b = RewardModel.load(result.model_dir)
+    assert a.mean == pytest.approx(result.metrics["normalization"]["mean"], abs=1e-5)
+    pairs = read_pairs(pairs_path)
+    train_idx, _ = split_by_prompt(pairs, TOY_CFG.eval_fraction, TOY_CFG.seed)
+    train = pairs.subset(train_idx)
+    prompts, responses = [*train.prompts, *train.prompts], [*train.chosen, *train.rejected]
+    sa, sb = a.score(prompts, responses), b.score(prompts, responses, batch_size=7)
+    assert torch.allclose(sa, sb, atol=1e-5)
+    # normalised over the training prompts' responses: mean 0, std 1
+    assert sa.mean().item() == pytest.approx(0.0, abs=1e-3)
+    assert sa.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-3)
+    # a fresh in-memory model saved and reloaded gives bit-identical scores
+    model, tok = build_reward_model("tiny", seed=5)
+    rm = RewardModel(model, tok, mean=0.25, std=2.0, max_length=96)
+    rm.save(result.model_dir.parent / "copy")
+    back = RewardModel.load(result.model_dir.parent / "copy")
+    assert (back.mean, back.std, back.max_length) == (0.25, 2.0, 96)
+    assert torch.equal(rm.score(prompts[:6], responses[:6]), back.score(prompts[:6], responses[:6]))
+
+
+def test_one_forward_pass_equals_separate_scoring_and_ignores_padding():
+    model, tok = build_reward_model("tiny", seed=1)
+    model.eval()
+    rows = toy_rows(3, seed=4)
+    rows[1]["chosen"] = rows[1]["chosen"] + " and a much longer reply so the batch needs padding " * 2
+    prompts = [r["prompt"] for r in rows]
+    chosen = [r["chosen"] for r in rows]
+    rejected = [r["rejected"] for r in rows]
+    with torch.no_grad():
+        r_c, r_r, _ = pair_scores(model, tok, prompts, chosen, rejected, max_length=512)
+        alone = []
+        for p, resp in [*zip(prompts, chosen), *zip(prompts, rejected)]:
+            one = encode(tok, [p], [resp], 512)
+            alone.append(sequence_scores(model, one.input_ids, one.attention_mask))
+    assert torch.allclose(torch.cat([r_c, r_r]), torch.cat(alone), atol=1e-5)
+    # the score is read at the reply's closing EOS (== pad id), found by position, not by id
+    batch = encode(tok, prompts, chosen, 512)
+    last = batch.attention_mask.sum(dim=1) - 1
+    assert (batch.input_ids[torch.arange(3), last] == tok.eos_token_id).all()
+    assert tok.pad_token_id == tok.eos_token_id
+
+
+def test_truncation_keeps_the_reply_end():
+    _, tok = build_reward_model("tiny")
+    batch = encode(tok, ["a very long prompt " * 40], ["short reply"], max_length=32)
+    assert batch.input_ids.shape == (1, 32) and batch.truncated == 1
+    assert batch.input_ids[0, -1].item() == tok.eos_token_id
+    assert "short reply" in tok.decode(batch.input_ids[0])
+
+
+def test_top_mode_trains_only_the_top_blocks_and_head():
+    model, tok = build_reward_model("tiny", seed=2)
+    cfg = RewardConfig(backbone="tiny", trainable="top", train_layers=1)
+    trainable = select_trainable(model, cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in trainable.parameters() if p.requires_grad], lr=1e-2)
+    rows = toy_rows(4)
+    r_c, r_r, _ = pair_scores(
+        model, tok, [r["prompt"] for r in rows], [r["chosen"] for r in rows], [r["rejected"] for r in rows], 128
+    )
+    (-torch.nn.functional.logsigmoid(r_c - r_r).mean()).backward()
+    opt.step()
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert "score.weight" in changed and "model.norm.weight" in changed
+    assert any(k.startswith("model.layers.1.") for k in changed)
+    assert not any(k.startswith(("model.layers.0.", "model.embed_tokens")) for k in changed)
+
+
+def test_lora_mode_saves_a_plain_merged_model(tmp_path):
+    pairs_path = tmp_path / "pairs.parquet"
+    pd.DataFrame(toy_rows(24)).to_parquet(pairs_path)
+    cfg = RewardConfig(backbone="tiny", trainable="lora", lora_r=4, lr=1e-2, epochs=1, max_length=128)
+    result = train_reward(pairs_path, cfg, tmp_path / "reward", tmp_path / "metrics", project_root=tmp_path)
+    assert not (result.model_dir / "adapter_config.json").exists()
+    loaded = RewardModel.load(result.model_dir)
+    assert not any("lora" in k for k in loaded.model.state_dict())
+    base, _ = build_reward_model("tiny", seed=cfg.seed)
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(loaded.model.state_dict()[q], base.state_dict()[q])  # adapters merged in
+    assert result.metrics["train"]["trainable_params"] < result.metrics["train"]["total_params"]

@@ -1,0 +1,67 @@
+import pandas as pd
+import pytest
+
+from components.config import ConfigError, from_dict, load_section
+from components.reward.config import RewardConfig
+from components.reward.pairs import PairsError, read_pairs, split_by_prompt
+
+
+def _write(tmp_path, rows, name="pairs.parquet"):
+    path = tmp_path / name
+    pd.DataFrame(rows).to_parquet(path)
+    return path
+
+
+def test_read_pairs_margin_null_is_zero_and_extra_columns_ignored(tmp_path):
+    path = _write(
+        tmp_path,
+        [
+            {"prompt": "p1", "chosen": "a", "rejected": "b", "margin": 0.5, "source": "x"},
+            {"prompt": "p2", "chosen": "c", "rejected": "d", "margin": None, "source": "y"},
+        ],
+    )
+    pairs = read_pairs(path)
+    assert len(pairs) == 2
+    assert pairs.margins == [0.5, 0.0]
+    assert pairs.chosen == ["a", "c"]
+
+
+def test_read_pairs_without_margin_column(tmp_path):
+    pairs = read_pairs(_write(tmp_path, [{"prompt": "p", "chosen": "a", "rejected": "b"}]))
+    assert pairs.margins == [0.0]
+
+
+def test_read_pairs_errors_name_the_problem(tmp_path):
+    with pytest.raises(PairsError, match="not found"):
+        read_pairs(tmp_path / "nope.parquet")
+    with pytest.raises(PairsError, match=r"missing column.*rejected"):
+        read_pairs(_write(tmp_path, [{"prompt": "p", "chosen": "a"}], "a.parquet"))
+    rows = [{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "q", "chosen": " ", "rejected": "b"}]
+    with pytest.raises(PairsError, match=r"'chosen' is empty or null in 1 row\(s\), first rows \[1\]"):
+        read_pairs(_write(tmp_path, rows, "b.parquet"))
+
+
+def test_split_keeps_each_prompt_on_one_side_and_is_seeded(tmp_path):
+    rows = [{"prompt": f"p{i % 10}", "chosen": f"c{i}", "rejected": f"r{i}"} for i in range(40)]
+    pairs = read_pairs(_write(tmp_path, rows))
+    train, held = split_by_prompt(pairs, 0.2, seed=3)
+    assert len(train) + len(held) == 40 and set(train).isdisjoint(held)
+    assert len({pairs.prompts[i] for i in held}) == 2
+    assert {pairs.prompts[i] for i in train}.isdisjoint({pairs.prompts[i] for i in held})
+    again = split_by_prompt(pairs, 0.2, seed=3)
+    assert (again[0] == train).all() and (again[1] == held).all()
+    # a tiny fraction still holds out one prompt; zero holds out none
+    assert len({pairs.prompts[i] for i in split_by_prompt(pairs, 0.01, 0)[1]}) == 1
+    assert len(split_by_prompt(pairs, 0.0, 0)[1]) == 0
+
+
+def test_reward_config_from_params_and_bad_values():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_section(RewardConfig, "reward", root / "params.yaml")
+    assert cfg.backbone == "smollm2-135m-instruct" and cfg.center_rewards
+    with pytest.raises(ConfigError, match=r"reward\.trainable"):
+        from_dict(RewardConfig, {"trainable": "some"}, prefix="reward.")
+    with pytest.raises(ConfigError, match="eval_fraction"):
+        from_dict(RewardConfig, {"eval_fraction": 1.5}, prefix="reward.")
