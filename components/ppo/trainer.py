@@ -232,7 +232,10 @@ class PPOTrainer:
         self.step = 0
         self.metrics: list[dict[str, float]] = []
         n_train = sum(p.numel() for p in params)
-        log.info("PPO on %s: %d trainable parameters, %d process(es)", self.acc.device, n_train, self.acc.num_processes)
+        if self.acc.is_main_process:
+            log.info(
+                "PPO on %s: %d trainable parameters, %d process(es)", self.acc.device, n_train, self.acc.num_processes
+            )
 
     # -- helpers -----------------------------------------------------------------------------
 
