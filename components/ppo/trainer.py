@@ -60,8 +60,8 @@ class ActorCritic(nn.Module):
 
     ``value_trunk=None``: the value head reads the policy's last hidden state (shared trunk, one
     forward pass). Otherwise it reads ``value_trunk``'s (its own copy of the base, its own LoRA).
-    The choice is measured in ``bench/bench_ppo.py`` and explained in the README ("Value head"):
-    on CPU the shared trunk costs one forward/backward per micro-batch instead of two.
+    Default ``shared``, by measurement (``bench/bench_value_head.py``, README "Value head"): on CPU with
+    LoRA a separate trunk costs ~2.6x the training time per micro-batch and twice the weights.
     """
 
     def __init__(self, policy: nn.Module, hidden_size: int, value_trunk: nn.Module | None = None) -> None:
