@@ -23,7 +23,7 @@ def test_params_yaml_section_matches_the_documented_defaults():
 def test_bad_values_are_refused_naming_the_key():
     with pytest.raises(ConfigError, match="mini_batch_size"):
         load_section(PPOConfig, "ppo", {"ppo": {"batch_size": 10, "mini_batch_size": 4}})
-    with pytest.raises(ConfigError, match="unknown key ppo.lr"):
+    with pytest.raises(ConfigError, match=r"unknown key ppo\.lr"):
         load_section(PPOConfig, "ppo", {"ppo": {"lr": 1e-4}})
     with pytest.raises(ConfigError, match="kl_estimator"):
         load_section(PPOConfig, "ppo", {"ppo": {"kl_estimator": "k2"}})
