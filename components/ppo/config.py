@@ -50,7 +50,7 @@ class PPOConfig:
     """0 = no top-k filtering (PPO needs the full distribution it computes log-probs from)."""
     top_p: float = 1.0
     """1.0 = no nucleus filtering (same reason)."""
-    missing_eos_penalty: float = 1.0
+    missing_eos_penalty: float = 0.5
     """Subtracted from the score of replies that hit ``max_new_tokens`` without EOS (TRL, N-details)."""
 
     # --- rewards and KL ---------------------------------------------------------------------
@@ -58,12 +58,12 @@ class PPOConfig:
     """Per-token KL estimator in the reward: k1 = log p - log q (Ziegler et al.), k3 = non-negative (Schulman)."""
     adaptive_kl: bool = True
     """Adapt the KL coefficient toward ``kl_target`` (Ziegler et al. 2019); false = fixed ``init_kl_coef``."""
-    init_kl_coef: float = 0.05
+    init_kl_coef: float = 0.1
     """Initial (or fixed) KL coefficient beta (Ziegler et al.: 0.1-0.2; TRL: 0.05)."""
     kl_target: float = 4.0
     """Target KL (nats, summed over a reply) for the adaptive controller (Ziegler et al.: 6 for 24-token replies)."""
-    kl_horizon: int = 1000
-    """Controller horizon in samples (Ziegler et al.: 10000; shorter so a short run can react)."""
+    kl_horizon: int = 256
+    """Controller horizon in samples (Ziegler et al.: 10000; ~ the demo run's 256 samples so it can react)."""
     whiten_rewards: bool = False
     """Whiten the KL-shaped per-token rewards per batch (TRL ``whiten_rewards``); the RM is normalised already."""
 
@@ -87,7 +87,7 @@ class PPOConfig:
     null = never (cleanrl ``target_kl``)."""
 
     # --- optimiser --------------------------------------------------------------------------
-    learning_rate: float = 3e-4
+    learning_rate: float = 5e-4
     """Adam learning rate (LoRA; use ~1e-5 for full fine-tuning)."""
     lr_decay: bool = True
     """Anneal the learning rate linearly to 0 over ``steps`` (N-details, cleanrl)."""
