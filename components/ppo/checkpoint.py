@@ -1,0 +1,124 @@
+"""Resumable PPO checkpoints: everything needed to continue a run bit-for-bit.
+
+Layout of ``<checkpoint_dir>/step_000004/``:
+- ``state.pt``: trainable weights (LoRA adapters or all weights, the value head), optimiser and
+  scheduler state, KL controller, step, metrics so far, params fingerprint;
+- ``rng_rank{r}.pt``: each process's RNG states (python, numpy, torch, cuda, prompt sampler);
+- ``params.json``: the params it was made with (human-readable, for the refusal message).
+Written to a temporary folder and renamed, so a crash mid-write never leaves a half checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from components.config import ModelConfig, to_dict
+from components.ppo.config import OPERATIONAL_FIELDS, PPOConfig
+
+KEEP_LAST = 2
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed from, with what to do about it."""
+
+
+def fingerprint(cfg: PPOConfig, model_cfg: ModelConfig, scorer_id: str, world_size: int) -> str:
+    """Hash of everything that changes the numbers: PPO params, model section, scorer, process count."""
+    ppo = {k: v for k, v in to_dict(cfg).items() if k not in OPERATIONAL_FIELDS}
+    payload = {"ppo": ppo, "model": to_dict(model_cfg), "scorer": scorer_id, "world_size": world_size}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _step_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.glob("step_*") if p.is_dir() and (p / "state.pt").is_file())
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    dirs = _step_dirs(root)
+    return dirs[-1] if dirs else None
+
+
+def save_checkpoint(
+    root: Path,
+    *,
+    step: int,
+    accelerator: Accelerator,
+    trainable: dict[str, torch.Tensor],
+    optimizer: dict[str, Any],
+    scheduler: dict[str, Any],
+    kl_ctl: dict[str, float],
+    metrics: list[dict[str, float]],
+    fingerprint: str,
+    params: dict[str, Any],
+    prompt_rng: dict[str, Any],
+) -> Path:
+    """Write step ``step``'s checkpoint (every process writes its RNG; the main process the rest)."""
+    final = root / f"step_{step:06d}"
+    tmp = root / f".tmp_step_{step:06d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    rng = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "prompt_rng": prompt_rng,
+    }
+    torch.save(rng, tmp / f"rng_rank{accelerator.process_index}.pt")
+    if accelerator.is_main_process:
+        state = {
+            "step": step,
+            "trainable": trainable,
+            "optimizer": optimizer,
+            "scheduler": scheduler,
+            "kl_ctl": kl_ctl,
+            "metrics": metrics,
+            "fingerprint": fingerprint,
+            "world_size": accelerator.num_processes,
+        }
+        torch.save(state, tmp / "state.pt")
+        (tmp / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in _step_dirs(root)[:-KEEP_LAST]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(path: Path, rank: int, *, expected_fingerprint: str) -> dict[str, Any]:
+    """Load a checkpoint for process ``rank``; refuse one made with different params."""
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    if state["fingerprint"] != expected_fingerprint:
+        theirs = path / "params.json"
+        raise CheckpointError(
+            f"refusing to resume from {path}: it was made with different params, model, scorer or process "
+            f"count (fingerprint {state['fingerprint']} != {expected_fingerprint} for the current ones). "
+            f"Its params are in {theirs}. Restore those params to resume, or start fresh without --resume "
+            f"(or delete {path.parent})."
+        )
+    rng_file = path / f"rng_rank{rank}.pt"
+    if not rng_file.is_file():
+        raise CheckpointError(f"{path}: no RNG state for process {rank}; was it written by fewer processes?")
+    state["rng"] = torch.load(rng_file, map_location="cpu", weights_only=False)
+    return state
+
+
+def clear_checkpoints(root: Path) -> None:
+    """Remove old checkpoints (a fresh, non-resumed run starts clean)."""
+    if root.is_dir():
+        for p in root.glob("*step_*"):
+            shutil.rmtree(p, ignore_errors=True)

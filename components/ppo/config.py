@@ -1,0 +1,140 @@
+"""``PPOConfig``: every knob of the PPO stage (``params.yaml`` section ``ppo``).
+
+Defaults are sized for the CPU demo (SmolLM2-135M-Instruct with LoRA, 2 cores, a few minutes); the
+reference values from the literature are given beside each field where they differ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """PPO fine-tuning of the policy against a reward scorer."""
+
+    # --- inputs and outputs -----------------------------------------------------------------
+    reward_model: str = "models/reward"
+    """Scorer: a reward-model folder (``components.reward``), or a built-in stand-in:
+    ``builtin:vader`` (VADER sentiment of the reply) or ``builtin:count:WORD`` (occurrences of WORD)."""
+    prompts: str = "data/prompts/train.jsonl"
+    """JSONL file of training prompts, one ``{"prompt": ...}`` per line (relative to the project root)."""
+    output_dir: str = "models/policy"
+    """Where the exported policy goes: a plain transformers folder (LoRA merged) + manifest.json."""
+    checkpoint_dir: str = "models/ppo-checkpoints"
+    """Where resumable checkpoints go (not a DVC output; kept across runs for ``--resume``)."""
+
+    # --- schedule ---------------------------------------------------------------------------
+    steps: int = 16
+    """PPO steps (rollout + update). Each step samples ``batch_size`` prompts per process."""
+    batch_size: int = 16
+    """Prompts (= replies) per step per process (N-details: 512 on 8 GPUs; small for CPU)."""
+    mini_batch_size: int = 8
+    """Replies per optimiser step; ``batch_size`` must be a multiple of it."""
+    micro_batch_size: int = 4
+    """Replies per forward/backward pass; gradients are accumulated up to ``mini_batch_size``."""
+    ppo_epochs: int = 2
+    """Passes over each rollout batch (N-details / Ziegler et al.: 4; 2 keeps CPU steps short)."""
+    seed: int = 0
+    """Base seed; process ``r`` uses ``seed + r`` (a different seed per process, N-details)."""
+    save_every: int = 4
+    """Write a resumable checkpoint every this many steps (and always at the last step)."""
+
+    # --- rollout ----------------------------------------------------------------------------
+    max_new_tokens: int = 32
+    """Reply length cap; replies stop at EOS and are truncated after it."""
+    temperature: float = 0.7
+    """Sampling temperature; log-probs are computed from logits divided by it (N-details: 0.7)."""
+    top_k: int = 0
+    """0 = no top-k filtering (PPO needs the full distribution it computes log-probs from)."""
+    top_p: float = 1.0
+    """1.0 = no nucleus filtering (same reason)."""
+    missing_eos_penalty: float = 0.5
+    """Subtracted from the score of replies that hit ``max_new_tokens`` without EOS (TRL, N-details)."""
+
+    # --- rewards and KL ---------------------------------------------------------------------
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    """Per-token KL estimator in the reward: k1 = log p - log q (Ziegler et al.), k3 = non-negative (Schulman)."""
+    adaptive_kl: bool = True
+    """Adapt the KL coefficient toward ``kl_target`` (Ziegler et al. 2019); false = fixed ``init_kl_coef``."""
+    init_kl_coef: float = 0.1
+    """Initial (or fixed) KL coefficient beta (Ziegler et al.: 0.1-0.2; TRL: 0.05)."""
+    kl_target: float = 4.0
+    """Target KL (nats, summed over a reply) for the adaptive controller (Ziegler et al.: 6 for 24-token replies)."""
+    kl_horizon: int = 256
+    """Controller horizon in samples (Ziegler et al.: 10000; ~ the demo run's 256 samples so it can react)."""
+    whiten_rewards: bool = False
+    """Whiten the KL-shaped per-token rewards per batch (TRL ``whiten_rewards``); the RM is normalised already."""
+
+    # --- advantages and losses --------------------------------------------------------------
+    gamma: float = 1.0
+    """Discount (N-details: 1)."""
+    lam: float = 0.95
+    """GAE lambda (N-details: 0.95)."""
+    whiten_advantages: bool = True
+    """Whiten advantages over the batch's response tokens (N-details)."""
+    clip_range: float = 0.2
+    """PPO ratio clip epsilon (Schulman et al. 2017: 0.2)."""
+    clip_range_value: float = 0.2
+    """Value clip around the rollout-time values (N-details: 0.2)."""
+    vf_coef: float = 0.1
+    """Weight of the value loss (TRL: 0.1)."""
+    ent_coef: float = 0.0
+    """Weight of the entropy bonus (0 = off, as in N-details)."""
+    early_stop_kl: float | None = 0.1
+    """Stop the step's remaining PPO epochs once a minibatch's approx KL (0.5 E[log-ratio^2]) exceeds this;
+    null = never (cleanrl ``target_kl``)."""
+
+    # --- optimiser --------------------------------------------------------------------------
+    learning_rate: float = 5e-4
+    """Adam learning rate (LoRA; use ~1e-5 for full fine-tuning)."""
+    lr_decay: bool = True
+    """Anneal the learning rate linearly to 0 over ``steps`` (N-details, cleanrl)."""
+    adam_eps: float = 1e-5
+    """Adam epsilon (N-details: 1e-5, as in OpenAI's TF code)."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this (TRL: 1.0)."""
+
+    # --- model ------------------------------------------------------------------------------
+    lora: bool = True
+    """Train LoRA adapters (peft) instead of all weights; the reference is the base with adapters disabled."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (scale = alpha / r)."""
+    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj")
+    """Linear layers that get adapters (all of a Llama block's projections)."""
+    value_model: Literal["shared", "separate"] = "shared"
+    """Value head on the policy's trunk (``shared``) or on its own copy of the base (``separate``);
+    see README, "Value head", for the measurement behind the default."""
+    bf16: bool = True
+    """On CUDA, run forward passes under bf16 autocast (weights stay float32). Ignored on CPU."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size % self.mini_batch_size:
+            raise ValueError(
+                f"batch_size {self.batch_size} must be a multiple of mini_batch_size {self.mini_batch_size}"
+            )
+        if self.mini_batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"mini_batch_size {self.mini_batch_size} must be a multiple of micro_batch_size {self.micro_batch_size}"
+            )
+        for name in ("steps", "batch_size", "ppo_epochs", "save_every", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.top_k != 0 or self.top_p != 1.0:
+            # PPO's log-probs come from the full softmax; a filtered sampler would make them off-policy.
+            raise ValueError("PPO needs top_k=0 and top_p=1.0 (log-probs are computed from the unfiltered softmax)")
+
+    @property
+    def grad_accumulation(self) -> int:
+        """Micro-batches per optimiser step."""
+        return self.mini_batch_size // self.micro_batch_size
+
+
+# Fields that change where files go or how often they are written, never the numbers: not part of the
+# fingerprint that guards ``--resume``.
+OPERATIONAL_FIELDS = frozenset({"output_dir", "checkpoint_dir", "save_every"})

@@ -1,0 +1,300 @@
+"""PPO math for RLHF: small, typed, pure tensor functions (no model, no I/O).
+
+Letters: B batch (sequences), T response tokens (right padded after EOS), V vocabulary.
+Masks are 1 on real response tokens (up to and including the first EOS) and 0 after.
+
+Sources (cited per function): Ziegler et al. 2019, "Fine-Tuning Language Models from Human
+Preferences" (arXiv:1909.08593); Huang et al. 2022/2024, "The N Implementation Details of RLHF with
+PPO" and its reference code ``lm-human-preference-details``; Schulman et al. 2016 (GAE,
+arXiv:1506.02438) and 2017 (PPO, arXiv:1707.06347); Schulman 2020, "Approximating KL Divergence"
+(k1/k3 estimators); TRL 0.x ``ppo_trainer`` / ``core`` (masked_whiten, loss layout).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+KLEstimator = Literal["k1", "k3"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Masked statistics
+# ---------------------------------------------------------------------------------------------
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of ``x`` over positions where ``mask`` is 1 (over all, or along ``dim``)."""
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp_min(1.0)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp_min(1.0)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """Variance of ``x`` over masked positions; Bessel-corrected like TRL ``core.masked_var``."""
+    mean = masked_mean(x, mask)
+    centred_sq = (x - mean) ** 2
+    var = masked_mean(centred_sq, mask)
+    if unbiased:
+        n = mask.to(x.dtype).sum()
+        if n < 2:
+            raise ValueError(f"masked_var needs at least 2 unmasked values for an unbiased estimate, got {int(n)}")
+        var = var * n / (n - 1)
+    return var
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over masked positions; ``shift_mean=False`` adds the mean back (TRL ``masked_whiten``).
+
+    Masked-out positions are returned as 0 so they never leak into later sums.
+    """
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    whitened = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask.to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Log-probabilities, entropy, KL
+# ---------------------------------------------------------------------------------------------
+
+
+def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Log-probability of each sampled token under ``logits / temperature``.
+
+    Dividing by the sampling temperature makes these the log-probs of the distribution the tokens were
+    actually drawn from (Huang et al., "N implementation details", detail on temperature).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    logp = F.log_softmax(logits.float() / temperature, dim=-1)  # shape: (B, T, V)
+    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # shape: (B, T)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the categorical distribution at each position: logsumexp(z) - sum softmax(z) z."""
+    logits = logits.float()
+    probs = F.softmax(logits, dim=-1)  # shape: (B, T, V)
+    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)  # shape: (B, T)
+
+
+def kl_per_token(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: KLEstimator = "k1") -> torch.Tensor:
+    """Per-token estimate of KL(policy || reference) from the sampled token's log-probs.
+
+    k1 = log p - log q (unbiased, can be negative; Ziegler et al. 2019 eq. 2);
+    k3 = (q/p - 1) - log(q/p) (unbiased, always >= 0; Schulman 2020, "Approximating KL Divergence").
+    """
+    log_ratio = logp - ref_logp  # shape: (B, T)
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k3":
+        return torch.expm1(-log_ratio) + log_ratio
+    raise ValueError(f"unknown KL estimator {estimator!r} (use 'k1' or 'k3')")
+
+
+def apply_missing_eos_penalty(scores: torch.Tensor, ended: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Subtract ``penalty`` from the score of every reply that hit ``max_new_tokens`` without EOS.
+
+    Huang et al. ("N implementation details", truncate at EOS and penalise replies without it); TRL
+    ``missing_eos_penalty``.
+    """
+    return torch.where(ended, scores, scores - penalty)  # shape: (B,)
+
+
+def last_token_index(mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last 1 in each row of a right-padded mask (the reply's last token)."""
+    lengths = mask.long().sum(dim=1)  # shape: (B,)
+    if (lengths == 0).any():
+        raise ValueError("every response must have at least one token (a row of the mask is all zeros)")
+    return lengths - 1
+
+
+def kl_shaped_rewards(
+    scores: torch.Tensor,
+    logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coef: float,
+    estimator: KLEstimator = "k1",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rewards: ``-kl_coef * KL_t`` everywhere, plus the score on the last response token.
+
+    Ziegler et al. 2019 eq. 2: R(x, y) = r(x, y) - beta * log(pi(y|x) / rho(y|x)), the KL spread per token
+    and the reward-model score given at the final token (Huang et al., "N implementation details").
+    Returns ``(rewards, kl)``, both (B, T), zero where ``mask`` is 0.
+    """
+    m = mask.to(logp.dtype)
+    kl = kl_per_token(logp, ref_logp, estimator) * m  # shape: (B, T)
+    rewards = -kl_coef * kl  # shape: (B, T)
+    last = last_token_index(mask)  # shape: (B,)
+    rewards = rewards.scatter_add(1, last.unsqueeze(1), scores.to(rewards.dtype).unsqueeze(1))
+    return rewards * m, kl
+
+
+# ---------------------------------------------------------------------------------------------
+# Advantages
+# ---------------------------------------------------------------------------------------------
+
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over the masked response tokens (Schulman et al. 2016, eq. 16).
+
+    delta_t = r_t + gamma * V_{t+1} - V_t, A_t = delta_t + gamma * lam * A_{t+1}, with V and A zero
+    beyond each reply's last token (the episode ends at EOS). Returns ``(advantages, returns)`` with
+    ``returns = advantages + values`` (the value target, as in TRL / lm-human-preference-details).
+    """
+    m = mask.to(values.dtype)
+    rewards, values = rewards * m, values * m  # shape: (B, T)
+    T = rewards.shape[1]
+    next_value = torch.zeros_like(values[:, 0])  # shape: (B,)
+    next_adv = torch.zeros_like(values[:, 0])  # shape: (B,)
+    advs = []
+    for t in reversed(range(T)):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]  # shape: (B,)
+        adv = (delta + gamma * lam * next_adv) * m[:, t]  # shape: (B,)
+        advs.append(adv)
+        next_value, next_adv = values[:, t], adv
+    advantages = torch.stack(advs[::-1], dim=1)  # shape: (B, T)
+    return advantages, (advantages + values) * m
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses and their diagnostics
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PolicyLoss:
+    loss: torch.Tensor
+    """Clipped surrogate, to minimise (scalar)."""
+    clipfrac: torch.Tensor
+    """Fraction of tokens where the clipped branch was taken (scalar)."""
+    approx_kl: torch.Tensor
+    """0.5 * mean((log ratio)^2) over tokens (scalar), as in TRL / lm-human-preference-details."""
+    ratio_mean: torch.Tensor
+    """Mean of pi_new / pi_old over tokens (scalar); drifts from 1 when updates are large."""
+
+
+def clipped_policy_loss(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip: float = 0.2
+) -> PolicyLoss:
+    """PPO clipped surrogate max(-A r, -A clip(r, 1-eps, 1+eps)) over masked tokens (Schulman 2017, eq. 7)."""
+    log_ratio = logp - old_logp  # shape: (B, T)
+    ratio = torch.exp(log_ratio)  # shape: (B, T)
+    unclipped = -advantages * ratio  # shape: (B, T)
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)  # shape: (B, T)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    clipfrac = masked_mean((clipped > unclipped).float(), mask)
+    kl = approx_kl(logp, old_logp, mask).detach()
+    return PolicyLoss(loss, clipfrac.detach(), kl, masked_mean(ratio, mask).detach())
+
+
+def clipped_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float = 0.2
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """0.5 * max((V - R)^2, (clip(V, V_old +- eps) - R)^2) over masked tokens; returns ``(loss, clipfrac)``.
+
+    Value clipping from the OpenAI baselines PPO2 / lm-human-preference-details (``cliprange_value``).
+    """
+    clipped_values = old_values + torch.clamp(values - old_values, -clip, clip)  # shape: (B, T)
+    loss_unclipped = (values - returns) ** 2  # shape: (B, T)
+    loss_clipped = (clipped_values - returns) ** 2  # shape: (B, T)
+    loss = 0.5 * masked_mean(torch.maximum(loss_unclipped, loss_clipped), mask)
+    clipfrac = masked_mean((loss_clipped > loss_unclipped).float(), mask)
+    return loss, clipfrac.detach()
+
+
+def approx_kl(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """0.5 * E[(log pi_new - log pi_old)^2] over masked tokens (TRL / lm-human-preference-details ``approxkl``)."""
+    return 0.5 * masked_mean((logp - old_logp) ** 2, mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# KL coefficient controllers
+# ---------------------------------------------------------------------------------------------
+
+
+class FixedKLController:
+    """A constant KL coefficient beta."""
+
+    def __init__(self, kl_coef: float) -> None:
+        self.value = float(kl_coef)
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        """Nothing to adapt."""
+
+    def state_dict(self) -> dict[str, float]:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.value = float(state["value"])
+
+
+class AdaptiveKLController:
+    """Adapt beta so the policy's KL to the reference tracks ``target`` (Ziegler et al. 2019, eq. 3).
+
+    e_t = clip(KL_t / target - 1, -0.2, 0.2); beta_{t+1} = beta_t (1 + K_beta e_t), K_beta = n_steps / horizon.
+    """
+
+    def __init__(self, init_kl_coef: float, target: float, horizon: int) -> None:
+        if target <= 0 or horizon <= 0:
+            raise ValueError(f"adaptive KL needs target > 0 and horizon > 0, got target={target}, horizon={horizon}")
+        self.value = float(init_kl_coef)
+        self.target = float(target)
+        self.horizon = int(horizon)
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        """``current_kl``: mean over sequences of the summed per-token KL; ``n_steps``: sequences seen this step."""
+        proportional_error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + proportional_error * n_steps / self.horizon
+
+    def state_dict(self) -> dict[str, float]:
+        return {"value": self.value, "target": self.target, "horizon": self.horizon}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.value = float(state["value"])
+
+
+KLController = FixedKLController | AdaptiveKLController
+
+
+def make_kl_controller(adaptive: bool, init_kl_coef: float, target: float, horizon: int) -> KLController:
+    """The adaptive controller (Ziegler et al. 2019) or a fixed coefficient."""
+    return AdaptiveKLController(init_kl_coef, target, horizon) if adaptive else FixedKLController(init_kl_coef)
+
+
+def linear_decay(step: int, total: int) -> float:
+    """LR multiplier 1 -> 1/total over ``total`` optimiser steps (cleanrl / TRL ``frac = 1 - (i-1)/n``)."""
+    if total <= 0:
+        return 1.0
+    return max(1.0 - step / total, 0.0)
+
+
+__all__ = [
+    "AdaptiveKLController",
+    "FixedKLController",
+    "KLController",
+    "PolicyLoss",
+    "apply_missing_eos_penalty",
+    "approx_kl",
+    "clipped_policy_loss",
+    "clipped_value_loss",
+    "entropy_from_logits",
+    "gae",
+    "kl_per_token",
+    "kl_shaped_rewards",
+    "last_token_index",
+    "linear_decay",
+    "logprobs_from_logits",
+    "make_kl_controller",
+    "masked_mean",
+    "masked_var",
+    "masked_whiten",
+]

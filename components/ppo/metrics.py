@@ -1,0 +1,93 @@
+"""PPO step metrics: JSONL (one row per step, appended as it runs), CSV, and PNG plots of score and KL.
+
+Files under ``metrics/``: ``ppo_log.jsonl``, ``ppo_log.csv`` (for ``dvc plots``), ``ppo_score.png``,
+``ppo_kl.png``; the summary ``ppo.json`` is written by the stage entry point.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+LOG_JSONL = "ppo_log.jsonl"
+LOG_CSV = "ppo_log.csv"
+PLOT_SCORE = "ppo_score.png"
+PLOT_KL = "ppo_kl.png"
+
+
+class MetricsWriter:
+    """Writes per-step rows; on resume, rewrites the log with the checkpoint's rows first."""
+
+    def __init__(self, folder: Path, enabled: bool = True) -> None:
+        self.folder = Path(folder)
+        self.enabled = enabled
+        self.rows: list[dict[str, Any]] = []
+
+    def start(self, previous: list[dict[str, Any]]) -> None:
+        """Begin the log with the rows a resumed run already has (none for a fresh run)."""
+        self.rows = list(previous)
+        if not self.enabled:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / LOG_JSONL, "w", encoding="utf-8") as fh:
+            for row in self.rows:
+                fh.write(json.dumps(row) + "\n")
+
+    def append(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        if not self.enabled:
+            return
+        with open(self.folder / LOG_JSONL, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+        self._write_csv()
+
+    def finish(self) -> None:
+        if self.enabled and self.rows:
+            self._write_csv()
+            plot(self.rows, self.folder)
+
+    def _write_csv(self) -> None:
+        keys = list(self.rows[0])
+        with open(self.folder / LOG_CSV, "w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(self.rows)
+
+
+def plot(rows: list[dict[str, Any]], folder: Path) -> list[Path]:
+    """PNG plots of score and KL (with the controller's coefficient) against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    out = []
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, [r["objective/score"] for r in rows], marker="o", label="score (mean)")
+    ax.plot(steps, [r["objective/rlhf_reward"] for r in rows], marker=".", label="score - beta KL")
+    ax.set_xlabel("PPO step")
+    ax.set_ylabel("reward")
+    ax.set_title("PPO: reward")
+    ax.legend()
+    fig.tight_layout()
+    out.append(folder / PLOT_SCORE)
+    fig.savefig(out[-1], dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, [r["objective/kl"] for r in rows], marker="o", color="tab:red", label="KL to reference (nats)")
+    ax.set_xlabel("PPO step")
+    ax.set_ylabel("KL (nats / reply)")
+    ax2 = ax.twinx()
+    ax2.plot(steps, [r["objective/kl_coef"] for r in rows], ls="--", color="tab:gray", label="beta")
+    ax2.set_ylabel("beta")
+    ax.set_title("PPO: KL to the reference")
+    fig.legend(loc="upper left")
+    fig.tight_layout()
+    out.append(folder / PLOT_KL)
+    fig.savefig(out[-1], dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,57 @@
+"""PPOConfig from params.yaml, its checks, the built-in scorers and the resume fingerprint."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from components.config import ConfigError, ModelConfig, load_section
+from components.ppo.checkpoint import fingerprint
+from components.ppo.config import PPOConfig
+from components.ppo.scorers import CountScorer, Scorer, load_scorer, scorer_fingerprint
+
+PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
+
+
+def test_params_yaml_section_matches_the_documented_defaults():
+    assert load_section(PPOConfig, "ppo", PARAMS) == PPOConfig()
+
+
+def test_bad_values_are_refused_naming_the_key():
+    with pytest.raises(ConfigError, match="mini_batch_size"):
+        load_section(PPOConfig, "ppo", {"ppo": {"batch_size": 10, "mini_batch_size": 4}})
+    with pytest.raises(ConfigError, match=r"unknown key ppo\.lr"):
+        load_section(PPOConfig, "ppo", {"ppo": {"lr": 1e-4}})
+    with pytest.raises(ConfigError, match="kl_estimator"):
+        load_section(PPOConfig, "ppo", {"ppo": {"kl_estimator": "k2"}})
+    with pytest.raises(ConfigError, match="top_k=0"):
+        load_section(PPOConfig, "ppo", {"ppo": {"top_p": 0.9}})
+
+
+def test_count_scorer_and_builtin_specs():
+    s = CountScorer("ok", cap=2)
+    assert isinstance(s, Scorer)
+    assert s.score(["a", "b", "c"], ["OK ok", "nothing", "ok ok ok"]).tolist() == [2.0, 0.0, 2.0]
+    assert load_scorer("builtin:count:yes").score(["p"], ["yes, yes"]).tolist() == [2.0]
+    vader = load_scorer("builtin:vader").score(["p", "p"], ["Great, thank you so much!", "This is terrible."])
+    assert vader.dtype == torch.float32 and vader[0] > 0.5 and vader[1] < -0.3
+    with pytest.raises(ValueError, match="unknown built-in"):
+        load_scorer("builtin:nope")
+
+
+def test_fingerprint_ignores_operational_fields_only(tmp_path):
+    cfg, model = PPOConfig(), ModelConfig()
+    fp = fingerprint(cfg, model, "s", 1)
+    assert fingerprint(replace(cfg, save_every=1, output_dir="x"), model, "s", 1) == fp
+    assert fingerprint(replace(cfg, learning_rate=1e-5), model, "s", 1) != fp
+    assert fingerprint(cfg, replace(model, base="tiny"), "s", 1) != fp
+    assert fingerprint(cfg, model, "other-scorer", 1) != fp
+    assert fingerprint(cfg, model, "s", 2) != fp
+    (tmp_path / "rm").mkdir()
+    (tmp_path / "rm" / "w.bin").write_bytes(b"1")
+    before = scorer_fingerprint(tmp_path / "rm")
+    (tmp_path / "rm" / "w.bin").write_bytes(b"2")
+    assert scorer_fingerprint(tmp_path / "rm") != before
