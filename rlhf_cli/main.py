@@ -63,12 +63,21 @@ def demo(
     prompt: Annotated[str, typer.Option(help="Sample prompt for the base model.")] = (
         "My package arrived damaged. What should I do?"
     ),
+    reseed: Annotated[
+        bool, typer.Option(help="Sample new seed feedback even when the versioned data already holds some.")
+    ] = False,
 ) -> None:
     """The whole loop on the embedded default, on CPU (stages join as they are built)."""
+    import time
+
     from components.base_model import describe, load_base
     from components.config import ConfigError, ModelConfig, load_section
     from components.generation import generate
+    from components.paths import ProjectPaths
 
+    t0 = time.perf_counter()
+    params = params.resolve()
+    paths = ProjectPaths(params.parent)
     try:
         cfg = load_section(ModelConfig, "model", params)
     except ConfigError as exc:
@@ -81,21 +90,135 @@ def demo(
         out = generate(model, tok, [prompt], system=cfg.system_prompt, max_new_tokens=64, generator_seed=cfg.seed)
     console.print(f"[bold]user:[/] {prompt}\n[bold]assistant:[/] {out.texts[0]}")
 
-    seeded = _seed_demo(params, cfg, model, tok)
-
     table = Table(title="rlhf demo: stages")
     table.add_column("stage")
-    table.add_column("status")
-    table.add_row("base model", "[green]done[/]")
-    v = seeded.ingest.validation
-    table.add_row("seed feedback (gold annotator)", f"[green]done[/]: {seeded.stats['pairs']} pairs")
+    table.add_column("result")
+    table.add_row("base model", f"[green]done[/]: {describe(model)}")
+
+    # 1. seed feedback -> validate -> version
+    existing = _stored_pairs(paths)
+    if existing and not reseed:
+        console.print(f"seed feedback already versioned ({existing} pairs in {paths.feedback}); --reseed samples more")
+        table.add_row("seed + validate + version", f"[green]reused[/]: {existing} stored pairs")
+    else:
+        seeded = _seed_demo(params, cfg, model, tok)
+        v = seeded.ingest.validation
+        table.add_row("seed feedback (gold annotator)", f"[green]done[/]: {seeded.stats['pairs']} pairs")
+        table.add_row(
+            "validate (Great Expectations)",
+            f"[green]done[/]: {len(v.accepted)} accepted, {len(v.quarantined)} quarantined",
+        )
+        table.add_row("version (DVC)", f"[green]done[/]: {seeded.ingest.version}")
+
+    # 2. reward model
+    reward = _train_reward_demo(params, paths)
+    acc = reward.eval_accuracy
     table.add_row(
-        "validate (Great Expectations)", f"[green]done[/]: {len(v.accepted)} accepted, {len(v.quarantined)} quarantined"
+        "reward model (Bradley-Terry)",
+        f"[green]done[/]: held-out accuracy vs gold labels {acc:.1%}" if acc is not None else "[green]done[/]",
     )
-    table.add_row("version (DVC)", f"[green]done[/]: {seeded.ingest.version}")
-    for stage in ("reward model", "PPO", "evaluate + gate", "serve + traffic"):
+
+    # 3. before: the base policy on held-out prompts
+    before = _evaluate_demo(params, paths, cfg, model, model, tok, "base policy")
+
+    # 4. PPO
+    policy_dir = _ppo_demo(params, paths)
+    policy, _ = load_base(str(policy_dir), dtype=cfg.dtype)
+    after = _evaluate_demo(params, paths, cfg, policy, model, tok, "PPO policy")
+    table.add_row("PPO (LoRA, CPU)", f"[green]done[/]: policy in {policy_dir}")
+    for stage in ("evaluate + gate", "serve + traffic", "second round"):
         table.add_row(stage, "[yellow]not built yet[/]")
+    console.print(_before_after_table(before, after))
     console.print(table)
+    console.print(f"demo finished in {time.perf_counter() - t0:.0f} s")
+
+
+def _stored_pairs(paths) -> int:
+    import pandas as pd
+
+    pairs = paths.feedback / "pairs.parquet"
+    return len(pd.read_parquet(pairs, columns=["prompt"])) if pairs.is_file() else 0
+
+
+def _train_reward_demo(params: Path, paths):
+    from components.config import load_section
+    from components.reward.config import RewardConfig
+    from components.reward.trainer import train_reward
+
+    rcfg = load_section(RewardConfig, "reward", params)
+    console.print(f"training the reward model ({rcfg.backbone}, {rcfg.trainable} layers, {rcfg.epochs} epochs)")
+    result = train_reward(
+        paths.feedback / "pairs.parquet", rcfg, paths.models / "reward", paths.metrics, project_root=paths.root
+    )
+    ev = result.metrics["eval"]
+    console.print(
+        f"reward model: held-out preference accuracy {ev.get('accuracy', float('nan')):.1%} on {ev.get('pairs', '?')} "
+        f"pairs labelled by the gold annotator; metrics in {paths.metrics / 'reward.json'}"
+    )
+    return result
+
+
+def _ppo_demo(params: Path, paths) -> Path:
+    from components.config import load_section
+    from components.ppo.config import PPOConfig
+    from components.ppo.train import run
+
+    pcfg = load_section(PPOConfig, "ppo", params)
+    console.print(f"PPO: {pcfg.steps} steps x {pcfg.batch_size} prompts against the reward model (LoRA={pcfg.lora})")
+    run(params, paths.root)
+    return paths.root / pcfg.output_dir
+
+
+def _evaluate_demo(params: Path, paths, model_cfg, policy, reference, tok, label: str):
+    import json
+
+    from components.config import load_section
+    from components.demo_task import gold, load_prompts
+    from components.evaluation import evaluate_policy
+    from components.ppo.config import PPOConfig
+    from components.reward.model import RewardModel
+
+    pcfg = load_section(PPOConfig, "ppo", params)
+    rm = RewardModel.load(paths.models / "reward")
+    prompts = [p["prompt"] for p in load_prompts("heldout")]
+    with console.status(f"evaluating the {label} on {len(prompts)} held-out prompts"):
+        result = evaluate_policy(
+            policy,
+            reference,
+            tok,
+            prompts,
+            rm.score,
+            gold.score,
+            system=model_cfg.system_prompt,
+            max_new_tokens=pcfg.max_new_tokens,
+            temperature=pcfg.temperature,
+            seed=model_cfg.seed,
+        )
+    paths.metrics.mkdir(parents=True, exist_ok=True)
+    name = "eval_base.json" if reference is policy else "eval_policy.json"
+    record = {k: v for k, v in result.__dict__.items() if k != "examples"}
+    (paths.metrics / name).write_text(json.dumps(record, indent=2))
+    for p, r in result.examples[:2]:
+        console.print(f"[dim]{label}[/] [bold]user:[/] {p}\n    [bold]assistant:[/] {r}")
+    return result
+
+
+def _before_after_table(before, after) -> Table:
+    table = Table(title=f"held-out prompts ({before.n}), one sampled reply each")
+    table.add_column("metric")
+    table.add_column("base policy", justify="right")
+    table.add_column("after PPO", justify="right")
+    table.add_column("change", justify="right")
+    for name, key in (
+        ("reward-model score (normalised)", "reward_score"),
+        ("gold annotator score", "gold_score"),
+        ("KL to the reference (nats/reply)", "kl"),
+        ("replies that end (EOS)", "eos_fraction"),
+        ("reply length (tokens)", "mean_tokens"),
+    ):
+        a, b = getattr(before, key), getattr(after, key)
+        table.add_row(name, f"{a:.3f}", f"{b:.3f}", f"{b - a:+.3f}")
+    return table
 
 
 def _seed_demo(params: Path, model_cfg, model, tok):
@@ -106,7 +229,7 @@ def _seed_demo(params: Path, model_cfg, model, tok):
     from components.paths import ProjectPaths
 
     data_cfg = _data_config(params)
-    paths = ProjectPaths.discover()
+    paths = ProjectPaths(params.parent)
     n = min(data_cfg.seed_prompts, len(load_prompts("train"))) * data_cfg.replies_per_prompt
     console.print(f"seeding demo feedback: {n} replies from the base model, labelled by the gold annotator")
     try:
