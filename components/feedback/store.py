@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from components import lineage
 from components.feedback.config import DataConfig
 from components.feedback.io import read_parquet, write_jsonl, write_parquet
 from components.feedback.schema import PAIRS, RATINGS, SCHEMAS, key_hashes
@@ -49,10 +50,7 @@ def dvc(paths: ProjectPaths, *args: str) -> str:
 
 def data_version(paths: ProjectPaths) -> str | None:
     """The current data version: the ``md5`` recorded for ``data/`` in ``data.dvc`` (None if untracked)."""
-    if not paths.data_dvc.is_file():
-        return None
-    outs = (yaml.safe_load(paths.data_dvc.read_text(encoding="utf-8")) or {}).get("outs") or [{}]
-    return outs[0].get("md5")
+    return lineage.data_version(paths.root)
 
 
 def ensure_remote(paths: ProjectPaths) -> str:

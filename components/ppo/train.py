@@ -12,13 +12,13 @@ import argparse
 import json
 import logging
 import shutil
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from components.base_model import resolve_model_dir
 from components.config import ModelConfig, load_section, read_params, to_dict
+from components.lineage import code_revision
 from components.paths import ProjectPaths
 from components.ppo.checkpoint import clear_checkpoints
 from components.ppo.config import PPOConfig
@@ -26,16 +26,6 @@ from components.ppo.scorers import Scorer, load_scorer, scorer_fingerprint
 from components.ppo.trainer import PPOTrainer, TrainResult, replicas_in_sync, summary
 
 log = logging.getLogger(__name__)
-
-
-def code_revision(root: Path) -> str:
-    """The git commit of the code (with ``-dirty`` when the tree has changes), or ``unknown``."""
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True)
-        return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def export_policy(result: TrainResult, out_dir: Path, manifest: dict[str, Any]) -> Path:
@@ -89,7 +79,7 @@ def run(
             "base_dir": _base_dir(model_cfg.base),
             "reward_model": {"spec": cfg.reward_model, "sha256": scorer_id},
             "params": {"ppo": to_dict(cfg), "model": to_dict(model_cfg)},
-            "code_revision": code_revision(root),
+            "code_revision": code_revision(root) or "unknown",
             "metrics": stats,
             "processes": result.accelerator.num_processes,
             "seconds": round(time.perf_counter() - t0, 1),

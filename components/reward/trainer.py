@@ -17,7 +17,6 @@ import csv
 import json
 import logging
 import shutil
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -27,11 +26,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from components.config import to_dict
+from components.lineage import code_revision, data_version
 from components.reward.config import RewardConfig
 from components.reward.losses import (
     bradley_terry_loss,
@@ -238,36 +237,6 @@ def evaluate_scores(
 # ---------------------------------------------------------------------------------------------
 # 6. lineage and outputs
 # ---------------------------------------------------------------------------------------------
-
-
-def data_version(root: Path) -> str | None:
-    """The md5 of ``data/`` recorded in ``data.dvc`` (None when the project has none)."""
-    dvc_file = root / "data.dvc"
-    if not dvc_file.is_file():
-        return None
-    try:
-        outs = (yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("outs") or []
-    except yaml.YAMLError:
-        log.warning("%s: not valid YAML; data version left empty", dvc_file)
-        return None
-    return next((o.get("md5") for o in outs if o.get("md5")), None)
-
-
-def code_revision(root: Path) -> str | None:
-    """``git rev-parse HEAD`` of the project, with ``-dirty`` when tracked files have changes."""
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head + ("-dirty" if dirty else "")
 
 
 def write_step_table(step_log: Path, csv_path: Path, png_path: Path) -> None:
