@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from components.generation import generate
+from components.generation import generate, position_ids_from_mask
 from components.ppo import core
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,8 @@ class PolicyEval:
 
 
 def _logits(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # shape: (B, P+R), position ids that skip left padding
-    return model(input_ids=ids, attention_mask=mask, position_ids=positions).logits  # shape: (B, P+R, V)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask))
+    return out.logits  # shape: (B, P+R, V)
 
 
 @torch.no_grad()

@@ -18,6 +18,11 @@ def chat_text(tok: PreTrainedTokenizerBase, prompt: str, system: str | None = No
     return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count only real tokens, so left padding does not shift positions; shape (B, T)."""
+    return (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+
+
 @dataclass(frozen=True)
 class Generation:
     """A batch of sampled replies with the tensors PPO needs."""

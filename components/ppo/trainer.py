@@ -39,7 +39,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.base_model import load_base
 from components.config import ModelConfig, to_dict
-from components.generation import generate
+from components.generation import generate, position_ids_from_mask
 from components.paths import ProjectPaths
 from components.ppo import core
 from components.ppo.checkpoint import CheckpointError, fingerprint, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -78,7 +78,7 @@ class ActorCritic(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits predicting each reply token and the value before it: ``(B, R, V)`` and ``(B, R)``."""
         R = input_ids.shape[1] - context_length
-        position_ids = (attention_mask.cumsum(1) - 1).clamp_min(0)  # shape: (B, P+R), left padding aware
+        position_ids = position_ids_from_mask(attention_mask)  # shape: (B, P+R), left padding aware
         out = self.policy(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -257,7 +257,7 @@ class PPOTrainer:
             out = model(
                 input_ids=batch.input_ids,
                 attention_mask=batch.attention_mask,
-                position_ids=(batch.attention_mask.cumsum(1) - 1).clamp_min(0),
+                position_ids=position_ids_from_mask(batch.attention_mask),
                 logits_to_keep=R + 1,
                 use_cache=False,
             )

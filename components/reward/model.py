@@ -30,6 +30,7 @@ from transformers import (
 )
 
 from components.base_model import TINY_SPEC, ModelLoadError, resolve_model_dir
+from components.generation import position_ids_from_mask
 from components.reward.losses import normalise
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def sequence_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_m
     Position ids come from the mask, so a sequence scores the same whatever padding surrounds it.
     """
     backbone = getattr(model, model.base_model_prefix)
-    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # shape: (N, T)
+    position_ids = position_ids_from_mask(attention_mask)  # shape: (N, T)
     hidden = backbone(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
     ).last_hidden_state  # shape: (N, T, H)
