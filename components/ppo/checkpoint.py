@@ -5,14 +5,21 @@ Layout of ``<checkpoint_dir>/step_000004/``:
   scheduler state, KL controller, step, metrics so far, params fingerprint;
 - ``rng_rank{r}.pt``: each process's RNG states (python, numpy, torch, cuda, prompt sampler);
 - ``params.json``: the params it was made with (human-readable, for the refusal message).
-Written to a temporary folder and renamed, so a crash mid-write never leaves a half checkpoint.
+
+A process can be killed at any instant, so every change on disk is a rename:
+- a checkpoint is written to ``.tmp_step_N/``, flushed to disk (fsync), then renamed to ``step_N/``;
+- an old checkpoint is renamed to ``.old_step_N/`` before it is deleted.
+So a ``step_N/`` folder is always complete; a kill leaves at most a dot-folder, which resume ignores
+and the next save removes. ``latest_checkpoint`` also checks the files, for folders made otherwise.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -25,6 +32,8 @@ from components.config import ModelConfig, to_dict
 from components.ppo.config import OPERATIONAL_FIELDS, PPOConfig
 
 KEEP_LAST = 2
+REQUIRED_FILES = ("state.pt", "params.json", "rng_rank0.pt")
+_STEP_DIR = re.compile(r"step_(\d+)")
 
 
 class CheckpointError(RuntimeError):
@@ -38,13 +47,56 @@ def fingerprint(cfg: PPOConfig, model_cfg: ModelConfig, scorer_id: str, world_si
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def is_complete(path: Path) -> bool:
+    """A ``step_N`` folder holding every file a resume needs (never a ``.tmp_``/``.old_`` folder)."""
+    return bool(_STEP_DIR.fullmatch(path.name)) and all((path / f).is_file() for f in REQUIRED_FILES)
+
+
 def _step_dirs(root: Path) -> list[Path]:
-    return sorted(p for p in root.glob("step_*") if p.is_dir() and (p / "state.pt").is_file())
+    """Complete checkpoints under ``root``, oldest step first."""
+    if not root.is_dir():
+        return []
+    dirs = [p for p in root.iterdir() if p.is_dir() and is_complete(p)]
+    return sorted(dirs, key=lambda p: int(_STEP_DIR.fullmatch(p.name).group(1)))
 
 
 def latest_checkpoint(root: Path) -> Path | None:
+    """The complete checkpoint with the highest step, or None."""
     dirs = _step_dirs(root)
     return dirs[-1] if dirs else None
+
+
+def incomplete_checkpoints(root: Path) -> list[Path]:
+    """Checkpoint folders a killed run left half-written or half-deleted (resume skips them)."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("*step_*") if p.is_dir() and not is_complete(p))
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file (or, on POSIX, a folder's entries) to disk, so a rename never outruns its contents."""
+    is_dir = path.is_dir()
+    if is_dir and os.name == "nt":
+        return  # Windows cannot open a folder for fsync; NTFS renames are journaled
+    fd = os.open(path, os.O_RDONLY if is_dir else os.O_RDWR)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    """Delete a folder by renaming it out of the ``step_*`` namespace first (a kill mid-delete is harmless)."""
+    trash = path.with_name(".old_" + path.name)
+    shutil.rmtree(trash, ignore_errors=True)
+    path.rename(trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _remove_leftovers(root: Path) -> None:
+    """Remove the half-written or half-deleted folders a killed run may have left."""
+    for p in incomplete_checkpoints(root):
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def save_checkpoint(
@@ -65,8 +117,9 @@ def save_checkpoint(
     final = root / f"step_{step:06d}"
     tmp = root / f".tmp_step_{step:06d}"
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        root.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(root)
+        tmp.mkdir()
     accelerator.wait_for_everyone()
     rng = {
         "python": random.getstate(),
@@ -75,7 +128,9 @@ def save_checkpoint(
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "prompt_rng": prompt_rng,
     }
-    torch.save(rng, tmp / f"rng_rank{accelerator.process_index}.pt")
+    rng_file = tmp / f"rng_rank{accelerator.process_index}.pt"
+    torch.save(rng, rng_file)
+    _fsync(rng_file)
     if accelerator.is_main_process:
         state = {
             "step": step,
@@ -89,12 +144,17 @@ def save_checkpoint(
         }
         torch.save(state, tmp / "state.pt")
         (tmp / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True))
+        _fsync(tmp / "state.pt")
+        _fsync(tmp / "params.json")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        shutil.rmtree(final, ignore_errors=True)
+        _fsync(tmp)
+        if final.exists():
+            _remove(final)
         tmp.rename(final)
+        _fsync(root)
         for old in _step_dirs(root)[:-KEEP_LAST]:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
     accelerator.wait_for_everyone()
     return final
 

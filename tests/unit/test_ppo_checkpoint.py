@@ -1,0 +1,80 @@
+"""What a killed PPO run leaves on disk: half-written checkpoints are ignored."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from components.ppo.checkpoint import incomplete_checkpoints, latest_checkpoint, load_checkpoint, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def acc():
+    return Accelerator(cpu=True)
+
+
+def save(root: Path, acc: Accelerator, step: int, **overrides) -> Path:
+    kwargs = {
+        "step": step,
+        "accelerator": acc,
+        "trainable": {"w": torch.full((3,), float(step))},
+        "optimizer": {},
+        "scheduler": {},
+        "kl_ctl": {"value": 0.1},
+        "metrics": [{"step": s} for s in range(1, step + 1)],
+        "fingerprint": "fp",
+        "params": {"ppo": {}},
+        "prompt_rng": {},
+    }
+    return save_checkpoint(root, **{**kwargs, **overrides})
+
+
+def test_saves_keep_the_last_two_and_leave_no_temporary_folders(tmp_path, acc):
+    for step in (1, 2, 3):
+        save(tmp_path, acc, step)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000002", "step_000003"]
+    assert latest_checkpoint(tmp_path) == tmp_path / "step_000003"
+    state = load_checkpoint(tmp_path / "step_000003", 0, expected_fingerprint="fp")
+    assert state["step"] == 3 and state["trainable"]["w"].tolist() == [3.0, 3.0, 3.0]
+
+
+def test_a_save_that_dies_mid_write_leaves_the_previous_checkpoint_latest(tmp_path, acc):
+    save(tmp_path, acc, 2)
+    # Something unpicklable in the state: torch.save fails halfway through writing state.pt, as a kill would.
+    with pytest.raises(TypeError, match="pickle"):
+        save(tmp_path, acc, 3, metrics=[{"step": 1}, threading.Lock()])
+    assert (tmp_path / ".tmp_step_000003" / "state.pt").is_file(), "the failed save should die inside its tmp folder"
+    assert not (tmp_path / "step_000003").exists()
+    assert latest_checkpoint(tmp_path) == tmp_path / "step_000002"
+    assert load_checkpoint(latest_checkpoint(tmp_path), 0, expected_fingerprint="fp")["step"] == 2
+
+
+def test_leftovers_of_a_killed_run_are_ignored_then_cleaned(tmp_path, acc):
+    save(tmp_path, acc, 2)
+    # a checkpoint killed mid-write: the tmp folder with a truncated state file
+    (tmp_path / ".tmp_step_000004").mkdir()
+    (tmp_path / ".tmp_step_000004" / "state.pt").write_bytes(b"PK\x03\x04trunc")
+    # an old checkpoint killed mid-delete, and a step folder missing its RNG file (made by hand or older code)
+    (tmp_path / ".old_step_000001").mkdir()
+    (tmp_path / "step_000005").mkdir()
+    (tmp_path / "step_000005" / "state.pt").write_bytes(b"")
+    (tmp_path / "step_000005" / "params.json").write_text("{}")
+    assert latest_checkpoint(tmp_path) == tmp_path / "step_000002"
+    assert [p.name for p in incomplete_checkpoints(tmp_path)] == [
+        ".old_step_000001",
+        ".tmp_step_000004",
+        "step_000005",
+    ]
+    save(tmp_path, acc, 3)  # the resumed run's next save removes them
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000002", "step_000003"]
+
+
+def test_latest_checkpoint_orders_by_step_number(tmp_path, acc):
+    save(tmp_path, acc, 999_999, metrics=[])
+    save(tmp_path, acc, 1_000_000, metrics=[])  # seven digits: a name sort would put it first
+    assert latest_checkpoint(tmp_path) == tmp_path / "step_1000000"
+    assert latest_checkpoint(tmp_path / "missing") is None
