@@ -7,7 +7,9 @@ Files under ``metrics/``: ``ppo_log.jsonl``, ``ppo_log.csv`` (for ``dvc plots``)
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,11 @@ PLOT_KL = "ppo_kl.png"
 
 
 class MetricsWriter:
-    """Writes per-step rows; on resume, rewrites the log with the checkpoint's rows first."""
+    """Writes per-step rows as they come; ``start`` first rewrites the log with the rows a run already has.
+
+    A killed run may have logged steps after its last checkpoint; the resumed run repeats them, so
+    ``start`` truncates the log to the checkpoint's rows and each step ends up in the log exactly once.
+    """
 
     def __init__(self, folder: Path, enabled: bool = True) -> None:
         self.folder = Path(folder)
@@ -31,14 +37,16 @@ class MetricsWriter:
         if not self.enabled:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / LOG_JSONL, "w", encoding="utf-8") as fh:
-            for row in self.rows:
-                fh.write(json.dumps(row) + "\n")
+        _write_atomic(self.folder / LOG_JSONL, "".join(json.dumps(row) + "\n" for row in self.rows))
+        self._write_csv()
+        for name in (PLOT_SCORE, PLOT_KL):  # drawn again by finish(); until then no plot of other steps
+            (self.folder / name).unlink(missing_ok=True)
 
     def append(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
         if not self.enabled:
             return
+        # A kill mid-append leaves at most a partial last line, which a resume rewrites (see start).
         with open(self.folder / LOG_JSONL, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
         self._write_csv()
@@ -49,11 +57,22 @@ class MetricsWriter:
             plot(self.rows, self.folder)
 
     def _write_csv(self) -> None:
-        keys = list(self.rows[0])
-        with open(self.folder / LOG_CSV, "w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(self.rows)
+        if not self.rows:
+            (self.folder / LOG_CSV).unlink(missing_ok=True)
+            return
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(self.rows[0]), extrasaction="ignore")
+        w.writeheader()
+        w.writerows(self.rows)
+        _write_atomic(self.folder / LOG_CSV, buf.getvalue())
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one rename: a reader (or a kill) never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
 
 
 def plot(rows: list[dict[str, Any]], folder: Path) -> list[Path]:

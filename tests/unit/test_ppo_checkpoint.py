@@ -1,7 +1,9 @@
-"""What a killed PPO run leaves on disk: half-written checkpoints are ignored."""
+"""What a killed PPO run leaves on disk: half-written checkpoints are ignored, the step log is truncated."""
 
 from __future__ import annotations
 
+import csv
+import json
 import threading
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import torch
 from accelerate import Accelerator
 
 from components.ppo.checkpoint import incomplete_checkpoints, latest_checkpoint, load_checkpoint, save_checkpoint
+from components.ppo.metrics import LOG_CSV, LOG_JSONL, PLOT_SCORE, MetricsWriter
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +81,39 @@ def test_latest_checkpoint_orders_by_step_number(tmp_path, acc):
     save(tmp_path, acc, 1_000_000, metrics=[])  # seven digits: a name sort would put it first
     assert latest_checkpoint(tmp_path) == tmp_path / "step_1000000"
     assert latest_checkpoint(tmp_path / "missing") is None
+
+
+def rows(n: int) -> list[dict]:
+    return [{"step": s, "objective/score": s / 10} for s in range(1, n + 1)]
+
+
+def test_resume_truncates_the_step_log_to_the_checkpoint(tmp_path):
+    # A killed run logged steps 1-5 (the last line cut short) but its last checkpoint holds steps 1-3.
+    killed = MetricsWriter(tmp_path)
+    killed.start([])
+    for row in rows(5):
+        killed.append(row)
+    (tmp_path / PLOT_SCORE).write_bytes(b"\x89PNG")  # a plot of the killed run's steps
+    with open(tmp_path / LOG_JSONL, "a", encoding="utf-8") as fh:
+        fh.write('{"step": 6, "objecti')
+
+    resumed = MetricsWriter(tmp_path)
+    resumed.start(rows(3))
+    steps = [json.loads(line)["step"] for line in (tmp_path / LOG_JSONL).read_text().splitlines()]
+    assert steps == [1, 2, 3]
+    with open(tmp_path / LOG_CSV, newline="", encoding="utf-8") as fh:
+        assert [int(r["step"]) for r in csv.DictReader(fh)] == [1, 2, 3]
+    assert not (tmp_path / PLOT_SCORE).exists(), "a plot of steps the log no longer has"
+    for row in rows(6)[3:]:
+        resumed.append(row)
+    steps = [json.loads(line)["step"] for line in (tmp_path / LOG_JSONL).read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_fresh_start_empties_the_step_log(tmp_path):
+    old = MetricsWriter(tmp_path)
+    old.start(rows(2))
+    MetricsWriter(tmp_path).start([])
+    assert (tmp_path / LOG_JSONL).read_text() == ""
+    assert not (tmp_path / LOG_CSV).exists()
