@@ -42,7 +42,14 @@ from components.config import ModelConfig, to_dict
 from components.generation import generate, position_ids_from_mask
 from components.paths import ProjectPaths
 from components.ppo import core
-from components.ppo.checkpoint import CheckpointError, fingerprint, latest_checkpoint, load_checkpoint, save_checkpoint
+from components.ppo.checkpoint import (
+    CheckpointError,
+    fingerprint,
+    incomplete_checkpoints,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from components.ppo.config import PPOConfig
 from components.ppo.metrics import MetricsWriter
 from components.ppo.scorers import Scorer
@@ -522,8 +529,14 @@ class PPOTrainer:
 
     def _resume(self, root: Path) -> None:
         ckpt = latest_checkpoint(root)
+        partial = incomplete_checkpoints(root)
+        if partial and self.acc.is_main_process:
+            log.info("ignoring incomplete checkpoint folder(s) a killed run left: %s", [p.name for p in partial])
         if ckpt is None:
-            log.info("no checkpoint under %s: starting from step 0", root)
+            # Fresh start rather than refusal: re-running the same command after a kill before the first
+            # checkpoint must work. The warning says the run does not continue anything.
+            if self.acc.is_main_process:
+                log.warning("--resume: no complete checkpoint under %s; starting from step 0", root)
             return
         state = load_checkpoint(ckpt, self.acc.process_index, expected_fingerprint=self.fingerprint)
         missing = self.unwrapped.load_state_dict(state["trainable"], strict=False)

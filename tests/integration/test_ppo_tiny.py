@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -14,7 +16,7 @@ import torch
 import yaml
 
 from components.base_model import load_base
-from components.ppo.checkpoint import CheckpointError
+from components.ppo.checkpoint import CheckpointError, latest_checkpoint
 from components.ppo.scorers import CountScorer, load_scorer
 from components.ppo.train import run
 
@@ -128,6 +130,28 @@ def test_resume_equals_uninterrupted(tmp_path, value_model):
     assert all(torch.allclose(p, fb[n], atol=1e-6) for n, p in fa.items())
     lines = (b / "metrics" / "ppo_log.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4]
+
+
+def log_steps(path: Path) -> list[int]:
+    """Steps in a ppo_log.jsonl, skipping a last line a kill cut short."""
+    steps = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        with contextlib.suppress(json.JSONDecodeError):
+            steps.append(json.loads(line)["step"])
+    return steps
+
+
+def test_resume_without_a_checkpoint_starts_fresh_with_a_warning(tmp_path, caplog):
+    params = project(tmp_path, steps=1, lora=True, lora_r=4, lora_alpha=8)
+    stale = tmp_path / "models" / "ppo-checkpoints" / ".tmp_step_000001"  # a run killed in its first save
+    stale.mkdir(parents=True)
+    with caplog.at_level(logging.WARNING, logger="components.ppo.trainer"):
+        result = run(params, tmp_path, resume=True, export=False)
+    assert "--resume: no complete checkpoint under" in caplog.text
+    assert result.steps_run == 1
+    assert log_steps(tmp_path / "metrics" / "ppo_log.jsonl") == [1]
+    assert not stale.exists()
+    assert latest_checkpoint(tmp_path / "models" / "ppo-checkpoints").name == "step_000001"
 
 
 def test_resume_with_different_params_is_refused(tmp_path):
