@@ -1,4 +1,5 @@
-"""PPO on the tiny model with real transformers/peft/accelerate: learning, resume, refusal, export, 2 processes."""
+"""PPO on the tiny model with real transformers/peft/accelerate: learning, resume (also after SIGKILL),
+refusal, export, 2 processes."""
 
 from __future__ import annotations
 
@@ -6,14 +7,18 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from components.base_model import load_base
 from components.ppo.checkpoint import CheckpointError, latest_checkpoint
@@ -139,6 +144,63 @@ def log_steps(path: Path) -> list[int]:
         with contextlib.suppress(json.JSONDecodeError):
             steps.append(json.loads(line)["step"])
     return steps
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    params = project(a, steps=6, save_every=2, lora=True, lora_r=4, lora_alpha=8)
+    assert project(b, steps=6, save_every=2, lora=True, lora_r=4, lora_alpha=8) == params
+    run(params, a)  # uninterrupted (in this process, also one torch thread)
+
+    (b / "params.yaml").write_text(yaml.safe_dump(params))
+    cmd = [sys.executable, "-m", "components.ppo.train", "--params", str(b / "params.yaml"), "--root", str(b)]
+    # OMP_NUM_THREADS=1: torch reads it at import, so the CLI runs on one thread like this process.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    ckpts, log = b / "models" / "ppo-checkpoints", b / "metrics" / "ppo_log.jsonl"
+    with open(tmp_path / "killed.log", "w") as out:
+        proc = subprocess.Popen(cmd, cwd=b, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            # Kill once step 3 is logged: the checkpoint is at step 2, the process is inside step 4.
+            deadline = time.monotonic() + 120
+            while proc.poll() is None and max(log_steps(log), default=0) < 3 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.kill()
+            proc.wait()
+    killed_log = (tmp_path / "killed.log").read_text()[-3000:]
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before it was killed:\n{killed_log}"
+    assert max(log_steps(log), default=0) >= 3, f"no step 3 within the time limit:\n{killed_log}"
+    k = int(latest_checkpoint(ckpts).name.removeprefix("step_"))
+    assert 2 <= k < 6, k
+    logged_at_kill = log_steps(log)
+    assert not (b / "models" / "policy").exists()
+
+    proc = subprocess.run([*cmd, "--resume"], cwd=b, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # It continued from the checkpoint and ran only the missing steps.
+    assert re.search(rf"resumed from \S+step_{k:06d} at step {k}\b", proc.stderr), proc.stderr[-3000:]
+    assert [int(s) for s in re.findall(r"ppo step (\d+)/6", proc.stderr)] == list(range(k + 1, 7))
+
+    # Each step logged once (the killed run's rows after step k were dropped), same numbers as uninterrupted.
+    assert log_steps(log) == [1, 2, 3, 4, 5, 6], f"log at kill time: {logged_at_kill}"
+    want = numbers(json.loads(x) for x in (a / "metrics" / "ppo_log.jsonl").read_text().splitlines())
+    got = numbers(json.loads(x) for x in log.read_text().splitlines())
+    for w, g in zip(want, got, strict=True):
+        assert g.keys() == w.keys()
+        for key in w:
+            assert g[key] == pytest.approx(w[key], abs=1e-6, rel=0), (key, w["step"])
+    csv_steps = [line.split(",")[0] for line in (b / "metrics" / "ppo_log.csv").read_text().splitlines()[1:]]
+    assert csv_steps == ["1", "2", "3", "4", "5", "6"]
+    # The exported policy (LoRA merged) has the same weights.
+    wa = load_file(a / "models" / "policy" / "model.safetensors")
+    wb = load_file(b / "models" / "policy" / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for name, tensor in wa.items():
+        assert torch.allclose(wb[name], tensor, atol=1e-6, rtol=0), name
+    assert json.loads((b / "models" / "policy" / "manifest.json").read_text())["metrics"]["steps"] == 6
 
 
 def test_resume_without_a_checkpoint_starts_fresh_with_a_warning(tmp_path, caplog):
