@@ -2,8 +2,9 @@
 
 Steps: (1) copy the bundled prompts to ``data/prompts/{train,heldout}.jsonl``; (2) sample
 ``replies_per_prompt`` replies for each of ``seed_prompts`` train prompts, in batches; (3) score every reply
-with the gold annotator; (4) per prompt, the best reply is chosen over the worst non-empty one (margin = the
-gold-score gap; prompts whose gap is under ``min_gold_gap`` make no pair); (5) validate the pairs and append
+with the gold annotator; (4) per prompt, the best reply is chosen over the worst non-empty one, and with
+``pairs_per_prompt`` > 1 the 2nd best over the 2nd worst and so on (margin = the gold-score gap; pairs whose gap
+is under ``min_gold_gap`` are not made); (5) validate the pairs and append
 them to the versioned store, which makes a DVC version.
 
 Sampling best-vs-worst of k policy samples follows the on-policy comparison collection of Ziegler et al. 2019
@@ -77,30 +78,38 @@ def sample_replies(
 
 
 def label_pairs(prompts: list[str], replies: list[list[str]], cfg: DataConfig) -> tuple[pd.DataFrame, dict]:
-    """Best-vs-worst pairs by gold score (raw pairs rows) and labelling statistics."""
+    """Pairs by gold score (raw pairs rows) and labelling statistics.
+
+    Per prompt the distinct non-empty replies are ranked; pair q (q = 0 .. ``pairs_per_prompt`` - 1) is the
+    q-th best over the q-th worst, so a prompt's pairs share no reply and the first has the widest gap.
+    """
     rows, gaps, best_scores, worst_scores = [], [], [], []
     skipped = 0
     now = pd.Timestamp.now(tz="UTC")
     for prompt, options in zip(prompts, replies):
-        scored = sorted(((gold.score(prompt, r), r) for r in options if r.strip()), key=lambda t: -t[0])
-        if len(scored) < 2 or scored[0][0] - scored[-1][0] < cfg.min_gold_gap or scored[0][1] == scored[-1][1]:
-            skipped += 1
-            continue
-        (best, chosen), (worst, rejected) = scored[0], scored[-1]
-        rows.append(
-            {
-                "prompt": prompt,
-                "chosen": chosen,
-                "rejected": rejected,
-                "source": SEED_SOURCE,
-                "annotator": GOLD_ANNOTATOR,
-                "created_at": now.isoformat(),
-                "margin": round(best - worst, 6) if cfg.with_margin else None,
-            }
-        )
-        gaps.append(best - worst)
-        best_scores.append(best)
-        worst_scores.append(worst)
+        distinct = list(dict.fromkeys(r for r in options if r.strip()))
+        scored = sorted(((gold.score(prompt, r), r) for r in distinct), key=lambda t: -t[0])
+        made = 0
+        for q in range(min(cfg.pairs_per_prompt, len(scored) // 2)):
+            (best, chosen), (worst, rejected) = scored[q], scored[-1 - q]
+            if best - worst < cfg.min_gold_gap:
+                break  # the gaps only shrink from here
+            rows.append(
+                {
+                    "prompt": prompt,
+                    "chosen": chosen,
+                    "rejected": rejected,
+                    "source": SEED_SOURCE,
+                    "annotator": GOLD_ANNOTATOR,
+                    "created_at": now.isoformat(),
+                    "margin": round(best - worst, 6) if cfg.with_margin else None,
+                }
+            )
+            gaps.append(best - worst)
+            best_scores.append(best)
+            worst_scores.append(worst)
+            made += 1
+        skipped += made == 0
     stats = {
         "prompts": len(prompts),
         "replies": sum(len(r) for r in replies),

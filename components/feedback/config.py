@@ -17,15 +17,20 @@ class DataConfig:
     """Longest accepted reply (chosen / rejected / response) in characters."""
     seed_prompts: int = 200
     """How many train prompts of the demo task get seed replies (at most the number of train prompts)."""
-    replies_per_prompt: int = 2
-    """Replies sampled per prompt from the base policy; the gold annotator's best and worst make a pair."""
+    replies_per_prompt: int = 6
+    """Replies sampled per prompt from the base policy; the gold annotator's best and worst make a pair. More
+    replies give wider, clearer preference gaps: in a CPU experiment (200 prompts, reward model trained on the
+    top 4 blocks) best-vs-worst of 6 reached about 85-90% held-out accuracy, best-vs-worst of 2 about 55-60%."""
+    pairs_per_prompt: int = 1
+    """Disjoint pairs taken per prompt from its ranked replies: best vs worst, then 2nd best vs 2nd worst, ...
+    (each needs two more distinct replies and a gap of at least ``min_gold_gap``)."""
     max_new_tokens: int = 32
-    """Tokens per sampled seed reply. Measured: a batch of 16 x 40 tokens of SmolLM2-135M costs about 11 CPU-seconds
-    (one thread), so 200 prompts x 2 replies x 32 tokens is about 3.5 CPU-minutes, 2-3 minutes on 2 cores."""
+    """Tokens per sampled seed reply. Measured on a 2-core CPU: about 0.25 s per 32-token reply of SmolLM2-135M
+    in batches of 64 (0.30 s in batches of 32), so 200 prompts x 6 replies take about 5-7 minutes."""
     temperature: float = 1.0
     """Sampling temperature for seed replies (1.0: the policy's own distribution, diverse enough to rank)."""
-    batch_size: int = 16
-    """Replies generated per forward batch while seeding."""
+    batch_size: int = 64
+    """Replies generated per forward batch while seeding (larger batches amortise the CPU's per-step overhead)."""
     min_gold_gap: float = 0.05
     """A prompt yields a pair only if its best and worst reply differ by at least this gold score (near-ties
     are noise, not preference)."""
@@ -38,6 +43,8 @@ class DataConfig:
         for name in ("max_prompt_chars", "max_reply_chars", "seed_prompts", "max_new_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.pairs_per_prompt < 1:
+            raise ValueError(f"pairs_per_prompt must be >= 1, got {self.pairs_per_prompt}")
         if self.replies_per_prompt < 2:
             raise ValueError(f"replies_per_prompt must be >= 2 to make a pair, got {self.replies_per_prompt}")
         if self.temperature <= 0:

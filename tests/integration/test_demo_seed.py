@@ -1,5 +1,6 @@
 """Seeding the demo feedback with the tiny model: prompts copied, pairs labelled, validated, a DVC version."""
 
+import dataclasses
 import json
 
 import pandas as pd
@@ -24,6 +25,29 @@ def test_label_pairs_takes_best_over_worst_and_skips_near_ties():
     assert row.margin > TINY_DATA.min_gold_gap
 
 
+def test_label_pairs_takes_disjoint_pairs_from_the_ends_of_the_ranking():
+    from components.demo_task import gold
+
+    prompt = "My order is late, where is my package?"
+    replies = [
+        "No.",
+        "Sorry your package is late! Send me the order number and I will check it right away.",
+        "Your package is late. Send the order number.",
+        "I hate this stupid question about a package",
+        "Sorry your package is late! Send me the order number and I will check it right away.",  # duplicate
+    ]
+    ranked = sorted(dict.fromkeys(replies), key=lambda r: -gold.score(prompt, r))
+    cfg = dataclasses.replace(TINY_DATA, pairs_per_prompt=3)
+    frame, stats = label_pairs([prompt], [replies], cfg)
+    # 4 distinct replies make at most 2 disjoint pairs, whatever pairs_per_prompt asks
+    assert list(zip(frame.chosen, frame.rejected)) == [(ranked[0], ranked[3]), (ranked[1], ranked[2])]
+    assert frame.margin.iloc[0] > frame.margin.iloc[1] > 0
+    assert stats["pairs"] == 2 and stats["skipped_prompts"] == 0
+    # a gap threshold between the two margins keeps only the widest pair
+    cut = dataclasses.replace(cfg, min_gold_gap=float(frame.margin.mean()))
+    assert len(label_pairs([prompt], [replies], cut)[0]) == 1
+
+
 def test_seed_demo_feedback_makes_a_dvc_version(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("RLHF_DVC_REMOTE", str(tmp_path / "remote"))
     paths = init_project(tmp_path / "proj")
@@ -35,7 +59,7 @@ def test_seed_demo_feedback_makes_a_dvc_version(tiny, tmp_path, monkeypatch):
     stats, ingest = result.stats, result.ingest
     assert stats["prompts"] == TINY_DATA.seed_prompts
     assert stats["replies"] == TINY_DATA.seed_prompts * TINY_DATA.replies_per_prompt
-    assert stats["pairs"] + stats["skipped_prompts"] == stats["prompts"]
+    assert stats["pairs"] + stats["skipped_prompts"] == stats["prompts"]  # one pair per prompt by default
     v = ingest.validation
     assert v.rows_in == stats["pairs"] == len(v.accepted) + len(v.quarantined)
     assert ingest.version is not None and ingest.version == data_version(paths)
