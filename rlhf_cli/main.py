@@ -128,7 +128,7 @@ def demo(
     table.add_row("PPO (LoRA, CPU)", f"[green]done[/]: policy in {policy_dir}")
     for stage in ("evaluate + gate", "serve + traffic", "second round"):
         table.add_row(stage, "[yellow]not built yet[/]")
-    console.print(_before_after_table(before, after))
+    console.print(_before_after_table(before, after, _kl_target(params)))
     console.print(table)
     console.print(f"demo finished in {time.perf_counter() - t0:.0f} s")
 
@@ -203,7 +203,16 @@ def _evaluate_demo(params: Path, paths, model_cfg, policy, reference, tok, label
     return result
 
 
-def _before_after_table(before, after) -> Table:
+def _kl_target(params: Path) -> float | None:
+    """The adaptive KL controller's target, shown beside the measured KL (None with a fixed coefficient)."""
+    from components.config import load_section
+    from components.ppo.config import PPOConfig
+
+    pcfg = load_section(PPOConfig, "ppo", params)
+    return pcfg.kl_target if pcfg.adaptive_kl else None
+
+
+def _before_after_table(before, after, kl_target: float | None = None) -> Table:
     table = Table(title=f"held-out prompts ({before.n}), one sampled reply each")
     table.add_column("metric")
     table.add_column("base policy", justify="right")
@@ -212,7 +221,7 @@ def _before_after_table(before, after) -> Table:
     for name, key in (
         ("reward-model score (normalised)", "reward_score"),
         ("gold annotator score", "gold_score"),
-        ("KL to the reference (nats/reply)", "kl"),
+        ("KL to the reference (nats/reply)" + (f", target {kl_target:g}" if kl_target else ""), "kl"),
         ("replies that end (EOS)", "eos_fraction"),
         ("reply length (tokens)", "mean_tokens"),
     ):
