@@ -221,7 +221,7 @@ def _before_after_table(before, after, kl_target: float | None = None) -> Table:
     for name, key in (
         ("reward-model score (normalised)", "reward_score"),
         ("gold annotator score", "gold_score"),
-        ("KL to the reference (nats/reply)" + (f", target {kl_target:g}" if kl_target else ""), "kl"),
+        ("KL, nats/reply" + (f" (target {kl_target:g})" if kl_target else ""), "kl"),
         ("replies that end (EOS)", "eos_fraction"),
         ("reply length (tokens)", "mean_tokens"),
     ):
