@@ -13,9 +13,10 @@ One step reads top to bottom:
 Letters: B replies in the step (per process), b a micro-batch, P prompt tokens (left padded),
 R reply tokens (right padded after EOS), V vocabulary, H hidden size.
 
-Devices: CPU; CUDA with bf16 autocast (``accelerate``; code path written but not exercised on a GPU
-yet); several processes with ``accelerate launch`` (data parallel: each process samples its own
-prompts with its own seed, gradients are all-reduced by DDP).
+Devices: CPU; CUDA with bf16 autocast (``accelerate``; the autocast path is tested on CPU, where
+accelerate runs torch's CPU bf16 autocast, but not yet run on a GPU); several processes with
+``accelerate launch`` (data parallel: each process samples its own prompts with its own seed, gradients
+are all-reduced by DDP).
 """
 
 from __future__ import annotations

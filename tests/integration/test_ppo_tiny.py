@@ -113,6 +113,39 @@ def test_lora_export_is_merged_and_differs_from_base(tmp_path):
         assert not torch.allclose(policy(ids).logits, base(ids).logits), "training did not change the policy"
 
 
+@pytest.fixture
+def bf16_autocast(monkeypatch):
+    """Force the trainer's CUDA setting, ``mixed_precision="bf16"``, onto the CPU accelerator (accelerate runs
+    torch's CPU bf16 autocast), and reset accelerate's process-wide state before and after."""
+    from accelerate.state import AcceleratorState
+
+    import components.ppo.trainer as trainer_module
+
+    real = trainer_module.Accelerator
+    monkeypatch.setattr(trainer_module, "Accelerator", lambda *a, **k: real(*a, **{**k, "mixed_precision": "bf16"}))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_bf16_autocast_path_trains(tmp_path, bf16_autocast, lora):
+    # What the GPU run does differently is bf16 autocast around rollout, forward and update; run it here.
+    result = run(project(tmp_path, steps=2, lora=lora, lora_r=4, lora_alpha=8), tmp_path)
+    assert result.accelerator.mixed_precision == "bf16"
+    for m in result.metrics:
+        bad = {k: v for k, v in m.items() if isinstance(v, float) and not torch.isfinite(torch.tensor(v))}
+        assert not bad, f"non-finite metrics under bf16 autocast: {bad}"
+    assert result.metrics[-1]["policy/approx_kl"] > 0.0, "the update did not move the policy"
+    policy, tok = load_base(str(tmp_path / "models" / "policy"))
+    base, _ = load_base("tiny")
+    ids = tok("hello there", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert not torch.allclose(policy(ids).logits, base(ids).logits), "training did not change the policy"
+    saved = load_file(str(tmp_path / "models" / "policy" / "model.safetensors"))
+    assert {t.dtype for t in saved.values()} == {torch.float32}, "the export must keep full-precision weights"
+
+
 @pytest.mark.parametrize("value_model", ["shared", "separate"])
 def test_resume_equals_uninterrupted(tmp_path, value_model):
     a, b = tmp_path / "a", tmp_path / "b"
