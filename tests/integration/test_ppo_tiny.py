@@ -102,15 +102,20 @@ def test_known_reward_rises_while_kl_stays_bounded(tmp_path):
     assert json.loads((tmp_path / "metrics" / "ppo.json").read_text())["steps"] == 10
 
 
-def test_lora_export_is_merged_and_differs_from_base(tmp_path):
-    run(project(tmp_path, steps=2, lora=True, lora_r=4, lora_alpha=8), tmp_path)
-    out = tmp_path / "models" / "policy"
-    assert not (out / "adapter_config.json").exists(), "LoRA must be merged on export"
+def assert_export_differs_from_base(out: Path) -> None:
+    """The exported policy folder loads and its logits differ from the tiny base's: training changed it."""
     policy, tok = load_base(str(out))
     base, _ = load_base("tiny")
     ids = tok("hello there", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         assert not torch.allclose(policy(ids).logits, base(ids).logits), "training did not change the policy"
+
+
+def test_lora_export_is_merged_and_differs_from_base(tmp_path):
+    run(project(tmp_path, steps=2, lora=True, lora_r=4, lora_alpha=8), tmp_path)
+    out = tmp_path / "models" / "policy"
+    assert not (out / "adapter_config.json").exists(), "LoRA must be merged on export"
+    assert_export_differs_from_base(out)
 
 
 @pytest.fixture
@@ -137,11 +142,7 @@ def test_bf16_autocast_path_trains(tmp_path, bf16_autocast, lora):
         bad = {k: v for k, v in m.items() if isinstance(v, float) and not torch.isfinite(torch.tensor(v))}
         assert not bad, f"non-finite metrics under bf16 autocast: {bad}"
     assert result.metrics[-1]["policy/approx_kl"] > 0.0, "the update did not move the policy"
-    policy, tok = load_base(str(tmp_path / "models" / "policy"))
-    base, _ = load_base("tiny")
-    ids = tok("hello there", return_tensors="pt")["input_ids"]
-    with torch.no_grad():
-        assert not torch.allclose(policy(ids).logits, base(ids).logits), "training did not change the policy"
+    assert_export_differs_from_base(tmp_path / "models" / "policy")
     saved = load_file(str(tmp_path / "models" / "policy" / "model.safetensors"))
     assert {t.dtype for t in saved.values()} == {torch.float32}, "the export must keep full-precision weights"
 
