@@ -1,8 +1,12 @@
-"""Shared test setup: offline, telemetry off, a throwaway RLHF_HOME unless one is given."""
+"""Shared test setup: offline, telemetry off, a throwaway RLHF_HOME unless one is given, and one temporary
+Prefect home (and one local Prefect API, on request) per test session."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 for key, value in {
     "HF_HUB_OFFLINE": "1",
@@ -14,6 +18,12 @@ for key, value in {
 }.items():
     os.environ.setdefault(key, value)
 
+# Prefect: a fresh home per session (never ~/.prefect), no analytics, never a server the developer configured.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="rlhf-test-prefect-")
+atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.pop("PREFECT_API_URL", None)
+
 import pytest  # noqa: E402
 
 
@@ -23,3 +33,12 @@ def tiny():
     from components.base_model import build_tiny
 
     return build_tiny(seed=0)
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """One real local Prefect API (SQLite) for the whole session: ~7 s to start, ~1 s per flow run after."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

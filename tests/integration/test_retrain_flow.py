@@ -1,0 +1,111 @@
+"""The ``retrain`` flow on the tiny model against a real local Prefect API and a real git + DVC project.
+
+Seeds round one, trains through ``dvc repro`` (reward model, PPO), publishes artifacts; a rerun with nothing
+changed skips both training stages; a failing stage fails the flow run and promotes nothing.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from prefect.artifacts import Artifact
+from prefect.client.schemas.objects import StateType
+
+from components.project import init_project
+from flows.retrain import retrain
+
+REPO = Path(__file__).resolve().parents[2]
+
+TINY = {
+    "model": {"base": "tiny"},
+    "data": {"seed_prompts": 8, "replies_per_prompt": 2, "max_new_tokens": 8, "batch_size": 16, "min_gold_gap": 0.0},
+    "reward": {
+        "backbone": "tiny",
+        "trainable": "all",
+        "lr": 3e-3,
+        "epochs": 1,
+        "batch_size": 8,
+        "max_length": 96,
+        "eval_fraction": 0.25,
+    },
+    "ppo": {
+        "steps": 2,
+        "batch_size": 4,
+        "mini_batch_size": 4,
+        "micro_batch_size": 4,
+        "ppo_epochs": 1,
+        "save_every": 2,
+        "max_new_tokens": 8,
+        "bf16": False,
+    },
+    "flow": {"retries": 0},
+}
+
+
+def tiny_params(overrides: dict | None = None) -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section, values in {**TINY, **(overrides or {})}.items():
+        params.setdefault(section, {}).update(values)
+    return params
+
+
+def make_project(tmp: Path, overrides: dict | None = None) -> Path:
+    """A git + DVC project holding this checkout's pipeline (dvc.yaml + the code its stages run)."""
+    src = tmp / "params-src.yaml"
+    src.write_text(yaml.safe_dump(tiny_params(overrides), sort_keys=False))
+    paths = init_project(tmp / "project", params=src, remote=tmp / "remote")
+    shutil.copy(REPO / "dvc.yaml", paths.root / "dvc.yaml")
+    shutil.copytree(REPO / "components", paths.root / "components", ignore=shutil.ignore_patterns("__pycache__"))
+    return paths.root
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch, tmp_path):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the DVC stages' own processes
+    monkeypatch.setenv("RLHF_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("RLHF_GPU_POOL", raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_round_one_trains_then_a_rerun_skips_training(prefect_api, tmp_path):
+    root = make_project(tmp_path)
+
+    state = retrain(project=str(root), seed_if_empty=True, label="round 1", return_state=True)
+    assert state.type == StateType.COMPLETED, state.message
+    first = state.result()
+    assert first["seeded"]["stats"]["pairs"] > 0
+    assert first["validation"]["accepted"] + first["validation"]["quarantined"] == first["validation"]["rows_in"]
+    assert first["data_version"] and first["previous_data_version"] is None
+    assert first["training"]["where"] == "in-process"
+    assert first["training"]["ran"] == ["train_reward", "ppo"]
+    assert (root / "models" / "policy" / "config.json").is_file()
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    assert set(lock["stages"]) >= {"train_reward", "ppo"}
+
+    table = Artifact.get("retrain-metrics")
+    assert table is not None and "rows accepted" in str(table.data)
+    md = Artifact.get("retrain-summary")
+    assert md is not None and "round 1" in str(md.data)
+
+    again = retrain(project=str(root), label="rerun", return_state=True)
+    assert again.type == StateType.COMPLETED, again.message
+    second = again.result()
+    assert second["training"]["ran"] == [] and second["training"]["skipped"] == ["train_reward", "ppo"]
+    assert second["data_version"] == first["data_version"]
+
+
+def test_a_failing_stage_fails_the_flow_run(prefect_api, tmp_path):
+    # An unknown reward backbone makes `python -m components.reward.train` exit non-zero inside `dvc repro`.
+    root = make_project(tmp_path, {"reward": {"backbone": str(tmp_path / "no-such-model")}})
+    state = retrain(project=str(root), seed_if_empty=True, label="broken", return_state=True)
+    assert state.type == StateType.FAILED
+    with pytest.raises(Exception, match="train_reward"):
+        state.result()
+    assert not (root / "models" / "policy").exists()
