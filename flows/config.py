@@ -45,7 +45,7 @@ class FlowConfig:
 def load_flow_config(params: Path, env: dict[str, str] | None = None) -> FlowConfig:
     """The ``flow`` section of ``params``, with ``$RLHF_GPU_POOL`` / ``$RLHF_SERVICE_URL`` applied on top."""
     env = os.environ if env is None else env
-    cfg = load_section(FlowConfig, "flow", params) if Path(params).is_file() else FlowConfig()
+    cfg = load_section(FlowConfig, "flow", Path(params))
     if GPU_POOL_ENV in env:
         cfg = replace(cfg, gpu_pool=env[GPU_POOL_ENV].strip() or None)
     if env.get(SERVICE_URL_ENV):

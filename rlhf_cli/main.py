@@ -261,12 +261,6 @@ def _seed_demo(params: Path, model_cfg, model, tok):
     return seeded
 
 
-@app.command()
-def retrain(params: ParamsOpt = Path("params.yaml")) -> None:
-    """One run of the retraining flow on the current data (what the schedule runs)."""
-    _not_built("retrain", "the retraining flow comes with the orchestration issue")
-
-
 def _data_config(params: Path):
     from components.config import ConfigError, load_section
     from components.feedback.config import DataConfig
@@ -347,12 +341,6 @@ def serve(port: Annotated[int, typer.Option(help="HTTP port.")] = 3000) -> None:
 
 
 @app.command()
-def deploy(cron: Annotated[str, typer.Option(help="Cron schedule for retraining.")] = "0 3 * * *") -> None:
-    """Register the scheduled retraining deployment on a Prefect work pool."""
-    _not_built("deploy", "deployments come with the orchestration issue")
-
-
-@app.command()
 def models() -> None:
     """Every model version: status, metrics, gate decision."""
     _not_built("models", "the model registry comes with the evaluation-gate issue")
@@ -363,6 +351,10 @@ def audit(version: Annotated[str | None, typer.Argument(help="Model version (def
     """Lineage of a model: parent, data version, feedback rows and sources, code revision, params."""
     _not_built("audit", "lineage comes with the registry issue")
 
+
+from rlhf_cli import flow_cmds  # noqa: E402  (retrain, deploy: the Prefect commands)
+
+flow_cmds.register(app)
 
 if __name__ == "__main__":
     app()

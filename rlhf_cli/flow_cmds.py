@@ -1,0 +1,130 @@
+"""``rlhf retrain`` and ``rlhf deploy``: the Prefect side of the CLI, registered on the main app."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml holding every stage's config.")]
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return "-" if value is None else str(value)
+
+
+def summary_table(summary: dict[str, Any], title: str = "retrain") -> Table:
+    """The flow's summary, one figure per row (the same rows as its Prefect table artifact)."""
+    from flows.report import metric_rows
+
+    table = Table(title=title)
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for row in metric_rows(summary):
+        table.add_row(row["figure"], row["value"])
+    return table
+
+
+def _prefect_logs_visible() -> None:
+    logging.getLogger("prefect").setLevel(logging.INFO)
+
+
+def retrain(params: ParamsOpt = Path("params.yaml")) -> None:
+    """One run of the retraining flow on the current data (what the schedule runs)."""
+    from components.config import ConfigError
+    from flows.config import load_flow_config
+    from flows.retrain import retrain as retrain_flow
+
+    console = Console()
+    params = params.resolve()
+    try:
+        load_flow_config(params)
+    except ConfigError as exc:
+        console.print(f"[red]config error:[/] {exc}")
+        raise typer.Exit(code=2) from exc
+    _prefect_logs_visible()
+    state = retrain_flow(project=str(params.parent), params=str(params), return_state=True)
+    if not state.is_completed():
+        console.print(f"[red]retrain failed[/] ({state.name}): {state.message}. Nothing was promoted.")
+        raise typer.Exit(code=1)
+    summary = state.result()
+    console.print(summary_table(summary))
+    console.print(f"decision: [bold]{summary['decision']}[/]; Prefect artifacts: retrain-summary, retrain-metrics")
+
+
+def deploy(
+    cron: Annotated[str, typer.Option(help="Cron schedule for retraining.")] = "0 3 * * *",
+    pool: Annotated[
+        str | None,
+        typer.Option(help="Register on this work pool (workers run it); default: serve the schedule in this process."),
+    ] = None,
+    start_server: Annotated[
+        bool, typer.Option("--start-server", help="Start a local `prefect server start` when PREFECT_API_URL is unset.")
+    ] = False,
+    port: Annotated[int, typer.Option(help="Port of the local Prefect server that --start-server starts.")] = 4200,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Register the scheduled retraining deployment (a schedule needs a Prefect server, not the ephemeral API)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows import deploy as d
+    from flows.config import load_flow_config
+
+    console = Console()
+    params = params.resolve()
+    project = params.parent
+    cfg = load_flow_config(params)
+    url = d.api_url()
+    if not url:
+        if not start_server:
+            console.print(
+                "[yellow]No Prefect server configured[/]: a schedule needs one (the ephemeral API has no scheduler).\n"
+                "Start one and point Prefect at it, then rerun:\n"
+                f"  prefect server start --host 127.0.0.1 --port {port} &\n"
+                f"  export PREFECT_API_URL=http://127.0.0.1:{port}/api\n"
+                f'  rlhf deploy --cron "{cron}"\n'
+                "or let this command start a local one: rlhf deploy --start-server"
+            )
+            raise typer.Exit(code=2)
+        log_file = project / ".prefect" / "server.log"
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with console.status(f"starting `prefect server start` on port {port}"):
+            url, pid = d.start_local_server(port, log_file)
+        stop = f"; stop it with `kill -INT {pid}`" if pid else " (already running)"
+        console.print(f"Prefect server at {url}{stop}; log {log_file}. UI: {url.removesuffix('/api')}")
+    if not d.server_healthy(url):
+        console.print(f"[red]The Prefect API at {url} does not answer[/]: start it with `prefect server start`.")
+        raise typer.Exit(code=2)
+    with temporary_settings({PREFECT_API_URL: url}):
+        if cfg.gpu_pool:
+            train = d.register_training(cfg.gpu_pool, cfg.train_deployment)
+            console.print(f"training deployment {train.name} on pool {train.pool} ({train.workers} workers polling)")
+            if not train.workers:
+                console.print(f"  start a GPU worker: prefect worker start --pool {train.pool}")
+        watch = (
+            f"Watch it: prefect deployment ls; prefect flow-run ls --flow-name retrain; UI {url.removesuffix('/api')}\n"
+            f"Run it now: prefect deployment run retrain/{d.RETRAIN_DEPLOYMENT}"
+        )
+        if pool:
+            reg = d.register_on_pool(project, cron, pool)
+            polling = f"{reg.workers} workers polling"
+            console.print(f'registered {reg.name} on work pool {reg.pool}, cron "{cron}" ({polling})')
+            if not reg.workers:
+                console.print(f"  nothing runs until a worker polls it: prefect worker start --pool {reg.pool}")
+            console.print(watch)
+            return
+        console.print(f'serving retrain/{d.RETRAIN_DEPLOYMENT} on cron "{cron}" from this process (Ctrl-C stops).')
+        console.print(watch)
+        d.serve_schedule(project, cron)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the flow commands to the ``rlhf`` app."""
+    app.command()(retrain)
+    app.command()(deploy)
