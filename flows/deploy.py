@@ -4,7 +4,8 @@ they need.
 Prefect's ephemeral local API runs flows but has no scheduler, so a cron schedule needs a server
 (``prefect server start``) named by ``PREFECT_API_URL``. On one machine ``serve`` runs the schedule in this
 process (no worker needed); with workers, ``register_on_pool`` registers a work-pool deployment that a
-``prefect worker start --pool NAME`` process picks up.
+``prefect worker start --pool NAME`` process picks up. Work-pool deployments name their flow by module path
+(``flows.retrain.retrain``), so a worker needs this package installed, not a copy of the source tree.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from prefect.deployments.runner import EntrypointType
 
 RETRAIN_DEPLOYMENT = "scheduled"
 DEFAULT_SERVER = "http://127.0.0.1:4200/api"
@@ -97,7 +99,11 @@ def register_on_pool(project: Path, cron: str, pool: str) -> Registered:
 
     ensure_pool(pool)
     retrain.to_deployment(
-        RETRAIN_DEPLOYMENT, cron=cron, work_pool_name=pool, parameters={"project": str(project)}
+        RETRAIN_DEPLOYMENT,
+        cron=cron,
+        work_pool_name=pool,
+        parameters={"project": str(project)},
+        entrypoint_type=EntrypointType.MODULE_PATH,
     ).apply()
     return Registered(f"retrain/{RETRAIN_DEPLOYMENT}", pool, _workers(pool))
 
@@ -107,7 +113,7 @@ def register_training(pool: str, deployment: str) -> Registered:
     from flows.retrain import train_models
 
     ensure_pool(pool)
-    train_models.to_deployment(deployment, work_pool_name=pool).apply()
+    train_models.to_deployment(deployment, work_pool_name=pool, entrypoint_type=EntrypointType.MODULE_PATH).apply()
     return Registered(f"rlhf-train/{deployment}", pool, _workers(pool))
 
 
