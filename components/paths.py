@@ -104,3 +104,18 @@ class ProjectPaths:
     def reward_model(self) -> Path:
         """The trained reward model: a transformers folder plus manifest.json (DVC out)."""
         return self.models / "reward"
+
+    @property
+    def live(self) -> Path:
+        """Live, not DVC-tracked state of a running service."""
+        return self.root / "live"
+
+    @property
+    def served_store(self) -> Path:
+        """The served-output + feedback store (SQLite) when no database URL is configured."""
+        return self.live / "served.sqlite"
+
+    @property
+    def registry(self) -> Path:
+        """The model registry's own status record (champion, candidates, rejected, retired)."""
+        return self.root / "registry"

@@ -335,9 +335,43 @@ def validate(
 
 
 @app.command()
-def serve(port: Annotated[int, typer.Option(help="HTTP port.")] = 3000) -> None:
-    """Serve the champion over HTTP (BentoML)."""
-    _not_built("serve", "serving comes with the serving issue")
+def serve(
+    params: ParamsOpt = Path("params.yaml"),
+    host: Annotated[str | None, typer.Option(help="Address to bind (default: serve.host in params.yaml).")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default: serve.port in params.yaml).")] = None,
+) -> None:
+    """Serve the champion over HTTP (BentoML): generate, OpenAI-compatible chat, feedback, the rater page.
+
+    Set RLHF_API_TOKEN to protect /feedback (required on any address but loopback).
+    """
+    import subprocess
+    import sys
+
+    from components.config import ConfigError
+    from components.paths import ProjectPaths
+    from components.serve_config import load_serve_config
+    from serving.service import check_host_allowed
+
+    params = params.resolve()
+    try:
+        cfg = load_serve_config(ProjectPaths(params.parent), params)
+    except ConfigError as exc:
+        console.print(f"[red]config error:[/] {exc}")
+        raise typer.Exit(code=2) from exc
+    host = host or cfg.host
+    port = port or cfg.port
+    try:
+        check_host_allowed(host, os.environ.get("RLHF_API_TOKEN"))
+    except SystemExit as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(code=2) from exc
+    env = {**os.environ, "RLHF_PROJECT": str(params.parent), "RLHF_PARAMS": str(params), "RLHF_SERVE_HOST": host}
+    console.print(f"serving project {params.parent} on http://{host}:{port} (rater page: /rate, API docs: /docs)")
+    cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:RLHFService", "--host", host, "--port", str(port)]
+    try:
+        raise typer.Exit(code=subprocess.call(cmd, env=env))
+    except KeyboardInterrupt:
+        raise typer.Exit(code=0) from None
 
 
 @app.command()

@@ -42,3 +42,14 @@ def prefect_api():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory):
+    """One real `bentoml serve` of the tiny model for the whole session (token set, loopback)."""
+    from tests.serving.server import make_project, start_server
+
+    project = make_project(tmp_path_factory.mktemp("served-project"), reload_poll_seconds=0.0)
+    server = start_server(project)
+    yield server
+    server.kill()

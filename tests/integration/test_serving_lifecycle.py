@@ -1,0 +1,102 @@
+"""A SIGKILLed server loses nothing it acknowledged; a changed champion is hot-reloaded without dropping requests."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import httpx
+import pytest
+
+from components.base_model import prepare_tiny
+from components.served_store import open_store
+from tests.serving.server import TOKEN, make_project, set_model, start_server
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def _load(url: str, stop: threading.Event, acked: list, acked_feedback: list, worker: int) -> None:
+    with httpx.Client(base_url=url, timeout=30) as client:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                r = client.post("/generate", json={"prompt": f"w{worker} q{i}", "max_new_tokens": 4})
+                if r.status_code == 200:
+                    sid = r.json()["id"]
+                    acked.append(sid)
+                    f = client.post("/feedback", json={"id": sid, "rating": 1 + i % 5}, headers=AUTH)
+                    if f.status_code == 200:
+                        acked_feedback.append((sid, 1 + i % 5))
+            except httpx.HTTPError:
+                return  # the server died under us: what was acknowledged so far is what counts
+
+
+@pytest.mark.slow
+def test_sigkill_during_load_then_hot_reload(tmp_path):
+    project = make_project(tmp_path / "proj", reload_poll_seconds=0.5)
+    server = start_server(project)
+    acked: list[str] = []
+    acked_feedback: list[tuple[str, int]] = []
+    try:
+        # 1. load from 4 clients, then SIGKILL the whole server process group mid-stream
+        stop = threading.Event()
+        workers = [threading.Thread(target=_load, args=(server.url, stop, acked, acked_feedback, w)) for w in range(4)]
+        for w in workers:
+            w.start()
+        deadline = time.monotonic() + 20
+        while len(acked_feedback) < 12 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        server.kill(signal.SIGKILL)
+        stop.set()
+        for w in workers:
+            w.join(timeout=30)
+        assert len(acked) >= 12 and len(acked_feedback) >= 12
+
+        # 2. every acknowledged output and rating is in the store, and the store is sound
+        store = open_store(project / "live" / "served.sqlite")
+        assert store.integrity_ok()
+        assert store.has_ids(acked) == set(acked)
+        for sid, rating in acked_feedback:
+            assert rating in [r["rating"] for r in store.ratings_of(sid)]
+        store.close()
+
+        # 3. restart on the same store; it keeps serving and the old ids still take feedback
+        server = start_server(project)
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            again = client.post(
+                "/feedback", json={"id": acked[0], "rating": 5, "comment": "after restart"}, headers=AUTH
+            )
+            assert again.status_code == 200
+
+            # 4. hot reload: point the model at another folder while requests keep coming
+            versions: list[str] = []
+            failures: list[int] = []
+
+            def steady() -> None:
+                with httpx.Client(base_url=server.url, timeout=30) as c:
+                    for i in range(200):
+                        r = c.post("/generate", json={"prompt": f"steady {i}", "max_new_tokens": 8})
+                        if r.status_code != 200:
+                            failures.append(r.status_code)
+                        else:
+                            versions.append(r.json()["model_version"])
+                        if versions and versions[-1] != "base:tiny" and versions.count(versions[-1]) >= 3:
+                            return
+
+            t = threading.Thread(target=steady)
+            t.start()
+            time.sleep(0.5)
+            folder = prepare_tiny(project / "models" / "champion-2", seed=1)
+            set_model(project, str(folder))
+            t.join(timeout=120)
+            assert not failures
+            assert versions[0] == "base:tiny" and versions[-1] == "base:champion-2"
+            switch = versions.index("base:champion-2")
+            assert set(versions[:switch]) == {"base:tiny"} and set(versions[switch:]) == {"base:champion-2"}
+            assert client.get("/v1/models").json()["data"][0]["id"] == "base:champion-2"
+            metrics = client.get("/metrics").text
+            assert 'model_version="base:champion-2"' in metrics
+    finally:
+        server.kill()
