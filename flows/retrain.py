@@ -91,11 +91,11 @@ def seed_feedback(root: str, params: str) -> dict[str, Any]:
 
 
 @task(name="export-served-feedback", cache_policy=NO_CACHE)
-def export_served_feedback(root: str) -> dict[str, Any]:
-    """Newly rated served outputs since the last export (the store's watermark), as feedback rows."""
+def export_served_feedback(root: str, params: str) -> dict[str, Any]:
+    """Feedback on served outputs since the last export (the store's watermark), as feedback files."""
     from flows.served import export_new_feedback
 
-    return export_new_feedback(ProjectPaths(Path(root)))
+    return export_new_feedback(ProjectPaths(Path(root)), Path(params))
 
 
 @task(name="validate-and-version", cache_policy=NO_CACHE)
@@ -167,7 +167,7 @@ def retrain(
     if seed_if_empty and not paths.pairs.is_file():
         summary.seeded = seed_feedback.with_options(**opts)(root, params_path)
         summary.validation = _counts(summary.seeded["ingest"])
-    exported = export_served_feedback.with_options(**opts)(root)
+    exported = export_served_feedback.with_options(**opts)(root, params_path)
     summary.exported = exported["counts"]
     ingested = validate_and_version.with_options(**opts)(root, params_path, exported)
     summary.validation = _add_counts(summary.validation, ingested["validation"])
@@ -205,9 +205,8 @@ def _add_counts(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     reasons = dict(a.get("by_reason") or {})
     for k, v in (b.get("by_reason") or {}).items():
         reasons[k] = reasons.get(k, 0) + v
-    return {k: (a.get(k) or 0) + (b.get(k) or 0) for k in ("rows_in", "accepted", "quarantined")} | {
-        "by_reason": reasons
-    }
+    keys = [k for k in {**a, **b} if k != "by_reason"]
+    return {k: (a.get(k) or 0) + (b.get(k) or 0) for k in keys} | {"by_reason": reasons}
 
 
 def _links(paths: ProjectPaths) -> dict[str, str]:

@@ -15,6 +15,7 @@ import yaml
 from prefect.artifacts import Artifact
 from prefect.client.schemas.objects import StateType
 
+from components.paths import ProjectPaths
 from components.project import init_project
 from flows.retrain import retrain
 
@@ -109,3 +110,42 @@ def test_a_failing_stage_fails_the_flow_run(prefect_api, tmp_path):
     with pytest.raises(Exception, match="train_reward"):
         state.result()
     assert not (root / "models" / "policy").exists()
+
+
+def test_served_feedback_enters_the_next_data_version_once(tmp_path):
+    from components.feedback.store import load
+    from components.served_store import ServedOutput, open_store
+    from flows.retrain import export_served_feedback, validate_and_version
+
+    root = make_project(tmp_path)
+    paths = ProjectPaths(root)
+    paths.live.mkdir(parents=True)
+    store = open_store(paths.served_store)
+    outs = [
+        ServedOutput(f"out-{i}", "Where is my parcel?", reply, "policy-1")
+        for i, reply in enumerate(["It ships today, sorry for the wait!", "No.", "Check the tracking page."])
+    ]
+    store.log_outputs(outs)
+    store.record_rating("out-0", 5, annotator="gold")
+    store.record_rating("out-1", 1, annotator="gold")
+    store.record_pair("out-2", "out-1", annotator="gold")
+    store.close()
+
+    exported = export_served_feedback.fn(str(root), str(paths.params))
+    assert exported["counts"] == {"ratings": 2, "pairs": 1, "ties": 0}
+    ingested = validate_and_version.fn(str(root), str(paths.params), exported)
+    v = ingested["validation"]
+    # 2 ratings + 1 pair from those ratings (5 over 1) + 1 user pair, all accepted
+    assert (v["rows_in"], v["accepted"], v["quarantined"], v["pairs_from_ratings"]) == (4, 4, 0, 1)
+    assert v["served_ids"] == 3
+    assert ingested["version"] and ingested["version"] != ingested["previous_version"]
+
+    ratings, pairs = load(paths, "ratings"), load(paths, "pairs")
+    assert sorted(ratings["served_id"]) == ["out-0", "out-1"] and set(ratings["model_version"]) == {"policy-1"}
+    assert {(r.chosen_id, r.rejected_id) for r in pairs.itertuples()} == {("out-0", "out-1"), ("out-2", "out-1")}
+    assert set(pairs["source"]) == {"served"}
+
+    again = export_served_feedback.fn(str(root), str(paths.params))  # the watermark moved past those rows
+    assert again["counts"] == {"ratings": 0, "pairs": 0, "ties": 0}
+    same = validate_and_version.fn(str(root), str(paths.params), again)
+    assert same["version"] == ingested["version"]
