@@ -17,25 +17,38 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def _win(ev: dict[str, Any]) -> str | None:
+    if "win_rate" not in ev:
+        return None
+    return f"{ev['win_rate']:.1%} (95 % interval {ev['win_rate_low']:.1%} - {ev['win_rate_high']:.1%})"
+
+
 def metric_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
-    """One row per figure a reviewer looks at first: counts, reward accuracy, PPO, evaluation, gate."""
+    """One row per figure a reviewer looks at first: counts, reward accuracy, win rate, KL, decision."""
     val, ev = summary.get("validation") or {}, summary.get("evaluation") or {}
+    exported = summary.get("exported") or {}
     reward_eval = (summary.get("reward") or {}).get("eval") or {}
-    policy = summary.get("policy") or {}
+    kl = ev.get("kl")
     rows = [
-        ("served ratings exported", (summary.get("exported") or {}).get("ratings")),
-        ("served pairs exported", (summary.get("exported") or {}).get("pairs")),
+        ("served ratings / pairs exported", f"{exported.get('ratings', 0)} / {exported.get('pairs', 0)}"),
         ("rows in", val.get("rows_in")),
         ("rows accepted", val.get("accepted")),
         ("rows quarantined", val.get("quarantined")),
         ("data version", summary.get("data_version")),
-        ("stages run", ", ".join((summary.get("training") or {}).get("ran", [])) or "none (up to date)"),
+        ("training stages run", ", ".join((summary.get("training") or {}).get("ran", [])) or "none (up to date)"),
         ("reward model held-out accuracy", reward_eval.get("accuracy")),
-        ("PPO final KL", policy.get("objective/kl") or policy.get("kl")),
+        ("candidate", summary.get("candidate")),
+        (f"gold win rate vs {ev.get('champion', 'champion')}", _win(ev)),
+        ("gold score candidate / champion", _pair(ev.get("gold_candidate"), ev.get("gold_champion"))),
+        ("KL to reference" + (f" (target {ev['kl_target']:g})" if ev.get("kl_target") else ""), kl),
+        ("decision", summary.get("decision")),
+        ("champion", summary.get("champion_after")),
     ]
-    rows += [(f"evaluation: {k}", v) for k, v in ev.items() if not isinstance(v, (dict, list))]
-    rows += [("decision", summary.get("decision")), ("champion", summary.get("champion_after"))]
     return [{"figure": name, "value": _fmt(value)} for name, value in rows]
+
+
+def _pair(a: Any, b: Any) -> str | None:
+    return None if a is None else f"{_fmt(a)} / {_fmt(b)}"
 
 
 def markdown(summary: dict[str, Any]) -> str:
@@ -48,12 +61,14 @@ def markdown(summary: dict[str, Any]) -> str:
         f"{summary.get('seconds', 0):.0f} s.",
         "",
     ]
-    reasons = gate.get("reasons") or []
-    if reasons:
-        lines += ["| gate check | value | threshold | passed |", "| --- | --- | --- | --- |"]
-        for r in reasons:
+    checks = gate.get("checks") or []
+    if checks:
+        lines += ["| gate check | value | threshold | result | reason |", "| --- | --- | --- | --- | --- |"]
+        for c in checks:
+            result = "pass" if c.get("passed") else "**fail**"
             lines.append(
-                f"| {r.get('name')} | {_fmt(r.get('value'))} | {_fmt(r.get('threshold'))} | {r.get('passed')} |"
+                f"| {c.get('name')} | {_fmt(c.get('value'))} | {_fmt(c.get('threshold'))} | {result} | "
+                f"{c.get('reason', '')} |"
             )
         lines.append("")
     training = summary.get("training") or {}

@@ -1,16 +1,16 @@
 """The ``retrain`` flow: served feedback -> validate -> version -> reward model -> PPO -> evaluate -> gate ->
-promote or reject -> tell the service.
+promote or reject -> the service switches.
 
-Each step is a thin Prefect task around a stage function or a DVC stage. The training steps run through
-``dvc repro`` (one DVC command at a time per repository), so a rerun with unchanged data, params and code skips
-them and ``dvc.lock`` records what ran. A step that still fails after its retries fails the flow run, and
-nothing is promoted: promotion is the last step and runs only after a passing gate.
+Each step is a thin Prefect task around a stage function (``components.stages``) or a DVC stage. Reward model,
+PPO and evaluation run through ``dvc repro`` (one DVC command at a time per repository), so ``dvc.lock`` records
+what produced each output and a rerun with unchanged data, params and code skips them. A step that still fails
+after its retries fails the flow run; promotion is the last step and runs only after the gate, so a failed run
+promotes nothing. A failing gate is a decision (the candidate is rejected, the champion stays), not an error.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,13 +19,11 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from components.flow_config import FlowConfig
 from components.paths import ProjectPaths
 from flows import dvc_steps
-from flows.config import FlowConfig, load_flow_config
 from flows.report import publish_summary
 from flows.routing import TRAIN_FLOW_NAME, training_route
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,7 +35,7 @@ class RetrainSummary:
     data_version: str | None = None
     previous_data_version: str | None = None
     exported: dict[str, int] = field(default_factory=dict)
-    """Served outputs exported by kind (ratings, pairs) before validation."""
+    """Feedback on served outputs exported by kind (ratings, pairs, ties) before validation."""
     validation: dict[str, Any] = field(default_factory=dict)
     """rows_in / accepted / quarantined / by_reason, summed over what this run ingested."""
     seeded: dict[str, Any] = field(default_factory=dict)
@@ -48,7 +46,8 @@ class RetrainSummary:
     evaluation: dict[str, Any] = field(default_factory=dict)
     gate: dict[str, Any] = field(default_factory=dict)
     decision: str = "not reached"
-    """promoted / rejected / unchanged (nothing new to evaluate) / not reached (the run failed before the gate)."""
+    """promoted / rejected / unchanged (the candidate was decided on before) / not reached."""
+    candidate: str | None = None
     champion_before: str | None = None
     champion_after: str | None = None
     service: str = ""
@@ -59,35 +58,45 @@ class RetrainSummary:
         return asdict(self)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+def _paths(root: str) -> ProjectPaths:
+    return ProjectPaths(Path(root))
 
 
-# --- tasks: a few lines each around a component or a DVC stage ------------------------------------------------
+def _params(params: str):
+    from components.params import load_params
+
+    return load_params(Path(params))
 
 
-@task(name="seed-feedback", cache_policy=NO_CACHE)
-def seed_feedback(root: str, params: str) -> dict[str, Any]:
-    """Round one on an empty store: sample replies from the base policy, gold-label pairs, validate, version."""
-    from components.base_model import load_base
-    from components.config import ModelConfig, load_section
-    from components.demo_task.seed import seed_demo_feedback
-    from components.feedback.config import DataConfig
+# --- tasks: a few lines each around a stage function or a DVC stage ---------------------------------------------
 
-    paths = ProjectPaths(Path(root))
-    model_cfg = load_section(ModelConfig, "model", Path(params))
-    model, tok = load_base(model_cfg.base, dtype=model_cfg.dtype)
-    seeded = seed_demo_feedback(
-        paths,
-        load_section(DataConfig, "data", Path(params)),
-        model,
-        tok,
-        system=model_cfg.system_prompt,
-        report_dir=paths.reports / "seed-validation",
-        progress=False,
-    )
-    get_run_logger().info("seeded %s pairs: data version %s", seeded.stats["pairs"], seeded.ingest.version)
-    return {"stats": seeded.stats, "ingest": seeded.ingest.summary()}
+
+@task(name="seed-sample", cache_policy=NO_CACHE)
+def seed_sample(root: str, params: str) -> dict[str, Any]:
+    """Sample replies from the base policy (a retry reuses replies already sampled for these settings)."""
+    from components import stages
+
+    p = _params(params)
+    return asdict(stages.sample_seed(p.data, _paths(root), model=p.model))
+
+
+@task(name="seed-label", cache_policy=NO_CACHE)
+def seed_label(root: str, params: str, sample: dict[str, Any]) -> dict[str, Any]:
+    """The gold annotator picks best over worst of each prompt's replies."""
+    from components import stages
+
+    return asdict(stages.label_seed(_params(params).data, _paths(root), sample=stages.SeedSample(**sample)))
+
+
+@task(name="seed-validate-and-version", cache_policy=NO_CACHE)
+def seed_ingest(root: str, params: str, labels: dict[str, Any]) -> dict[str, Any]:
+    """Great Expectations validation of the seed pairs, then a DVC version of ``data/``."""
+    from components import stages
+
+    paths = _paths(root)
+    report = paths.reports / "seed-validation"
+    labelled = stages.SeedLabels(**labels)
+    return asdict(stages.ingest_seed(_params(params).data, paths, labels=labelled, report_dir=report))
 
 
 @task(name="export-served-feedback", cache_policy=NO_CACHE)
@@ -95,20 +104,20 @@ def export_served_feedback(root: str, params: str) -> dict[str, Any]:
     """Feedback on served outputs since the last export (the store's watermark), as feedback files."""
     from flows.served import export_new_feedback
 
-    return export_new_feedback(ProjectPaths(Path(root)), Path(params))
+    return export_new_feedback(_paths(root), Path(params))
 
 
 @task(name="validate-and-version", cache_policy=NO_CACHE)
 def validate_and_version(root: str, params: str, exported: dict[str, Any]) -> dict[str, Any]:
-    """Great Expectations validation of the exported rows, then one DVC version of ``data/`` per kind."""
+    """Great Expectations validation of the exported rows, then a DVC version of ``data/`` per kind."""
     from flows.served import ingest_exported
 
-    return ingest_exported(ProjectPaths(Path(root)), Path(params), exported)
+    return ingest_exported(_paths(root), Path(params), exported)
 
 
 @task(name="train-reward-model", cache_policy=NO_CACHE)
 def train_reward_model(root: str) -> list[str]:
-    """``dvc repro train_reward``: skipped when pairs, reward params and code are unchanged."""
+    """``dvc repro train_reward``: skipped when the pairs, reward params and code are unchanged."""
     return dvc_steps.repro(Path(root), "train_reward", echo=get_run_logger().info)
 
 
@@ -145,6 +154,66 @@ def train_on_pool(root: str, deployment: str, cfg: FlowConfig) -> dict[str, Any]
     return state.result()
 
 
+@task(name="evaluate-vs-champion", cache_policy=NO_CACHE)
+def evaluate_candidate(root: str) -> dict[str, Any]:
+    """``dvc repro evaluate``: the new policy against the registry's champion on held-out prompts."""
+    ran = dvc_steps.repro(Path(root), "evaluate", echo=get_run_logger().info)
+    return {"ran": ran, "result": json.loads(_paths(root).eval_metrics.read_text(encoding="utf-8"))}
+
+
+@task(name="gate", cache_policy=NO_CACHE)
+def gate_candidate(root: str, params: str, evaluation: dict[str, Any]) -> dict[str, Any]:
+    """Every gate check (value vs threshold); never retried: a failing gate is a decision."""
+    from components import stages
+
+    result = stages.gate(_params(params).gate, _paths(root), evaluation=eval_result(evaluation))
+    return result.to_dict() | {"reasons": result.reasons}
+
+
+@task(name="promote-or-reject", cache_policy=NO_CACHE)
+def promote_or_reject(root: str, policy_dir: str, evaluation: dict[str, Any], gate: dict[str, Any]) -> dict[str, Any]:
+    """Register the candidate with its lineage; promote it when the gate passed, else mark it rejected."""
+    from components import stages
+
+    decided = stages.register_and_decide(
+        _paths(root), policy=policy_dir, evaluation=eval_result(evaluation), gate=gate_result(gate)
+    )
+    return asdict(decided)
+
+
+@task(name="service-switch", cache_policy=NO_CACHE)
+def wait_for_service(url: str, version: str, timeout_s: float = 120.0) -> str:
+    """The service polls the registry and reloads on its own: wait until it answers with ``version``."""
+    import httpx
+
+    t0 = time.monotonic()
+    seen = None
+    while time.monotonic() - t0 < timeout_s:
+        try:
+            data = httpx.get(f"{url.rstrip('/')}/v1/models", timeout=5).json().get("data") or []
+            seen = data[0]["id"] if data else None
+        except (httpx.HTTPError, ValueError, KeyError):
+            seen = None
+        if seen == version:
+            return f"{url} serves {version} ({time.monotonic() - t0:.1f} s after promotion)"
+        time.sleep(1)
+    get_run_logger().warning("service at %s still serves %s after %.0f s (expected %s)", url, seen, timeout_s, version)
+    return f"{url} still served {seen} after {timeout_s:.0f} s (expected {version}); it reloads on its next poll"
+
+
+def eval_result(d: dict[str, Any]):
+    from components.evaluation import EvalResult, ModelEval
+
+    return EvalResult(**{**d, "candidate": ModelEval(**d["candidate"]), "champion": ModelEval(**d["champion"])})
+
+
+def gate_result(d: dict[str, Any]):
+    from components.gate import GateCheck, GateResult
+
+    fields = {k: v for k, v in d.items() if k != "reasons"}
+    return GateResult(**{**fields, "checks": [GateCheck(**c) for c in d["checks"]]})
+
+
 # --- the flow --------------------------------------------------------------------------------------------------
 
 
@@ -156,24 +225,30 @@ def retrain(
     label: str = "",
 ) -> dict[str, Any]:
     """One retraining round on the project at ``project`` (default: the checkout holding ``params.yaml``)."""
+    from components import registry
+    from components.flow_config import load_flow_config
+
     t0 = time.perf_counter()
     paths = ProjectPaths(Path(project).resolve()) if project else ProjectPaths.discover()
     root, params_path = str(paths.root), str(Path(params).resolve() if params else paths.params)
+    _params(params_path)  # the whole params file is validated before any work
     cfg = load_flow_config(Path(params_path))
     summary = RetrainSummary(project=root, label=label)
     opts = {"retries": cfg.retries, "retry_delay_seconds": cfg.retry_delay_s}
+    log = get_run_logger()
 
-    # 1. feedback: seed an empty store (round one), or export what users rated since the last run
+    # 1. feedback: seed an empty store (round one), then export what users rated since the last run
     if seed_if_empty and not paths.pairs.is_file():
-        summary.seeded = seed_feedback.with_options(**opts)(root, params_path)
-        summary.validation = _counts(summary.seeded["ingest"])
+        sample = seed_sample.with_options(**opts)(root, params_path)
+        labels = seed_label.with_options(**opts)(root, params_path, sample)
+        summary.seeded = seed_ingest.with_options(**opts)(root, params_path, labels)
+        summary.validation = _counts(summary.seeded)
     exported = export_served_feedback.with_options(**opts)(root, params_path)
     summary.exported = exported["counts"]
     ingested = validate_and_version.with_options(**opts)(root, params_path, exported)
     summary.validation = _add_counts(summary.validation, ingested["validation"])
     summary.data_version = ingested["version"]
-    first = summary.seeded.get("ingest") if summary.seeded else ingested
-    summary.previous_data_version = first["previous_version"]
+    summary.previous_data_version = (summary.seeded or ingested)["previous_version"]
 
     # 2. train: reward model then PPO, in-process or on the GPU work pool
     route = training_route(cfg)
@@ -184,15 +259,67 @@ def retrain(
     summary.training = {"where": route.where, "pool": route.pool, "reason": route.reason, **trained}
     summary.reward = _read_json(paths.metrics / "reward.json")
     summary.policy = _read_json(paths.metrics / "ppo.json")
+    candidate = summary.policy.get("version")
+    summary.candidate = candidate
+    before = registry.champion(paths)
+    summary.champion_before = summary.champion_after = before.version if before else None
 
-    # 3. evaluate -> gate -> promote or reject -> tell the service (see flows.decide)
-    from flows.decide import decide_and_publish
+    # 3. evaluate -> gate -> promote or reject (skipped when this candidate was decided on before)
+    if candidate and "ppo" not in trained["ran"] and _registered(paths, candidate):
+        summary.decision = "unchanged"
+        log.info("policy %s was trained, evaluated and decided on before: nothing to do", candidate)
+    else:
+        ev = evaluate_candidate.with_options(**opts)(root)
+        summary.evaluation = _eval_summary(ev["result"])
+        decision = gate_candidate(root, params_path, ev["result"])
+        summary.gate = {k: decision[k] for k in ("passed", "checks", "reasons", "report_path")}
+        policy_dir = str(paths.root / summary.policy["policy_dir"])
+        outcome = promote_or_reject.with_options(**opts)(root, policy_dir, ev["result"], decision)
+        summary.decision = "promoted" if outcome["status"] == "champion" else "rejected"
+        summary.champion_after = outcome["champion"]
 
-    decide_and_publish(paths, Path(params_path), cfg, summary, opts)
+    # 4. the service reloads the champion by polling the registry; wait for it when one is configured
+    if cfg.service_url and summary.champion_after:
+        summary.service = wait_for_service.with_options(**opts)(cfg.service_url, summary.champion_after)
     summary.links = _links(paths)
     summary.seconds = round(time.perf_counter() - t0, 1)
     publish_summary(summary.to_dict())
     return summary.to_dict()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _registered(paths: ProjectPaths, version: str) -> bool:
+    from components import registry
+
+    try:
+        registry.get(paths, version)
+    except registry.RegistryError:
+        return False
+    return True
+
+
+def _eval_summary(ev: dict[str, Any]) -> dict[str, Any]:
+    c, h = ev["candidate"], ev["champion"]
+    return {
+        "candidate": c["version"],
+        "champion": h["version"],
+        "win_rate": ev["win_rate"],
+        "win_rate_low": ev["win_rate_low"],
+        "win_rate_high": ev["win_rate_high"],
+        "prompts": ev["prompts"],
+        "samples_per_prompt": ev["samples_per_prompt"],
+        "gold_candidate": c["gold_score"],
+        "gold_champion": h["gold_score"],
+        "kl": c["kl"],
+        "kl_target": ev["kl_target"],
+        "degenerate_rate": c["degenerate_rate"],
+        "overoptimised": ev["overoptimised"],
+        "reward_accuracy": ev["reward_accuracy"],
+        "report": ev["report_path"],
+    }
 
 
 def _counts(ingest: dict[str, Any]) -> dict[str, Any]:
@@ -211,6 +338,9 @@ def _add_counts(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 def _links(paths: ProjectPaths) -> dict[str, str]:
     candidates = {
+        "evaluation report": paths.eval_report,
+        "evaluation metrics": paths.eval_metrics,
+        "gate report": paths.gate_report,
         "reward metrics": paths.metrics / "reward.json",
         "reward training plot": paths.metrics / "reward_train.png",
         "PPO metrics": paths.metrics / "ppo.json",

@@ -1,5 +1,5 @@
-"""Shared test setup: offline, telemetry off, a throwaway RLHF_HOME unless one is given, and one temporary
-Prefect home (and one local Prefect API, on request) per test session."""
+"""Shared test setup: offline, telemetry off, a throwaway RLHF_HOME and BentoML store unless given, and one
+temporary Prefect home (and one local Prefect API, on request) per test session."""
 
 from __future__ import annotations
 
@@ -8,15 +8,12 @@ import os
 import shutil
 import tempfile
 
-for key, value in {
-    "HF_HUB_OFFLINE": "1",
-    "DO_NOT_TRACK": "1",
-    "BENTOML_DO_NOT_TRACK": "true",
-    "DVC_NO_ANALYTICS": "1",
-    "GX_ANALYTICS_ENABLED": "false",
-    "TOKENIZERS_PARALLELISM": "false",
-}.items():
-    os.environ.setdefault(key, value)
+from components.env import telemetry_off
+
+telemetry_off()
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# BentoML's model store for the whole session (the registry saves models there); never the user's ~/bentoml.
+os.environ.setdefault("BENTOML_HOME", tempfile.mkdtemp(prefix="rlhf-test-bentoml-"))
 
 # Prefect: a fresh home per session (never ~/.prefect), no analytics, never a server the developer configured.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="rlhf-test-prefect-")

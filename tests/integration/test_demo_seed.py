@@ -52,7 +52,7 @@ def test_seed_demo_feedback_makes_a_dvc_version(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("RLHF_DVC_REMOTE", str(tmp_path / "remote"))
     paths = init_project(tmp_path / "proj")
     model, tok = tiny
-    result = seed_demo_feedback(paths, TINY_DATA, model, tok, system="Be brief.", progress=False)
+    result = seed_demo_feedback(paths, TINY_DATA, model, tok, system="Be brief.", progress=None)
     train = [json.loads(x)["prompt"] for x in (paths.prompts / "train.jsonl").read_text().splitlines()]
     assert train == [p["prompt"] for p in load_prompts("train")]
     assert (paths.prompts / "heldout.jsonl").is_file()
