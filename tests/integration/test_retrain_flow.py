@@ -75,41 +75,72 @@ def one_thread(monkeypatch, tmp_path):
     torch.set_num_threads(before)
 
 
-def test_round_one_trains_then_a_rerun_skips_training(prefect_api, tmp_path):
-    root = make_project(tmp_path)
+@pytest.mark.slow
+def test_round_one_promotes_then_a_rerun_skips_training_and_a_broken_stage_changes_nothing(prefect_api, tmp_path):
+    from components import registry
 
+    root = make_project(tmp_path)
+    paths = ProjectPaths(root)
+
+    # 1. round one: seed -> validate -> version -> reward -> PPO -> evaluate vs the base -> gate -> decision
     state = retrain(project=str(root), seed_if_empty=True, label="round 1", return_state=True)
     assert state.type == StateType.COMPLETED, state.message
     first = state.result()
-    assert first["seeded"]["stats"]["pairs"] > 0
-    assert first["validation"]["accepted"] + first["validation"]["quarantined"] == first["validation"]["rows_in"]
+    v = first["validation"]
+    assert first["seeded"]["accepted"] > 0 and v["accepted"] + v["quarantined"] == v["rows_in"]
     assert first["data_version"] and first["previous_data_version"] is None
-    assert first["training"]["where"] == "in-process"
-    assert first["training"]["ran"] == ["train_reward", "ppo"]
-    assert (root / "models" / "policy" / "config.json").is_file()
+    assert first["training"]["where"] == "in-process" and first["training"]["ran"] == ["train_reward", "ppo"]
+    candidate = first["candidate"]
+    assert (paths.policies / candidate / "manifest.json").is_file()
+    assert first["evaluation"]["candidate"] == candidate and first["evaluation"]["champion"].startswith("base")
+    assert 0.0 <= first["evaluation"]["win_rate_low"] <= first["evaluation"]["win_rate"] <= 1.0
+    assert first["decision"] in {"promoted", "rejected"} and first["gate"]["checks"]
+    assert registry.get(paths, candidate).status == ("champion" if first["decision"] == "promoted" else "rejected")
+    assert first["champion_after"] == registry.champion(paths).version
     lock = yaml.safe_load((root / "dvc.lock").read_text())
-    assert set(lock["stages"]) >= {"train_reward", "ppo"}
+    assert set(lock["stages"]) == {"train_reward", "ppo", "evaluate"}
+    assert "rows accepted" in str(Artifact.get("retrain-metrics").data)
+    assert "round 1" in str(Artifact.get("retrain-summary").data)
 
-    table = Artifact.get("retrain-metrics")
-    assert table is not None and "rows accepted" in str(table.data)
-    md = Artifact.get("retrain-summary")
-    assert md is not None and "round 1" in str(md.data)
-
+    # 2. nothing changed: no training, no new candidate, no new decision
+    registered = [(m.version, m.status) for m in registry.list_models(paths)]
     again = retrain(project=str(root), label="rerun", return_state=True)
     assert again.type == StateType.COMPLETED, again.message
     second = again.result()
     assert second["training"]["ran"] == [] and second["training"]["skipped"] == ["train_reward", "ppo"]
+    assert second["decision"] == "unchanged" and second["candidate"] == candidate
     assert second["data_version"] == first["data_version"]
+    assert [(m.version, m.status) for m in registry.list_models(paths)] == registered
+    assert [p.name for p in paths.policies.iterdir() if p.is_dir()] == [candidate]
+
+    # 3. a stage that fails (a reward backbone that does not exist) fails the run; the champion stays
+    models_before = [(m.version, m.status) for m in registry.list_models(paths)]
+    params = yaml.safe_load(paths.params.read_text())
+    params["reward"]["backbone"] = str(tmp_path / "no-such-model")
+    paths.params.write_text(yaml.safe_dump(params, sort_keys=False))
+    broken = retrain(project=str(root), label="broken", return_state=True)
+    assert broken.type == StateType.FAILED
+    with pytest.raises(Exception, match="train_reward"):
+        broken.result()
+    assert registry.champion(paths).version == first["champion_after"]
+    assert [(m.version, m.status) for m in registry.list_models(paths)] == models_before
 
 
-def test_a_failing_stage_fails_the_flow_run(prefect_api, tmp_path):
+def test_a_failing_stage_fails_the_flow_run_and_keeps_the_champion(prefect_api, tmp_path):
+    from components import registry
+    from components.base_model import resolve_model_dir
+
     # An unknown reward backbone makes `python -m components.reward.train` exit non-zero inside `dvc repro`.
     root = make_project(tmp_path, {"reward": {"backbone": str(tmp_path / "no-such-model")}})
+    paths = ProjectPaths(root)
+    base = registry.ensure_base_champion(paths, "tiny", resolve_model_dir("tiny"))
     state = retrain(project=str(root), seed_if_empty=True, label="broken", return_state=True)
     assert state.type == StateType.FAILED
-    with pytest.raises(Exception, match="train_reward"):
+    with pytest.raises(Exception, match="DVC stage 'train_reward' failed"):
         state.result()
-    assert not (root / "models" / "policy").exists()
+    assert registry.champion(paths).version == base.version
+    assert [m.version for m in registry.list_models(paths)] == [base.version]
+    assert not paths.policies.exists() or not any(paths.policies.iterdir())
 
 
 def test_served_feedback_enters_the_next_data_version_once(tmp_path):
