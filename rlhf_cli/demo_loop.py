@@ -129,3 +129,71 @@ def traffic_prompts(n: int, seed: int = 0) -> list[str]:
     prompts = [p["prompt"] for p in load_prompts("train")]
     random.Random(seed).shuffle(prompts)
     return prompts[:n]
+
+
+def round_table(rounds: list[dict[str, Any]]) -> Any:
+    """One column per round: counts, reward-model accuracy, win rate with its interval, KL, decision, version."""
+    from rich.table import Table
+
+    table = Table(title="rlhf demo: the loop, round by round")
+    table.add_column("")
+    for r in rounds:
+        table.add_column(r.get("label") or "round", justify="right")
+
+    def cell(r: dict[str, Any], key: str) -> str:
+        val, ev = r.get("validation") or {}, r.get("evaluation") or {}
+        exp = r.get("exported") or {}
+        acc = ((r.get("reward") or {}).get("eval") or {}).get("accuracy")
+        values = {
+            "feedback": "seed (gold annotator)"
+            if r.get("seeded")
+            else f"served: {exp.get('ratings', 0)} ratings, {exp.get('pairs', 0)} choices",
+            "rows": f"{val.get('accepted', 0)} / {val.get('quarantined', 0)}",
+            "data": (r.get("data_version") or "-")[:12],
+            "acc": "-" if acc is None else f"{acc:.1%}",
+            "against": ev.get("champion", "-"),
+            "win": "-"
+            if "win_rate" not in ev
+            else f"{ev['win_rate']:.1%} [{ev['win_rate_low']:.1%}, {ev['win_rate_high']:.1%}]",
+            "gold": "-" if "gold_candidate" not in ev else f"{ev['gold_candidate']:.3f} vs {ev['gold_champion']:.3f}",
+            "kl": "-"
+            if ev.get("kl") is None
+            else f"{ev['kl']:.2f}" + (f" (target {ev['kl_target']:g})" if ev.get("kl_target") else ""),
+            "decision": r.get("decision", "-"),
+            "candidate": r.get("candidate") or "-",
+            "champion": r.get("champion_after") or "-",
+            "time": f"{r.get('seconds', 0):.0f} s",
+        }
+        return values[key]
+
+    for name, key in (
+        ("feedback", "feedback"),
+        ("rows accepted / quarantined", "rows"),
+        ("data version", "data"),
+        ("reward model held-out accuracy", "acc"),
+        ("evaluated against", "against"),
+        ("gold win rate [95 % interval]", "win"),
+        ("gold score candidate vs champion", "gold"),
+        ("KL to reference, nats/reply", "kl"),
+        ("gate decision", "decision"),
+        ("candidate version", "candidate"),
+        ("champion after the round", "champion"),
+        ("round time (CPU)", "time"),
+    ):
+        table.add_row(name, *(cell(r, key) for r in rounds))
+    return table
+
+
+def where_next(root: Path, service_note: str) -> str:
+    prefect_home = os.environ.get("PREFECT_HOME", "~/.prefect")
+    return "\n".join(
+        [
+            "Where to look next:",
+            f"  Prefect UI (flow runs, task logs, artifacts): PREFECT_HOME={prefect_home} prefect server start, "
+            "then http://127.0.0.1:4200",
+            f"  evaluation report: {root / 'reports' / 'eval.md'}; gate: {root / 'metrics' / 'gate.json'}",
+            f"  plots: {root / 'metrics'}/ppo_score.png, ppo_kl.png, reward_train.png (or `dvc plots show`)",
+            "  models and their gate decisions: rlhf models; lineage of the champion: rlhf audit",
+            f"  the pipeline's state: dvc status; dvc.lock; serve the champion again: rlhf serve ({service_note})",
+        ]
+    )
