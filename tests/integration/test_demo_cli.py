@@ -102,6 +102,36 @@ def test_demo_runs_the_loop_on_the_tiny_model(tmp_path, monkeypatch):
     for needle in ("ancestry", "reward model", "data version", "demo-seed", "code revision", "params.ppo", "gate"):
         assert needle in words, needle
 
+    # the evaluate DVC stage's command on the same project: the last export against the champion
+    from components.evaluation import main as evaluate_main
+    from components.ppo.train import exported_policy
+
+    assert evaluate_main(["--params", str(paths.params)]) == 0
+    ev = json.loads(paths.eval_metrics.read_text())
+    assert ev["candidate"]["version"] == exported_policy(paths.root).name and ev["champion"]["version"] == champ.version
+
+    import shutil
+    from dataclasses import replace
+
+    from components.params import load_params
+
+    p = load_params(paths.params)
+    strict = replace(p, gate=replace(p.gate, min_win_rate=1.0))  # a copy of the champion ties: 50 % < 100 %
+
+    again = paths.policies / "20990101-000000-beef"
+    shutil.copytree(exported_policy(paths.root), again)
+    m = json.loads((again / "manifest.json").read_text())
+    (again / "manifest.json").write_text(json.dumps({**m, "version": again.name, "parent": champ.version}))
+    outcome = cli._evaluate_gate_promote(strict, paths, str(again))
+    assert outcome.status == "rejected" and outcome.champion == champ.version
+    assert registry.champion(paths).version == champ.version
+    assert "gold win rate" in outcome.reasons[0] and "< minimum 100.0%" in outcome.reasons[0]
+
+    # the strict gate's candidate is rejected and listed so
+    assert by_status(runner, "rejected") == ["20990101-000000-beef"]
+    refused = runner.invoke(app, ["rollback", "20990101-000000-beef"])
+    assert refused.exit_code == 2 and "never champion" in refused.output
+
     # rollback to the base, then forward again
     back = runner.invoke(app, ["rollback", "base-tiny"])
     assert back.exit_code == 0, back.output
@@ -113,11 +143,16 @@ def test_demo_runs_the_loop_on_the_tiny_model(tmp_path, monkeypatch):
     again = runner.invoke(app, ["demo", "--params", str(paths.params)])
     assert again.exit_code == 0, again.output
     assert "seed feedback already versioned" in again.output
-    policies = [m for m in registry.list_models(paths, "policy")]
-    assert len(policies) == 3 and sum(m.status == "champion" for m in policies) == 1
+    policies = registry.list_models(paths, "policy")
+    assert len(policies) == 4 and sum(m.status == "champion" for m in policies) == 1
+    assert len(list(paths.policies.iterdir())) == 3  # every version folder kept (two trained, one copied)
 
 
 def len_pairs(paths) -> int:
     import pandas as pd
 
     return len(pd.read_parquet(paths.pairs))
+
+
+def by_status(runner, status: str) -> list[str]:
+    return [m["version"] for m in json.loads(runner.invoke(app, ["models", "--json"]).output) if m["status"] == status]
