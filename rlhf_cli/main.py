@@ -119,11 +119,12 @@ def demo(
 ) -> None:
     """The whole loop on the embedded default, on CPU: seed -> validate -> reward model -> PPO -> evaluate ->
     gate -> promote."""
+    import json
     import time
 
     from components import stages
     from components.base_model import describe, load_base
-    from components.feedback.store import StoreError
+    from components.feedback.store import StoreError, stored_rows
     from components.generation import generate
     from components.paths import ProjectPaths
 
@@ -145,7 +146,7 @@ def demo(
     table.add_row("base model", f"[green]done[/]: {cfg.base}")
 
     # 1. seed feedback: sample -> label -> validate + version
-    existing = _stored_pairs(paths)
+    existing = stored_rows(paths)
     if existing and not reseed:
         console.print(f"seed feedback already versioned ({existing} pairs in {paths.feedback}); --reseed samples more")
         table.add_row("seed + validate + version", f"[green]reused[/]: {existing} stored pairs")
@@ -179,8 +180,13 @@ def demo(
 
     # 4. evaluate -> gate -> promote
     outcome = _evaluate_gate_promote(p, paths, policy.path)
-    table.add_row("evaluate + gate", ("[green]passed[/]" if outcome.status == "champion" else "[red]failed[/]")
-                  + f": gold win rate vs {outcome.previous_champion}")  # fmt: skip
+    ev = json.loads(paths.eval_metrics.read_text(encoding="utf-8"))
+    table.add_row(
+        "evaluate + gate",
+        ("[green]passed[/]" if outcome.status == "champion" else "[red]failed[/]")
+        + f": gold win rate {ev['win_rate']:.1%} [{ev['win_rate_low']:.1%}, {ev['win_rate_high']:.1%}] "
+        f"vs {outcome.previous_champion}",
+    )
     table.add_row("registry", f"champion [bold]{outcome.champion}[/] ({outcome.version} {outcome.status})")
     for stage in ("serve + traffic", "second round"):
         table.add_row(stage, "[yellow]not built yet[/]")
@@ -247,13 +253,6 @@ def _gate_table(decision) -> Table:
         threshold = str(c.threshold) if isinstance(c.threshold, bool) else f"{c.threshold:g}"
         table.add_row(c.name, value, threshold, "[green]pass[/]" if c.passed else "[red]fail[/]", c.reason)
     return table
-
-
-def _stored_pairs(paths) -> int:
-    import pandas as pd
-
-    pairs = paths.feedback / "pairs.parquet"
-    return len(pd.read_parquet(pairs, columns=["prompt"])) if pairs.is_file() else 0
 
 
 def _seed_demo(p, paths):
