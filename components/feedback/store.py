@@ -293,3 +293,11 @@ def validate_and_store(
         notes=list(result.notes),
         stored=stored,
     )
+
+
+def stored_rows(paths: ProjectPaths, kind: str = PAIRS) -> int:
+    """How many accepted rows of ``kind`` the checked-out data version holds (0 when none are stored).
+
+    The demo and the flow use it to decide whether seed feedback must be made or the versioned one reused."""
+    f = paths.feedback / SCHEMAS[kind].file_name
+    return len(pd.read_parquet(f, columns=["prompt"])) if f.is_file() else 0

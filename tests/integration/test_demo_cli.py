@@ -6,6 +6,7 @@ simulated users rating its replies over HTTP, round 2 on seed + served feedback 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -100,6 +101,27 @@ def test_demo_runs_two_rounds_through_the_flow_and_the_service(prefect_api, tmp_
 
     listed = json.loads(runner.invoke(app, ["models", "--json"]).output)
     assert {m["version"]: m["status"] for m in listed if m["kind"] == "policy"}[second.version] == "champion"
+
+    # a strict gate rejects through the flow's own tasks: a copy of the champion ties it, 50 % < 100 %
+    from flows.retrain import gate_candidate, promote_or_reject
+
+    strict = yaml.safe_load(paths.params.read_text())
+    strict["gate"]["min_win_rate"] = 1.0
+    (root / "strict.yaml").write_text(yaml.safe_dump(strict, sort_keys=False))
+    copy = paths.policies / "20990101-000000-beef"
+    shutil.copytree(second.path, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "version": copy.name, "parent": second.version}))
+    ev = json.loads(paths.eval_metrics.read_text())
+    ev = {**ev, "candidate": {**ev["champion"], "version": copy.name, "kl": 0.0}, "win_rate": 0.5}
+    ev |= {"win_rate_low": 0.5, "win_rate_high": 0.5, "champion": {**ev["champion"], "version": second.version}}
+    decision = gate_candidate.fn(str(root), str(root / "strict.yaml"), ev)
+    assert decision["passed"] is False and "gold win rate" in decision["reasons"][0]
+    outcome = promote_or_reject.fn(str(root), str(copy), ev, decision)
+    assert outcome["status"] == "rejected" and outcome["champion"] == second.version
+    assert registry.champion(paths).version == second.version
+    refused = runner.invoke(app, ["rollback", copy.name])
+    assert refused.exit_code == 2 and "never champion" in refused.output
 
     back = runner.invoke(app, ["rollback", first.version])
     assert back.exit_code == 0, back.output

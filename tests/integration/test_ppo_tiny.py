@@ -306,3 +306,35 @@ def test_two_processes_with_accelerate_launch(tmp_path):
     r0, r1 = (torch.load(ckpt / f"rng_rank{r}.pt", weights_only=False)["torch"] for r in (0, 1))
     assert not torch.equal(r0, r1), "each process must have its own seed"
     shutil.rmtree(tmp_path / "models")
+
+
+def test_scorer_and_policy_sit_on_the_accelerators_device(tmp_path):
+    """The reward model used to stay on the CPU whatever the trainer's device; it now follows the policy."""
+    from components.config import ModelConfig, load_section
+    from components.paths import ProjectPaths
+    from components.ppo.config import PPOConfig
+    from components.ppo.trainer import PPOTrainer
+
+    class Spy(CountScorer):
+        device = None
+
+        def to(self, device):
+            self.device = torch.device(device)
+            return self
+
+    params = project(tmp_path, steps=1)
+    spy = Spy("e")
+    trainer = PPOTrainer(load_section(PPOConfig, "ppo", params), ModelConfig(base="tiny"), spy, ProjectPaths(tmp_path))
+    assert spy.device == trainer.acc.device
+    assert next(trainer.unwrapped.parameters()).device.type == trainer.acc.device.type
+
+
+def test_policy_versions_are_new_folders_never_replaced(tmp_path):
+    first = run(project(tmp_path, steps=1, save_every=1), tmp_path).export_dir
+    second = run(project(tmp_path, steps=1, save_every=1), tmp_path).export_dir
+    assert first != second and first.parent == second.parent == tmp_path / "models" / "policy"
+    assert (first / "model.safetensors").is_file() and (second / "model.safetensors").is_file()
+    assert exported_policy(tmp_path) == second
+    m = json.loads((second / "manifest.json").read_text())
+    assert m["version"] == second.name and m["parent"] == "base-tiny"
+    assert {"data_version", "reward_model", "code_revision", "params"} <= set(m)

@@ -225,3 +225,47 @@ def test_two_processes_promoting_at_once_leave_one_champion(project, tiny_folder
     assert on_disk["champion"] in {"a2", "b2"}  # each process ended on its second version
     promotions = sum(1 for m in on_disk["models"].values() for h in m["history"] if h["status"] == "champion")
     assert promotions == 1 + 32  # the base, then every promotion of both processes: none lost
+
+
+def test_audit_across_two_versions(project, tiny_folder):
+    """v2 (rejected, trained from v1) -> v1 (champion) -> base: ancestry, data history, rows by source, served ids,
+    gate reasons, all from the registry and the project without opening a model file."""
+    import pandas as pd
+    import yaml
+
+    from components.lineage import audit_trail
+
+    d1, d2 = "1" * 32, "d" * 32  # policy_folder's manifests record d2
+    (project.root / "data.dvc").write_text(yaml.safe_dump({"outs": [{"md5": d2, "path": "data"}]}))
+    project.metrics.mkdir(parents=True)
+    project.data_versions.write_text(
+        json.dumps({"version": d1, "previous_version": None, "origin": "seed", "kind": "pairs", "accepted": 3,
+                    "quarantined": 1, "time": "t1"}) + "\n"
+        + json.dumps({"version": d2, "previous_version": d1, "origin": "served", "kind": "pairs", "accepted": 2,
+                      "quarantined": 0, "time": "t2"}) + "\n"
+    )  # fmt: skip
+    project.feedback.mkdir(parents=True)
+    pd.DataFrame(
+        {"prompt": list("abcde"), "source": ["demo-seed"] * 3 + ["served"] * 2,
+         "chosen_id": [None, None, None, "s-1", "s-3"], "rejected_id": [None, None, None, "s-2", "s-4"]}
+    ).to_parquet(project.pairs)  # fmt: skip
+
+    v1 = policy_folder(tiny_folder, project.root, "v1")
+    registry.register_and_decide(project, policy=v1, evaluation=evaluation(), gate=gate(GateConfig(), project,
+                                 evaluation=evaluation()))  # fmt: skip
+    v2 = policy_folder(tiny_folder, project.root, "v2", parent="v1")
+    bad = evaluation(candidate__kl=9.0, champion__version="v1")
+    registry.register_and_decide(project, policy=v2, evaluation=bad, gate=gate(GateConfig(), project, evaluation=bad))
+
+    trail = audit_trail(project, "v2")
+    assert [(a["version"], a["status"]) for a in trail["ancestry"]] == [
+        ("v2", "rejected"), ("v1", "champion"), ("base-tiny", "retired")
+    ]  # fmt: skip
+    assert trail["data_version"] == d2 and [e["origin"] for e in trail["data_history"]] == ["seed", "served"]
+    assert trail["feedback"]["by_source"]["pairs"] == {"demo-seed": 3, "served": 2}
+    assert trail["feedback"]["served_ids"]["count"] == 4 and "s-1" in trail["feedback"]["served_ids"]["examples"]
+    assert trail["code_revision"] == "abc123" and trail["params"]["ppo"] == {"steps": 2}
+    assert trail["gate"]["passed"] is False and trail["gate"]["champion"] == "v1"
+    assert any("KL 9.000 > maximum 6" in c["reason"] for c in trail["gate"]["checks"])
+    champ_trail = audit_trail(project)  # default: the champion
+    assert champ_trail["model"]["version"] == "v1" and champ_trail["gate"]["passed"] is True
