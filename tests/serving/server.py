@@ -35,14 +35,6 @@ def make_project(root: Path, **serve: object) -> Path:
     return root
 
 
-def set_model(root: Path, spec: str) -> None:
-    params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
-    params["model"]["base"] = spec
-    tmp = root / "params.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-    tmp.replace(root / "params.yaml")
-
-
 @dataclass
 class Server:
     url: str
