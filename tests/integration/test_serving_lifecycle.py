@@ -14,7 +14,7 @@ import pytest
 
 from components.base_model import prepare_tiny
 from components.served_store import open_store
-from tests.serving.server import TOKEN, make_project, start_server
+from tests.serving.server import TOKEN, Server, free_port, make_project, start_server
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -121,3 +121,20 @@ def test_sigkill_during_load_then_hot_reload(tmp_path):
             assert 'model_version="policy-2"' in metrics
     finally:
         server.kill()
+
+
+@pytest.mark.slow
+def test_public_address_without_token_is_refused(tmp_path):
+    """`bentoml serve` on 0.0.0.0 with no RLHF_API_TOKEN stops with the reason (it never serves)."""
+    project = make_project(tmp_path / "proj")
+    env = {k: v for k, v in os.environ.items() if k != "RLHF_API_TOKEN"}
+    env |= {"RLHF_PROJECT": str(project), "BENTOML_HOME": str(project / ".bentoml"), "RLHF_HOME": str(project / ".h")}
+    cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:RLHFService", "--host", "0.0.0.0"]
+    cmd += ["--port", str(free_port())]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    server = Server("", proc, tmp_path / "log", project)
+    try:
+        output, _ = proc.communicate(timeout=90)
+    finally:
+        server.kill(signal.SIGKILL)
+    assert b"refusing to serve on 0.0.0.0 without an API token" in output
