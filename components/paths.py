@@ -109,11 +109,6 @@ class ProjectPaths:
         return self.models / "reward"
 
     @property
-    def live(self) -> Path:
-        """Live, not DVC-tracked state of a running service."""
-        return self.root / "live"
-
-    @property
     def policies(self) -> Path:
         """Policy versions written by PPO: ``models/policy/<version>/`` (transformers folder + manifest.json);
         each version folder is written once and never replaced."""
@@ -130,6 +125,11 @@ class ProjectPaths:
 
         The model files themselves live in BentoML's model store under ``$BENTOML_HOME``."""
         return self.root / "registry"
+
+    @property
+    def live(self) -> Path:
+        """Live, not DVC-tracked state of a running service."""
+        return self.root / "live"
 
     @property
     def served_store(self) -> Path:

@@ -194,7 +194,7 @@ def serve(
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(code=2) from exc
     env = {**os.environ, "RLHF_PROJECT": str(params.parent), "RLHF_PARAMS": str(params), "RLHF_SERVE_HOST": host}
-    console.print(f"serving project {params.parent} on http://{host}:{port} (rater page: /rate, API docs: /docs)")
+    console.print(f"serving project {params.parent} on http://{host}:{port} (rater page: /rate, API docs: /)")
     cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:RLHFService", "--host", host, "--port", str(port)]
     try:
         raise typer.Exit(code=subprocess.call(cmd, env=env))

@@ -1,9 +1,11 @@
 """A dynamic batcher: concurrent requests are sampled together in one forward pass.
 
 Requests from any route (``/generate``, the chat API, the rater page) are queued; one worker thread takes
-the first waiting request, waits up to ``max_wait_ms`` for more (at most ``max_batch_size``), runs the
-whole batch with one call and hands every caller its own result. The one thread also means a model is
-never used by two batches at once.
+the first waiting request plus everything already queued (at most ``max_batch_size``), runs the whole
+batch with one call and hands every caller its own result. Under concurrent load (the previous batch held
+more than one request) it also waits up to ``max_wait_ms`` for stragglers, so clients whose replies just
+came back join the next batch; a lone client never waits. The one thread also means a model is never used
+by two batches at once.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class Batcher(Generic[J, R]):
         self.max_wait = max_wait_ms / 1000.0
         self.on_batch = on_batch
         self._queue: queue.Queue[Any] = queue.Queue()
+        self._last_size = 1
         self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
         self._thread.start()
 
@@ -62,7 +65,7 @@ class Batcher(Generic[J, R]):
 
     def _collect(self, first: Any) -> list[Any]:
         batch = [first]
-        deadline = time.monotonic() + self.max_wait
+        deadline = time.monotonic() + (self.max_wait if self._last_size > 1 else 0.0)
         while len(batch) < self.max_batch_size:
             left = deadline - time.monotonic()
             try:
@@ -81,6 +84,7 @@ class Batcher(Generic[J, R]):
             if first is _STOP:
                 return
             batch = self._collect(first)
+            self._last_size = len(batch)
             jobs = [job for job, _ in batch]
             try:
                 results = self.run(jobs)

@@ -11,6 +11,7 @@ BentoML's ``/healthz``, ``/readyz``, ``/metrics``, ``/docs.json``; the mounted a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
@@ -95,6 +96,43 @@ def check_host_allowed(host: str, token: str | None) -> None:
         )
 
 
+def _refuse_public_without_token(host: str) -> None:
+    """In a worker: refuse, and stop the BentoML server that started us (else it would respawn the worker)."""
+    try:
+        check_host_allowed(host, _token())
+    except SystemExit as exc:
+        log.error("%s", exc)
+        import signal
+
+        import psutil
+
+        with contextlib.suppress(psutil.Error):
+            parent = psutil.Process(os.getppid())
+            if "bentoml" in " ".join(parent.cmdline()):
+                parent.send_signal(signal.SIGTERM)
+        raise
+
+
+def bound_host(argv: Sequence[str] | None = None) -> str | None:
+    """The address this worker's listening socket is bound to (BentoML hands workers the socket as ``--fd N``).
+
+    Lets the service check its real address even when started with ``bentoml serve`` directly (whose
+    default host is 0.0.0.0), not only through ``rlhf serve``.
+    """
+    import socket
+    import sys
+
+    args = list(sys.argv if argv is None else argv)
+    if "--fd" not in args or args.index("--fd") + 1 >= len(args):
+        return None
+    try:
+        fd = int(args[args.index("--fd") + 1])
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            return str(sock.getsockname()[0])
+    except (ValueError, OSError):
+        return None
+
+
 @dataclass(frozen=True)
 class Loaded:
     model: Any
@@ -146,7 +184,7 @@ class RLHFService:
         self.paths = ProjectPaths.discover()
         self.cfg: ServeConfig = load_serve_config(self.paths, _params_override())
         self.model_cfg = load_section(ModelConfig, "model", _params_override() or self.paths.params)
-        check_host_allowed(os.environ.get("RLHF_SERVE_HOST", "127.0.0.1"), _token())
+        _refuse_public_without_token(bound_host() or os.environ.get("RLHF_SERVE_HOST", "127.0.0.1"))
         torch.set_num_threads(self.cfg.torch_threads)
         self.store = open_store(store_url(self.cfg, self.paths))
         self._swap = threading.Lock()

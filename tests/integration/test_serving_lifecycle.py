@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -11,9 +14,27 @@ import pytest
 
 from components.base_model import prepare_tiny
 from components.served_store import open_store
-from tests.serving.server import TOKEN, make_project, set_model, start_server
+from tests.serving.server import TOKEN, Server, free_port, make_project, start_server
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def _promote_in_registry(project) -> None:
+    """Register the tiny base as the first champion and promote a differently seeded one (in the server's
+    BentoML home, from another process, as the retraining flow would)."""
+    base = prepare_tiny(project / "models" / "base-tiny", seed=0)
+    new = prepare_tiny(project / "models" / "policy-2", seed=1)
+    code = (
+        "import sys; from pathlib import Path; from components.paths import ProjectPaths; "
+        "from components.registry import ensure_base_champion, promote, register; "
+        "p = ProjectPaths(Path(sys.argv[1])); ensure_base_champion(p, 'tiny', Path(sys.argv[2])); "
+        "register(p, 'policy-2', Path(sys.argv[3]), parent='base-tiny'); promote(p, 'policy-2')"
+    )
+    env = {**os.environ, "BENTOML_HOME": str(project / ".bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(project), str(base), str(new)], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def _load(url: str, stop: threading.Event, acked: list, acked_feedback: list, worker: int) -> None:
@@ -70,33 +91,50 @@ def test_sigkill_during_load_then_hot_reload(tmp_path):
             )
             assert again.status_code == 200
 
-            # 4. hot reload: point the model at another folder while requests keep coming
+            # 4. hot reload: a champion is registered, then a new one promoted, while requests keep coming
             versions: list[str] = []
             failures: list[int] = []
 
             def steady() -> None:
                 with httpx.Client(base_url=server.url, timeout=30) as c:
-                    for i in range(200):
+                    for i in range(300):
                         r = c.post("/generate", json={"prompt": f"steady {i}", "max_new_tokens": 8})
                         if r.status_code != 200:
                             failures.append(r.status_code)
                         else:
                             versions.append(r.json()["model_version"])
-                        if versions and versions[-1] != "base:tiny" and versions.count(versions[-1]) >= 3:
+                        if versions.count("policy-2") >= 3:
                             return
 
             t = threading.Thread(target=steady)
             t.start()
             time.sleep(0.5)
-            folder = prepare_tiny(project / "models" / "champion-2", seed=1)
-            set_model(project, str(folder))
+            _promote_in_registry(project)
             t.join(timeout=120)
             assert not failures
-            assert versions[0] == "base:tiny" and versions[-1] == "base:champion-2"
-            switch = versions.index("base:champion-2")
-            assert set(versions[:switch]) == {"base:tiny"} and set(versions[switch:]) == {"base:champion-2"}
-            assert client.get("/v1/models").json()["data"][0]["id"] == "base:champion-2"
+            assert versions[0] == "base:tiny" and versions[-1] == "policy-2"
+            # each version serves one contiguous run of requests: the switch never goes back
+            runs = [v for i, v in enumerate(versions) if i == 0 or v != versions[i - 1]]
+            assert len(runs) == len(set(runs)) and set(runs) <= {"base:tiny", "base-tiny", "policy-2"}
+            assert client.get("/v1/models").json()["data"][0]["id"] == "policy-2"
             metrics = client.get("/metrics").text
-            assert 'model_version="base:champion-2"' in metrics
+            assert 'model_version="policy-2"' in metrics
     finally:
         server.kill()
+
+
+@pytest.mark.slow
+def test_public_address_without_token_is_refused(tmp_path):
+    """`bentoml serve` on 0.0.0.0 with no RLHF_API_TOKEN stops with the reason (it never serves)."""
+    project = make_project(tmp_path / "proj")
+    env = {k: v for k, v in os.environ.items() if k != "RLHF_API_TOKEN"}
+    env |= {"RLHF_PROJECT": str(project), "BENTOML_HOME": str(project / ".bentoml"), "RLHF_HOME": str(project / ".h")}
+    cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:RLHFService", "--host", "0.0.0.0"]
+    cmd += ["--port", str(free_port())]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    server = Server("", proc, tmp_path / "log", project)
+    try:
+        output, _ = proc.communicate(timeout=90)
+    finally:
+        server.kill(signal.SIGKILL)
+    assert b"refusing to serve on 0.0.0.0 without an API token" in output

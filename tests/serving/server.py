@@ -35,14 +35,6 @@ def make_project(root: Path, **serve: object) -> Path:
     return root
 
 
-def set_model(root: Path, spec: str) -> None:
-    params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
-    params["model"]["base"] = spec
-    tmp = root / "params.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-    tmp.replace(root / "params.yaml")
-
-
 @dataclass
 class Server:
     url: str
@@ -51,14 +43,25 @@ class Server:
     project: Path
 
     def kill(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        """Signal the server and every process under it (BentoML's workers do not stay in its process group)."""
+        import psutil
+
+        try:
+            tree = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            tree = []
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+        for p in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.send_signal(sig)
+        _, alive = psutil.wait_procs(tree, timeout=20)
+        for p in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        psutil.wait_procs(alive, timeout=10)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
 
 
 def start_server(

@@ -36,3 +36,14 @@ def test_rlhf_serve_refuses_a_public_address_without_a_token(monkeypatch):
     monkeypatch.delenv("RLHF_API_TOKEN", raising=False)
     result = CliRunner().invoke(app, ["serve", "--params", str(PARAMS), "--host", "0.0.0.0"])
     assert result.exit_code == 2 and "RLHF_API_TOKEN" in result.output
+
+
+def test_bound_host_reads_the_socket_bentoml_hands_the_worker():
+    import socket
+
+    from serving.service import bound_host
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        assert bound_host(["worker", "--fd", str(sock.fileno()), "--x"]) == "127.0.0.1"
+    assert bound_host(["worker"]) is None and bound_host(["worker", "--fd", "999999"]) is None
