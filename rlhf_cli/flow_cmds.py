@@ -10,7 +10,25 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml holding every stage's config.")]
+ParamsOpt = Annotated[
+    Path | None,
+    typer.Option("--params", help="params.yaml holding every stage's config (default: the project's params.yaml)."),
+]
+
+
+def _params_file(console: Console, params: Path | None) -> Path:
+    """The params file, every section validated before any work (exit 2 naming the file and key otherwise)."""
+    from components.config import ConfigError
+    from components.params import load_params
+    from components.paths import ProjectPaths
+
+    path = (params or ProjectPaths.discover().params).resolve()
+    try:
+        load_params(path)
+    except ConfigError as exc:
+        console.print(f"[red]config error:[/] {exc}")
+        raise typer.Exit(code=2) from exc
+    return path
 
 
 def _fmt(value: Any) -> str:
@@ -35,19 +53,15 @@ def _prefect_logs_visible() -> None:
     logging.getLogger("prefect").setLevel(logging.INFO)
 
 
-def retrain(params: ParamsOpt = Path("params.yaml")) -> None:
+def retrain(params: ParamsOpt = None) -> None:
     """One run of the retraining flow on the current data (what the schedule runs)."""
-    from components.config import ConfigError
-    from flows.config import load_flow_config
+    import os
+
     from flows.retrain import retrain as retrain_flow
 
     console = Console()
-    params = params.resolve()
-    try:
-        load_flow_config(params)
-    except ConfigError as exc:
-        console.print(f"[red]config error:[/] {exc}")
-        raise typer.Exit(code=2) from exc
+    params = _params_file(console, params)
+    os.environ.setdefault("PREFECT_HOME", str(params.parent / ".prefect"))
     _prefect_logs_visible()
     state = retrain_flow(project=str(params.parent), params=str(params), return_state=True)
     if not state.is_completed():
@@ -68,7 +82,7 @@ def deploy(
         bool, typer.Option("--start-server", help="Start a local `prefect server start` when PREFECT_API_URL is unset.")
     ] = False,
     port: Annotated[int, typer.Option(help="Port of the local Prefect server that --start-server starts.")] = 4200,
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = None,
 ) -> None:
     """Register the scheduled retraining deployment (a schedule needs a Prefect server, not the ephemeral API)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -77,7 +91,7 @@ def deploy(
     from flows.config import load_flow_config
 
     console = Console()
-    params = params.resolve()
+    params = _params_file(console, params)
     project = params.parent
     cfg = load_flow_config(params)
     url = d.api_url()
@@ -125,7 +139,7 @@ def deploy(
 
 
 def demo(
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = None,
     quick: Annotated[
         bool, typer.Option("--quick", help="A small version (minutes): its own project, less of every stage.")
     ] = False,
@@ -146,7 +160,7 @@ def demo(
 
     console = Console()
     t0 = time.perf_counter()
-    params = params.resolve()
+    params = _params_file(console, params)
     if quick and project is None:
         from components.paths import rlhf_home
 
