@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
+from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL
 
-from flows.deploy import register_training
+from flows.deploy import register_on_pool, register_training
 from flows.retrain import retrain
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,15 +64,20 @@ def test_training_runs_on_the_pool_worker(prefect_api, tmp_path, monkeypatch):
     monkeypatch.delenv("RLHF_GPU_POOL", raising=False)
     monkeypatch.setenv("RLHF_HOME", str(tmp_path / "home"))
     register_training(POOL, "dispatch")
+    register_on_pool(root, "0 3 * * *", POOL)  # what `rlhf deploy --pool` registers
     with worker(POOL, tmp_path / "worker.log"):
         state = retrain(project=str(root), seed_if_empty=True, label="pool", return_state=True)
-    assert state.type == StateType.COMPLETED, state.message
+        assert state.type == StateType.COMPLETED, state.message
+        # a triggered run of the scheduled deployment completes on the worker (nothing new: no training)
+        triggered = run_deployment("retrain/scheduled", timeout=600, poll_interval=2)
+    assert triggered.state.type == StateType.COMPLETED, (tmp_path / "worker.log").read_text()[-3000:]
     summary = state.result()
     assert summary["training"]["where"] == "work-pool" and summary["training"]["pool"] == POOL
     assert summary["training"]["ran"] == ["train_reward", "ppo"]
-    assert (root / "models" / "policy" / "config.json").is_file()
+    assert (root / "models" / "policy" / summary["candidate"] / "config.json").is_file()
     with get_client(sync_client=True) as client:
         dep = client.read_deployment_by_name("rlhf-train/dispatch")
         runs = client.read_flow_runs()
         train_runs = [r for r in runs if r.deployment_id == dep.id]
-    assert len(train_runs) == 1 and train_runs[0].state.type == StateType.COMPLETED
+    # one training run per retrain run (the triggered one found both stages up to date)
+    assert len(train_runs) == 2 and all(r.state.type == StateType.COMPLETED for r in train_runs)
