@@ -271,6 +271,7 @@ def retrain(
     else:
         ev = evaluate_candidate.with_options(**opts)(root)
         summary.evaluation = _eval_summary(ev["result"])
+        summary.champion_before = summary.evaluation["champion"]  # the base, registered by a first evaluation
         decision = gate_candidate(root, params_path, ev["result"])
         summary.gate = {k: decision[k] for k in ("passed", "checks", "reasons", "report_path")}
         policy_dir = str(paths.root / summary.policy["policy_dir"])

@@ -14,10 +14,12 @@ import torch
 import yaml
 from prefect.artifacts import Artifact
 from prefect.client.schemas.objects import StateType
+from typer.testing import CliRunner
 
 from components.paths import ProjectPaths
 from components.project import init_project
 from flows.retrain import retrain
+from rlhf_cli.main import app
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -113,7 +115,14 @@ def test_round_one_promotes_then_a_rerun_skips_training_and_a_broken_stage_chang
     assert [(m.version, m.status) for m in registry.list_models(paths)] == registered
     assert [p.name for p in paths.policies.iterdir() if p.is_dir()] == [candidate]
 
-    # 3. a stage that fails (a reward backbone that does not exist) fails the run; the champion stays
+    # 3. `rlhf retrain` runs the same flow and prints the same summary
+    runner = CliRunner()
+    cli = runner.invoke(app, ["retrain", "--params", str(paths.params)])
+    assert cli.exit_code == 0, cli.output
+    words = " ".join(cli.output.split())
+    assert "decision: unchanged" in words and "none (up to date)" in words
+
+    # 4. a stage that fails (a reward backbone that does not exist) fails the run; the champion stays
     models_before = [(m.version, m.status) for m in registry.list_models(paths)]
     params = yaml.safe_load(paths.params.read_text())
     params["reward"]["backbone"] = str(tmp_path / "no-such-model")
@@ -124,6 +133,9 @@ def test_round_one_promotes_then_a_rerun_skips_training_and_a_broken_stage_chang
         broken.result()
     assert registry.champion(paths).version == first["champion_after"]
     assert [(m.version, m.status) for m in registry.list_models(paths)] == models_before
+    failed = runner.invoke(app, ["retrain", "--params", str(paths.params)])
+    assert failed.exit_code == 1 and "Nothing was promoted" in failed.output
+    assert registry.champion(paths).version == first["champion_after"]
 
 
 def test_a_failing_stage_fails_the_flow_run_and_keeps_the_champion(prefect_api, tmp_path):
