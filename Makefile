@@ -12,7 +12,7 @@ export GX_ANALYTICS_ENABLED := false
 export TOKENIZERS_PARALLELISM := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test test-fast lint format lock clean bench
+.PHONY: install demo test test-fast lint format lock clean bench chromium
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,19 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/rlhf demo
 
+# The rater page's browser test drives Debian's Chromium: installed here when missing and we are root (as in CI);
+# elsewhere that test is skipped with the command to install it.
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	  else \
+	    echo "chromium/chromedriver missing: the browser test will be skipped (sudo apt-get install -y chromium chromium-driver)"; \
+	  fi; \
+	fi
+
 # Unit + integration + e2e (the e2e tests load the real default model; a few minutes on 2 CPU cores).
-test: install
+test: install chromium
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

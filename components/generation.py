@@ -5,7 +5,7 @@ Letters: B batch, P prompt tokens (left padded), R response tokens.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +51,145 @@ def response_mask_from_eos(response_ids: torch.Tensor, eos_id: int) -> tuple[tor
     return mask, ended
 
 
+def chat_messages_text(tok: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]]) -> str:
+    """The chat template applied to a whole conversation (system/user/assistant turns), ending with the
+    assistant header so the model writes the next assistant turn."""
+    return tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+
+
+def encode_left_padded(tok: PreTrainedTokenizerBase, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask of ``texts``, left padded; the tokenizer itself is not changed.
+
+    Padding side is passed per call (never set on the shared tokenizer), so concurrent callers are safe.
+    """
+    enc = tok(list(texts), return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    return enc["input_ids"], enc["attention_mask"]  # shape: (B, P) each
+
+
+@dataclass(frozen=True)
+class RowParams:
+    """Sampling parameters of one row of a batch (each row may differ)."""
+
+    max_new_tokens: int = 48
+    temperature: float = 0.7
+    """0 means greedy (argmax)."""
+    top_p: float = 1.0
+    seed: int | None = None
+    """Seed of this row's own ``torch.Generator``; None draws from torch's default generator."""
+    stop: tuple[str, ...] = ()
+    """Strings that end the reply; the reply is cut before the first one found."""
+
+
+def filter_logits(logits: torch.Tensor, temperature: torch.Tensor, top_k: int, top_p: torch.Tensor) -> torch.Tensor:
+    """Temperature, then top-k, then nucleus (top-p) filtering, as transformers' logits warpers order them.
+
+    logits (B, V); temperature and top_p (B,). Filtered-out entries become -inf; the most likely token of
+    each row always survives. Rows with temperature 0 are left unscaled (the caller takes their argmax).
+    """
+    scale = torch.where(temperature > 0, temperature, torch.ones_like(temperature))  # shape: (B,)
+    logits = logits / scale.unsqueeze(1)  # shape: (B, V)
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # shape: (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if bool((top_p < 1.0).any()):
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # shape: (B, V)
+        probs = sorted_logits.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs  # shape: (B, V): probability mass ranked above each token
+        drop = mass_before > top_p.unsqueeze(1)
+        drop[:, 0] = False
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return logits
+
+
+def _pick(
+    logits: torch.Tensor, temperature: torch.Tensor, generators: Sequence[torch.Generator | None]
+) -> torch.Tensor:
+    """One token per row: argmax where temperature is 0, else a sample with the row's own generator."""
+    greedy = logits.argmax(dim=-1)  # shape: (B,)
+    probs = logits.float().softmax(dim=-1)  # shape: (B, V)
+    if all(g is None for g in generators):
+        sampled = torch.multinomial(probs, 1).squeeze(1)
+    else:
+        sampled = torch.cat(
+            [torch.multinomial(probs[i : i + 1], 1, generator=g).squeeze(1) for i, g in enumerate(generators)]
+        )
+    return torch.where(temperature > 0, sampled, greedy)
+
+
+@torch.no_grad()
+def sample(
+    model: PreTrainedModel,
+    query_ids: torch.Tensor,
+    query_mask: torch.Tensor,
+    *,
+    eos_id: int,
+    max_new_tokens: Sequence[int],
+    temperature: Sequence[float],
+    top_p: Sequence[float],
+    top_k: int = 0,
+    generators: Sequence[torch.Generator | None] | None = None,
+    stopped: Callable[[int, torch.Tensor], bool] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample replies with the KV cache; every row has its own limits, temperature, top-p and generator.
+
+    Returns ``(response_ids, ended)``: (B, R) right padded with EOS after a row finishes, and (B,) True
+    where the row produced EOS. ``stopped(row, ids_so_far)`` may end a row early (stop strings).
+    Nothing global is touched: no seeding, no tokenizer state.
+    """
+    device = query_ids.device
+    b = query_ids.shape[0]
+    limits = torch.tensor(list(max_new_tokens), device=device)  # shape: (B,)
+    temp = torch.tensor(list(temperature), device=device, dtype=torch.float32)  # shape: (B,)
+    nucleus = torch.tensor(list(top_p), device=device, dtype=torch.float32)  # shape: (B,)
+    gens = list(generators) if generators is not None else [None] * b
+    mask = query_mask.clone()  # shape: (B, P+t)
+    positions = position_ids_from_mask(mask)  # shape: (B, P)
+    out = model(input_ids=query_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    past = out.past_key_values
+    logits = out.logits[:, -1, :]  # shape: (B, V)
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    ended = torch.zeros(b, dtype=torch.bool, device=device)
+    tokens: list[torch.Tensor] = []
+    next_pos = positions[:, -1]  # shape: (B,)
+    for step in range(int(limits.max().item()) if b else 0):
+        filtered = filter_logits(logits.float(), temp, top_k, nucleus)
+        token = _pick(filtered, temp, gens)  # shape: (B,)
+        token = torch.where(done, torch.full_like(token, eos_id), token)
+        tokens.append(token)
+        ended |= ~done & (token == eos_id)
+        done |= token == eos_id
+        done |= limits <= step + 1
+        if stopped is not None:
+            so_far = torch.stack(tokens, dim=1)  # shape: (B, t)
+            for i in range(b):
+                if not done[i] and stopped(i, so_far[i]):
+                    done[i] = True
+        if bool(done.all()):
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # shape: (B, P+t+1)
+        next_pos = next_pos + 1
+        out = model(
+            input_ids=token.unsqueeze(1),
+            attention_mask=mask,
+            position_ids=next_pos.unsqueeze(1),
+            past_key_values=past,
+            use_cache=True,
+        )
+        past = out.past_key_values
+        logits = out.logits[:, -1, :]
+    if not tokens:
+        return torch.zeros((b, 0), dtype=query_ids.dtype, device=device), ended
+    return torch.stack(tokens, dim=1), ended  # shape: (B, R)
+
+
+def decode_reply(tok: PreTrainedTokenizerBase, row: torch.Tensor, mask: torch.Tensor) -> str:
+    """The text of one response row: tokens under the mask, without the final EOS."""
+    kept = row[mask.bool()]
+    if len(kept) and kept[-1].item() == tok.eos_token_id:
+        kept = kept[:-1]
+    return tok.decode(kept, skip_special_tokens=True).strip()
+
+
 @torch.no_grad()
 def generate(
     model: PreTrainedModel,
@@ -65,28 +204,87 @@ def generate(
     greedy: bool = False,
     generator_seed: int | None = None,
 ) -> Generation:
-    """Sample one reply per prompt in a single left-padded batch with the KV cache."""
-    tok.padding_side = "left"
+    """Sample one reply per prompt in a single left-padded batch with the KV cache.
+
+    ``generator_seed`` seeds a private ``torch.Generator`` for this call (the global RNG is not touched);
+    without it, sampling draws from torch's default generator.
+    """
     texts = [chat_text(tok, p, system) for p in prompts]
-    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    ids, attn = encode_left_padded(tok, texts)
+    ids, attn = ids.to(model.device), attn.to(model.device)
+    gen = None
     if generator_seed is not None:
-        torch.manual_seed(generator_seed)
-    sampling = {} if greedy else {"do_sample": True, "temperature": temperature, "top_k": top_k, "top_p": top_p}
-    out = model.generate(
-        **enc,
-        max_new_tokens=max_new_tokens,
-        do_sample=not greedy,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        use_cache=True,
-        **{k: v for k, v in sampling.items() if k != "do_sample"},
+        gen = torch.Generator(device=model.device).manual_seed(generator_seed)
+    n = len(texts)
+    response, _ = sample(
+        model,
+        ids,
+        attn,
+        eos_id=tok.eos_token_id,
+        max_new_tokens=[max_new_tokens] * n,
+        temperature=[0.0 if greedy else temperature] * n,
+        top_p=[top_p] * n,
+        top_k=0 if greedy else top_k,
+        generators=None if gen is None else _shared(gen, n),
     )
-    response = out[:, enc["input_ids"].shape[1] :]  # shape: (B, R)
     mask, ended = response_mask_from_eos(response, tok.eos_token_id)
-    replies = []
-    for row, m in zip(response, mask):
-        kept = row[m.bool()]
-        if len(kept) and kept[-1].item() == tok.eos_token_id:
-            kept = kept[:-1]
-        replies.append(tok.decode(kept, skip_special_tokens=True).strip())
-    return Generation(replies, enc["input_ids"], enc["attention_mask"], response, mask, ended)
+    replies = [decode_reply(tok, row, m) for row, m in zip(response, mask)]
+    return Generation(replies, ids, attn, response, mask, ended)
+
+
+def _shared(gen: torch.Generator, n: int) -> list[torch.Generator | None]:
+    """One generator drawn from by all rows (rows sample in order, so results are reproducible)."""
+    return [gen] * n
+
+
+@dataclass(frozen=True)
+class RowResult:
+    """One served reply with OpenAI-style accounting."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    """``stop`` (EOS or a stop string) or ``length`` (hit max_new_tokens)."""
+
+
+def _cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    cuts = [text.find(s) for s in stop if s and s in text]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+@torch.no_grad()
+def generate_rows(
+    model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompt_texts: Sequence[str], params: Sequence[RowParams]
+) -> list[RowResult]:
+    """Sample one reply for each already-templated prompt, each row with its own parameters and seed.
+
+    Safe to call from several threads on the same model and tokenizer (nothing shared is mutated).
+    """
+    ids, attn = encode_left_padded(tok, prompt_texts)
+    ids, attn = ids.to(model.device), attn.to(model.device)
+    gens = [None if p.seed is None else torch.Generator(device=model.device).manual_seed(p.seed) for p in params]
+
+    def stopped(i: int, so_far: torch.Tensor) -> bool:
+        stop = params[i].stop
+        return bool(stop) and _cut_at_stop(tok.decode(so_far, skip_special_tokens=True), stop)[1]
+
+    response, _ = sample(
+        model,
+        ids,
+        attn,
+        eos_id=tok.eos_token_id,
+        max_new_tokens=[p.max_new_tokens for p in params],
+        temperature=[p.temperature for p in params],
+        top_p=[p.top_p for p in params],
+        generators=gens,
+        stopped=stopped if any(p.stop for p in params) else None,
+    )
+    mask, ended = response_mask_from_eos(response, tok.eos_token_id)
+    results = []
+    for i, p in enumerate(params):
+        completion = response[i][mask[i].bool()][: p.max_new_tokens]
+        text, hit_stop = _cut_at_stop(decode_reply(tok, response[i], mask[i]), p.stop)
+        reason = "stop" if bool(ended[i]) or hit_stop else "length"
+        results.append(RowResult(text.strip(), int(attn[i].sum()), len(completion), reason))
+    return results

@@ -1,18 +1,25 @@
-"""Shared test setup: offline, telemetry off, a throwaway RLHF_HOME unless one is given."""
+"""Shared test setup: offline, telemetry off, a throwaway RLHF_HOME and BentoML store unless given, and one
+temporary Prefect home (and one local Prefect API, on request) per test session."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
-for key, value in {
-    "HF_HUB_OFFLINE": "1",
-    "DO_NOT_TRACK": "1",
-    "BENTOML_DO_NOT_TRACK": "true",
-    "DVC_NO_ANALYTICS": "1",
-    "GX_ANALYTICS_ENABLED": "false",
-    "TOKENIZERS_PARALLELISM": "false",
-}.items():
-    os.environ.setdefault(key, value)
+from components.env import telemetry_off
+
+telemetry_off()
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# BentoML's model store for the whole session (the registry saves models there); never the user's ~/bentoml.
+os.environ.setdefault("BENTOML_HOME", tempfile.mkdtemp(prefix="rlhf-test-bentoml-"))
+
+# Prefect: a fresh home per session (never ~/.prefect), no analytics, never a server the developer configured.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="rlhf-test-prefect-")
+atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.pop("PREFECT_API_URL", None)
 
 import pytest  # noqa: E402
 
@@ -23,3 +30,23 @@ def tiny():
     from components.base_model import build_tiny
 
     return build_tiny(seed=0)
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """One real local Prefect API (SQLite) for the whole session: ~7 s to start, ~1 s per flow run after."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory):
+    """One real `bentoml serve` of the tiny model for the whole session (token set, loopback)."""
+    from tests.serving.server import make_project, start_server
+
+    project = make_project(tmp_path_factory.mktemp("served-project"), reload_poll_seconds=0.0)
+    server = start_server(project)
+    yield server
+    server.kill()

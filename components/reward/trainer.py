@@ -16,8 +16,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,7 +28,9 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from components.config import to_dict
+from components.fsutil import atomic_dir
 from components.lineage import code_revision, data_version
+from components.progress import Progress, report
 from components.reward.config import RewardConfig
 from components.reward.losses import (
     bradley_terry_loss,
@@ -128,6 +128,7 @@ def _fit(
     train: Pairs,
     cfg: RewardConfig,
     step_log: Path,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     params = [p for p in trainable.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -140,7 +141,7 @@ def _fit(
     step, truncated, t0 = 0, 0, time.perf_counter()
     last_losses: list[float] = []
     last_accs: list[float] = []
-    bar = tqdm(total=total, desc="reward model", unit="step", mininterval=2.0)
+    bar = tqdm(total=total, desc="reward model", unit="step", mininterval=2.0, disable=progress is not None)
     with open(step_log, "w", encoding="utf-8") as logf, bar:
         for epoch in range(cfg.epochs):
             for idx in _batches(len(train), cfg.batch_size, gen):
@@ -174,6 +175,7 @@ def _fit(
                     logf.flush()
                 bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.2f}")
                 bar.update(1)
+                report(progress, step, total, f"reward model loss {loss.item():.3f}")
     seconds = time.perf_counter() - t0
     tail = max(1, steps_per_epoch)  # the last epoch's worth of steps
     return {
@@ -269,13 +271,6 @@ def write_step_table(step_log: Path, csv_path: Path, png_path: Path) -> None:
     plt.close(fig)
 
 
-def _replace_dir(staging: Path, target: Path) -> None:
-    if target.exists():
-        shutil.rmtree(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging.rename(target)
-
-
 # ---------------------------------------------------------------------------------------------
 # The stage
 # ---------------------------------------------------------------------------------------------
@@ -288,8 +283,12 @@ def train_reward(
     metrics_dir: Path,
     *,
     project_root: Path | None = None,
+    progress: Progress | None = None,
 ) -> RewardResult:
-    """Train, evaluate, normalise and save a reward model; returns its folder and metrics."""
+    """Train, evaluate, normalise and save a reward model; returns its folder and metrics.
+
+    The manifest records a fresh ``version`` and, under ``check``, the raw scores the trained model (before
+    saving) gave the first held-out pairs, so a reload can be compared with the model that was trained."""
     pairs_path, out_dir, metrics_dir = Path(pairs_path), Path(out_dir), Path(metrics_dir)
     root = Path(project_root) if project_root else Path.cwd()
     metrics_dir.mkdir(parents=True, exist_ok=True)
@@ -315,7 +314,7 @@ def train_reward(
 
     # 3. optimise
     step_log = metrics_dir / STEP_LOG
-    train_metrics = _fit(model, trainable, tok, train, cfg, step_log)
+    train_metrics = _fit(model, trainable, tok, train, cfg, step_log, progress)
     if train_metrics["truncated_texts"]:
         log.warning("%d texts were longer than reward.max_length=%d and lost their start",
                     train_metrics["truncated_texts"], cfg.max_length)  # fmt: skip
@@ -332,8 +331,15 @@ def train_reward(
     train_metrics["accuracy_pairs"] = len(norm_set)
 
     # 5. evaluate on held-out prompts
+    check: dict[str, Any] = {}
     if len(held):
         ev_c, ev_r = score_pairs(model, tok, held, cfg, desc="held-out eval")
+        n_check = min(4, len(held))
+        check = {
+            "heldout_pairs": n_check,
+            "raw_chosen": [round(float(x), 6) for x in ev_c[:n_check]],
+            "raw_rejected": [round(float(x), 6) for x in ev_r[:n_check]],
+        }
         margins = torch.tensor(held.margins) if cfg.use_margin else None
         eval_metrics = evaluate_scores(ev_c, ev_r, margins, mean, std)
         eval_metrics["raw_mean_margin"] = round((ev_c - ev_r).mean().item(), 6)
@@ -349,8 +355,11 @@ def train_reward(
     }
 
     # 6. save
+    from components.registry import new_version  # the reading side of the registry: no BentoML import
+
     manifest = {
         "kind": "reward_model",
+        "version": new_version("rm-"),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "backbone": cfg.backbone,
         "data": {
@@ -361,17 +370,13 @@ def train_reward(
         "params": to_dict(cfg),
         "metrics": metrics,
         "normalization": {"mean": mean, "std": std, "max_length": cfg.max_length},
+        "check": check,
         "code_revision": code_revision(root),
         "versions": {"torch": torch.__version__, "transformers": _transformers_version()},
     }
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".reward-staging-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir, replace=True) as staging:
         RewardModel(model, tok, mean=mean, std=std, max_length=cfg.max_length).save(staging)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        _replace_dir(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful rename
     (metrics_dir / METRICS_JSON).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     write_step_table(step_log, metrics_dir / STEP_CSV, metrics_dir / STEP_PNG)
     return RewardResult(model_dir=out_dir, metrics=metrics, manifest=manifest)

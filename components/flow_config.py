@@ -1,0 +1,54 @@
+"""``FlowConfig`` (params.yaml section ``flow``): how the retraining flow (``flows/``) runs its steps.
+
+A plain dataclass (no Prefect here), so the whole params file validates without the orchestrator. No DVC stage
+reads this section, so changing it never invalidates a trained model.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from components.config import load_section
+
+GPU_POOL_ENV = "RLHF_GPU_POOL"
+SERVICE_URL_ENV = "RLHF_SERVICE_URL"
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """Retries, GPU work-pool routing and the service to notify, for the ``retrain`` flow."""
+
+    gpu_pool: str | None = None
+    """Work pool that runs the reward-model and PPO steps as their own deployment (e.g. ``gpu``); null runs
+    them in the flow's own process. ``$RLHF_GPU_POOL`` overrides it (an empty value means in-process)."""
+    train_deployment: str = "gpu"
+    """Name of the training deployment on ``gpu_pool`` (its full name is ``rlhf-train/<name>``)."""
+    train_timeout_s: float = 6 * 3600.0
+    """How long the flow waits for a training run on the work pool before failing."""
+    retries: int = 1
+    """Retries of a step that can fail for passing reasons (DVC or registry I/O, training, the service call).
+    A failing gate is a decision, never retried."""
+    retry_delay_s: float = 5.0
+    """Seconds between retries."""
+    service_url: str | None = None
+    """Base URL of the running service to tell about a new champion (``$RLHF_SERVICE_URL`` overrides); the
+    service also polls the registry, so a missed call only delays the switch."""
+
+    def __post_init__(self) -> None:
+        if self.retries < 0:
+            raise ValueError(f"retries must be >= 0, got {self.retries}")
+        if self.train_timeout_s <= 0:
+            raise ValueError(f"train_timeout_s must be > 0, got {self.train_timeout_s}")
+
+
+def load_flow_config(params: Path, env: dict[str, str] | None = None) -> FlowConfig:
+    """The ``flow`` section of ``params``, with ``$RLHF_GPU_POOL`` / ``$RLHF_SERVICE_URL`` applied on top."""
+    env = os.environ if env is None else env
+    cfg = load_section(FlowConfig, "flow", Path(params))
+    if GPU_POOL_ENV in env:
+        cfg = replace(cfg, gpu_pool=env[GPU_POOL_ENV].strip() or None)
+    if env.get(SERVICE_URL_ENV):
+        cfg = replace(cfg, service_url=env[SERVICE_URL_ENV])
+    return cfg

@@ -1,0 +1,60 @@
+"""Configuration of the serving stage (``serve:`` in ``params.yaml``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from components.config import load_section
+from components.paths import ProjectPaths
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How the BentoML service batches, limits and records requests."""
+
+    host: str = "127.0.0.1"
+    """Address `rlhf serve` binds; anything but loopback needs ``RLHF_API_TOKEN`` set."""
+    port: int = 3000
+    """Port `rlhf serve` listens on."""
+    max_batch_size: int = 16
+    """Most requests sampled together in one forward pass (1 = one at a time)."""
+    max_wait_ms: float = 20.0
+    """How long the batcher waits for more requests after the first one arrives."""
+    default_max_new_tokens: int = 64
+    """Reply length when a request does not say."""
+    max_new_tokens_limit: int = 512
+    """Largest ``max_new_tokens`` / ``max_tokens`` a request may ask for (more is a 4xx)."""
+    max_prompt_chars: int = 8000
+    """Longest prompt or message accepted, in characters (more is a 4xx)."""
+    max_messages: int = 64
+    """Most messages in one chat request."""
+    max_n: int = 8
+    """Most replies one chat request may ask for (``n``)."""
+    max_body_bytes: int = 1_048_576
+    """Largest request body in bytes; bigger bodies get 413 before they are parsed."""
+    store_url: str | None = None
+    """SQLAlchemy URL of the served-output store; null = SQLite at ``live/served.sqlite``."""
+    reload_poll_seconds: float = 5.0
+    """How often the service checks whether the champion changed (0 = never)."""
+    torch_threads: int = 1
+    """torch intra-op threads per worker (1 keeps latency steady on shared CPUs)."""
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+        if self.max_new_tokens_limit < 1 or not 1 <= self.default_max_new_tokens <= self.max_new_tokens_limit:
+            raise ValueError("need 1 <= default_max_new_tokens <= max_new_tokens_limit")
+
+
+def load_serve_config(paths: ProjectPaths, params: Path | None = None) -> ServeConfig:
+    return load_section(ServeConfig, "serve", params or paths.params)
+
+
+def store_url(cfg: ServeConfig, paths: ProjectPaths) -> str:
+    """The store's SQLAlchemy URL: the configured one, ``$RLHF_STORE_URL``, or SQLite under ``live/``."""
+    import os
+
+    from components.served_store import default_url
+
+    return os.environ.get("RLHF_STORE_URL") or cfg.store_url or default_url(paths.served_store)

@@ -1,0 +1,124 @@
+"""Deployments of the ``retrain`` flow (and of the training flow on a GPU work pool), and the Prefect server
+they need.
+
+Prefect's ephemeral local API runs flows but has no scheduler, so a cron schedule needs a server
+(``prefect server start``) named by ``PREFECT_API_URL``. On one machine ``serve`` runs the schedule in this
+process (no worker needed); with workers, ``register_on_pool`` registers a work-pool deployment that a
+``prefect worker start --pool NAME`` process picks up. Work-pool deployments name their flow by module path
+(``flows.retrain.retrain``), so a worker needs this package installed, not a copy of the source tree.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from prefect.deployments.runner import EntrypointType
+
+RETRAIN_DEPLOYMENT = "scheduled"
+DEFAULT_SERVER = "http://127.0.0.1:4200/api"
+
+
+def api_url() -> str | None:
+    """The configured Prefect API (``PREFECT_API_URL`` or the active Prefect profile), if any."""
+    from prefect.settings import PREFECT_API_URL
+
+    return os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value() or None
+
+
+def server_healthy(url: str, timeout_s: float = 2.0) -> bool:
+    try:
+        return httpx.get(f"{url.rstrip('/')}/health", timeout=timeout_s).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def start_local_server(port: int = 4200, log_file: Path | None = None, wait_s: float = 120.0) -> tuple[str, int]:
+    """Start ``prefect server start`` in the background (its own session, outliving this process).
+
+    Returns the API URL and the server's process id (stop it with ``kill -INT PID``).
+    """
+    url = f"http://127.0.0.1:{port}/api"
+    if server_healthy(url):
+        return url, 0
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
+    )
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if server_healthy(url):
+            return url, proc.pid
+        if proc.poll() is not None:
+            raise RuntimeError(f"`prefect server start` exited with {proc.returncode}; see {log_file or 'its output'}")
+        time.sleep(1)
+    proc.terminate()
+    raise RuntimeError(f"`prefect server start` was not healthy at {url} after {wait_s:.0f} s")
+
+
+@dataclass(frozen=True)
+class Registered:
+    name: str
+    pool: str | None
+    workers: int
+    """Workers polling the pool right now (0: nothing will run until one starts)."""
+
+
+def _workers(pool: str) -> int:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return len(client.read_workers_for_work_pool(pool))
+
+
+def ensure_pool(pool: str, kind: str = "process") -> None:
+    """Create the work pool if it does not exist (``prefect work-pool create NAME --type process``)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(pool)
+        except ObjectNotFound:
+            client.create_work_pool(WorkPoolCreate(name=pool, type=kind))
+
+
+def register_on_pool(project: Path, cron: str, pool: str) -> Registered:
+    """Register ``retrain/scheduled`` on ``pool`` with ``cron``; a worker on that pool runs it."""
+    from flows.retrain import retrain
+
+    ensure_pool(pool)
+    retrain.to_deployment(
+        RETRAIN_DEPLOYMENT,
+        cron=cron,
+        work_pool_name=pool,
+        parameters={"project": str(project)},
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    ).apply()
+    return Registered(f"retrain/{RETRAIN_DEPLOYMENT}", pool, _workers(pool))
+
+
+def register_training(pool: str, deployment: str) -> Registered:
+    """Register ``rlhf-train/<deployment>`` (reward model + PPO) on the GPU pool, for ``run_deployment``."""
+    from flows.retrain import train_models
+
+    ensure_pool(pool)
+    train_models.to_deployment(deployment, work_pool_name=pool, entrypoint_type=EntrypointType.MODULE_PATH).apply()
+    return Registered(f"rlhf-train/{deployment}", pool, _workers(pool))
+
+
+def serve_schedule(project: Path, cron: str) -> None:
+    """Run the schedule in this process (one machine, no worker): blocks until interrupted."""
+    from flows.retrain import retrain
+
+    retrain.serve(name=RETRAIN_DEPLOYMENT, cron=cron, parameters={"project": str(project)})

@@ -1,0 +1,105 @@
+"""DVC stages run from the flow: one DVC command at a time per repository, and a clear error when a stage fails.
+
+DVC releases its own repository lock while a stage's command runs and fails a second ``repro`` that touches the
+same files at once (``LockError``), so the flow serialises every DVC command on a repository with a file lock
+under ``.dvc/tmp``. A file lock holds across processes on one machine (a flow run, a work-pool worker and a CLI
+command in the same checkout), which is where a checkout's DVC state lives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+log = logging.getLogger(__name__)
+
+
+class StageFailed(RuntimeError):
+    """A DVC stage's command failed (the message names the stage, the cause and how to rerun it)."""
+
+
+def lock_file(root: Path) -> Path:
+    return Path(root) / ".dvc" / "tmp" / "rlhf-dvc.lock"
+
+
+@contextlib.contextmanager
+def repo_lock(root: Path, timeout_s: float = 6 * 3600.0) -> Iterator[float]:
+    """Hold the repository's DVC lock; yields the seconds spent waiting for it."""
+    path = lock_file(root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
+    t0 = time.perf_counter()
+    try:
+        lock.acquire(timeout=timeout_s)
+    except Timeout as exc:
+        raise StageFailed(f"waited {timeout_s:.0f} s for the DVC lock {path}; another run holds it") from exc
+    try:
+        yield time.perf_counter() - t0
+    finally:
+        lock.release()
+
+
+RUNNING = re.compile(r"^Running stage '([^']+)'")
+
+
+def _env() -> dict[str, str]:
+    """Stage commands run ``python`` from PATH: make it this interpreter."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def repro(root: Path, stage: str, echo: Callable[[str], None] | None = None) -> list[str]:
+    """``dvc repro STAGE`` (and what it depends on) under the repository lock; returns the stages that ran.
+
+    ``[]`` means every stage was up to date: its deps, params and code match ``dvc.lock``. The stage's output
+    goes line by line to ``echo`` (default: this module's logger), so long training shows progress.
+    """
+    echo = echo or log.info
+    ran: list[str] = []
+    tail: deque[str] = deque(maxlen=20)
+    cmd = [sys.executable, "-m", "dvc", "repro", stage]
+    with repo_lock(root) as waited:
+        if waited > 1:
+            log.info("waited %.1f s for the DVC lock of %s", waited, root)
+        with subprocess.Popen(
+            cmd, cwd=root, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        ) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                line = line.rstrip()
+                if not line:
+                    continue
+                tail.append(line)
+                echo(f"[dvc {stage}] {line}")
+                if m := RUNNING.match(line):
+                    ran.append(m.group(1))
+        if proc.returncode != 0:
+            last = " | ".join(list(tail)[-6:])
+            raise StageFailed(
+                f"DVC stage {stage!r} failed in {root} (exit {proc.returncode}): {last}. Fix the cause and rerun "
+                f"`dvc repro {stage}` there (or the flow)."
+            )
+    log.info("dvc repro %s: %s", stage, f"ran {', '.join(ran)}" if ran else "up to date, skipped")
+    return ran
+
+
+def status(root: Path) -> dict:
+    """``dvc status --json`` of the pipeline (empty when everything is up to date)."""
+    import json
+
+    with repo_lock(root):
+        done = subprocess.run(
+            [sys.executable, "-m", "dvc", "status", "--json"], cwd=root, env=_env(), capture_output=True, text=True
+        )
+    if done.returncode != 0:
+        raise StageFailed(f"`dvc status` failed in {root}: {done.stderr.strip() or done.stdout.strip()}")
+    return json.loads(done.stdout or "{}")

@@ -1,0 +1,89 @@
+"""Prefect artifacts for a retraining run: a Markdown summary (decision, reasons, links) and tables of counts
+and metrics. Artifact keys are lowercase letters, digits and dashes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+SUMMARY_KEY = "retrain-summary"
+METRICS_KEY = "retrain-metrics"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def _win(ev: dict[str, Any]) -> str | None:
+    if "win_rate" not in ev:
+        return None
+    return f"{ev['win_rate']:.1%} (95 % interval {ev['win_rate_low']:.1%} - {ev['win_rate_high']:.1%})"
+
+
+def metric_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
+    """One row per figure a reviewer looks at first: counts, reward accuracy, win rate, KL, decision."""
+    val, ev = summary.get("validation") or {}, summary.get("evaluation") or {}
+    exported = summary.get("exported") or {}
+    reward_eval = (summary.get("reward") or {}).get("eval") or {}
+    kl = ev.get("kl")
+    rows = [
+        ("served ratings / pairs exported", f"{exported.get('ratings', 0)} / {exported.get('pairs', 0)}"),
+        ("rows in", val.get("rows_in")),
+        ("rows accepted", val.get("accepted")),
+        ("rows quarantined", val.get("quarantined")),
+        ("data version", summary.get("data_version")),
+        ("training stages run", ", ".join((summary.get("training") or {}).get("ran", [])) or "none (up to date)"),
+        ("reward model held-out accuracy", reward_eval.get("accuracy")),
+        ("candidate", summary.get("candidate")),
+        (f"gold win rate vs {ev.get('champion', 'champion')}", _win(ev)),
+        ("gold score candidate / champion", _pair(ev.get("gold_candidate"), ev.get("gold_champion"))),
+        ("KL to reference" + (f" (target {ev['kl_target']:g})" if ev.get("kl_target") else ""), kl),
+        ("decision", summary.get("decision")),
+        ("champion", summary.get("champion_after")),
+    ]
+    return [{"figure": name, "value": _fmt(value)} for name, value in rows]
+
+
+def _pair(a: Any, b: Any) -> str | None:
+    return None if a is None else f"{_fmt(a)} / {_fmt(b)}"
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    gate = summary.get("gate") or {}
+    lines = [
+        f"# Retrain {summary.get('label') or ''}".rstrip(),
+        "",
+        f"**Decision: {summary.get('decision')}** (champion {summary.get('champion_before')} -> "
+        f"{summary.get('champion_after')}); data version `{summary.get('data_version')}`; "
+        f"{summary.get('seconds', 0):.0f} s.",
+        "",
+    ]
+    checks = gate.get("checks") or []
+    if checks:
+        lines += ["| gate check | value | threshold | result | reason |", "| --- | --- | --- | --- | --- |"]
+        for c in checks:
+            result = "pass" if c.get("passed") else "**fail**"
+            lines.append(
+                f"| {c.get('name')} | {_fmt(c.get('value'))} | {_fmt(c.get('threshold'))} | {result} | "
+                f"{c.get('reason', '')} |"
+            )
+        lines.append("")
+    training = summary.get("training") or {}
+    lines.append(
+        f"Training ran {training.get('where', '?')}: stages run {training.get('ran') or 'none'}, skipped as up to "
+        f"date {training.get('skipped') or 'none'}."
+    )
+    if summary.get("service"):
+        lines.append(f"Service: {summary['service']}.")
+    links = summary.get("links") or {}
+    if links:
+        lines += ["", "Reports and plots:", ""] + [f"- {name}: `{path}`" for name, path in links.items()]
+    return "\n".join(lines) + "\n"
+
+
+def publish_summary(summary: dict[str, Any]) -> None:
+    create_table_artifact(key=METRICS_KEY, table=metric_rows(summary), description="retrain: counts and metrics")
+    create_markdown_artifact(key=SUMMARY_KEY, markdown=markdown(summary), description="retrain: decision")

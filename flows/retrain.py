@@ -1,0 +1,352 @@
+"""The ``retrain`` flow: served feedback -> validate -> version -> reward model -> PPO -> evaluate -> gate ->
+promote or reject -> the service switches.
+
+Each step is a thin Prefect task around a stage function (``components.stages``) or a DVC stage. Reward model,
+PPO and evaluation run through ``dvc repro`` (one DVC command at a time per repository), so ``dvc.lock`` records
+what produced each output and a rerun with unchanged data, params and code skips them. A step that still fails
+after its retries fails the flow run; promotion is the last step and runs only after the gate, so a failed run
+promotes nothing. A failing gate is a decision (the candidate is rejected, the champion stays), not an error.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from components.flow_config import FlowConfig
+from components.paths import ProjectPaths
+from flows import dvc_steps
+from flows.report import publish_summary
+from flows.routing import TRAIN_FLOW_NAME, training_route
+
+
+@dataclass
+class RetrainSummary:
+    """What one run did, JSON-serialisable (the CLI prints it, artifacts show it)."""
+
+    project: str
+    label: str = ""
+    data_version: str | None = None
+    previous_data_version: str | None = None
+    exported: dict[str, int] = field(default_factory=dict)
+    """Feedback on served outputs exported by kind (ratings, pairs, ties) before validation."""
+    validation: dict[str, Any] = field(default_factory=dict)
+    """rows_in / accepted / quarantined / by_reason, summed over what this run ingested."""
+    seeded: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    """Where training ran, the DVC stages that ran, and those skipped as up to date."""
+    reward: dict[str, Any] = field(default_factory=dict)
+    policy: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    gate: dict[str, Any] = field(default_factory=dict)
+    decision: str = "not reached"
+    """promoted / rejected / unchanged (the candidate was decided on before) / not reached."""
+    candidate: str | None = None
+    champion_before: str | None = None
+    champion_after: str | None = None
+    service: str = ""
+    links: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _paths(root: str) -> ProjectPaths:
+    return ProjectPaths(Path(root))
+
+
+def _params(params: str):
+    from components.params import load_params
+
+    return load_params(Path(params))
+
+
+# --- tasks: a few lines each around a stage function or a DVC stage ---------------------------------------------
+
+
+@task(name="seed-sample", cache_policy=NO_CACHE)
+def seed_sample(root: str, params: str) -> dict[str, Any]:
+    """Sample replies from the base policy (a retry reuses replies already sampled for these settings)."""
+    from components import stages
+
+    p = _params(params)
+    return asdict(stages.sample_seed(p.data, _paths(root), model=p.model))
+
+
+@task(name="seed-label", cache_policy=NO_CACHE)
+def seed_label(root: str, params: str, sample: dict[str, Any]) -> dict[str, Any]:
+    """The gold annotator picks best over worst of each prompt's replies."""
+    from components import stages
+
+    return asdict(stages.label_seed(_params(params).data, _paths(root), sample=stages.SeedSample(**sample)))
+
+
+@task(name="seed-validate-and-version", cache_policy=NO_CACHE)
+def seed_ingest(root: str, params: str, labels: dict[str, Any]) -> dict[str, Any]:
+    """Great Expectations validation of the seed pairs, then a DVC version of ``data/``."""
+    from components import stages
+
+    paths = _paths(root)
+    report = paths.reports / "seed-validation"
+    labelled = stages.SeedLabels(**labels)
+    return asdict(stages.ingest_seed(_params(params).data, paths, labels=labelled, report_dir=report))
+
+
+@task(name="export-served-feedback", cache_policy=NO_CACHE)
+def export_served_feedback(root: str, params: str) -> dict[str, Any]:
+    """Feedback on served outputs since the last export (the store's watermark), as feedback files."""
+    from flows.served import export_new_feedback
+
+    return export_new_feedback(_paths(root), Path(params))
+
+
+@task(name="validate-and-version", cache_policy=NO_CACHE)
+def validate_and_version(root: str, params: str, exported: dict[str, Any]) -> dict[str, Any]:
+    """Great Expectations validation of the exported rows, then a DVC version of ``data/`` per kind."""
+    from flows.served import ingest_exported
+
+    return ingest_exported(_paths(root), Path(params), exported)
+
+
+@task(name="train-reward-model", cache_policy=NO_CACHE)
+def train_reward_model(root: str) -> list[str]:
+    """``dvc repro train_reward``: skipped when the pairs, reward params and code are unchanged."""
+    return dvc_steps.repro(Path(root), "train_reward", echo=get_run_logger().info)
+
+
+@task(name="train-policy-ppo", cache_policy=NO_CACHE)
+def train_policy(root: str) -> list[str]:
+    """``dvc repro ppo``: skipped when the reward model, prompts, params and code are unchanged."""
+    return dvc_steps.repro(Path(root), "ppo", echo=get_run_logger().info)
+
+
+@flow(name=TRAIN_FLOW_NAME, persist_result=True, log_prints=True)
+def train_models(root: str, retries: int = 1, retry_delay_s: float = 5.0) -> dict[str, Any]:
+    """Reward model then PPO, as DVC stages: what a GPU work pool's worker runs for the ``retrain`` flow."""
+    opts = {"retries": retries, "retry_delay_seconds": retry_delay_s}
+    ran = train_reward_model.with_options(**opts)(root)
+    ran += train_policy.with_options(**opts)(root)
+    return {"ran": ran, "skipped": [s for s in ("train_reward", "ppo") if s not in ran]}
+
+
+@task(name="train-on-work-pool", cache_policy=NO_CACHE)
+def train_on_pool(root: str, deployment: str, cfg: FlowConfig) -> dict[str, Any]:
+    """Run the training deployment on its work pool and wait for it; a failed run fails this task."""
+    from prefect.deployments import run_deployment
+
+    run = run_deployment(
+        deployment,
+        parameters={"root": root, "retries": cfg.retries, "retry_delay_s": cfg.retry_delay_s},
+        timeout=cfg.train_timeout_s,
+        poll_interval=2,
+    )
+    state = run.state
+    if state is None or not state.is_completed():
+        name = state.name if state else "unknown"
+        raise RuntimeError(f"training run {run.name} of {deployment} ended {name}: see it in the Prefect UI")
+    return state.result()
+
+
+@task(name="evaluate-vs-champion", cache_policy=NO_CACHE)
+def evaluate_candidate(root: str) -> dict[str, Any]:
+    """``dvc repro evaluate``: the new policy against the registry's champion on held-out prompts."""
+    ran = dvc_steps.repro(Path(root), "evaluate", echo=get_run_logger().info)
+    return {"ran": ran, "result": json.loads(_paths(root).eval_metrics.read_text(encoding="utf-8"))}
+
+
+@task(name="gate", cache_policy=NO_CACHE)
+def gate_candidate(root: str, params: str, evaluation: dict[str, Any]) -> dict[str, Any]:
+    """Every gate check (value vs threshold); never retried: a failing gate is a decision."""
+    from components import stages
+
+    result = stages.gate(_params(params).gate, _paths(root), evaluation=eval_result(evaluation))
+    return result.to_dict() | {"reasons": result.reasons}
+
+
+@task(name="promote-or-reject", cache_policy=NO_CACHE)
+def promote_or_reject(root: str, policy_dir: str, evaluation: dict[str, Any], gate: dict[str, Any]) -> dict[str, Any]:
+    """Register the candidate with its lineage; promote it when the gate passed, else mark it rejected."""
+    from components import stages
+
+    decided = stages.register_and_decide(
+        _paths(root), policy=policy_dir, evaluation=eval_result(evaluation), gate=gate_result(gate)
+    )
+    return asdict(decided)
+
+
+@task(name="service-switch", cache_policy=NO_CACHE)
+def wait_for_service(url: str, version: str, timeout_s: float = 120.0) -> str:
+    """The service polls the registry and reloads on its own: wait until it answers with ``version``."""
+    import httpx
+
+    t0 = time.monotonic()
+    seen = None
+    while time.monotonic() - t0 < timeout_s:
+        try:
+            data = httpx.get(f"{url.rstrip('/')}/v1/models", timeout=5).json().get("data") or []
+            seen = data[0]["id"] if data else None
+        except (httpx.HTTPError, ValueError, KeyError):
+            seen = None
+        if seen == version:
+            return f"{url} serves {version} ({time.monotonic() - t0:.1f} s after promotion)"
+        time.sleep(1)
+    get_run_logger().warning("service at %s still serves %s after %.0f s (expected %s)", url, seen, timeout_s, version)
+    return f"{url} still served {seen} after {timeout_s:.0f} s (expected {version}); it reloads on its next poll"
+
+
+def eval_result(d: dict[str, Any]):
+    from components.evaluation import EvalResult, ModelEval
+
+    return EvalResult(**{**d, "candidate": ModelEval(**d["candidate"]), "champion": ModelEval(**d["champion"])})
+
+
+def gate_result(d: dict[str, Any]):
+    from components.gate import GateCheck, GateResult
+
+    fields = {k: v for k, v in d.items() if k != "reasons"}
+    return GateResult(**{**fields, "checks": [GateCheck(**c) for c in d["checks"]]})
+
+
+# --- the flow --------------------------------------------------------------------------------------------------
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(
+    project: str | None = None,
+    params: str | None = None,
+    seed_if_empty: bool = False,
+    label: str = "",
+) -> dict[str, Any]:
+    """One retraining round on the project at ``project`` (default: the checkout holding ``params.yaml``)."""
+    from components import registry
+    from components.flow_config import load_flow_config
+
+    t0 = time.perf_counter()
+    paths = ProjectPaths(Path(project).resolve()) if project else ProjectPaths.discover()
+    root, params_path = str(paths.root), str(Path(params).resolve() if params else paths.params)
+    _params(params_path)  # the whole params file is validated before any work
+    cfg = load_flow_config(Path(params_path))
+    summary = RetrainSummary(project=root, label=label)
+    opts = {"retries": cfg.retries, "retry_delay_seconds": cfg.retry_delay_s}
+    log = get_run_logger()
+
+    # 1. feedback: seed an empty store (round one), then export what users rated since the last run
+    if seed_if_empty and not paths.pairs.is_file():
+        sample = seed_sample.with_options(**opts)(root, params_path)
+        labels = seed_label.with_options(**opts)(root, params_path, sample)
+        summary.seeded = seed_ingest.with_options(**opts)(root, params_path, labels)
+        summary.validation = _counts(summary.seeded)
+    exported = export_served_feedback.with_options(**opts)(root, params_path)
+    summary.exported = exported["counts"]
+    ingested = validate_and_version.with_options(**opts)(root, params_path, exported)
+    summary.validation = _add_counts(summary.validation, ingested["validation"])
+    summary.data_version = ingested["version"]
+    summary.previous_data_version = (summary.seeded or ingested)["previous_version"]
+
+    # 2. train: reward model then PPO, in-process or on the GPU work pool
+    route = training_route(cfg)
+    if route.where == "work-pool":
+        trained = train_on_pool.with_options(**opts)(root, route.deployment, cfg)
+    else:
+        trained = train_models.fn(root, cfg.retries, cfg.retry_delay_s)
+    summary.training = {"where": route.where, "pool": route.pool, "reason": route.reason, **trained}
+    summary.reward = _read_json(paths.metrics / "reward.json")
+    summary.policy = _read_json(paths.metrics / "ppo.json")
+    candidate = summary.policy.get("version")
+    summary.candidate = candidate
+    before = registry.champion(paths)
+    summary.champion_before = summary.champion_after = before.version if before else None
+
+    # 3. evaluate -> gate -> promote or reject (skipped when this candidate was decided on before)
+    if candidate and "ppo" not in trained["ran"] and _registered(paths, candidate):
+        summary.decision = "unchanged"
+        log.info("policy %s was trained, evaluated and decided on before: nothing to do", candidate)
+    else:
+        ev = evaluate_candidate.with_options(**opts)(root)
+        summary.evaluation = _eval_summary(ev["result"])
+        summary.champion_before = summary.evaluation["champion"]  # the base, registered by a first evaluation
+        decision = gate_candidate(root, params_path, ev["result"])
+        summary.gate = {k: decision[k] for k in ("passed", "checks", "reasons", "report_path")}
+        policy_dir = str(paths.root / summary.policy["policy_dir"])
+        outcome = promote_or_reject.with_options(**opts)(root, policy_dir, ev["result"], decision)
+        summary.decision = "promoted" if outcome["status"] == "champion" else "rejected"
+        summary.champion_after = outcome["champion"]
+
+    # 4. the service reloads the champion by polling the registry; wait for it when one is configured
+    if cfg.service_url and summary.champion_after:
+        summary.service = wait_for_service.with_options(**opts)(cfg.service_url, summary.champion_after)
+    summary.links = _links(paths)
+    summary.seconds = round(time.perf_counter() - t0, 1)
+    publish_summary(summary.to_dict())
+    return summary.to_dict()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _registered(paths: ProjectPaths, version: str) -> bool:
+    from components import registry
+
+    try:
+        registry.get(paths, version)
+    except registry.RegistryError:
+        return False
+    return True
+
+
+def _eval_summary(ev: dict[str, Any]) -> dict[str, Any]:
+    c, h = ev["candidate"], ev["champion"]
+    return {
+        "candidate": c["version"],
+        "champion": h["version"],
+        "win_rate": ev["win_rate"],
+        "win_rate_low": ev["win_rate_low"],
+        "win_rate_high": ev["win_rate_high"],
+        "prompts": ev["prompts"],
+        "samples_per_prompt": ev["samples_per_prompt"],
+        "gold_candidate": c["gold_score"],
+        "gold_champion": h["gold_score"],
+        "kl": c["kl"],
+        "kl_target": ev["kl_target"],
+        "degenerate_rate": c["degenerate_rate"],
+        "overoptimised": ev["overoptimised"],
+        "reward_accuracy": ev["reward_accuracy"],
+        "report": ev["report_path"],
+    }
+
+
+def _counts(ingest: dict[str, Any]) -> dict[str, Any]:
+    return {k: ingest.get(k) for k in ("rows_in", "accepted", "quarantined", "by_reason")}
+
+
+def _add_counts(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    if not a:
+        return dict(b)
+    reasons = dict(a.get("by_reason") or {})
+    for k, v in (b.get("by_reason") or {}).items():
+        reasons[k] = reasons.get(k, 0) + v
+    keys = [k for k in {**a, **b} if k != "by_reason"]
+    return {k: (a.get(k) or 0) + (b.get(k) or 0) for k in keys} | {"by_reason": reasons}
+
+
+def _links(paths: ProjectPaths) -> dict[str, str]:
+    candidates = {
+        "evaluation report": paths.eval_report,
+        "evaluation metrics": paths.eval_metrics,
+        "gate report": paths.gate_report,
+        "reward metrics": paths.metrics / "reward.json",
+        "reward training plot": paths.metrics / "reward_train.png",
+        "PPO metrics": paths.metrics / "ppo.json",
+        "PPO score plot": paths.metrics / "ppo_score.png",
+        "PPO KL plot": paths.metrics / "ppo_kl.png",
+        "validation reports": paths.reports,
+    }
+    return {name: str(p) for name, p in candidates.items() if p.exists()}

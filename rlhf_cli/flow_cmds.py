@@ -1,0 +1,240 @@
+"""``rlhf retrain`` and ``rlhf deploy``: the Prefect side of the CLI, registered on the main app."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+ParamsOpt = Annotated[
+    Path | None,
+    typer.Option("--params", help="params.yaml holding every stage's config (default: the project's params.yaml)."),
+]
+
+
+def _params_file(console: Console, params: Path | None) -> Path:
+    """The params file, every section validated before any work (exit 2 naming the file and key otherwise)."""
+    from components.config import ConfigError
+    from components.params import load_params
+    from components.paths import ProjectPaths
+
+    path = (params or ProjectPaths.discover().params).resolve()
+    try:
+        load_params(path)
+    except ConfigError as exc:
+        console.print(f"[red]config error:[/] {exc}")
+        raise typer.Exit(code=2) from exc
+    return path
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return "-" if value is None else str(value)
+
+
+def summary_table(summary: dict[str, Any], title: str = "retrain") -> Table:
+    """The flow's summary, one figure per row (the same rows as its Prefect table artifact)."""
+    from flows.report import metric_rows
+
+    table = Table(title=title)
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for row in metric_rows(summary):
+        table.add_row(row["figure"], row["value"])
+    return table
+
+
+def _prefect_logs_visible() -> None:
+    logging.getLogger("prefect").setLevel(logging.INFO)
+
+
+def retrain(params: ParamsOpt = None) -> None:
+    """One run of the retraining flow on the current data (what the schedule runs)."""
+    import os
+
+    from flows.retrain import retrain as retrain_flow
+
+    console = Console()
+    params = _params_file(console, params)
+    os.environ.setdefault("PREFECT_HOME", str(params.parent / ".prefect"))
+    _prefect_logs_visible()
+    state = retrain_flow(project=str(params.parent), params=str(params), return_state=True)
+    if not state.is_completed():
+        console.print(f"[red]retrain failed[/] ({state.name}): {state.message}. Nothing was promoted.")
+        raise typer.Exit(code=1)
+    summary = state.result()
+    console.print(summary_table(summary))
+    console.print(f"decision: [bold]{summary['decision']}[/]; Prefect artifacts: retrain-summary, retrain-metrics")
+
+
+def deploy(
+    cron: Annotated[str, typer.Option(help="Cron schedule for retraining.")] = "0 3 * * *",
+    pool: Annotated[
+        str | None,
+        typer.Option(help="Register on this work pool (workers run it); default: serve the schedule in this process."),
+    ] = None,
+    start_server: Annotated[
+        bool, typer.Option("--start-server", help="Start a local `prefect server start` when PREFECT_API_URL is unset.")
+    ] = False,
+    port: Annotated[int, typer.Option(help="Port of the local Prefect server that --start-server starts.")] = 4200,
+    params: ParamsOpt = None,
+) -> None:
+    """Register the scheduled retraining deployment (a schedule needs a Prefect server, not the ephemeral API)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows import deploy as d
+    from flows.config import load_flow_config
+
+    console = Console()
+    params = _params_file(console, params)
+    project = params.parent
+    cfg = load_flow_config(params)
+    url = d.api_url()
+    if not url:
+        if not start_server:
+            console.print(
+                "[yellow]No Prefect server configured[/]: a schedule needs one (the ephemeral API has no scheduler).\n"
+                "Start one and point Prefect at it, then rerun:\n"
+                f"  prefect server start --host 127.0.0.1 --port {port} &\n"
+                f"  export PREFECT_API_URL=http://127.0.0.1:{port}/api\n"
+                f'  rlhf deploy --cron "{cron}"\n'
+                "or let this command start a local one: rlhf deploy --start-server"
+            )
+            raise typer.Exit(code=2)
+        log_file = project / ".prefect" / "server.log"
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with console.status(f"starting `prefect server start` on port {port}"):
+            url, pid = d.start_local_server(port, log_file)
+        stop = f"; stop it with `kill -INT {pid}`" if pid else " (already running)"
+        console.print(f"Prefect server at {url}{stop}; log {log_file}. UI: {url.removesuffix('/api')}")
+    if not d.server_healthy(url):
+        console.print(f"[red]The Prefect API at {url} does not answer[/]: start it with `prefect server start`.")
+        raise typer.Exit(code=2)
+    with temporary_settings({PREFECT_API_URL: url}):
+        if cfg.gpu_pool:
+            train = d.register_training(cfg.gpu_pool, cfg.train_deployment)
+            console.print(f"training deployment {train.name} on pool {train.pool} ({train.workers} workers polling)")
+            if not train.workers:
+                console.print(f"  start a GPU worker: prefect worker start --pool {train.pool}")
+        watch = (
+            f"Watch it: prefect deployment ls; prefect flow-run ls --flow-name retrain; UI {url.removesuffix('/api')}\n"
+            f"Run it now: prefect deployment run retrain/{d.RETRAIN_DEPLOYMENT}"
+        )
+        if pool:
+            reg = d.register_on_pool(project, cron, pool)
+            polling = f"{reg.workers} workers polling"
+            console.print(f'registered {reg.name} on work pool {reg.pool}, cron "{cron}" ({polling})')
+            if not reg.workers:
+                console.print(f"  nothing runs until a worker polls it: prefect worker start --pool {reg.pool}")
+            console.print(watch)
+            return
+        console.print(f'serving retrain/{d.RETRAIN_DEPLOYMENT} on cron "{cron}" from this process (Ctrl-C stops).')
+        console.print(watch)
+        d.serve_schedule(project, cron)
+
+
+def demo(
+    params: ParamsOpt = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="A small version (minutes): its own project, less of every stage.")
+    ] = False,
+    project: Annotated[
+        Path | None,
+        typer.Option(help="Run in this project (created with the pipeline if missing); default: the checkout."),
+    ] = None,
+    users: Annotated[int, typer.Option(help="Prompts the simulated users ask (two replies each, all rated).")] = 48,
+    clients: Annotated[int, typer.Option(help="Simulated users sending requests at the same time.")] = 4,
+    max_tokens: Annotated[int, typer.Option(help="Reply length (tokens) the simulated users ask for.")] = 32,
+) -> None:
+    """The whole loop, twice, through the retraining flow: round 1 (seed -> ... -> promote), the service with
+    simulated users rating its replies over HTTP, round 2 on seed + served feedback, gated against round 1."""
+    import os
+    import time
+
+    from rlhf_cli import demo_loop
+
+    console = Console()
+    t0 = time.perf_counter()
+    params = _params_file(console, params)
+    if quick and project is None:
+        from components.paths import rlhf_home
+
+        project = rlhf_home() / "demo-quick"
+    if project is not None:
+        root = demo_loop.prepare_project(project, params, demo_loop.QUICK if quick else None)
+        params = root / "params.yaml"
+    root = params.parent
+    users = min(users, 16) if quick else users
+    os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
+    _prefect_logs_visible()
+    console.print(f"[bold]rlhf demo[/] in {root} ({'quick' if quick else 'full'}): two rounds through the flow")
+
+    rounds = [_run_round(console, root, params, "round 1", seed=True)]
+    with console.status("starting the service (bentoml serve)"):
+        service = demo_loop.start_service(root, params)
+    try:
+        console.print(f"service at {service.url} serves [bold]{service.model_version()}[/] (log {service.log})")
+        traffic = _traffic(console, demo_loop, service, users, clients, max_tokens)
+        os.environ["RLHF_SERVICE_URL"] = service.url
+        try:
+            rounds.append(_run_round(console, root, params, "round 2", seed=False))
+        finally:
+            os.environ.pop("RLHF_SERVICE_URL", None)
+        served_now = service.model_version()
+    finally:
+        service.stop()
+    console.print(demo_loop.round_table(rounds))
+    console.print(
+        f"simulated users: {traffic.prompts} prompts, {traffic.replies} replies, {traffic.ratings} ratings, "
+        f"{traffic.pairs} pairwise choices in {traffic.seconds:.0f} s; requests {traffic.requests}"
+    )
+    console.print(f"the service served {served_now} when round 2 ended ({rounds[-1].get('service') or 'no switch'})")
+    console.print(demo_loop.where_next(root, "stopped now"))
+    console.print(f"demo finished in {time.perf_counter() - t0:.0f} s (CPU)")
+
+
+def _run_round(console: Console, root: Path, params: Path, label: str, *, seed: bool) -> dict[str, Any]:
+    from flows.retrain import retrain as retrain_flow
+
+    console.rule(label)
+    state = retrain_flow(project=str(root), params=str(params), seed_if_empty=seed, label=label, return_state=True)
+    if not state.is_completed():
+        console.print(f"[red]{label} failed[/] ({state.name}): {state.message}. Nothing was promoted.")
+        raise typer.Exit(code=1)
+    summary = state.result()
+    console.print(summary_table(summary, title=label))
+    return summary
+
+
+def _traffic(console: Console, demo_loop, service, users: int, clients: int, max_tokens: int):
+    from rich.progress import Progress
+
+    from components.demo_task.traffic import simulate_users
+
+    prompts = demo_loop.traffic_prompts(users)
+    console.rule(f"simulated users: {len(prompts)} prompts, {clients} at a time")
+    with Progress(console=console) as bar:
+        task = bar.add_task("simulated users", total=len(prompts))
+        result = simulate_users(
+            service.url,
+            prompts,
+            token=service.token,
+            clients=clients,
+            max_tokens=max_tokens,
+            progress=lambda done, total, note: bar.update(task, completed=done),
+        )
+    if result.errors:
+        console.print(f"[yellow]{len(result.errors)} simulated users failed[/]: {result.errors[0]}")
+    return result
+
+
+def register(app: typer.Typer) -> None:
+    """Add the flow commands to the ``rlhf`` app."""
+    app.command()(demo)
+    app.command()(retrain)
+    app.command()(deploy)

@@ -1,0 +1,516 @@
+"""The BentoML service: serves the champion, logs every output before answering, takes feedback.
+
+Start it with ``rlhf serve`` (or ``bentoml serve serving.service:RLHFService``). The project it serves is
+found from ``$RLHF_PROJECT`` (a folder holding ``params.yaml``) or the working directory.
+
+Routes: ``POST /generate`` and ``POST /feedback`` (BentoML APIs); ``POST /v1/chat/completions``,
+``GET /v1/models``, ``GET /feedback/queue`` and the rater page ``GET /rate`` (a mounted FastAPI app);
+BentoML's ``/healthz``, ``/readyz``, ``/metrics``, ``/docs.json``; the mounted app's ``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import bentoml
+from bentoml.exceptions import BadInput, NotFound, ServiceUnavailable
+from fastapi import FastAPI, HTTPException, Query
+from fastapi.responses import HTMLResponse, Response, StreamingResponse
+from pydantic import Field
+
+from components.config import ModelConfig, load_section
+from components.generation import RowParams, RowResult, chat_messages_text, generate_rows
+from components.paths import ProjectPaths
+from components.serve_config import ServeConfig, load_serve_config, store_url
+from components.served_store import FeedbackConflict, ServedOutput, UnknownServedId, new_id, open_store
+from serving import model_source
+from serving.batcher import Batcher
+from serving.middleware import GuardMiddleware
+from serving.schemas import (
+    ChatRequest,
+    ChatResponse,
+    Choice,
+    ChoiceMessage,
+    FeedbackResponse,
+    GenerateResponse,
+    ModelCard,
+    ModelList,
+    QueueItem,
+    QueuePage,
+    Usage,
+)
+
+log = logging.getLogger("rlhf.serving")
+
+LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
+
+requests_total = bentoml.metrics.Counter(
+    name="rlhf_requests_total",
+    documentation="Replies served, by route and model version",
+    labelnames=["endpoint", "model_version"],
+)
+tokens_total = bentoml.metrics.Counter(
+    name="rlhf_completion_tokens_total",
+    documentation="Completion tokens served, by model version",
+    labelnames=["model_version"],
+)
+feedback_total = bentoml.metrics.Counter(
+    name="rlhf_feedback_total",
+    documentation="Feedback accepted (new, not duplicates), by kind and model version of the rated output",
+    labelnames=["kind", "model_version"],
+)
+batch_sizes = bentoml.metrics.Histogram(
+    name="rlhf_batch_size",
+    documentation="Requests sampled together per forward pass",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_host_allowed(host: str, token: str | None) -> None:
+    """Refuse a non-loopback address without an API token (feedback would be open to the network)."""
+    if not token and not is_loopback(host):
+        raise SystemExit(
+            f"refusing to serve on {host} without an API token: set RLHF_API_TOKEN (feedback endpoints need it "
+            "on any address but loopback), or serve on 127.0.0.1"
+        )
+
+
+def _refuse_public_without_token(host: str) -> None:
+    """In a worker: refuse, and stop the BentoML server that started us (else it would respawn the worker)."""
+    try:
+        check_host_allowed(host, _token())
+    except SystemExit as exc:
+        log.error("%s", exc)
+        import signal
+
+        import psutil
+
+        with contextlib.suppress(psutil.Error):
+            parent = psutil.Process(os.getppid())
+            if "bentoml" in " ".join(parent.cmdline()):
+                parent.send_signal(signal.SIGTERM)
+        raise
+
+
+def bound_host(argv: Sequence[str] | None = None) -> str | None:
+    """The address this worker's listening socket is bound to (BentoML hands workers the socket as ``--fd N``).
+
+    Lets the service check its real address even when started with ``bentoml serve`` directly (whose
+    default host is 0.0.0.0), not only through ``rlhf serve``.
+    """
+    import socket
+    import sys
+
+    args = list(sys.argv if argv is None else argv)
+    if "--fd" not in args or args.index("--fd") + 1 >= len(args):
+        return None
+    try:
+        fd = int(args[args.index("--fd") + 1])
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            return str(sock.getsockname()[0])
+    except (ValueError, OSError):
+        return None
+
+
+@dataclass(frozen=True)
+class Loaded:
+    model: Any
+    tok: Any
+    version: str
+    spec: str
+
+
+@dataclass(frozen=True)
+class Job:
+    text: str
+    """The templated prompt."""
+    prompt: str
+    messages: list[dict[str, str]]
+    params: RowParams
+    endpoint: str
+    group_id: str | None
+    start: float
+
+
+@dataclass(frozen=True)
+class Served:
+    id: str
+    result: RowResult
+    model_version: str
+
+
+def _bad(message: str) -> BadInput:
+    return BadInput(message)
+
+
+openai_app = FastAPI(
+    title="rlhf-loop",
+    description="OpenAI-compatible chat API, review queue and rater page of the rlhf-loop service.",
+    version="1",
+)
+
+_static = resources.files("serving") / "static"
+
+
+@bentoml.asgi_app(openai_app, path="/")
+@bentoml.service(name="rlhf", workers=1, traffic={"timeout": 600})
+class RLHFService:
+    """Serves the champion policy; every reply is logged (with its id and model version) before it is sent."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.paths = ProjectPaths.discover()
+        self.cfg: ServeConfig = load_serve_config(self.paths, _params_override())
+        self.model_cfg = load_section(ModelConfig, "model", _params_override() or self.paths.params)
+        _refuse_public_without_token(bound_host() or os.environ.get("RLHF_SERVE_HOST", "127.0.0.1"))
+        torch.set_num_threads(self.cfg.torch_threads)
+        self.store = open_store(store_url(self.cfg, self.paths))
+        self._swap = threading.Lock()
+        self.loaded = self._load(model_source.resolve(self.paths))
+        self.batcher: Batcher[Job, Served] = Batcher(
+            self._run_batch,
+            max_batch_size=int(os.environ.get("RLHF_MAX_BATCH_SIZE", self.cfg.max_batch_size)),
+            max_wait_ms=self.cfg.max_wait_ms,
+            on_batch=lambda n: batch_sizes.observe(n),
+        )
+        self._stop = threading.Event()
+        if self.cfg.reload_poll_seconds > 0:
+            threading.Thread(target=self._poll, name="champion-poll", daemon=True).start()
+        log.info("serving %s from project %s", self.loaded.version, self.paths.root)
+
+    # -- model and batches ----------------------------------------------------------------------
+
+    def _load(self, source: model_source.ModelSource) -> Loaded:
+        from components.base_model import load_base
+
+        t0 = time.perf_counter()
+        model, tok = load_base(source.spec, dtype=self.model_cfg.dtype)
+        log.info("loaded model %s (%s) in %.1f s", source.version, source.spec, time.perf_counter() - t0)
+        return Loaded(model, tok, source.version, source.spec)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.cfg.reload_poll_seconds):
+            self.reload_if_changed()
+
+    def reload_if_changed(self) -> bool:
+        """Load the champion if it changed; batches already running finish on the old weights."""
+        try:
+            source = model_source.resolve(self.paths)
+            if source.version == self.loaded.version:
+                return False
+            fresh = self._load(source)
+        except Exception:
+            log.exception("champion check failed; still serving %s", self.loaded.version)
+            return False
+        with self._swap:
+            old, self.loaded = self.loaded.version, fresh
+        log.info("hot reload: %s -> %s", old, fresh.version)
+        return True
+
+    def _run_batch(self, jobs: Sequence[Job]) -> list[Served]:
+        current = self.loaded  # one reference for the whole batch: a reload never changes weights mid-batch
+        results = generate_rows(current.model, current.tok, [j.text for j in jobs], [j.params for j in jobs])
+        done = time.perf_counter()
+        served = [Served(new_id(), r, current.version) for r in results]
+        self.store.log_outputs(
+            [
+                ServedOutput(
+                    id=s.id,
+                    prompt=j.prompt,
+                    reply=s.result.text,
+                    model_version=s.model_version,
+                    messages=j.messages,
+                    params={
+                        "max_new_tokens": j.params.max_new_tokens,
+                        "temperature": j.params.temperature,
+                        "top_p": j.params.top_p,
+                        "seed": j.params.seed,
+                        "stop": list(j.params.stop),
+                        "batch_size": len(jobs),
+                    },
+                    endpoint=j.endpoint,
+                    prompt_tokens=s.result.prompt_tokens,
+                    completion_tokens=s.result.completion_tokens,
+                    finish_reason=s.result.finish_reason,
+                    latency_ms=(done - j.start) * 1000.0,
+                    group_id=j.group_id,
+                )
+                for j, s in zip(jobs, served)
+            ]
+        )
+        for j, s in zip(jobs, served):
+            requests_total.labels(endpoint=j.endpoint, model_version=s.model_version).inc()
+            tokens_total.labels(model_version=s.model_version).inc(s.result.completion_tokens)
+        return served
+
+    async def _sample(self, jobs: list[Job]) -> list[Served]:
+        try:
+            return list(await asyncio.gather(*(self.batcher.submit(j) for j in jobs)))
+        except Exception as exc:
+            log.exception("generation failed")
+            raise ServiceUnavailable(f"generation failed ({type(exc).__name__}); nothing was served") from exc
+
+    def _messages(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        if messages and messages[0]["role"] == "system":
+            return messages
+        return [{"role": "system", "content": self.model_cfg.system_prompt}, *messages]
+
+    def _check_text(self, text: str, what: str) -> None:
+        if not text.strip():
+            raise _bad(f"{what} is empty: send some text")
+        if len(text) > self.cfg.max_prompt_chars:
+            raise _bad(f"{what} has {len(text)} characters; the limit is {self.cfg.max_prompt_chars}: shorten it")
+
+    def _check_tokens(self, n: int, what: str) -> None:
+        if not 1 <= n <= self.cfg.max_new_tokens_limit:
+            raise _bad(f"{what} must be from 1 to {self.cfg.max_new_tokens_limit}, got {n}")
+
+    # -- BentoML APIs ---------------------------------------------------------------------------
+
+    @bentoml.api
+    async def generate(
+        self,
+        prompt: Annotated[str, Field(description="The user's message.")],
+        max_new_tokens: Annotated[int | None, Field(ge=1, description="Reply length limit in tokens.")] = None,
+        temperature: Annotated[float, Field(ge=0.0, le=2.0, description="0 = greedy.")] = 0.7,
+        top_p: Annotated[float, Field(ge=0.0, le=1.0, description="Nucleus mass; 0 keeps only the top token.")] = 1.0,
+        seed: Annotated[int | None, Field(ge=0, le=2**63 - 1, description="Same seed, same reply.")] = None,
+    ) -> GenerateResponse:
+        """One reply to one prompt (requests arriving together are batched); the reply is logged first."""
+        self._check_text(prompt, "prompt")
+        n_tokens = self.cfg.default_max_new_tokens if max_new_tokens is None else max_new_tokens
+        self._check_tokens(n_tokens, "max_new_tokens")
+        messages = self._messages([{"role": "user", "content": prompt}])
+        loaded = self.loaded
+        job = Job(
+            chat_messages_text(loaded.tok, messages),
+            prompt,
+            messages,
+            RowParams(n_tokens, temperature, top_p, seed),
+            "generate",
+            None,
+            time.perf_counter(),
+        )
+        (out,) = await self._sample([job])
+        r = out.result
+        return GenerateResponse(
+            id=out.id,
+            text=r.text,
+            model_version=out.model_version,
+            finish_reason=r.finish_reason,
+            prompt_tokens=r.prompt_tokens,
+            completion_tokens=r.completion_tokens,
+        )
+
+    @bentoml.api
+    def feedback(
+        self,
+        id: Annotated[str | None, Field(max_length=64, description="Served-output id to rate.")] = None,
+        rating: Annotated[int | None, Field(ge=1, le=5, description="1 (bad) .. 5 (excellent).")] = None,
+        comment: Annotated[str | None, Field(max_length=2000)] = None,
+        chosen_id: Annotated[str | None, Field(max_length=64, description="The better reply's id.")] = None,
+        rejected_id: Annotated[str | None, Field(max_length=64, description="The worse reply's id.")] = None,
+        tie: Annotated[bool, Field(description="Neither is better (chosen/rejected order does not matter).")] = False,
+        annotator: Annotated[str | None, Field(max_length=200)] = None,
+    ) -> FeedbackResponse:
+        """A rating of one served output, or a choice between two replies to the same prompt (bearer token)."""
+        who = (annotator or "").strip() or "user"
+        as_rating = id is not None or rating is not None
+        as_pair = chosen_id is not None or rejected_id is not None
+        if as_rating == as_pair:
+            raise _bad('send either {"id", "rating"} (a rating) or {"chosen_id", "rejected_id"} (a pair)')
+        try:
+            if as_rating:
+                if id is None or rating is None:
+                    raise _bad("a rating needs both id and rating (an integer from 1 to 5)")
+                got = self.store.record_rating(id, rating, comment=comment, annotator=who)
+                rated = [id]
+                kind = "rating"
+            else:
+                if chosen_id is None or rejected_id is None:
+                    raise _bad("a pair needs both chosen_id and rejected_id")
+                got = self.store.record_pair(chosen_id, rejected_id, tie=tie, annotator=who)
+                rated = [chosen_id]
+                kind = "pair"
+        except UnknownServedId as exc:
+            raise NotFound(str(exc)) from exc
+        except FeedbackConflict as exc:
+            raise _bad(str(exc)) from exc
+        if got.created:
+            output = self.store.get(rated[0])
+            feedback_total.labels(kind=kind, model_version=output.model_version if output else "?").inc()
+        return FeedbackResponse(accepted=True, kind=kind, duplicate=not got.created)
+
+    # -- mounted app: OpenAI-compatible chat, models, review queue, rater page -------------------
+
+    @openai_app.post("/v1/chat/completions", response_model=ChatResponse)
+    async def chat_completions(self, req: ChatRequest) -> Any:
+        """OpenAI-compatible chat completion (``stream`` sends server-sent events ending with ``[DONE]``)."""
+        jobs = self._chat_jobs(req)
+        try:
+            outs = await self._sample(jobs)
+        except ServiceUnavailable as exc:
+            raise HTTPException(503, str(exc)) from exc
+        version = outs[0].model_version
+        created = int(time.time())
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(
+                _sse(outs, created, version, include_usage),
+                media_type="text/event-stream",
+                headers={"x-model-version": version},
+            )
+        prompt_tokens = outs[0].result.prompt_tokens
+        completion = sum(o.result.completion_tokens for o in outs)
+        return ChatResponse(
+            id=outs[0].id,
+            created=created,
+            model=version,
+            model_version=version,
+            choices=[
+                Choice(
+                    index=i, message=ChoiceMessage(content=o.result.text), finish_reason=o.result.finish_reason, id=o.id
+                )
+                for i, o in enumerate(outs)
+            ],
+            usage=Usage(
+                prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion
+            ),
+        )
+
+    def _chat_jobs(self, req: ChatRequest) -> list[Job]:
+        cfg = self.cfg
+        if len(req.messages) > cfg.max_messages:
+            raise HTTPException(422, f"{len(req.messages)} messages; the limit is {cfg.max_messages}: drop older turns")
+        for i, m in enumerate(req.messages):
+            if len(m.content) > cfg.max_prompt_chars:
+                raise HTTPException(
+                    422, f"messages[{i}].content has {len(m.content)} characters; the limit is {cfg.max_prompt_chars}"
+                )
+        if req.messages[-1].role != "user":
+            raise HTTPException(422, "the last message must have role 'user' (the turn the model answers)")
+        if not req.messages[-1].content.strip():
+            raise HTTPException(422, "the last user message is empty: send some text")
+        if req.n > cfg.max_n:
+            raise HTTPException(422, f"n={req.n}: this service returns at most {cfg.max_n} choices per request")
+        limit = req.max_completion_tokens or req.max_tokens or cfg.default_max_new_tokens
+        if limit > cfg.max_new_tokens_limit:
+            raise HTTPException(422, f"max_tokens={limit}: the limit is {cfg.max_new_tokens_limit}")
+        stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        if len(stop) > 4 or any(not s or len(s) > 100 for s in stop):
+            raise HTTPException(422, "stop: up to 4 non-empty strings of at most 100 characters")
+        messages = self._messages([m.model_dump(include={"role", "content"}) for m in req.messages])
+        text = chat_messages_text(self.loaded.tok, messages)
+        group = new_id("grp") if req.n > 1 else None
+        start = time.perf_counter()
+        jobs = []
+        for i in range(req.n):
+            seed = None if req.seed is None else (req.seed + i) % 2**63
+            params = RowParams(limit, req.temperature, req.top_p, seed, tuple(stop))
+            jobs.append(Job(text, req.messages[-1].content, messages, params, "chat", group, start))
+        return jobs
+
+    @openai_app.get("/v1/models", response_model=ModelList)
+    def models(self) -> ModelList:
+        """The served model, in OpenAI's list shape (its id is the model version)."""
+        return ModelList(data=[ModelCard(id=self.loaded.version, created=int(time.time()), owned_by="rlhf-loop")])
+
+    @openai_app.get("/feedback/queue", response_model=QueuePage)
+    def feedback_queue(
+        self,
+        limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
+        offset: Annotated[int, Query(ge=0, le=10**9, description="Items to skip.")] = 0,
+    ) -> QueuePage:
+        """Served outputs without a rating, oldest first (bearer token, like /feedback)."""
+        items, total = self.store.unrated(limit=limit, offset=offset)
+        return QueuePage(
+            items=[
+                QueueItem(
+                    id=o.id, prompt=o.prompt, reply=o.reply, model_version=o.model_version, created_at=o.created_at
+                )
+                for o in items
+            ],
+            total=total,
+            offset=offset,
+            limit=limit,
+        )
+
+    @openai_app.get("/rate", response_class=HTMLResponse, include_in_schema=False)
+    def rate_page(self) -> HTMLResponse:
+        return HTMLResponse((_static / "rate.html").read_text(encoding="utf-8"))
+
+    @openai_app.get("/rate/{name}", include_in_schema=False)
+    def rate_asset(self, name: str) -> Response:
+        types = {"rate.js": "text/javascript", "rate.css": "text/css"}
+        if name not in types:
+            raise HTTPException(404, f"no asset {name!r}")
+        return Response((_static / name).read_text(encoding="utf-8"), media_type=types[name])
+
+
+def _sse(outs: Sequence[Served], created: int, version: str, include_usage: bool):
+    """OpenAI's streaming shape: a role chunk, content chunks, a finish chunk per choice, [DONE]."""
+
+    def event(choices: list[dict], usage: dict | None = None) -> str:
+        body = {
+            "id": outs[0].id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": version,
+            "model_version": version,
+            "choices": choices,
+        }
+        if usage is not None:
+            body["usage"] = usage
+        return f"data: {json.dumps(body)}\n\n"
+
+    for i, o in enumerate(outs):
+        yield event([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        words = o.result.text.split(" ")
+        for k, word in enumerate(words):
+            piece = word if k == 0 else " " + word
+            if piece:
+                yield event([{"index": i, "delta": {"content": piece}, "finish_reason": None}])
+        yield event([{"index": i, "delta": {}, "finish_reason": o.result.finish_reason}])
+    if include_usage:
+        prompt = outs[0].result.prompt_tokens
+        completion = sum(o.result.completion_tokens for o in outs)
+        yield event([], {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+    yield "data: [DONE]\n\n"
+
+
+def _token() -> str | None:
+    return os.environ.get("RLHF_API_TOKEN") or None
+
+
+def _params_override() -> Path | None:
+    env = os.environ.get("RLHF_PARAMS")
+    return Path(env).resolve() if env else None
+
+
+RLHFService.add_asgi_middleware(
+    GuardMiddleware,
+    max_body_bytes=load_serve_config(ProjectPaths.discover(), _params_override()).max_body_bytes,
+    token=_token,
+)

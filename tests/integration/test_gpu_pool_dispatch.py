@@ -1,0 +1,83 @@
+"""Training routed to a work pool: the ``retrain`` flow reaches ``rlhf-train/<name>`` with ``run_deployment``, a
+real ``prefect worker`` on a local process pool runs it in its own process, and the flow waits for its result."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import StateType
+from prefect.deployments import run_deployment
+from prefect.settings import PREFECT_API_URL
+
+from flows.deploy import register_on_pool, register_training
+from flows.retrain import retrain
+
+REPO = Path(__file__).resolve().parents[2]
+POOL = "gpu-dispatch-test"
+
+
+@contextlib.contextmanager
+def worker(pool: str, log: Path):
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "OMP_NUM_THREADS": "1"}
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with get_client(sync_client=True) as client:
+                if client.read_workers_for_work_pool(pool):
+                    break
+            assert proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(1)
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)  # workers ignore SIGTERM for a long time; SIGINT stops them
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_training_runs_on_the_pool_worker(prefect_api, tmp_path, monkeypatch):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_retrain_flow import make_project
+
+    root = make_project(tmp_path, {"flow": {"gpu_pool": POOL, "train_deployment": "dispatch", "retries": 0}})
+    monkeypatch.delenv("RLHF_GPU_POOL", raising=False)
+    monkeypatch.setenv("RLHF_HOME", str(tmp_path / "home"))
+    register_training(POOL, "dispatch")
+    register_on_pool(root, "0 3 * * *", POOL)  # what `rlhf deploy --pool` registers
+    with worker(POOL, tmp_path / "worker.log"):
+        state = retrain(project=str(root), seed_if_empty=True, label="pool", return_state=True)
+        assert state.type == StateType.COMPLETED, state.message
+        # a triggered run of the scheduled deployment completes on the worker (nothing new: no training)
+        triggered = run_deployment("retrain/scheduled", timeout=600, poll_interval=2)
+    assert triggered.state.type == StateType.COMPLETED, (tmp_path / "worker.log").read_text()[-3000:]
+    summary = state.result()
+    assert summary["training"]["where"] == "work-pool" and summary["training"]["pool"] == POOL
+    assert summary["training"]["ran"] == ["train_reward", "ppo"]
+    assert (root / "models" / "policy" / summary["candidate"] / "config.json").is_file()
+    with get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name("rlhf-train/dispatch")
+        runs = client.read_flow_runs()
+        train_runs = [r for r in runs if r.deployment_id == dep.id]
+    # one training run per retrain run (the triggered one found both stages up to date)
+    assert len(train_runs) == 2 and all(r.state.type == StateType.COMPLETED for r in train_runs)

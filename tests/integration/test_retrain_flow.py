@@ -1,0 +1,194 @@
+"""The ``retrain`` flow on the tiny model against a real local Prefect API and a real git + DVC project.
+
+Seeds round one, trains through ``dvc repro`` (reward model, PPO), publishes artifacts; a rerun with nothing
+changed skips both training stages; a failing stage fails the flow run and promotes nothing.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from prefect.artifacts import Artifact
+from prefect.client.schemas.objects import StateType
+from typer.testing import CliRunner
+
+from components.paths import ProjectPaths
+from components.project import init_project
+from flows.retrain import retrain
+from rlhf_cli.main import app
+
+REPO = Path(__file__).resolve().parents[2]
+
+TINY = {
+    "model": {"base": "tiny"},
+    "data": {"seed_prompts": 8, "replies_per_prompt": 2, "max_new_tokens": 8, "batch_size": 16, "min_gold_gap": 0.0},
+    "reward": {
+        "backbone": "tiny",
+        "trainable": "all",
+        "lr": 3e-3,
+        "epochs": 1,
+        "batch_size": 8,
+        "max_length": 96,
+        "eval_fraction": 0.25,
+    },
+    "ppo": {
+        "steps": 2,
+        "batch_size": 4,
+        "mini_batch_size": 4,
+        "micro_batch_size": 4,
+        "ppo_epochs": 1,
+        "save_every": 2,
+        "max_new_tokens": 8,
+        "bf16": False,
+    },
+    "flow": {"retries": 0},
+}
+
+
+def tiny_params(overrides: dict | None = None) -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section, values in {**TINY, **(overrides or {})}.items():
+        params.setdefault(section, {}).update(values)
+    return params
+
+
+def make_project(tmp: Path, overrides: dict | None = None) -> Path:
+    """A git + DVC project holding this checkout's pipeline (dvc.yaml + the code its stages run)."""
+    src = tmp / "params-src.yaml"
+    src.write_text(yaml.safe_dump(tiny_params(overrides), sort_keys=False))
+    paths = init_project(tmp / "project", params=src, remote=tmp / "remote")
+    shutil.copy(REPO / "dvc.yaml", paths.root / "dvc.yaml")
+    shutil.copytree(REPO / "components", paths.root / "components", ignore=shutil.ignore_patterns("__pycache__"))
+    return paths.root
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch, tmp_path):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the DVC stages' own processes
+    monkeypatch.setenv("RLHF_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("RLHF_GPU_POOL", raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_round_one_promotes_then_a_rerun_skips_training_and_a_broken_stage_changes_nothing(prefect_api, tmp_path):
+    from components import registry
+
+    root = make_project(tmp_path)
+    paths = ProjectPaths(root)
+
+    # 1. round one: seed -> validate -> version -> reward -> PPO -> evaluate vs the base -> gate -> decision
+    state = retrain(project=str(root), seed_if_empty=True, label="round 1", return_state=True)
+    assert state.type == StateType.COMPLETED, state.message
+    first = state.result()
+    v = first["validation"]
+    assert first["seeded"]["accepted"] > 0 and v["accepted"] + v["quarantined"] == v["rows_in"]
+    assert first["data_version"] and first["previous_data_version"] is None
+    assert first["training"]["where"] == "in-process" and first["training"]["ran"] == ["train_reward", "ppo"]
+    candidate = first["candidate"]
+    assert (paths.policies / candidate / "manifest.json").is_file()
+    assert first["evaluation"]["candidate"] == candidate and first["evaluation"]["champion"].startswith("base")
+    assert 0.0 <= first["evaluation"]["win_rate_low"] <= first["evaluation"]["win_rate"] <= 1.0
+    assert first["decision"] in {"promoted", "rejected"} and first["gate"]["checks"]
+    assert registry.get(paths, candidate).status == ("champion" if first["decision"] == "promoted" else "rejected")
+    assert first["champion_after"] == registry.champion(paths).version
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"train_reward", "ppo", "evaluate"}
+    assert "rows accepted" in str(Artifact.get("retrain-metrics").data)
+    assert "round 1" in str(Artifact.get("retrain-summary").data)
+
+    # 2. nothing changed: no training, no new candidate, no new decision
+    registered = [(m.version, m.status) for m in registry.list_models(paths)]
+    again = retrain(project=str(root), label="rerun", return_state=True)
+    assert again.type == StateType.COMPLETED, again.message
+    second = again.result()
+    assert second["training"]["ran"] == [] and second["training"]["skipped"] == ["train_reward", "ppo"]
+    assert second["decision"] == "unchanged" and second["candidate"] == candidate
+    assert second["data_version"] == first["data_version"]
+    assert [(m.version, m.status) for m in registry.list_models(paths)] == registered
+    assert [p.name for p in paths.policies.iterdir() if p.is_dir()] == [candidate]
+
+    # 3. `rlhf retrain` runs the same flow and prints the same summary
+    runner = CliRunner()
+    cli = runner.invoke(app, ["retrain", "--params", str(paths.params)])
+    assert cli.exit_code == 0, cli.output
+    words = " ".join(cli.output.split())
+    assert "decision: unchanged" in words and "none (up to date)" in words
+
+    # 4. a stage that fails (a reward backbone that does not exist) fails the run; the champion stays
+    models_before = [(m.version, m.status) for m in registry.list_models(paths)]
+    params = yaml.safe_load(paths.params.read_text())
+    params["reward"]["backbone"] = str(tmp_path / "no-such-model")
+    paths.params.write_text(yaml.safe_dump(params, sort_keys=False))
+    broken = retrain(project=str(root), label="broken", return_state=True)
+    assert broken.type == StateType.FAILED
+    with pytest.raises(Exception, match="train_reward"):
+        broken.result()
+    assert registry.champion(paths).version == first["champion_after"]
+    assert [(m.version, m.status) for m in registry.list_models(paths)] == models_before
+    failed = runner.invoke(app, ["retrain", "--params", str(paths.params)])
+    assert failed.exit_code == 1 and "Nothing was promoted" in failed.output
+    assert registry.champion(paths).version == first["champion_after"]
+
+
+def test_a_failing_stage_fails_the_flow_run_and_keeps_the_champion(prefect_api, tmp_path):
+    from components import registry
+    from components.base_model import resolve_model_dir
+
+    # An unknown reward backbone makes `python -m components.reward.train` exit non-zero inside `dvc repro`.
+    root = make_project(tmp_path, {"reward": {"backbone": str(tmp_path / "no-such-model")}})
+    paths = ProjectPaths(root)
+    base = registry.ensure_base_champion(paths, "tiny", resolve_model_dir("tiny"))
+    state = retrain(project=str(root), seed_if_empty=True, label="broken", return_state=True)
+    assert state.type == StateType.FAILED
+    with pytest.raises(Exception, match="DVC stage 'train_reward' failed"):
+        state.result()
+    assert registry.champion(paths).version == base.version
+    assert [m.version for m in registry.list_models(paths)] == [base.version]
+    assert not paths.policies.exists() or not any(paths.policies.iterdir())
+
+
+def test_served_feedback_enters_the_next_data_version_once(tmp_path):
+    from components.feedback.store import load
+    from components.served_store import ServedOutput, open_store
+    from flows.retrain import export_served_feedback, validate_and_version
+
+    root = make_project(tmp_path)
+    paths = ProjectPaths(root)
+    paths.live.mkdir(parents=True)
+    store = open_store(paths.served_store)
+    outs = [
+        ServedOutput(f"out-{i}", "Where is my parcel?", reply, "policy-1")
+        for i, reply in enumerate(["It ships today, sorry for the wait!", "No.", "Check the tracking page."])
+    ]
+    store.log_outputs(outs)
+    store.record_rating("out-0", 5, annotator="gold")
+    store.record_rating("out-1", 1, annotator="gold")
+    store.record_pair("out-2", "out-1", annotator="gold")
+    store.close()
+
+    exported = export_served_feedback.fn(str(root), str(paths.params))
+    assert exported["counts"] == {"ratings": 2, "pairs": 1, "ties": 0}
+    ingested = validate_and_version.fn(str(root), str(paths.params), exported)
+    v = ingested["validation"]
+    # 2 ratings + 1 pair from those ratings (5 over 1) + 1 user pair, all accepted
+    assert (v["rows_in"], v["accepted"], v["quarantined"], v["pairs_from_ratings"]) == (4, 4, 0, 1)
+    assert v["served_ids"] == 3
+    assert ingested["version"] and ingested["version"] != ingested["previous_version"]
+
+    ratings, pairs = load(paths, "ratings"), load(paths, "pairs")
+    assert sorted(ratings["served_id"]) == ["out-0", "out-1"] and set(ratings["model_version"]) == {"policy-1"}
+    assert {(r.chosen_id, r.rejected_id) for r in pairs.itertuples()} == {("out-0", "out-1"), ("out-2", "out-1")}
+    assert set(pairs["source"]) == {"served"}
+
+    again = export_served_feedback.fn(str(root), str(paths.params))  # the watermark moved past those rows
+    assert again["counts"] == {"ratings": 0, "pairs": 0, "ties": 0}
+    same = validate_and_version.fn(str(root), str(paths.params), again)
+    assert same["version"] == ingested["version"]

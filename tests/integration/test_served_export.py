@@ -1,0 +1,34 @@
+"""Rows exported from the served-output store pass the normal validation (Great Expectations) unchanged."""
+
+from __future__ import annotations
+
+import pytest
+
+from components.served_store import ServedOutput, export_feedback, open_store
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = open_store(tmp_path / "live" / "served.sqlite")
+    yield s
+    s.close()
+
+
+def out(i: str, reply: str) -> ServedOutput:
+    return ServedOutput(id=i, prompt="my order is late", reply=reply, model_version="v1")
+
+
+def test_exported_rows_pass_the_normal_validation(store, tmp_path):
+    from components.feedback.config import DataConfig
+    from components.feedback.validation import validate_file
+
+    store.log_outputs([out("a", "Please share your order number."), out("b", "No.")])
+    store.record_rating("a", 5)
+    store.record_rating("b", 1, comment="curt")
+    store.record_pair("a", "b")
+    result = export_feedback(store, tmp_path / "x")
+    for path, n in ((result.ratings_path, 2), (result.pairs_path, 1)):
+        checked = validate_file(path, DataConfig())
+        assert len(checked.accepted) == n and len(checked.quarantined) == 0, checked.by_reason
+    accepted = validate_file(result.ratings_path, DataConfig()).accepted
+    assert sorted(accepted["served_id"]) == ["a", "b"] and set(accepted["model_version"]) == {"v1"}

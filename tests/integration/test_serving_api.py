@@ -1,0 +1,265 @@
+"""The HTTP contract against a real `bentoml serve` of the tiny model (one server for the module's tests)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+
+import httpx
+import pytest
+
+from components.served_store import open_store
+from tests.serving.server import TOKEN
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def api(served):
+    with httpx.Client(base_url=served.url, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def store(served):
+    s = open_store(served.project / "live" / "served.sqlite")
+    yield s
+    s.close()
+
+
+def gen(api, prompt="my order is late", **kw):
+    r = api.post("/generate", json={"prompt": prompt, "max_new_tokens": 6, **kw})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_generate_returns_id_and_version_and_logs_the_output_first(api, store):
+    body = gen(api, "where is my parcel?", seed=3, temperature=0.9)
+    assert body["model_version"] == "base:tiny"
+    assert body["completion_tokens"] >= 1
+    row = store.get(body["id"])  # committed before the response was sent
+    assert row is not None and row.reply == body["text"] and row.prompt == "where is my parcel?"
+    assert row.params["seed"] == 3 and row.params["temperature"] == 0.9 and row.latency_ms > 0
+    assert row.messages[0]["role"] == "system" and row.messages[-1] == {
+        "role": "user",
+        "content": "where is my parcel?",
+    }
+
+
+def test_same_seed_same_reply_even_when_batched_with_others(api):
+    def call(i):
+        return gen(api, "hello there", seed=11 if i % 2 == 0 else 1000 + i, temperature=1.0)["text"]
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        texts = list(pool.map(call, range(8)))
+    seeded = {texts[i] for i in range(0, 8, 2)}
+    assert len(seeded) == 1
+    assert gen(api, "hello there", seed=11, temperature=1.0)["text"] in seeded
+
+
+def test_concurrent_requests_share_batches(api, store):
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        ids = [b["id"] for b in pool.map(lambda i: gen(api, f"question {i}"), range(12))]
+    sizes = [store.get(i).params["batch_size"] for i in ids]
+    assert len(set(ids)) == 12
+    assert max(sizes) > 1, sizes
+    metrics = api.get("/metrics").text
+    assert 'rlhf_requests_total{endpoint="generate",model_version="base:tiny"}' in metrics
+
+
+def test_openai_client_plain_and_streaming(served, store):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=served.url + "/v1", api_key="unused")
+    msgs = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "my refund?"},
+    ]
+    out = client.chat.completions.create(model="champion", messages=msgs, max_tokens=5, n=2, seed=4)
+    assert len(out.choices) == 2 and out.usage.completion_tokens >= 2
+    assert out.usage.total_tokens == out.usage.prompt_tokens + out.usage.completion_tokens
+    ids = [c.model_extra["id"] for c in out.choices]
+    assert out.id == ids[0] and out.model_extra["model_version"] == "base:tiny"
+    rows = [store.get(i) for i in ids]
+    assert rows[0].group_id and rows[0].group_id == rows[1].group_id
+    assert rows[0].messages == msgs and rows[0].prompt == "my refund?"
+    again = client.chat.completions.create(model="x", messages=msgs, max_tokens=5, n=2, seed=4)
+    assert [c.message.content for c in again.choices] == [c.message.content for c in out.choices]
+
+    stream = client.chat.completions.create(
+        model="champion", messages=msgs[-1:], max_tokens=6, seed=9, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1
+    assert store.get(chunks[0].id).reply == text
+    assert client.models.list().data[0].id == "base:tiny"
+
+
+def test_stop_string_cuts_the_reply(api):
+    plain = api.post(
+        "/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 16, "seed": 5},
+    ).json()
+    text = plain["choices"][0]["message"]["content"]
+    if len(text) < 3:
+        pytest.skip(f"tiny model's sampled reply too short to cut: {text!r}")
+    stop = text[len(text) // 2 : len(text) // 2 + 1]
+    cut = api.post(
+        "/v1/chat/completions",
+        json={
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 16,
+            "seed": 5,
+            "temperature": 1.0,
+            "stop": stop,
+        },
+    ).json()
+    got = cut["choices"][0]
+    assert got["finish_reason"] == "stop" and stop not in got["message"]["content"]
+    assert text.startswith(got["message"]["content"])
+
+
+def test_feedback_needs_the_token(api):
+    out = gen(api)
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+        r = api.post("/feedback", json={"id": out["id"], "rating": 5}, headers=headers)
+        assert r.status_code == 401 and "RLHF_API_TOKEN" in r.json()["error"]
+    assert api.get("/feedback/queue").status_code == 401
+
+
+def test_rating_is_stored_once_and_unknown_id_is_404(api, store):
+    out = gen(api)
+    body = {"id": out["id"], "rating": 4, "comment": "polite"}
+    first = api.post("/feedback", json=body, headers=AUTH)
+    second = api.post("/feedback", json=body, headers=AUTH)
+    assert first.status_code == second.status_code == 200
+    assert first.json()["duplicate"] is False and second.json()["duplicate"] is True
+    rows = store.ratings_of(out["id"])
+    assert [(r["rating"], r["comment"]) for r in rows] == [(4, "polite")]
+    r = api.post("/feedback", json={"id": "out-nope", "rating": 3}, headers=AUTH)
+    assert r.status_code == 404 and "out-nope" in r.text
+
+
+def test_pairs_need_the_same_prompt(api, store):
+    a = api.post(
+        "/v1/chat/completions", json={"messages": [{"role": "user", "content": "compare"}], "n": 2, "max_tokens": 4}
+    )
+    ids = [c["id"] for c in a.json()["choices"]]
+    ok = api.post("/feedback", json={"chosen_id": ids[0], "rejected_id": ids[1]}, headers=AUTH)
+    assert ok.status_code == 200 and ok.json()["kind"] == "pair"
+    assert any(p["chosen_id"] == ids[0] and p["rejected_id"] == ids[1] for p in store.all_pairs())
+    other = gen(api, "something else")
+    bad = api.post("/feedback", json={"chosen_id": ids[0], "rejected_id": other["id"]}, headers=AUTH)
+    assert bad.status_code == 400 and "different prompts" in bad.text
+    same = api.post("/feedback", json={"chosen_id": ids[0], "rejected_id": ids[0]}, headers=AUTH)
+    assert same.status_code == 400
+
+
+def test_review_queue_lists_unrated_oldest_first(api):
+    page = api.get("/feedback/queue", params={"limit": 5}, headers=AUTH).json()
+    assert page["total"] >= len(page["items"]) > 0
+    stamps = [i["created_at"] for i in page["items"]]
+    assert stamps == sorted(stamps)
+    first = page["items"][0]["id"]
+    assert api.post("/feedback", json={"id": first, "rating": 2}, headers=AUTH).status_code == 200
+    after = api.get("/feedback/queue", params={"limit": 5}, headers=AUTH).json()
+    assert after["total"] == page["total"] - 1 and first not in [i["id"] for i in after["items"]]
+
+
+BAD_GENERATE = [
+    ({"prompt": ""}, "empty"),
+    ({"prompt": "   \n\t"}, "empty"),
+    ({"prompt": "x" * 9000}, "limit"),
+    ({"prompt": 5}, "string"),
+    ({}, "prompt"),
+    ({"prompt": "x", "max_new_tokens": 0}, "max_new_tokens"),
+    ({"prompt": "x", "max_new_tokens": 100000}, "max_new_tokens"),
+    ({"prompt": "x", "temperature": -1}, "temperature"),
+    ({"prompt": "x", "temperature": "hot"}, "temperature"),
+]
+
+
+@pytest.mark.parametrize(("body", "says"), BAD_GENERATE)
+def test_bad_generate_input_is_a_4xx_that_says_what_to_fix(api, body, says):
+    r = api.post("/generate", json=body)
+    assert 400 <= r.status_code < 500 and says in r.text, r.text
+
+
+BAD_CHAT = [
+    ({"messages": []}, "at least 1"),
+    ({"messages": [{"role": "wizard", "content": "hi"}]}, "role"),
+    ({"messages": [{"role": "user"}]}, "content"),
+    ({"messages": [{"role": "assistant", "content": "hi"}]}, "last message"),
+    ({"messages": [{"role": "user", "content": "  "}]}, "empty"),
+    ({"messages": [{"role": "user", "content": "hi"}], "n": 9}, "n=9"),
+    ({"messages": [{"role": "user", "content": "hi"}], "n": 0}, "n"),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5000}, "max_tokens"),
+    ({"messages": [{"role": "user", "content": "hi"}], "temperature": 3}, "temperature"),
+    ({"messages": "hi"}, "messages"),
+]
+
+
+@pytest.mark.parametrize(("body", "says"), BAD_CHAT)
+def test_bad_chat_input_is_a_4xx_that_says_what_to_fix(api, body, says):
+    r = api.post("/v1/chat/completions", json=body)
+    assert 400 <= r.status_code < 500 and says in r.text, r.text
+
+
+@pytest.mark.parametrize("path", ["/generate", "/v1/chat/completions", "/feedback"])
+def test_raw_bodies_invalid_json_non_utf8_and_oversized(api, path):
+    headers = {"content-type": "application/json", **AUTH}
+    r = api.post(path, content=b'{"prompt": "x"', headers=headers)
+    assert r.status_code in (400, 422) and "JSON" in r.text
+    r = api.post(path, content=b'{"prompt": "\xff\xfe"}', headers=headers)
+    assert r.status_code == 400 and "UTF-8" in r.text
+    big = json.dumps({"prompt": "a" * 1_100_000}).encode()
+    assert api.post(path, content=big, headers=headers).status_code == 413
+
+    def chunked():
+        for _ in range(20):
+            yield b"a" * 100_000
+
+    r = api.post(path, content=chunked(), headers=headers)
+    assert r.status_code == 413 and "bytes" in r.text
+
+
+def test_health_metrics_and_openapi_are_published(api):
+    assert api.get("/healthz").status_code == 200 and api.get("/readyz").status_code == 200
+    bento = api.get("/docs.json").json()
+    assert {"/generate", "/feedback"} <= set(bento["paths"])
+    mounted = api.get("/openapi.json").json()
+    assert {"/v1/chat/completions", "/v1/models", "/feedback/queue"} <= set(mounted["paths"])
+
+
+def test_schemathesis_finds_no_server_errors(served):
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+
+    failures = []
+
+    def fuzz(op):
+        @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @given(case=op.as_strategy())
+        def run(case):
+            response = case.call(base_url=served.url, headers=AUTH, timeout=30)
+            if response.status_code >= 500:
+                failures.append((op.method, op.path, response.status_code, case.body, response.text[:200]))
+
+        return run
+
+    # BentoML's spec (OpenAPI 3.0) for its own APIs; the mounted app's spec (3.1) for the chat API and queue.
+    specs = {"/docs.json": {"/generate", "/feedback"}, "/openapi.json": None}
+    fuzzed = set()
+    for spec, only in specs.items():
+        schema = schemathesis.openapi.from_url(served.url + spec)
+        for result in schema.get_all_operations():
+            op = result.ok()
+            if only is not None and op.path not in only:
+                continue
+            fuzzed.add(op.path)
+
+            fuzz(op)()
+    assert {"/generate", "/feedback", "/v1/chat/completions", "/v1/models", "/feedback/queue"} <= fuzzed
+    assert not failures, failures

@@ -1,0 +1,140 @@
+"""A SIGKILLed server loses nothing it acknowledged; a changed champion is hot-reloaded without dropping requests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from components.base_model import prepare_tiny
+from components.served_store import open_store
+from tests.serving.server import TOKEN, Server, free_port, make_project, start_server
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def _promote_in_registry(project) -> None:
+    """Register the tiny base as the first champion and promote a differently seeded one (in the server's
+    BentoML home, from another process, as the retraining flow would)."""
+    base = prepare_tiny(project / "models" / "base-tiny", seed=0)
+    new = prepare_tiny(project / "models" / "policy-2", seed=1)
+    code = (
+        "import sys; from pathlib import Path; from components.paths import ProjectPaths; "
+        "from components.registry import ensure_base_champion, promote, register; "
+        "p = ProjectPaths(Path(sys.argv[1])); ensure_base_champion(p, 'tiny', Path(sys.argv[2])); "
+        "register(p, 'policy-2', Path(sys.argv[3]), parent='base-tiny'); promote(p, 'policy-2')"
+    )
+    env = {**os.environ, "BENTOML_HOME": str(project / ".bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(project), str(base), str(new)], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def _load(url: str, stop: threading.Event, acked: list, acked_feedback: list, worker: int) -> None:
+    with httpx.Client(base_url=url, timeout=30) as client:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                r = client.post("/generate", json={"prompt": f"w{worker} q{i}", "max_new_tokens": 4})
+                if r.status_code == 200:
+                    sid = r.json()["id"]
+                    acked.append(sid)
+                    f = client.post("/feedback", json={"id": sid, "rating": 1 + i % 5}, headers=AUTH)
+                    if f.status_code == 200:
+                        acked_feedback.append((sid, 1 + i % 5))
+            except httpx.HTTPError:
+                return  # the server died under us: what was acknowledged so far is what counts
+
+
+@pytest.mark.slow
+def test_sigkill_during_load_then_hot_reload(tmp_path):
+    project = make_project(tmp_path / "proj", reload_poll_seconds=0.5)
+    server = start_server(project)
+    acked: list[str] = []
+    acked_feedback: list[tuple[str, int]] = []
+    try:
+        # 1. load from 4 clients, then SIGKILL the whole server process group mid-stream
+        stop = threading.Event()
+        workers = [threading.Thread(target=_load, args=(server.url, stop, acked, acked_feedback, w)) for w in range(4)]
+        for w in workers:
+            w.start()
+        deadline = time.monotonic() + 20
+        while len(acked_feedback) < 12 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        server.kill(signal.SIGKILL)
+        stop.set()
+        for w in workers:
+            w.join(timeout=30)
+        assert len(acked) >= 12 and len(acked_feedback) >= 12
+
+        # 2. every acknowledged output and rating is in the store, and the store is sound
+        store = open_store(project / "live" / "served.sqlite")
+        assert store.integrity_ok()
+        assert store.has_ids(acked) == set(acked)
+        for sid, rating in acked_feedback:
+            assert rating in [r["rating"] for r in store.ratings_of(sid)]
+        store.close()
+
+        # 3. restart on the same store; it keeps serving and the old ids still take feedback
+        server = start_server(project)
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            again = client.post(
+                "/feedback", json={"id": acked[0], "rating": 5, "comment": "after restart"}, headers=AUTH
+            )
+            assert again.status_code == 200
+
+            # 4. hot reload: a champion is registered, then a new one promoted, while requests keep coming
+            versions: list[str] = []
+            failures: list[int] = []
+
+            def steady() -> None:
+                with httpx.Client(base_url=server.url, timeout=30) as c:
+                    for i in range(300):
+                        r = c.post("/generate", json={"prompt": f"steady {i}", "max_new_tokens": 8})
+                        if r.status_code != 200:
+                            failures.append(r.status_code)
+                        else:
+                            versions.append(r.json()["model_version"])
+                        if versions.count("policy-2") >= 3:
+                            return
+
+            t = threading.Thread(target=steady)
+            t.start()
+            time.sleep(0.5)
+            _promote_in_registry(project)
+            t.join(timeout=120)
+            assert not failures
+            assert versions[0] == "base:tiny" and versions[-1] == "policy-2"
+            # each version serves one contiguous run of requests: the switch never goes back
+            runs = [v for i, v in enumerate(versions) if i == 0 or v != versions[i - 1]]
+            assert len(runs) == len(set(runs)) and set(runs) <= {"base:tiny", "base-tiny", "policy-2"}
+            assert client.get("/v1/models").json()["data"][0]["id"] == "policy-2"
+            metrics = client.get("/metrics").text
+            assert 'model_version="policy-2"' in metrics
+    finally:
+        server.kill()
+
+
+@pytest.mark.slow
+def test_public_address_without_token_is_refused(tmp_path):
+    """`bentoml serve` on 0.0.0.0 with no RLHF_API_TOKEN stops with the reason (it never serves)."""
+    project = make_project(tmp_path / "proj")
+    env = {k: v for k, v in os.environ.items() if k != "RLHF_API_TOKEN"}
+    env |= {"RLHF_PROJECT": str(project), "BENTOML_HOME": str(project / ".bentoml"), "RLHF_HOME": str(project / ".h")}
+    cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:RLHFService", "--host", "0.0.0.0"]
+    cmd += ["--port", str(free_port())]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    server = Server("", proc, tmp_path / "log", project)
+    try:
+        output, _ = proc.communicate(timeout=90)
+    finally:
+        server.kill(signal.SIGKILL)
+    assert b"refusing to serve on 0.0.0.0 without an API token" in output

@@ -1,0 +1,124 @@
+"""The served-output store: durable logging, idempotent feedback, the review queue, export + watermark."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from components.feedback.io import read_feedback
+from components.feedback.schema import PAIRS, RATINGS, SCHEMAS
+from components.served_store import (
+    FeedbackConflict,
+    ServedOutput,
+    UnknownServedId,
+    export_feedback,
+    open_store,
+)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = open_store(tmp_path / "live" / "served.sqlite")
+    yield s
+    s.close()
+
+
+def out(i: str, prompt: str = "my order is late", reply: str = "Sorry to hear that.", group: str | None = None):
+    return ServedOutput(id=i, prompt=prompt, reply=reply, model_version="v1", group_id=group)
+
+
+def test_sqlite_runs_in_wal_mode_with_full_sync(store):
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    assert store.integrity_ok()
+
+
+def test_logged_output_reads_back(store):
+    store.log_outputs([out("a", reply="Hello")])
+    got = store.get("a")
+    assert got.reply == "Hello" and got.model_version == "v1"
+    assert got.messages == [{"role": "user", "content": "my order is late"}]
+    assert store.get("missing") is None
+
+
+def test_rating_is_idempotent_and_unknown_ids_are_refused(store):
+    store.log_outputs([out("a")])
+    assert store.record_rating("a", 4, comment=" nice ").created
+    assert not store.record_rating("a", 4, comment="nice").created
+    assert store.record_rating("a", 2).created  # a different judgement is a new row
+    assert [(r["rating"], r["comment"]) for r in store.ratings_of("a")] == [(4, "nice"), (2, None)]
+    with pytest.raises(UnknownServedId, match="nope"):
+        store.record_rating("nope", 3)
+    with pytest.raises(ValueError, match="1 to 5"):
+        store.record_rating("a", 6)
+
+
+def test_pairs_need_two_replies_to_the_same_prompt(store):
+    store.log_outputs([out("a", reply="A"), out("b", reply="B"), out("c", prompt="other")])
+    assert store.record_pair("a", "b").created
+    assert not store.record_pair("a", "b").created
+    assert store.record_pair("b", "a", tie=True).created
+    assert not store.record_pair("a", "b", tie=True).created  # a tie has no order
+    with pytest.raises(FeedbackConflict, match="different prompts"):
+        store.record_pair("a", "c")
+    with pytest.raises(FeedbackConflict, match="same output"):
+        store.record_pair("a", "a")
+    with pytest.raises(UnknownServedId):
+        store.record_pair("a", "zzz")
+    assert store.counts()["pairs"] == 2
+
+
+def test_unrated_queue_is_oldest_first_and_paged(store):
+    store.log_outputs([out(f"o{i}") for i in range(5)])
+    store.record_rating("o1", 5)
+    items, total = store.unrated(limit=2)
+    assert total == 4 and [o.id for o in items] == ["o0", "o2"]
+    items, _ = store.unrated(limit=2, offset=2)
+    assert [o.id for o in items] == ["o3", "o4"]
+
+
+def test_export_writes_schema_rows_once(store, tmp_path):
+    store.log_outputs([out("a", reply="A"), out("b", reply="B"), out("c", reply="C")])
+    store.record_rating("a", 5, annotator="ann")
+    store.record_pair("a", "b")
+    store.record_pair("b", "c", tie=True)
+    first = export_feedback(store, tmp_path / "x1")
+    assert (first.ratings, first.pairs, first.ties_skipped) == (1, 1, 1)
+
+    ratings = read_feedback(first.ratings_path)
+    assert ratings.kind == RATINGS and not ratings.unparseable and not ratings.dropped_columns
+    row = ratings.frame.iloc[0]
+    assert (row["prompt"], row["response"], row["rating"], row["served_id"], row["model_version"]) == (
+        "my order is late",
+        "A",
+        5,
+        "a",
+        "v1",
+    )
+    assert row["source"] == "served" and row["annotator"] == "ann"
+    assert list(ratings.frame.columns[:-1]) == list(SCHEMAS[RATINGS].columns)
+
+    pairs = read_feedback(first.pairs_path)
+    assert pairs.kind == PAIRS and not pairs.dropped_columns
+    p = pairs.frame.iloc[0]
+    assert (p["chosen"], p["rejected"], p["chosen_id"], p["rejected_id"]) == ("A", "B", "a", "b")
+    assert pd.notna(pd.Timestamp(p["created_at"]))
+
+    second = export_feedback(store, tmp_path / "x2")
+    assert (second.ratings, second.pairs, second.ratings_path) == (0, 0, None)
+    store.record_rating("b", 1)
+    third = export_feedback(store, tmp_path / "x3")
+    assert third.ratings == 1 and read_feedback(third.ratings_path).frame["served_id"].tolist() == ["b"]
+
+
+def test_export_without_advance_repeats_until_the_watermark_moves(store, tmp_path):
+    store.log_outputs([out("a")])
+    store.record_rating("a", 3)
+    held = export_feedback(store, tmp_path / "h1", advance=False)
+    again = export_feedback(store, tmp_path / "h2", advance=False)
+    assert held.ratings == again.ratings == 1
+    store.advance_watermark(held.watermark)
+    assert export_feedback(store, tmp_path / "h3").ratings == 0
+    store.advance_watermark({RATINGS: 0})  # never moves backwards
+    assert store.watermark()[RATINGS] == held.watermark[RATINGS]
