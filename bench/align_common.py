@@ -53,7 +53,9 @@ def cached(path: Path, compute: Callable[[], Any], fresh: bool = False) -> Any:
     t0 = time.perf_counter()
     value = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value) + "\n", encoding="utf-8")
+    partial = path.with_suffix(".part")
+    partial.write_text(json.dumps(value) + "\n", encoding="utf-8")
+    partial.rename(path)  # whole or absent: another process may be waiting for this file
     log.info("wrote %s (%.0f s)", path, time.perf_counter() - t0)
     return value
 

@@ -229,7 +229,7 @@ def run_ppo(name: str, overrides: dict, args, params_raw: dict, rm: RewardModel,
     }
 
 
-def plot(report: dict, path: Path) -> None:
+def plot(report: dict, path: Path, variants: list[str] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -249,7 +249,8 @@ def plot(report: dict, path: Path) -> None:
         if key == "gold":
             ax.plot([b["kl"] for b in oracle], [b[key] for b in oracle], "s--", color="tab:gray", alpha=0.7,
                     label="best-of-n, gold annotator picks")  # fmt: skip
-        for i, (name, run) in enumerate(report["ppo"].items()):
+        runs = [(n, r) for n, r in report["ppo"].items() if variants is None or n in variants]
+        for i, (name, run) in enumerate(runs):
             pts = run["checkpoints"]
             ax.plot([p["kl"] for p in pts], [p[key] for p in pts], "^-", color=f"C{i + 1}", label=f"PPO {name} (steps)")
             for p in pts:
@@ -257,7 +258,7 @@ def plot(report: dict, path: Path) -> None:
         ax.set_xlabel("KL to the base policy (nats per reply)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="lower right")
+    axes[0].legend(fontsize=7, loc="upper right")
     fig.suptitle(f"Held-out prompts, {report['device']}", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -291,7 +292,12 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--tag", default="", help="suffix for the results files")
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
+    ap.add_argument("--replot", type=Path, default=None, help="only redraw the PNG of this results JSON")
+    ap.add_argument("--plot-variants", nargs="*", default=None, help="PPO variants drawn (default: all)")
     args = ap.parse_args()
+    if args.replot:
+        plot(json.loads(args.replot.read_text()), args.replot.with_suffix(".png"), args.plot_variants)
+        return
     device = setup(args.threads)
     args.batch = args.batch or (512 if device.type == "cuda" else 64)
     unknown = [v for v in args.ppo if v not in PPO_VARIANTS]
@@ -445,7 +451,7 @@ def main() -> None:
             ),
         }
         write_json(out_json, report)
-        plot(report, out_png)
+        plot(report, out_png, args.plot_variants)
     if not args.ppo:
         plot(report, out_png)
     if math.isfinite(report["base"]["gold"]):
