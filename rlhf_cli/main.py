@@ -151,9 +151,14 @@ def _train_reward_demo(params: Path, paths):
         paths.feedback / "pairs.parquet", rcfg, paths.models / "reward", paths.metrics, project_root=paths.root
     )
     ev = result.metrics["eval"]
+    first = (
+        f" ({ev['first_pair_accuracy']:.1%} on the {ev['first_pairs']} best-vs-worst pairs)"
+        if "first_pair_accuracy" in ev
+        else ""
+    )
     console.print(
         f"reward model: held-out preference accuracy {ev.get('accuracy', float('nan')):.1%} on {ev.get('pairs', '?')} "
-        f"pairs labelled by the gold annotator; metrics in {paths.metrics / 'reward.json'}"
+        f"pairs labelled by the gold annotator{first}; metrics in {paths.metrics / 'reward.json'}"
     )
     return result
 

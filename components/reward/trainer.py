@@ -46,7 +46,7 @@ from components.reward.model import (
     pair_scores,
     transformer_layers,
 )
-from components.reward.pairs import Pairs, file_md5, read_pairs, split_by_prompt
+from components.reward.pairs import Pairs, file_md5, first_pair_per_prompt, read_pairs, split_by_prompt
 
 log = logging.getLogger(__name__)
 
@@ -401,6 +401,10 @@ def train_reward(
         margins = torch.tensor(held.margins) if cfg.use_margin else None
         eval_metrics = evaluate_scores(ev_c, ev_r, margins, mean, std)
         eval_metrics["raw_mean_margin"] = round((ev_c - ev_r).mean().item(), 6)
+        first = torch.as_tensor(first_pair_per_prompt(held))
+        if len(first) < len(held):  # several pairs per prompt: also the accuracy on each prompt's first pair
+            eval_metrics["first_pair_accuracy"] = round(preference_accuracy(ev_c[first], ev_r[first]).item(), 6)
+            eval_metrics["first_pairs"] = len(first)
         log.info("held-out: accuracy %.3f on %d pairs, mean margin %.3f",
                  eval_metrics["accuracy"], len(held), eval_metrics["mean_margin"])  # fmt: skip
     else:

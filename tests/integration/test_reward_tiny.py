@@ -248,3 +248,20 @@ def test_averaged_model_differs_from_the_last_weights(tmp_path):
     assert avg["averaged_epochs"] == 2 and "averaged_epochs" not in last
     w_last, w_avg = last_model.score.weight, avg_model.score.weight
     assert not torch.allclose(w_last, w_avg)  # same run (same seed), different kept weights
+
+
+def test_two_pairs_per_prompt_also_report_the_first_pairs_accuracy(tmp_path):
+    """With several pairs per prompt (data.pairs_per_prompt) the held-out metrics also give the accuracy on
+    each prompt's first (best-vs-worst) pair, the figure comparable with one pair per prompt."""
+    from dataclasses import replace
+
+    rows = toy_rows(40, seed=5)
+    doubled = [r2 for r in rows for r2 in (r, {**r, "chosen": r["chosen"] + " ok", "rejected": r["rejected"] + " ok"})]
+    path = tmp_path / "pairs.parquet"
+    pd.DataFrame(doubled).to_parquet(path)
+    result = train_reward(
+        path, replace(TOY_CFG, epochs=1), tmp_path / "rm", tmp_path / "metrics", project_root=tmp_path
+    )
+    ev = result.metrics["eval"]
+    assert ev["pairs"] == 20 and ev["first_pairs"] == 10
+    assert 0.0 <= ev["first_pair_accuracy"] <= 1.0
