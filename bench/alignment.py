@@ -42,6 +42,7 @@ from components.base_model import load_base
 from components.config import ModelConfig, from_dict, load_section, to_dict
 from components.demo_task import load_prompts
 from components.demo_task.seed import label_pairs
+from components.eval_stats import pairwise_outcomes, win_rate_interval
 from components.evaluation import sequence_kl
 from components.feedback.config import DataConfig
 from components.generation import generate
@@ -51,7 +52,7 @@ from components.ppo.trainer import PPOTrainer
 from components.reward.config import RewardConfig
 from components.reward.model import RewardModel
 from components.reward.trainer import train_reward
-from components.stats import best_of_n_kl, best_of_n_weights, compare, mean_interval, win_rate
+from components.stats import best_of_n_kl, best_of_n_weights
 
 PPO_VARIANTS: dict[str, dict[str, object]] = {
     "default": {},
@@ -116,6 +117,20 @@ def train_demo_reward_model(
     return RewardModel.load(folder / "model", device=device), metrics
 
 
+def all_pairs_outcomes(candidate: list[float], baseline: list[float]) -> np.ndarray:
+    """Outcomes (1 win, 0.5 tie, 0 loss) of every candidate reply of a prompt against every baseline reply of
+    it, flattened: shape (k * m,). Their mean over a prompt is the chance a candidate sample beats a base sample."""
+    cand = np.repeat(np.asarray(candidate, dtype=float), len(baseline))  # shape: (k*m,)
+    base = np.tile(np.asarray(baseline, dtype=float), len(candidate))  # shape: (k*m,)
+    return pairwise_outcomes(cand[None, :], base[None, :])[0]
+
+
+def interval(outcomes: np.ndarray) -> dict:
+    """Win rate (ties half) with the evaluation stage's prompt-bootstrap 95 % interval; outcomes (P, K)."""
+    rate, low, high = win_rate_interval(outcomes)
+    return {"value": round(rate, 4), "low": round(low, 4), "high": round(high, 4), "n": int(outcomes.shape[0])}
+
+
 def best_of_n(
     rm_scores: list[list[float]], golds: list[list[float]], refs: list[list[float]], n: int, by_gold: bool = False
 ) -> dict:
@@ -127,14 +142,13 @@ def best_of_n(
         w = best_of_n_weights(n, len(gs))
         gold_v.append(sum(wj * gs[j] for wj, j in zip(w, order)))
         rm_v.append(sum(wj * rs[j] for wj, j in zip(w, order)))
-        win_v.append(sum(wj * np.mean([compare(gs[j], r) for r in ref]) for wj, j in zip(w, order)))
-    est = mean_interval(win_v)
+        win_v.append(sum(wj * all_pairs_outcomes([gs[j]], ref).mean() for wj, j in zip(w, order)))
     return {
         "n": n,
         "kl": round(best_of_n_kl(n), 4),
         "gold": round(float(np.mean(gold_v)), 4),
         "rm_score": round(float(np.mean(rm_v)), 4),
-        "win_rate": {**est.as_dict(), "low": round(max(0.0, est.low), 4), "high": round(min(1.0, est.high), 4)},
+        "win_rate": interval(np.array(win_v)[:, None]),
     }
 
 
@@ -158,12 +172,12 @@ def evaluate_samples(policy, reference, tok, rm_score, prompts, k, refs_gold, *,
     gold = gold_scores(requests, [[t] for t in texts])
     gold = [g[0] for g in gold]
     per_prompt_gold = [gold[j * k : (j + 1) * k] for j in range(len(prompts))]
-    wr = win_rate(per_prompt_gold, refs_gold)
+    wr = interval(np.stack([all_pairs_outcomes(c, b) for c, b in zip(per_prompt_gold, refs_gold)]))
     return {
         "kl": round(float(np.mean(kls)), 4),
         "gold": round(float(np.mean(gold)), 4),
         "rm_score": round(float(np.mean(rm)), 4),
-        "win_rate": wr.as_dict(),
+        "win_rate": wr,
         "eos_fraction": round(float(np.mean(ended)), 4),
         "tokens": round(float(np.mean(lengths)), 2),
         "examples": [[requests[j], texts[j]] for j in range(0, min(len(texts), 3 * k), k)],
@@ -410,7 +424,7 @@ def main() -> None:
             "max_new_tokens": n_tok,
             "reward_overrides": reward_over,
             "win_rate": "gold win rate against the base's reference samples of the same prompt, ties half; "
-            "95 % interval over prompts",
+            "95 % prompt-bootstrap interval (components.eval_stats)",
         },
         "reward_model": {"eval": rm_metrics["eval"], "normalization": rm_metrics["normalization"]},
         "normalisation": normalisation,

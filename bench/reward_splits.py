@@ -56,6 +56,7 @@ VARIANTS: dict[str, dict[str, object]] = {
     "layers_8": {"reward.train_layers": 8},
     "weight_decay": {"reward.weight_decay": 0.1},
     "lr_1e-4": {"reward.lr": 1.0e-4},
+    "pairs_1": {"data.pairs_per_prompt": 1},  # the default before 2 pairs per prompt (measured as "params")
     "pairs_2": {"data.pairs_per_prompt": 2},
     "no_margin": {"reward.use_margin": False},
 }

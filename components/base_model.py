@@ -32,6 +32,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from components.fsutil import atomic_dir
 from components.paths import models_cache
 
 log = logging.getLogger(__name__)
@@ -85,13 +86,21 @@ def resolve_model_dir(spec: str, cache: Path | None = None) -> Path:
     raise ModelLoadError(f"{spec!r} is not a local model folder (hub ids are loaded directly)")
 
 
+def accelerator_device() -> torch.device:
+    """The device models run on: the first CUDA GPU when one is visible, else the CPU (what accelerate picks)."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def load_base(
     spec: str = DEFAULT_SPEC,
     *,
     dtype: str | torch.dtype = "float32",
     cache: Path | None = None,
+    device: str | torch.device | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load ``spec`` as ``(model, tokenizer)`` in eval mode, with a pad token and left padding."""
+    """Load ``spec`` as ``(model, tokenizer)`` in eval mode, with a pad token and left padding.
+
+    ``device`` (default: the CPU) is where the weights go; stages pass :func:`accelerator_device`."""
     if spec == TINY_SPEC:
         model, tok = build_tiny()
     else:
@@ -105,7 +114,7 @@ def load_base(
                 f"could not load model {spec!r}: {exc}. Use '{DEFAULT_SPEC}', 'tiny', a local "
                 "transformers folder, or a hub id with a reachable hub (HF_HUB_OFFLINE unset)."
             ) from exc
-    model = model.to(_dtype(dtype))
+    model = model.to(device=device or "cpu", dtype=_dtype(dtype))
     _ensure_padding(tok, model)
     model.eval()
     return model, tok
@@ -170,12 +179,9 @@ def prepare_smollm2(folder: Path) -> Path:
     plain = LlamaForCausalLM(config)
     plain.load_state_dict(quantised.state_dict(), strict=True)
     plain.generation_config.pad_token_id = tok.pad_token_id
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
-    plain.save_pretrained(staging)
-    tok.save_pretrained(staging)
-    if folder.exists():
-        shutil.rmtree(folder)
-    staging.rename(folder)
+    with atomic_dir(folder, replace=True) as staging:
+        plain.save_pretrained(staging)
+        tok.save_pretrained(staging)
     return folder
 
 
@@ -254,9 +260,9 @@ def prepare_tiny(folder: Path, seed: int = 0) -> Path:
     if (folder / "config.json").is_file():
         return folder
     model, tok = build_tiny(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
+    with atomic_dir(folder, replace=True) as staging:
+        model.save_pretrained(staging)
+        tok.save_pretrained(staging)
     return folder
 
 
@@ -269,6 +275,7 @@ __all__ = [
     "DEFAULT_SPEC",
     "TINY_SPEC",
     "ModelLoadError",
+    "accelerator_device",
     "build_tiny",
     "describe",
     "load_base",

@@ -1,10 +1,13 @@
-"""Lineage facts recorded in every manifest: the data version (from ``data.dvc``) and the code revision."""
+"""Lineage: the data version (from ``data.dvc``) and code revision recorded in every manifest, and the audit
+trail of a registered policy (``rlhf audit``)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -39,3 +42,96 @@ def code_revision(root: Path) -> str | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return head + ("-dirty" if dirty else "")
+
+
+def data_history(root: Path, until: str | None) -> list[dict]:
+    """The ingests (``metrics/data_versions.jsonl``) that built data version ``until``, oldest first."""
+    log_file = Path(root) / "metrics" / "data_versions.jsonl"
+    if until is None or not log_file.is_file():
+        return []
+    entries = [json.loads(line) for line in log_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    by_version = {e["version"]: e for e in entries}
+    chain, seen, current = [], set(), until
+    while current and current in by_version and current not in seen:
+        seen.add(current)
+        entry = by_version[current]
+        chain.append(entry)
+        current = entry.get("previous_version")
+    return list(reversed(chain))
+
+
+def feedback_summary(root: Path, version: str | None) -> dict[str, Any]:
+    """Feedback rows by source and served-output ids of data version ``version`` (only if it is checked out)."""
+    import pandas as pd
+
+    from components.paths import ProjectPaths
+
+    paths = ProjectPaths(root)
+    current = data_version(root)
+    if version is None:
+        return {"note": "no data version recorded"}
+    if current != version:
+        return {"note": f"data version {version} is not checked out (now {current}); `dvc checkout` it to list rows"}
+    out: dict[str, Any] = {"by_source": {}}
+    ids: list[str] = []
+    for kind, id_cols in (("pairs", ("chosen_id", "rejected_id")), ("ratings", ("served_id",))):
+        f = paths.feedback / f"{kind}.parquet"
+        if not f.is_file():
+            continue
+        frame = pd.read_parquet(f)
+        if "source" in frame:
+            out["by_source"][kind] = {
+                str(k): int(v) for k, v in frame["source"].fillna("unknown").value_counts().items()
+            }
+        for col in id_cols:
+            if col in frame:
+                ids += [str(v) for v in frame[col].dropna().tolist()]
+    out["served_ids"] = {"count": len(ids), "examples": ids[:5]}
+    return out
+
+
+def audit_trail(paths: Any, version: str | None = None) -> dict[str, Any]:
+    """Everything that produced a policy: ancestry, reward model, data versions and their ingests, feedback rows
+    by source, served-output ids, code revision, params, gate reasons (``version`` default: the champion)."""
+    from components import registry
+
+    record = registry.champion(paths) if version is None else registry.get(paths, version)
+    if record is None:
+        raise registry.RegistryError(f"no champion in {paths.registry}: nothing registered yet (run `rlhf demo`)")
+    ancestry, seen, current = [], set(), record
+    while current is not None and current.version not in seen:
+        seen.add(current.version)
+        ancestry.append({"version": current.version, "status": current.status})
+        try:
+            current = registry.get(paths, current.parent) if current.parent else None
+        except registry.RegistryError:
+            ancestry.append({"version": current.parent, "status": "not registered"})
+            current = None
+    facts = record.facts
+    rm_version = facts.get("reward_version")
+    reward = None
+    if rm_version:
+        reward = {"version": rm_version, "data_version": facts.get("reward_data_version"),
+                  "accuracy": facts.get("reward_accuracy")}  # fmt: skip
+        try:
+            rm = registry.get(paths, rm_version)
+            reward.update(path=str(rm.path), code_revision=rm.facts.get("code_revision"))
+        except registry.RegistryError:
+            reward["note"] = "not registered"
+    dv = facts.get("data_version")
+    return {
+        "model": record.to_dict() | {"facts": None},
+        "ancestry": ancestry,
+        "reward_model": reward,
+        "data_version": dv,
+        "data_history": data_history(paths.root, dv),
+        "feedback": feedback_summary(paths.root, dv),
+        "code_revision": facts.get("code_revision"),
+        "params": _flat_params(facts.get("params") or {}),
+        "gate": record.gate,
+        "metrics": facts.get("metrics"),
+    }
+
+
+def _flat_params(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {section: dict(values) for section, values in params.items() if isinstance(values, dict)}

@@ -48,6 +48,9 @@ class ProjectPaths:
 
     root: Path
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))  # a str root works too
+
     @classmethod
     def discover(cls, start: Path | None = None) -> ProjectPaths:
         return cls(find_project_root(start))
@@ -104,3 +107,41 @@ class ProjectPaths:
     def reward_model(self) -> Path:
         """The trained reward model: a transformers folder plus manifest.json (DVC out)."""
         return self.models / "reward"
+
+    @property
+    def policies(self) -> Path:
+        """Policy versions written by PPO: ``models/policy/<version>/`` (transformers folder + manifest.json);
+        each version folder is written once and never replaced."""
+        return self.models / "policy"
+
+    @property
+    def seed_work(self) -> Path:
+        """Intermediate seed files (sampled replies, labelled pairs) so a retried step never resamples."""
+        return self.root / "staging" / "seed"
+
+    @property
+    def registry(self) -> Path:
+        """The registry's own status record (status per version, champion pointer) and its lock.
+
+        The model files themselves live in BentoML's model store under ``$BENTOML_HOME``."""
+        return self.root / "registry"
+
+    @property
+    def served_store(self) -> Path:
+        """Served outputs and their feedback (SQLite), written by the service; not DVC-tracked."""
+        return self.root / "live" / "served.sqlite"
+
+    @property
+    def eval_metrics(self) -> Path:
+        """The latest evaluation of a candidate against the champion (JSON)."""
+        return self.metrics / "eval.json"
+
+    @property
+    def eval_report(self) -> Path:
+        """The latest evaluation as a short Markdown report."""
+        return self.reports / "eval.md"
+
+    @property
+    def gate_report(self) -> Path:
+        """The latest gate decision with every check (JSON)."""
+        return self.metrics / "gate.json"

@@ -39,7 +39,7 @@ def init_project(root: Path, *, params: Path | None = None, remote: Path | None 
         shutil.copyfile(source, root / "params.yaml")
     else:
         (root / "params.yaml").write_text("{}\n", encoding="utf-8")
-    (root / ".gitignore").write_text("/models/\n/reports/\n", encoding="utf-8")
+    (root / ".gitignore").write_text("/models/\n/reports/\n/staging/\n/registry/\n/live/\n", encoding="utf-8")
     _run(["git", "add", "-A"], root)
     _run(["git", "commit", "-q", "-m", "init project"], root)
     return ProjectPaths(root)

@@ -1,4 +1,6 @@
-"""Small statistics for evaluating the loop: proportion intervals, the gold win rate, best-of-n weights.
+"""Small statistics for the alignment benchmarks: proportion and mean intervals, best-of-n weights and KL.
+
+(The gold win rate and its interval live in ``components.eval_stats``, shared with the evaluation stage.)
 
 Pure functions on plain lists (no models), each unit-tested against hand values.
 """
@@ -58,31 +60,6 @@ def mean_interval(values: Sequence[float], z: float = Z95) -> Estimate:
     var = sum((v - mean) ** 2 for v in values) / (n - 1)
     half = z * math.sqrt(var / n)
     return Estimate(mean, mean - half, mean + half, n)
-
-
-def compare(a: float, b: float) -> float:
-    """1 if ``a`` beats ``b``, 0.5 for a tie, 0 if it loses."""
-    return 1.0 if a > b else 0.5 if a == b else 0.0
-
-
-def win_rate(candidate: Sequence[Sequence[float]], baseline: Sequence[Sequence[float]]) -> Estimate:
-    """How often a candidate reply beats a baseline reply to the same prompt (ties count half).
-
-    ``candidate[i]`` and ``baseline[i]`` are the scores of the replies sampled for prompt i (k and m of
-    them). Every candidate reply of a prompt is compared with every baseline reply of it, so the
-    prompt's value is the mean of its k x m outcomes (with k = m = 1 this is the plain paired win rate);
-    the estimate is the mean over prompts, and its interval treats prompts as the independent units
-    (replies to one prompt are correlated), a normal approximation over the per-prompt means.
-    """
-    if len(candidate) != len(baseline):
-        raise ValueError(f"{len(candidate)} candidate prompts but {len(baseline)} baseline prompts")
-    per_prompt = []
-    for i, (cand, base) in enumerate(zip(candidate, baseline)):
-        if not cand or not base:
-            raise ValueError(f"prompt {i}: needs at least one candidate and one baseline score")
-        per_prompt.append(sum(compare(c, b) for c in cand for b in base) / (len(cand) * len(base)))
-    est = mean_interval(per_prompt)
-    return Estimate(est.value, max(0.0, est.low), min(1.0, est.high), est.n)
 
 
 def best_of_n_weights(n: int, total: int) -> list[float]:

@@ -1,18 +1,16 @@
-"""Shared test setup: offline, telemetry off, a throwaway RLHF_HOME unless one is given."""
+"""Shared test setup: offline, telemetry off, a throwaway RLHF_HOME and BentoML store unless given."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 
-for key, value in {
-    "HF_HUB_OFFLINE": "1",
-    "DO_NOT_TRACK": "1",
-    "BENTOML_DO_NOT_TRACK": "true",
-    "DVC_NO_ANALYTICS": "1",
-    "GX_ANALYTICS_ENABLED": "false",
-    "TOKENIZERS_PARALLELISM": "false",
-}.items():
-    os.environ.setdefault(key, value)
+from components.env import telemetry_off
+
+telemetry_off()
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# BentoML's model store for the whole session (the registry saves models there); never the user's ~/bentoml.
+os.environ.setdefault("BENTOML_HOME", tempfile.mkdtemp(prefix="rlhf-test-bentoml-"))
 
 import pytest  # noqa: E402
 

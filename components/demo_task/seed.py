@@ -7,28 +7,36 @@ with the gold annotator; (4) per prompt, the best reply is chosen over the worst
 is under ``min_gold_gap`` are not made); (5) validate the pairs and append
 them to the versioned store, which makes a DVC version.
 
+As stages (:func:`sample_seed` -> :func:`label_seed` -> :func:`ingest_seed`), each step writes its output to
+``staging/seed/`` named by a fingerprint of its inputs, so a retried step reuses what an earlier try made and a
+retry never samples again.
+
 Sampling best-vs-worst of k policy samples follows the on-policy comparison collection of Ziegler et al. 2019
 (humans compared samples of the policy being trained) with a scripted labeller in place of people.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from components.config import ModelConfig, to_dict
 from components.demo_task import gold, load_prompts
 from components.feedback.config import DataConfig
 from components.feedback.schema import PAIRS
-from components.feedback.store import IngestResult, ingest_frame
+from components.feedback.store import IngestResult, IngestSummary, ingest_frame, summarise_ingest
+from components.fsutil import atomic_write_text
 from components.generation import generate
 from components.paths import ProjectPaths
+from components.progress import Progress, report
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +63,14 @@ def sample_replies(
     cfg: DataConfig,
     *,
     system: str | None,
-    progress: bool = True,
+    progress: Progress | None = None,
 ) -> list[list[str]]:
     """``cfg.replies_per_prompt`` sampled replies for each prompt (copies of a prompt share a batch)."""
     requests = [p for p in prompts for _ in range(cfg.replies_per_prompt)]
     texts: list[str] = []
     starts = range(0, len(requests), cfg.batch_size)
-    for i, start in enumerate(tqdm(starts, desc="seed replies", unit="batch", disable=not progress)):
+    for i, start in enumerate(starts):
+        report(progress, i, len(starts), "sampling seed replies")
         batch = requests[start : start + cfg.batch_size]
         out = generate(
             model,
@@ -73,6 +82,7 @@ def sample_replies(
             generator_seed=cfg.seed + i,
         )
         texts += out.texts
+    report(progress, len(starts), len(starts), "sampling seed replies")
     k = cfg.replies_per_prompt
     return [texts[j * k : (j + 1) * k] for j in range(len(prompts))]
 
@@ -140,7 +150,7 @@ def seed_demo_feedback(
     system: str | None,
     report_dir: Path | None = None,
     push: bool = True,
-    progress: bool = True,
+    progress: Progress | None = None,
 ) -> SeedResult:
     """Write the prompt files, sample + label seed pairs, validate and store them as a new DVC version."""
     start = time.perf_counter()
@@ -155,3 +165,103 @@ def seed_demo_feedback(
         frame, PAIRS, paths, cfg, origin=SEED_SOURCE, source=SEED_SOURCE, report_dir=report_dir, push=push
     )
     return SeedResult(stats, ingest, time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------------------------------------
+# The seed stages: sample -> label -> ingest (each reusable on retry)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SeedSample:
+    """Sampled seed replies on disk (``staging/seed/replies-<fingerprint>.json``)."""
+
+    path: str
+    prompts: int
+    replies: int
+    reused: bool
+    """True when an earlier try had already sampled them (nothing was sampled again)."""
+    seconds: float
+
+
+@dataclass(frozen=True)
+class SeedLabels:
+    """Gold-labelled seed pairs on disk (``staging/seed/pairs-<fingerprint>.jsonl``) and labelling statistics."""
+
+    path: str
+    pairs: int
+    stats: dict[str, Any]
+
+
+def _fingerprint(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def sample_seed(
+    cfg: DataConfig, paths: ProjectPaths, *, model: ModelConfig, progress: Progress | None = None
+) -> SeedSample:
+    """Sample ``replies_per_prompt`` replies for the first ``seed_prompts`` train prompts with the base model.
+
+    Writes the prompt files, then the replies; when the replies file for these settings exists already it is
+    reused, so a retry never samples again.
+    """
+    from components.base_model import accelerator_device, load_base
+
+    t0 = time.perf_counter()
+    write_prompt_files(paths)
+    prompts = [p["prompt"] for p in load_prompts("train")[: cfg.seed_prompts]]
+    fp = _fingerprint(to_dict(cfg), to_dict(model), prompts)
+    out = paths.seed_work / f"replies-{fp}.json"
+    if out.is_file():
+        log.info("reusing sampled seed replies in %s", out)
+        n = sum(len(r) for r in json.loads(out.read_text(encoding="utf-8"))["replies"])
+        return SeedSample(str(out), len(prompts), n, True, round(time.perf_counter() - t0, 1))
+    policy, tok = load_base(model.base, dtype=model.dtype, device=accelerator_device())
+    replies = sample_replies(policy, tok, prompts, cfg, system=model.system_prompt, progress=progress)
+    atomic_write_text(out, json.dumps({"prompts": prompts, "replies": replies}))
+    n = sum(len(r) for r in replies)
+    return SeedSample(str(out), len(prompts), n, False, round(time.perf_counter() - t0, 1))
+
+
+def label_seed(cfg: DataConfig, paths: ProjectPaths, *, sample: SeedSample) -> SeedLabels:
+    """Let the gold annotator rank each prompt's replies and write the pairs (best over worst) as JSONL."""
+    data = json.loads(Path(sample.path).read_text(encoding="utf-8"))
+    frame, stats = label_pairs(data["prompts"], data["replies"], cfg)
+    log.info("gold annotator labelled %d pairs from %d replies", stats["pairs"], stats["replies"])
+    out = Path(sample.path).with_name(Path(sample.path).name.replace("replies-", "pairs-") + "l")
+    lines = frame.to_json(orient="records", lines=True) if len(frame) else ""
+    atomic_write_text(out, lines)
+    return SeedLabels(str(out), int(stats["pairs"]), stats)
+
+
+def _already_ingested(paths: ProjectPaths, origin: str) -> dict | None:
+    if not paths.data_versions.is_file():
+        return None
+    for line in reversed(paths.data_versions.read_text(encoding="utf-8").splitlines()):
+        entry = json.loads(line) if line.strip() else {}
+        if entry.get("origin") == origin:
+            return entry
+    return None
+
+
+def ingest_seed(
+    cfg: DataConfig, paths: ProjectPaths, *, labels: SeedLabels, report_dir: Path | None = None, push: bool = True
+) -> IngestSummary:
+    """Validate the labelled pairs (Great Expectations) and store them as a new DVC version of ``data/``.
+
+    A labels file that was ingested already is not stored again (its earlier ingest is returned, ``reused``)."""
+    label_file = Path(labels.path)
+    origin = str(label_file.relative_to(paths.root)) if label_file.is_relative_to(paths.root) else labels.path
+    done = _already_ingested(paths, origin)
+    if done is not None:
+        return IngestSummary(
+            kind=done["kind"], rows_in=done["rows_in"], accepted=done["accepted"], quarantined=done["quarantined"],
+            by_reason=done["by_reason"], version=done["version"], previous_version=done["previous_version"],
+            totals=done["totals"], report=None, reused=True,
+        )  # fmt: skip
+    text = Path(labels.path).read_text(encoding="utf-8")
+    frame = pd.read_json(labels.path, lines=True, convert_dates=False, dtype=False) if text.strip() else pd.DataFrame()
+    if frame.empty:
+        frame = pd.DataFrame(columns=["prompt", "chosen", "rejected"])
+    ingest = ingest_frame(frame, PAIRS, paths, cfg, origin=origin, source=SEED_SOURCE, report_dir=report_dir, push=push)
+    return summarise_ingest(ingest)

@@ -16,7 +16,7 @@ import json
 import logging
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -201,3 +201,95 @@ def ingest_frame(
         annotator=annotator,
     )
     return append(paths, result, origin=origin, push=push)
+
+
+@dataclass(frozen=True)
+class IngestSummary:
+    """What validate+store did: counts that reconcile (rows_in = accepted + quarantined) and the data version."""
+
+    kind: str
+    rows_in: int
+    accepted: int
+    quarantined: int
+    by_reason: dict[str, int]
+    version: str | None
+    previous_version: str | None
+    totals: dict[str, int]
+    report: str | None
+    reused: bool = False
+    """True when this exact file had been ingested already (a retry): nothing was stored twice."""
+
+
+def summarise_ingest(ingest: IngestResult) -> IngestSummary:
+    """The JSON-ready summary of a store ingest."""
+    v = ingest.validation
+    return IngestSummary(
+        kind=v.kind,
+        rows_in=v.rows_in,
+        accepted=len(v.accepted),
+        quarantined=len(v.quarantined),
+        by_reason=dict(v.by_reason),
+        version=ingest.version,
+        previous_version=ingest.previous_version,
+        totals=dict(ingest.totals),
+        report=str(v.report) if v.report else None,
+    )
+
+
+@dataclass(frozen=True)
+class ValidateResult:
+    """What validate (+ store) did with one feedback file (JSON-serialisable)."""
+
+    source: str
+    kind: str
+    rows_in: int
+    accepted: int
+    quarantined: int
+    by_reason: dict[str, int]
+    accepted_path: str
+    quarantine_path: str
+    report: str | None
+    notes: list[str] = field(default_factory=list)
+    stored: IngestSummary | None = None
+    """The new data version when ``store`` was asked for."""
+
+    @property
+    def success(self) -> bool:
+        return self.quarantined == 0
+
+
+def validate_and_store(
+    cfg: DataConfig,
+    paths: ProjectPaths,
+    *,
+    source: Path,
+    out: Path | None = None,
+    store: bool = False,
+    push: bool = True,
+) -> ValidateResult:
+    """The validate stage: check a feedback file (every row accepted or quarantined with its reasons), write
+    the accepted rows, the quarantined rows and an HTML report under ``out`` (default
+    ``reports/validation/<file name>``), and with ``store`` append the accepted rows as a new data version."""
+    from components.feedback.validation import write_outputs
+
+    source = Path(source).resolve()
+    out = Path(out).resolve() if out is not None else paths.reports / "validation" / source.name.split(".")[0]
+    if store:
+        ensure_checked_out(paths)
+    keys = existing_keys(paths) if paths.feedback.is_dir() else None
+    result = validate_file(source, cfg, existing_keys=keys, report_dir=out / "report")
+    written = write_outputs(result, out)
+    stored = summarise_ingest(append(paths, result, origin=str(source), push=push)) if store else None
+    return ValidateResult(
+        source=str(source),
+        kind=result.kind,
+        rows_in=result.rows_in,
+        accepted=len(result.accepted),
+        quarantined=len(result.quarantined),
+        by_reason=dict(result.by_reason),
+        accepted_path=str(written["accepted"]),
+        quarantine_path=str(written["quarantine"]),
+        report=str(result.report) if result.report else None,
+        notes=list(result.notes),
+        stored=stored,
+    )

@@ -1,46 +1,80 @@
 """The ``ppo`` stage: ``python -m components.ppo.train --params params.yaml [--resume]``.
 
 Reads sections ``model`` and ``ppo`` of the params file, trains, and writes (main process only):
-- ``models/policy/``: a plain transformers folder (LoRA merged) + ``manifest.json``;
-- ``metrics/ppo.json`` (summary), ``metrics/ppo_log.jsonl`` / ``.csv`` (per step), ``metrics/ppo_*.png``.
+- ``models/policy/<version>/``: a new version folder (never replaced in place): a plain transformers folder
+  (LoRA merged) + ``manifest.json`` with its lineage (data version, reward model and its data version, parent
+  policy, code revision, params);
+- ``metrics/ppo.json`` (summary, with ``version`` and ``policy_dir``), ``metrics/ppo_log.jsonl`` / ``.csv``
+  (per step), ``metrics/ppo_*.png``.
+
+:func:`train_policy` is the stage function (what the CLI and the flow call).
 Several processes: ``accelerate launch --num_processes N -m components.ppo.train --params params.yaml``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
-import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from components.base_model import resolve_model_dir
 from components.config import ModelConfig, load_section, read_params, to_dict
-from components.lineage import code_revision
+from components.fsutil import atomic_dir, atomic_write_text
+from components.lineage import code_revision, data_version
 from components.paths import ProjectPaths
 from components.ppo.checkpoint import clear_checkpoints
 from components.ppo.config import PPOConfig
 from components.ppo.scorers import Scorer, load_scorer, scorer_fingerprint
 from components.ppo.trainer import PPOTrainer, TrainResult, replicas_in_sync, summary
+from components.progress import Progress
 
 log = logging.getLogger(__name__)
 
 
 def export_policy(result: TrainResult, out_dir: Path, manifest: dict[str, Any]) -> Path:
-    """Save the policy as a normal transformers folder (LoRA merged) plus ``manifest.json``."""
+    """Save the policy as a new folder (a normal transformers folder, LoRA merged, plus ``manifest.json``),
+    made visible by one rename; an existing folder is never replaced."""
     policy = result.actor_critic.policy
     if hasattr(policy, "merge_and_unload"):
         policy = policy.merge_and_unload()
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    policy.save_pretrained(tmp)
-    result.tokenizer.save_pretrained(tmp)
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    with atomic_dir(out_dir, replace=False) as staging:
+        policy.save_pretrained(staging)
+        result.tokenizer.save_pretrained(staging)
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return out_dir
+
+
+def new_policy_version() -> str:
+    """A fresh policy version id (UTC time + 4 random hex digits; sorts by time)."""
+    from components.registry import new_version  # the registry's reading side imports no BentoML
+
+    return new_version()
+
+
+def exported_policy(root: Path) -> Path | None:
+    """The folder of the last exported policy version, from ``metrics/ppo.json`` (None before the first)."""
+    summary_file = ProjectPaths(root).metrics / "ppo.json"
+    if not summary_file.is_file():
+        return None
+    rel = json.loads(summary_file.read_text(encoding="utf-8")).get("policy_dir")
+    return (Path(root) / rel) if rel else None
+
+
+def reward_lineage(spec: str, root: Path, sha256: str) -> dict[str, Any]:
+    """What the policy manifest records about its reward model: spec, content hash, version, data version."""
+    info: dict[str, Any] = {"spec": spec, "sha256": sha256}
+    manifest = Path(root) / spec / "manifest.json" if not spec.startswith("builtin:") else None
+    if manifest is not None and manifest.is_file():
+        rm = json.loads(manifest.read_text(encoding="utf-8"))
+        info["version"] = rm.get("version")
+        info["data_version"] = (rm.get("data") or {}).get("data_version")
+        info["heldout_accuracy"] = ((rm.get("metrics") or {}).get("eval") or {}).get("accuracy")
+    return info
 
 
 def run(
@@ -51,8 +85,14 @@ def run(
     scorer: Scorer | None = None,
     stop_after: int | None = None,
     export: bool = True,
+    progress: Progress | None = None,
+    version: str | None = None,
+    parent: str | None = None,
 ) -> TrainResult:
-    """Train PPO from a params file (or dict) in project ``root``; export unless stopped early."""
+    """Train PPO from a params file (or dict) in project ``root``; export unless stopped early.
+
+    The export is ``<ppo.output_dir>/<version>/`` (a fresh version id unless given); ``parent`` is the
+    registry version of the policy PPO started from (recorded in the manifest; default: the base model's)."""
     raw = read_params(params) if isinstance(params, Path) else params
     cfg = load_section(PPOConfig, "ppo", raw)
     model_cfg = load_section(ModelConfig, "model", raw)
@@ -65,19 +105,24 @@ def run(
         clear_checkpoints(root / cfg.checkpoint_dir)
     trainer.acc.wait_for_everyone()
     t0 = time.perf_counter()
-    result = trainer.train(resume=resume, stop_after=stop_after)
+    result = trainer.train(resume=resume, stop_after=stop_after, progress=progress)
     if not replicas_in_sync(result.accelerator, result.actor_critic):
         raise RuntimeError("data-parallel replicas diverged: trainable weights differ between processes")
     finished = trainer.step >= cfg.steps
     if export and finished and result.accelerator.is_main_process:
+        from components.registry import base_version
+
+        version = version or new_policy_version()
+        out_dir = root / cfg.output_dir / version
         stats = summary(result.metrics)
-        paths.metrics.mkdir(parents=True, exist_ok=True)
-        (paths.metrics / "ppo.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
         manifest = {
             "kind": "policy",
+            "version": version,
+            "parent": parent or base_version(model_cfg.base),
             "base": model_cfg.base,
             "base_dir": _base_dir(model_cfg.base),
-            "reward_model": {"spec": cfg.reward_model, "sha256": scorer_id},
+            "data_version": data_version(root),
+            "reward_model": reward_lineage(cfg.reward_model, root, scorer_id),
             "params": {"ppo": to_dict(cfg), "model": to_dict(model_cfg)},
             "code_revision": code_revision(root) or "unknown",
             "metrics": stats,
@@ -85,8 +130,12 @@ def run(
             "seconds": round(time.perf_counter() - t0, 1),
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        export_policy(result, root / cfg.output_dir, manifest)
-        log.info("policy written to %s", root / cfg.output_dir)
+        export_policy(result, out_dir, manifest)
+        result.export_dir = out_dir
+        paths.metrics.mkdir(parents=True, exist_ok=True)
+        record = {**stats, "version": version, "policy_dir": str(out_dir.relative_to(root))}
+        atomic_write_text(paths.metrics / "ppo.json", json.dumps(record, indent=2, sort_keys=True))
+        log.info("policy version %s written to %s", version, out_dir)
     result.accelerator.wait_for_everyone()
     return result
 
@@ -96,6 +145,66 @@ def _base_dir(spec: str) -> str | None:
         return str(resolve_model_dir(spec))
     except Exception:  # hub ids have no local folder; the spec is recorded either way
         return None
+
+
+@dataclass(frozen=True)
+class PolicyResult:
+    """What the PPO stage produced (JSON-serialisable: ``json.dumps(dataclasses.asdict(result))``)."""
+
+    version: str
+    path: str
+    """The new policy version folder (transformers folder + manifest.json)."""
+    manifest_path: str
+    parent: str
+    """Registry version of the policy PPO started from."""
+    data_version: str | None
+    reward_version: str | None
+    metrics: dict[str, float]
+    """First/last score and KL, throughput (``metrics/ppo.json``)."""
+    seconds: float
+
+
+def train_policy(
+    cfg: PPOConfig,
+    paths: ProjectPaths,
+    *,
+    model: ModelConfig,
+    reward: str | Path | None = None,
+    parent: str | None = None,
+    resume: bool = False,
+    progress: Progress | None = None,
+) -> PolicyResult:
+    """The PPO stage: train against the reward model (``reward`` folder, default ``cfg.reward_model``) and
+    write a new policy version folder.
+
+    ``parent`` is a registry policy version to start from (its folder becomes the initial policy and the KL
+    reference); None starts from ``model.base``.
+    """
+    from components import registry
+
+    if reward is not None:
+        rel = Path(reward).resolve()
+        spec = str(rel.relative_to(paths.root)) if rel.is_relative_to(paths.root) else str(rel)
+        cfg = dataclasses.replace(cfg, reward_model=spec)
+    if parent is not None and not parent.startswith("base-"):
+        model = dataclasses.replace(model, base=str(registry.get(paths, parent).path))
+    raw = {"ppo": to_dict(cfg), "model": to_dict(model)}
+    t0 = time.perf_counter()
+    result = run(raw, paths.root, resume=resume, progress=progress, parent=parent)
+    if result.export_dir is None:
+        raise RuntimeError("PPO finished without exporting a policy (a non-main process cannot run this stage)")
+    manifest_path = result.export_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    return PolicyResult(
+        version=manifest["version"],
+        path=str(result.export_dir),
+        manifest_path=str(manifest_path),
+        parent=manifest["parent"],
+        data_version=manifest["data_version"],
+        reward_version=manifest["reward_model"].get("version"),
+        metrics=manifest["metrics"],
+        seconds=round(time.perf_counter() - t0, 1),
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -54,6 +54,7 @@ from components.ppo.checkpoint import (
 from components.ppo.config import PPOConfig
 from components.ppo.metrics import MetricsWriter
 from components.ppo.scorers import Scorer
+from components.progress import Progress, report
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +198,8 @@ class TrainResult:
     metrics: list[dict[str, float]]
     accelerator: Accelerator
     steps_run: int
+    export_dir: Path | None = None
+    """Set by ``components.ppo.train.run`` once the policy version folder is written."""
 
 
 class PPOTrainer:
@@ -223,7 +226,9 @@ class PPOTrainer:
         torch.manual_seed(self.seed)
         self.prompt_rng = np.random.default_rng(self.seed)
 
-        model, self.tok = base if base is not None else load_base(model_cfg.base, dtype=model_cfg.dtype)
+        if base is None:
+            base = load_base(model_cfg.base, dtype=model_cfg.dtype, device=self.acc.device)
+        model, self.tok = base
         self.ac, self.reference = build_actor_critic(cfg, model)
         params = [p for p in self.ac.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=cfg.learning_rate, eps=cfg.adam_eps)
@@ -232,6 +237,8 @@ class PPOTrainer:
             optimizer, lambda s: core.linear_decay(s, cfg.steps) if cfg.lr_decay else 1.0
         )
         self.model, self.optimizer = self.acc.prepare(self.ac, optimizer)
+        if callable(getattr(scorer, "to", None)):
+            scorer.to(self.acc.device)  # the reward model scores on the policy's device, not the CPU
         if self.reference is not None:
             self.reference.to(self.acc.device)
         self.kl_ctl = core.make_kl_controller(cfg.adaptive_kl, cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
@@ -421,8 +428,11 @@ class PPOTrainer:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def train(self, *, resume: bool = False, stop_after: int | None = None) -> TrainResult:
-        """Run (or resume) the loop to ``cfg.steps``; ``stop_after`` ends the process early (crash drills)."""
+    def train(
+        self, *, resume: bool = False, stop_after: int | None = None, progress: Progress | None = None
+    ) -> TrainResult:
+        """Run (or resume) the loop to ``cfg.steps``; ``stop_after`` ends the process early (crash drills);
+        ``progress(step, steps, note)`` after every step (main process only)."""
         cfg, acc = self.cfg, self.acc
         ckpt_root = self.paths.root / cfg.checkpoint_dir
         writer = MetricsWriter(self.paths.metrics, enabled=acc.is_main_process)
@@ -432,7 +442,7 @@ class PPOTrainer:
         if cfg.reward_normalization == "rollouts" and self.score_norm is None:
             self.score_norm = self.rollout_score_stats()
         steps_run = 0
-        progress = _progress(cfg.steps, self.step, acc.is_main_process)
+        progress_log = _progress(cfg.steps, self.step, acc.is_main_process)
         while self.step < cfg.steps:
             if stop_after is not None and steps_run >= stop_after:
                 break
@@ -481,7 +491,9 @@ class PPOTrainer:
             row = self._metrics_row(batch, raw_scores, scores, kl, mean_kl, kl_coef, upd, (t0, t1, t2, t3, t4))
             self.metrics.append(row)
             writer.append(row)
-            progress(row)
+            progress_log(row)
+            if acc.is_main_process:
+                report(progress, self.step, cfg.steps, f"PPO score {row['objective/score']:.3f} kl {mean_kl:.2f}")
 
             # 8. checkpoint
             if self.step % cfg.save_every == 0 or self.step == cfg.steps:

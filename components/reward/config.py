@@ -30,7 +30,7 @@ class RewardConfig:
     max_length: int = 256
     """Token budget per prompt+response; longer texts lose their *start* (the prompt's beginning), so
     the response and its final token, where the score is read, are always kept."""
-    lr: float = 1e-4
+    lr: float = 3e-4
     """Peak AdamW learning rate, decayed linearly to 0 over training (after ``warmup_ratio``)."""
     warmup_ratio: float = 0.05
     """Fraction of the optimiser steps spent warming the learning rate up linearly from 0."""
@@ -38,8 +38,8 @@ class RewardConfig:
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
     """Gradient clipping by global norm."""
-    epochs: int = 2
-    """Passes over the training pairs."""
+    epochs: int = 3
+    """Passes over the training pairs (3 at lr 3e-4 gave the best held-out accuracy of the CPU runs in the README)."""
     batch_size: int = 8
     """Preference pairs per optimiser step (2 x batch_size sequences in one forward pass)."""
     eval_batch_size: int = 16
@@ -48,7 +48,7 @@ class RewardConfig:
     """Cap on the training pairs (a seeded random subset) to bound CPU time; null = all."""
     seed: int = 0
     """Seed for the head's initialisation, the split and the batch order."""
-    eval_fraction: float = 0.15
+    eval_fraction: float = 0.2
     """Fraction of *prompts* held out for evaluation (all pairs of a prompt land on the same side)."""
     use_margin: bool = True
     """Subtract the pair's ``margin`` column inside the loss (null margins count as 0)."""

@@ -29,7 +29,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from components.base_model import TINY_SPEC, ModelLoadError, resolve_model_dir
+from components.base_model import TINY_SPEC, ModelLoadError, accelerator_device, resolve_model_dir
 from components.generation import position_ids_from_mask
 from components.reward.losses import normalise
 
@@ -209,13 +209,15 @@ class RewardModel:
         self.max_length = int(max_length)
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> RewardModel:
-        """Load a folder written by :meth:`save` (a transformers folder with normalisation in config.json)."""
+    def load(cls, path: str | Path, device: str | torch.device | None = None) -> RewardModel:
+        """Load a folder written by :meth:`save` (a transformers folder with normalisation in config.json)
+        onto ``device`` (default: the accelerator's device, see :func:`accelerator_device`)."""
         path = Path(path)
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{path}: no reward model here (no config.json); run the train_reward stage first")
         tok = AutoTokenizer.from_pretrained(str(path))
-        model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=torch.float32).to(device)
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=torch.float32)
+        model = model.to(device if device is not None else accelerator_device())
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         norm = getattr(model.config, NORMALIZATION_KEY, None) or {}
@@ -239,6 +241,11 @@ class RewardModel:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def to(self, device: str | torch.device) -> RewardModel:
+        """Move the weights to ``device`` (PPO puts the scorer on its accelerator's device); returns self."""
+        self.model.to(device)
+        return self
 
     @torch.no_grad()
     def raw_scores(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 16) -> torch.Tensor:

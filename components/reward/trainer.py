@@ -16,8 +16,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,7 +28,9 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from components.config import to_dict
+from components.fsutil import atomic_dir
 from components.lineage import code_revision, data_version
+from components.progress import Progress, report
 from components.reward.config import RewardConfig
 from components.reward.losses import (
     bradley_terry_loss,
@@ -156,6 +156,7 @@ def _fit(
     cfg: RewardConfig,
     step_log: Path,
     val: Pairs | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Optimise; with ``val`` keep the weights of the evaluation point with the lowest validation loss
     (early stopping), and with ``cfg.average_epochs`` average the weights of the last epochs' ends."""
@@ -174,7 +175,7 @@ def _fit(
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None  # (val loss, step, weights)
     val_curve: list[dict[str, float]] = []
     epoch_ends: list[dict[str, torch.Tensor]] = []
-    bar = tqdm(total=total, desc="reward model", unit="step", mininterval=2.0)
+    bar = tqdm(total=total, desc="reward model", unit="step", mininterval=2.0, disable=progress is not None)
     with open(step_log, "w", encoding="utf-8") as logf, bar:
         for epoch in range(cfg.epochs):
             for idx in _batches(len(train), cfg.batch_size, gen):
@@ -208,6 +209,7 @@ def _fit(
                     logf.flush()
                 bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.2f}")
                 bar.update(1)
+                report(progress, step, total, f"reward model loss {loss.item():.3f}")
                 if val is not None and len(val) and step - epoch * steps_per_epoch in eval_points:
                     v = _validation_loss(model, tok, val, cfg)
                     val_curve.append({"step": step, "loss": round(v, 6)})
@@ -319,20 +321,17 @@ def write_step_table(step_log: Path, csv_path: Path, png_path: Path) -> None:
     plt.close(fig)
 
 
-def _replace_dir(staging: Path, target: Path) -> None:
-    if target.exists():
-        shutil.rmtree(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging.rename(target)
-
-
 # ---------------------------------------------------------------------------------------------
 # The stage
 # ---------------------------------------------------------------------------------------------
 
 
 def fit_reward_model(
-    train: Pairs, cfg: RewardConfig, step_log: Path, device: str | torch.device | None = None
+    train: Pairs,
+    cfg: RewardConfig,
+    step_log: Path,
+    device: str | torch.device | None = None,
+    progress: Progress | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]:
     """Steps 2-3: build the model, optimise it on ``train`` and return it (LoRA merged) with its
     training metrics. With ``cfg.val_fraction`` > 0 that share of the training *prompts* is set aside
@@ -348,7 +347,7 @@ def fit_reward_model(
     trainable = select_trainable(model, cfg)
     log.info("reward model on %s: %d of %d parameters train (%s)", cfg.backbone, count_trainable(trainable),
              sum(p.numel() for p in model.parameters()), cfg.trainable)  # fmt: skip
-    train_metrics = _fit(model, trainable, tok, train, cfg, step_log, val)
+    train_metrics = _fit(model, trainable, tok, train, cfg, step_log, val, progress)
     if train_metrics["truncated_texts"]:
         log.warning("%d texts were longer than reward.max_length=%d and lost their start",
                     train_metrics["truncated_texts"], cfg.max_length)  # fmt: skip
@@ -362,8 +361,12 @@ def train_reward(
     metrics_dir: Path,
     *,
     project_root: Path | None = None,
+    progress: Progress | None = None,
 ) -> RewardResult:
-    """Train, evaluate, normalise and save a reward model; returns its folder and metrics."""
+    """Train, evaluate, normalise and save a reward model; returns its folder and metrics.
+
+    The manifest records a fresh ``version`` and, under ``check``, the raw scores the trained model (before
+    saving) gave the first held-out pairs, so a reload can be compared with the model that was trained."""
     pairs_path, out_dir, metrics_dir = Path(pairs_path), Path(out_dir), Path(metrics_dir)
     root = Path(project_root) if project_root else Path.cwd()
     metrics_dir.mkdir(parents=True, exist_ok=True)
@@ -383,7 +386,7 @@ def train_reward(
 
     # 2.-3. model and optimisation
     step_log = metrics_dir / STEP_LOG
-    model, tok, train_metrics = fit_reward_model(train, cfg, step_log)
+    model, tok, train_metrics = fit_reward_model(train, cfg, step_log, progress=progress)
 
     # 4. normalise over the training prompts' responses (chosen and rejected)
     norm_set = train
@@ -396,8 +399,15 @@ def train_reward(
     train_metrics["accuracy_pairs"] = len(norm_set)
 
     # 5. evaluate on held-out prompts
+    check: dict[str, Any] = {}
     if len(held):
         ev_c, ev_r = score_pairs(model, tok, held, cfg, desc="held-out eval")
+        n_check = min(4, len(held))
+        check = {
+            "heldout_pairs": n_check,
+            "raw_chosen": [round(float(x), 6) for x in ev_c[:n_check]],
+            "raw_rejected": [round(float(x), 6) for x in ev_r[:n_check]],
+        }
         margins = torch.tensor(held.margins) if cfg.use_margin else None
         eval_metrics = evaluate_scores(ev_c, ev_r, margins, mean, std)
         eval_metrics["raw_mean_margin"] = round((ev_c - ev_r).mean().item(), 6)
@@ -417,8 +427,11 @@ def train_reward(
     }
 
     # 6. save
+    from components.registry import new_version  # the reading side of the registry: no BentoML import
+
     manifest = {
         "kind": "reward_model",
+        "version": new_version("rm-"),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "backbone": cfg.backbone,
         "data": {
@@ -429,17 +442,13 @@ def train_reward(
         "params": to_dict(cfg),
         "metrics": metrics,
         "normalization": {"mean": mean, "std": std, "max_length": cfg.max_length},
+        "check": check,
         "code_revision": code_revision(root),
         "versions": {"torch": torch.__version__, "transformers": _transformers_version()},
     }
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".reward-staging-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir, replace=True) as staging:
         RewardModel(model, tok, mean=mean, std=std, max_length=cfg.max_length).save(staging)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        _replace_dir(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful rename
     (metrics_dir / METRICS_JSON).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     write_step_table(step_log, metrics_dir / STEP_CSV, metrics_dir / STEP_PNG)
     return RewardResult(model_dir=out_dir, metrics=metrics, manifest=manifest)

@@ -18,7 +18,7 @@ def test_seed_with_smollm2_makes_gold_ranked_pairs(tmp_path, monkeypatch):
     paths = init_project(tmp_path / "proj")
     model, tok = load_base("smollm2-135m-instruct")
     cfg = dataclasses.replace(DataConfig(), seed_prompts=4, replies_per_prompt=2, max_new_tokens=24, batch_size=8)
-    result = seed_demo_feedback(paths, cfg, model, tok, system="Answer briefly.", progress=False)
+    result = seed_demo_feedback(paths, cfg, model, tok, system="Answer briefly.", progress=None)
     pairs = load(paths, "pairs")
     assert result.ingest.version and len(pairs) == result.stats["pairs"] >= 1
     for row in pairs.itertuples():

@@ -1,5 +1,5 @@
 """The reward model on the real default backbone (SmolLM2-135M-Instruct): builds, scores padding-invariantly,
-trains its top blocks on a few pairs, and reloads with identical scores."""
+trains its top blocks on a few pairs, and reloads scoring as the trained model did."""
 
 import pandas as pd
 import pytest
@@ -37,6 +37,14 @@ def test_smollm2_reward_model_trains_and_reloads(tmp_path):
     result = train_reward(pairs, cfg, tmp_path / "reward", tmp_path / "metrics", project_root=tmp_path)
     assert result.metrics["train"]["last_epoch_loss"] < 0.69  # below the loss of a coin flip (log 2)
     assert result.metrics["eval"]["accuracy"] >= 0.75
+    # the reload scores the held-out pairs as the trained model did before saving (recorded in the manifest)
+    from components.reward.pairs import read_pairs, split_by_prompt
+
+    check = result.manifest["check"]
+    _, eval_idx = split_by_prompt(read_pairs(pairs), cfg.eval_fraction, cfg.seed)
+    held = read_pairs(pairs).subset(eval_idx[: check["heldout_pairs"]])
     loaded = RewardModel.load(result.model_dir)
-    again = RewardModel.load(result.model_dir)
-    assert torch.equal(loaded.score(prompts, chosen), again.score(prompts, chosen))
+    assert torch.allclose(loaded.raw_scores(held.prompts, held.chosen), torch.tensor(check["raw_chosen"]), atol=1e-3)
+    assert torch.allclose(
+        loaded.raw_scores(held.prompts, held.rejected), torch.tensor(check["raw_rejected"]), atol=1e-3
+    )

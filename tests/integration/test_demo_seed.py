@@ -4,6 +4,7 @@ import dataclasses
 import json
 
 import pandas as pd
+import pytest
 
 from components.demo_task import load_prompts
 from components.demo_task.seed import label_pairs, seed_demo_feedback
@@ -52,7 +53,7 @@ def test_seed_demo_feedback_makes_a_dvc_version(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("RLHF_DVC_REMOTE", str(tmp_path / "remote"))
     paths = init_project(tmp_path / "proj")
     model, tok = tiny
-    result = seed_demo_feedback(paths, TINY_DATA, model, tok, system="Be brief.", progress=False)
+    result = seed_demo_feedback(paths, TINY_DATA, model, tok, system="Be brief.", progress=None)
     train = [json.loads(x)["prompt"] for x in (paths.prompts / "train.jsonl").read_text().splitlines()]
     assert train == [p["prompt"] for p in load_prompts("train")]
     assert (paths.prompts / "heldout.jsonl").is_file()
@@ -66,3 +67,37 @@ def test_seed_demo_feedback_makes_a_dvc_version(tiny, tmp_path, monkeypatch):
     stored = pd.read_parquet(paths.feedback / "pairs.parquet") if len(v.accepted) else None
     if stored is not None:
         assert set(stored.annotator) == {"gold"} and (stored.margin > 0).all()
+
+
+def test_seed_stages_sample_label_ingest_and_a_retry_never_resamples(tmp_path, monkeypatch):
+    from dataclasses import asdict
+
+    from components import stages
+    from components.config import ModelConfig
+
+    monkeypatch.setenv("RLHF_DVC_REMOTE", str(tmp_path / "remote"))
+    paths = init_project(tmp_path / "proj")
+    model = ModelConfig(base="tiny")
+    data = dataclasses.replace(TINY_DATA, seed_prompts=24)
+    calls = []
+    sample = stages.sample_seed(data, paths, model=model, progress=lambda d, t, n: calls.append((d, t)))
+    assert not sample.reused and sample.replies == data.seed_prompts * data.replies_per_prompt
+    assert calls[-1][0] == calls[-1][1] > 0  # progress reached its total
+    labels = stages.label_seed(data, paths, sample=sample)
+    ingest = stages.ingest_seed(data, paths, labels=labels, push=False)
+    assert ingest.rows_in == labels.pairs == ingest.accepted + ingest.quarantined
+    assert ingest.version == data_version(paths) and not ingest.reused and ingest.accepted > 0
+    for result in (sample, labels, ingest):
+        json.dumps(asdict(result))  # the stage API's results are JSON-serialisable
+
+    # a retry: the replies file is reused (nothing sampled: the base model is not even loaded) ...
+    import components.base_model as base_model
+
+    monkeypatch.setattr(base_model, "load_base", lambda *a, **k: pytest.fail("a retry sampled again"))
+    again = stages.sample_seed(data, paths, model=model)
+    assert again.reused and again.path == sample.path
+    # ... and the same labels are not stored twice: same data version, same totals
+    relabelled = stages.label_seed(data, paths, sample=again)
+    retried = stages.ingest_seed(data, paths, labels=relabelled, push=False)
+    assert retried.reused and retried.version == ingest.version == data_version(paths)
+    assert len(pd.read_parquet(paths.pairs)) == ingest.totals["pairs"]

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from components.base_model import load_base
 from components.ppo.checkpoint import CheckpointError, latest_checkpoint
 from components.ppo.scorers import CountScorer, load_scorer
-from components.ppo.train import run
+from components.ppo.train import exported_policy, run
 
 PROMPTS = [
     "My order is late.",
@@ -93,7 +93,7 @@ def test_known_reward_rises_while_kl_stays_bounded(tmp_path):
     assert max(kls) < 25.0, f"KL ran away: {kls}"
     assert result.metrics[-1]["objective/kl_coef"] > 0.1, "adaptive controller did not react to KL above target"
     # exported folder is a normal transformers model that loads and has the manifest
-    out = tmp_path / "models" / "policy"
+    out = exported_policy(tmp_path)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["base"] == "tiny" and manifest["metrics"]["steps"] == 10
     assert (tmp_path / "metrics" / "ppo_log.jsonl").read_text().count("\n") == 10
@@ -113,7 +113,7 @@ def assert_export_differs_from_base(out: Path) -> None:
 
 def test_lora_export_is_merged_and_differs_from_base(tmp_path):
     run(project(tmp_path, steps=2, lora=True, lora_r=4, lora_alpha=8), tmp_path)
-    out = tmp_path / "models" / "policy"
+    out = exported_policy(tmp_path)
     assert not (out / "adapter_config.json").exists(), "LoRA must be merged on export"
     assert_export_differs_from_base(out)
 
@@ -142,8 +142,8 @@ def test_bf16_autocast_path_trains(tmp_path, bf16_autocast, lora):
         bad = {k: v for k, v in m.items() if isinstance(v, float) and not torch.isfinite(torch.tensor(v))}
         assert not bad, f"non-finite metrics under bf16 autocast: {bad}"
     assert result.metrics[-1]["policy/approx_kl"] > 0.0, "the update did not move the policy"
-    assert_export_differs_from_base(tmp_path / "models" / "policy")
-    saved = load_file(str(tmp_path / "models" / "policy" / "model.safetensors"))
+    assert_export_differs_from_base(exported_policy(tmp_path))
+    saved = load_file(str(exported_policy(tmp_path) / "model.safetensors"))
     assert {t.dtype for t in saved.values()} == {torch.float32}, "the export must keep full-precision weights"
 
 
@@ -250,7 +250,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path):
     k = int(latest_checkpoint(ckpts).name.removeprefix("step_"))
     assert 2 <= k < 6, k
     logged_at_kill = log_steps(log)
-    assert not (b / "models" / "policy").exists()
+    assert exported_policy(b) is None
 
     proc = subprocess.run([*cmd, "--resume"], cwd=b, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -269,12 +269,12 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path):
     csv_steps = [line.split(",")[0] for line in (b / "metrics" / "ppo_log.csv").read_text().splitlines()[1:]]
     assert csv_steps == ["1", "2", "3", "4", "5", "6"]
     # The exported policy (LoRA merged) has the same weights.
-    wa = load_file(a / "models" / "policy" / "model.safetensors")
-    wb = load_file(b / "models" / "policy" / "model.safetensors")
+    wa = load_file(exported_policy(a) / "model.safetensors")
+    wb = load_file(exported_policy(b) / "model.safetensors")
     assert wa.keys() == wb.keys()
     for name, tensor in wa.items():
         assert torch.allclose(wb[name], tensor, atol=1e-6, rtol=0), name
-    assert json.loads((b / "models" / "policy" / "manifest.json").read_text())["metrics"]["steps"] == 6
+    assert json.loads((exported_policy(b) / "manifest.json").read_text())["metrics"]["steps"] == 6
 
 
 def test_resume_without_a_checkpoint_starts_fresh_with_a_warning(tmp_path, caplog):
@@ -337,7 +337,7 @@ def test_two_processes_with_accelerate_launch(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    manifest = json.loads((tmp_path / "models" / "policy" / "manifest.json").read_text())
+    manifest = json.loads((exported_policy(tmp_path) / "manifest.json").read_text())
     assert manifest["processes"] == 2
     rows = [json.loads(x) for x in (tmp_path / "metrics" / "ppo_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
@@ -346,3 +346,35 @@ def test_two_processes_with_accelerate_launch(tmp_path):
     r0, r1 = (torch.load(ckpt / f"rng_rank{r}.pt", weights_only=False)["torch"] for r in (0, 1))
     assert not torch.equal(r0, r1), "each process must have its own seed"
     shutil.rmtree(tmp_path / "models")
+
+
+def test_scorer_and_policy_sit_on_the_accelerators_device(tmp_path):
+    """The reward model used to stay on the CPU whatever the trainer's device; it now follows the policy."""
+    from components.config import ModelConfig, load_section
+    from components.paths import ProjectPaths
+    from components.ppo.config import PPOConfig
+    from components.ppo.trainer import PPOTrainer
+
+    class Spy(CountScorer):
+        device = None
+
+        def to(self, device):
+            self.device = torch.device(device)
+            return self
+
+    params = project(tmp_path, steps=1)
+    spy = Spy("e")
+    trainer = PPOTrainer(load_section(PPOConfig, "ppo", params), ModelConfig(base="tiny"), spy, ProjectPaths(tmp_path))
+    assert spy.device == trainer.acc.device
+    assert next(trainer.unwrapped.parameters()).device.type == trainer.acc.device.type
+
+
+def test_policy_versions_are_new_folders_never_replaced(tmp_path):
+    first = run(project(tmp_path, steps=1, save_every=1), tmp_path).export_dir
+    second = run(project(tmp_path, steps=1, save_every=1), tmp_path).export_dir
+    assert first != second and first.parent == second.parent == tmp_path / "models" / "policy"
+    assert (first / "model.safetensors").is_file() and (second / "model.safetensors").is_file()
+    assert exported_policy(tmp_path) == second
+    m = json.loads((second / "manifest.json").read_text())
+    assert m["version"] == second.name and m["parent"] == "base-tiny"
+    assert {"data_version", "reward_model", "code_revision", "params"} <= set(m)

@@ -107,6 +107,28 @@ def test_outputs_metrics_and_manifest(trained):
     assert (result.model_dir / "config.json").is_file() and (result.model_dir / "tokenizer.json").is_file()
 
 
+def test_reload_scores_like_the_trained_model(trained):
+    """The trainer records the raw scores its in-memory model gave the first held-out pairs; the saved folder,
+    reloaded, must give the same (a save that dropped or re-initialised the head would not)."""
+    _, pairs_path, result = trained
+    check = result.manifest["check"]
+    n = check["heldout_pairs"]
+    assert n == 4 and len(check["raw_chosen"]) == len(check["raw_rejected"]) == n
+    pairs = read_pairs(pairs_path)
+    _, eval_idx = split_by_prompt(pairs, TOY_CFG.eval_fraction, TOY_CFG.seed)
+    held = pairs.subset(eval_idx[:n])
+    loaded = RewardModel.load(result.model_dir)
+    assert loaded.device.type == "cpu"  # the accelerator's device on this machine (no GPU)
+    raw_c = loaded.raw_scores(held.prompts, held.chosen)
+    raw_r = loaded.raw_scores(held.prompts, held.rejected)
+    assert torch.allclose(raw_c, torch.tensor(check["raw_chosen"]), atol=1e-4)
+    assert torch.allclose(raw_r, torch.tensor(check["raw_rejected"]), atol=1e-4)
+    # and a model with a fresh head on the same backbone does not
+    fresh, tok = build_reward_model("tiny", seed=123)
+    other = RewardModel(fresh, tok).raw_scores(held.prompts, held.chosen)
+    assert not torch.allclose(other, torch.tensor(check["raw_chosen"]), atol=1e-4)
+
+
 def test_save_load_identical_scores_and_normalisation(trained):
     _, pairs_path, result = trained
     a = RewardModel.load(result.model_dir)

@@ -8,10 +8,8 @@ import pytest
 from components.stats import (
     best_of_n_kl,
     best_of_n_weights,
-    compare,
     mean_interval,
     wilson_interval,
-    win_rate,
 )
 
 
@@ -34,20 +32,6 @@ def test_mean_interval_uses_the_sample_standard_deviation():
     half = 1.959963984540054 * math.sqrt((5 / 3) / 4)
     assert est.value == 2.5 and est.low == pytest.approx(2.5 - half) and est.high == pytest.approx(2.5 + half)
     assert mean_interval([7.0]).low == 7.0
-
-
-def test_win_rate_counts_ties_half_and_averages_over_prompts():
-    assert [compare(2, 1), compare(1, 1), compare(0, 1)] == [1.0, 0.5, 0.0]
-    # prompt 0: 1 vs {0, 1} -> (1 + .5) / 2 = .75; prompt 1: {3, 0} vs {2} -> (1 + 0) / 2 = .5
-    est = win_rate([[1.0], [3.0, 0.0]], [[0.0, 1.0], [2.0]])
-    assert est.value == pytest.approx(0.625) and est.n == 2
-    assert est.low < 0.625 < est.high and est.low >= 0.0 and est.high <= 1.0
-    always = win_rate([[2.0, 2.0]] * 5, [[1.0]] * 5)
-    assert always.value == always.low == always.high == 1.0
-    with pytest.raises(ValueError, match="2 candidate prompts but 1"):
-        win_rate([[1.0], [1.0]], [[1.0]])
-    with pytest.raises(ValueError, match="prompt 0"):
-        win_rate([[]], [[1.0]])
 
 
 def test_best_of_n_weights_equal_the_brute_force_over_all_subsets():

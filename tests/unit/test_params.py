@@ -1,0 +1,52 @@
+"""The whole params file is validated up front; every section's defaults equal params.yaml."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.config import ConfigError, ModelConfig
+from components.evaluation import EvalConfig
+from components.feedback.config import DataConfig
+from components.gate import GateConfig
+from components.params import SECTIONS, load_params
+from components.ppo.config import PPOConfig
+from components.reward.config import RewardConfig
+
+PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
+
+
+def test_every_section_of_params_yaml_equals_its_dataclass_defaults():
+    p = load_params(PARAMS)
+    assert p.reward == RewardConfig()
+    assert p.ppo == PPOConfig() and p.data == DataConfig() and p.model == ModelConfig()
+    assert p.eval == EvalConfig() and p.gate == GateConfig()
+    assert set(yaml.safe_load(PARAMS.read_text())) == set(SECTIONS)
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "message"),
+    [
+        ("reward", {"epochs": "three"}, r"reward\.epochs"),
+        ("ppo", {"stepz": 3}, r"unknown key ppo\.stepz"),
+        ("eval", {"samples_per_prompt": 0}, "samples_per_prompt"),
+        ("gate", {"min_win_rate": 1.5}, "min_win_rate"),
+    ],
+)
+def test_a_typo_in_any_section_is_reported_with_file_and_key(tmp_path, section, values, message):
+    raw = yaml.safe_load(PARAMS.read_text())
+    raw[section].update(values)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=message) as info:
+        load_params(path)
+    assert str(path) in str(info.value)
+
+
+def test_unknown_section_and_missing_file_are_errors(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("rewards: {}\n")
+    with pytest.raises(ConfigError, match="unknown section 'rewards'"):
+        load_params(path)
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_params(tmp_path / "missing.yaml")
