@@ -6,6 +6,7 @@ Heavy imports (torch, transformers, Prefect, BentoML, Great Expectations) happen
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager

@@ -1,8 +1,10 @@
 """The bundled demo task: customer-support prompts written for this project, and a gold annotator.
 
-``prompts.jsonl`` (package data) holds 240 prompts over 11 topics (shipping, returns, billing, account,
-technical, product, subscription, order changes, policy, complaints, general), each tagged ``train`` (200)
-or ``heldout`` (40; every sixth prompt, so every topic is represented).
+``prompts.jsonl`` (package data) holds 440 prompts over 11 topics (shipping, returns, billing, account,
+technical, product, subscription, order changes, policy, complaints, general), each tagged ``train`` (400)
+or ``heldout`` (40). The first 240 lines are the original set (every sixth prompt held out, so every topic
+is represented); the 200 lines after them were written later, on new subjects, and are all ``train``, so
+the held-out prompts stay the same 40.
 """
 
 from __future__ import annotations

@@ -21,9 +21,12 @@ class DataConfig:
     """Replies sampled per prompt from the base policy; the gold annotator's best and worst make a pair. More
     replies give wider, clearer preference gaps (mean gold gap 1.15 for best-vs-worst of 6, 0.53 for 2): on the
     CPU demo the reward model's held-out accuracy went from 64.3 % (2 replies) to 75.0 % (6 replies)."""
-    pairs_per_prompt: int = 1
+    pairs_per_prompt: int = 2
     """Disjoint pairs taken per prompt from its ranked replies: best vs worst, then 2nd best vs 2nd worst, ...
-    (each needs two more distinct replies and a gap of at least ``min_gold_gap``)."""
+    (each needs two more distinct replies and a gap of at least ``min_gold_gap``). Measured
+    (``bench/reward_splits.py``, 3 prompt splits of 100 held-out best-vs-worst pairs, same replies): 2 pairs per
+    prompt lift the reward model's held-out accuracy from 72.7 % to 83.0 % with no extra sampling; the cost is
+    twice the reward-model training steps (320 pairs instead of 160)."""
     max_new_tokens: int = 32
     """Tokens per sampled seed reply. Measured on a 2-core CPU: 200 prompts x 6 replies x 32 tokens of
     SmolLM2-135M in batches of 64 took about 3 minutes on idle cores (about 10 s per batch); shared cores

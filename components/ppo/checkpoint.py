@@ -112,6 +112,7 @@ def save_checkpoint(
     fingerprint: str,
     params: dict[str, Any],
     prompt_rng: dict[str, Any],
+    score_norm: tuple[float, float] | None = None,
 ) -> Path:
     """Write step ``step``'s checkpoint (every process writes its RNG; the main process the rest)."""
     final = root / f"step_{step:06d}"
@@ -138,6 +139,7 @@ def save_checkpoint(
             "optimizer": optimizer,
             "scheduler": scheduler,
             "kl_ctl": kl_ctl,
+            "score_norm": list(score_norm) if score_norm is not None else None,
             "metrics": metrics,
             "fingerprint": fingerprint,
             "world_size": accelerator.num_processes,

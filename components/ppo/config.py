@@ -68,6 +68,14 @@ class PPOConfig:
     """Controller horizon in samples (Ziegler et al.: 10000). Each step multiplies beta by at most
     ``1 ± 0.2 * batch_size / kl_horizon``; 64 lets beta move up to 5 % per 16-sample demo step (at 256 it moved
     about 1 % per step and barely changed in a 16-step run)."""
+    reward_normalization: Literal["model", "rollouts"] = "model"
+    """How scores are normalised before PPO adds the KL penalty: ``model`` uses the scorer's own scale (the
+    reward model's statistics from its training pairs); ``rollouts`` first samples ``normalization_samples``
+    replies from the initial policy at ``temperature`` (what PPO's first rollouts look like), and makes the
+    scores mean 0 and std 1 on them (Ziegler et al. 2019 normalise on samples of the policy likewise). The
+    statistics are measured once, at step 0, and kept in checkpoints."""
+    normalization_samples: int = 64
+    """With ``reward_normalization: rollouts``: replies (per process) the statistics are measured on."""
     whiten_rewards: bool = False
     """Whiten the KL-shaped per-token rewards per batch (TRL ``whiten_rewards``); the RM is normalised already."""
 
@@ -129,6 +137,8 @@ class PPOConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.normalization_samples < 2:
+            raise ValueError(f"normalization_samples must be >= 2, got {self.normalization_samples}")
         if self.top_k != 0 or self.top_p != 1.0:
             # PPO's log-probs come from the full softmax; a filtered sampler would make them off-policy.
             raise ValueError("PPO needs top_k=0 and top_p=1.0 (log-probs are computed from the unfiltered softmax)")

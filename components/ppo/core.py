@@ -97,6 +97,19 @@ def kl_per_token(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: KLEstima
     raise ValueError(f"unknown KL estimator {estimator!r} (use 'k1' or 'k3')")
 
 
+def score_stats(scores: torch.Tensor, eps: float = 1e-6) -> tuple[float, float]:
+    """Mean and population std of a 1-D tensor of scores (std floored at ``eps``)."""
+    if scores.numel() < 2:
+        raise ValueError("score_stats needs at least two scores")
+    s = scores.double()
+    return s.mean().item(), max(s.std(unbiased=False).item(), eps)
+
+
+def normalise_scores(scores: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """``(scores - mean) / std``: scores on the scale PPO's KL coefficient and penalties are set for."""
+    return (scores - mean) / std  # shape: (B,)
+
+
 def apply_missing_eos_penalty(scores: torch.Tensor, ended: torch.Tensor, penalty: float) -> torch.Tensor:
     """Subtract ``penalty`` from the score of every reply that hit ``max_new_tokens`` without EOS.
 

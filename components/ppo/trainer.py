@@ -263,6 +263,8 @@ class PPOTrainer:
         self.fingerprint = fingerprint(cfg, model_cfg, scorer_id, self.acc.num_processes)
         self.step = 0
         self.metrics: list[dict[str, float]] = []
+        self.score_norm: tuple[float, float] | None = None
+        """(mean, std) the scores are normalised with (``reward_normalization: rollouts``), set at step 0."""
         n_train = sum(p.numel() for p in params)
         if self.acc.is_main_process:
             log.info(
@@ -351,11 +353,31 @@ class PPOTrainer:
     # -- 3. score ----------------------------------------------------------------------------
 
     def score(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw scores and scores after the missing-EOS penalty, both (B,)."""
+        """Raw scores and the scores PPO optimises (normalised, then the missing-EOS penalty), both (B,)."""
         raw = self.scorer.score(batch.prompts, batch.texts).float().to(self.acc.device)  # shape: (B,)
         if raw.shape != (len(batch.prompts),):
             raise ValueError(f"scorer returned shape {tuple(raw.shape)}, expected ({len(batch.prompts)},)")
-        return raw, core.apply_missing_eos_penalty(raw, batch.ended.to(raw.device), self.cfg.missing_eos_penalty)
+        scores = raw
+        if self.score_norm is not None:
+            scores = core.normalise_scores(raw, *self.score_norm)  # shape: (B,)
+        return raw, core.apply_missing_eos_penalty(scores, batch.ended.to(raw.device), self.cfg.missing_eos_penalty)
+
+    @torch.no_grad()
+    def rollout_score_stats(self) -> tuple[float, float]:
+        """Mean and std of the scorer over ``normalization_samples`` replies of the current policy (per
+        process; pooled over processes), sampled at PPO's temperature from a seeded draw of the prompts."""
+        rng = np.random.default_rng(self.seed + 7919)
+        n = self.cfg.normalization_samples
+        prompts = [self.all_prompts[i] for i in rng.choice(len(self.all_prompts), size=n, replace=True)]
+        scores = []
+        for s in range(0, n, self.cfg.batch_size):
+            part = self.rollout(prompts[s : s + self.cfg.batch_size])
+            scores.append(self.scorer.score(part.prompts, part.texts).float().to(self.acc.device))
+        pooled = self.acc.gather(torch.cat(scores))  # shape: (n * processes,)
+        mean, std = core.score_stats(pooled)
+        if self.acc.is_main_process:
+            log.info("score normalisation on %d policy rollouts: mean %.4f, std %.4f", pooled.numel(), mean, std)
+        return mean, std
 
     # -- 6. update ---------------------------------------------------------------------------
 
@@ -434,6 +456,8 @@ class PPOTrainer:
         if resume:
             self._resume(ckpt_root)
         writer.start(self.metrics)
+        if cfg.reward_normalization == "rollouts" and self.score_norm is None:
+            self.score_norm = self.rollout_score_stats()
         steps_run = 0
         progress_log = _progress(cfg.steps, self.step, acc.is_main_process)
         while self.step < cfg.steps:
@@ -555,6 +579,7 @@ class PPOTrainer:
             fingerprint=self.fingerprint,
             params={"ppo": to_dict(self.cfg), "model": to_dict(self.model_cfg)},
             prompt_rng=self.prompt_rng.bit_generator.state,
+            score_norm=self.score_norm,
         )
 
     def _resume(self, root: Path) -> None:
@@ -576,6 +601,8 @@ class PPOTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.kl_ctl.load_state_dict(state["kl_ctl"])
+        norm = state.get("score_norm")
+        self.score_norm = (float(norm[0]), float(norm[1])) if norm is not None else None
         self.metrics = list(state["metrics"])
         self.step = int(state["step"])
         self.prompt_rng.bit_generator.state = state["rng"]["prompt_rng"]

@@ -63,6 +63,15 @@ class RewardConfig:
     estimated from; null = all. lm-human-preferences estimates them from 256 samples likewise."""
     log_every: int = 1
     """Write a line to the step log every this many optimiser steps."""
+    val_fraction: float = 0.0
+    """Early stopping: this share of the training *prompts* (with their pairs) is set aside as a validation
+    split, the validation loss is measured ``evals_per_epoch`` times per epoch, and the weights of the
+    lowest one are kept; 0 = off (train for ``epochs`` and keep the last weights)."""
+    evals_per_epoch: int = 2
+    """With ``val_fraction`` > 0: validation points per epoch."""
+    average_epochs: int = 0
+    """Checkpoint averaging: keep the mean of the trainable weights at the ends of the last this many
+    epochs instead of the last weights; 0 or 1 = off. Ignored when early stopping is on."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.eval_batch_size < 1:
@@ -85,3 +94,9 @@ class RewardConfig:
             raise ValueError("normalize_max_pairs must be >= 1 or null")
         if self.log_every < 1:
             raise ValueError("log_every must be >= 1")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.evals_per_epoch < 1:
+            raise ValueError("evals_per_epoch must be >= 1")
+        if not 0 <= self.average_epochs <= self.epochs:
+            raise ValueError(f"average_epochs must be in [0, epochs={self.epochs}], got {self.average_epochs}")

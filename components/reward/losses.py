@@ -22,7 +22,7 @@ def bradley_terry_loss(
     """
     diff = r_chosen - r_rejected  # shape: (B,)
     if margin is not None:
-        diff = diff - margin.to(diff.dtype)  # shape: (B,)
+        diff = diff - margin.to(device=diff.device, dtype=diff.dtype)  # shape: (B,)
     return -F.logsigmoid(diff).mean()
 
 

@@ -90,3 +90,15 @@ def file_md5(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def first_pair_per_prompt(pairs: Pairs) -> np.ndarray:
+    """Row index of each prompt's first pair, in file order. The demo's seeding writes a prompt's best-vs-worst
+    pair first, so these rows are the widest-gap pairs: the comparison held-out accuracy is quoted on."""
+    seen: set[str] = set()
+    rows = []
+    for i, prompt in enumerate(pairs.prompts):
+        if prompt not in seen:
+            seen.add(prompt)
+            rows.append(i)
+    return np.array(rows, dtype=int)

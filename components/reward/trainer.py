@@ -46,7 +46,7 @@ from components.reward.model import (
     pair_scores,
     transformer_layers,
 )
-from components.reward.pairs import Pairs, file_md5, read_pairs, split_by_prompt
+from components.reward.pairs import Pairs, file_md5, first_pair_per_prompt, read_pairs, split_by_prompt
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,33 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[list[i
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
+def _trainable_state(trainable: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of the weights that train (the only ones early stopping or averaging changes)."""
+    return {n: p.detach().clone() for n, p in trainable.named_parameters() if p.requires_grad}
+
+
+@torch.no_grad()
+def _load_trainable(trainable: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    for n, p in trainable.named_parameters():
+        if n in state:
+            p.copy_(state[n])
+
+
+def average_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of several snapshots of the same weights (checkpoint averaging)."""
+    if not states:
+        raise ValueError("average_states needs at least one snapshot")
+    return {k: torch.stack([s[k].float() for s in states]).mean(0).to(states[0][k].dtype) for k in states[0]}
+
+
+@torch.no_grad()
+def _validation_loss(model: PreTrainedModel, tok: PreTrainedTokenizerBase, val: Pairs, cfg: RewardConfig) -> float:
+    """Bradley-Terry loss (no margin) on the validation pairs; the model is put back in train mode."""
+    r_c, r_r = score_pairs(model, tok, val, cfg, desc="validation")
+    model.train()
+    return bradley_terry_loss(r_c, r_r).item()
+
+
 def _fit(
     model: PreTrainedModel,
     trainable: torch.nn.Module,
@@ -128,8 +155,11 @@ def _fit(
     train: Pairs,
     cfg: RewardConfig,
     step_log: Path,
+    val: Pairs | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
+    """Optimise; with ``val`` keep the weights of the evaluation point with the lowest validation loss
+    (early stopping), and with ``cfg.average_epochs`` average the weights of the last epochs' ends."""
     params = [p for p in trainable.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = -(-len(train) // cfg.batch_size)
@@ -141,6 +171,10 @@ def _fit(
     step, truncated, t0 = 0, 0, time.perf_counter()
     last_losses: list[float] = []
     last_accs: list[float] = []
+    eval_points = {max(1, round(j * steps_per_epoch / cfg.evals_per_epoch)) for j in range(1, cfg.evals_per_epoch + 1)}
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None  # (val loss, step, weights)
+    val_curve: list[dict[str, float]] = []
+    epoch_ends: list[dict[str, torch.Tensor]] = []
     bar = tqdm(total=total, desc="reward model", unit="step", mininterval=2.0, disable=progress is not None)
     with open(step_log, "w", encoding="utf-8") as logf, bar:
         for epoch in range(cfg.epochs):
@@ -176,6 +210,21 @@ def _fit(
                 bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.2f}")
                 bar.update(1)
                 report(progress, step, total, f"reward model loss {loss.item():.3f}")
+                if val is not None and len(val) and step - epoch * steps_per_epoch in eval_points:
+                    v = _validation_loss(model, tok, val, cfg)
+                    val_curve.append({"step": step, "loss": round(v, 6)})
+                    if best is None or v < best[0]:
+                        best = (v, step, _trainable_state(trainable))
+            if cfg.average_epochs and epoch >= cfg.epochs - cfg.average_epochs:
+                epoch_ends.append(_trainable_state(trainable))
+    extra: dict[str, Any] = {}
+    if best is not None:
+        _load_trainable(trainable, best[2])
+        extra = {"best_step": best[1], "best_val_loss": round(best[0], 6), "val_pairs": len(val), "val": val_curve}
+        log.info("early stopping: kept step %d of %d (validation loss %.4f)", best[1], total, best[0])
+    elif len(epoch_ends) > 1:
+        _load_trainable(trainable, average_states(epoch_ends))
+        extra = {"averaged_epochs": len(epoch_ends)}
     seconds = time.perf_counter() - t0
     tail = max(1, steps_per_epoch)  # the last epoch's worth of steps
     return {
@@ -189,6 +238,7 @@ def _fit(
         "truncated_texts": truncated,
         "trainable_params": count_trainable(trainable),
         "total_params": sum(p.numel() for p in model.parameters()),
+        **extra,
     }
 
 
@@ -276,6 +326,34 @@ def write_step_table(step_log: Path, csv_path: Path, png_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def fit_reward_model(
+    train: Pairs,
+    cfg: RewardConfig,
+    step_log: Path,
+    device: str | torch.device | None = None,
+    progress: Progress | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]:
+    """Steps 2-3: build the model, optimise it on ``train`` and return it (LoRA merged) with its
+    training metrics. With ``cfg.val_fraction`` > 0 that share of the training *prompts* is set aside
+    to pick the best evaluation point (early stopping). Runs on CUDA when it is available."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    val = None
+    if cfg.val_fraction > 0:
+        fit_idx, val_idx = split_by_prompt(train, cfg.val_fraction, cfg.seed + 2)
+        train, val = train.subset(fit_idx), train.subset(val_idx)
+        log.info("early stopping on %d validation pairs (reward.val_fraction=%s)", len(val), cfg.val_fraction)
+    model, tok = build_reward_model(cfg.backbone, seed=cfg.seed)
+    model.to(device)
+    trainable = select_trainable(model, cfg)
+    log.info("reward model on %s: %d of %d parameters train (%s)", cfg.backbone, count_trainable(trainable),
+             sum(p.numel() for p in model.parameters()), cfg.trainable)  # fmt: skip
+    train_metrics = _fit(model, trainable, tok, train, cfg, step_log, val, progress)
+    if train_metrics["truncated_texts"]:
+        log.warning("%d texts were longer than reward.max_length=%d and lost their start",
+                    train_metrics["truncated_texts"], cfg.max_length)  # fmt: skip
+    return _merged(trainable), tok, train_metrics
+
+
 def train_reward(
     pairs_path: Path,
     cfg: RewardConfig,
@@ -306,19 +384,9 @@ def train_reward(
     if len(train) == 0:
         raise ValueError(f"{pairs_path}: no training pairs left after the held-out split; add feedback")
 
-    # 2. model
-    model, tok = build_reward_model(cfg.backbone, seed=cfg.seed)
-    trainable = select_trainable(model, cfg)
-    log.info("reward model on %s: %d of %d parameters train (%s)", cfg.backbone, count_trainable(trainable),
-             sum(p.numel() for p in model.parameters()), cfg.trainable)  # fmt: skip
-
-    # 3. optimise
+    # 2.-3. model and optimisation
     step_log = metrics_dir / STEP_LOG
-    train_metrics = _fit(model, trainable, tok, train, cfg, step_log, progress)
-    if train_metrics["truncated_texts"]:
-        log.warning("%d texts were longer than reward.max_length=%d and lost their start",
-                    train_metrics["truncated_texts"], cfg.max_length)  # fmt: skip
-    model = _merged(trainable)
+    model, tok, train_metrics = fit_reward_model(train, cfg, step_log, progress=progress)
 
     # 4. normalise over the training prompts' responses (chosen and rejected)
     norm_set = train
@@ -343,6 +411,10 @@ def train_reward(
         margins = torch.tensor(held.margins) if cfg.use_margin else None
         eval_metrics = evaluate_scores(ev_c, ev_r, margins, mean, std)
         eval_metrics["raw_mean_margin"] = round((ev_c - ev_r).mean().item(), 6)
+        first = torch.as_tensor(first_pair_per_prompt(held))
+        if len(first) < len(held):  # several pairs per prompt: also the accuracy on each prompt's first pair
+            eval_metrics["first_pair_accuracy"] = round(preference_accuracy(ev_c[first], ev_r[first]).item(), 6)
+            eval_metrics["first_pairs"] = len(first)
         log.info("held-out: accuracy %.3f on %d pairs, mean margin %.3f",
                  eval_metrics["accuracy"], len(held), eval_metrics["mean_margin"])  # fmt: skip
     else:

@@ -171,6 +171,46 @@ def test_resume_equals_uninterrupted(tmp_path, value_model):
     assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4]
 
 
+def test_rollout_normalisation_scores_mean_0_std_1_on_the_initial_policy_and_survives_resume(tmp_path):
+    """``reward_normalization: rollouts`` measures the scorer on the initial policy's samples at step 0 and
+    feeds PPO (raw - mean) / std; a resumed run reads the statistics from the checkpoint instead of sampling."""
+    from components.config import ModelConfig, load_section
+    from components.paths import ProjectPaths
+    from components.ppo.config import PPOConfig
+    from components.ppo.trainer import PPOTrainer
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    kw = {"steps": 4, "lora_r": 4, "lora_alpha": 8, "reward_normalization": "rollouts", "normalization_samples": 16}
+    params = project(a, **kw)
+    project(b, **kw)
+    cfg, model_cfg = load_section(PPOConfig, "ppo", params), load_section(ModelConfig, "model", params)
+    trainer = PPOTrainer(cfg, model_cfg, CountScorer("e"), ProjectPaths(a))
+    mean, std = trainer.rollout_score_stats()
+    # the same seeded draw of prompts and replies, scored by hand
+    again = PPOTrainer(cfg, model_cfg, CountScorer("e"), ProjectPaths(a))
+    rng = __import__("numpy").random.default_rng(again.seed + 7919)
+    prompts = [again.all_prompts[i] for i in rng.choice(len(again.all_prompts), size=16, replace=True)]
+    texts = again.rollout(prompts[:8]).texts + again.rollout(prompts[8:]).texts
+    counts = torch.tensor([float(t.count("e")) for t in texts])
+    assert mean == pytest.approx(counts.mean().item()) and std == pytest.approx(counts.std(unbiased=False).item())
+    assert std > 0
+    trainer.score_norm = (mean, std)
+    batch = trainer.rollout(PROMPTS)
+    raw, fed = trainer.score(batch)
+    ended = batch.ended
+    expected = (raw - mean) / std - torch.where(ended, 0.0, cfg.missing_eos_penalty)
+    assert torch.allclose(fed, expected)
+
+    full = run(params, a, export=False)
+    run(params, b, stop_after=2, export=False)
+    resumed = run(params, b, resume=True, export=False)
+    for w, g in zip(numbers(full.metrics), numbers(resumed.metrics)):
+        assert g["objective/score_penalised"] == pytest.approx(w["objective/score_penalised"], abs=1e-6)
+    ckpt = torch.load(latest_checkpoint(b / "models" / "ppo-checkpoints") / "state.pt", weights_only=False)
+    assert ckpt["score_norm"] is not None and len(ckpt["score_norm"]) == 2
+
+
 def log_steps(path: Path) -> list[int]:
     """Steps in a ppo_log.jsonl, skipping a last line a kill cut short."""
     steps = []

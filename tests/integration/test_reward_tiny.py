@@ -213,3 +213,77 @@ def test_lora_mode_saves_a_plain_merged_model(tmp_path):
     q = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(loaded.model.state_dict()[q], base.state_dict()[q])  # adapters merged in
     assert result.metrics["train"]["trainable_params"] < result.metrics["train"]["total_params"]
+
+
+def test_early_stopping_keeps_the_weights_of_the_best_validation_point(tmp_path):
+    """With val_fraction the trainer scores a validation split of the training prompts twice per epoch
+    and restores the weights of the lowest validation loss, so the kept model's validation loss is that
+    minimum, not the last point's."""
+    from dataclasses import replace
+
+    from components.reward.losses import bradley_terry_loss
+    from components.reward.pairs import Pairs
+    from components.reward.trainer import fit_reward_model, score_pairs
+
+    rows = toy_rows(96, seed=3)
+    pairs = Pairs(
+        [r["prompt"] for r in rows], [r["chosen"] for r in rows], [r["rejected"] for r in rows], [0.0] * len(rows)
+    )
+    cfg = replace(TOY_CFG, lr=2e-2, epochs=3, val_fraction=0.25, evals_per_epoch=2, eval_fraction=0.0)
+    model, tok, metrics = fit_reward_model(pairs, cfg, tmp_path / "steps.jsonl", device="cpu")
+    curve = metrics["val"]
+    assert metrics["val_pairs"] == 24 and metrics["pairs"] == 72
+    assert [c["step"] for c in curve] == [4, 9, 13, 18, 22, 27]  # 9 steps per epoch: mid-epoch and epoch end
+    best = min(curve, key=lambda c: c["loss"])
+    assert metrics["best_step"] == best["step"] and metrics["best_val_loss"] == best["loss"]
+    # the kept weights reproduce the best point's validation loss
+    _, val_idx = split_by_prompt(pairs, 0.25, cfg.seed + 2)
+    r_c, r_r = score_pairs(model, tok, pairs.subset(val_idx), cfg)
+    assert bradley_terry_loss(r_c, r_r).item() == pytest.approx(best["loss"], abs=1e-4)
+
+
+def test_checkpoint_averaging_is_the_mean_of_the_epoch_end_weights():
+    from components.reward.trainer import average_states
+
+    a = {"w": torch.tensor([1.0, 2.0]), "b": torch.tensor([0.0])}
+    b = {"w": torch.tensor([3.0, 6.0]), "b": torch.tensor([1.0])}
+    avg = average_states([a, b])
+    assert torch.equal(avg["w"], torch.tensor([2.0, 4.0])) and torch.equal(avg["b"], torch.tensor([0.5]))
+    with pytest.raises(ValueError):
+        average_states([])
+
+
+def test_averaged_model_differs_from_the_last_weights(tmp_path):
+    from dataclasses import replace
+
+    from components.reward.pairs import Pairs
+    from components.reward.trainer import fit_reward_model
+
+    rows = toy_rows(48, seed=4)
+    pairs = Pairs(
+        [r["prompt"] for r in rows], [r["chosen"] for r in rows], [r["rejected"] for r in rows], [0.0] * len(rows)
+    )
+    last_model, _, last = fit_reward_model(pairs, replace(TOY_CFG, epochs=2), tmp_path / "a.jsonl", device="cpu")
+    avg_model, _, avg = fit_reward_model(
+        pairs, replace(TOY_CFG, epochs=2, average_epochs=2), tmp_path / "b.jsonl", device="cpu"
+    )
+    assert avg["averaged_epochs"] == 2 and "averaged_epochs" not in last
+    w_last, w_avg = last_model.score.weight, avg_model.score.weight
+    assert not torch.allclose(w_last, w_avg)  # same run (same seed), different kept weights
+
+
+def test_two_pairs_per_prompt_also_report_the_first_pairs_accuracy(tmp_path):
+    """With several pairs per prompt (data.pairs_per_prompt) the held-out metrics also give the accuracy on
+    each prompt's first (best-vs-worst) pair, the figure comparable with one pair per prompt."""
+    from dataclasses import replace
+
+    rows = toy_rows(40, seed=5)
+    doubled = [r2 for r in rows for r2 in (r, {**r, "chosen": r["chosen"] + " ok", "rejected": r["rejected"] + " ok"})]
+    path = tmp_path / "pairs.parquet"
+    pd.DataFrame(doubled).to_parquet(path)
+    result = train_reward(
+        path, replace(TOY_CFG, epochs=1), tmp_path / "rm", tmp_path / "metrics", project_root=tmp_path
+    )
+    ev = result.metrics["eval"]
+    assert ev["pairs"] == 20 and ev["first_pairs"] == 10
+    assert 0.0 <= ev["first_pair_accuracy"] <= 1.0

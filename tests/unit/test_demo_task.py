@@ -1,18 +1,27 @@
 """The bundled demo prompts and the gold annotator (pure, fast)."""
 
+import re
+
 from components.demo_task import gold, load_prompts
 
 PROMPT = "My package was supposed to arrive on Monday and it still hasn't shown up. What can I do?"
 
 
-def test_at_least_200_unique_prompts_split_train_heldout_without_overlap():
+def _words(text: str) -> str:
+    return " ".join(re.findall(r"[a-z]+", text.lower()))
+
+
+def test_unique_prompts_split_train_heldout_without_overlap():
     all_prompts = load_prompts()
     train, heldout = load_prompts("train"), load_prompts("heldout")
     texts = [p["prompt"] for p in all_prompts]
-    assert len(texts) >= 200 and len(set(texts)) == len(texts)
-    assert len(train) == 200 and len(heldout) == 40 and len(train) + len(heldout) == len(all_prompts)
-    assert not {p["prompt"] for p in train} & {p["prompt"] for p in heldout}
+    assert len(texts) == 440 and len({_words(t) for t in texts}) == len(texts)  # no duplicate up to case/punctuation
+    assert len(train) == 400 and len(heldout) == 40 and len(train) + len(heldout) == len(all_prompts)
+    assert not {_words(p["prompt"]) for p in train} & {_words(p["prompt"]) for p in heldout}
     assert {p["topic"] for p in heldout} == {p["topic"] for p in train}  # every topic is held out too
+    # the first 240 are the original set (every sixth held out); the 200 added later are all train prompts
+    assert [p["split"] == "heldout" for p in all_prompts[:240]] == [i % 6 == 5 for i in range(240)]
+    assert all(p["split"] == "train" for p in all_prompts[240:])
 
 
 def test_gold_prefers_a_friendly_on_topic_concise_reply():

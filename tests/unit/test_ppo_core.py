@@ -175,6 +175,15 @@ def test_missing_eos_penalty():
     assert out.tolist() == [1.0, 0.5]
 
 
+def test_score_stats_and_normalise_scores_hand_values():
+    mean, std = core.score_stats(T([1.0, 3.0]))
+    assert (mean, std) == (2.0, 1.0)  # population std
+    assert core.normalise_scores(T([1.0, 3.0, 4.0]), mean, std).tolist() == [-1.0, 1.0, 2.0]
+    assert core.score_stats(T([5.0, 5.0]))[1] == 1e-6  # a constant scorer cannot divide by zero
+    with pytest.raises(ValueError):
+        core.score_stats(T([1.0]))
+
+
 def test_kl_shaped_rewards_hand_values():
     logp = T([[-1.0, -1.0, -1.0], [-2.0, -2.0, -2.0]])
     ref = T([[-1.5, -0.5, -1.0], [-2.0, -3.0, -9.0]])

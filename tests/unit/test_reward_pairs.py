@@ -65,3 +65,10 @@ def test_reward_config_from_params_and_bad_values():
         from_dict(RewardConfig, {"trainable": "some"}, prefix="reward.")
     with pytest.raises(ConfigError, match="eval_fraction"):
         from_dict(RewardConfig, {"eval_fraction": 1.5}, prefix="reward.")
+
+
+def test_first_pair_per_prompt_is_each_prompts_first_row():
+    from components.reward.pairs import Pairs, first_pair_per_prompt
+
+    pairs = Pairs(["a", "a", "b", "c", "b"], ["1", "2", "3", "4", "5"], ["x", "y", "z", "w", "v"], [0.0] * 5)
+    assert first_pair_per_prompt(pairs).tolist() == [0, 2, 3]
