@@ -34,6 +34,11 @@ class Generation:
     response_ids: torch.Tensor  # shape: (B, R), right padded after EOS
     response_mask: torch.Tensor  # shape: (B, R), 1 up to and including the first EOS
     ended: torch.Tensor  # shape: (B,), True where the reply produced EOS
+    logits: torch.Tensor | None = None
+    """With ``return_internals``: the raw (unscaled) logits that sampled each reply token, (B, R, V)."""
+    hidden: torch.Tensor | None = None
+    """With ``return_internals``: the last hidden state at the position before each reply token (the one
+    whose logits sampled it), (B, R, H): what a value head on the policy's trunk reads."""
 
 
 def response_mask_from_eos(response_ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,8 +69,13 @@ def generate(
     top_p: float = 1.0,
     greedy: bool = False,
     generator_seed: int | None = None,
+    return_internals: bool = False,
 ) -> Generation:
-    """Sample one reply per prompt in a single left-padded batch with the KV cache."""
+    """Sample one reply per prompt in a single left-padded batch with the KV cache.
+
+    ``return_internals`` also keeps the logits and last hidden states the sampling computed anyway, so
+    PPO needs no second policy forward pass for its rollout log-probs and values.
+    """
     tok.padding_side = "left"
     texts = [chat_text(tok, p, system) for p in prompts]
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
@@ -79,9 +89,12 @@ def generate(
         pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,
         use_cache=True,
+        return_dict_in_generate=True,
+        output_logits=return_internals,
+        output_hidden_states=return_internals,
         **{k: v for k, v in sampling.items() if k != "do_sample"},
     )
-    response = out[:, enc["input_ids"].shape[1] :]  # shape: (B, R)
+    response = out.sequences[:, enc["input_ids"].shape[1] :]  # shape: (B, R)
     mask, ended = response_mask_from_eos(response, tok.eos_token_id)
     replies = []
     for row, m in zip(response, mask):
@@ -89,4 +102,11 @@ def generate(
         if len(kept) and kept[-1].item() == tok.eos_token_id:
             kept = kept[:-1]
         replies.append(tok.decode(kept, skip_special_tokens=True).strip())
-    return Generation(replies, enc["input_ids"], enc["attention_mask"], response, mask, ended)
+    logits = hidden = None
+    if return_internals:
+        logits = torch.stack(out.logits, dim=1)  # shape: (B, R, V)
+        # Step 0 (prefill) holds every prompt position; its last one sampled reply token 0. Step k > 0
+        # ran reply token k-1 through the model and sampled token k. [-1]: the last layer's output.
+        steps = out.hidden_states
+        hidden = torch.cat([steps[0][-1][:, -1:], *(h[-1] for h in steps[1:])], dim=1)  # shape: (B, R, H)
+    return Generation(replies, enc["input_ids"], enc["attention_mask"], response, mask, ended, logits, hidden)
