@@ -91,7 +91,8 @@ def write_row(record: dict) -> None:
     update_row(
         "Validation (GX suite, 100,000 pair rows)",
         [
-            f"CPU, {record['machine']['cpu_count']} cores, shared; HTML report {'on' if record['html_report'] else 'off'}",
+            f"CPU, {record['machine']['cpu_count']} cores, shared; HTML report "
+            + ("on" if record["html_report"] else "off"),
             f"{record['rows_per_s']:,} rows/s ({record['seconds']:.1f} s for {record['rows']:,} rows, "
             f"{record['expectations']} expectations; GX suite {phases['gx_suite_run']:.1f} s, "
             f"pandas prepare {phases['prepare_pandas']:.1f} s){imp_text}",
