@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -351,9 +352,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="PPO steps per run (default 3; tiny: 4)")
     ap.add_argument("--pairs", type=int, default=2, help="ours/TRL run pairs, alternating")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--anchor-python", type=Path, default=None, help="python of a prepared env with TRL (no install)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--conditions", default="", help="free text for the table: e.g. 'shared, contended'")
     ap.add_argument("--no-table", action="store_true", help="write the JSON only")
+    ap.add_argument(
+        "--collect", type=Path, default=None, help="report from the worker outputs kept in DIR (a run cut short)"
+    )
     ap.add_argument("--worker", choices=["ours", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -364,16 +369,25 @@ def main() -> None:
 
     sys.path.insert(0, str(REPO))
     from bench.anchors import ensure_env
-    from bench.benchtable import machine, update_row, versions
 
     tiny = args.model == "tiny"
     steps = args.steps or (4 if tiny else 3)
-    trl_python = ensure_env("trl-1.12", TRL_REQUIREMENT)
+    trl_python = args.anchor_python or ensure_env("trl-1.12", TRL_REQUIREMENT)
     env = dict(os.environ)
     if args.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     env.setdefault("HF_HUB_OFFLINE", "1")
     runs: list[dict] = []
+    if args.collect:
+        for pair in range(args.pairs):
+            for who in ("ours", "trl"):
+                f = args.collect / f"{who}-{pair}.json"
+                if f.is_file():
+                    run = json.loads(f.read_text())
+                    run.update(who=who, pair=pair, summary=summarise(run))
+                    runs.append(run)
+        steps = len(runs[0]["steps"])
+        return report(args, runs, steps, trl_python, tiny)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         prepare(work, args.model)
@@ -397,6 +411,18 @@ def main() -> None:
                     + f", peak RSS {s['peak_rss_gib']:.2f} GiB, score {s['score_last']:.3f}, KL {s['kl_last']:.3f}",
                     flush=True,
                 )
+                if keep := os.environ.get("PPO_BENCH_KEEP"):
+                    shutil.copy(result, Path(keep) / result.name)  # survives a run cut short (--collect)
+    report(args, runs, steps, trl_python, tiny)
+
+
+def report(args: argparse.Namespace, runs: list[dict], steps: int, trl_python: Path, tiny: bool) -> None:
+    """Write the JSON and the table row from finished runs (pairs with both sides only)."""
+    from bench.benchtable import machine, update_row, versions
+
+    pairs = {r["pair"] for r in runs if r["who"] == "ours"} & {r["pair"] for r in runs if r["who"] == "trl"}
+    runs = [r for r in runs if r["pair"] in pairs]
+    args.pairs = len(pairs)
     ours = [r["summary"] for r in runs if r["who"] == "ours"]
     trl = [r["summary"] for r in runs if r["who"] == "trl"]
     ratios = [o["samples_per_s"] / t["samples_per_s"] for o, t in zip(ours, trl)]

@@ -151,7 +151,7 @@ def worker_trl(work: Path, mode: str, model: str, threads: int | None) -> dict:
         args = RewardConfig(
             **common,
             learning_rate=1e-4,
-            warmup_ratio=0.05,
+            warmup_steps=0.05,  # transformers 5: a float below 1 is a fraction of the steps (was warmup_ratio)
             lr_scheduler_type="linear",
             weight_decay=0.0,
             max_grad_norm=1.0,
@@ -196,6 +196,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=None, help="demo prompts used (default: all 240; tiny: all)")
     ap.add_argument("--modes", default="full,default", help="comma list of full, default")
     ap.add_argument("--pairs", type=int, default=1, help="ours/TRL run pairs per mode, alternating")
+    ap.add_argument("--anchor-python", type=Path, default=None, help="python of a prepared env with TRL (no install)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--conditions", default="", help="free text for the table")
     ap.add_argument("--no-table", action="store_true")
@@ -218,7 +219,7 @@ def main() -> None:
     from components.base_model import resolve_model_dir
     from components.reward.pairs import read_pairs, split_by_prompt
 
-    trl_python = ensure_env("trl-latest", TRL_REQUIREMENT)
+    trl_python = args.anchor_python or ensure_env("trl-latest", TRL_REQUIREMENT)
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     modes = [m for m in args.modes.split(",") if m]
     runs: list[dict] = []
@@ -302,7 +303,8 @@ def main() -> None:
                 fmt(s["ours"], labels[mode][0]),
                 fmt(s["trl"], labels[mode][1]),
                 f"**{ratio:.2f}x** pairs/s",
-                f"`python bench/reward_vs_trl.py --model {args.model} --modes {mode} --pairs {args.pairs}`",
+                f"`python bench/reward_vs_trl.py --model {args.model} --modes {mode} --pairs {args.pairs}"
+                + (f" --prompts {args.prompts}`" if args.prompts else "`"),
                 f"`bench/results/{path.name}`",
             ],
         )
