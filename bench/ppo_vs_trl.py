@@ -148,7 +148,7 @@ def worker_ours(work: Path, steps: int, device: str, threads: int | None) -> dic
 
 
 def worker_trl(work: Path, steps: int, device: str, threads: int | None) -> dict:
-    """TRL 1.12's PPOTrainer; phases are timed by wrapping the module's own helper functions."""
+    """TRL 1.12's PPOTrainer; phases are timed by wrapping the module's own functions."""
     import torch
 
     if threads:
@@ -267,7 +267,7 @@ def worker_trl(work: Path, steps: int, device: str, threads: int | None) -> dict
             self.t = time.perf_counter()
 
     clock = Clock()
-    # Reply lengths (to the first EOS, inclusive) from the trainer's own truncation helper.
+    # Reply lengths (to the first EOS, inclusive) from the trainer's own truncation function.
     original_truncate = mod.truncate_response
 
     def truncate(stop_id, pad_id, responses):
