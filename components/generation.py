@@ -34,6 +34,8 @@ class Generation:
     response_ids: torch.Tensor  # shape: (B, R), right padded after EOS
     response_mask: torch.Tensor  # shape: (B, R), 1 up to and including the first EOS
     ended: torch.Tensor  # shape: (B,), True where the reply produced EOS
+    logits: torch.Tensor | None = None  # shape: (B, R, V), raw logits that sampled each token (return_internals)
+    hidden: torch.Tensor | None = None  # shape: (B, R, H), last hidden state before each token (return_internals)
 
 
 def response_mask_from_eos(response_ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,12 +131,15 @@ def sample(
     top_k: int = 0,
     generators: Sequence[torch.Generator | None] | None = None,
     stopped: Callable[[int, torch.Tensor], bool] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    keep_internals: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Sample replies with the KV cache; every row has its own limits, temperature, top-p and generator.
 
-    Returns ``(response_ids, ended)``: (B, R) right padded with EOS after a row finishes, and (B,) True
-    where the row produced EOS. ``stopped(row, ids_so_far)`` may end a row early (stop strings).
-    Nothing global is touched: no seeding, no tokenizer state.
+    Returns ``(response_ids, ended, logits, hidden)``: (B, R) right padded with EOS after a row finishes,
+    (B,) True where the row produced EOS, and with ``keep_internals`` the raw logits that sampled each token
+    (B, R, V) and the last layer's hidden state at the position before it (B, R, H), so PPO needs no second
+    policy forward for its rollout log-probs and values (else None, None). ``stopped(row, ids_so_far)`` may
+    end a row early (stop strings). Nothing global is touched: no seeding, no tokenizer state.
     """
     device = query_ids.device
     b = query_ids.shape[0]
@@ -144,14 +149,25 @@ def sample(
     gens = list(generators) if generators is not None else [None] * b
     mask = query_mask.clone()  # shape: (B, P+t)
     positions = position_ids_from_mask(mask)  # shape: (B, P)
-    out = model(input_ids=query_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    out = model(
+        input_ids=query_ids,
+        attention_mask=mask,
+        position_ids=positions,
+        use_cache=True,
+        output_hidden_states=keep_internals,
+    )
     past = out.past_key_values
     logits = out.logits[:, -1, :]  # shape: (B, V)
+    kept_logits: list[torch.Tensor] = []
+    kept_hidden: list[torch.Tensor] = []
     done = torch.zeros(b, dtype=torch.bool, device=device)
     ended = torch.zeros(b, dtype=torch.bool, device=device)
     tokens: list[torch.Tensor] = []
     next_pos = positions[:, -1]  # shape: (B,)
     for step in range(int(limits.max().item()) if b else 0):
+        if keep_internals:
+            kept_logits.append(logits)
+            kept_hidden.append(out.hidden_states[-1][:, -1, :])  # shape: (B, H): the position that predicts
         filtered = filter_logits(logits.float(), temp, top_k, nucleus)
         token = _pick(filtered, temp, gens)  # shape: (B,)
         token = torch.where(done, torch.full_like(token, eos_id), token)
@@ -174,12 +190,15 @@ def sample(
             position_ids=next_pos.unsqueeze(1),
             past_key_values=past,
             use_cache=True,
+            output_hidden_states=keep_internals,
         )
         past = out.past_key_values
         logits = out.logits[:, -1, :]
     if not tokens:
-        return torch.zeros((b, 0), dtype=query_ids.dtype, device=device), ended
-    return torch.stack(tokens, dim=1), ended  # shape: (B, R)
+        return torch.zeros((b, 0), dtype=query_ids.dtype, device=device), ended, None, None
+    if keep_internals:  # shapes: (B, R), (B,), (B, R, V), (B, R, H)
+        return torch.stack(tokens, 1), ended, torch.stack(kept_logits, 1), torch.stack(kept_hidden, 1)
+    return torch.stack(tokens, dim=1), ended, None, None  # shape: (B, R)
 
 
 def decode_reply(tok: PreTrainedTokenizerBase, row: torch.Tensor, mask: torch.Tensor) -> str:
@@ -203,11 +222,14 @@ def generate(
     top_p: float = 1.0,
     greedy: bool = False,
     generator_seed: int | None = None,
+    return_internals: bool = False,
 ) -> Generation:
     """Sample one reply per prompt in a single left-padded batch with the KV cache.
 
     ``generator_seed`` seeds a private ``torch.Generator`` for this call (the global RNG is not touched);
-    without it, sampling draws from torch's default generator.
+    without it, sampling draws from torch's default generator. ``return_internals`` also keeps the logits
+    and last hidden states the sampling computed anyway, so PPO needs no second policy forward pass for its
+    rollout log-probs and values.
     """
     texts = [chat_text(tok, p, system) for p in prompts]
     ids, attn = encode_left_padded(tok, texts)
@@ -216,7 +238,7 @@ def generate(
     if generator_seed is not None:
         gen = torch.Generator(device=model.device).manual_seed(generator_seed)
     n = len(texts)
-    response, _ = sample(
+    response, _, logits, hidden = sample(
         model,
         ids,
         attn,
@@ -226,10 +248,11 @@ def generate(
         top_p=[top_p] * n,
         top_k=0 if greedy else top_k,
         generators=None if gen is None else _shared(gen, n),
+        keep_internals=return_internals,
     )
     mask, ended = response_mask_from_eos(response, tok.eos_token_id)
     replies = [decode_reply(tok, row, m) for row, m in zip(response, mask)]
-    return Generation(replies, ids, attn, response, mask, ended)
+    return Generation(replies, ids, attn, response, mask, ended, logits, hidden)
 
 
 def _shared(gen: torch.Generator, n: int) -> list[torch.Generator | None]:
@@ -269,7 +292,7 @@ def generate_rows(
         stop = params[i].stop
         return bool(stop) and _cut_at_stop(tok.decode(so_far, skip_special_tokens=True), stop)[1]
 
-    response, _ = sample(
+    response, _, *_ = sample(
         model,
         ids,
         attn,

@@ -190,6 +190,8 @@ class Batch:
     ref_logp: torch.Tensor = field(default=None)  # shape: (B, R)
     values: torch.Tensor = field(default=None)  # shape: (B, R)
     entropy: torch.Tensor = field(default=None)  # shape: (B, R)
+    gen_logits: torch.Tensor | None = None  # shape: (B, R, V), the logits sampling used (shared trunk only)
+    gen_hidden: torch.Tensor | None = None  # shape: (B, R, H), the policy's last hidden states while sampling
 
 
 @dataclass
@@ -317,6 +319,9 @@ class PPOTrainer:
                 temperature=cfg.temperature,
                 top_k=cfg.top_k,
                 top_p=cfg.top_p,
+                # Shared trunk: keep the logits and hidden states sampling computed, so step 2 needs no
+                # second policy forward (a separate value trunk needs its own forward anyway).
+                return_internals=self.unwrapped.value_trunk is None,
             )
         input_ids = torch.cat([gen.query_ids, gen.response_ids], dim=1)  # shape: (B, P+R)
         attention_mask = torch.cat([gen.query_mask, gen.response_mask], dim=1)  # shape: (B, P+R)
@@ -329,23 +334,47 @@ class PPOTrainer:
             response_ids=gen.response_ids,
             mask=gen.response_mask,
             ended=gen.ended,
+            gen_logits=gen.logits,
+            gen_hidden=gen.hidden,
         )
 
     # -- 2. forward (no grad) ----------------------------------------------------------------
 
     @torch.no_grad()
     def forward_batch(self, batch: Batch) -> None:
-        """Fill the rollout-time log-probs, reference log-probs, values and entropy, micro-batch by micro-batch."""
+        """Fill the rollout-time log-probs, reference log-probs, values and entropy, micro-batch by micro-batch.
+
+        With the shared trunk, the policy's part comes from the rollout itself: the logits that sampled each
+        token and the last hidden state before it (KV-cached, equal to a full forward pass up to float
+        rounding); only the reference needs a forward pass. A separate value trunk needs its own pass.
+        """
+        cfg = self.cfg
+        if batch.gen_logits is not None:
+            ac = self.unwrapped
+            logits = batch.gen_logits  # shape: (B, R, V)
+            batch.logp = core.logprobs_from_logits(logits, batch.response_ids, cfg.temperature)  # shape: (B, R)
+            batch.entropy = core.entropy_from_logits(logits.float() / cfg.temperature)  # shape: (B, R)
+            with self.acc.autocast():
+                batch.values = ac.value_head(batch.gen_hidden.float()).squeeze(-1).float()  # shape: (B, R)
+            batch.gen_logits = batch.gen_hidden = None  # free (B, R, V) before the update
+            ref_logp = []
+            for s in range(0, len(batch.prompts), cfg.micro_batch_size):
+                part = _slice(batch, slice(s, s + cfg.micro_batch_size))
+                with self.acc.autocast():
+                    ref_logits = self._reference_logits(part)
+                ref_logp.append(core.logprobs_from_logits(ref_logits, part.response_ids, cfg.temperature))
+            batch.ref_logp = torch.cat(ref_logp)  # shape: (B, R)
+            return
         logp, ref_logp, values, entropy = [], [], [], []
-        mb = self.cfg.micro_batch_size
+        mb = cfg.micro_batch_size
         for s in range(0, len(batch.prompts), mb):
             part = _slice(batch, slice(s, s + mb))
             with self.acc.autocast():
                 logits, v = self.unwrapped(part.input_ids, part.attention_mask, part.context_length)
                 ref_logits = self._reference_logits(part)
-            logp.append(core.logprobs_from_logits(logits, part.response_ids, self.cfg.temperature))
-            ref_logp.append(core.logprobs_from_logits(ref_logits, part.response_ids, self.cfg.temperature))
-            entropy.append(core.entropy_from_logits(logits.float() / self.cfg.temperature))
+            logp.append(core.logprobs_from_logits(logits, part.response_ids, cfg.temperature))
+            ref_logp.append(core.logprobs_from_logits(ref_logits, part.response_ids, cfg.temperature))
+            entropy.append(core.entropy_from_logits(logits.float() / cfg.temperature))
             values.append(v.float())
         batch.logp, batch.ref_logp = torch.cat(logp), torch.cat(ref_logp)  # shape: (B, R)
         batch.values, batch.entropy = torch.cat(values), torch.cat(entropy)  # shape: (B, R)

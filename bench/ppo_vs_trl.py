@@ -1,0 +1,489 @@
+"""PPO throughput, ours against TRL 1.12's ``trl.experimental.ppo.PPOTrainer``, alternating in one run.
+
+    python bench/ppo_vs_trl.py                       # SmolLM2-135M-Instruct, 3 steps per run, 2 pairs
+    python bench/ppo_vs_trl.py --model tiny          # quick mode (tiny random Llama)
+    python bench/ppo_vs_trl.py --device cuda         # on a GPU: bf16 autocast for both
+
+Both trainers get the same policy weights, the same reward-model folder (a transformers
+``AutoModelForSequenceClassification`` folder written by ``components.reward.model.RewardModel.save``),
+the same prompts and the same PPO configuration: 16 prompts x 32 reply tokens per step, temperature 0.7,
+2 PPO epochs x 2 minibatches of 8, micro-batch 4, LoRA r 16 / alpha 32 on every projection, lr 5e-4 with
+linear decay, k1 KL, missing-EOS penalty 0.5. TRL runs in its own virtual environment
+(``bench/.venv-anchors/trl-1.12``, same torch / transformers / peft versions, created on first use).
+
+Runs alternate ours / TRL (``--pairs`` times), each in a fresh process, so peak RSS is per trainer. The
+first step of every run is warm-up and left out of the throughput means. Writes
+``bench/results/ppo_vs_trl[_tiny|_cuda].json`` and the matching row of ``docs/benchmarks.md``.
+Known differences, kept because they are each library's design: TRL trains a separate value model
+(a full copy of the backbone, all weights trainable, one optimizer with the policy's LoRA) and, with
+gradient accumulation over the 16 samples, steps its optimizer once per two minibatches; ours reads
+values from the policy's own trunk (a linear head) and steps once per minibatch. TRL's KL coefficient
+is fixed at our initial 0.4; ours adapts it toward KL 4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+PROMPTS = [
+    "My order arrived damaged. What should I do?",
+    "How do I reset my password?",
+    "Can I get a refund for a late delivery?",
+    "The app crashes every time I log in.",
+    "Where is my package? It was due yesterday.",
+    "I was charged twice for the same order.",
+    "How do I change my shipping address?",
+    "Do you ship to Canada?",
+    "My discount code is not working.",
+    "How long do returns take to process?",
+    "I want to cancel my subscription.",
+    "Can I speak to a manager?",
+    "The product I received is not what I ordered.",
+    "How do I update my payment method?",
+    "Is there a warranty on this item?",
+    "My account was locked after too many attempts.",
+]
+SYSTEM = "You are a helpful, friendly customer-support assistant. Answer briefly."
+CONFIG = {
+    "batch_size": 16,
+    "mini_batch_size": 8,
+    "micro_batch_size": 4,
+    "ppo_epochs": 2,
+    "max_new_tokens": 32,
+    "temperature": 0.7,
+    "lora_r": 16,
+    "lora_alpha": 32,
+    "lora_target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"],
+    "learning_rate": 5e-4,
+    "kl_coef": 0.4,
+    "missing_eos_penalty": 0.5,
+    "vf_coef": 0.1,
+    "clip_range": 0.2,
+    "clip_range_value": 0.2,
+    "gamma": 1.0,
+    "lam": 0.95,
+    "adam_eps": 1e-5,
+    "seed": 0,
+}
+TRL_REQUIREMENT = "trl==1.12.0"
+PHASES = ("rollout", "forward", "score", "update")
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers (one fresh process per run)
+# ---------------------------------------------------------------------------------------------
+
+
+def worker_ours(work: Path, steps: int, device: str, threads: int | None) -> dict:
+    sys.path.insert(0, str(REPO))
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    from components.ppo.train import run
+
+    spec = json.loads((work / "spec.json").read_text())
+    ppo = {
+        k: CONFIG[k]
+        for k in (
+            "batch_size",
+            "mini_batch_size",
+            "micro_batch_size",
+            "ppo_epochs",
+            "max_new_tokens",
+            "temperature",
+            "lora_r",
+            "lora_alpha",
+            "learning_rate",
+            "missing_eos_penalty",
+            "vf_coef",
+            "clip_range",
+            "clip_range_value",
+            "gamma",
+            "lam",
+            "adam_eps",
+            "seed",
+        )
+    }
+    ppo.update(
+        lora_target_modules=CONFIG["lora_target_modules"],
+        init_kl_coef=CONFIG["kl_coef"],
+        steps=steps,
+        save_every=10_000,
+        reward_model=str(work / "reward"),
+        prompts="prompts.jsonl",
+        bf16=device == "cuda",
+    )
+    model = {"base": spec["policy"], "system_prompt": SYSTEM, "dtype": "float32"}
+    result = run({"model": model, "ppo": ppo}, work, export=False)
+    rows = [
+        {
+            "step": r["step"],
+            "seconds": r["time/step"],
+            **{p: r[f"time/{p}"] for p in PHASES},
+            "reply_tokens": r["val/response_length"] * CONFIG["batch_size"],
+            "reward_score": r["objective/score_penalised"],
+            "kl": r["objective/kl"],
+        }
+        for r in result.metrics
+    ]
+    return {"device": str(result.accelerator.device), "torch_threads": torch.get_num_threads(), "steps": rows}
+
+
+def worker_trl(work: Path, steps: int, device: str, threads: int | None) -> dict:
+    """TRL 1.12's PPOTrainer; phases are timed by wrapping the module's own functions."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+    from trl.experimental.ppo import ppo_trainer as mod
+
+    spec = json.loads((work / "spec.json").read_text())
+    tok = AutoTokenizer.from_pretrained(spec["policy_dir"], padding_side="left")
+    # TRL masks by ``token != pad_token_id``; SmolLM2's pad is its EOS, which also closes every chat turn of
+    # the prompt. A pad id that never occurs in the text (the unused <|endoftext|>) keeps the prompt intact.
+    tok.pad_token = tok.unk_token
+    dtype = torch.float32
+    policy = AutoModelForCausalLM.from_pretrained(spec["policy_dir"], dtype=dtype)
+    policy.generation_config.pad_token_id = tok.pad_token_id
+    reward = AutoModelForSequenceClassification.from_pretrained(str(work / "reward"), num_labels=1, dtype=dtype)
+    value = AutoModelForSequenceClassification.from_pretrained(str(work / "reward"), num_labels=1, dtype=dtype)
+    for m in (reward, value):
+        m.config.pad_token_id = tok.pad_token_id
+    prompts = [json.loads(line)["prompt"] for line in (work / "prompts.jsonl").read_text().splitlines()]
+    ids = [
+        tok.apply_chat_template(
+            [{"role": "system", "content": SYSTEM}, {"role": "user", "content": p}],
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=False,
+        )
+        for p in prompts
+    ]
+    ids = [x["input_ids"] if isinstance(x, dict) else list(x) for x in ids]
+    data = Dataset.from_dict({"input_ids": ids})
+    c = CONFIG
+    args = PPOConfig(
+        output_dir=str(work / "trl-out"),
+        per_device_train_batch_size=c["micro_batch_size"],
+        gradient_accumulation_steps=c["batch_size"] // c["micro_batch_size"],
+        num_mini_batches=c["batch_size"] // c["mini_batch_size"],
+        num_ppo_epochs=c["ppo_epochs"],
+        local_rollout_forward_batch_size=c["batch_size"],
+        total_episodes=steps * c["batch_size"],
+        response_length=c["max_new_tokens"],
+        temperature=c["temperature"],
+        learning_rate=c["learning_rate"],
+        adam_epsilon=c["adam_eps"],
+        kl_coef=c["kl_coef"],
+        kl_estimator="k1",
+        missing_eos_penalty=c["missing_eos_penalty"],
+        stop_token="eos",
+        vf_coef=c["vf_coef"],
+        cliprange=c["clip_range"],
+        cliprange_value=c["clip_range_value"],
+        gamma=c["gamma"],
+        lam=c["lam"],
+        whiten_rewards=False,
+        num_sample_generations=0,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=1,
+        seed=c["seed"],
+        bf16=device == "cuda",
+        use_cpu=device == "cpu",
+        disable_tqdm=True,
+    )
+    peft = LoraConfig(
+        r=c["lora_r"],
+        lora_alpha=c["lora_alpha"],
+        lora_dropout=0.0,
+        target_modules=c["lora_target_modules"],
+        task_type="CAUSAL_LM",
+    )
+    spent = dict.fromkeys(PHASES[:3], 0.0)
+
+    def timed(fn, phase_of):
+        def wrapper(*a, **kw):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                phase = phase_of(*a, **kw)
+                if phase:
+                    spent[phase] += time.perf_counter() - t
+
+        return wrapper
+
+    mod.batch_generation = timed(mod.batch_generation, lambda *a, **k: "rollout")
+    mod.forward = timed(mod.forward, lambda *a, **k: None if torch.is_grad_enabled() else "forward")
+    mod.get_reward = timed(mod.get_reward, lambda model, *a, **k: "score" if model is reward else "forward")
+    rows: list[dict] = []
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            self.t = time.perf_counter()
+
+        def on_log(self, _args, _state, _control, logs=None, **k):
+            if logs and "objective/kl" in logs:
+                self.last = logs
+
+        def on_step_end(self, *a, **k):
+            now = time.perf_counter()
+            step = {p: spent[p] for p in PHASES[:3]}
+            step["seconds"] = now - self.t
+            step["update"] = step["seconds"] - sum(step[p] for p in PHASES[:3])
+            logs = getattr(self, "last", {})
+            step.update(
+                step=len(rows) + 1,
+                reply_tokens=float(rt[0]) if (rt := getattr(self, "tokens", None)) else float("nan"),
+                reward_score=logs.get("objective/scores", float("nan")),
+                kl=logs.get("objective/kl", float("nan")),
+            )
+            rows.append(step)
+            for p in spent:
+                spent[p] = 0.0
+            self.t = time.perf_counter()
+
+    clock = Clock()
+    # Reply lengths (to the first EOS, inclusive) from the trainer's own truncation function.
+    original_truncate = mod.truncate_response
+
+    def truncate(stop_id, pad_id, responses):
+        out = original_truncate(stop_id, pad_id, responses)
+        ended = (responses == stop_id).any(1)
+        first = (responses == stop_id).float().argmax(1)
+        lengths = torch.where(ended, first + 1, torch.full_like(first, responses.shape[1]))
+        clock.tokens = [float(lengths.sum())]
+        return out
+
+    mod.truncate_response = truncate
+    trainer = PPOTrainer(
+        args=args,
+        processing_class=tok,
+        model=policy,
+        ref_model=None,
+        reward_model=reward,
+        train_dataset=data,
+        eval_dataset=data,
+        value_model=value,
+        peft_config=peft,
+        callbacks=[clock],
+    )
+    trainer.train()
+    return {"device": str(trainer.accelerator.device), "torch_threads": torch.get_num_threads(), "steps": rows}
+
+
+def worker_main(args: argparse.Namespace) -> None:
+    fn = worker_ours if args.worker == "ours" else worker_trl
+    t0 = time.perf_counter()
+    out = fn(args.work, args.steps, args.device, args.threads)
+    out["wall_seconds"] = time.perf_counter() - t0
+    out["peak_rss_gib"] = peak_rss_gib()
+    args.result.write_text(json.dumps(out))
+
+
+# ---------------------------------------------------------------------------------------------
+# The comparison
+# ---------------------------------------------------------------------------------------------
+
+
+def prepare(work: Path, model: str) -> dict:
+    """Policy folder, reward-model folder and prompts, shared by both trainers."""
+    sys.path.insert(0, str(REPO))
+    from transformers import AutoModelForSequenceClassification
+
+    from components.base_model import resolve_model_dir
+    from components.reward.model import RewardModel, build_reward_model
+
+    policy_dir = resolve_model_dir(model)
+    rm, tok = build_reward_model(model, seed=0)  # the backbone with a fresh scalar head (N(0, 1/(H+1)))
+    RewardModel(rm, tok, mean=0.0, std=1.0, max_length=256).save(work / "reward")
+    # The folder must load as a plain sequence classifier, as TRL loads it.
+    check = AutoModelForSequenceClassification.from_pretrained(str(work / "reward"), num_labels=1)
+    if check.num_labels != 1:
+        raise RuntimeError(f"{work / 'reward'}: expected one label, got {check.num_labels}")
+    (work / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    spec = {"policy": model, "policy_dir": str(policy_dir)}
+    (work / "spec.json").write_text(json.dumps(spec))
+    return spec
+
+
+def summarise(run: dict) -> dict:
+    timed = run["steps"][1:] or run["steps"]
+    seconds = sum(s["seconds"] for s in timed)
+    last = run["steps"][-1]
+    return {
+        "samples_per_s": CONFIG["batch_size"] * len(timed) / seconds,
+        "reply_tokens_per_s": sum(s["reply_tokens"] for s in timed) / seconds,
+        "seconds_per_step": seconds / len(timed),
+        "seconds_per_phase": {p: sum(s[p] for s in timed) / len(timed) for p in PHASES},
+        "peak_rss_gib": run["peak_rss_gib"],
+        "score_last": last["reward_score"],
+        "kl_last": last["kl"],
+        "samples_seen": CONFIG["batch_size"] * len(run["steps"]),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct", help="policy and reward backbone spec (or 'tiny')")
+    ap.add_argument("--steps", type=int, default=None, help="PPO steps per run (default 3; tiny: 4)")
+    ap.add_argument("--pairs", type=int, default=2, help="ours/TRL run pairs, alternating")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--anchor-python", type=Path, default=None, help="python of a prepared env with TRL (no install)")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--conditions", default="", help="free text for the table: e.g. 'shared, contended'")
+    ap.add_argument("--no-table", action="store_true", help="write the JSON only")
+    ap.add_argument(
+        "--collect", type=Path, default=None, help="report from the worker outputs kept in DIR (a run cut short)"
+    )
+    ap.add_argument("--worker", choices=["ours", "trl"], help=argparse.SUPPRESS)
+    ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker_main(args)
+        return
+
+    sys.path.insert(0, str(REPO))
+    from bench.anchors import ensure_env
+
+    tiny = args.model == "tiny"
+    steps = args.steps or (4 if tiny else 3)
+    trl_python = args.anchor_python or ensure_env("trl-1.12", TRL_REQUIREMENT)
+    env = dict(os.environ)
+    if args.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    runs: list[dict] = []
+    if args.collect:
+        for pair in range(args.pairs):
+            for who in ("ours", "trl"):
+                f = args.collect / f"{who}-{pair}.json"
+                if f.is_file():
+                    run = json.loads(f.read_text())
+                    run.update(who=who, pair=pair, summary=summarise(run))
+                    runs.append(run)
+        steps = len(runs[0]["steps"])
+        return report(args, runs, steps, trl_python, tiny)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        prepare(work, args.model)
+        for pair in range(args.pairs):
+            for who, python in (("ours", sys.executable), ("trl", str(trl_python))):
+                result = work / f"{who}-{pair}.json"
+                for old in ("models", "metrics", "trl-out"):
+                    subprocess.run(["rm", "-rf", str(work / old)], check=True)
+                cmd = [python, __file__, "--worker", who, "--work", str(work), "--result", str(result)]
+                cmd += ["--steps", str(steps), "--device", args.device]
+                cmd += ["--threads", str(args.threads)] if args.threads else []
+                print(f"[pair {pair + 1}/{args.pairs}] {who} ...", flush=True)
+                subprocess.run(cmd, check=True, env=env, cwd=work)
+                run = json.loads(result.read_text())
+                run.update(who=who, pair=pair, summary=summarise(run))
+                runs.append(run)
+                s = run["summary"]
+                print(
+                    f"  {s['samples_per_s']:.3f} samples/s, {s['seconds_per_step']:.1f} s/step "
+                    + ", ".join(f"{p} {v:.1f}" for p, v in s["seconds_per_phase"].items())
+                    + f", peak RSS {s['peak_rss_gib']:.2f} GiB, score {s['score_last']:.3f}, KL {s['kl_last']:.3f}",
+                    flush=True,
+                )
+                if keep := os.environ.get("PPO_BENCH_KEEP"):
+                    shutil.copy(result, Path(keep) / result.name)  # survives a run cut short (--collect)
+    report(args, runs, steps, trl_python, tiny)
+
+
+def report(args: argparse.Namespace, runs: list[dict], steps: int, trl_python: Path, tiny: bool) -> None:
+    """Write the JSON and the table row from finished runs (pairs with both sides only)."""
+    from bench.benchtable import machine, update_row, versions
+
+    pairs = {r["pair"] for r in runs if r["who"] == "ours"} & {r["pair"] for r in runs if r["who"] == "trl"}
+    runs = [r for r in runs if r["pair"] in pairs]
+    args.pairs = len(pairs)
+    ours = [r["summary"] for r in runs if r["who"] == "ours"]
+    trl = [r["summary"] for r in runs if r["who"] == "trl"]
+    ratios = [o["samples_per_s"] / t["samples_per_s"] for o, t in zip(ours, trl)]
+    med = statistics.median
+    out = {
+        "benchmark": "ppo_vs_trl",
+        "what": "samples/s of one PPO step (rollout + forward + score + update), ours vs TRL 1.12 PPOTrainer",
+        "machine": machine(),
+        "device": args.device,
+        "load_average_at_end": os.getloadavg(),
+        "versions": {
+            "ours": versions(sys.executable, ("torch", "transformers", "peft", "accelerate")),
+            "trl_env": versions(trl_python, ("trl", "torch", "transformers", "peft", "accelerate")),
+        },
+        "model": args.model,
+        "steps_per_run": steps,
+        "warmup_steps_excluded": 1 if steps > 1 else 0,
+        "config": CONFIG,
+        "ratio_samples_per_s_per_pair": ratios,
+        "ratio_median": med(ratios),
+        "ours_samples_per_s": [o["samples_per_s"] for o in ours],
+        "trl_samples_per_s": [t["samples_per_s"] for t in trl],
+        "runs": runs,
+    }
+    suffix = "_tiny" if tiny else ""
+    suffix += "_cuda" if args.device == "cuda" else ""
+    path = HERE / "results" / f"ppo_vs_trl{suffix}.json"
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps({k: out[k] for k in ("ratio_samples_per_s_per_pair", "ratio_median")}, indent=2))
+    if args.no_table:
+        return
+
+    def fmt(rows: list[dict]) -> str:
+        sps = "/".join(f"{r['samples_per_s']:.3f}" for r in rows)
+        ph = med([r["seconds_per_step"] for r in rows])
+        phases = ", ".join(f"{p} {med([r['seconds_per_phase'][p] for r in rows]):.1f}" for p in PHASES)
+        return (
+            f"{sps} samples/s ({med([r['reply_tokens_per_s'] for r in rows]):.0f} reply tok/s; "
+            f"{ph:.1f} s/step: {phases}); peak RSS {max(r['peak_rss_gib'] for r in rows):.1f} GiB; "
+            f"after {rows[0]['samples_seen']} samples score {med([r['score_last'] for r in rows]):.2f}, "
+            f"KL {med([r['kl_last'] for r in rows]):.2f}"
+        )
+
+    dev = "GPU (CUDA, bf16 autocast)" if args.device == "cuda" else "CPU (float32)"
+    cond = f"{dev}, {machine()['cpu_count']} cores, torch threads {runs[0]['torch_threads']}"
+    cond += f"; {args.conditions}" if args.conditions else ""
+    name = f"PPO vs TRL 1.12 PPOTrainer ({'tiny' if tiny else args.model}{', GPU' if args.device == 'cuda' else ''})"
+    cmd = f"`python bench/ppo_vs_trl.py --model {args.model} --steps {steps} --pairs {args.pairs}"
+    cmd += f" --device {args.device}`" if args.device != "cpu" else "`"
+    update_row(
+        name,
+        [
+            cond,
+            fmt(ours),
+            fmt(trl),
+            f"**{med(ratios):.2f}x** (pairs: {', '.join(f'{r:.2f}' for r in ratios)})",
+            cmd,
+            f"`bench/results/{path.name}`",
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
