@@ -207,7 +207,6 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on 
 
 
 def _print_json(data) -> None:
-    import json
 
     typer.echo(json.dumps(data, indent=2, default=str))
 
