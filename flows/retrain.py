@@ -127,13 +127,30 @@ def train_policy(root: str) -> list[str]:
     return dvc_steps.repro(Path(root), "ppo", echo=get_run_logger().info)
 
 
+@task(name="train-policy-ppo-multi", cache_policy=NO_CACHE)
+def train_policy_launched(root: str, processes: int) -> list[str]:
+    """The ``ppo`` stage under ``accelerate launch`` on ``processes`` devices, then ``dvc commit ppo``."""
+    cmd = dvc_steps.launch_ppo_command(processes)
+    return dvc_steps.run_and_commit(Path(root), "ppo", cmd, echo=get_run_logger().info)
+
+
 @flow(name=TRAIN_FLOW_NAME, persist_result=True, log_prints=True)
-def train_models(root: str, retries: int = 1, retry_delay_s: float = 5.0) -> dict[str, Any]:
-    """Reward model then PPO, as DVC stages: what a GPU work pool's worker runs for the ``retrain`` flow."""
+def train_models(
+    root: str, retries: int = 1, retry_delay_s: float = 5.0, ppo_processes: int | None = None
+) -> dict[str, Any]:
+    """Reward model then PPO, as DVC stages: what a GPU work pool's worker runs for the ``retrain`` flow.
+
+    ``ppo_processes`` None takes ``flow.ppo_processes`` / ``$RLHF_PPO_PROCESSES`` where this runs (the worker)."""
+    from components.flow_config import load_flow_config
+
     opts = {"retries": retries, "retry_delay_seconds": retry_delay_s}
+    processes = ppo_processes or load_flow_config(Path(root) / "params.yaml").ppo_processes
     ran = train_reward_model.with_options(**opts)(root)
-    ran += train_policy.with_options(**opts)(root)
-    return {"ran": ran, "skipped": [s for s in ("train_reward", "ppo") if s not in ran]}
+    if processes > 1:
+        ran += train_policy_launched.with_options(**opts)(root, processes)
+    else:
+        ran += train_policy.with_options(**opts)(root)
+    return {"ran": ran, "skipped": [s for s in ("train_reward", "ppo") if s not in ran], "ppo_processes": processes}
 
 
 @task(name="train-on-work-pool", cache_policy=NO_CACHE)
@@ -255,7 +272,7 @@ def retrain(
     if route.where == "work-pool":
         trained = train_on_pool.with_options(**opts)(root, route.deployment, cfg)
     else:
-        trained = train_models.fn(root, cfg.retries, cfg.retry_delay_s)
+        trained = train_models.fn(root, cfg.retries, cfg.retry_delay_s, cfg.ppo_processes)
     summary.training = {"where": route.where, "pool": route.pool, "reason": route.reason, **trained}
     summary.reward = _read_json(paths.metrics / "reward.json")
     summary.policy = _read_json(paths.metrics / "ppo.json")
