@@ -4,7 +4,7 @@ The candidate is a copy of the base policy and the reward model an untrained Smo
 depend on the weights): 40 held-out prompts x 2 samples x 2 models, 32 new tokens each, plus the candidate's KL
 forward passes and reward-model scoring. Writes ``bench/results/eval_cpu.json``.
 
-    python bench/bench_eval.py [--threads 2]
+    python bench/bench_eval.py [--threads 2] [--max-prompts N]   (N: a quick partial run, no results file)
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-prompts", type=int, default=None, help="evaluate on the first N prompts only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("BENTOML_HOME", tempfile.mkdtemp(prefix="bench-bentoml-"))
@@ -50,9 +51,13 @@ def main() -> None:
     }
     (candidate / "manifest.json").write_text(json.dumps(manifest))
 
-    cfg = EvalConfig()
+    cfg = EvalConfig(max_prompts=args.max_prompts)
     t0 = time.perf_counter()
-    result = evaluate(cfg, paths, model=ModelConfig(), candidate=candidate)
+
+    def progress(done: int, total: int, note: str) -> None:
+        print(f"{time.perf_counter() - t0:7.1f} s  {done}/{total} {note}", flush=True)
+
+    result = evaluate(cfg, paths, model=ModelConfig(), candidate=candidate, progress=progress)
     seconds = time.perf_counter() - t0
     out = {
         "what": "evaluate stage, default EvalConfig, SmolLM2-135M-Instruct candidate (a copy of the base) vs the base",
@@ -65,8 +70,9 @@ def main() -> None:
         "seconds_total": round(seconds, 1),
         "win_rate_copy_vs_base": result.win_rate,
     }
-    Path("bench/results").mkdir(parents=True, exist_ok=True)
-    Path("bench/results/eval_cpu.json").write_text(json.dumps(out, indent=2) + "\n")
+    if args.max_prompts is None:
+        Path("bench/results").mkdir(parents=True, exist_ok=True)
+        Path("bench/results/eval_cpu.json").write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
     shutil.rmtree(root, ignore_errors=True)
 

@@ -1,6 +1,6 @@
 """Atomic folder writes: fill a staging folder beside the target, flush it to disk, rename it into place.
 
-One helper for every stage that writes a model folder (reward trainer, PPO export, base-model cache), so a
+One function for every stage that writes a model folder (reward trainer, PPO export, base-model cache), so a
 process killed at any instant leaves either the old complete folder or the new complete one, plus at most
 a dot-prefixed staging folder that the next write removes.
 """

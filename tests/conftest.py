@@ -13,7 +13,10 @@ from components.env import telemetry_off
 telemetry_off()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # BentoML's model store for the whole session (the registry saves models there); never the user's ~/bentoml.
-os.environ.setdefault("BENTOML_HOME", tempfile.mkdtemp(prefix="rlhf-test-bentoml-"))
+# A store made here is removed when the session ends; one given in $BENTOML_HOME is left alone.
+if "BENTOML_HOME" not in os.environ:
+    os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="rlhf-test-bentoml-")
+    atexit.register(shutil.rmtree, os.environ["BENTOML_HOME"], ignore_errors=True)
 
 # Prefect: a fresh home per session (never ~/.prefect), no analytics, never a server the developer configured.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="rlhf-test-prefect-")

@@ -1,4 +1,4 @@
-"""The one atomic-folder helper: versions are never replaced, a failed write leaves no trace, a swap is whole."""
+"""The one atomic-folder function: versions are never replaced, a failed write leaves no trace, a swap is whole."""
 
 import pytest
 
