@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
@@ -202,6 +203,22 @@ class TrainResult:
     """Set by ``components.ppo.train.run`` once the policy version folder is written."""
 
 
+def make_accelerator(*, cpu: bool, mixed_precision: str) -> Accelerator:
+    """An ``Accelerator`` for this run, also in a long-lived process that trained before with other settings.
+
+    accelerate keeps one process-wide ``AcceleratorState`` and refuses a second ``Accelerator`` with another
+    ``mixed_precision`` (seen on a GPU: a bf16 run, then a float32 run in the same worker process). A single,
+    non-launched process may safely start over; a launched (distributed) process keeps its state.
+    """
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if state and not launched and str(state.get("_mixed_precision", "no")) != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+
+
 class PPOTrainer:
     """Owns the models, optimiser and state; ``train()`` runs the numbered steps."""
 
@@ -217,7 +234,7 @@ class PPOTrainer:
     ) -> None:
         self.cfg, self.model_cfg, self.scorer, self.paths = cfg, model_cfg, scorer, paths
         use_cuda = torch.cuda.is_available()
-        self.acc = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if use_cuda and cfg.bf16 else "no")
+        self.acc = make_accelerator(cpu=not use_cuda, mixed_precision="bf16" if use_cuda and cfg.bf16 else "no")
         rank = self.acc.process_index
         # A different seed per process (N-details), so processes sample different replies.
         self.seed = cfg.seed + rank

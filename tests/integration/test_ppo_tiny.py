@@ -295,6 +295,8 @@ def test_two_processes_with_accelerate_launch(tmp_path):
         str(tmp_path / "params.yaml"),
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    if torch.cuda.device_count() < 2:  # two processes on one GPU is refused by NCCL ("Duplicate GPU"): use CPU + gloo
+        env["CUDA_VISIBLE_DEVICES"] = ""
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((exported_policy(tmp_path) / "manifest.json").read_text())

@@ -55,3 +55,21 @@ def test_fingerprint_ignores_operational_fields_only(tmp_path):
     before = scorer_fingerprint(tmp_path / "rm")
     (tmp_path / "rm" / "w.bin").write_bytes(b"2")
     assert scorer_fingerprint(tmp_path / "rm") != before
+
+
+def test_accelerator_can_change_precision_in_one_process():
+    # A long-lived worker may run a bf16 PPO job, then a float32 one; accelerate alone refuses the second.
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from components.ppo.trainer import make_accelerator
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        assert Accelerator(cpu=True, mixed_precision="bf16").mixed_precision == "bf16"
+        with pytest.raises(ValueError, match="already been initialized"):
+            Accelerator(cpu=True, mixed_precision="no")
+        assert make_accelerator(cpu=True, mixed_precision="no").mixed_precision == "no"
+        assert make_accelerator(cpu=True, mixed_precision="no").mixed_precision == "no"
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
