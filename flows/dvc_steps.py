@@ -53,8 +53,10 @@ RUNNING = re.compile(r"^Running stage '([^']+)'")
 
 
 def _env() -> dict[str, str]:
-    """Stage commands run ``python`` from PATH: make it this interpreter."""
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    """Stage commands run ``python`` from PATH: make it this interpreter. DVC hands its own stdout/stderr (our
+    pipe) to the stage command; unbuffered, each of the command's lines arrives when it is written."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "PATH": path, "PYTHONUNBUFFERED": "1"}
 
 
 def repro(root: Path, stage: str, echo: Callable[[str], None] | None = None) -> list[str]:
