@@ -54,9 +54,10 @@ RUNNING = re.compile(r"^Running stage '([^']+)'")
 
 def _env() -> dict[str, str]:
     """Stage commands run ``python`` from PATH: make it this interpreter. DVC hands its own stdout/stderr (our
-    pipe) to the stage command; unbuffered, each of the command's lines arrives when it is written."""
+    pipe) to the stage command; unbuffered, each of the command's lines arrives when it is written. The stages
+    log a line per step; the Hugging Face progress bars (weight loading) are off in a log that is no terminal."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    return {**os.environ, "PATH": path, "PYTHONUNBUFFERED": "1"}
+    return {**os.environ, "PATH": path, "PYTHONUNBUFFERED": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 
 def repro(root: Path, stage: str, echo: Callable[[str], None] | None = None) -> list[str]:
