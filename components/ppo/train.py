@@ -154,9 +154,10 @@ def initial_policy(
 
     if parent is None and cfg.init_from == "champion":
         champ = registry.champion(paths)
-        parent = champ.version if champ is not None else None
+        if champ is not None and not champ.version.startswith("base-"):
+            parent = champ.version
     if parent is None or parent.startswith("base-"):
-        return parent or registry.base_version(model.base), None
+        return parent or registry.base_version(model.base), None  # a base champion: model.base itself
     folder = registry.get(paths, parent).path
     log.info("PPO starts from %s (%s); it is also the KL reference", parent, folder)
     return parent, folder
