@@ -32,7 +32,7 @@ from components.fsutil import atomic_write_text
 from components.generation import generate, position_ids_from_mask
 from components.paths import ProjectPaths
 from components.ppo import core
-from components.progress import Progress, report
+from components.progress import Progress, log_progress, report
 
 log = logging.getLogger(__name__)
 
@@ -459,7 +459,9 @@ def main(argv: list[str] | None = None) -> int:
     if candidate is None:
         print("evaluate: no exported policy (metrics/ppo.json); run the ppo stage first", file=sys.stderr)
         return 2
-    evaluate(cfg, paths, model=model_cfg, candidate=candidate, kl_target=ppo.kl_target if ppo.adaptive_kl else None)
+    kl_target = ppo.kl_target if ppo.adaptive_kl else None
+    progress = log_progress(log, "evaluate batch")
+    evaluate(cfg, paths, model=model_cfg, candidate=candidate, kl_target=kl_target, progress=progress)
     return 0
 
 

@@ -14,6 +14,7 @@ from components.config import load_section
 
 GPU_POOL_ENV = "RLHF_GPU_POOL"
 SERVICE_URL_ENV = "RLHF_SERVICE_URL"
+PPO_PROCESSES_ENV = "RLHF_PPO_PROCESSES"
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,10 @@ class FlowConfig:
     them in the flow's own process. ``$RLHF_GPU_POOL`` overrides it (an empty value means in-process)."""
     train_deployment: str = "gpu"
     """Name of the training deployment on ``gpu_pool`` (its full name is ``rlhf-train/<name>``)."""
+    ppo_processes: int = 1
+    """PPO processes where training runs: more than 1 runs the ``ppo`` stage's command under
+    ``accelerate launch --multi_gpu --num_processes N`` (one per GPU; data-parallel, a seed per process) and
+    records it with ``dvc commit ppo``. ``$RLHF_PPO_PROCESSES`` (set on the GPU worker) overrides it."""
     train_timeout_s: float = 6 * 3600.0
     """How long the flow waits for a training run on the work pool before failing."""
     retries: int = 1
@@ -37,6 +42,8 @@ class FlowConfig:
     service also polls the registry, so a missed call only delays the switch."""
 
     def __post_init__(self) -> None:
+        if self.ppo_processes < 1:
+            raise ValueError(f"ppo_processes must be >= 1, got {self.ppo_processes}")
         if self.retries < 0:
             raise ValueError(f"retries must be >= 0, got {self.retries}")
         if self.train_timeout_s <= 0:
@@ -44,11 +51,14 @@ class FlowConfig:
 
 
 def load_flow_config(params: Path, env: dict[str, str] | None = None) -> FlowConfig:
-    """The ``flow`` section of ``params``, with ``$RLHF_GPU_POOL`` / ``$RLHF_SERVICE_URL`` applied on top."""
+    """The ``flow`` section of ``params``, with ``$RLHF_GPU_POOL``, ``$RLHF_PPO_PROCESSES`` and
+    ``$RLHF_SERVICE_URL`` applied on top."""
     env = os.environ if env is None else env
     cfg = load_section(FlowConfig, "flow", Path(params))
     if GPU_POOL_ENV in env:
         cfg = replace(cfg, gpu_pool=env[GPU_POOL_ENV].strip() or None)
+    if env.get(PPO_PROCESSES_ENV):
+        cfg = replace(cfg, ppo_processes=int(env[PPO_PROCESSES_ENV]))
     if env.get(SERVICE_URL_ENV):
         cfg = replace(cfg, service_url=env[SERVICE_URL_ENV])
     return cfg

@@ -5,6 +5,7 @@ The CLI draws it as a rich progress bar, a Prefect task logs it; ``None`` means 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 Progress = Callable[[int, int, str], None]
@@ -15,3 +16,13 @@ def report(progress: Progress | None, done: int, total: int, note: str) -> None:
     """Call ``progress`` if there is one."""
     if progress is not None:
         progress(done, total, note)
+
+
+def log_progress(logger: logging.Logger, label: str) -> Progress:
+    """A callback logging one INFO line per call (``label: note done/total``): what a stage command run by
+    DVC passes, so each step reaches a log that is not a terminal (no progress bars there)."""
+
+    def emit(done: int, total: int, note: str) -> None:
+        logger.info("%s %d/%d %s", label, done, total, note)
+
+    return emit

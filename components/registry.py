@@ -48,6 +48,9 @@ POLICY_MODEL = "rlhf-policy"
 REWARD_MODEL = "rlhf-reward"
 """BentoML model name of reward-model versions."""
 RECORD = "status.json"
+POINTER = "champion.json"
+"""``registry/champion.json``: the champion's version and folder only, a dep of the ``ppo`` DVC stage (PPO
+starts from the champion), rewritten atomically with the record and only when the champion changes."""
 LOCK = ".lock"
 LOCK_TIMEOUT_S = 120.0
 SCHEMA = 1
@@ -133,6 +136,24 @@ def _recover(record: dict[str, Any]) -> dict[str, Any]:
 
 def _write(paths: ProjectPaths, record: dict[str, Any]) -> None:
     atomic_write_text(_record_path(paths), json.dumps(record, indent=2, sort_keys=True) + "\n")
+    write_champion_pointer(paths, record)
+
+
+def pointer_path(paths: ProjectPaths) -> Path:
+    return paths.registry / POINTER
+
+
+def write_champion_pointer(paths: ProjectPaths, record: dict[str, Any] | None = None) -> Path:
+    """Write ``registry/champion.json`` (``{"version", "path"}``, nulls before a champion) when it differs."""
+    record = _read(paths) if record is None else record
+    champ = record.get("champion")
+    entry = record["models"].get(champ) if champ else None
+    text = json.dumps({"version": champ, "path": entry["path"] if entry else None}, indent=2) + "\n"
+    path = pointer_path(paths)
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
+    return path
 
 
 @contextmanager

@@ -8,7 +8,7 @@ tasks, the DVC stage commands and the tests all call these same functions:
 stage                      function                                                            result
 =========================  ==================================================================  ==================
 seed: sample               ``sample_seed(DataConfig, paths, *, model, progress)``              ``SeedSample``
-seed: label                ``label_seed(DataConfig, paths, *, sample)``                        ``SeedLabels``
+seed: label                ``label_seed(DataConfig, paths, *, sample, progress)``              ``SeedLabels``
 seed: ingest               ``ingest_seed(DataConfig, paths, *, labels, report_dir, push)``     ``IngestSummary``
 validate (+ store)         ``validate_and_store(DataConfig, paths, *, source, out, store)``    ``ValidateResult``
 train reward model         ``train_reward_model(RewardConfig, paths, *, data_version, ...)``   ``RewardStageResult``

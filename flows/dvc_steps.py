@@ -9,13 +9,13 @@ command in the same checkout), which is where a checkout's DVC state lives.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
 import subprocess
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -53,8 +53,11 @@ RUNNING = re.compile(r"^Running stage '([^']+)'")
 
 
 def _env() -> dict[str, str]:
-    """Stage commands run ``python`` from PATH: make it this interpreter."""
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    """Stage commands run ``python`` from PATH: make it this interpreter. DVC hands its own stdout/stderr (our
+    pipe) to the stage command; unbuffered, each of the command's lines arrives when it is written. The stages
+    log a line per step; the Hugging Face progress bars (weight loading) are off in a log that is no terminal."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "PATH": path, "PYTHONUNBUFFERED": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 
 def repro(root: Path, stage: str, echo: Callable[[str], None] | None = None) -> list[str]:
@@ -64,38 +67,71 @@ def repro(root: Path, stage: str, echo: Callable[[str], None] | None = None) -> 
     goes line by line to ``echo`` (default: this module's logger), so long training shows progress.
     """
     echo = echo or log.info
-    ran: list[str] = []
-    tail: deque[str] = deque(maxlen=20)
-    cmd = [sys.executable, "-m", "dvc", "repro", stage]
     with repo_lock(root) as waited:
         if waited > 1:
             log.info("waited %.1f s for the DVC lock of %s", waited, root)
-        with subprocess.Popen(
-            cmd, cwd=root, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-        ) as proc:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                line = line.rstrip()
-                if not line:
-                    continue
-                tail.append(line)
-                echo(f"[dvc {stage}] {line}")
-                if m := RUNNING.match(line):
-                    ran.append(m.group(1))
-        if proc.returncode != 0:
-            last = " | ".join(list(tail)[-6:])
-            raise StageFailed(
-                f"DVC stage {stage!r} failed in {root} (exit {proc.returncode}): {last}. Fix the cause and rerun "
-                f"`dvc repro {stage}` there (or the flow)."
-            )
+        code, lines = _stream([sys.executable, "-m", "dvc", "repro", stage], root, f"dvc {stage}", echo)
+    if code != 0:
+        raise StageFailed(
+            f"DVC stage {stage!r} failed in {root} (exit {code}): {' | '.join(lines[-6:])}. Fix the cause and "
+            f"rerun `dvc repro {stage}` there (or the flow)."
+        )
+    ran = [m.group(1) for line in lines if (m := RUNNING.match(line))]
     log.info("dvc repro %s: %s", stage, f"ran {', '.join(ran)}" if ran else "up to date, skipped")
     return ran
 
 
+def _stream(cmd: list[str], root: Path, tag: str, echo: Callable[[str], None]) -> tuple[int, list[str]]:
+    """Run ``cmd`` in ``root``, echoing its output line by line; return its exit code and every line."""
+    lines: list[str] = []
+    with subprocess.Popen(
+        cmd, cwd=root, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as proc:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            if line := raw.rstrip():
+                lines.append(line)
+                echo(f"[{tag}] {line}")
+    return proc.returncode, lines
+
+
+def launch_ppo_command(processes: int) -> list[str]:
+    """The ``ppo`` stage's work on ``processes`` devices: ``accelerate launch --multi_gpu`` (torchrun underneath;
+    without GPUs the processes use the CPU and gloo)."""
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    return [
+        accelerate, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+        "--dynamo_backend", "no", "-m", "components.ppo.train", "--params", "params.yaml",
+    ]  # fmt: skip
+
+
+def run_and_commit(root: Path, stage: str, cmd: list[str], echo: Callable[[str], None] | None = None) -> list[str]:
+    """Run a stage's work with another command (e.g. ``accelerate launch``) when ``dvc status`` says the stage
+    changed, then ``dvc commit`` it so ``dvc.lock`` records its deps, params and outputs as ``dvc repro`` would.
+    Returns ``[stage]`` when it ran, ``[]`` when the stage was up to date."""
+    echo = echo or log.info
+    dvc = [sys.executable, "-m", "dvc"]
+    with repo_lock(root):
+        code, lines = _stream([*dvc, "status", stage, "--json"], root, f"dvc status {stage}", lambda _line: None)
+        if code != 0:
+            raise StageFailed(f"`dvc status {stage}` failed in {root}: {' | '.join(lines[-6:])}")
+        if not json.loads("\n".join(lines) or "{}"):
+            log.info("%s: up to date, skipped", stage)
+            return []
+        code, lines = _stream(cmd, root, stage, echo)
+        if code != 0:
+            raise StageFailed(
+                f"stage {stage!r} failed in {root} (exit {code}) under `{' '.join(cmd[:6])} ...`: "
+                f"{' | '.join(lines[-6:])}"
+            )
+        code, lines = _stream([*dvc, "commit", "--force", stage], root, f"dvc commit {stage}", echo)
+        if code != 0:
+            raise StageFailed(f"`dvc commit {stage}` failed in {root}: {' | '.join(lines[-6:])}")
+    return [stage]
+
+
 def status(root: Path) -> dict:
     """``dvc status --json`` of the pipeline (empty when everything is up to date)."""
-    import json
-
     with repo_lock(root):
         done = subprocess.run(
             [sys.executable, "-m", "dvc", "status", "--json"], cwd=root, env=_env(), capture_output=True, text=True

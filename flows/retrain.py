@@ -22,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from components.flow_config import FlowConfig
 from components.paths import ProjectPaths
 from flows import dvc_steps
+from flows.progress import task_progress
 from flows.report import publish_summary
 from flows.routing import TRAIN_FLOW_NAME, training_route
 
@@ -77,7 +78,7 @@ def seed_sample(root: str, params: str) -> dict[str, Any]:
     from components import stages
 
     p = _params(params)
-    return asdict(stages.sample_seed(p.data, _paths(root), model=p.model))
+    return asdict(stages.sample_seed(p.data, _paths(root), model=p.model, progress=task_progress("seed-sample")))
 
 
 @task(name="seed-label", cache_policy=NO_CACHE)
@@ -85,7 +86,8 @@ def seed_label(root: str, params: str, sample: dict[str, Any]) -> dict[str, Any]
     """The gold annotator picks best over worst of each prompt's replies."""
     from components import stages
 
-    return asdict(stages.label_seed(_params(params).data, _paths(root), sample=stages.SeedSample(**sample)))
+    cfg, sampled = _params(params).data, stages.SeedSample(**sample)
+    return asdict(stages.label_seed(cfg, _paths(root), sample=sampled, progress=task_progress("seed-label")))
 
 
 @task(name="seed-validate-and-version", cache_policy=NO_CACHE)
@@ -96,7 +98,11 @@ def seed_ingest(root: str, params: str, labels: dict[str, Any]) -> dict[str, Any
     paths = _paths(root)
     report = paths.reports / "seed-validation"
     labelled = stages.SeedLabels(**labels)
-    return asdict(stages.ingest_seed(_params(params).data, paths, labels=labelled, report_dir=report))
+    progress = task_progress("seed-validate-and-version")
+    progress(0, 1, f"validating {labelled.pairs} pairs, then a DVC version")
+    done = stages.ingest_seed(_params(params).data, paths, labels=labelled, report_dir=report)
+    progress(1, 1, f"{done.accepted} accepted, {done.quarantined} quarantined, version {done.version}")
+    return asdict(done)
 
 
 @task(name="export-served-feedback", cache_policy=NO_CACHE)
@@ -104,7 +110,7 @@ def export_served_feedback(root: str, params: str) -> dict[str, Any]:
     """Feedback on served outputs since the last export (the store's watermark), as feedback files."""
     from flows.served import export_new_feedback
 
-    return export_new_feedback(_paths(root), Path(params))
+    return export_new_feedback(_paths(root), Path(params), progress=task_progress("export-served-feedback"))
 
 
 @task(name="validate-and-version", cache_policy=NO_CACHE)
@@ -112,7 +118,20 @@ def validate_and_version(root: str, params: str, exported: dict[str, Any]) -> di
     """Great Expectations validation of the exported rows, then a DVC version of ``data/`` per kind."""
     from flows.served import ingest_exported
 
-    return ingest_exported(_paths(root), Path(params), exported)
+    return ingest_exported(_paths(root), Path(params), exported, progress=task_progress("validate-and-version"))
+
+
+@task(name="champion-pointer", cache_policy=NO_CACHE)
+def champion_pointer(root: str, params: str) -> str:
+    """Register the base model as the first champion when there is none, and write ``registry/champion.json``
+    (a dep of the ``ppo`` stage, which starts from the champion): a new champion reruns PPO, the same skips it."""
+    from components import registry
+    from components.base_model import resolve_model_dir
+
+    paths, base = _paths(root), _params(params).model.base
+    champ = registry.ensure_base_champion(paths, base, resolve_model_dir(base))
+    registry.write_champion_pointer(paths)
+    return champ.version
 
 
 @task(name="train-reward-model", cache_policy=NO_CACHE)
@@ -127,13 +146,30 @@ def train_policy(root: str) -> list[str]:
     return dvc_steps.repro(Path(root), "ppo", echo=get_run_logger().info)
 
 
+@task(name="train-policy-ppo-multi", cache_policy=NO_CACHE)
+def train_policy_launched(root: str, processes: int) -> list[str]:
+    """The ``ppo`` stage under ``accelerate launch`` on ``processes`` devices, then ``dvc commit ppo``."""
+    cmd = dvc_steps.launch_ppo_command(processes)
+    return dvc_steps.run_and_commit(Path(root), "ppo", cmd, echo=get_run_logger().info)
+
+
 @flow(name=TRAIN_FLOW_NAME, persist_result=True, log_prints=True)
-def train_models(root: str, retries: int = 1, retry_delay_s: float = 5.0) -> dict[str, Any]:
-    """Reward model then PPO, as DVC stages: what a GPU work pool's worker runs for the ``retrain`` flow."""
+def train_models(
+    root: str, retries: int = 1, retry_delay_s: float = 5.0, ppo_processes: int | None = None
+) -> dict[str, Any]:
+    """Reward model then PPO, as DVC stages: what a GPU work pool's worker runs for the ``retrain`` flow.
+
+    ``ppo_processes`` None takes ``flow.ppo_processes`` / ``$RLHF_PPO_PROCESSES`` where this runs (the worker)."""
+    from components.flow_config import load_flow_config
+
     opts = {"retries": retries, "retry_delay_seconds": retry_delay_s}
+    processes = ppo_processes or load_flow_config(Path(root) / "params.yaml").ppo_processes
     ran = train_reward_model.with_options(**opts)(root)
-    ran += train_policy.with_options(**opts)(root)
-    return {"ran": ran, "skipped": [s for s in ("train_reward", "ppo") if s not in ran]}
+    if processes > 1:
+        ran += train_policy_launched.with_options(**opts)(root, processes)
+    else:
+        ran += train_policy.with_options(**opts)(root)
+    return {"ran": ran, "skipped": [s for s in ("train_reward", "ppo") if s not in ran], "ppo_processes": processes}
 
 
 @task(name="train-on-work-pool", cache_policy=NO_CACHE)
@@ -250,12 +286,13 @@ def retrain(
     summary.data_version = ingested["version"]
     summary.previous_data_version = (summary.seeded or ingested)["previous_version"]
 
-    # 2. train: reward model then PPO, in-process or on the GPU work pool
+    # 2. train: reward model then PPO (from the champion, ppo.init_from), in-process or on the GPU work pool
+    champion_pointer.with_options(**opts)(root, params_path)
     route = training_route(cfg)
     if route.where == "work-pool":
         trained = train_on_pool.with_options(**opts)(root, route.deployment, cfg)
     else:
-        trained = train_models.fn(root, cfg.retries, cfg.retry_delay_s)
+        trained = train_models.fn(root, cfg.retries, cfg.retry_delay_s, cfg.ppo_processes)
     summary.training = {"where": route.where, "pool": route.pool, "reason": route.reason, **trained}
     summary.reward = _read_json(paths.metrics / "reward.json")
     summary.policy = _read_json(paths.metrics / "ppo.json")

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from components.paths import ProjectPaths
+from components.progress import Progress
+from components.progress import report as tell
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +31,7 @@ def _store_url(paths: ProjectPaths, params: Path) -> str | None:
     return url
 
 
-def export_new_feedback(paths: ProjectPaths, params: Path) -> dict[str, Any]:
+def export_new_feedback(paths: ProjectPaths, params: Path, progress: Progress | None = None) -> dict[str, Any]:
     """Files of the feedback recorded since the last export (``live/exports/<time>/``) and the new watermark."""
     from components.served_store import export_feedback, open_store
 
@@ -38,6 +40,7 @@ def export_new_feedback(paths: ProjectPaths, params: Path) -> dict[str, Any]:
     if url is None:
         log.info("no served-output store in %s: nothing to export", paths.live)
         return empty
+    tell(progress, 0, 1, "exporting rated served outputs")
     store = open_store(url)
     try:
         out = paths.live / "exports" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -45,6 +48,7 @@ def export_new_feedback(paths: ProjectPaths, params: Path) -> dict[str, Any]:
         done = export_feedback(store, out, advance=False)
     finally:
         store.close()
+    tell(progress, 1, 1, f"exported {done.ratings} ratings, {done.pairs} pairs")
     return {
         "counts": {"ratings": done.ratings, "pairs": done.pairs, "ties": done.ties_skipped},
         "ratings": str(done.ratings_path) if done.ratings_path else None,
@@ -53,7 +57,9 @@ def export_new_feedback(paths: ProjectPaths, params: Path) -> dict[str, Any]:
     }
 
 
-def ingest_exported(paths: ProjectPaths, params: Path, exported: dict[str, Any]) -> dict[str, Any]:
+def ingest_exported(
+    paths: ProjectPaths, params: Path, exported: dict[str, Any], progress: Progress | None = None
+) -> dict[str, Any]:
     """Validate + version the exported ratings, then the pairs (users' choices + pairs from ratings); then
     move the store's watermark past what was exported."""
     from components.config import load_section
@@ -66,6 +72,9 @@ def ingest_exported(paths: ProjectPaths, params: Path, exported: dict[str, Any])
     previous = data_version(paths)
     report = paths.reports / "served-validation"
     ingests, derived_pairs = [], 0
+    parts = ("ratings", "pairs")
+    steps = sum(bool(exported.get(k)) for k in parts)
+    tell(progress, 0, steps, "validating + versioning exported feedback")
     if exported.get("ratings"):
         done = ingest_file(exported["ratings"], paths, cfg, report_dir=report / "ratings")
         ingests.append(done)
@@ -77,8 +86,10 @@ def ingest_exported(paths: ProjectPaths, params: Path, exported: dict[str, Any])
             )
             derived_pairs = len(made.validation.accepted)
             ingests.append(made)
+        tell(progress, 1, steps, "validated + versioned the ratings")
     if exported.get("pairs"):
         ingests.append(ingest_file(exported["pairs"], paths, cfg, report_dir=report / "pairs"))
+        tell(progress, steps, steps, "validated + versioned the pairs")
     if exported.get("watermark"):
         _advance(paths, params, exported["watermark"])
     counts: dict[str, Any] = {"rows_in": 0, "accepted": 0, "quarantined": 0, "by_reason": {}}

@@ -87,7 +87,9 @@ def sample_replies(
     return [texts[j * k : (j + 1) * k] for j in range(len(prompts))]
 
 
-def label_pairs(prompts: list[str], replies: list[list[str]], cfg: DataConfig) -> tuple[pd.DataFrame, dict]:
+def label_pairs(
+    prompts: list[str], replies: list[list[str]], cfg: DataConfig, progress: Progress | None = None
+) -> tuple[pd.DataFrame, dict]:
     """Pairs by gold score (raw pairs rows) and labelling statistics.
 
     Per prompt the distinct non-empty replies are ranked; pair q (q = 0 .. ``pairs_per_prompt`` - 1) is the
@@ -96,7 +98,8 @@ def label_pairs(prompts: list[str], replies: list[list[str]], cfg: DataConfig) -
     rows, gaps, best_scores, worst_scores = [], [], [], []
     skipped = 0
     now = pd.Timestamp.now(tz="UTC")
-    for prompt, options in zip(prompts, replies):
+    for i, (prompt, options) in enumerate(zip(prompts, replies)):
+        report(progress, i, len(prompts), "gold-labelling seed replies")
         distinct = list(dict.fromkeys(r for r in options if r.strip()))
         scored = sorted(((gold.score(prompt, r), r) for r in distinct), key=lambda t: -t[0])
         made = 0
@@ -120,6 +123,7 @@ def label_pairs(prompts: list[str], replies: list[list[str]], cfg: DataConfig) -
             worst_scores.append(worst)
             made += 1
         skipped += made == 0
+    report(progress, len(prompts), len(prompts), "gold-labelling seed replies")
     stats = {
         "prompts": len(prompts),
         "replies": sum(len(r) for r in replies),
@@ -223,10 +227,12 @@ def sample_seed(
     return SeedSample(str(out), len(prompts), n, False, round(time.perf_counter() - t0, 1))
 
 
-def label_seed(cfg: DataConfig, paths: ProjectPaths, *, sample: SeedSample) -> SeedLabels:
+def label_seed(
+    cfg: DataConfig, paths: ProjectPaths, *, sample: SeedSample, progress: Progress | None = None
+) -> SeedLabels:
     """Let the gold annotator rank each prompt's replies and write the pairs (best over worst) as JSONL."""
     data = json.loads(Path(sample.path).read_text(encoding="utf-8"))
-    frame, stats = label_pairs(data["prompts"], data["replies"], cfg)
+    frame, stats = label_pairs(data["prompts"], data["replies"], cfg, progress)
     log.info("gold annotator labelled %d pairs from %d replies", stats["pairs"], stats["replies"])
     out = Path(sample.path).with_name(Path(sample.path).name.replace("replies-", "pairs-") + "l")
     lines = frame.to_json(orient="records", lines=True) if len(frame) else ""

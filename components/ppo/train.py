@@ -91,12 +91,15 @@ def run(
 ) -> TrainResult:
     """Train PPO from a params file (or dict) in project ``root``; export unless stopped early.
 
-    The export is ``<ppo.output_dir>/<version>/`` (a fresh version id unless given); ``parent`` is the
-    registry version of the policy PPO started from (recorded in the manifest; default: the base model's)."""
+    The export is ``<ppo.output_dir>/<version>/`` (a fresh version id unless given). PPO starts from
+    ``parent`` (a registry policy version) when given, else from what ``ppo.init_from`` names
+    (:func:`initial_policy`); the manifest records that version as ``parent``."""
     raw = read_params(params) if isinstance(params, Path) else params
     cfg = load_section(PPOConfig, "ppo", raw)
-    model_cfg = load_section(ModelConfig, "model", raw)
+    base_cfg = load_section(ModelConfig, "model", raw)
     paths = ProjectPaths(root)
+    parent, init_dir = initial_policy(cfg, base_cfg, paths, parent)
+    model_cfg = dataclasses.replace(base_cfg, base=str(init_dir)) if init_dir is not None else base_cfg
     scorer_spec = cfg.reward_model if cfg.reward_model.startswith("builtin:") else str(root / cfg.reward_model)
     scorer_id = scorer_fingerprint(scorer_spec)
     scorer = scorer if scorer is not None else load_scorer(scorer_spec)
@@ -110,20 +113,20 @@ def run(
         raise RuntimeError("data-parallel replicas diverged: trainable weights differ between processes")
     finished = trainer.step >= cfg.steps
     if export and finished and result.accelerator.is_main_process:
-        from components.registry import base_version
-
         version = version or new_policy_version()
         out_dir = root / cfg.output_dir / version
         stats = summary(result.metrics)
         manifest = {
             "kind": "policy",
             "version": version,
-            "parent": parent or base_version(model_cfg.base),
-            "base": model_cfg.base,
-            "base_dir": _base_dir(model_cfg.base),
+            "parent": parent,
+            "init_from": cfg.init_from,
+            "base": base_cfg.base,
+            # the folder PPO started from = its KL reference (the evaluation reads it)
+            "base_dir": str(init_dir) if init_dir is not None else _base_dir(base_cfg.base),
             "data_version": data_version(root),
             "reward_model": reward_lineage(cfg.reward_model, root, scorer_id),
-            "params": {"ppo": to_dict(cfg), "model": to_dict(model_cfg)},
+            "params": {"ppo": to_dict(cfg), "model": to_dict(base_cfg)},
             "code_revision": code_revision(root) or "unknown",
             "metrics": stats,
             "processes": result.accelerator.num_processes,
@@ -138,6 +141,26 @@ def run(
         log.info("policy version %s written to %s", version, out_dir)
     result.accelerator.wait_for_everyone()
     return result
+
+
+def initial_policy(
+    cfg: PPOConfig, model: ModelConfig, paths: ProjectPaths, parent: str | None = None
+) -> tuple[str, Path | None]:
+    """The registry version PPO starts from and its folder (None: ``model.base`` itself).
+
+    ``parent`` if given; else with ``init_from: champion`` the registry's champion (the base model while it is
+    the champion or nothing is registered yet); else the base model."""
+    from components import registry  # the reading side imports no BentoML
+
+    if parent is None and cfg.init_from == "champion":
+        champ = registry.champion(paths)
+        if champ is not None and not champ.version.startswith("base-"):
+            parent = champ.version
+    if parent is None or parent.startswith("base-"):
+        return parent or registry.base_version(model.base), None  # a base champion: model.base itself
+    folder = registry.get(paths, parent).path
+    log.info("PPO starts from %s (%s); it is also the KL reference", parent, folder)
+    return parent, folder
 
 
 def _base_dir(spec: str) -> str | None:
@@ -178,16 +201,12 @@ def train_policy(
     write a new policy version folder.
 
     ``parent`` is a registry policy version to start from (its folder becomes the initial policy and the KL
-    reference); None starts from ``model.base``.
+    reference); None starts from what ``cfg.init_from`` names (the champion by default).
     """
-    from components import registry
-
     if reward is not None:
         rel = Path(reward).resolve()
         spec = str(rel.relative_to(paths.root)) if rel.is_relative_to(paths.root) else str(rel)
         cfg = dataclasses.replace(cfg, reward_model=spec)
-    if parent is not None and not parent.startswith("base-"):
-        model = dataclasses.replace(model, base=str(registry.get(paths, parent).path))
     raw = {"ppo": to_dict(cfg), "model": to_dict(model)}
     t0 = time.perf_counter()
     result = run(raw, paths.root, resume=resume, progress=progress, parent=parent)

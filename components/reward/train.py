@@ -18,7 +18,7 @@ from pathlib import Path
 
 from components.config import ConfigError, load_section
 from components.paths import ProjectPaths
-from components.progress import Progress
+from components.progress import Progress, log_progress
 from components.reward.config import RewardConfig
 from components.reward.pairs import PairsError
 
@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             args.out or paths.reward_model,
             args.metrics or paths.metrics,
             project_root=paths.root,
+            progress=log_progress(logging.getLogger("components.reward"), "reward step"),
         )
     except (ConfigError, PairsError) as exc:
         print(f"train_reward: {exc}", file=sys.stderr)

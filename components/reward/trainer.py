@@ -259,7 +259,8 @@ def score_pairs(
     """Raw rewards of every pair's chosen and rejected reply, shape (len(pairs),) each."""
     model.eval()
     rc, rr = [], []
-    for i in tqdm(range(0, len(pairs), cfg.eval_batch_size), desc=desc, unit="batch", mininterval=2.0):
+    batches = range(0, len(pairs), cfg.eval_batch_size)
+    for i in tqdm(batches, desc=desc, unit="batch", mininterval=2.0, disable=None):  # None: no bar off a terminal
         b = pairs.subset(list(range(i, min(i + cfg.eval_batch_size, len(pairs)))))
         c, r, _ = pair_scores(model, tok, b.prompts, b.chosen, b.rejected, cfg.max_length)
         rc.append(c.float().cpu())

@@ -91,13 +91,20 @@ def test_demo_runs_two_rounds_through_the_flow_and_the_service(prefect_api, tmp_
         "demo-seed" in trail["feedback"]["by_source"]["pairs"] and "served" in trail["feedback"]["by_source"]["pairs"]
     )
 
-    # the pipeline is reproducible the DVC way: dvc.lock has every stage, nothing is left to run
+    # round 2 fine-tuned round 1's champion (ppo.init_from: champion), its KL measured against it
+    second_manifest = json.loads((paths.policies / second.version / "manifest.json").read_text())
+    assert second.parent == first.version and second_manifest["base_dir"] == str(first.path)
+
+    # the pipeline is reproducible the DVC way: dvc.lock has every stage; the only change DVC reports is the
+    # new champion pointer, the ppo stage's starting point for the next round
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"train_reward", "ppo", "evaluate"}
-    status = subprocess.run(
-        [sys.executable, "-m", "dvc", "status"], cwd=root, capture_output=True, text=True, check=True
-    ).stdout
-    assert "up to date" in status, status
+    status = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "dvc", "status", "--json"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout
+    )
+    assert set(status) <= {"ppo", "evaluate"} and "registry/champion.json" in str(status["ppo"]), status
 
     listed = json.loads(runner.invoke(app, ["models", "--json"]).output)
     assert {m["version"]: m["status"] for m in listed if m["kind"] == "policy"}[second.version] == "champion"

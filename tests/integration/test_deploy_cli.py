@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from prefect.client.orchestration import get_client
 from typer.testing import CliRunner
@@ -50,3 +51,43 @@ def test_deploy_without_a_server_says_how_to_start_one(tmp_path):
     )
     assert done.returncode == 2, done.stdout + done.stderr
     assert "prefect server start" in done.stdout and "PREFECT_API_URL" in done.stdout
+
+
+@pytest.mark.slow  # about a minute on shared CPU (a second Python process importing Prefect)
+def test_deploy_without_a_pool_serves_the_schedule_from_its_own_process(prefect_api, tmp_path):
+    import signal
+    import time
+
+    from prefect.settings import PREFECT_API_URL
+
+    (tmp_path / "params.yaml").write_text("flow: {}\n")
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlhf_cli.main", "deploy", "--cron", "*/30 * * * *", "--params", "params.yaml"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline, dep = time.monotonic() + 120, None
+        while time.monotonic() < deadline and proc.poll() is None:
+            with get_client(sync_client=True) as client:
+                deps = [d for d in client.read_deployments() if d.parameters == {"project": str(tmp_path)}]
+            if deps:
+                dep = deps[0]
+                break
+            time.sleep(1)
+        assert dep is not None, proc.stdout.read().decode() if proc.poll() is not None else "not registered in 120 s"
+        assert dep.name == "scheduled" and dep.work_pool_name is None  # served by the deploy process itself
+        assert [s.schedule.cron for s in dep.schedules] == ["*/30 * * * *"]
+        assert proc.poll() is None  # still serving
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

@@ -380,3 +380,60 @@ def test_policy_versions_are_new_folders_never_replaced(tmp_path):
     m = json.loads((second / "manifest.json").read_text())
     assert m["version"] == second.name and m["parent"] == "base-tiny"
     assert {"data_version", "reward_model", "code_revision", "params"} <= set(m)
+
+
+def test_after_a_promotion_ppo_starts_from_the_champion_and_dvc_reruns_it(tmp_path):
+    """ppo.init_from: champion. The champion pointer is a dep of the ppo stage: promoting a policy makes
+    `dvc status` report the stage changed; the next run starts from the champion's weights (step 0) and records
+    it as parent and KL reference."""
+    from components import registry
+    from components.base_model import resolve_model_dir
+    from components.project import init_project
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["model"]["base"] = "tiny"
+    params["ppo"].update({**project(tmp_path)["ppo"], "prompts": "data/prompts/train.jsonl", "steps": 1})
+    params["ppo"].update({"save_every": 1, "bf16": False})
+    (tmp_path / "params-src.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    paths = init_project(tmp_path / "p", params=tmp_path / "params-src.yaml")
+    root = paths.root
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    shutil.copytree(REPO / "components", root / "components", ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "data" / "prompts").mkdir(parents=True)
+    (root / "data" / "prompts" / "train.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    (root / "models" / "reward").mkdir(parents=True)  # a dep of the stage; this run scores with a built-in
+    (root / "models" / "reward" / "unused.txt").write_text("builtin scorer\n")
+    base = registry.ensure_base_champion(paths, "tiny", resolve_model_dir("tiny"))
+    assert json.loads(registry.pointer_path(paths).read_text())["version"] == base.version == "base-tiny"
+
+    # round one from the base (the champion is the base), recorded in dvc.lock as the ppo stage
+    first = run(paths.params, root).export_dir
+    assert json.loads((first / "manifest.json").read_text())["parent"] == "base-tiny"
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "commit", "--force", "ppo"], cwd=root, check=True, capture_output=True)
+
+    def ppo_status() -> str:
+        done = subprocess.run([*dvc, "status", "ppo"], cwd=root, check=True, capture_output=True, text=True)
+        return done.stdout
+
+    assert "changed" not in ppo_status()
+
+    # promote it: the pointer moves, DVC sees the ppo stage's dep changed
+    registry.register(paths, first.name, first, parent="base-tiny")
+    registry.promote(paths, first.name)
+    champ = registry.champion(paths)
+    assert json.loads(registry.pointer_path(paths).read_text()) == {"version": first.name, "path": str(champ.path)}
+    assert "registry/champion.json" in ppo_status()
+
+    # the next run starts from the champion's weights: before any step the policy equals the champion
+    start = run(paths.params, root, stop_after=0, export=False)
+    start_weights = start.actor_critic.policy.merge_and_unload().state_dict()
+    champion_weights = load_file(champ.path / "model.safetensors")
+    base_weights, _ = load_base("tiny")
+    assert all(torch.equal(start_weights[k], v) for k, v in champion_weights.items())
+    assert any(not torch.equal(base_weights.state_dict()[k], v) for k, v in champion_weights.items())
+
+    second = run(paths.params, root).export_dir
+    manifest = json.loads((second / "manifest.json").read_text())
+    assert manifest["parent"] == first.name and manifest["base_dir"] == str(champ.path)
+    assert manifest["base"] == "tiny" and manifest["init_from"] == "champion"

@@ -1,0 +1,60 @@
+"""The retrain flow's artifacts: the table rows and the Markdown a reviewer reads first."""
+
+from __future__ import annotations
+
+from flows.report import markdown, metric_rows
+
+SUMMARY = {
+    "label": "round 2",
+    "exported": {"ratings": 16, "pairs": 3},
+    "validation": {"rows_in": 19, "accepted": 16, "quarantined": 3},
+    "data_version": "6bec00f57488.dir",
+    "training": {"where": "in-process", "ran": ["train_reward", "ppo"], "skipped": []},
+    "reward": {"eval": {"accuracy": 0.75}},
+    "candidate": "v2",
+    "evaluation": {
+        "champion": "v1",
+        "win_rate": 0.4875,
+        "win_rate_low": 0.45,
+        "win_rate_high": 0.525,
+        "gold_candidate": -0.699,
+        "gold_champion": -0.694,
+        "kl": 0.08,
+        "kl_target": 4.0,
+    },
+    "gate": {
+        "checks": [
+            {"name": "gold win rate vs champion", "value": 0.4875, "threshold": 0.55, "passed": False, "reason": "low"},
+            {"name": "KL", "value": 0.08, "threshold": 6.0, "passed": True, "reason": "ok"},
+        ]
+    },
+    "decision": "rejected",
+    "champion_before": "v1",
+    "champion_after": "v1",
+    "links": {"evaluation report": "reports/eval.md"},
+    "seconds": 47.0,
+}
+
+
+def test_metric_rows_show_counts_interval_and_decision():
+    rows = {r["figure"]: r["value"] for r in metric_rows(SUMMARY)}
+    assert rows["served ratings / pairs exported"] == "16 / 3"
+    assert (rows["rows in"], rows["rows accepted"], rows["rows quarantined"]) == ("19", "16", "3")
+    assert rows["training stages run"] == "train_reward, ppo"
+    assert rows["gold win rate vs v1"] == "48.8% (95 % interval 45.0% - 52.5%)"
+    assert rows["KL to reference (target 4)"] == "0.08"
+    assert (rows["decision"], rows["champion"]) == ("rejected", "v1")
+
+
+def test_rows_before_any_evaluation_say_so():
+    rows = {r["figure"]: r["value"] for r in metric_rows({"training": {"ran": []}, "decision": "unchanged"})}
+    assert rows["training stages run"] == "none (up to date)"
+    assert rows["gold win rate vs champion"] == "-" and rows["decision"] == "unchanged"
+
+
+def test_markdown_has_every_gate_check_and_the_links():
+    md = markdown(SUMMARY)
+    assert md.startswith("# Retrain round 2") and "**Decision: rejected** (champion v1 -> v1)" in md
+    assert "| gold win rate vs champion | 0.4875 | 0.55 | **fail** | low |" in md
+    assert "| KL | 0.08 | 6 | pass | ok |" in md
+    assert "- evaluation report: `reports/eval.md`" in md
