@@ -48,9 +48,11 @@ POLICY_MODEL = "rlhf-policy"
 REWARD_MODEL = "rlhf-reward"
 """BentoML model name of reward-model versions."""
 RECORD = "status.json"
-POINTER = "champion.json"
-"""``registry/champion.json``: the champion's version and folder only, a dep of the ``ppo`` DVC stage (PPO
-starts from the champion), rewritten atomically with the record and only when the champion changes."""
+POINTER = "ppo_parent.json"
+"""``registry/ppo_parent.json``: the version and folder PPO starts from (the champion when the training flow
+last prepared a round), a dep of the ``ppo`` DVC stage. Only :func:`write_ppo_parent` writes it (the flow, just
+before training), never a promotion itself: so after a round's promotion the pipeline stays up to date, and the
+next round's flow moves it to the new champion, which reruns PPO from there."""
 LOCK = ".lock"
 LOCK_TIMEOUT_S = 120.0
 SCHEMA = 1
@@ -136,16 +138,22 @@ def _recover(record: dict[str, Any]) -> dict[str, Any]:
 
 def _write(paths: ProjectPaths, record: dict[str, Any]) -> None:
     atomic_write_text(_record_path(paths), json.dumps(record, indent=2, sort_keys=True) + "\n")
-    write_champion_pointer(paths, record)
 
 
 def pointer_path(paths: ProjectPaths) -> Path:
     return paths.registry / POINTER
 
 
-def write_champion_pointer(paths: ProjectPaths, record: dict[str, Any] | None = None) -> Path:
-    """Write ``registry/champion.json`` (``{"version", "path"}``, nulls before a champion) when it differs."""
-    record = _read(paths) if record is None else record
+def ppo_parent(paths: ProjectPaths) -> str | None:
+    """The version named by ``registry/ppo_parent.json`` (None when the file is missing or names none)."""
+    path = pointer_path(paths)
+    return json.loads(path.read_text(encoding="utf-8")).get("version") if path.is_file() else None
+
+
+def write_ppo_parent(paths: ProjectPaths) -> Path:
+    """Point ``registry/ppo_parent.json`` at the current champion (``{"version", "path"}``, nulls before a
+    champion); rewritten atomically and only when it differs, so DVC sees a change only for a new champion."""
+    record = _read(paths)
     champ = record.get("champion")
     entry = record["models"].get(champ) if champ else None
     text = json.dumps({"version": champ, "path": entry["path"] if entry else None}, indent=2) + "\n"

@@ -123,14 +123,14 @@ def validate_and_version(root: str, params: str, exported: dict[str, Any]) -> di
 
 @task(name="champion-pointer", cache_policy=NO_CACHE)
 def champion_pointer(root: str, params: str) -> str:
-    """Register the base model as the first champion when there is none, and write ``registry/champion.json``
+    """Register the base model as the first champion when there is none, and write ``registry/ppo_parent.json``
     (a dep of the ``ppo`` stage, which starts from the champion): a new champion reruns PPO, the same skips it."""
     from components import registry
     from components.base_model import resolve_model_dir
 
     paths, base = _paths(root), _params(params).model.base
     champ = registry.ensure_base_champion(paths, base, resolve_model_dir(base))
-    registry.write_champion_pointer(paths)
+    registry.write_ppo_parent(paths)
     return champ.version
 
 

@@ -113,8 +113,8 @@ class PPOConfig:
     """Where PPO starts: ``champion`` = the registry's current champion (iterative RLHF: each round fine-tunes
     the policy users were served; its folder is also the KL reference, so the evaluation's KL and the gate's
     ``max_kl`` measure the step from that champion), or ``model.base`` while the champion is the base or
-    there is no registry yet; ``base`` = always ``model.base``. The champion pointer
-    ``registry/champion.json`` is a dep of the ``ppo`` stage, so a new champion reruns PPO."""
+    there is no registry yet; ``base`` = always ``model.base``. The flow writes the starting point to
+    ``registry/ppo_parent.json`` before training, a dep of the ``ppo`` stage, so a new champion reruns PPO."""
     lora: bool = True
     """Train LoRA adapters (peft) instead of all weights; the reference is the base with adapters disabled."""
     lora_r: int = 16

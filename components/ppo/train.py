@@ -148,14 +148,18 @@ def initial_policy(
 ) -> tuple[str, Path | None]:
     """The registry version PPO starts from and its folder (None: ``model.base`` itself).
 
-    ``parent`` if given; else with ``init_from: champion`` the registry's champion (the base model while it is
-    the champion or nothing is registered yet); else the base model."""
+    ``parent`` if given; else with ``init_from: champion`` the version ``registry/ppo_parent.json`` names (the
+    flow points it at the champion before training; without the file, the registry's champion), the base model
+    while that is the base or nothing is registered yet; else the base model."""
     from components import registry  # the reading side imports no BentoML
 
     if parent is None and cfg.init_from == "champion":
-        champ = registry.champion(paths)
-        if champ is not None and not champ.version.startswith("base-"):
-            parent = champ.version
+        champ = registry.ppo_parent(paths)
+        if champ is None:
+            record = registry.champion(paths)
+            champ = record.version if record is not None else None
+        if champ is not None and not champ.startswith("base-"):
+            parent = champ
     if parent is None or parent.startswith("base-"):
         return parent or registry.base_version(model.base), None  # a base champion: model.base itself
     folder = registry.get(paths, parent).path

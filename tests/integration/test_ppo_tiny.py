@@ -383,7 +383,8 @@ def test_policy_versions_are_new_folders_never_replaced(tmp_path):
 
 
 def test_after_a_promotion_ppo_starts_from_the_champion_and_dvc_reruns_it(tmp_path):
-    """ppo.init_from: champion. The champion pointer is a dep of the ppo stage: promoting a policy makes
+    """ppo.init_from: champion. registry/ppo_parent.json is a dep of the ppo stage: promoting a policy leaves
+    the pipeline up to date; pointing the file at the new champion (the flow's step before training) makes
     `dvc status` report the stage changed; the next run starts from the champion's weights (step 0) and records
     it as parent and KL reference."""
     from components import registry
@@ -404,6 +405,7 @@ def test_after_a_promotion_ppo_starts_from_the_champion_and_dvc_reruns_it(tmp_pa
     (root / "models" / "reward").mkdir(parents=True)  # a dep of the stage; this run scores with a built-in
     (root / "models" / "reward" / "unused.txt").write_text("builtin scorer\n")
     base = registry.ensure_base_champion(paths, "tiny", resolve_model_dir("tiny"))
+    registry.write_ppo_parent(paths)
     assert json.loads(registry.pointer_path(paths).read_text())["version"] == base.version == "base-tiny"
 
     # round one from the base (the champion is the base), recorded in dvc.lock as the ppo stage
@@ -418,12 +420,14 @@ def test_after_a_promotion_ppo_starts_from_the_champion_and_dvc_reruns_it(tmp_pa
 
     assert "changed" not in ppo_status()
 
-    # promote it: the pointer moves, DVC sees the ppo stage's dep changed
+    # promote it: the pipeline stays up to date until the next round points PPO at the new champion
     registry.register(paths, first.name, first, parent="base-tiny")
     registry.promote(paths, first.name)
     champ = registry.champion(paths)
+    assert "changed" not in ppo_status()
+    registry.write_ppo_parent(paths)
     assert json.loads(registry.pointer_path(paths).read_text()) == {"version": first.name, "path": str(champ.path)}
-    assert "registry/champion.json" in ppo_status()
+    assert "registry/ppo_parent.json" in ppo_status()
 
     # the next run starts from the champion's weights: before any step the policy equals the champion
     start = run(paths.params, root, stop_after=0, export=False)
