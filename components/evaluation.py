@@ -32,6 +32,7 @@ from components.fsutil import atomic_write_text
 from components.generation import generate, position_ids_from_mask
 from components.paths import ProjectPaths
 from components.ppo import core
+from components.precision import autocast
 from components.progress import Progress, log_progress, report
 
 log = logging.getLogger(__name__)
@@ -51,9 +52,11 @@ class PolicyEval:
     examples: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _logits(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask))
-    return out.logits  # shape: (B, P+R, V)
+def _logits(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, keep: int = 0) -> torch.Tensor:
+    """Logits of the last ``keep`` positions (0: all), shape (B, keep or P+R, V)."""
+    positions = position_ids_from_mask(mask)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep, use_cache=False)
+    return out.logits
 
 
 @torch.no_grad()
@@ -69,10 +72,11 @@ def sequence_kl(
     """Summed k1 log-ratio of each sampled response under policy vs reference; shape (B,)."""
     ids = torch.cat([query_ids, response_ids], dim=1)  # shape: (B, P+R)
     mask = torch.cat([query_mask, response_mask], dim=1)  # shape: (B, P+R)
-    p = query_ids.shape[1]
-    # logits at position t predict token t+1: the response's logits are positions P-1 .. P+R-2
-    pol = _logits(policy, ids, mask)[:, p - 1 : -1]  # shape: (B, R, V)
-    ref = _logits(reference, ids, mask)[:, p - 1 : -1]  # shape: (B, R, V)
+    r = response_ids.shape[1]
+    # logits at position t predict token t+1: the response's logits are positions P-1 .. P+R-2, i.e. the
+    # last R+1 positions without the final one (only those are computed: no (B, P+R, V) tensor)
+    pol = _logits(policy, ids, mask, r + 1)[:, :-1]  # shape: (B, R, V)
+    ref = _logits(reference, ids, mask, r + 1)[:, :-1]  # shape: (B, R, V)
     logp = core.logprobs_from_logits(pol, response_ids, temperature)  # shape: (B, R)
     ref_logp = core.logprobs_from_logits(ref, response_ids, temperature)  # shape: (B, R)
     return (core.kl_per_token(logp, ref_logp, "k1") * response_mask).sum(dim=1)  # shape: (B,)
@@ -163,6 +167,9 @@ class EvalConfig:
     """See ``repeat_ngram``; empty replies are degenerate too."""
     overopt_tolerance: float = 0.02
     """Over-optimisation flag: the reward-model score rose while the mean gold score fell by more than this."""
+    bf16: bool = True
+    """Sample, score and compute the KL under bf16 autocast where the device computes bf16 natively (see
+    ``components/precision.py``); float32 elsewhere."""
 
     def __post_init__(self) -> None:
         if self.samples_per_prompt < 1:
@@ -358,8 +365,9 @@ def evaluate(
         done[0] += 1
         report(progress, done[0], total, "evaluating candidate and champion")
 
-    cand = _sample_and_score(cand_model, reference, tok, prompts, rm.score, cfg, model.system_prompt, tick)
-    champ_s = _sample_and_score(champ_model, None, champ_tok, prompts, rm.score, cfg, model.system_prompt, tick)
+    with autocast(device, cfg.bf16):
+        cand = _sample_and_score(cand_model, reference, tok, prompts, rm.score, cfg, model.system_prompt, tick)
+        champ_s = _sample_and_score(champ_model, None, champ_tok, prompts, rm.score, cfg, model.system_prompt, tick)
 
     # 3. compare: per prompt and sample, ties half; bootstrap over prompts
     outcomes = pairwise_outcomes(np.array(cand.gold).T, np.array(champ_s.gold).T)  # shape: (P, K)

@@ -36,6 +36,7 @@ from components.feedback.store import IngestResult, IngestSummary, ingest_frame,
 from components.fsutil import atomic_write_text
 from components.generation import generate
 from components.paths import ProjectPaths
+from components.precision import autocast
 from components.progress import Progress, report
 
 log = logging.getLogger(__name__)
@@ -65,25 +66,28 @@ def sample_replies(
     system: str | None,
     progress: Progress | None = None,
 ) -> list[list[str]]:
-    """``cfg.replies_per_prompt`` sampled replies for each prompt (copies of a prompt share a batch)."""
-    requests = [p for p in prompts for _ in range(cfg.replies_per_prompt)]
+    """``cfg.replies_per_prompt`` sampled replies for each prompt; a prompt's replies share one batch and one
+    encoding of the prompt (its KV cache is copied), batches hold about ``cfg.batch_size`` replies, and the
+    forward passes run under bf16 autocast where the device computes bf16 natively (``cfg.bf16``)."""
+    k = cfg.replies_per_prompt
+    per_batch = max(1, cfg.batch_size // k)  # prompts per batch
+    starts = range(0, len(prompts), per_batch)
     texts: list[str] = []
-    starts = range(0, len(requests), cfg.batch_size)
     for i, start in enumerate(starts):
         report(progress, i, len(starts), "sampling seed replies")
-        batch = requests[start : start + cfg.batch_size]
-        out = generate(
-            model,
-            tok,
-            batch,
-            system=system,
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            generator_seed=cfg.seed + i,
-        )
+        with autocast(model.device, cfg.bf16):
+            out = generate(
+                model,
+                tok,
+                prompts[start : start + per_batch],
+                system=system,
+                max_new_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature,
+                generator_seed=cfg.seed + i,
+                samples_per_prompt=k,
+            )
         texts += out.texts
     report(progress, len(starts), len(starts), "sampling seed replies")
-    k = cfg.replies_per_prompt
     return [texts[j * k : (j + 1) * k] for j in range(len(prompts))]
 
 

@@ -33,8 +33,13 @@ class DataConfig:
     were seen to take twice that."""
     temperature: float = 1.0
     """Sampling temperature for seed replies (1.0: the policy's own distribution, diverse enough to rank)."""
-    batch_size: int = 64
-    """Replies generated per forward batch while seeding (larger batches amortise the CPU's per-step overhead)."""
+    batch_size: int = 120
+    """Replies generated per forward batch while seeding (whole prompts: ``batch_size // replies_per_prompt``
+    prompts per batch). Larger batches amortise the per-step overhead: on 2 CPU cores one bf16 decode step of
+    SmolLM2 gives 507 tokens/s at 64 rows, 612 at 128, 652 at 256."""
+    bf16: bool = True
+    """Sample the seed replies under bf16 autocast where the device computes bf16 natively (see
+    ``components/precision.py``); float32 elsewhere."""
     min_gold_gap: float = 0.05
     """A pair is made only if its two replies differ by at least this gold score (near-ties are noise, not
     preference); a prompt whose best and worst are closer yields none."""

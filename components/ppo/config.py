@@ -127,7 +127,9 @@ class PPOConfig:
     """Value head on the policy's trunk (``shared``) or on its own copy of the base (``separate``);
     see README, "Value head", for the measurement behind the default."""
     bf16: bool = True
-    """On CUDA, run forward passes under bf16 autocast (weights stay float32). Ignored on CPU."""
+    """Run rollouts, forward passes, scoring and updates under bf16 autocast (weights stay float32) where the
+    device computes bf16 natively: CUDA GPUs with bf16, CPUs with AVX512-BF16 / AMX (``components/precision.py``);
+    float32 elsewhere. On 2 EPYC cores an update micro-batch took 1.02 s instead of 1.54 s."""
 
     def __post_init__(self) -> None:
         if self.batch_size % self.mini_batch_size:

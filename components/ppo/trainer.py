@@ -13,8 +13,8 @@ One step reads top to bottom:
 Letters: B replies in the step (per process), b a micro-batch, P prompt tokens (left padded),
 R reply tokens (right padded after EOS), V vocabulary, H hidden size.
 
-Devices: CPU; CUDA with bf16 autocast (``accelerate``; the autocast path is tested on CPU, where
-accelerate runs torch's CPU bf16 autocast, but not yet run on a GPU); several processes with
+Devices: CPU or CUDA, with bf16 autocast (``accelerate``) where the device computes bf16 natively
+(``ppo.bf16``; CPUs with AVX512-BF16 or AMX, GPUs with bf16; float32 elsewhere); several processes with
 ``accelerate launch`` (data parallel: each process samples its own prompts with its own seed, gradients
 are all-reduced by DDP).
 """
@@ -55,6 +55,7 @@ from components.ppo.checkpoint import (
 from components.ppo.config import PPOConfig
 from components.ppo.metrics import MetricsWriter
 from components.ppo.scorers import Scorer
+from components.precision import bf16_fast
 from components.progress import Progress, report
 
 log = logging.getLogger(__name__)
@@ -236,7 +237,9 @@ class PPOTrainer:
     ) -> None:
         self.cfg, self.model_cfg, self.scorer, self.paths = cfg, model_cfg, scorer, paths
         use_cuda = torch.cuda.is_available()
-        self.acc = make_accelerator(cpu=not use_cuda, mixed_precision="bf16" if use_cuda and cfg.bf16 else "no")
+        device = torch.device("cuda" if use_cuda else "cpu")
+        precision = "bf16" if cfg.bf16 and bf16_fast(device) else "no"
+        self.acc = make_accelerator(cpu=not use_cuda, mixed_precision=precision)
         rank = self.acc.process_index
         # A different seed per process (N-details), so processes sample different replies.
         self.seed = cfg.seed + rank
@@ -383,7 +386,8 @@ class PPOTrainer:
 
     def score(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw scores and the scores PPO optimises (normalised, then the missing-EOS penalty), both (B,)."""
-        raw = self.scorer.score(batch.prompts, batch.texts).float().to(self.acc.device)  # shape: (B,)
+        with self.acc.autocast():
+            raw = self.scorer.score(batch.prompts, batch.texts).float().to(self.acc.device)  # shape: (B,)
         if raw.shape != (len(batch.prompts),):
             raise ValueError(f"scorer returned shape {tuple(raw.shape)}, expected ({len(batch.prompts)},)")
         scores = raw

@@ -72,6 +72,13 @@ class RewardConfig:
     average_epochs: int = 0
     """Checkpoint averaging: keep the mean of the trainable weights at the ends of the last this many
     epochs instead of the last weights; 0 or 1 = off. Ignored when early stopping is on."""
+    bf16: bool = True
+    """Forward passes under bf16 autocast where the device computes bf16 natively (``components/precision.py``);
+    weights, loss and optimiser stay float32; float32 everywhere else."""
+    feature_cache_gib: float = 2.0
+    """With ``trainable: top``: memory allowed for caching the frozen lower blocks' output for every training
+    text (computed once; each step then runs only the top blocks: same scores, a fraction of the compute).
+    0 = off; a cache that would be larger is not built."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.eval_batch_size < 1:

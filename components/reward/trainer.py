@@ -17,7 +17,7 @@ import csv
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_sc
 from components.config import to_dict
 from components.fsutil import atomic_dir
 from components.lineage import code_revision, data_version
+from components.precision import autocast
 from components.progress import Progress, report
 from components.reward.config import RewardConfig
+from components.reward.frozen_cache import FrozenPrefix
 from components.reward.losses import (
     bradley_terry_loss,
     center_loss,
@@ -44,6 +46,7 @@ from components.reward.model import (
     build_reward_model,
     count_trainable,
     pair_scores,
+    reward_text,
     transformer_layers,
 )
 from components.reward.pairs import Pairs, file_md5, first_pair_per_prompt, read_pairs, split_by_prompt
@@ -157,10 +160,13 @@ def _fit(
     step_log: Path,
     val: Pairs | None = None,
     progress: Progress | None = None,
+    cache: FrozenPrefix | None = None,
 ) -> dict[str, Any]:
     """Optimise; with ``val`` keep the weights of the evaluation point with the lowest validation loss
-    (early stopping), and with ``cfg.average_epochs`` average the weights of the last epochs' ends."""
+    (early stopping), and with ``cfg.average_epochs`` average the weights of the last epochs' ends. With
+    ``cache`` (the frozen blocks' output for every training text) each step runs only the top blocks."""
     params = [p for p in trainable.parameters() if p.requires_grad]
+    device = next(model.parameters()).device
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = -(-len(train) // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
@@ -180,7 +186,12 @@ def _fit(
         for epoch in range(cfg.epochs):
             for idx in _batches(len(train), cfg.batch_size, gen):
                 b = train.subset(idx)
-                r_c, r_r, trunc = pair_scores(model, tok, b.prompts, b.chosen, b.rejected, cfg.max_length)
+                with autocast(device, cfg.bf16):
+                    if cache is not None:
+                        r_c, r_r, trunc = cache.pair_scores(b.prompts, b.chosen, b.rejected)
+                    else:
+                        r_c, r_r, trunc = pair_scores(model, tok, b.prompts, b.chosen, b.rejected, cfg.max_length)
+                r_c, r_r = r_c.float(), r_r.float()
                 margin = torch.tensor(b.margins, dtype=r_c.dtype) if cfg.use_margin else None
                 loss = bradley_terry_loss(r_c, r_r, margin)
                 if cfg.center_rewards_coef > 0:
@@ -254,15 +265,27 @@ def step_fraction(step: int, steps_per_epoch: int, epoch: int) -> float:
 
 @torch.no_grad()
 def score_pairs(
-    model: PreTrainedModel, tok: PreTrainedTokenizerBase, pairs: Pairs, cfg: RewardConfig, desc: str = "scoring"
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    pairs: Pairs,
+    cfg: RewardConfig,
+    desc: str = "scoring",
+    cache: FrozenPrefix | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw rewards of every pair's chosen and rejected reply, shape (len(pairs),) each."""
+    """Raw rewards of every pair's chosen and rejected reply, shape (len(pairs),) each; pairs whose texts
+    are all in ``cache`` run only the top blocks."""
     model.eval()
+    device = next(model.parameters()).device
     rc, rr = [], []
     batches = range(0, len(pairs), cfg.eval_batch_size)
     for i in tqdm(batches, desc=desc, unit="batch", mininterval=2.0, disable=None):  # None: no bar off a terminal
         b = pairs.subset(list(range(i, min(i + cfg.eval_batch_size, len(pairs)))))
-        c, r, _ = pair_scores(model, tok, b.prompts, b.chosen, b.rejected, cfg.max_length)
+        keys = [*zip(b.prompts, b.chosen), *zip(b.prompts, b.rejected)]
+        with autocast(device, cfg.bf16):
+            if cache is not None and all(key in cache for key in keys):
+                c, r, _ = cache.pair_scores(b.prompts, b.chosen, b.rejected)
+            else:
+                c, r, _ = pair_scores(model, tok, b.prompts, b.chosen, b.rejected, cfg.max_length)
         rc.append(c.float().cpu())
         rr.append(r.float().cpu())
     return torch.cat(rc), torch.cat(rr)
@@ -337,6 +360,48 @@ def fit_reward_model(
     """Steps 2-3: build the model, optimise it on ``train`` and return it (LoRA merged) with its
     training metrics. With ``cfg.val_fraction`` > 0 that share of the training *prompts* is set aside
     to pick the best evaluation point (early stopping). Runs on CUDA when it is available."""
+    model, tok, metrics, _ = _fit_with_cache(train, cfg, step_log, device, progress)
+    return model, tok, metrics
+
+
+def frozen_cache(
+    model: PreTrainedModel, tok: PreTrainedTokenizerBase, train: Pairs, cfg: RewardConfig, progress: Progress | None
+) -> FrozenPrefix | None:
+    """The frozen blocks' output for every training text when only the top blocks train and it fits in
+    ``cfg.feature_cache_gib``; else None (every step then runs the whole model)."""
+    n_layers = len(transformer_layers(model)) if cfg.trainable == "top" else 0
+    if not 0 < cfg.train_layers < n_layers or cfg.feature_cache_gib <= 0:
+        return None
+    sample = train.subset(list(range(min(len(train), 64))))
+    texts = [reward_text(tok, p, r) for p, r in zip(sample.prompts, sample.chosen)]
+    mean_tokens = min(float(np.mean([len(x) for x in tok(texts)["input_ids"]])), cfg.max_length)
+    need = FrozenPrefix.nbytes_estimate(2 * len(train), mean_tokens, model.config.hidden_size)
+    if need > cfg.feature_cache_gib * 2**30:
+        log.info("frozen-block cache would take %.1f GiB > reward.feature_cache_gib: every step runs the whole model",
+                 need / 2**30)  # fmt: skip
+        return None
+    cache = FrozenPrefix(model, tok, cfg.max_length, cfg.train_layers)
+    device = next(model.parameters()).device
+    t0 = time.perf_counter()
+    with autocast(device, cfg.bf16):
+        cache.build(
+            [*train.prompts, *train.prompts],
+            [*train.chosen, *train.rejected],
+            batch_size=2 * cfg.eval_batch_size,
+            progress=lambda done, total: report(progress, done, total, "reward model: frozen blocks, once"),
+        )
+    log.info("cached the %d frozen blocks' output for %d texts in %.1f s (about %.0f MiB)",
+             n_layers - cfg.train_layers, len(cache.features), time.perf_counter() - t0, need / 2**20)  # fmt: skip
+    return cache
+
+
+def _fit_with_cache(
+    train: Pairs,
+    cfg: RewardConfig,
+    step_log: Path,
+    device: str | torch.device | None = None,
+    progress: Progress | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any], FrozenPrefix | None]:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     val = None
     if cfg.val_fraction > 0:
@@ -348,11 +413,13 @@ def fit_reward_model(
     trainable = select_trainable(model, cfg)
     log.info("reward model on %s: %d of %d parameters train (%s)", cfg.backbone, count_trainable(trainable),
              sum(p.numel() for p in model.parameters()), cfg.trainable)  # fmt: skip
-    train_metrics = _fit(model, trainable, tok, train, cfg, step_log, val, progress)
+    cache = frozen_cache(model, tok, train, cfg, progress)
+    train_metrics = _fit(model, trainable, tok, train, cfg, step_log, val, progress, cache)
     if train_metrics["truncated_texts"]:
         log.warning("%d texts were longer than reward.max_length=%d and lost their start",
                     train_metrics["truncated_texts"], cfg.max_length)  # fmt: skip
-    return _merged(trainable), tok, train_metrics
+    train_metrics["frozen_block_cache"] = cache is not None
+    return _merged(trainable), tok, train_metrics, cache
 
 
 def train_reward(
@@ -387,14 +454,14 @@ def train_reward(
 
     # 2.-3. model and optimisation
     step_log = metrics_dir / STEP_LOG
-    model, tok, train_metrics = fit_reward_model(train, cfg, step_log, progress=progress)
+    model, tok, train_metrics, cache = _fit_with_cache(train, cfg, step_log, progress=progress)
 
     # 4. normalise over the training prompts' responses (chosen and rejected)
     norm_set = train
     if cfg.normalize_max_pairs is not None and len(train) > cfg.normalize_max_pairs:
         pick = np.random.default_rng(cfg.seed + 1).choice(len(train), size=cfg.normalize_max_pairs, replace=False)
         norm_set = train.subset(np.sort(pick))
-    tr_c, tr_r = score_pairs(model, tok, norm_set, cfg, desc="normalisation")
+    tr_c, tr_r = score_pairs(model, tok, norm_set, cfg, desc="normalisation", cache=cache)
     mean, std = reward_stats(torch.cat([tr_c, tr_r])) if cfg.center_rewards else (0.0, 1.0)
     train_metrics["accuracy"] = round(preference_accuracy(tr_c, tr_r).item(), 6)
     train_metrics["accuracy_pairs"] = len(norm_set)
@@ -404,10 +471,12 @@ def train_reward(
     if len(held):
         ev_c, ev_r = score_pairs(model, tok, held, cfg, desc="held-out eval")
         n_check = min(4, len(held))
+        # in float32, as a reloaded model scores by default, so a reload can be compared closely
+        ck_c, ck_r = score_pairs(model, tok, held.subset(list(range(n_check))), replace(cfg, bf16=False), desc="check")
         check = {
             "heldout_pairs": n_check,
-            "raw_chosen": [round(float(x), 6) for x in ev_c[:n_check]],
-            "raw_rejected": [round(float(x), 6) for x in ev_r[:n_check]],
+            "raw_chosen": [round(float(x), 6) for x in ck_c],
+            "raw_rejected": [round(float(x), 6) for x in ck_r],
         }
         margins = torch.tensor(held.margins) if cfg.use_margin else None
         eval_metrics = evaluate_scores(ev_c, ev_r, margins, mean, std)

@@ -74,3 +74,36 @@ def test_stop_string_ends_the_row(tiny):
     cut = generate_rows(model, tok, [text], [RowParams(20, 1.0, 1.0, 2, (stop,))])[0]
     assert cut.finish_reason == "stop" and stop not in cut.text and full.text.startswith(cut.text)
     assert cut.completion_tokens <= full.completion_tokens
+
+
+def test_inverse_cdf_sampler_follows_the_distribution_and_never_picks_filtered_tokens():
+    from components.generation import _pick
+
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = torch.log(probs).repeat(4000, 1)  # shape: (4000, 4)
+    logits[:, 3] = float("-inf")  # filtered out (e.g. by top-p): must never be drawn
+    gen = torch.Generator().manual_seed(0)
+    drawn = _pick(logits, torch.ones(4000), [gen] * 4000)
+    freq = torch.bincount(drawn, minlength=4).float() / 4000
+    expected = torch.tensor([0.5, 0.3, 0.15, 0.0]) / 0.95
+    assert freq[3] == 0
+    assert torch.allclose(freq, expected, atol=0.03), freq  # 4000 draws: standard error < 0.008
+    # temperature 0 rows take the argmax; the same generator seed draws the same tokens
+    greedy = _pick(logits[:3], torch.zeros(3), [None] * 3)
+    assert greedy.tolist() == [0, 0, 0]
+    again = _pick(logits, torch.ones(4000), [torch.Generator().manual_seed(0)] * 4000)
+    assert torch.equal(drawn, again)
+
+
+def test_samples_of_one_prompt_share_its_encoding_and_match_separate_rows(tiny):
+    model, tok = tiny
+    prompts = ["where is my order", "a much longer prompt about a refund that never arrived"]
+    shared = generate(model, tok, prompts, max_new_tokens=6, greedy=True, samples_per_prompt=3, return_internals=True)
+    separate = generate(model, tok, [p for p in prompts for _ in range(3)], max_new_tokens=6, greedy=True,
+                        return_internals=True)  # fmt: skip
+    assert shared.texts == separate.texts and len(shared.texts) == 6
+    assert torch.equal(shared.query_ids, separate.query_ids) and torch.equal(shared.response_ids, separate.response_ids)
+    torch.testing.assert_close(shared.logits, separate.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared.hidden, separate.hidden, atol=1e-5, rtol=1e-5)
+    sampled = generate(model, tok, prompts, max_new_tokens=6, temperature=1.0, generator_seed=3, samples_per_prompt=4)
+    assert len(sampled.texts) == 8 and len(set(sampled.texts[:4])) > 1  # a prompt's samples differ

@@ -1,0 +1,29 @@
+"""bf16 autocast only where the hardware computes bf16 natively; RLHF_CPU_BF16 overrides the detection."""
+
+from __future__ import annotations
+
+import torch
+
+from components.precision import autocast, bf16_fast, cpu_flags_have_bf16
+
+
+def test_cpu_flags_are_read_from_the_flags_line():
+    assert cpu_flags_have_bf16("processor : 0\nflags : fpu avx2 avx512f avx512_bf16\n")
+    assert cpu_flags_have_bf16("Features : fp asimd bf16 i8mm\n")  # aarch64 spells it Features
+    assert not cpu_flags_have_bf16("flags : fpu avx2 avx512f avx512bw\n")  # AVX512 alone would be emulated
+    assert not cpu_flags_have_bf16("model name : something with bf16 in its name\n")
+
+
+def test_autocast_follows_the_override_and_the_switch(monkeypatch):
+    x = torch.randn(4, 8)
+    w = torch.randn(8, 2)
+    monkeypatch.setenv("RLHF_CPU_BF16", "1")
+    assert bf16_fast("cpu")
+    with autocast("cpu"):
+        assert (x @ w).dtype == torch.bfloat16
+    with autocast("cpu", enabled=False):
+        assert (x @ w).dtype == torch.float32
+    monkeypatch.setenv("RLHF_CPU_BF16", "0")
+    assert not bf16_fast("cpu")
+    with autocast("cpu"):
+        assert (x @ w).dtype == torch.float32
