@@ -89,7 +89,9 @@ def run_level(url: str, clients: int, total: int, max_new_tokens: int) -> dict:
 
 
 def run_mode(name: str, batch: int, args: argparse.Namespace, work: Path) -> dict:
-    project = make_project(work / name, reload_poll_seconds=0.0, max_batch_size=batch)
+    project = make_project(
+        work / name, reload_poll_seconds=0.0, max_batch_size=batch, torch_threads=args.server_threads, bf16=args.bf16
+    )
     if args.model != "tiny":
         import yaml
 
@@ -125,6 +127,10 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serving.json")
+    parser.add_argument(
+        "--server-threads", type=int, default=1, help="the server's torch threads (the clients use the other core)"
+    )
+    parser.add_argument("--no-bf16", dest="bf16", action="store_false", help="serve in float32 (serve.bf16 false)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         modes = {
@@ -138,7 +144,7 @@ def main() -> None:
     lo, hi = min(args.clients), max(args.clients)
     result = {
         "hardware": f"CPU only: {os.cpu_count()} cores ({platform.processor() or platform.machine()}), "
-        "shared with other work; the server uses 1 torch thread",
+        f"the server uses {args.server_threads} torch thread(s), serve.bf16 {args.bf16}",
         "device": "cpu",
         "model": args.model,
         "max_new_tokens": args.max_new_tokens,

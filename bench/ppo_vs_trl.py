@@ -3,6 +3,7 @@
     python bench/ppo_vs_trl.py                       # SmolLM2-135M-Instruct, 3 steps per run, 2 pairs
     python bench/ppo_vs_trl.py --model tiny          # quick mode (tiny random Llama)
     python bench/ppo_vs_trl.py --device cuda         # on a GPU: bf16 autocast for both
+    python bench/ppo_vs_trl.py --bf16                # CPU, bf16 autocast for both (CPUs with native bf16)
 
 Both trainers get the same policy weights, the same reward-model folder (a transformers
 ``AutoModelForSequenceClassification`` folder written by ``components.reward.model.RewardModel.save``),
@@ -91,7 +92,7 @@ def peak_rss_gib() -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def worker_ours(work: Path, steps: int, device: str, threads: int | None) -> dict:
+def worker_ours(work: Path, steps: int, device: str, threads: int | None, bf16: bool) -> dict:
     sys.path.insert(0, str(REPO))
     import torch
 
@@ -129,7 +130,7 @@ def worker_ours(work: Path, steps: int, device: str, threads: int | None) -> dic
         save_every=10_000,
         reward_model=str(work / "reward"),
         prompts="prompts.jsonl",
-        bf16=device == "cuda",
+        bf16=bf16,
     )
     model = {"base": spec["policy"], "system_prompt": SYSTEM, "dtype": "float32"}
     result = run({"model": model, "ppo": ppo}, work, export=False)
@@ -147,7 +148,7 @@ def worker_ours(work: Path, steps: int, device: str, threads: int | None) -> dic
     return {"device": str(result.accelerator.device), "torch_threads": torch.get_num_threads(), "steps": rows}
 
 
-def worker_trl(work: Path, steps: int, device: str, threads: int | None) -> dict:
+def worker_trl(work: Path, steps: int, device: str, threads: int | None, bf16: bool) -> dict:
     """TRL 1.12's PPOTrainer; phases are timed by wrapping the module's own functions."""
     import torch
 
@@ -211,7 +212,7 @@ def worker_trl(work: Path, steps: int, device: str, threads: int | None) -> dict
         report_to="none",
         logging_steps=1,
         seed=c["seed"],
-        bf16=device == "cuda",
+        bf16=bf16,
         use_cpu=device == "cpu",
         disable_tqdm=True,
     )
@@ -298,7 +299,7 @@ def worker_trl(work: Path, steps: int, device: str, threads: int | None) -> dict
 def worker_main(args: argparse.Namespace) -> None:
     fn = worker_ours if args.worker == "ours" else worker_trl
     t0 = time.perf_counter()
-    out = fn(args.work, args.steps, args.device, args.threads)
+    out = fn(args.work, args.steps, args.device, args.threads, args.bf16 or args.device == "cuda")
     out["wall_seconds"] = time.perf_counter() - t0
     out["peak_rss_gib"] = peak_rss_gib()
     args.result.write_text(json.dumps(out))
@@ -354,6 +355,7 @@ def main() -> None:
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--anchor-python", type=Path, default=None, help="python of a prepared env with TRL (no install)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast for both on the CPU (always on with cuda)")
     ap.add_argument("--conditions", default="", help="free text for the table: e.g. 'shared, contended'")
     ap.add_argument("--no-table", action="store_true", help="write the JSON only")
     ap.add_argument(
@@ -399,6 +401,7 @@ def main() -> None:
                 cmd = [python, __file__, "--worker", who, "--work", str(work), "--result", str(result)]
                 cmd += ["--steps", str(steps), "--device", args.device]
                 cmd += ["--threads", str(args.threads)] if args.threads else []
+                cmd += ["--bf16"] if args.bf16 else []
                 print(f"[pair {pair + 1}/{args.pairs}] {who} ...", flush=True)
                 subprocess.run(cmd, check=True, env=env, cwd=work)
                 run = json.loads(result.read_text())
@@ -448,7 +451,7 @@ def report(args: argparse.Namespace, runs: list[dict], steps: int, trl_python: P
         "runs": runs,
     }
     suffix = "_tiny" if tiny else ""
-    suffix += "_cuda" if args.device == "cuda" else ""
+    suffix += "_cuda" if args.device == "cuda" else "_bf16" if args.bf16 else ""
     path = HERE / "results" / f"ppo_vs_trl{suffix}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({k: out[k] for k in ("ratio_samples_per_s_per_pair", "ratio_median")}, indent=2))
@@ -466,11 +469,19 @@ def report(args: argparse.Namespace, runs: list[dict], steps: int, trl_python: P
             f"KL {med([r['kl_last'] for r in rows]):.2f}"
         )
 
-    dev = "GPU (CUDA, bf16 autocast)" if args.device == "cuda" else "CPU (float32)"
+    dev = (
+        "GPU (CUDA, bf16 autocast)"
+        if args.device == "cuda"
+        else "CPU (bf16 autocast, both)"
+        if args.bf16
+        else "CPU (float32)"
+    )
     cond = f"{dev}, {machine()['cpu_count']} cores, torch threads {runs[0]['torch_threads']}"
     cond += f"; {args.conditions}" if args.conditions else ""
-    name = f"PPO vs TRL 1.12 PPOTrainer ({'tiny' if tiny else args.model}{', GPU' if args.device == 'cuda' else ''})"
+    where = ", GPU" if args.device == "cuda" else ", CPU bf16" if args.bf16 else ""
+    name = f"PPO vs TRL 1.12 PPOTrainer ({'tiny' if tiny else args.model}{where})"
     cmd = f"`python bench/ppo_vs_trl.py --model {args.model} --steps {steps} --pairs {args.pairs}"
+    cmd += " --bf16" if args.bf16 and args.device == "cpu" else ""
     cmd += f" --device {args.device}`" if args.device != "cpu" else "`"
     update_row(
         name,

@@ -37,10 +37,15 @@ class ServeConfig:
     """SQLAlchemy URL of the served-output store; null = SQLite at ``live/served.sqlite``."""
     reload_poll_seconds: float = 5.0
     """How often the service checks whether the champion changed (0 = never)."""
-    torch_threads: int = 1
-    """torch intra-op threads per worker (1 keeps latency steady on shared CPUs)."""
+    torch_threads: int = 0
+    """torch intra-op threads per worker; 0 = torch's default (every core). 1 keeps latency steadier on CPUs
+    shared with other work (the load test in ``bench/`` sets it)."""
+    bf16: bool = True
+    """Generate under bf16 autocast where the device computes bf16 natively (``components/precision.py``)."""
 
     def __post_init__(self) -> None:
+        if self.torch_threads < 0:
+            raise ValueError("torch_threads must be >= 0 (0 = torch's default)")
         if self.max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         if self.max_new_tokens_limit < 1 or not 1 <= self.default_max_new_tokens <= self.max_new_tokens_limit:

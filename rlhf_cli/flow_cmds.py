@@ -148,7 +148,7 @@ def demo(
         typer.Option(help="Run in this project (created with the pipeline if missing); default: the checkout."),
     ] = None,
     users: Annotated[int, typer.Option(help="Prompts the simulated users ask (two replies each, all rated).")] = 48,
-    clients: Annotated[int, typer.Option(help="Simulated users sending requests at the same time.")] = 4,
+    clients: Annotated[int, typer.Option(help="Simulated users sending requests at the same time.")] = 8,
     max_tokens: Annotated[int, typer.Option(help="Reply length (tokens) the simulated users ask for.")] = 32,
 ) -> None:
     """The whole loop, twice, through the retraining flow: round 1 (seed -> ... -> promote), the service with

@@ -33,6 +33,7 @@ from pydantic import Field
 from components.config import ModelConfig, load_section
 from components.generation import RowParams, RowResult, chat_messages_text, generate_rows
 from components.paths import ProjectPaths
+from components.precision import autocast
 from components.serve_config import ServeConfig, load_serve_config, store_url
 from components.served_store import FeedbackConflict, ServedOutput, UnknownServedId, new_id, open_store
 from serving import model_source
@@ -185,7 +186,8 @@ class RLHFService:
         self.cfg: ServeConfig = load_serve_config(self.paths, _params_override())
         self.model_cfg = load_section(ModelConfig, "model", _params_override() or self.paths.params)
         _refuse_public_without_token(bound_host() or os.environ.get("RLHF_SERVE_HOST", "127.0.0.1"))
-        torch.set_num_threads(self.cfg.torch_threads)
+        if self.cfg.torch_threads:
+            torch.set_num_threads(self.cfg.torch_threads)
         self.store = open_store(store_url(self.cfg, self.paths))
         self._swap = threading.Lock()
         self.loaded = self._load(model_source.resolve(self.paths))
@@ -231,7 +233,8 @@ class RLHFService:
 
     def _run_batch(self, jobs: Sequence[Job]) -> list[Served]:
         current = self.loaded  # one reference for the whole batch: a reload never changes weights mid-batch
-        results = generate_rows(current.model, current.tok, [j.text for j in jobs], [j.params for j in jobs])
+        with autocast(current.model.device, self.cfg.bf16):
+            results = generate_rows(current.model, current.tok, [j.text for j in jobs], [j.params for j in jobs])
         done = time.perf_counter()
         served = [Served(new_id(), r, current.version) for r in results]
         self.store.log_outputs(

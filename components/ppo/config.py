@@ -32,8 +32,10 @@ class PPOConfig:
     """Prompts (= replies) per step per process (N-details: 512 on 8 GPUs; small for CPU)."""
     mini_batch_size: int = 8
     """Replies per optimiser step; ``batch_size`` must be a multiple of it."""
-    micro_batch_size: int = 4
-    """Replies per forward/backward pass; gradients are accumulated up to ``mini_batch_size``."""
+    micro_batch_size: int = 8
+    """Replies per forward/backward pass; gradients are accumulated up to ``mini_batch_size``. On 2 CPU cores
+    (SmolLM2, bf16 autocast) 16 replies' forward + backward took 3.1-3.2 s in micro-batches of 8 against
+    3.55-3.6 s in micro-batches of 4; 16 gained nothing more."""
     ppo_epochs: int = 2
     """Passes over each rollout batch (N-details / Ziegler et al.: 4; 2 keeps CPU steps short)."""
     seed: int = 0
