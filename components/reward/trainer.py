@@ -413,12 +413,15 @@ def _fit_with_cache(
     trainable = select_trainable(model, cfg)
     log.info("reward model on %s: %d of %d parameters train (%s)", cfg.backbone, count_trainable(trainable),
              sum(p.numel() for p in model.parameters()), cfg.trainable)  # fmt: skip
+    t_cache = time.perf_counter()
     cache = frozen_cache(model, tok, train, cfg, progress)
+    t_cache = time.perf_counter() - t_cache
     train_metrics = _fit(model, trainable, tok, train, cfg, step_log, val, progress, cache)
     if train_metrics["truncated_texts"]:
         log.warning("%d texts were longer than reward.max_length=%d and lost their start",
                     train_metrics["truncated_texts"], cfg.max_length)  # fmt: skip
     train_metrics["frozen_block_cache"] = cache is not None
+    train_metrics["frozen_cache_seconds"] = round(t_cache, 2)  # not in "seconds" (the optimisation loop)
     return _merged(trainable), tok, train_metrics, cache
 
 
