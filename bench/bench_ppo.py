@@ -24,28 +24,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.prompts import PROMPTS  # noqa: E402
 from components.config import read_params  # noqa: E402
 from components.ppo.train import run  # noqa: E402
-
-# Customer-support prompts written for this benchmark (used when data/prompts/train.jsonl is absent).
-PROMPTS = [
-    "My order arrived damaged. What should I do?",
-    "How do I reset my password?",
-    "Can I get a refund for a late delivery?",
-    "The app crashes every time I log in.",
-    "Where is my package? It was due yesterday.",
-    "I was charged twice for the same order.",
-    "How do I change my shipping address?",
-    "Do you ship to Canada?",
-    "My discount code is not working.",
-    "How long do returns take to process?",
-    "I want to cancel my subscription.",
-    "Can I speak to a manager?",
-    "The product I received is not what I ordered.",
-    "How do I update my payment method?",
-    "Is there a warranty on this item?",
-    "My account was locked after too many attempts.",
-]
 
 PHASES = ("time/rollout", "time/forward", "time/score", "time/update", "time/step")
 

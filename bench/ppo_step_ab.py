@@ -24,7 +24,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.ppo_vs_trl import PROMPTS, SYSTEM  # noqa: E402
+from bench.prompts import PROMPTS, SYSTEM  # noqa: E402
 from components.config import ModelConfig  # noqa: E402
 from components.paths import ProjectPaths  # noqa: E402
 from components.ppo.config import PPOConfig  # noqa: E402

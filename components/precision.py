@@ -13,7 +13,8 @@ from __future__ import annotations
 import functools
 import os
 import platform
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -65,3 +66,26 @@ def autocast(device: torch.device | str, enabled: bool = True) -> AbstractContex
     if enabled and bf16_fast(device):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
+
+
+@contextmanager
+def cast_frozen_weights_once(model: torch.nn.Module) -> Iterator[None]:
+    """Inside an autocast region and under ``torch.no_grad()``: frozen weights are cast to bf16 once, not per call.
+
+    torch's autocast keeps the bf16 copy of a weight for the rest of the autocast region only when the weight
+    is a leaf that requires grad; frozen weights (the base model under LoRA) are cast again at every forward,
+    so token-by-token decoding re-reads and re-casts every frozen projection at every step. This marks the
+    frozen parameters as requiring grad while the block runs (nothing is recorded under ``no_grad``) and
+    restores them after; the copies live until the enclosing autocast region ends. Values are unchanged:
+    the same weights are cast the same way, once.
+    """
+    if torch.is_grad_enabled():
+        raise RuntimeError("cast_frozen_weights_once is for no-grad passes (it flips requires_grad)")
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)

@@ -55,7 +55,7 @@ from components.ppo.checkpoint import (
 from components.ppo.config import PPOConfig
 from components.ppo.metrics import MetricsWriter
 from components.ppo.scorers import Scorer
-from components.precision import bf16_fast
+from components.precision import bf16_fast, cast_frozen_weights_once
 from components.progress import Progress, report
 
 log = logging.getLogger(__name__)
@@ -312,7 +312,8 @@ class PPOTrainer:
     @torch.no_grad()
     def rollout(self, prompts: list[str]) -> Batch:
         cfg = self.cfg
-        with self.acc.autocast():
+        # Frozen base weights are cast to bf16 once per rollout, not at each of its decode steps.
+        with self.acc.autocast(), cast_frozen_weights_once(self.unwrapped.policy):
             gen = generate(
                 self.unwrapped.policy,
                 self.tok,

@@ -18,11 +18,12 @@ from typer.testing import CliRunner
 from components import registry
 from components.paths import ProjectPaths
 from rlhf_cli.main import app
+from tests.tiny_params import TINY_REWARD
 
 TINY = {
     "model": {"base": "tiny", "seed": 0},
     "data": {"seed_prompts": 24, "replies_per_prompt": 2, "max_new_tokens": 8, "batch_size": 24},
-    "reward": {"backbone": "tiny", "trainable": "all", "lr": 3e-3, "epochs": 1, "batch_size": 8, "max_length": 96},
+    "reward": {**TINY_REWARD, "eval_fraction": 0.2},
     "ppo": {
         "steps": 2,
         "batch_size": 8,

@@ -22,21 +22,14 @@ from components.paths import ProjectPaths
 from components.project import init_project
 from flows.retrain import retrain
 from rlhf_cli.main import app
+from tests.tiny_params import TINY_REWARD
 
 REPO = Path(__file__).resolve().parents[2]
 
 TINY = {
     "model": {"base": "tiny"},
     "data": {"seed_prompts": 8, "replies_per_prompt": 2, "max_new_tokens": 8, "batch_size": 16, "min_gold_gap": 0.0},
-    "reward": {
-        "backbone": "tiny",
-        "trainable": "all",
-        "lr": 3e-3,
-        "epochs": 1,
-        "batch_size": 8,
-        "max_length": 96,
-        "eval_fraction": 0.25,
-    },
+    "reward": TINY_REWARD,
     "ppo": {
         "steps": 2,
         "batch_size": 4,

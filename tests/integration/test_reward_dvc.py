@@ -13,18 +13,11 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from tests.tiny_params import TINY_REWARD
+
 ROOT = Path(__file__).resolve().parents[2]
 
-TINY_PARAMS = {
-    "backbone": "tiny",
-    "trainable": "all",
-    "lr": 3e-3,
-    "epochs": 1,
-    "batch_size": 8,
-    "max_length": 96,
-    "eval_fraction": 0.25,
-    "seed": 0,
-}
+TINY_PARAMS = {**TINY_REWARD, "seed": 0}
 
 
 def _rows(n: int, tag: str = "") -> list[dict]:

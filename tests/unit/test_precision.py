@@ -27,3 +27,24 @@ def test_autocast_follows_the_override_and_the_switch(monkeypatch):
     assert not bf16_fast("cpu")
     with autocast("cpu"):
         assert (x @ w).dtype == torch.float32
+
+
+def test_frozen_weights_cast_once_gives_the_same_result_and_restores_the_flags(monkeypatch):
+    import pytest
+
+    from components.precision import cast_frozen_weights_once
+
+    monkeypatch.setenv("RLHF_CPU_BF16", "1")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))
+    net[0].requires_grad_(False)  # frozen, like a LoRA base
+    x = torch.randn(3, 8)
+    with torch.no_grad(), autocast("cpu"):
+        plain = net(net[0](x) @ torch.eye(8))  # frozen layer used twice in one region
+    with torch.no_grad(), autocast("cpu"), cast_frozen_weights_once(net):
+        assert all(p.requires_grad for p in net.parameters())
+        cached = net(net[0](x) @ torch.eye(8))
+    assert torch.equal(plain, cached)
+    assert [p.requires_grad for p in net.parameters()] == [False, False, True, True]
+    with pytest.raises(RuntimeError, match="no-grad"), cast_frozen_weights_once(net):
+        pass
