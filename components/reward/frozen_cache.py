@@ -22,7 +22,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.generation import position_ids_from_mask
-from components.reward.model import encode, last_token_index, reward_text, transformer_layers
+from components.reward.model import encode, last_token_index, transformer_layers
 
 
 class _Stop(Exception):
@@ -77,10 +77,9 @@ class FrozenPrefix:
                     backbone(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
                 hidden = captured[0].detach()  # shape: (n, T, H)
                 lengths = mask.sum(dim=1).tolist()
-                full = self.tok([reward_text(self.tok, *key) for key in chunk], add_special_tokens=False)["input_ids"]
                 for i, key in enumerate(chunk):
                     self.features[key] = hidden[i, : lengths[i]].float().clone()  # shape: (T_i, H)
-                    self.truncated[key] = len(full[i]) > self.max_length
+                    self.truncated[key] = batch.truncated_rows[i]
                 if progress is not None:
                     progress(min(start + batch_size, len(todo)), len(todo))
         finally:

@@ -60,8 +60,13 @@ class Batch:
 
     input_ids: torch.Tensor  # shape: (N, T)
     attention_mask: torch.Tensor  # shape: (N, T)
-    truncated: int
-    """How many of the N texts lost their start to ``max_length``."""
+    truncated_rows: tuple[bool, ...]
+    """Which of the N texts lost their start to ``max_length``."""
+
+    @property
+    def truncated(self) -> int:
+        """How many of the N texts lost their start to ``max_length``."""
+        return sum(self.truncated_rows)
 
 
 def encode(
@@ -81,7 +86,7 @@ def encode(
         raise ValueError("nothing to encode: no prompts given")
     texts = [reward_text(tok, p, r) for p, r in zip(prompts, responses)]
     ids = tok(texts, add_special_tokens=False)["input_ids"]
-    truncated = sum(len(x) > max_length for x in ids)
+    truncated = tuple(len(x) > max_length for x in ids)
     ids = [x[-max_length:] for x in ids]
     width = max(len(x) for x in ids)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
