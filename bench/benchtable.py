@@ -67,3 +67,21 @@ def versions(python: str | Path, packages: tuple[str, ...]) -> dict[str, str]:
 
     res = subprocess.run([str(python), "-c", code, *packages], capture_output=True, text=True, check=True)
     return json.loads(res.stdout)
+
+
+SHARED_PACKAGES = ("torch", "transformers", "peft", "accelerate")
+
+
+def anchor_context(trl_python: str | Path) -> dict[str, object]:
+    """What a comparison against TRL records about where it ran: the machine, the load at the end, and the
+    package versions of our environment and of the anchor's."""
+    import os
+
+    return {
+        "machine": machine(),
+        "load_average_at_end": os.getloadavg(),
+        "versions": {
+            "ours": versions(sys.executable, SHARED_PACKAGES),
+            "trl_env": versions(trl_python, ("trl", *SHARED_PACKAGES)),
+        },
+    }

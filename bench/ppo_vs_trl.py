@@ -405,7 +405,7 @@ def main() -> None:
 
 def report(args: argparse.Namespace, runs: list[dict], steps: int, trl_python: Path, tiny: bool) -> None:
     """Write the JSON and the table row from finished runs (pairs with both sides only)."""
-    from bench.benchtable import machine, update_row, versions
+    from bench.benchtable import anchor_context, machine, update_row
 
     pairs = {r["pair"] for r in runs if r["who"] == "ours"} & {r["pair"] for r in runs if r["who"] == "trl"}
     runs = [r for r in runs if r["pair"] in pairs]
@@ -417,13 +417,8 @@ def report(args: argparse.Namespace, runs: list[dict], steps: int, trl_python: P
     out = {
         "benchmark": "ppo_vs_trl",
         "what": "samples/s of one PPO step (rollout + forward + score + update), ours vs TRL 1.12 PPOTrainer",
-        "machine": machine(),
         "device": args.device,
-        "load_average_at_end": os.getloadavg(),
-        "versions": {
-            "ours": versions(sys.executable, ("torch", "transformers", "peft", "accelerate")),
-            "trl_env": versions(trl_python, ("trl", "torch", "transformers", "peft", "accelerate")),
-        },
+        **anchor_context(trl_python),
         "model": args.model,
         "steps_per_run": steps,
         "warmup_steps_excluded": 1 if steps > 1 else 0,

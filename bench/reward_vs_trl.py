@@ -221,7 +221,7 @@ def main() -> None:
 
     sys.path.insert(0, str(REPO))
     from bench.anchors import ensure_env
-    from bench.benchtable import machine, update_row, versions
+    from bench.benchtable import anchor_context, machine, update_row
     from components.base_model import resolve_model_dir
     from components.reward.pairs import read_pairs, split_by_prompt
 
@@ -265,13 +265,8 @@ def main() -> None:
     out = {
         "benchmark": "reward_vs_trl",
         "what": "reward-model training loop pairs/s, ours vs TRL RewardTrainer",
-        "machine": machine(),
         "device": "cpu",
-        "load_average_at_end": os.getloadavg(),
-        "versions": {
-            "ours": versions(sys.executable, ("torch", "transformers", "peft", "accelerate")),
-            "trl_env": versions(trl_python, ("trl", "torch", "transformers", "peft", "accelerate")),
-        },
+        **anchor_context(trl_python),
         "model": args.model,
         "data": data,
         "split": {k: len(v) for k, v in split.items()},
