@@ -29,7 +29,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import ModelConfig
 from components.fsutil import atomic_write_text
-from components.generation import generate, position_ids_from_mask
+from components.generation import generate, reply_logits
 from components.paths import ProjectPaths
 from components.ppo import core
 from components.precision import autocast
@@ -52,13 +52,6 @@ class PolicyEval:
     examples: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _logits(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, keep: int = 0) -> torch.Tensor:
-    """Logits of the last ``keep`` positions (0: all), shape (B, keep or P+R, V)."""
-    positions = position_ids_from_mask(mask)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep, use_cache=False)
-    return out.logits
-
-
 @torch.no_grad()
 def sequence_kl(
     policy: PreTrainedModel,
@@ -73,10 +66,8 @@ def sequence_kl(
     ids = torch.cat([query_ids, response_ids], dim=1)  # shape: (B, P+R)
     mask = torch.cat([query_mask, response_mask], dim=1)  # shape: (B, P+R)
     r = response_ids.shape[1]
-    # logits at position t predict token t+1: the response's logits are positions P-1 .. P+R-2, i.e. the
-    # last R+1 positions without the final one (only those are computed: no (B, P+R, V) tensor)
-    pol = _logits(policy, ids, mask, r + 1)[:, :-1]  # shape: (B, R, V)
-    ref = _logits(reference, ids, mask, r + 1)[:, :-1]  # shape: (B, R, V)
+    pol = reply_logits(policy, ids, mask, r)  # shape: (B, R, V)
+    ref = reply_logits(reference, ids, mask, r)  # shape: (B, R, V)
     logp = core.logprobs_from_logits(pol, response_ids, temperature)  # shape: (B, R)
     ref_logp = core.logprobs_from_logits(ref, response_ids, temperature)  # shape: (B, R)
     return (core.kl_per_token(logp, ref_logp, "k1") * response_mask).sum(dim=1)  # shape: (B,)

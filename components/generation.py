@@ -23,6 +23,24 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
 
 
+def reply_logits(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, reply_len: int
+) -> torch.Tensor:
+    """Logits that predicted each of the last ``reply_len`` tokens of prompt+reply sequences, (B, R, V).
+
+    Position P-1+t predicts reply token t, so these are the last R+1 positions without the final one; only
+    those are computed (no (B, P+R, V) tensor). Position ids come from the mask (left padding aware).
+    """
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        logits_to_keep=reply_len + 1,
+        use_cache=False,
+    )
+    return out.logits[:, :-1]  # shape: (B, R, V)
+
+
 @dataclass(frozen=True)
 class Generation:
     """A batch of sampled replies with the tensors PPO needs."""

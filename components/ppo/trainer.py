@@ -39,9 +39,9 @@ from accelerate import Accelerator
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from components.base_model import load_base
+from components.base_model import accelerator_device, load_base
 from components.config import ModelConfig, to_dict
-from components.generation import generate, position_ids_from_mask
+from components.generation import generate, position_ids_from_mask, reply_logits
 from components.paths import ProjectPaths
 from components.ppo import core
 from components.ppo.checkpoint import (
@@ -236,10 +236,9 @@ class PPOTrainer:
         base: tuple[PreTrainedModel, PreTrainedTokenizerBase] | None = None,
     ) -> None:
         self.cfg, self.model_cfg, self.scorer, self.paths = cfg, model_cfg, scorer, paths
-        use_cuda = torch.cuda.is_available()
-        device = torch.device("cuda" if use_cuda else "cpu")
+        device = accelerator_device()
         precision = "bf16" if cfg.bf16 and bf16_fast(device) else "no"
-        self.acc = make_accelerator(cpu=not use_cuda, mixed_precision=precision)
+        self.acc = make_accelerator(cpu=device.type == "cpu", mixed_precision=precision)
         rank = self.acc.process_index
         # A different seed per process (N-details), so processes sample different replies.
         self.seed = cfg.seed + rank
@@ -291,16 +290,8 @@ class PPOTrainer:
         ac = self.unwrapped
         ctx = ac.policy.disable_adapter() if self.reference is None else nullcontext()
         model = ac.policy if self.reference is None else self.reference
-        R = batch.response_ids.shape[1]
         with ctx:
-            out = model(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                position_ids=position_ids_from_mask(batch.attention_mask),
-                logits_to_keep=R + 1,
-                use_cache=False,
-            )
-        return out.logits[:, :-1]  # shape: (B, R, V)
+            return reply_logits(model, batch.input_ids, batch.attention_mask, batch.response_ids.shape[1])
 
     def _mean(self, x: torch.Tensor | float) -> float:
         """Mean of a per-process scalar over all processes."""
