@@ -67,6 +67,12 @@ TRL_REQUIREMENT = "trl==1.12.0"
 PHASES = ("rollout", "forward", "score", "update")
 
 
+def _gpu_name() -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else None
+
+
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
@@ -129,7 +135,12 @@ def worker_ours(work: Path, steps: int, device: str, threads: int | None, bf16: 
         }
         for r in result.metrics
     ]
-    return {"device": str(result.accelerator.device), "torch_threads": torch.get_num_threads(), "steps": rows}
+    return {
+        "device": str(result.accelerator.device),
+        "gpu": _gpu_name(),
+        "torch_threads": torch.get_num_threads(),
+        "steps": rows,
+    }
 
 
 def worker_trl(work: Path, steps: int, device: str, threads: int | None, bf16: bool) -> dict:
@@ -209,15 +220,20 @@ def worker_trl(work: Path, steps: int, device: str, threads: int | None, bf16: b
     )
     spent = dict.fromkeys(PHASES[:3], 0.0)
 
+    def now_synced() -> float:
+        if device == "cuda":  # CUDA runs asynchronously: wait for the queued kernels before reading the clock
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     def timed(fn, phase_of):
         def wrapper(*a, **kw):
-            t = time.perf_counter()
+            t = now_synced()
             try:
                 return fn(*a, **kw)
             finally:
                 phase = phase_of(*a, **kw)
                 if phase:
-                    spent[phase] += time.perf_counter() - t
+                    spent[phase] += now_synced() - t
 
         return wrapper
 
@@ -228,14 +244,14 @@ def worker_trl(work: Path, steps: int, device: str, threads: int | None, bf16: b
 
     class Clock(TrainerCallback):
         def on_train_begin(self, *a, **k):
-            self.t = time.perf_counter()
+            self.t = now_synced()
 
         def on_log(self, _args, _state, _control, logs=None, **k):
             if logs and "objective/kl" in logs:
                 self.last = logs
 
         def on_step_end(self, *a, **k):
-            now = time.perf_counter()
+            now = now_synced()
             step = {p: spent[p] for p in PHASES[:3]}
             step["seconds"] = now - self.t
             step["update"] = step["seconds"] - sum(step[p] for p in PHASES[:3])
@@ -249,7 +265,7 @@ def worker_trl(work: Path, steps: int, device: str, threads: int | None, bf16: b
             rows.append(step)
             for p in spent:
                 spent[p] = 0.0
-            self.t = time.perf_counter()
+            self.t = now_synced()
 
     clock = Clock()
     # Reply lengths (to the first EOS, inclusive) from the trainer's own truncation function.
@@ -277,7 +293,12 @@ def worker_trl(work: Path, steps: int, device: str, threads: int | None, bf16: b
         callbacks=[clock],
     )
     trainer.train()
-    return {"device": str(trainer.accelerator.device), "torch_threads": torch.get_num_threads(), "steps": rows}
+    return {
+        "device": str(trainer.accelerator.device),
+        "gpu": _gpu_name(),
+        "torch_threads": torch.get_num_threads(),
+        "steps": rows,
+    }
 
 
 def worker_main(args: argparse.Namespace) -> None:
@@ -449,7 +470,7 @@ def report(args: argparse.Namespace, runs: list[dict], steps: int, trl_python: P
         )
 
     dev = (
-        "GPU (CUDA, bf16 autocast)"
+        f"GPU ({runs[0].get('gpu') or 'CUDA'}, bf16 autocast)"
         if args.device == "cuda"
         else "CPU (bf16 autocast, both)"
         if args.bf16

@@ -337,7 +337,8 @@ class PPOTrainer:
 
     @torch.no_grad()
     def forward_batch(self, batch: Batch) -> None:
-        """Fill the rollout-time log-probs, reference log-probs, values and entropy, micro-batch by micro-batch.
+        """Fill the rollout-time log-probs, reference log-probs, values and entropy, ``forward_batch_size``
+        replies per pass (default: the whole batch at once).
 
         With the shared trunk, the policy's part comes from the rollout itself: the logits that sampled each
         token and the last hidden state before it (KV-cached, equal to a full forward pass up to float
@@ -353,15 +354,16 @@ class PPOTrainer:
                 batch.values = ac.value_head(batch.gen_hidden.float()).squeeze(-1).float()  # shape: (B, R)
             batch.gen_logits = batch.gen_hidden = None  # free (B, R, V) before the update
             ref_logp = []
-            for s in range(0, len(batch.prompts), cfg.micro_batch_size):
-                part = _slice(batch, slice(s, s + cfg.micro_batch_size))
+            fb = cfg.forward_batch_size or len(batch.prompts)
+            for s in range(0, len(batch.prompts), fb):
+                part = _slice(batch, slice(s, s + fb))
                 with self.acc.autocast():
                     ref_logits = self._reference_logits(part)
                 ref_logp.append(core.logprobs_from_logits(ref_logits, part.response_ids, cfg.temperature))
             batch.ref_logp = torch.cat(ref_logp)  # shape: (B, R)
             return
         logp, ref_logp, values, entropy = [], [], [], []
-        mb = cfg.micro_batch_size
+        mb = cfg.forward_batch_size or len(batch.prompts)
         for s in range(0, len(batch.prompts), mb):
             part = _slice(batch, slice(s, s + mb))
             with self.acc.autocast():
@@ -470,6 +472,13 @@ class PPOTrainer:
 
     # -- the loop ----------------------------------------------------------------------------
 
+    def _clock(self) -> float:
+        """A wall-clock reading after the device's queued work is done (CUDA runs asynchronously: without the
+        wait, one phase's kernels would be billed to the next)."""
+        if self.acc.device.type == "cuda":
+            torch.cuda.synchronize(self.acc.device)
+        return time.perf_counter()
+
     def train(
         self, *, resume: bool = False, stop_after: int | None = None, progress: Progress | None = None
     ) -> TrainResult:
@@ -488,20 +497,20 @@ class PPOTrainer:
         while self.step < cfg.steps:
             if stop_after is not None and steps_run >= stop_after:
                 break
-            t0 = time.perf_counter()
+            t0 = self._clock()
             prompts = self._sample_prompts()
 
             # 1. rollout: one sampled reply per prompt
             batch = self.rollout(prompts)
-            t1 = time.perf_counter()
+            t1 = self._clock()
 
             # 2. forward: rollout-time log-probs, reference log-probs, values, entropy
             self.forward_batch(batch)
-            t2 = time.perf_counter()
+            t2 = self._clock()
 
             # 3. score: the scorer on prompt + reply, minus the missing-EOS penalty
             raw_scores, scores = self.score(batch)
-            t3 = time.perf_counter()
+            t3 = self._clock()
 
             # 4. rewards: score on the last reply token, per-token KL penalty (beta from the controller)
             kl_coef = self.kl_ctl.value
@@ -519,7 +528,7 @@ class PPOTrainer:
             # 6. update: PPO epochs over minibatches
             upd = self.update(batch, advantages, returns)
             self.scheduler.step()
-            t4 = time.perf_counter()
+            t4 = self._clock()
 
             # KL controller sees the global mean summed k1 KL per reply (Ziegler et al. 2019, eq. 3).
             m = batch.mask.float()

@@ -441,3 +441,31 @@ def test_after_a_promotion_ppo_starts_from_the_champion_and_dvc_reruns_it(tmp_pa
     manifest = json.loads((second / "manifest.json").read_text())
     assert manifest["parent"] == first.name and manifest["base_dir"] == str(champ.path)
     assert manifest["base"] == "tiny" and manifest["init_from"] == "champion"
+
+
+@pytest.mark.parametrize("value_model", ["shared", "separate"])
+def test_forward_passes_in_parts_equal_one_pass_over_the_batch(tmp_path, value_model):
+    """forward_batch_size only splits step 2's no-grad passes: reference log-probs (and, with a separate value
+    trunk, the policy's log-probs, values and entropy) equal those of one pass over the whole batch."""
+    import copy
+    import dataclasses
+
+    from components.config import ModelConfig, load_section
+    from components.paths import ProjectPaths
+    from components.ppo.config import PPOConfig
+    from components.ppo.trainer import PPOTrainer
+
+    params = project(tmp_path, steps=1, value_model=value_model, bf16=False)
+    cfg, model_cfg = load_section(PPOConfig, "ppo", params), load_section(ModelConfig, "model", params)
+    trainer = PPOTrainer(cfg, model_cfg, CountScorer("e"), ProjectPaths(tmp_path))
+    whole = trainer.rollout(PROMPTS[:7])  # 7 replies: parts of 3 leave a remainder of 1
+    parts = copy.deepcopy(whole)
+    trainer.forward_batch(whole)
+    trainer.cfg = dataclasses.replace(cfg, forward_batch_size=3)
+    trainer.forward_batch(parts)
+    for name in ("logp", "ref_logp", "values", "entropy"):
+        a, b = getattr(whole, name), getattr(parts, name)
+        assert a.shape == b.shape == whole.response_ids.shape
+        assert torch.allclose(a, b, atol=1e-5), name
+    with pytest.raises(ValueError, match="forward_batch_size"):
+        dataclasses.replace(cfg, forward_batch_size=0)

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from components.base_model import accelerator_device
 from components.reward.config import RewardConfig
 from components.reward.model import (
     RewardModel,
@@ -118,7 +119,7 @@ def test_reload_scores_like_the_trained_model(trained):
     _, eval_idx = split_by_prompt(pairs, TOY_CFG.eval_fraction, TOY_CFG.seed)
     held = pairs.subset(eval_idx[:n])
     loaded = RewardModel.load(result.model_dir)
-    assert loaded.device.type == "cpu"  # the accelerator's device on this machine (no GPU)
+    assert loaded.device.type == accelerator_device().type  # the GPU when one is visible, else the CPU
     raw_c = loaded.raw_scores(held.prompts, held.chosen)
     raw_r = loaded.raw_scores(held.prompts, held.rejected)
     assert torch.allclose(raw_c, torch.tensor(check["raw_chosen"]), atol=1e-4)
@@ -140,9 +141,10 @@ def test_save_load_identical_scores_and_normalisation(trained):
     prompts, responses = [*train.prompts, *train.prompts], [*train.chosen, *train.rejected]
     sa, sb = a.score(prompts, responses), b.score(prompts, responses, batch_size=7)
     assert torch.allclose(sa, sb, atol=1e-5)
-    # normalised over the training prompts' responses: mean 0, std 1
-    assert sa.mean().item() == pytest.approx(0.0, abs=1e-3)
-    assert sa.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-3)
+    # normalised over the training prompts' responses: mean 0, std 1 (the statistics come from the training
+    # run's bf16 passes; on a GPU its bf16 kernels round differently from these scoring passes: ~1e-3)
+    assert sa.mean().item() == pytest.approx(0.0, abs=5e-3)
+    assert sa.std(unbiased=False).item() == pytest.approx(1.0, abs=5e-3)
     # a fresh in-memory model saved and reloaded gives bit-identical scores
     model, tok = build_reward_model("tiny", seed=5)
     rm = RewardModel(model, tok, mean=0.25, std=2.0, max_length=96)
@@ -211,7 +213,7 @@ def test_lora_mode_saves_a_plain_merged_model(tmp_path):
     assert not any("lora" in k for k in loaded.model.state_dict())
     base, _ = build_reward_model("tiny", seed=cfg.seed)
     q = "model.layers.0.self_attn.q_proj.weight"
-    assert not torch.equal(loaded.model.state_dict()[q], base.state_dict()[q])  # adapters merged in
+    assert not torch.equal(loaded.model.state_dict()[q].cpu(), base.state_dict()[q].cpu())  # adapters merged in
     assert result.metrics["train"]["trainable_params"] < result.metrics["train"]["total_params"]
 
 
