@@ -120,6 +120,11 @@ class ProjectPaths:
         return self.root / "staging" / "seed"
 
     @property
+    def reward_features(self) -> Path:
+        """The reward model's frozen-block output per text, kept between runs (``reward.feature_store_gib``)."""
+        return self.root / "staging" / "reward-features"
+
+    @property
     def registry(self) -> Path:
         """The registry's own status record (status per version, champion pointer) and its lock.
 

@@ -79,6 +79,11 @@ class RewardConfig:
     """With ``trainable: top``: memory allowed for caching the frozen lower blocks' output for every training
     text (computed once; each step then runs only the top blocks: same scores, a fraction of the compute).
     0 = off; a cache that would be larger is not built."""
+    feature_store_gib: float = 2.0
+    """With the frozen-block cache: disk space its per-text output may keep in the project's
+    ``staging/reward-features`` between runs (least recently used first out), so a retrain on texts seen
+    before (round 2's seed pairs) reads their frozen-block output instead of recomputing it (the same
+    bytes: keyed by the frozen weights, the arithmetic and the token ids). 0 = off."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.eval_batch_size < 1:

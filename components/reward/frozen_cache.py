@@ -22,7 +22,8 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.generation import position_ids_from_mask
-from components.reward.model import encode, last_token_index, transformer_layers
+from components.reward.feature_store import FeatureStore, model_key, text_key
+from components.reward.model import last_token_index, pad_id, pad_right, token_ids, transformer_layers
 
 
 class _Stop(Exception):
@@ -52,11 +53,43 @@ class FrozenPrefix:
         responses: Sequence[str],
         batch_size: int = 32,
         progress: Callable[[int, int], None] | None = None,
+        store: FeatureStore | None = None,
     ) -> None:
-        """Run the lower blocks once over every distinct (prompt, response) not cached yet."""
+        """Run the lower blocks once over every distinct (prompt, response) not cached yet.
+
+        With ``store``, texts whose output a previous build (same frozen weights, same arithmetic, same token
+        ids: :mod:`components.reward.feature_store`) left there are read from it instead, and the rest are
+        written to it."""
         todo = [key for key in dict.fromkeys(zip(prompts, responses)) if key not in self.features]
+        if not todo:
+            return
+        ids, truncated = token_ids(self.tok, [p for p, _ in todo], [r for _, r in todo], self.max_length)
+        device = next(self.model.parameters()).device
+        names: list[str | None] = [None] * len(todo)
+        if store is not None:
+            mkey = model_key(self.model, len(transformer_layers(self.model)) - self.k, device)
+            names = [text_key(mkey, x) for x in ids]
+        compute: list[int] = []
+        for i, key in enumerate(todo):
+            stored = store.get(names[i]) if store is not None else None
+            if stored is not None and stored.shape[0] == len(ids[i]):
+                self.features[key], self.truncated[key] = stored, truncated[i]
+            else:
+                compute.append(i)
+        done = len(todo) - len(compute)
+        for start in range(0, len(compute), batch_size):
+            chunk = compute[start : start + batch_size]
+            for i, features in zip(chunk, self._lower_blocks([ids[i] for i in chunk], device)):
+                self.features[todo[i]], self.truncated[todo[i]] = features, truncated[i]
+                if store is not None:
+                    store.put(names[i], features)
+            if progress is not None:
+                progress(done + start + len(chunk), len(todo))
+
+    def _lower_blocks(self, ids: list[list[int]], device: torch.device) -> list[torch.Tensor]:
+        """The frozen blocks' output of each text, (T_i, H) float32 each: one right-padded pass that stops at
+        the first trained block."""
         layers = transformer_layers(self.model)
-        first_trained = layers[len(layers) - self.k]
         captured: list[torch.Tensor] = []
 
         def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -64,26 +97,18 @@ class FrozenPrefix:
             raise _Stop
 
         backbone = getattr(self.model, self.model.base_model_prefix)
-        device = next(self.model.parameters()).device
-        handle = first_trained.register_forward_pre_hook(hook, with_kwargs=True)
+        input_ids, mask = pad_right(ids, pad_id(self.tok))
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        handle = layers[len(layers) - self.k].register_forward_pre_hook(hook, with_kwargs=True)
         try:
-            for start in range(0, len(todo), batch_size):
-                chunk = todo[start : start + batch_size]
-                batch = encode(self.tok, [p for p, _ in chunk], [r for _, r in chunk], self.max_length)
-                ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
-                captured.clear()
-                positions = position_ids_from_mask(mask)
-                with contextlib.suppress(_Stop):
-                    backbone(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
-                hidden = captured[0].detach()  # shape: (n, T, H)
-                lengths = mask.sum(dim=1).tolist()
-                for i, key in enumerate(chunk):
-                    self.features[key] = hidden[i, : lengths[i]].float().clone()  # shape: (T_i, H)
-                    self.truncated[key] = batch.truncated_rows[i]
-                if progress is not None:
-                    progress(min(start + batch_size, len(todo)), len(todo))
+            with contextlib.suppress(_Stop):
+                backbone(
+                    input_ids=input_ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False
+                )
         finally:
             handle.remove()
+        hidden = captured[0].detach()  # shape: (n, T, H)
+        return [hidden[i, : len(x)].float().cpu().clone() for i, x in enumerate(ids)]  # shape: (T_i, H) each
 
     def __contains__(self, key: tuple[str, str]) -> bool:
         return key in self.features

@@ -69,6 +69,36 @@ class Batch:
         return sum(self.truncated_rows)
 
 
+def token_ids(
+    tok: PreTrainedTokenizerBase, prompts: Sequence[str], responses: Sequence[str], max_length: int
+) -> tuple[list[list[int]], tuple[bool, ...]]:
+    """Each prompt+response text's token ids, truncated to its *last* ``max_length`` tokens, and which were
+    truncated (the reply and the token the score is read at always survive)."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    if not prompts:
+        raise ValueError("nothing to encode: no prompts given")
+    texts = [reward_text(tok, p, r) for p, r in zip(prompts, responses)]
+    ids = tok(texts, add_special_tokens=False)["input_ids"]
+    truncated = tuple(len(x) > max_length for x in ids)
+    return [list(x[-max_length:]) for x in ids], truncated
+
+
+def pad_right(ids: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists right padded to the longest: ``(input_ids, attention_mask)``, each (N, T)."""
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), pad, dtype=torch.long)  # shape: (N, T)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)  # shape: (N, T)
+    for i, x in enumerate(ids):
+        input_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
+        mask[i, : len(x)] = 1
+    return input_ids, mask
+
+
+def pad_id(tok: PreTrainedTokenizerBase) -> int:
+    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+
 def encode(
     tok: PreTrainedTokenizerBase,
     prompts: Sequence[str],
@@ -80,21 +110,8 @@ def encode(
     A text longer than ``max_length`` keeps its *last* ``max_length`` tokens, so the reply and the token
     the score is read at survive; the count of such texts is returned, never hidden.
     """
-    if len(prompts) != len(responses):
-        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    if not prompts:
-        raise ValueError("nothing to encode: no prompts given")
-    texts = [reward_text(tok, p, r) for p, r in zip(prompts, responses)]
-    ids = tok(texts, add_special_tokens=False)["input_ids"]
-    truncated = tuple(len(x) > max_length for x in ids)
-    ids = [x[-max_length:] for x in ids]
-    width = max(len(x) for x in ids)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    input_ids = torch.full((len(ids), width), pad, dtype=torch.long)  # shape: (N, T)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)  # shape: (N, T)
-    for i, x in enumerate(ids):
-        input_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
-        mask[i, : len(x)] = 1
+    ids, truncated = token_ids(tok, prompts, responses, max_length)
+    input_ids, mask = pad_right(ids, pad_id(tok))
     return Batch(input_ids, mask, truncated)
 
 

@@ -64,7 +64,13 @@ def train_reward_model(
         )
     t0 = time.perf_counter()
     result = train_reward(
-        paths.pairs, cfg, paths.reward_model, paths.metrics, project_root=paths.root, progress=progress
+        paths.pairs,
+        cfg,
+        paths.reward_model,
+        paths.metrics,
+        project_root=paths.root,
+        progress=progress,
+        feature_store=paths.reward_features,
     )
     ev, tr = result.metrics["eval"], result.metrics["train"]
     return RewardStageResult(
@@ -121,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             args.metrics or paths.metrics,
             project_root=paths.root,
             progress=log_progress(logging.getLogger("components.reward"), "reward step"),
+            feature_store=paths.reward_features,
         )
     except (ConfigError, PairsError) as exc:
         print(f"train_reward: {exc}", file=sys.stderr)

@@ -33,6 +33,7 @@ from components.lineage import code_revision, data_version
 from components.precision import autocast
 from components.progress import Progress, report
 from components.reward.config import RewardConfig
+from components.reward.feature_store import FeatureStore
 from components.reward.frozen_cache import FrozenPrefix
 from components.reward.losses import (
     bradley_terry_loss,
@@ -365,10 +366,16 @@ def fit_reward_model(
 
 
 def frozen_cache(
-    model: PreTrainedModel, tok: PreTrainedTokenizerBase, train: Pairs, cfg: RewardConfig, progress: Progress | None
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    train: Pairs,
+    cfg: RewardConfig,
+    progress: Progress | None,
+    store: FeatureStore | None = None,
 ) -> FrozenPrefix | None:
     """The frozen blocks' output for every training text when only the top blocks train and it fits in
-    ``cfg.feature_cache_gib``; else None (every step then runs the whole model)."""
+    ``cfg.feature_cache_gib``; else None (every step then runs the whole model). Texts ``store`` holds are
+    read from it, the others computed and written to it."""
     n_layers = len(transformer_layers(model)) if cfg.trainable == "top" else 0
     if not 0 < cfg.train_layers < n_layers or cfg.feature_cache_gib <= 0:
         return None
@@ -389,10 +396,19 @@ def frozen_cache(
             [*train.chosen, *train.rejected],
             batch_size=2 * cfg.eval_batch_size,
             progress=lambda done, total: report(progress, done, total, "reward model: frozen blocks, once"),
+            store=store,
         )
-    log.info("cached the %d frozen blocks' output for %d texts in %.1f s (about %.0f MiB)",
-             n_layers - cfg.train_layers, len(cache.features), time.perf_counter() - t0, need / 2**20)  # fmt: skip
+    log.info("cached the %d frozen blocks' output for %d texts in %.1f s (about %.0f MiB; %d read from the store)",
+             n_layers - cfg.train_layers, len(cache.features), time.perf_counter() - t0, need / 2**20,
+             store.hits if store is not None else 0)  # fmt: skip
     return cache
+
+
+def _fits(cache: FrozenPrefix, more_texts: int, cfg: RewardConfig) -> bool:
+    """Whether ``more_texts`` texts like the cached ones still fit in ``cfg.feature_cache_gib``."""
+    n = len(cache.features)
+    held = sum(f.numel() * f.element_size() for f in cache.features.values())
+    return n > 0 and held * (n + more_texts) / n <= cfg.feature_cache_gib * 2**30
 
 
 def _fit_with_cache(
@@ -401,6 +417,7 @@ def _fit_with_cache(
     step_log: Path,
     device: str | torch.device | None = None,
     progress: Progress | None = None,
+    store: FeatureStore | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any], FrozenPrefix | None]:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     val = None
@@ -414,7 +431,7 @@ def _fit_with_cache(
     log.info("reward model on %s: %d of %d parameters train (%s)", cfg.backbone, count_trainable(trainable),
              sum(p.numel() for p in model.parameters()), cfg.trainable)  # fmt: skip
     t_cache = time.perf_counter()
-    cache = frozen_cache(model, tok, train, cfg, progress)
+    cache = frozen_cache(model, tok, train, cfg, progress, store)
     t_cache = time.perf_counter() - t_cache
     train_metrics = _fit(model, trainable, tok, train, cfg, step_log, val, progress, cache)
     if train_metrics["truncated_texts"]:
@@ -433,8 +450,12 @@ def train_reward(
     *,
     project_root: Path | None = None,
     progress: Progress | None = None,
+    feature_store: Path | None = None,
 ) -> RewardResult:
     """Train, evaluate, normalise and save a reward model; returns its folder and metrics.
+
+    With ``feature_store`` (a folder; ``cfg.feature_store_gib`` > 0) the frozen blocks' output per text is
+    kept there between runs and read back for texts seen before (:mod:`components.reward.feature_store`).
 
     The manifest records a fresh ``version`` and, under ``check``, the raw scores the trained model (before
     saving) gave the first held-out pairs, so a reload can be compared with the model that was trained."""
@@ -457,7 +478,25 @@ def train_reward(
 
     # 2.-3. model and optimisation
     step_log = metrics_dir / STEP_LOG
-    model, tok, train_metrics, cache = _fit_with_cache(train, cfg, step_log, progress=progress)
+    store = None
+    if feature_store is not None and cfg.feature_store_gib > 0:
+        store = FeatureStore(feature_store, int(cfg.feature_store_gib * 2**30))
+    model, tok, train_metrics, cache = _fit_with_cache(train, cfg, step_log, progress=progress, store=store)
+    if cache is not None and len(held) and _fits(cache, 2 * len(held), cfg):
+        # the held-out texts' frozen blocks once, through the cache (the same arithmetic as the full pass), so
+        # the store keeps them too: a later retrain may train on these prompts or hold them out again
+        t0 = time.perf_counter()
+        hits = store.hits if store is not None else 0
+        with autocast(next(model.parameters()).device, cfg.bf16):
+            cache.build([*held.prompts, *held.prompts], [*held.chosen, *held.rejected],
+                        batch_size=2 * cfg.eval_batch_size, store=store)  # fmt: skip
+        train_metrics["frozen_cache_heldout_seconds"] = round(time.perf_counter() - t0, 2)
+        if store is not None:
+            train_metrics["frozen_store_hits"] = store.hits
+            log.info("held-out texts' frozen blocks in %.1f s (%d read from the store)",
+                     time.perf_counter() - t0, store.hits - hits)  # fmt: skip
+    if store is not None:
+        store.prune()
 
     # 4. normalise over the training prompts' responses (chosen and rejected)
     norm_set = train
@@ -472,7 +511,7 @@ def train_reward(
     # 5. evaluate on held-out prompts
     check: dict[str, Any] = {}
     if len(held):
-        ev_c, ev_r = score_pairs(model, tok, held, cfg, desc="held-out eval")
+        ev_c, ev_r = score_pairs(model, tok, held, cfg, desc="held-out eval", cache=cache)
         n_check = min(4, len(held))
         # in float32, as a reloaded model scores by default, so a reload can be compared closely
         ck_c, ck_r = score_pairs(model, tok, held.subset(list(range(n_check))), replace(cfg, bf16=False), desc="check")
