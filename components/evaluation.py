@@ -29,11 +29,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.config import ModelConfig
 from components.fsutil import atomic_write_text
-from components.generation import generate, reply_logits
+from components.generation import generate
 from components.paths import ProjectPaths
 from components.ppo import core
 from components.precision import autocast
 from components.progress import Progress, log_progress, report
+from components.shared_prefix import reply_logits_shared
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,8 @@ def sequence_kl(
     ids = torch.cat([query_ids, response_ids], dim=1)  # shape: (B, P+R)
     mask = torch.cat([query_mask, response_mask], dim=1)  # shape: (B, P+R)
     r = response_ids.shape[1]
-    pol = reply_logits(policy, ids, mask, r)  # shape: (B, R, V)
-    ref = reply_logits(reference, ids, mask, r)  # shape: (B, R, V)
+    pol = reply_logits_shared(policy, ids, mask, r)  # shape: (B, R, V); the shared system prompt once
+    ref = reply_logits_shared(reference, ids, mask, r)  # shape: (B, R, V)
     logp = core.logprobs_from_logits(pol, response_ids, temperature)  # shape: (B, R)
     ref_logp = core.logprobs_from_logits(ref, response_ids, temperature)  # shape: (B, R)
     return (core.kl_per_token(logp, ref_logp, "k1") * response_mask).sum(dim=1)  # shape: (B,)

@@ -41,7 +41,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.base_model import accelerator_device, load_base
 from components.config import ModelConfig, to_dict
-from components.generation import generate, position_ids_from_mask, reply_logits
+from components.generation import generate, position_ids_from_mask
 from components.paths import ProjectPaths
 from components.ppo import core
 from components.ppo.checkpoint import (
@@ -57,6 +57,7 @@ from components.ppo.metrics import MetricsWriter
 from components.ppo.scorers import Scorer
 from components.precision import bf16_fast, cast_frozen_weights_once
 from components.progress import Progress, report
+from components.shared_prefix import causal_lm_after_opening, reply_logits_shared
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,13 @@ class ActorCritic(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits predicting each reply token and the value before it: ``(B, R, V)`` and ``(B, R)``."""
         R = input_ids.shape[1] - context_length
+        if self.value_trunk is None:
+            # the system prompt every row opens with runs once, for one row (components/shared_prefix.py)
+            out = causal_lm_after_opening(self.policy, input_ids, attention_mask, R, output_hidden_states=True)
+            if out is not None:
+                hidden = out.hidden_states[-1]  # shape: (B, S, H), the same last columns as the full rows
+                values = self.value_head(hidden[:, -(R + 1) : -1].float()).squeeze(-1)  # shape: (B, R)
+                return out.logits[:, :-1], values
         position_ids = position_ids_from_mask(attention_mask)  # shape: (B, P+R), left padding aware
         out = self.policy(
             input_ids=input_ids,
@@ -291,7 +299,8 @@ class PPOTrainer:
         ctx = ac.policy.disable_adapter() if self.reference is None else nullcontext()
         model = ac.policy if self.reference is None else self.reference
         with ctx:
-            return reply_logits(model, batch.input_ids, batch.attention_mask, batch.response_ids.shape[1])
+            # the system prompt every row opens with runs once (components/shared_prefix.py)
+            return reply_logits_shared(model, batch.input_ids, batch.attention_mask, batch.response_ids.shape[1])
 
     def _mean(self, x: torch.Tensor | float) -> float:
         """Mean of a per-process scalar over all processes."""

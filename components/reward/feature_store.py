@@ -58,6 +58,7 @@ def model_key(model: nn.Module, n_frozen: int, device: torch.device) -> str:
         "config": model.config.to_diff_dict(),
         "attention": getattr(model.config, "_attn_implementation", None),
         "n_frozen": n_frozen,
+        "pass": "shared opening once",  # how FrozenPrefix computes it (components/shared_prefix.py)
         "device": device.type,
         "autocast": amp,
         "torch": torch.__version__,

@@ -19,15 +19,27 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from components.generation import position_ids_from_mask
 from components.reward.feature_store import FeatureStore, model_key, text_key
 from components.reward.model import last_token_index, pad_id, pad_right, token_ids, transformer_layers
+from components.shared_prefix import MIN_SHARED, common_prefix_length, suffix_inputs
 
 
 class _Stop(Exception):
     """Raised by the hook on the first trained block: the lower blocks' output is captured, stop there."""
+
+
+def _pad_features(feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-text features (T_i, H) right padded with zeros to (N, T, H), with their mask (N, T)."""
+    width = max(f.shape[0] for f in feats)
+    hidden = torch.zeros((len(feats), width, feats[0].shape[1]), dtype=feats[0].dtype)  # shape: (N, T, H)
+    mask = torch.zeros((len(feats), width), dtype=torch.long)  # shape: (N, T)
+    for i, f in enumerate(feats):
+        hidden[i, : f.shape[0]] = f
+        mask[i, : f.shape[0]] = 1
+    return hidden, mask
 
 
 class FrozenPrefix:
@@ -40,6 +52,7 @@ class FrozenPrefix:
         self.model, self.tok, self.max_length, self.k = model, tok, max_length, top_layers
         self.features: dict[tuple[str, str], torch.Tensor] = {}  # (prompt, response) -> (T_i, H)
         self.truncated: dict[tuple[str, str], bool] = {}
+        self.ids: dict[tuple[str, str], list[int]] = {}  # (prompt, response) -> its token ids
 
     @staticmethod
     def nbytes_estimate(n_texts: int, mean_tokens: float, hidden: int) -> float:
@@ -73,14 +86,14 @@ class FrozenPrefix:
         for i, key in enumerate(todo):
             stored = store.get(names[i]) if store is not None else None
             if stored is not None and stored.shape[0] == len(ids[i]):
-                self.features[key], self.truncated[key] = stored, truncated[i]
+                self.features[key], self.truncated[key], self.ids[key] = stored, truncated[i], ids[i]
             else:
                 compute.append(i)
         done = len(todo) - len(compute)
         for start in range(0, len(compute), batch_size):
             chunk = compute[start : start + batch_size]
             for i, features in zip(chunk, self._lower_blocks([ids[i] for i in chunk], device)):
-                self.features[todo[i]], self.truncated[todo[i]] = features, truncated[i]
+                self.features[todo[i]], self.truncated[todo[i]], self.ids[todo[i]] = features, truncated[i], ids[i]
                 if store is not None:
                     store.put(names[i], features)
             if progress is not None:
@@ -88,7 +101,8 @@ class FrozenPrefix:
 
     def _lower_blocks(self, ids: list[list[int]], device: torch.device) -> list[torch.Tensor]:
         """The frozen blocks' output of each text, (T_i, H) float32 each: one right-padded pass that stops at
-        the first trained block."""
+        the first trained block. The opening all the texts share (the chat template's system turn) runs once,
+        for one row, and the batch runs the rest after its KV cache (:mod:`components.shared_prefix`)."""
         layers = transformer_layers(self.model)
         captured: list[torch.Tensor] = []
 
@@ -97,18 +111,30 @@ class FrozenPrefix:
             raise _Stop
 
         backbone = getattr(self.model, self.model.base_model_prefix)
-        input_ids, mask = pad_right(ids, pad_id(self.tok))
-        input_ids, mask = input_ids.to(device), mask.to(device)
+        shared = common_prefix_length(ids)
+        past = DynamicCache(config=self.model.config) if shared >= MIN_SHARED else None
+
+        def run(rows: list[list[int]], offset: int) -> torch.Tensor:
+            input_ids, mask = pad_right(rows, pad_id(self.tok))
+            input_ids, mask = input_ids.to(device), mask.to(device)
+            full_mask, positions = suffix_inputs(mask, offset)
+            captured.clear()
+            with contextlib.suppress(_Stop):
+                backbone(input_ids=input_ids, attention_mask=full_mask, position_ids=positions,
+                         past_key_values=past, use_cache=past is not None)  # fmt: skip
+            return captured[0].detach()  # shape: (n, T, H)
+
         handle = layers[len(layers) - self.k].register_forward_pre_hook(hook, with_kwargs=True)
         try:
-            with contextlib.suppress(_Stop):
-                backbone(
-                    input_ids=input_ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False
-                )
+            if past is None:
+                hidden = run(ids, 0)  # shape: (n, T, H)
+                return [hidden[i, : len(x)].float().cpu().clone() for i, x in enumerate(ids)]
+            opening = run([ids[0][:shared]], 0)[0].float().cpu()  # shape: (P, H)
+            past.batch_repeat_interleave(len(ids))
+            rest = run([x[shared:] for x in ids], shared)  # shape: (n, T - P, H)
         finally:
             handle.remove()
-        hidden = captured[0].detach()  # shape: (n, T, H)
-        return [hidden[i, : len(x)].float().cpu().clone() for i, x in enumerate(ids)]  # shape: (T_i, H) each
+        return [torch.cat([opening, rest[i, : len(x) - shared].float().cpu()]) for i, x in enumerate(ids)]
 
     def __contains__(self, key: tuple[str, str]) -> bool:
         return key in self.features
@@ -116,26 +142,41 @@ class FrozenPrefix:
     def scores(self, prompts: Sequence[str], responses: Sequence[str]) -> tuple[torch.Tensor, int]:
         """Raw rewards of cached texts from the top blocks only, shape (N,); and how many were truncated.
 
-        Gradients flow into the top blocks, the final norm and the head (whatever requires grad)."""
+        Gradients flow into the top blocks, the final norm and the head (whatever requires grad). The opening
+        the texts share runs through the top blocks once, for one row, and the rest after its KV cache
+        (the gradient of that one copy is the sum over the rows, as in the full pass)."""
         keys = list(zip(prompts, responses))
         feats = [self.features[key] for key in keys]
-        width = max(f.shape[0] for f in feats)
+        shared = common_prefix_length([self.ids[key] for key in keys])
+        shared = shared if shared >= MIN_SHARED else 0
         device = next(self.model.parameters()).device
-        hidden = torch.zeros((len(feats), width, feats[0].shape[1]), dtype=feats[0].dtype)  # shape: (N, T, H)
-        mask = torch.zeros((len(feats), width), dtype=torch.long)  # shape: (N, T)
-        for i, f in enumerate(feats):
-            hidden[i, : f.shape[0]] = f
-            mask[i, : f.shape[0]] = 1
+        hidden, mask = _pad_features([f[shared:] for f in feats])  # shape: (N, T - P, H), (N, T - P)
         hidden, mask = hidden.to(device), mask.to(device)
+        full_mask, positions = suffix_inputs(mask, shared)
         backbone = getattr(self.model, self.model.base_model_prefix)
         every = backbone.layers
-        backbone.layers = nn.ModuleList(list(every)[-self.k :])  # the same block objects: grads reach them
+        top = list(every)[-self.k :]
+        numbers = [block.self_attn.layer_idx for block in top]
+        backbone.layers = nn.ModuleList(top)  # the same block objects: grads reach them
         try:
+            past = None
+            if shared:
+                for j, block in enumerate(top):  # the cache below holds the top blocks only, as layers 0..k-1
+                    block.self_attn.layer_idx = j
+                past = DynamicCache(config=self.model.config)
+                opening = feats[0][:shared].unsqueeze(0).to(device)  # shape: (1, P, H)
+                ones = torch.ones((1, shared), dtype=torch.long, device=device)
+                backbone(inputs_embeds=opening, attention_mask=ones, position_ids=position_ids_from_mask(ones),
+                         past_key_values=past, use_cache=True)  # fmt: skip
+                past.batch_repeat_interleave(len(feats))
             out = backbone(
-                inputs_embeds=hidden, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False
-            ).last_hidden_state  # shape: (N, T, H)
+                inputs_embeds=hidden, attention_mask=full_mask, position_ids=positions,
+                past_key_values=past, use_cache=past is not None,
+            ).last_hidden_state  # shape: (N, T - P, H)  # fmt: skip
         finally:
             backbone.layers = every
+            for block, number in zip(top, numbers):
+                block.self_attn.layer_idx = number
         last = last_token_index(mask)  # shape: (N,)
         pooled = out[torch.arange(out.shape[0], device=out.device), last]  # shape: (N, H)
         return self.model.score(pooled).squeeze(-1), sum(self.truncated[key] for key in keys)

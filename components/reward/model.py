@@ -32,6 +32,7 @@ from transformers import (
 from components.base_model import TINY_SPEC, ModelLoadError, accelerator_device, resolve_model_dir
 from components.generation import position_ids_from_mask
 from components.reward.losses import normalise
+from components.shared_prefix import MIN_SHARED, common_prefix_length, prefix_cache, suffix_inputs
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,28 @@ def sequence_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_m
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
     ).last_hidden_state  # shape: (N, T, H)
     last = last_token_index(attention_mask)  # shape: (N,)
+    pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # shape: (N, H)
+    return model.score(pooled).squeeze(-1)  # shape: (N,)
+
+
+def token_scores(model: PreTrainedModel, ids: Sequence[Sequence[int]], pad: int) -> torch.Tensor:
+    """:func:`sequence_scores` of token id lists: the opening they all share (the chat template's system
+    turn) runs once, for one row, and the batch runs the rest of each text after its KV cache
+    (:mod:`components.shared_prefix`); the same scores up to float rounding. Shape (N,)."""
+    device = next(model.parameters()).device
+    shared = common_prefix_length(ids)
+    if shared < MIN_SHARED:
+        input_ids, mask = pad_right(ids, pad)
+        return sequence_scores(model, input_ids.to(device), mask.to(device))
+    backbone = getattr(model, model.base_model_prefix)
+    past = prefix_cache(backbone, ids[0][:shared], len(ids), device)
+    input_ids, mask = pad_right([x[shared:] for x in ids], pad)  # shape: (N, S) each
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    full_mask, positions = suffix_inputs(mask, shared)
+    hidden = backbone(
+        input_ids=input_ids, attention_mask=full_mask, position_ids=positions, past_key_values=past, use_cache=True
+    ).last_hidden_state  # shape: (N, S, H)
+    last = last_token_index(mask)  # shape: (N,)
     pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # shape: (N, H)
     return model.score(pooled).squeeze(-1)  # shape: (N,)
 
@@ -276,11 +299,8 @@ class RewardModel:
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         out: list[torch.Tensor] = []
         for i in range(0, len(prompts), batch_size):
-            batch = encode(self.tok, prompts[i : i + batch_size], responses[i : i + batch_size], self.max_length)
-            scores = sequence_scores(
-                self.model, batch.input_ids.to(self.device), batch.attention_mask.to(self.device)
-            )  # shape: (b,)
-            out.append(scores.float().cpu())
+            ids, _ = token_ids(self.tok, prompts[i : i + batch_size], responses[i : i + batch_size], self.max_length)
+            out.append(token_scores(self.model, ids, pad_id(self.tok)).float().cpu())  # shape: (b,)
         return torch.cat(out) if out else torch.zeros(0)
 
     def score(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 16) -> torch.Tensor:
