@@ -364,11 +364,14 @@ class PPOTrainer:
             batch.gen_logits = batch.gen_hidden = None  # free (B, R, V) before the update
             ref_logp = []
             fb = cfg.forward_batch_size or len(batch.prompts)
-            for s in range(0, len(batch.prompts), fb):
-                part = _slice(batch, slice(s, s + fb))
-                with self.acc.autocast():
-                    ref_logits = self._reference_logits(part)
-                ref_logp.append(core.logprobs_from_logits(ref_logits, part.response_ids, cfg.temperature))
+            parts = [_slice(batch, slice(s, s + fb)) for s in range(0, len(batch.prompts), fb)]
+            # one autocast region for the whole reference pass, with the frozen base weights cast to bf16 once in
+            # it (not at each pass's and each shared opening's forward call); the same values
+            frozen = self.unwrapped.policy if self.reference is None else self.reference
+            with self.acc.autocast(), cast_frozen_weights_once(frozen):
+                ref_logits = [self._reference_logits(part) for part in parts]
+            for part, logits in zip(parts, ref_logits):
+                ref_logp.append(core.logprobs_from_logits(logits, part.response_ids, cfg.temperature))
             batch.ref_logp = torch.cat(ref_logp)  # shape: (B, R)
             return
         logp, ref_logp, values, entropy = [], [], [], []
