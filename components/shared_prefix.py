@@ -36,7 +36,7 @@ def common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
     n = 0
     while n < limit and all(r[n] == first[n] for r in rows):
         n += 1
-    return max(n, 0)
+    return n
 
 
 def prefix_cache(

@@ -354,6 +354,7 @@ class PPOTrainer:
         rounding); only the reference needs a forward pass. A separate value trunk needs its own pass.
         """
         cfg = self.cfg
+        fb = cfg.forward_batch_size or len(batch.prompts)  # replies per no-grad pass
         if batch.gen_logits is not None:
             ac = self.unwrapped
             logits = batch.gen_logits  # shape: (B, R, V)
@@ -363,7 +364,6 @@ class PPOTrainer:
                 batch.values = ac.value_head(batch.gen_hidden.float()).squeeze(-1).float()  # shape: (B, R)
             batch.gen_logits = batch.gen_hidden = None  # free (B, R, V) before the update
             ref_logp = []
-            fb = cfg.forward_batch_size or len(batch.prompts)
             parts = [_slice(batch, slice(s, s + fb)) for s in range(0, len(batch.prompts), fb)]
             # one autocast region for the whole reference pass, with the frozen base weights cast to bf16 once in
             # it (not at each pass's and each shared opening's forward call); the same values
@@ -375,9 +375,8 @@ class PPOTrainer:
             batch.ref_logp = torch.cat(ref_logp)  # shape: (B, R)
             return
         logp, ref_logp, values, entropy = [], [], [], []
-        mb = cfg.forward_batch_size or len(batch.prompts)
-        for s in range(0, len(batch.prompts), mb):
-            part = _slice(batch, slice(s, s + mb))
+        for s in range(0, len(batch.prompts), fb):
+            part = _slice(batch, slice(s, s + fb))
             with self.acc.autocast():
                 logits, v = self.unwrapped(part.input_ids, part.attention_mask, part.context_length)
                 ref_logits = self._reference_logits(part)

@@ -23,7 +23,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from components.generation import position_ids_from_mask
 from components.reward.feature_store import FeatureStore, model_key, text_key
-from components.reward.model import last_token_index, pad_id, pad_right, token_ids, transformer_layers
+from components.reward.model import pad_id, pad_right, score_at_last_token, token_ids, transformer_layers
 from components.shared_prefix import MIN_SHARED, common_prefix_length, suffix_inputs
 
 
@@ -177,9 +177,7 @@ class FrozenPrefix:
             backbone.layers = every
             for block, number in zip(top, numbers):
                 block.self_attn.layer_idx = number
-        last = last_token_index(mask)  # shape: (N,)
-        pooled = out[torch.arange(out.shape[0], device=out.device), last]  # shape: (N, H)
-        return self.model.score(pooled).squeeze(-1), sum(self.truncated[key] for key in keys)
+        return score_at_last_token(self.model, out, mask), sum(self.truncated[key] for key in keys)
 
     def pair_scores(
         self, prompts: Sequence[str], chosen: Sequence[str], rejected: Sequence[str]

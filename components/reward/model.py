@@ -122,6 +122,13 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (positions.unsqueeze(0) * attention_mask).argmax(dim=1)  # shape: (N,)
 
 
+def score_at_last_token(model: PreTrainedModel, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The ``score`` head on each row's hidden state at its last real token: (N, T, H) and (N, T) -> (N,)."""
+    last = last_token_index(attention_mask)  # shape: (N,)
+    pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # shape: (N, H)
+    return model.score(pooled).squeeze(-1)  # shape: (N,)
+
+
 def sequence_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Raw scalar rewards of N sequences: the ``score`` head at each row's last real token.
 
@@ -132,9 +139,7 @@ def sequence_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_m
     hidden = backbone(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
     ).last_hidden_state  # shape: (N, T, H)
-    last = last_token_index(attention_mask)  # shape: (N,)
-    pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # shape: (N, H)
-    return model.score(pooled).squeeze(-1)  # shape: (N,)
+    return score_at_last_token(model, hidden, attention_mask)  # shape: (N,)
 
 
 def token_scores(model: PreTrainedModel, ids: Sequence[Sequence[int]], pad: int) -> torch.Tensor:
@@ -154,9 +159,7 @@ def token_scores(model: PreTrainedModel, ids: Sequence[Sequence[int]], pad: int)
     hidden = backbone(
         input_ids=input_ids, attention_mask=full_mask, position_ids=positions, past_key_values=past, use_cache=True
     ).last_hidden_state  # shape: (N, S, H)
-    last = last_token_index(mask)  # shape: (N,)
-    pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # shape: (N, H)
-    return model.score(pooled).squeeze(-1)  # shape: (N,)
+    return score_at_last_token(model, hidden, mask)  # shape: (N,)
 
 
 def pair_scores(
