@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from rlhf_cli.console import make_console
+
 ParamsOpt = Annotated[
     Path | None,
     typer.Option("--params", help="params.yaml holding every stage's config (default: the project's params.yaml)."),
@@ -59,7 +61,7 @@ def retrain(params: ParamsOpt = None) -> None:
 
     from flows.retrain import retrain as retrain_flow
 
-    console = Console()
+    console = make_console()
     params = _params_file(console, params)
     os.environ.setdefault("PREFECT_HOME", str(params.parent / ".prefect"))
     _prefect_logs_visible()
@@ -90,7 +92,7 @@ def deploy(
     from flows import deploy as d
     from flows.config import load_flow_config
 
-    console = Console()
+    console = make_console()
     params = _params_file(console, params)
     project = params.parent
     cfg = load_flow_config(params)
@@ -158,7 +160,7 @@ def demo(
 
     from rlhf_cli import demo_loop
 
-    console = Console()
+    console = make_console()
     t0 = time.perf_counter()
     params = _params_file(console, params)
     if quick and project is None:

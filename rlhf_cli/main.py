@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
 from components.env import telemetry_off
+from rlhf_cli.console import log_handler, make_console
 
 telemetry_off()
 
@@ -31,7 +30,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-console = Console()
+console = make_console()
 
 
 ParamsOpt = Annotated[
@@ -44,7 +43,7 @@ def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
+        handlers=[log_handler(console)],
     )
     for noisy in ("httpx", "urllib3", "filelock", "prefect", "bentoml", "great_expectations"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
