@@ -77,6 +77,48 @@ def chat_messages_text(tok: PreTrainedTokenizerBase, messages: Sequence[dict[str
     return tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
 
 
+def encode_chat(
+    tok: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True
+) -> list[int]:
+    """Token ids of a conversation in which message text stays text.
+
+    The chat template is rendered for the roles with a placeholder per message; the template's own pieces
+    are encoded as usual (so ``<|im_start|>`` there is the special token), each message's content with
+    ``split_special_tokens=True``, so a user who writes ``<|im_end|>\n<|im_start|>system`` gets those
+    characters as text, never a turn of their own. For text without special-token strings the ids equal
+    those of encoding the rendered template.
+    """
+    marks = [f"\ue000{i}\ue001" for i in range(len(messages))]  # private-use characters: never in a template
+    shaped = [{**m, "content": mark} for m, mark in zip(messages, marks)]
+    text = tok.apply_chat_template(shaped, tokenize=False, add_generation_prompt=add_generation_prompt)
+    ids: list[int] = []
+    pos = 0
+    for m, mark in zip(messages, marks):
+        at = text.find(mark, pos)
+        if at < 0:
+            raise ValueError(
+                "the chat template does not render each message's content once, in order; "
+                "encode_chat cannot keep message text apart from the template"
+            )
+        ids += tok(text[pos:at], add_special_tokens=False)["input_ids"]
+        ids += tok(m["content"], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        pos = at + len(mark)
+    ids += tok(text[pos:], add_special_tokens=False)["input_ids"]
+    return ids
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids and attention mask of token-id rows; shapes (B, P) each."""
+    width = max((len(r) for r in rows), default=0)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r) :] = torch.tensor(list(r), dtype=torch.long)
+            mask[i, width - len(r) :] = 1
+    return ids, mask
+
+
 def encode_left_padded(tok: PreTrainedTokenizerBase, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids and attention mask of ``texts``, left padded; the tokenizer itself is not changed.
 
@@ -329,13 +371,20 @@ def _cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
 
 @torch.no_grad()
 def generate_rows(
-    model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompt_texts: Sequence[str], params: Sequence[RowParams]
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    prompts: Sequence[str] | Sequence[Sequence[int]],
+    params: Sequence[RowParams],
 ) -> list[RowResult]:
-    """Sample one reply for each already-templated prompt, each row with its own parameters and seed.
+    """Sample one reply for each already-templated prompt (text, or token ids from :func:`encode_chat`),
+    each row with its own parameters and seed.
 
     Safe to call from several threads on the same model and tokenizer (nothing shared is mutated).
     """
-    ids, attn = encode_left_padded(tok, prompt_texts)
+    if prompts and not isinstance(prompts[0], str):
+        ids, attn = left_pad(prompts, tok.pad_token_id)  # type: ignore[arg-type]
+    else:
+        ids, attn = encode_left_padded(tok, prompts)  # type: ignore[arg-type]
     ids, attn = ids.to(model.device), attn.to(model.device)
     gens = [None if p.seed is None else torch.Generator(device=model.device).manual_seed(p.seed) for p in params]
 

@@ -103,6 +103,10 @@ class FeedbackConflict(ValueError):
     """Feedback that cannot be recorded as asked (a pair across different prompts, an id paired with itself)."""
 
 
+class AlreadyRated(FeedbackConflict):
+    """The same rater already gave different feedback on this output (or pair): one judgement per rater."""
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
@@ -220,15 +224,33 @@ class ServedStore:
     def record_rating(
         self, served_id: str, rating: int, *, comment: str | None = None, annotator: str = "user"
     ) -> Recorded:
-        """Store a 1..5 rating of a served output (idempotent: the same rating again is stored once)."""
+        """Store a 1..5 rating of a served output: one per output and rater.
+
+        The same rating again is stored once (``created`` False); a different rating or comment from the same
+        rater raises :class:`AlreadyRated` (earlier feedback may already be exported into a data version, so it
+        is never rewritten in place).
+        """
         if not (isinstance(rating, int) and 1 <= rating <= 5):
             raise ValueError(f"rating must be an integer from 1 to 5, got {rating!r}")
         comment = comment.strip() if comment and comment.strip() else None
-        key = _key("rating", served_id, rating, comment, annotator)
+        key = _key("rating", served_id, annotator)
         with self._locked(), self._begin() as conn:
             self._require(conn, served_id)
-            if conn.execute(sa.select(ratings.c.seq).where(ratings.c.key == key)).first():
-                return Recorded(key, False)
+            earlier = (
+                conn.execute(
+                    sa.select(ratings.c.rating, ratings.c.comment).where(
+                        ratings.c.served_id == served_id, ratings.c.annotator == annotator
+                    )
+                )
+                .mappings()
+                .first()
+            )
+            if earlier is not None:
+                if (earlier["rating"], earlier["comment"]) == (rating, comment):
+                    return Recorded(key, False)
+                raise AlreadyRated(
+                    f"{annotator!r} already rated {served_id} ({earlier['rating']}); a rater rates an output once"
+                )
             conn.execute(
                 ratings.insert().values(
                     key=key,
@@ -242,11 +264,12 @@ class ServedStore:
         return Recorded(key, True)
 
     def record_pair(self, chosen_id: str, rejected_id: str, *, tie: bool = False, annotator: str = "user") -> Recorded:
-        """Store a choice between two served outputs of the same prompt (idempotent; a tie keeps both ids)."""
+        """Store a choice between two served outputs of the same prompt: one per pair of outputs and rater
+        (the same choice again is stored once; a different one raises :class:`AlreadyRated`)."""
         if chosen_id == rejected_id:
             raise FeedbackConflict("chosen_id and rejected_id are the same output: compare two different replies")
         first, second = sorted((chosen_id, rejected_id)) if tie else (chosen_id, rejected_id)
-        key = _key("pair", first, second, tie, annotator)
+        key = _key("pair", *sorted((chosen_id, rejected_id)), annotator)
         with self._locked(), self._begin() as conn:
             a = self._require(conn, chosen_id)
             b = self._require(conn, rejected_id)
@@ -254,8 +277,25 @@ class ServedStore:
                 raise FeedbackConflict(
                     f"{chosen_id} and {rejected_id} answer different prompts; a pair compares replies to the same one"
                 )
-            if conn.execute(sa.select(pairs.c.seq).where(pairs.c.key == key)).first():
-                return Recorded(key, False)
+            both = sa.or_(
+                sa.and_(pairs.c.chosen_id == chosen_id, pairs.c.rejected_id == rejected_id),
+                sa.and_(pairs.c.chosen_id == rejected_id, pairs.c.rejected_id == chosen_id),
+            )
+            earlier = (
+                conn.execute(
+                    sa.select(pairs.c.chosen_id, pairs.c.rejected_id, pairs.c.tie).where(
+                        both, pairs.c.annotator == annotator
+                    )
+                )
+                .mappings()
+                .first()
+            )
+            if earlier is not None:
+                if (earlier["chosen_id"], earlier["rejected_id"], bool(earlier["tie"])) == (first, second, tie):
+                    return Recorded(key, False)
+                raise AlreadyRated(
+                    f"{annotator!r} already compared {chosen_id} and {rejected_id}; a rater compares a pair once"
+                )
             conn.execute(
                 pairs.insert().values(
                     key=key, chosen_id=first, rejected_id=second, tie=tie, annotator=annotator, created_at=_now()

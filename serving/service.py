@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import os
@@ -20,25 +19,33 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from http import HTTPStatus
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
-from bentoml.exceptions import BadInput, NotFound, ServiceUnavailable
-from fastapi import FastAPI, HTTPException, Query
-from fastapi.responses import HTMLResponse, Response, StreamingResponse
+from bentoml.exceptions import BadInput, BentoMLException, NotFound, ServiceUnavailable
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import Field
 
 from components.config import ModelConfig, load_section
-from components.generation import RowParams, RowResult, chat_messages_text, generate_rows
+from components.generation import RowParams, RowResult, encode_chat, generate_rows
 from components.paths import ProjectPaths
 from components.precision import autocast
 from components.serve_config import ServeConfig, load_serve_config, store_url
-from components.served_store import FeedbackConflict, ServedOutput, UnknownServedId, new_id, open_store
+from components.served_store import (
+    AlreadyRated,
+    FeedbackConflict,
+    ServedOutput,
+    UnknownServedId,
+    new_id,
+    open_store,
+)
 from serving import model_source
 from serving.batcher import Batcher
-from serving.middleware import GuardMiddleware
+from serving.middleware import RATER_HEADER, ClientErrorLogFilter, GuardMiddleware, error_body, is_loopback
 from serving.schemas import (
     ChatRequest,
     ChatResponse,
@@ -54,8 +61,6 @@ from serving.schemas import (
 )
 
 log = logging.getLogger("rlhf.serving")
-
-LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 
 requests_total = bentoml.metrics.Counter(
     name="rlhf_requests_total",
@@ -77,15 +82,6 @@ batch_sizes = bentoml.metrics.Histogram(
     documentation="Requests sampled together per forward pass",
     buckets=(1, 2, 4, 8, 16, 32, 64),
 )
-
-
-def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_host_allowed(host: str, token: str | None) -> None:
@@ -144,8 +140,8 @@ class Loaded:
 
 @dataclass(frozen=True)
 class Job:
-    text: str
-    """The templated prompt."""
+    ids: list[int]
+    """The templated prompt's token ids (message text encoded as text: :func:`encode_chat`)."""
     prompt: str
     messages: list[dict[str, str]]
     params: RowParams
@@ -165,6 +161,12 @@ def _bad(message: str) -> BadInput:
     return BadInput(message)
 
 
+class Conflict(BentoMLException):
+    """409: the request contradicts what is stored (a rater judging the same output twice, differently)."""
+
+    error_code = HTTPStatus.CONFLICT
+
+
 openai_app = FastAPI(
     title="rlhf-loop",
     description="OpenAI-compatible chat API, review queue and rater page of the rlhf-loop service.",
@@ -172,6 +174,55 @@ openai_app = FastAPI(
 )
 
 _static = resources.files("serving") / "static"
+
+
+@openai_app.exception_handler(BentoMLException)
+async def _bentoml_error(request: Request, exc: BentoMLException) -> JSONResponse:
+    """The chat routes raise the same errors as the BentoML APIs; answer them the same way (one line logged)."""
+    status = int(exc.error_code)
+    message = str(exc) if status < 500 else f"{exc}; nothing was served, try again"
+    (log.warning if status < 500 else log.error)("%s %s -> %d: %s", request.method, request.url.path, status, exc)
+    return JSONResponse(error_body(status, message), status_code=status)
+
+
+logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorLogFilter())
+
+unmatched_total = bentoml.metrics.Counter(
+    name="rlhf_unmatched_requests_total",
+    documentation="Requests to paths the service does not have (one series, whatever the path)",
+)
+FIXED_PATHS = frozenset(
+    {"/", "/generate", "/feedback", "/docs.json", "/healthz", "/livez", "/readyz", "/metrics", "/rate/rate.js"}
+    | {"/rate/rate.css"}
+)
+
+
+def _known_path(path: str) -> bool:
+    """A route of this service (a template's path, not one that only matches a wildcard parameter)."""
+    return path in FIXED_PATHS or any(getattr(r, "path", None) == path for r in openai_app.routes)
+
+
+def _label_known_paths_only() -> None:
+    """BentoML's traffic metrics label every request by its raw path, so random 404s would grow /metrics
+    without bound; requests to unknown paths skip them and count in one series of our own instead."""
+    from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
+
+    if getattr(RunnerTrafficMetricsMiddleware, "_rlhf_known_only", False):
+        return
+    labelled = RunnerTrafficMetricsMiddleware.__call__
+
+    async def call(self: Any, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and not _known_path(scope["path"]):
+            unmatched_total.inc()
+            await self.app(scope, receive, send)
+            return
+        await labelled(self, scope, receive, send)
+
+    RunnerTrafficMetricsMiddleware.__call__ = call  # type: ignore[method-assign]
+    RunnerTrafficMetricsMiddleware._rlhf_known_only = True  # type: ignore[attr-defined]
+
+
+_label_known_paths_only()
 
 
 @bentoml.asgi_app(openai_app, path="/")
@@ -234,7 +285,7 @@ class RLHFService:
     def _run_batch(self, jobs: Sequence[Job]) -> list[Served]:
         current = self.loaded  # one reference for the whole batch: a reload never changes weights mid-batch
         with autocast(current.model.device, self.cfg.bf16):
-            results = generate_rows(current.model, current.tok, [j.text for j in jobs], [j.params for j in jobs])
+            results = generate_rows(current.model, current.tok, [j.ids for j in jobs], [j.params for j in jobs])
         done = time.perf_counter()
         served = [Served(new_id(), r, current.version) for r in results]
         self.store.log_outputs(
@@ -290,6 +341,18 @@ class RLHFService:
         if not 1 <= n <= self.cfg.max_new_tokens_limit:
             raise _bad(f"{what} must be from 1 to {self.cfg.max_new_tokens_limit}, got {n}")
 
+    def _prompt_ids(self, loaded: Loaded, messages: list[dict[str, str]], max_new_tokens: int) -> list[int]:
+        """The conversation's token ids (message text stays text); refused when it and the reply would not
+        fit the model's context."""
+        ids = encode_chat(loaded.tok, messages)
+        context = int(getattr(loaded.model.config, "max_position_embeddings", 0) or 0)
+        if context and len(ids) + max_new_tokens > context:
+            raise _bad(
+                f"the prompt has {len(ids)} tokens and the reply may have {max_new_tokens}: together more than the "
+                f"model's context of {context} tokens; shorten the conversation or ask for fewer tokens"
+            )
+        return ids
+
     # -- BentoML APIs ---------------------------------------------------------------------------
 
     @bentoml.api
@@ -308,7 +371,7 @@ class RLHFService:
         messages = self._messages([{"role": "user", "content": prompt}])
         loaded = self.loaded
         job = Job(
-            chat_messages_text(loaded.tok, messages),
+            self._prompt_ids(loaded, messages, n_tokens),
             prompt,
             messages,
             RowParams(n_tokens, temperature, top_p, seed),
@@ -336,10 +399,14 @@ class RLHFService:
         chosen_id: Annotated[str | None, Field(max_length=64, description="The better reply's id.")] = None,
         rejected_id: Annotated[str | None, Field(max_length=64, description="The worse reply's id.")] = None,
         tie: Annotated[bool, Field(description="Neither is better (chosen/rejected order does not matter).")] = False,
-        annotator: Annotated[str | None, Field(max_length=200)] = None,
+        ctx: bentoml.Context = None,  # type: ignore[assignment]
     ) -> FeedbackResponse:
-        """A rating of one served output, or a choice between two replies to the same prompt (bearer token)."""
-        who = (annotator or "").strip() or "user"
+        """A rating of one served output, or a choice between two replies to the same prompt (bearer token).
+
+        The rater is who the token says (set by the middleware), never a name the client sends. One judgement
+        per output (or pair) and rater: the same one again is a duplicate (200), a different one is a 409.
+        """
+        who = ctx.request.headers.get(RATER_HEADER.decode(), "local") if ctx is not None else "local"
         as_rating = id is not None or rating is not None
         as_pair = chosen_id is not None or rejected_id is not None
         if as_rating == as_pair:
@@ -359,6 +426,8 @@ class RLHFService:
                 kind = "pair"
         except UnknownServedId as exc:
             raise NotFound(str(exc)) from exc
+        except AlreadyRated as exc:
+            raise Conflict(str(exc)) from exc
         except FeedbackConflict as exc:
             raise _bad(str(exc)) from exc
         if got.created:
@@ -372,10 +441,7 @@ class RLHFService:
     async def chat_completions(self, req: ChatRequest) -> Any:
         """OpenAI-compatible chat completion (``stream`` sends server-sent events ending with ``[DONE]``)."""
         jobs = self._chat_jobs(req)
-        try:
-            outs = await self._sample(jobs)
-        except ServiceUnavailable as exc:
-            raise HTTPException(503, str(exc)) from exc
+        outs = await self._sample(jobs)
         version = outs[0].model_version
         created = int(time.time())
         if req.stream:
@@ -406,33 +472,33 @@ class RLHFService:
     def _chat_jobs(self, req: ChatRequest) -> list[Job]:
         cfg = self.cfg
         if len(req.messages) > cfg.max_messages:
-            raise HTTPException(422, f"{len(req.messages)} messages; the limit is {cfg.max_messages}: drop older turns")
+            raise _bad(f"{len(req.messages)} messages; the limit is {cfg.max_messages}: drop older turns")
         for i, m in enumerate(req.messages):
             if len(m.content) > cfg.max_prompt_chars:
-                raise HTTPException(
-                    422, f"messages[{i}].content has {len(m.content)} characters; the limit is {cfg.max_prompt_chars}"
+                raise _bad(
+                    f"messages[{i}].content has {len(m.content)} characters; the limit is {cfg.max_prompt_chars}"
                 )
         if req.messages[-1].role != "user":
-            raise HTTPException(422, "the last message must have role 'user' (the turn the model answers)")
+            raise _bad("the last message must have role 'user' (the turn the model answers)")
         if not req.messages[-1].content.strip():
-            raise HTTPException(422, "the last user message is empty: send some text")
+            raise _bad("the last user message is empty: send some text")
         if req.n > cfg.max_n:
-            raise HTTPException(422, f"n={req.n}: this service returns at most {cfg.max_n} choices per request")
+            raise _bad(f"n={req.n}: this service returns at most {cfg.max_n} choices per request")
         limit = req.max_completion_tokens or req.max_tokens or cfg.default_max_new_tokens
         if limit > cfg.max_new_tokens_limit:
-            raise HTTPException(422, f"max_tokens={limit}: the limit is {cfg.max_new_tokens_limit}")
+            raise _bad(f"max_tokens={limit}: the limit is {cfg.max_new_tokens_limit}")
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         if len(stop) > 4 or any(not s or len(s) > 100 for s in stop):
-            raise HTTPException(422, "stop: up to 4 non-empty strings of at most 100 characters")
+            raise _bad("stop: up to 4 non-empty strings of at most 100 characters")
         messages = self._messages([m.model_dump(include={"role", "content"}) for m in req.messages])
-        text = chat_messages_text(self.loaded.tok, messages)
+        ids = self._prompt_ids(self.loaded, messages, limit)
         group = new_id("grp") if req.n > 1 else None
         start = time.perf_counter()
         jobs = []
         for i in range(req.n):
             seed = None if req.seed is None else (req.seed + i) % 2**63
             params = RowParams(limit, req.temperature, req.top_p, seed, tuple(stop))
-            jobs.append(Job(text, req.messages[-1].content, messages, params, "chat", group, start))
+            jobs.append(Job(ids, req.messages[-1].content, messages, params, "chat", group, start))
         return jobs
 
     @openai_app.get("/v1/models", response_model=ModelList)

@@ -22,8 +22,6 @@ from components.demo_task import gold
 
 log = logging.getLogger(__name__)
 
-ANNOTATOR = "gold"
-
 
 @dataclass(frozen=True)
 class TrafficResult:
@@ -70,13 +68,13 @@ def _user(base_url: str, token: str | None, prompt: str, i: int, max_tokens: int
         scores = [gold.score(prompt, text) for _, text, _ in replies]
         ratings = pairs = 0
         for sid, text, _ in replies:
-            r = client.post("/feedback", json={"id": sid, "rating": gold.rating(prompt, text), "annotator": ANNOTATOR})
+            r = client.post("/feedback", json={"id": sid, "rating": gold.rating(prompt, text)})
             r.raise_for_status()
             ratings += 1
         (a, _, _), (b, _, _) = replies[0], replies[1]
         if abs(scores[0] - scores[1]) >= min_gap and a != b:
             chosen, rejected = (a, b) if scores[0] > scores[1] else (b, a)
-            r = client.post("/feedback", json={"chosen_id": chosen, "rejected_id": rejected, "annotator": ANNOTATOR})
+            r = client.post("/feedback", json={"chosen_id": chosen, "rejected_id": rejected})
             r.raise_for_status()
             pairs += 1
     return {

@@ -26,7 +26,7 @@ function detailOf(body) {
   if (!body) return "";
   if (Array.isArray(body)) return body.map(detailOf).join("; ");
   if (typeof body === "string") return body;
-  if (body.error) return body.error;
+  if (body.error) return typeof body.error === "string" ? body.error : body.error.message;
   if (typeof body.detail === "string") return body.detail;
   if (Array.isArray(body.detail)) {
     return body.detail.map((d) => `${(d.loc || []).filter((p) => p !== "body").join(".")}: ${d.msg}`).join("; ");

@@ -8,6 +8,7 @@ import pytest
 from components.feedback.io import read_feedback
 from components.feedback.schema import PAIRS, RATINGS, SCHEMAS
 from components.served_store import (
+    AlreadyRated,
     FeedbackConflict,
     ServedOutput,
     UnknownServedId,
@@ -46,7 +47,9 @@ def test_rating_is_idempotent_and_unknown_ids_are_refused(store):
     store.log_outputs([out("a")])
     assert store.record_rating("a", 4, comment=" nice ").created
     assert not store.record_rating("a", 4, comment="nice").created
-    assert store.record_rating("a", 2).created  # a different judgement is a new row
+    with pytest.raises(AlreadyRated, match="rates an output once"):  # one judgement per output and rater
+        store.record_rating("a", 2)
+    assert store.record_rating("a", 2, annotator="other rater").created
     assert [(r["rating"], r["comment"]) for r in store.ratings_of("a")] == [(4, "nice"), (2, None)]
     with pytest.raises(UnknownServedId, match="nope"):
         store.record_rating("nope", 3)
@@ -58,8 +61,10 @@ def test_pairs_need_two_replies_to_the_same_prompt(store):
     store.log_outputs([out("a", reply="A"), out("b", reply="B"), out("c", prompt="other")])
     assert store.record_pair("a", "b").created
     assert not store.record_pair("a", "b").created
-    assert store.record_pair("b", "a", tie=True).created
-    assert not store.record_pair("a", "b", tie=True).created  # a tie has no order
+    with pytest.raises(AlreadyRated, match="compares a pair once"):
+        store.record_pair("b", "a")
+    assert store.record_pair("b", "a", tie=True, annotator="r2").created
+    assert not store.record_pair("a", "b", tie=True, annotator="r2").created  # a tie has no order
     with pytest.raises(FeedbackConflict, match="different prompts"):
         store.record_pair("a", "c")
     with pytest.raises(FeedbackConflict, match="same output"):

@@ -1,0 +1,83 @@
+"""The guard in front of every route: one error shape, JSON-only bodies, Host/Origin checks, the rater header."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from starlette.testclient import TestClient
+
+from serving.middleware import GuardMiddleware, openai_error
+
+TOKEN = "t0k"
+
+
+async def echo(scope, receive, send):
+    """A stand-in app: answers 200 with the rater header and body it got; ``/fail`` answers FastAPI's 422."""
+    body = b""
+    more = True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    if scope["path"] == "/fail":
+        out = json.dumps({"detail": [{"loc": ["body", "messages", 0, "role"], "msg": "bad role", "type": "x"}]})
+        status = 422
+    else:
+        rater = dict(scope["headers"]).get(b"x-rlhf-rater", b"").decode()
+        out, status = json.dumps({"rater": rater, "body": body.decode()}), 200
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": out.encode()})
+
+
+def client(token: str | None) -> TestClient:
+    return TestClient(GuardMiddleware(echo, max_body_bytes=1000, token=lambda: token), base_url="http://127.0.0.1:3000")
+
+
+def shaped(r, status: int, says: str) -> None:
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and says in error["message"], error
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", "multipart/form-data; boundary=x", None],
+)
+def test_non_json_bodies_are_415(content_type):
+    headers = {"content-type": content_type} if content_type else {}
+    for path in ("/generate", "/feedback", "/v1/chat/completions"):
+        r = client(None).post(path, content=b"a=1", headers=headers)
+        shaped(r, 415, "application/json")
+
+
+def test_json_passes_and_the_client_cannot_name_the_rater():
+    r = client(None).post("/feedback", json={"id": "x"}, headers={"x-rlhf-rater": "mallory"})
+    assert r.status_code == 200 and r.json()["rater"] == "local"
+    r = client(TOKEN).post(
+        "/feedback", json={}, headers={"x-rlhf-rater": "mallory", "Authorization": f"Bearer {TOKEN}"}
+    )
+    assert r.json()["rater"] == "api-token"
+    r = client(None).post("/generate", content=b"{}", headers={"content-type": "application/json; charset=utf-8"})
+    assert r.status_code == 200
+
+
+def test_open_service_refuses_foreign_origins_and_hosts():
+    c = client(None)
+    shaped(c.post("/feedback", json={}, headers={"origin": "https://evil.example"}), 403, "another site")
+    shaped(c.get("/feedback/queue", headers={"host": "evil.example"}), 403, "loopback")
+    assert c.post("/feedback", json={}, headers={"origin": "http://localhost:3000"}).status_code == 200
+    assert c.get("/rate", headers={"host": "[::1]:3000"}).status_code == 200
+    # with a token the bearer check guards writes; other hosts are allowed
+    assert client(TOKEN).get("/v1/models", headers={"host": "serve.example"}).status_code == 200
+
+
+def test_errors_of_every_shape_leave_in_openai_shape():
+    shaped(client(TOKEN).post("/feedback", json={}), 401, "RLHF_API_TOKEN")
+    r = client(None).post("/fail", json={})
+    shaped(r, 422, "messages.0.role: bad role")
+    assert r.json()["error"]["param"] == "messages.0.role" and r.json()["error"]["type"] == "invalid_request_error"
+    bento = json.loads(openai_error(400, json.dumps([{"error": "prompt is empty"}]).encode()))
+    assert bento["error"]["message"] == "prompt is empty" and bento["error"]["code"] == "bad_request"
+    assert json.loads(openai_error(404, b"Not Found"))["error"]["type"] == "not_found_error"
+    assert json.loads(openai_error(503, b""))["error"]["message"] == "Service Unavailable"
