@@ -1,4 +1,5 @@
-# The two commands: `make demo` runs the whole loop on the embedded default; `make test` runs the tests.
+# The two commands: `make demo` runs the whole loop on the embedded default; `make test` runs the tests
+# (and builds the docs site with strict warnings).
 # Both create the virtual environment on first use (pinned in requirements.lock).
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +13,7 @@ export GX_ANALYTICS_ENABLED := false
 export TOKENIZERS_PARALLELISM := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test test-fast lint format lock clean bench chromium
+.PHONY: install demo test test-fast lint format lock clean bench chromium docs
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,14 +40,20 @@ chromium:
 	  fi; \
 	fi
 
-# Unit + integration + e2e (the e2e tests load the real default model; a few minutes on 2 CPU cores).
+# Unit + integration + e2e (the e2e tests load the real default model; a few minutes on 2 CPU cores),
+# then the docs site with strict warnings (a broken link or a warning fails the build).
 test: install chromium
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests
+	$(MAKE) --no-print-directory docs
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
 test-fast: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests -m "not slow"
+
+# The docs site (MkDocs + Material) from docs/ into site/; some pages are generated from the code at build time.
+docs: install
+	NO_MKDOCS_2_WARNING=1 HF_HUB_OFFLINE=1 $(VENV)/bin/mkdocs build --strict
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
@@ -59,4 +66,4 @@ lock: install
 	mv requirements.lock.new requirements.lock
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache site

@@ -1,0 +1,175 @@
+"""MkDocs hook: pages generated at build time, so they cannot drift from what they describe.
+
+- ``configuration.md``: the configuration reference; the page's ``<!-- config-reference -->`` marker becomes one
+  table per ``params.yaml`` section, read from the config dataclasses (type, default, and the docstring written
+  under each field) and the shipped ``params.yaml``.
+- ``stage-api.md``: its ``<!-- stage-api -->`` marker becomes a table of the functions ``components/stages.py``
+  exports, then their reference (signature, docstring, result dataclasses) through mkdocstrings.
+- ``scaling-out/*.md``: the ``infra/`` guides (kept beside the files they describe, published here).
+- ``assets/*.png``: figures that benchmark scripts write under ``bench/results/``.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib
+import inspect
+import re
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import yaml
+from mkdocs.structure.files import File, Files
+
+ROOT = Path(__file__).resolve().parents[2]
+INFRA = {"README.md": "scaling-out/index.md", "orchestration.md": "scaling-out/orchestration.md"}
+INFRA["serving.md"] = "scaling-out/serving.md"
+FIGURES = ("alignment.png", "alignment_cpu_pairs2.png")
+MARKER = "<!-- config-reference -->"
+STAGE_MARKER = "<!-- stage-api -->"
+GROUP = re.compile(r"^\s*#\s*-+\s*(.+?)\s*-*\s*$")
+
+
+def on_files(files: Files, config: Any) -> Files:
+    for name, dest in INFRA.items():
+        files.append(File.generated(config, dest, abs_src_path=str(ROOT / "infra" / name)))
+    for name in FIGURES:
+        files.append(File.generated(config, f"assets/{name}", abs_src_path=str(ROOT / "bench" / "results" / name)))
+    return files
+
+
+def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:
+    if page.file.src_uri == "configuration.md":
+        if MARKER not in markdown:
+            raise ValueError(f"docs/configuration.md lost its {MARKER} marker: the reference has nowhere to go")
+        return markdown.replace(MARKER, configuration_reference())
+    if page.file.src_uri == "stage-api.md":
+        if STAGE_MARKER not in markdown:
+            raise ValueError(f"docs/stage-api.md lost its {STAGE_MARKER} marker: the reference has nowhere to go")
+        return markdown.replace(STAGE_MARKER, stage_reference())
+    return markdown
+
+
+def stage_reference() -> str:
+    """A table of the stage functions, then ``:::`` blocks that mkdocstrings renders (functions, then results)."""
+    sections()  # puts the project root on sys.path
+    stages = importlib.import_module("components.stages")
+    names = list(getattr(stages, "__all__", []))
+    functions = [n for n in names if inspect.isfunction(getattr(stages, n))]
+    returned = {str(inspect.signature(getattr(stages, n)).return_annotation) for n in functions}
+    results = [n for n in names if inspect.isclass(getattr(stages, n)) and n in returned]
+    out = ["| function | what it does | returns |", "| --- | --- | --- |"]
+    for name in functions:
+        fn = getattr(stages, name)
+        summary = (inspect.getdoc(fn) or "").split("\n\n")[0]
+        ret = str(inspect.signature(fn).return_annotation)
+        ret_cell = f"[`{ret}`](#components.stages.{ret})" if ret in results else f"`{ret}`"
+        out.append(f"| [`{name}`](#components.stages.{name}) | {_cell(summary)} | {ret_cell} |")
+    out += ["", "### Stage functions", ""]
+    out += [f"::: components.stages.{name}\n" for name in functions]
+    out += ["", "### Results", ""]
+    out += [f"::: components.stages.{name}\n" for name in results]
+    return "\n".join(out)
+
+
+def sections() -> dict[str, type]:
+    """The ``params.yaml`` sections and their dataclasses, from wherever the params loader declares them."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    for module in ("components.config", "components.params"):
+        found = getattr(importlib.import_module(module), "SECTIONS", None)
+        if found:
+            return dict(found)
+    raise RuntimeError("no SECTIONS mapping (params.yaml section -> config dataclass) in components.config/params")
+
+
+def field_docs(cls: type) -> dict[str, tuple[str, str]]:
+    """``{field: (group, docstring)}`` from the class source: the string under each field, the ``# --- group``
+    comment above it."""
+    lines, _ = inspect.getsourcelines(cls)
+    source = textwrap.dedent("".join(lines))
+    tree = ast.parse(source).body[0]
+    assert isinstance(tree, ast.ClassDef)
+    src_lines = source.splitlines()
+    docs: dict[str, tuple[str, str]] = {}
+    body = tree.body
+    for node, after in zip(body, [*body[1:], None]):
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        doc = ""
+        if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
+            doc = inspect.cleandoc(after.value.value)
+        group = ""
+        for line in reversed(src_lines[: node.lineno - 1]):
+            if m := GROUP.match(line):
+                group = m.group(1)
+                break
+        docs[node.target.id] = (group, doc)
+    return docs
+
+
+def _default(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        value = field.default
+    elif field.default_factory is not dataclasses.MISSING:
+        value = field.default_factory()
+    else:
+        return None
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
+def _yaml(value: Any) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000, allow_unicode=True).strip()
+    return text.removesuffix("\n...").removesuffix("...").strip()
+
+
+def _cell(text: str) -> str:
+    """One table cell: RST-style double backticks become code, pipes and newlines are escaped."""
+    text = re.sub(r"``(.+?)``", r"`\1`", text)
+    text = re.sub(r":(?:class|func|meth|attr|data):`~?([^`]+)`", r"`\1`", text)
+    return " ".join(text.replace("|", "\\|").split())
+
+
+def _annotation(cls: type, name: str) -> str:
+    raw = cls.__annotations__.get(name, "")
+    return raw if isinstance(raw, str) else getattr(raw, "__name__", str(raw))
+
+
+def configuration_reference() -> str:
+    params_file = ROOT / "params.yaml"
+    params = yaml.safe_load(params_file.read_text(encoding="utf-8")) or {}
+    out = ["| section | dataclass | module |", "| --- | --- | --- |"]
+    found = sections()
+    for name, cls in found.items():
+        out.append(f"| [{name}](#{name}) | `{cls.__name__}` | `{cls.__module__}` |")
+    for name, cls in found.items():
+        out += ["", f"## {name}", ""]
+        intro = inspect.cleandoc(cls.__doc__ or "")
+        if intro and not intro.startswith(f"{cls.__name__}("):
+            out += [intro, ""]
+        out += [f"`{cls.__module__}.{cls.__name__}`; values from `params.yaml` section `{name}`.", ""]
+        docs = field_docs(cls)
+        section = params.get(name) or {}
+        group = None
+        for field in dataclasses.fields(cls):
+            field_group, doc = docs.get(field.name, ("", ""))
+            if field_group != group or group is None:
+                if field_group:
+                    out += ["", f"**{field_group[:1].upper()}{field_group[1:]}**", ""]
+                elif group is not None:
+                    out.append("")
+                out += ["| key | type | default | `params.yaml` | what it does |", "| --- | --- | --- | --- | --- |"]
+                group = field_group
+            default = _yaml(_default(field))
+            if field.name not in section:
+                in_file = "not set"
+            elif _yaml(section[field.name]) == default:
+                in_file = "same"
+            else:
+                in_file = f"`{_yaml(section[field.name])}`"
+            type_name = _annotation(cls, field.name)
+            out.append(f"| `{field.name}` | `{type_name}` | `{default}` | {in_file} | {_cell(doc)} |")
+    return "\n".join(out) + "\n"
