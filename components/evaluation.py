@@ -1,17 +1,19 @@
-"""Evaluate a policy on held-out prompts: reward-model score, gold-annotator score, KL to the reference.
+"""Evaluate a policy on held-out prompts: the judge's win rate, reward-model score, KL to the reference.
 
 Two layers:
-- :func:`evaluate_policy`: one policy, one sampled reply per prompt (the before/after numbers);
+- :func:`evaluate_policy`: one policy, one sampled reply per prompt, scored by a given per-reply scorer;
 - :func:`evaluate` (the **evaluate stage**, ``EvalConfig``): a candidate against the current champion,
   ``samples_per_prompt`` seeded samples per held-out prompt from each (sample k of both models drawn with the
-  same seed), gold win rate per prompt and sample (ties half) with a 95 % bootstrap interval, mean gold and
-  reward-model scores, the candidate's KL to its reference on its own samples, reply length, EOS rate,
-  degenerate rate and the over-optimisation flag. Writes ``metrics/eval.json`` and ``reports/eval.md``.
+  same seed); the configured judge (``eval.judge``, :mod:`components.judges`) decides each (prompt, sample):
+  win rate (ties half) with a 95 % bootstrap interval over prompts, an A/A figure (the champion against
+  itself), the training reward model's win rate on the same pairs and the disagreement flags both ways, the
+  candidate's KL to its reference on its own samples, reply length, EOS rate, degenerate rate. Writes
+  ``metrics/eval.json``, ``reports/eval.md`` and every verdict to ``reports/judge_verdicts.jsonl``.
 
-Letters: B batch, P prompt tokens (left padded), R response tokens, V vocabulary.
+Letters: B batch, P prompt tokens (left padded), R response tokens, V vocabulary; K samples per prompt.
 
-The gold annotator stands in for human raters; it is used here (and to label feedback) only, never by
-the reward model or PPO.
+The judge is the only way the evaluation reaches a task's notion of "better"; the demo task's annotator is one
+judge (``demo``), refused in projects without the demo task.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -30,6 +33,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from components.config import ModelConfig
 from components.fsutil import atomic_write_text
 from components.generation import generate
+from components.judges import Comparison, Judge, ScoringJudge, Verdict, make_judge
+from components.judges.base import outcome_from_scores
+from components.judges.config import JudgeRewardConfig, LLMJudgeConfig
 from components.paths import ProjectPaths
 from components.ppo import core
 from components.precision import autocast
@@ -136,7 +142,8 @@ class EvalConfig:
     prompts: str = "data/prompts/heldout.jsonl"
     """Held-out prompts (JSONL, ``{"prompt": ...}``), never used to train the reward model or PPO."""
     max_prompts: int | None = None
-    """Use only the first this many prompts (null = all)."""
+    """Use only the first this many prompts (null = all). With ``samples_per_prompt`` it sizes the evidence: the
+    win rate's 95 % half-width is about 0.98 * sd(per-prompt win rate) / sqrt(prompts) (see docs/judges.md)."""
     samples_per_prompt: int = 2
     """Seeded samples per prompt from each model; sample k of the candidate and of the champion use the same
     seed, and each (prompt, sample) is one comparison."""
@@ -158,10 +165,27 @@ class EvalConfig:
     min_distinct_ngrams: float = 0.5
     """See ``repeat_ngram``; empty replies are degenerate too."""
     overopt_tolerance: float = 0.02
-    """Over-optimisation flag: the reward-model score rose while the mean gold score fell by more than this."""
+    """Disagreement flags: the judge and the training reward model lean opposite ways, the one preferring the
+    champion by more than this (its win rate below 0.5 - tolerance). Both directions are flagged: reward model
+    for the candidate and judge against (over-optimisation), and judge for it while the reward model is against."""
     bf16: bool = True
     """Sample, score and compute the KL under bf16 autocast where the device computes bf16 natively (see
     ``components/precision.py``); float32 elsewhere."""
+    judge: Literal["demo", "reward_model", "llm"] = "demo"
+    """Who decides which reply is better (``components/judges``, docs/judges.md): ``demo`` (the demo task's
+    annotator; only with ``data.demo_task: true``), ``reward_model`` (a judge reward model trained on the slice
+    ``reward.judge_fraction`` of the human pairs the training reward model never sees) or ``llm`` (a pairwise
+    LLM judge over an OpenAI-compatible endpoint, ``llm_judge``)."""
+    judge_min_accuracy: float = 0.6
+    """With ``judge: reward_model``: the judge's held-out accuracy on human pairs below this and the gate refuses
+    to decide (a judge that agrees with people little more than a coin cannot promote anything)."""
+    judge_reward: JudgeRewardConfig = field(default_factory=JudgeRewardConfig)
+    """The judge reward model (``judge: reward_model``)."""
+    llm_judge: LLMJudgeConfig = field(default_factory=LLMJudgeConfig)
+    """The LLM judge's endpoint and protocol (``judge: llm``)."""
+    aa_check: bool = True
+    """An A/A figure: the champion's sample 2i judged against its sample 2i+1 (other seeds) on every prompt; it
+    should read about 50 %. Needs ``samples_per_prompt`` >= 2; costs judge calls, no generation."""
 
     def __post_init__(self) -> None:
         if self.samples_per_prompt < 1:
@@ -174,6 +198,8 @@ class EvalConfig:
             raise ValueError("batch_size, max_new_tokens must be >= 1 and bootstrap_resamples >= 100")
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0")
+        if not 0.0 <= self.judge_min_accuracy <= 1.0:
+            raise ValueError(f"judge_min_accuracy must be in [0, 1], got {self.judge_min_accuracy}")
 
 
 @dataclass(frozen=True)
@@ -181,7 +207,9 @@ class ModelEval:
     """One model's means over every (prompt, sample) of the evaluation."""
 
     version: str
-    gold_score: float
+    judge_score: float | None
+    """Mean score under the judge, where it scores replies one by one (``demo``, ``reward_model``); None for
+    pairwise-only judges (``llm``)."""
     reward_score: float
     mean_tokens: float
     eos_rate: float
@@ -200,7 +228,7 @@ class EvalResult:
     prompts: int
     samples_per_prompt: int
     win_rate: float
-    """Gold annotator's pairwise win rate of the candidate over the champion (ties count half)."""
+    """The judge's pairwise win rate of the candidate over the champion (ties count half)."""
     win_rate_low: float
     win_rate_high: float
     interval: str
@@ -209,7 +237,8 @@ class EvalResult:
     ties: int
     losses: int
     overoptimised: bool
-    """Reward-model score rose while the gold score fell (by more than ``overopt_tolerance``)."""
+    """The training reward model prefers the candidate while the judge prefers the champion (by more than
+    ``overopt_tolerance``)."""
     reward_version: str | None
     reward_accuracy: float | None
     """Held-out accuracy of the reward model the candidate was trained against (from its manifest)."""
@@ -218,12 +247,28 @@ class EvalResult:
     report_path: str
     examples: list[dict[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    judge: dict[str, Any] = field(default_factory=dict)
+    """Which judge decided: its name and settings (``describe()``)."""
+    judge_accuracy: float | None = None
+    """The judge's held-out accuracy on human pairs (the judge reward model), else None."""
+    judge_min_accuracy: float | None = None
+    """The floor ``judge_accuracy`` must reach for the gate to decide."""
+    reward_win_rate: float | None = None
+    """The training reward model's pairwise win rate of the candidate on the same comparisons (ties half)."""
+    judge_disagrees: bool = False
+    """The judge prefers the candidate while the training reward model prefers the champion."""
+    aa_win_rate: float | None = None
+    """A/A: the champion judged against itself with other seeds (should read about 0.5)."""
+    aa_low: float | None = None
+    aa_high: float | None = None
+    aa_comparisons: int = 0
+    verdicts_path: str = ""
+    """Every verdict and its reason, one JSON line each."""
 
 
 @dataclass
 class _Samples:
     texts: list[list[str]]  # [K][P]
-    gold: list[list[float]]
     reward: list[list[float]]
     tokens: list[list[float]]
     ended: list[list[float]]
@@ -240,9 +285,9 @@ def _sample_and_score(
     system: str | None,
     on_batch: Callable[[], None],
 ) -> _Samples:
-    out = _Samples([], [], [], [], [], [])
+    out = _Samples([], [], [], [], [])
     for k in range(cfg.samples_per_prompt):
-        rows: dict[str, list] = {"texts": [], "gold": [], "reward": [], "tokens": [], "ended": [], "kl": []}
+        rows: dict[str, list] = {"texts": [], "reward": [], "tokens": [], "ended": [], "kl": []}
         for start in range(0, len(prompts), cfg.batch_size):
             chunk = prompts[start : start + cfg.batch_size]
             gen = generate(
@@ -255,7 +300,6 @@ def _sample_and_score(
                 generator_seed=cfg.seed + 1000 * k + start,
             )
             rows["texts"] += gen.texts
-            rows["gold"] += [gold_score(p, r) for p, r in zip(chunk, gen.texts)]
             rows["reward"] += reward(chunk, gen.texts).float().cpu().tolist()
             rows["tokens"] += gen.response_mask.sum(dim=1).float().cpu().tolist()
             rows["ended"] += gen.ended.float().cpu().tolist()
@@ -271,14 +315,7 @@ def _sample_and_score(
     return out
 
 
-def gold_score(prompt: str, reply: str) -> float:
-    """The gold annotator's score (imported lazily: it loads a sentiment lexicon)."""
-    from components.demo_task import gold
-
-    return gold.score(prompt, reply)
-
-
-def _summary(version: str, s: _Samples, cfg: EvalConfig) -> ModelEval:
+def _summary(version: str, s: _Samples, cfg: EvalConfig, judge_scores: list[float] | None) -> ModelEval:
     from components.eval_stats import is_degenerate
 
     texts = [t for row in s.texts for t in row]
@@ -287,7 +324,7 @@ def _summary(version: str, s: _Samples, cfg: EvalConfig) -> ModelEval:
     kls = flat(s.kl)
     return ModelEval(
         version=version,
-        gold_score=round(float(np.mean(flat(s.gold))), 6),
+        judge_score=None if judge_scores is None else round(float(np.mean(judge_scores)), 6),
         reward_score=round(float(np.mean(flat(s.reward))), 6),
         mean_tokens=round(float(np.mean(flat(s.tokens))), 4),
         eos_rate=round(float(np.mean(flat(s.ended))), 6),
@@ -306,6 +343,56 @@ def read_prompt_file(path: Path) -> list[str]:
     return prompts
 
 
+@dataclass(frozen=True)
+class _Judged:
+    """A judge's verdicts on K x P comparisons, and each side's judge scores where the judge scores replies."""
+
+    outcomes: np.ndarray  # shape: (P, K)
+    verdicts: list[Verdict]  # K x P, sample-major
+    scores_a: list[float] | None
+    scores_b: list[float] | None
+
+
+def judge_samples(
+    judge: Judge, prompts: Sequence[str], a: list[list[str]], b: list[list[str]], note: str,
+    progress: Progress | None = None,
+) -> _Judged:  # fmt: skip
+    """Judge a[k][p] against b[k][p] for every sample k and prompt p (sample-major)."""
+    items = [Comparison(prompts[p], a[k][p], b[k][p]) for k in range(len(a)) for p in range(len(prompts))]
+    done = [0]
+
+    def tick(n: int) -> None:
+        done[0] += n
+        report(progress, done[0], len(items), note)
+
+    scores_a = scores_b = None
+    if isinstance(judge, ScoringJudge):
+        s = judge.scores([*(i.prompt for i in items), *(i.prompt for i in items)],
+                         [*(i.reply_a for i in items), *(i.reply_b for i in items)])  # fmt: skip
+        scores_a, scores_b = s[: len(items)], s[len(items) :]
+        verdicts = [Verdict(outcome_from_scores(x, y), f"{judge.name} scores {x:.3f} vs {y:.3f}")
+                    for x, y in zip(scores_a, scores_b)]  # fmt: skip
+        tick(len(items))
+    else:
+        verdicts = judge.compare_many(items, on_done=tick)
+    values = np.array([v.value for v in verdicts]).reshape(len(a), len(prompts))  # shape: (K, P)
+    return _Judged(values.T, verdicts, scores_a, scores_b)
+
+
+def _verdict_lines(kind: str, prompts: Sequence[str], a: list[list[str]], b: list[list[str]], names: tuple[str, str],
+                   judged: _Judged, judge: str, sample_of: Callable[[int], tuple[int, int]]) -> list[str]:  # fmt: skip
+    lines = []
+    for i, v in enumerate(judged.verdicts):
+        k, p = divmod(i, len(prompts))
+        ka, kb = sample_of(k)
+        lines.append(json.dumps({
+            "kind": kind, "judge": judge, "prompt_index": p, "prompt": prompts[p],
+            "a": names[0], "sample_a": ka, "reply_a": a[k][p], "b": names[1], "sample_b": kb, "reply_b": b[k][p],
+            "outcome": v.outcome, "reason": v.reason,
+        }))  # fmt: skip
+    return lines
+
+
 def evaluate(
     cfg: EvalConfig,
     paths: ProjectPaths,
@@ -313,12 +400,16 @@ def evaluate(
     model: ModelConfig,
     candidate: str | Path,
     kl_target: float | None = None,
+    demo_task: bool = False,
     progress: Progress | None = None,
 ) -> EvalResult:
     """The evaluate stage: the candidate policy folder against the registry's champion on held-out prompts.
 
     The base model is registered as the first champion if the registry has none. The reward model and the
-    KL reference are the ones named in the candidate's manifest (``reward_model.spec``, ``base_dir``).
+    KL reference are the ones named in the candidate's manifest (``reward_model.spec``, ``base_dir``). The judge
+    (``cfg.judge``) decides each comparison; ``demo_task`` is the project's ``data.demo_task`` (the demo judge
+    refuses a project without it). A judge that cannot decide raises :class:`JudgeError` before anything is
+    written (nothing is promoted).
     """
     from components import registry
     from components.base_model import accelerator_device, load_base, resolve_model_dir
@@ -328,6 +419,12 @@ def evaluate(
     t0 = time.perf_counter()
     candidate = Path(candidate)
     manifest = json.loads((candidate / "manifest.json").read_text(encoding="utf-8"))
+    rm_info = manifest.get("reward_model") or {}
+    rm_path = paths.root / rm_info.get("spec", "models/reward")
+    judge = make_judge(
+        cfg.judge, root=paths.root, demo_task=demo_task, judge_reward=cfg.judge_reward, llm_judge=cfg.llm_judge,
+        training_manifest=rm_path / "manifest.json",
+    )  # fmt: skip
     champ = registry.ensure_base_champion(paths, model.base, resolve_model_dir(model.base))
     prompts = read_prompt_file(paths.root / cfg.prompts)[: cfg.max_prompts]
     device = accelerator_device()
@@ -345,8 +442,6 @@ def evaluate(
     champ_model, champ_tok = load(champ.path)
     ref_dir = manifest.get("base_dir") or str(resolve_model_dir(manifest.get("base", model.base)))
     reference, _ = load(Path(ref_dir))
-    rm_info = manifest.get("reward_model") or {}
-    rm_path = paths.root / rm_info.get("spec", "models/reward")
     rm = RewardModel.load(rm_path, device=device)
 
     # 2. sample and score: K seeded samples per prompt from each model
@@ -361,16 +456,36 @@ def evaluate(
         cand = _sample_and_score(cand_model, reference, tok, prompts, rm.score, cfg, model.system_prompt, tick)
         champ_s = _sample_and_score(champ_model, None, champ_tok, prompts, rm.score, cfg, model.system_prompt, tick)
 
-    # 3. compare: per prompt and sample, ties half; bootstrap over prompts
-    outcomes = pairwise_outcomes(np.array(cand.gold).T, np.array(champ_s.gold).T)  # shape: (P, K)
+    # 3. judge: per prompt and sample, ties half; bootstrap over prompts; the training RM on the same pairs
+    c_version = manifest.get("version", candidate.name)
+    judged = judge_samples(judge, prompts, cand.texts, champ_s.texts, f"judge {judge.name}: candidate vs champion",
+                           progress)  # fmt: skip
+    outcomes = judged.outcomes  # shape: (P, K)
     rate, low, high = win_rate_interval(
         outcomes, confidence=cfg.confidence, resamples=cfg.bootstrap_resamples, seed=cfg.seed
     )
-    c_sum = _summary(manifest.get("version", candidate.name), cand, cfg)
-    h_sum = _summary(champ.version, champ_s, cfg)
-    flag = overoptimised(
-        c_sum.reward_score - h_sum.reward_score, c_sum.gold_score - h_sum.gold_score, cfg.overopt_tolerance
-    )
+    rm_rate = float(pairwise_outcomes(np.array(cand.reward).T, np.array(champ_s.reward).T).mean())
+    verdict_lines = _verdict_lines("candidate_vs_champion", prompts, cand.texts, champ_s.texts,
+                                   (c_version, champ.version), judged, judge.name, lambda k: (k, k))  # fmt: skip
+
+    # 4. A/A: the champion's sample 2i against its sample 2i+1 (other seeds): about 50 % if judge and interval
+    # are sound
+    aa: tuple[float, float, float] | None = None
+    aa_n = 0
+    if cfg.aa_check and cfg.samples_per_prompt >= 2:
+        even, odd = champ_s.texts[0::2], champ_s.texts[1::2]
+        even = even[: len(odd)]
+        aa_j = judge_samples(judge, prompts, even, odd, f"judge {judge.name}: A/A (champion vs itself)", progress)
+        aa = win_rate_interval(aa_j.outcomes, confidence=cfg.confidence, resamples=cfg.bootstrap_resamples,
+                               seed=cfg.seed + 1)  # fmt: skip
+        aa_n = aa_j.outcomes.size
+        verdict_lines += _verdict_lines("aa", prompts, even, odd, (champ.version, champ.version), aa_j, judge.name,
+                                        lambda k: (2 * k, 2 * k + 1))  # fmt: skip
+
+    c_sum = _summary(c_version, cand, cfg, judged.scores_a)
+    h_sum = _summary(champ.version, champ_s, cfg, judged.scores_b)
+    flag = overoptimised(rm_rate - 0.5, rate - 0.5, cfg.overopt_tolerance)
+    reverse = overoptimised(rate - 0.5, rm_rate - 0.5, cfg.overopt_tolerance)
     examples = [
         {"prompt": p, "candidate": c, "champion": h}
         for p, c, h in list(zip(prompts, cand.texts[0], champ_s.texts[0]))[:3]
@@ -396,40 +511,84 @@ def evaluate(
         report_path=str(paths.eval_report),
         examples=examples,
         seconds=round(time.perf_counter() - t0, 1),
+        judge=judge.describe(),
+        judge_accuracy=judge.accuracy,
+        judge_min_accuracy=cfg.judge_min_accuracy if judge.accuracy is not None else None,
+        reward_win_rate=round(rm_rate, 6),
+        judge_disagrees=bool(reverse),
+        aa_win_rate=None if aa is None else round(aa[0], 6),
+        aa_low=None if aa is None else round(aa[1], 6),
+        aa_high=None if aa is None else round(aa[2], 6),
+        aa_comparisons=aa_n,
+        verdicts_path=str(paths.judge_verdicts),
     )
+    atomic_write_text(paths.judge_verdicts, "\n".join(verdict_lines) + "\n")
     atomic_write_text(paths.eval_metrics, json.dumps(asdict(result), indent=2) + "\n")
     atomic_write_text(paths.eval_report, eval_markdown(result))
-    log.info("candidate %s vs champion %s: gold win rate %.3f [%.3f, %.3f]",
-             c_sum.version, h_sum.version, rate, low, high)  # fmt: skip
+    log.info("candidate %s vs champion %s: win rate by judge %s %.3f [%.3f, %.3f]",
+             c_sum.version, h_sum.version, judge.name, rate, low, high)  # fmt: skip
     return result
+
+
+def judge_label(judge: dict[str, Any]) -> str:
+    """A judge's name with what identifies it (the judge model's version, the LLM and its endpoint)."""
+    name = judge.get("name") or "judge"
+    if name == "reward_model" and judge.get("version"):
+        return f"reward_model {judge['version']}"
+    if name == "llm":
+        return f"llm {judge.get('model')} @ {judge.get('base_url')} ({judge.get('template')})"
+    return name
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1%}"
 
 
 def eval_markdown(r: EvalResult) -> str:
     """A short Markdown report of an evaluation."""
     c, h = r.candidate, r.champion
     kl = "n/a" if c.kl is None else f"{c.kl:.3f}" + (f" (target {r.kl_target:g})" if r.kl_target else "")
+    score = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+    label = judge_label(r.judge)
     lines = [
         f"# Evaluation: candidate `{c.version}` vs champion `{h.version}`",
         "",
-        f"{r.prompts} held-out prompts x {r.samples_per_prompt} seeded samples from each model.",
+        f"{r.prompts} held-out prompts x {r.samples_per_prompt} seeded samples from each model; judge: **{label}**.",
         "",
-        f"**Gold win rate of the candidate: {r.win_rate:.1%}** "
+        f"**Win rate of the candidate by the judge: {r.win_rate:.1%}** "
         f"({r.interval}: {r.win_rate_low:.1%} - {r.win_rate_high:.1%}); "
         f"{r.wins} wins, {r.ties} ties, {r.losses} losses.",
         "",
+    ]
+    if r.aa_win_rate is not None:
+        lines += [
+            f"A/A check (the champion judged against itself, other seeds; should read about 50 %): "
+            f"{r.aa_win_rate:.1%} ({_pct(r.aa_low)} - {_pct(r.aa_high)}, {r.aa_comparisons} comparisons).",
+            "",
+        ]
+    if r.judge_accuracy is not None:
+        ok = r.judge_min_accuracy is None or r.judge_accuracy >= r.judge_min_accuracy
+        lines += [
+            f"Judge held-out accuracy on human pairs: {r.judge_accuracy:.1%} (floor {_pct(r.judge_min_accuracy)})"
+            + ("." if ok else ": **below the floor, the gate will not decide**."),
+            "",
+        ]
+    lines += [
         "| metric | champion | candidate |",
         "| --- | --- | --- |",
-        f"| gold score | {h.gold_score:.3f} | {c.gold_score:.3f} |",
+        f"| judge score ({r.judge.get('name', 'judge')}) | {score(h.judge_score)} | {score(c.judge_score)} |",
         f"| reward-model score | {h.reward_score:.3f} | {c.reward_score:.3f} |",
         f"| reply length (tokens) | {h.mean_tokens:.1f} | {c.mean_tokens:.1f} |",
         f"| replies that end (EOS) | {h.eos_rate:.1%} | {c.eos_rate:.1%} |",
         f"| degenerate replies | {h.degenerate_rate:.1%} | {c.degenerate_rate:.1%} |",
         f"| KL to the reference (nats/reply) | - | {kl} |",
         "",
-        f"Over-optimisation (reward up, gold down): **{'yes' if r.overoptimised else 'no'}**.",
-        f"Reward model {r.reward_version or 'n/a'}, held-out accuracy "
-        + ("n/a" if r.reward_accuracy is None else f"{r.reward_accuracy:.1%}")
-        + ".",
+        f"Training reward model's win rate of the candidate on the same pairs: {_pct(r.reward_win_rate)}.",
+        f"Over-optimisation (reward model prefers the candidate, judge the champion): "
+        f"**{'yes' if r.overoptimised else 'no'}**; the reverse (judge prefers the candidate, reward model the "
+        f"champion): **{'yes' if r.judge_disagrees else 'no'}**.",
+        f"Reward model {r.reward_version or 'n/a'}, held-out accuracy {_pct(r.reward_accuracy)}.",
+        f"Every verdict with its reason: `{r.verdicts_path}`.",
         "",
     ]
     for ex in r.examples:
@@ -443,6 +602,8 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     from components.config import load_section
+    from components.feedback.config import DataConfig
+    from components.judges import JudgeError
     from components.ppo.config import PPOConfig
     from components.ppo.train import exported_policy
 
@@ -461,7 +622,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     kl_target = ppo.kl_target if ppo.adaptive_kl else None
     progress = log_progress(log, "evaluate batch")
-    evaluate(cfg, paths, model=model_cfg, candidate=candidate, kl_target=kl_target, progress=progress)
+    demo_task = load_section(DataConfig, "data", args.params).demo_task
+    try:
+        evaluate(cfg, paths, model=model_cfg, candidate=candidate, kl_target=kl_target, demo_task=demo_task,
+                 progress=progress)  # fmt: skip
+    except JudgeError as exc:
+        print(f"evaluate: the judge could not decide: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

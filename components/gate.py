@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from components.fsutil import atomic_write_text
 from components.paths import ProjectPaths
@@ -20,15 +20,21 @@ if TYPE_CHECKING:
 class GateConfig:
     """Thresholds a candidate must meet to be promoted (``params.yaml`` section ``gate``)."""
 
+    decide_on: Literal["lower_bound", "point"] = "point"
+    """Which figure ``min_win_rate`` applies to: ``lower_bound`` = the lower end of the win rate's interval (a
+    promotion then means the candidate is better with the stated confidence), ``point`` = the point estimate.
+    Both figures are shown in the gate's table either way."""
     min_win_rate: float = 0.55
-    """Minimum gold-annotator win rate against the champion (ties half; the point estimate)."""
+    """Minimum win rate by the judge against the champion (ties half), on the figure ``decide_on`` names."""
     max_kl: float = 6.0
     """Maximum KL of the candidate to its reference, nats per reply (1.5 x PPO's default target of 4: the
     held-out KL of one evaluation scatters by about +-0.5 nats around the trained value)."""
     max_degenerate_rate: float = 0.15
     """Maximum share of the candidate's replies that are empty or repetitive."""
     block_overoptimisation: bool = True
-    """Refuse a candidate whose reward-model score rose while its gold score fell."""
+    """Refuse a candidate on which the judge and the training reward model lean opposite ways, in either
+    direction (reward model for it and judge against: over-optimisation; judge for it and reward model against:
+    the judge rewards something the human preferences did not)."""
     min_reward_accuracy: float = 0.6
     """Minimum held-out preference accuracy of the reward model the candidate was trained against."""
 
@@ -60,6 +66,12 @@ class GateResult:
     champion: str
     checks: list[GateCheck]
     report_path: str
+    decided: bool = True
+    """False when the gate refused to decide (the judge is not reliable enough); the candidate is not promoted."""
+    decide_on: str = "point"
+    """Which win-rate figure the decision used (``point`` or ``lower_bound``)."""
+    judge: str = ""
+    """The judge that decided (name)."""
 
     @property
     def reasons(self) -> list[str]:
@@ -70,21 +82,70 @@ class GateResult:
         return asdict(self)
 
 
+def _judge_name(ev: EvalResult) -> str:
+    return (ev.judge or {}).get("name") or "judge"
+
+
+def win_rate_check(cfg: GateConfig, ev: EvalResult) -> GateCheck:
+    """``min_win_rate`` on the point estimate or the interval's lower end (``decide_on``); both in the reason."""
+    judge = _judge_name(ev)
+    figure = ev.win_rate_low if cfg.decide_on == "lower_bound" else ev.win_rate
+    which = "lower bound" if cfg.decide_on == "lower_bound" else "point estimate"
+    ok = figure >= cfg.min_win_rate
+    return GateCheck(
+        f"win rate by {judge} vs champion ({which})",
+        figure,
+        cfg.min_win_rate,
+        ok,
+        f"win rate by {judge} {ev.win_rate:.1%} [{ev.win_rate_low:.1%}, {ev.win_rate_high:.1%}]: {which} "
+        f"{figure:.1%} {'>=' if ok else '<'} minimum {cfg.min_win_rate:.1%}",
+    )
+
+
+def judge_reliability_check(ev: EvalResult) -> GateCheck | None:
+    """The judge's own held-out accuracy against its floor (judges that have one); below it the gate refuses."""
+    if ev.judge_accuracy is None:
+        return None
+    floor = ev.judge_min_accuracy if ev.judge_min_accuracy is not None else 0.0
+    ok = ev.judge_accuracy >= floor
+    judge = _judge_name(ev)
+    reason = f"judge {judge} held-out accuracy {ev.judge_accuracy:.1%} {'>=' if ok else 'below'} floor {floor:.1%}"
+    if not ok:
+        reason += (
+            ": the gate refuses to decide, the judge agrees with human labels too rarely to tell better from "
+            "worse (more human pairs in its slice, reward.judge_fraction, or another judge)"
+        )
+    return GateCheck("judge held-out accuracy", ev.judge_accuracy, floor, ok, reason)
+
+
+def agreement_check(cfg: GateConfig, ev: EvalResult) -> GateCheck:
+    """The judge and the training reward model do not lean opposite ways (checked in both directions)."""
+    judge = _judge_name(ev)
+    flagged = ev.overoptimised or ev.judge_disagrees
+    ok = not (cfg.block_overoptimisation and flagged)
+    rm = "n/a" if ev.reward_win_rate is None else f"{ev.reward_win_rate:.1%}"
+    figures = f"win rate by the training reward model {rm}, by {judge} {ev.win_rate:.1%}"
+    if ev.overoptimised:
+        reason = (
+            f"over-optimisation flagged ({figures}): the reward model prefers the candidate, the judge the champion"
+        )
+    elif ev.judge_disagrees:
+        reason = (
+            f"over-optimisation check (reverse) flagged ({figures}): the judge prefers the candidate while the "
+            "training reward model prefers the champion; the judge rewards what the human preferences did not"
+        )
+    else:
+        reason = f"over-optimisation not flagged either way ({figures})"
+    return GateCheck("judge and reward model agree", flagged, cfg.block_overoptimisation, ok, reason)
+
+
 def checks(cfg: GateConfig, ev: EvalResult) -> list[GateCheck]:
     """Every check of the gate against one evaluation (in the order they are shown)."""
     out = []
-    w = ev.win_rate
-    ok = w >= cfg.min_win_rate
-    out.append(
-        GateCheck(
-            "gold win rate vs champion",
-            w,
-            cfg.min_win_rate,
-            ok,
-            f"gold win rate {w:.1%} [{ev.win_rate_low:.1%}, {ev.win_rate_high:.1%}] "
-            f"{'>=' if ok else '<'} minimum {cfg.min_win_rate:.1%}",
-        )
-    )
+    reliability = judge_reliability_check(ev)
+    if reliability is not None:
+        out.append(reliability)
+    out.append(win_rate_check(cfg, ev))
     kl = ev.candidate.kl
     ok = kl is not None and kl <= cfg.max_kl
     shown = "unmeasured" if kl is None else f"{kl:.3f}"
@@ -102,20 +163,7 @@ def checks(cfg: GateConfig, ev: EvalResult) -> list[GateCheck]:
             f"degenerate replies {d:.1%} {'<=' if ok else '>'} maximum {cfg.max_degenerate_rate:.1%}",
         )
     )
-    flagged = ev.overoptimised
-    ok = not (cfg.block_overoptimisation and flagged)
-    delta_rm = ev.candidate.reward_score - ev.champion.reward_score
-    delta_gold = ev.candidate.gold_score - ev.champion.gold_score
-    out.append(
-        GateCheck(
-            "no over-optimisation",
-            flagged,
-            cfg.block_overoptimisation,
-            ok,
-            f"over-optimisation {'flagged' if flagged else 'not flagged'} (reward model {delta_rm:+.3f}, "
-            f"gold {delta_gold:+.3f})" + ("" if ok else ": the reward model is being gamed"),
-        )
-    )
+    out.append(agreement_check(cfg, ev))
     acc = ev.reward_accuracy
     ok = acc is not None and acc >= cfg.min_reward_accuracy
     shown = "unmeasured" if acc is None else f"{acc:.1%}"
@@ -134,12 +182,16 @@ def checks(cfg: GateConfig, ev: EvalResult) -> list[GateCheck]:
 def gate(cfg: GateConfig, paths: ProjectPaths, *, evaluation: EvalResult) -> GateResult:
     """The gate stage: decide, write ``metrics/gate.json``; promotion or rejection is the registry stage's job."""
     found = checks(cfg, evaluation)
+    reliable = all(c.passed for c in found if c.name == "judge held-out accuracy")
     result = GateResult(
         passed=all(c.passed for c in found),
         candidate=evaluation.candidate.version,
         champion=evaluation.champion.version,
         checks=found,
         report_path=str(paths.gate_report),
+        decided=reliable,
+        decide_on=cfg.decide_on,
+        judge=_judge_name(evaluation),
     )
     atomic_write_text(paths.gate_report, json.dumps(result.to_dict(), indent=2) + "\n")
     return result

@@ -119,7 +119,9 @@ def audit_trail(paths: Any, version: str | None = None) -> dict[str, Any]:
         except registry.RegistryError:
             reward["note"] = "not registered"
     dv = facts.get("data_version")
+    ev = (facts.get("metrics") or {}).get("eval") or {}
     return {
+        "judge": ev.get("judge") or None,
         "model": record.to_dict() | {"facts": None},
         "ancestry": ancestry,
         "reward_model": reward,

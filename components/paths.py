@@ -152,6 +152,11 @@ class ProjectPaths:
         return self.reports / "eval.md"
 
     @property
+    def judge_verdicts(self) -> Path:
+        """Every verdict of the latest evaluation's judge, with its reason (JSON lines)."""
+        return self.reports / "judge_verdicts.jsonl"
+
+    @property
     def gate_report(self) -> Path:
         """The latest gate decision with every check (JSON)."""
         return self.metrics / "gate.json"

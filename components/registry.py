@@ -477,6 +477,11 @@ def register_and_decide(paths: ProjectPaths, *, policy: str | Path, evaluation: 
         "candidate": asdict(evaluation.candidate),
         "champion": asdict(evaluation.champion),
         "overoptimised": evaluation.overoptimised,
+        "judge": getattr(evaluation, "judge", None) or {},
+        "judge_disagrees": getattr(evaluation, "judge_disagrees", False),
+        "reward_win_rate": getattr(evaluation, "reward_win_rate", None),
+        "aa_win_rate": getattr(evaluation, "aa_win_rate", None),
+        "aa_interval": [getattr(evaluation, "aa_low", None), getattr(evaluation, "aa_high", None)],
     }
     facts = {
         "base": m.get("base"),

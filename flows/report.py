@@ -23,6 +23,20 @@ def _win(ev: dict[str, Any]) -> str | None:
     return f"{ev['win_rate']:.1%} (95 % interval {ev['win_rate_low']:.1%} - {ev['win_rate_high']:.1%})"
 
 
+def _judge(ev: dict[str, Any]) -> str | None:
+    if not ev.get("judge"):
+        return None
+    from components.evaluation import judge_label
+
+    return judge_label(ev["judge"])
+
+
+def _aa(ev: dict[str, Any]) -> str | None:
+    if ev.get("aa_win_rate") is None:
+        return None
+    return f"{ev['aa_win_rate']:.1%} ({ev['aa_low']:.1%} - {ev['aa_high']:.1%})"
+
+
 def metric_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
     """One row per figure a reviewer looks at first: counts, reward accuracy, win rate, KL, decision."""
     val, ev = summary.get("validation") or {}, summary.get("evaluation") or {}
@@ -38,8 +52,10 @@ def metric_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
         ("training stages run", ", ".join((summary.get("training") or {}).get("ran", [])) or "none (up to date)"),
         ("reward model held-out accuracy", reward_eval.get("accuracy")),
         ("candidate", summary.get("candidate")),
-        (f"gold win rate vs {ev.get('champion', 'champion')}", _win(ev)),
-        ("gold score candidate / champion", _pair(ev.get("gold_candidate"), ev.get("gold_champion"))),
+        ("judge", _judge(ev)),
+        (f"win rate by the judge vs {ev.get('champion', 'champion')}", _win(ev)),
+        ("A/A: champion vs itself (about 50 %)", _aa(ev)),
+        ("judge score candidate / champion", _pair(ev.get("judge_candidate"), ev.get("judge_champion"))),
         ("KL to reference" + (f" (target {ev['kl_target']:g})" if ev.get("kl_target") else ""), kl),
         ("decision", summary.get("decision")),
         ("champion", summary.get("champion_after")),

@@ -146,7 +146,7 @@ def round_table(rounds: list[dict[str, Any]]) -> Any:
         exp = r.get("exported") or {}
         acc = ((r.get("reward") or {}).get("eval") or {}).get("accuracy")
         values = {
-            "feedback": "seed (gold annotator)"
+            "feedback": "seed (demo annotator)"
             if r.get("seeded")
             else f"served: {exp.get('ratings', 0)} ratings, {exp.get('pairs', 0)} choices",
             "rows": f"{val.get('accepted', 0)} / {val.get('quarantined', 0)}",
@@ -156,7 +156,13 @@ def round_table(rounds: list[dict[str, Any]]) -> Any:
             "win": "-"
             if "win_rate" not in ev
             else f"{ev['win_rate']:.1%} [{ev['win_rate_low']:.1%}, {ev['win_rate_high']:.1%}]",
-            "gold": "-" if "gold_candidate" not in ev else f"{ev['gold_candidate']:.3f} vs {ev['gold_champion']:.3f}",
+            "judge": (ev.get("judge") or {}).get("name", "-"),
+            "score": "-"
+            if ev.get("judge_candidate") is None
+            else f"{ev['judge_candidate']:.3f} vs {ev['judge_champion']:.3f}",
+            "aa": "-"
+            if ev.get("aa_win_rate") is None
+            else f"{ev['aa_win_rate']:.1%} [{ev['aa_low']:.1%}, {ev['aa_high']:.1%}]",
             "kl": "-"
             if ev.get("kl") is None
             else f"{ev['kl']:.2f}" + (f" (target {ev['kl_target']:g})" if ev.get("kl_target") else ""),
@@ -173,8 +179,10 @@ def round_table(rounds: list[dict[str, Any]]) -> Any:
         ("data version", "data"),
         ("reward model held-out accuracy", "acc"),
         ("evaluated against", "against"),
-        ("gold win rate [95 % interval]", "win"),
-        ("gold score candidate vs champion", "gold"),
+        ("judge", "judge"),
+        ("win rate by the judge [95 % interval]", "win"),
+        ("A/A: champion vs itself (about 50 %)", "aa"),
+        ("judge score candidate vs champion", "score"),
         ("KL to reference, nats/reply", "kl"),
         ("gate decision", "decision"),
         ("candidate version", "candidate"),

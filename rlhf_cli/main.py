@@ -231,12 +231,18 @@ def models(as_json: JsonOpt = False) -> None:
         return
     table = Table(title=f"models ({paths.registry})")
     table.add_column("version", no_wrap=True)
-    for col in ("kind", "status", "parent", "gold win rate [95 % CI]", "KL", "RM accuracy", "gate"):
+    for col in ("kind", "status", "parent", "judge", "win rate [95 % CI]", "KL", "RM accuracy", "gate"):
         table.add_column(col, overflow="fold")
     colours = {"champion": "bold green", "rejected": "red", "retired": "dim", "candidate": "yellow"}
     for r in records:
         ev = (r.facts.get("metrics") or {}).get("eval") or {}
-        win = "-"
+        win, judge = "-", "-"
+        if ev.get("judge"):
+            from components.evaluation import judge_label
+
+            judge = judge_label(ev["judge"])
+        elif "win_rate" in ev:
+            judge = "unrecorded (before judges)"
         if "win_rate" in ev:
             lo, hi = ev["win_rate_interval"]
             win = f"{ev['win_rate']:.1%} [{lo:.1%}, {hi:.1%}] vs {ev['against']}"
@@ -254,6 +260,7 @@ def models(as_json: JsonOpt = False) -> None:
             r.kind,
             f"[{colours.get(status, '')}]{status}[/]" if status in colours else status,
             r.parent or "-",
+            judge,
             win,
             "-" if kl is None else f"{kl:.2f}",
             "-" if rm_acc is None else f"{rm_acc:.1%}",
@@ -316,9 +323,15 @@ def _audit_text(t: dict) -> str:
     for section, values in (t.get("params") or {}).items():
         shown = ", ".join(f"{k}={v}" for k, v in list(values.items())[:12])
         lines.append(f"  params.{section}: {shown}{' ...' if len(values) > 12 else ''}")
+    judge = t.get("judge")
+    if judge:
+        from components.evaluation import judge_label
+
+        lines.append(f"  judge: {judge_label(judge)}")
     gate = t.get("gate")
     if gate:
-        lines.append(f"  gate: {'passed' if gate['passed'] else 'failed'} against {gate['champion']}")
+        how = f", win rate on its {gate['decide_on'].replace('_', ' ')}" if gate.get("decide_on") else ""
+        lines.append(f"  gate: {'passed' if gate['passed'] else 'failed'} against {gate['champion']}{how}")
         for c in gate["checks"]:
             lines.append(f"    {'pass' if c['passed'] else 'FAIL'}: {c['reason']}")
     else:

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 class DataConfig:
     """Feedback validation limits and how much seed feedback the demo task makes."""
 
+    demo_task: bool = False
+    """This project is the demo task (``rlhf demo``): its seed feedback is labelled by the demo annotator and the
+    ``demo`` judge may evaluate it. Every other project leaves it false, and the demo judge refuses it."""
     max_prompt_chars: int = 8000
     """Longest accepted prompt in characters (longer is 'absurdly long' and quarantined). HH-RLHF multi-turn
     prompts stay well under this."""

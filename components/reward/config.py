@@ -84,12 +84,18 @@ class RewardConfig:
     ``staging/reward-features`` between runs (least recently used first out), so a retrain on texts seen
     before (round 2's seed pairs) reads their frozen-block output instead of recomputing it (the same
     bytes: keyed by the frozen weights, the arithmetic and the token ids). 0 = off."""
+    judge_fraction: float = 0.0
+    """Share of the prompts (by a hash of the normalised prompt, :mod:`components.judges.slices`) whose pairs
+    are reserved for the judge reward model (``eval.judge: reward_model``): this reward model never trains or
+    evaluates on them; 0 = no judge slice (the demo judges with its own annotator)."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.eval_batch_size < 1:
             raise ValueError("batch_size and eval_batch_size must be >= 1")
         if self.epochs < 1:
             raise ValueError("epochs must be >= 1")
+        if not 0.0 <= self.judge_fraction < 1.0:
+            raise ValueError(f"judge_fraction must be in [0, 1), got {self.judge_fraction}")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         if self.max_length < 8:

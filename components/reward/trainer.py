@@ -442,6 +442,22 @@ def _fit_with_cache(
     return _merged(trainable), tok, train_metrics, cache
 
 
+def pairs_for_side(pairs: Pairs, fraction: float, side: str) -> tuple[Pairs, dict[str, Any]]:
+    """The pairs one reward model may see: ``train`` drops the judge's slice, ``judge`` keeps only it."""
+    from components.judges.slices import in_judge_slice, slice_record
+
+    if side not in ("train", "judge"):
+        raise ValueError(f"side must be 'train' or 'judge', got {side!r}")
+    if side == "judge" and fraction <= 0:
+        raise ValueError("the judge reward model needs reward.judge_fraction > 0 (its slice of the pairs)")
+    judged = [in_judge_slice(p, fraction) for p in pairs.prompts]
+    keep = [i for i, j in enumerate(judged) if j == (side == "judge")]
+    if len(keep) < len(pairs):
+        log.info("%d of %d pairs kept for the %s reward model (judge slice %.0f %% of prompts)",
+                 len(keep), len(pairs), side, 100 * fraction)  # fmt: skip
+    return pairs.subset(keep), slice_record(fraction, side, len(keep), len(pairs) - len(keep))
+
+
 def train_reward(
     pairs_path: Path,
     cfg: RewardConfig,
@@ -451,8 +467,13 @@ def train_reward(
     project_root: Path | None = None,
     progress: Progress | None = None,
     feature_store: Path | None = None,
+    side: str = "train",
 ) -> RewardResult:
     """Train, evaluate, normalise and save a reward model; returns its folder and metrics.
+
+    ``side`` picks the pairs by the judge slice (``cfg.judge_fraction``, :mod:`components.judges.slices`):
+    ``train`` (the training reward model) drops every pair whose prompt is in the judge's slice, ``judge`` (the
+    judge reward model) keeps only those; the manifest's ``judge_slice`` records the rule and the counts.
 
     With ``feature_store`` (a folder; ``cfg.feature_store_gib`` > 0) the frozen blocks' output per text is
     kept there between runs and read back for texts seen before (:mod:`components.reward.feature_store`).
@@ -465,7 +486,12 @@ def train_reward(
     torch.manual_seed(cfg.seed)
 
     # 1. data
-    pairs = read_pairs(pairs_path)
+    pairs, judge_slice = pairs_for_side(read_pairs(pairs_path), cfg.judge_fraction, side)
+    if len(pairs) == 0:
+        raise ValueError(
+            f"{pairs_path}: no pairs left for the {side} side of the judge slice (reward.judge_fraction="
+            f"{cfg.judge_fraction}); import more feedback or change the fraction"
+        )
     train_idx, eval_idx = split_by_prompt(pairs, cfg.eval_fraction, cfg.seed)
     if cfg.max_train_pairs is not None and len(train_idx) > cfg.max_train_pairs:
         rng = np.random.default_rng(cfg.seed)
@@ -552,6 +578,7 @@ def train_reward(
             "data_version": data_version(root),
         },
         "params": to_dict(cfg),
+        "judge_slice": judge_slice,
         "metrics": metrics,
         "normalization": {"mean": mean, "std": std, "max_length": cfg.max_length},
         "check": check,

@@ -70,7 +70,7 @@ def test_demo_runs_two_rounds_through_the_flow_and_the_service(prefect_api, tmp_
     )
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
-    assert "round 1" in text and "round 2" in text and "gold win rate" in text
+    assert "round 1" in text and "round 2" in text and "win rate by the judge" in text and "A/A" in text
     assert "simulated users: 10 prompts, 20 replies, 20 ratings" in text
     paths = ProjectPaths(root)
     monkeypatch.chdir(root)
@@ -124,7 +124,7 @@ def test_demo_runs_two_rounds_through_the_flow_and_the_service(prefect_api, tmp_
     ev = {**ev, "candidate": {**ev["champion"], "version": copy.name, "kl": 0.0}, "win_rate": 0.5}
     ev |= {"win_rate_low": 0.5, "win_rate_high": 0.5, "champion": {**ev["champion"], "version": second.version}}
     decision = gate_candidate.fn(str(root), str(root / "strict.yaml"), ev)
-    assert decision["passed"] is False and "gold win rate" in decision["reasons"][0]
+    assert decision["passed"] is False and "win rate by demo" in decision["reasons"][0]
     outcome = promote_or_reject.fn(str(root), str(copy), ev, decision)
     assert outcome["status"] == "rejected" and outcome["champion"] == second.version
     assert registry.champion(paths).version == second.version

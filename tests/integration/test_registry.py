@@ -63,9 +63,9 @@ def champions(paths: ProjectPaths) -> list[str]:
 
 def evaluation(**changes) -> EvalResult:
     """An evaluation that passes the default gate; ``changes`` override fields (``candidate__kl=...`` etc.)."""
-    cand = ModelEval("cand", gold_score=0.9, reward_score=0.8, mean_tokens=20, eos_rate=0.6, degenerate_rate=0.0,
+    cand = ModelEval("cand", judge_score=0.9, reward_score=0.8, mean_tokens=20, eos_rate=0.6, degenerate_rate=0.0,
                      kl=3.0)  # fmt: skip
-    champ = ModelEval("base-tiny", gold_score=0.7, reward_score=0.0, mean_tokens=30, eos_rate=0.1,
+    champ = ModelEval("base-tiny", judge_score=0.7, reward_score=0.0, mean_tokens=30, eos_rate=0.1,
                       degenerate_rate=0.0)  # fmt: skip
     cand = replace(
         cand, **{k.removeprefix("candidate__"): v for k, v in changes.items() if k.startswith("candidate__")}
@@ -78,7 +78,7 @@ def evaluation(**changes) -> EvalResult:
         candidate=cand, champion=champ, candidate_path="x", prompts=40, samples_per_prompt=2, win_rate=0.8,
         win_rate_low=0.7, win_rate_high=0.9, interval="95 % percentile bootstrap", wins=60, ties=8, losses=12,
         overoptimised=False, reward_version="rm-1", reward_accuracy=0.75, kl_target=4.0, metrics_path="m",
-        report_path="r",
+        report_path="r", judge={"name": "demo"}, reward_win_rate=0.7,
     )  # fmt: skip
     return EvalResult(**(base | fields))
 
@@ -116,10 +116,12 @@ def test_promote_switches_the_champion_and_retires_the_old_one(project, tiny_fol
 @pytest.mark.parametrize(
     ("changes", "failing"),
     [
-        ({"win_rate": 0.4, "win_rate_low": 0.3, "win_rate_high": 0.5}, "gold win rate"),
+        ({"win_rate": 0.4, "win_rate_low": 0.3, "win_rate_high": 0.5}, "win rate by demo"),
         ({"candidate__kl": 9.5}, "KL"),
         ({"candidate__degenerate_rate": 0.5}, "degenerate replies"),
         ({"overoptimised": True}, "over-optimisation"),
+        ({"judge_disagrees": True}, "over-optimisation check (reverse)"),
+        ({"judge": {"name": "reward_model"}, "judge_accuracy": 0.55, "judge_min_accuracy": 0.6}, "judge reward_model held-out"),
         ({"reward_accuracy": 0.5}, "reward model accuracy"),
     ],
 )

@@ -17,14 +17,18 @@ SUMMARY = {
         "win_rate": 0.4875,
         "win_rate_low": 0.45,
         "win_rate_high": 0.525,
-        "gold_candidate": -0.699,
-        "gold_champion": -0.694,
+        "judge": {"name": "demo"},
+        "judge_candidate": -0.699,
+        "judge_champion": -0.694,
+        "aa_win_rate": 0.5125,
+        "aa_low": 0.45,
+        "aa_high": 0.575,
         "kl": 0.08,
         "kl_target": 4.0,
     },
     "gate": {
         "checks": [
-            {"name": "gold win rate vs champion", "value": 0.4875, "threshold": 0.55, "passed": False, "reason": "low"},
+            {"name": "win rate by demo vs champion (point estimate)", "value": 0.4875, "threshold": 0.55, "passed": False, "reason": "low"},
             {"name": "KL", "value": 0.08, "threshold": 6.0, "passed": True, "reason": "ok"},
         ]
     },
@@ -41,7 +45,10 @@ def test_metric_rows_show_counts_interval_and_decision():
     assert rows["served ratings / pairs exported"] == "16 / 3"
     assert (rows["rows in"], rows["rows accepted"], rows["rows quarantined"]) == ("19", "16", "3")
     assert rows["training stages run"] == "train_reward, ppo"
-    assert rows["gold win rate vs v1"] == "48.8% (95 % interval 45.0% - 52.5%)"
+    assert rows["judge"] == "demo"
+    assert rows["win rate by the judge vs v1"] == "48.8% (95 % interval 45.0% - 52.5%)"
+    assert rows["A/A: champion vs itself (about 50 %)"] == "51.2% (45.0% - 57.5%)"
+    assert rows["judge score candidate / champion"] == "-0.699 / -0.694"
     assert rows["KL to reference (target 4)"] == "0.08"
     assert (rows["decision"], rows["champion"]) == ("rejected", "v1")
 
@@ -49,12 +56,12 @@ def test_metric_rows_show_counts_interval_and_decision():
 def test_rows_before_any_evaluation_say_so():
     rows = {r["figure"]: r["value"] for r in metric_rows({"training": {"ran": []}, "decision": "unchanged"})}
     assert rows["training stages run"] == "none (up to date)"
-    assert rows["gold win rate vs champion"] == "-" and rows["decision"] == "unchanged"
+    assert rows["win rate by the judge vs champion"] == "-" and rows["decision"] == "unchanged"
 
 
 def test_markdown_has_every_gate_check_and_the_links():
     md = markdown(SUMMARY)
     assert md.startswith("# Retrain round 2") and "**Decision: rejected** (champion v1 -> v1)" in md
-    assert "| gold win rate vs champion | 0.4875 | 0.55 | **fail** | low |" in md
+    assert "| win rate by demo vs champion (point estimate) | 0.4875 | 0.55 | **fail** | low |" in md
     assert "| KL | 0.08 | 6 | pass | ok |" in md
     assert "- evaluation report: `reports/eval.md`" in md

@@ -1,5 +1,6 @@
 """The whole params file is validated up front; every section's defaults equal params.yaml."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,9 @@ PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 def test_every_section_of_params_yaml_equals_its_dataclass_defaults():
     p = load_params(PARAMS)
     assert p.reward == RewardConfig()
-    assert p.ppo == PPOConfig() and p.data == DataConfig() and p.model == ModelConfig()
+    # the one difference: params.yaml is the demo project, so it switches the demo task on (default off)
+    assert p.data == replace(DataConfig(), demo_task=True) and not DataConfig().demo_task
+    assert p.ppo == PPOConfig() and p.model == ModelConfig()
     assert p.eval == EvalConfig() and p.gate == GateConfig()
     assert set(yaml.safe_load(PARAMS.read_text())) == set(SECTIONS)
 

@@ -1,0 +1,64 @@
+"""Judges for the evaluation (``eval.judge``): small classes with one pairwise method,
+``compare(prompt, reply_a, reply_b) -> Verdict`` (win / tie / loss for ``reply_a``, with a reason).
+
+- ``demo``: the demo task's annotator (only in a project with ``data.demo_task: true``);
+- ``reward_model``: a judge reward model trained on a prompt-disjoint slice of the human pairs that the
+  training reward model never sees (:mod:`components.judges.reward_model`);
+- ``llm``: a pairwise LLM judge over an OpenAI-compatible endpoint (:mod:`components.judges.llm`).
+
+:func:`make_judge` builds the configured one. See ``docs/judges.md``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from components.judges.base import Comparison, Judge, JudgeError, Outcome, Prompt, ScoringJudge, Verdict
+from components.judges.config import JudgeRewardConfig, LLMJudgeConfig
+
+JudgeName = Literal["demo", "reward_model", "llm"]
+
+__all__ = [
+    "Comparison",
+    "Judge",
+    "JudgeError",
+    "JudgeName",
+    "JudgeRewardConfig",
+    "LLMJudgeConfig",
+    "Outcome",
+    "Prompt",
+    "ScoringJudge",
+    "Verdict",
+    "make_judge",
+]
+
+
+def make_judge(
+    name: str,
+    *,
+    root: Path,
+    demo_task: bool,
+    judge_reward: JudgeRewardConfig | None = None,
+    llm_judge: LLMJudgeConfig | None = None,
+    training_manifest: Path | None = None,
+) -> Judge:
+    """The judge named by ``eval.judge`` for the project at ``root``.
+
+    ``demo_task`` is the project's ``data.demo_task`` (the demo judge refuses a project without it);
+    ``training_manifest`` is the training reward model's manifest (the judge reward model checks that it
+    skipped the judge's slice)."""
+    if name == "demo":
+        from components.judges.demo import DemoJudge
+
+        return DemoJudge(demo_task=demo_task)
+    if name == "reward_model":
+        from components.judges.reward_model import RewardModelJudge
+
+        cfg = judge_reward or JudgeRewardConfig()
+        return RewardModelJudge(Path(root) / cfg.path, training_manifest=training_manifest)
+    if name == "llm":
+        from components.judges.llm import LLMJudge
+
+        return LLMJudge(llm_judge or LLMJudgeConfig(), cache_dir=Path(root))
+    raise JudgeError(f"eval.judge {name!r}: unknown judge (demo, reward_model or llm)")

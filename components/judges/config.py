@@ -1,0 +1,63 @@
+"""The judges' settings (nested in ``params.yaml`` section ``eval``): torch-free, like every config dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class JudgeRewardConfig:
+    """The judge reward model (``eval.judge: reward_model``): a second reward model trained only on the slice of
+    the human pairs the training reward model never sees (``reward.judge_fraction``; Gao et al. 2022's "gold RM")."""
+
+    path: str = "models/judge_reward"
+    """Its folder (a DVC output of the ``train_judge`` stage), relative to the project root."""
+    backbone: str | None = None
+    """Model spec it is initialised from; null = ``reward.backbone``. Its other training settings are the
+    ``reward`` section's."""
+
+    def __post_init__(self) -> None:
+        if not self.path.strip():
+            raise ValueError("judge_reward.path must name a folder")
+
+
+@dataclass(frozen=True)
+class LLMJudgeConfig:
+    """A pairwise LLM judge over an OpenAI-compatible ``/chat/completions`` endpoint (``eval.judge: llm``)."""
+
+    base_url: str = "http://127.0.0.1:3000/v1"
+    """The endpoint's base URL (``/chat/completions`` is appended): OpenAI, vLLM, llama.cpp, ``rlhf serve``, ..."""
+    model: str = ""
+    """The judge model's name as the endpoint knows it (part of the cache key); required with ``judge: llm``."""
+    api_key_env: str | None = "RLHF_JUDGE_API_KEY"
+    """Environment variable holding the API key (sent as ``Authorization: Bearer``); unset or null = no key."""
+    template: str = "pairwise-v1"
+    """Prompt template: a file name in ``components/judges/templates/`` (without ``.txt``) or a path to one. Its
+    version (name + content hash) is part of the cache key and of every stored verdict."""
+    max_tokens: int = 256
+    """Answer length limit (the rationale, then the verdict)."""
+    temperature: float = 0.0
+    """Sampling temperature of the first ask (0 = the endpoint's most likely answer)."""
+    seed: int = 0
+    """Sampling seed sent with each request (endpoints that honour it answer reproducibly)."""
+    timeout_s: float = 60.0
+    """Per-request timeout in seconds."""
+    retries: int = 3
+    """Re-sends of a request after a connection error, a timeout, HTTP 429 or 5xx (exponential backoff)."""
+    backoff_s: float = 1.0
+    """First backoff in seconds; doubled after each failed try."""
+    junk_retries: int = 2
+    """Re-asks (temperature 1, another seed) when an answer holds no verdict; then the evaluation fails."""
+    concurrency: int = 4
+    """Requests in flight at once."""
+    cache: str = "staging/judge-cache.sqlite"
+    """On-disk cache of answers (relative to the project root), keyed by judge model + template version +
+    prompt + replies: a rerun of the same evaluation sends no request."""
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"llm_judge.base_url must be an http(s) URL, got {self.base_url!r}")
+        if self.max_tokens < 1 or self.concurrency < 1 or self.retries < 0 or self.junk_retries < 0:
+            raise ValueError("llm_judge: max_tokens and concurrency must be >= 1, retries and junk_retries >= 0")
+        if self.timeout_s <= 0 or self.backoff_s < 0 or not 0.0 <= self.temperature <= 2.0:
+            raise ValueError("llm_judge: timeout_s must be > 0, backoff_s >= 0, temperature in [0, 2]")
