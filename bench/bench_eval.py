@@ -57,7 +57,7 @@ def main() -> None:
     def progress(done: int, total: int, note: str) -> None:
         print(f"{time.perf_counter() - t0:7.1f} s  {done}/{total} {note}", flush=True)
 
-    result = evaluate(cfg, paths, model=ModelConfig(), candidate=candidate, progress=progress)
+    result = evaluate(cfg, paths, model=ModelConfig(), candidate=candidate, demo_task=True, progress=progress)
     seconds = time.perf_counter() - t0
     out = {
         "what": "evaluate stage, default EvalConfig, SmolLM2-135M-Instruct candidate (a copy of the base) vs the base",

@@ -121,7 +121,10 @@ def test_promote_switches_the_champion_and_retires_the_old_one(project, tiny_fol
         ({"candidate__degenerate_rate": 0.5}, "degenerate replies"),
         ({"overoptimised": True}, "over-optimisation"),
         ({"judge_disagrees": True}, "over-optimisation check (reverse)"),
-        ({"judge": {"name": "reward_model"}, "judge_accuracy": 0.55, "judge_min_accuracy": 0.6}, "judge reward_model held-out"),
+        (
+            {"judge": {"name": "reward_model"}, "judge_accuracy": 0.55, "judge_min_accuracy": 0.6},
+            "judge reward_model held-out",
+        ),
         ({"reward_accuracy": 0.5}, "reward model accuracy"),
     ],
 )

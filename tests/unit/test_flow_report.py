@@ -28,7 +28,13 @@ SUMMARY = {
     },
     "gate": {
         "checks": [
-            {"name": "win rate by demo vs champion (point estimate)", "value": 0.4875, "threshold": 0.55, "passed": False, "reason": "low"},
+            {
+                "name": "win rate by demo vs champion (point estimate)",
+                "value": 0.4875,
+                "threshold": 0.55,
+                "passed": False,
+                "reason": "low",
+            },
             {"name": "KL", "value": 0.08, "threshold": 6.0, "passed": True, "reason": "ok"},
         ]
     },

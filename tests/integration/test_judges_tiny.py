@@ -1,0 +1,123 @@
+"""The judge reward model and the evaluation on tiny models: the training reward model never sees the judge's
+slice (enforced), the judge reports its own held-out accuracy, the evaluation records which judge decided, writes
+every verdict and an A/A figure, and a misconfigured judge fails it before anything is written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from components.config import ModelConfig
+from components.evaluation import EvalConfig, evaluate
+from components.judges import JudgeError, JudgeRewardConfig, make_judge
+from components.judges.reward_model import RewardModelJudge, train_judge_model
+from components.judges.slices import in_judge_slice
+from components.paths import ProjectPaths
+from components.reward.config import RewardConfig
+from components.reward.trainer import train_reward
+from tests.tiny_params import TINY_REWARD
+
+FRACTION = 0.5
+RM = replace(RewardConfig(), **TINY_REWARD, judge_fraction=FRACTION, bf16=False, feature_cache_gib=0.0)
+
+
+def _pairs(n: int = 48) -> pd.DataFrame:
+    prompts = [f"customer question {i}: where is my order?" for i in range(n)]
+    return pd.DataFrame({"prompt": prompts, "chosen": ["Sorry for the wait, it ships today."] * n,
+                         "rejected": ["no"] * n})  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> ProjectPaths:
+    """Pairs, a training reward model and a judge reward model on complementary slices, held-out prompts and a
+    candidate policy folder (the tiny model with other weights)."""
+    from components.base_model import prepare_tiny
+
+    paths = ProjectPaths(tmp_path_factory.mktemp("judged"))
+    paths.feedback.mkdir(parents=True)
+    _pairs().to_parquet(paths.pairs)
+    train_reward(paths.pairs, RM, paths.reward_model, paths.metrics, project_root=paths.root)
+    train_judge_model(RM, JudgeRewardConfig(), paths)
+    paths.prompts.mkdir(parents=True)
+    heldout = ["my parcel is late", "how do I get a refund?", "the app crashes", "change my address"]
+    (paths.prompts / "heldout.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in heldout))
+    cand = paths.policies / "v1"
+    shutil.copytree(prepare_tiny(paths.root / "tiny-1", seed=1), cand)
+    rm = json.loads((paths.reward_model / "manifest.json").read_text())
+    manifest = {"version": "v1", "base": "tiny", "reward_model": {"spec": "models/reward", "version": rm["version"],
+                "heldout_accuracy": rm["metrics"]["eval"].get("accuracy")}}  # fmt: skip
+    (cand / "manifest.json").write_text(json.dumps(manifest))
+    return paths
+
+
+def test_the_two_reward_models_train_on_prompt_disjoint_slices(project):
+    rm = json.loads((project.reward_model / "manifest.json").read_text())
+    judge = json.loads((project.root / "models/judge_reward/manifest.json").read_text())
+    in_slice = sum(in_judge_slice(p, FRACTION) for p in _pairs()["prompt"])
+    assert 0 < in_slice < 48
+    assert rm["judge_slice"]["side"] == "train"
+    assert (rm["judge_slice"]["pairs_kept"], rm["judge_slice"]["pairs_dropped"]) == (48 - in_slice, in_slice)
+    assert judge["kind"] == "judge_reward_model" and judge["judge_slice"]["side"] == "judge"
+    assert (judge["judge_slice"]["pairs_kept"], judge["judge_slice"]["pairs_dropped"]) == (in_slice, 48 - in_slice)
+    # what each trained on (train + held-out) is exactly its side of the slice
+    assert rm["metrics"]["train"]["pairs"] + rm["metrics"]["eval"]["pairs"] == 48 - in_slice
+    assert judge["metrics"]["train"]["pairs"] + judge["metrics"]["eval"]["pairs"] == in_slice
+    assert isinstance(judge["metrics"]["eval"]["accuracy"], float)  # its own held-out accuracy on human pairs
+    assert (project.metrics / "judge_reward" / "reward.json").is_file()
+
+
+def test_the_training_reward_model_cannot_train_on_the_judges_slice(project, tmp_path):
+    only_judged = _pairs()[[in_judge_slice(p, FRACTION) for p in _pairs()["prompt"]]]
+    only_judged.to_parquet(tmp_path / "judged.parquet")
+    with pytest.raises(ValueError, match="no pairs left for the train side"):
+        train_reward(tmp_path / "judged.parquet", RM, tmp_path / "rm", tmp_path / "metrics")
+
+
+def test_the_judge_refuses_a_training_reward_model_that_saw_its_slice(project, tmp_path):
+    rm = json.loads((project.reward_model / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps({**rm, "judge_slice": None}))
+    with pytest.raises(JudgeError, match="not trained with the judge's slice held apart"):
+        RewardModelJudge(project.root / "models/judge_reward", training_manifest=tmp_path / "manifest.json")
+    judge = RewardModelJudge(
+        project.root / "models/judge_reward", training_manifest=project.reward_model / "manifest.json"
+    )
+    assert judge.describe()["name"] == "reward_model" and judge.accuracy is not None
+
+
+def test_a_judge_stage_with_another_judge_configured_writes_only_a_note(tmp_path):
+    paths = ProjectPaths(tmp_path)
+    done = train_judge_model(RM, JudgeRewardConfig(), paths, used=False)
+    assert not done.trained
+    with pytest.raises(JudgeError, match="not reward_model"):
+        make_judge("reward_model", root=tmp_path, demo_task=False)
+
+
+def test_evaluate_asks_the_judge_records_it_and_writes_every_verdict_and_an_aa_figure(project):
+    cfg = EvalConfig(judge="reward_model", max_new_tokens=6, samples_per_prompt=2, bootstrap_resamples=200,
+                     batch_size=8, bf16=False)  # fmt: skip
+    ev = evaluate(cfg, project, model=ModelConfig(base="tiny"), candidate=project.policies / "v1")
+    assert ev.judge["name"] == "reward_model" and ev.judge["version"].startswith("rm-")
+    assert ev.judge_accuracy is not None and ev.judge_min_accuracy == 0.6
+    assert ev.wins + ev.ties + ev.losses == 4 * 2
+    assert ev.aa_comparisons == 4 and 0.0 <= ev.aa_win_rate <= 1.0
+    assert ev.candidate.judge_score is not None and 0.0 <= ev.reward_win_rate <= 1.0
+    lines = [json.loads(x) for x in Path(ev.verdicts_path).read_text().splitlines()]
+    assert [x["kind"] for x in lines].count("candidate_vs_champion") == 8 and len(lines) == 12
+    assert {x["outcome"] for x in lines} <= {"win", "tie", "loss"} and all(x["reason"] for x in lines)
+    recorded = json.loads(project.eval_metrics.read_text())
+    assert recorded["judge"]["name"] == "reward_model"
+    report = project.eval_report.read_text()
+    assert "judge: **reward_model rm-" in report and "A/A check" in report and "floor 60.0%" in report
+
+
+def test_the_demo_judge_on_a_project_without_the_demo_task_fails_before_writing(project):
+    project.eval_metrics.unlink(missing_ok=True)
+    cfg = EvalConfig(judge="demo", max_new_tokens=4, samples_per_prompt=1, bootstrap_resamples=200, bf16=False)
+    with pytest.raises(JudgeError, match=r"data\.demo_task: false"):
+        evaluate(cfg, project, model=ModelConfig(base="tiny"), candidate=project.policies / "v1", demo_task=False)
+    assert not project.eval_metrics.exists()
