@@ -113,12 +113,10 @@ def field_docs(cls: type) -> dict[str, tuple[str, str]]:
 
 def _default(field: dataclasses.Field) -> Any:
     if field.default is not dataclasses.MISSING:
-        value = field.default
-    elif field.default_factory is not dataclasses.MISSING:
-        value = field.default_factory()
-    else:
-        return None
-    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None
 
 
 def _yaml(value: Any) -> str:
@@ -147,29 +145,51 @@ def configuration_reference() -> str:
         out.append(f"| [{name}](#{name}) | `{cls.__name__}` | `{cls.__module__}` |")
     for name, cls in found.items():
         out += ["", f"## {name}", ""]
-        intro = inspect.cleandoc(cls.__doc__ or "")
-        if intro and not intro.startswith(f"{cls.__name__}("):
-            out += [intro, ""]
-        out += [f"`{cls.__module__}.{cls.__name__}`; values from `params.yaml` section `{name}`.", ""]
-        docs = field_docs(cls)
-        section = params.get(name) or {}
-        group = None
-        for field in dataclasses.fields(cls):
-            field_group, doc = docs.get(field.name, ("", ""))
-            if field_group != group or group is None:
-                if field_group:
-                    out += ["", f"**{field_group[:1].upper()}{field_group[1:]}**", ""]
-                elif group is not None:
-                    out.append("")
-                out += ["| key | type | default | `params.yaml` | what it does |", "| --- | --- | --- | --- | --- |"]
-                group = field_group
-            default = _yaml(_default(field))
-            if field.name not in section:
-                in_file = "not set"
-            elif _yaml(section[field.name]) == default:
-                in_file = "same"
-            else:
-                in_file = f"`{_yaml(section[field.name])}`"
-            type_name = _annotation(cls, field.name)
-            out.append(f"| `{field.name}` | `{type_name}` | `{default}` | {in_file} | {_cell(doc)} |")
+        out += _section(name, cls, params.get(name) or {}, level=2)
     return "\n".join(out) + "\n"
+
+
+def _anchor(key: str) -> str:
+    return key.replace(".", "-").replace("_", "-")
+
+
+def _section(key: str, cls: type, values: dict[str, Any], level: int) -> list[str]:
+    """The table of one dataclass (grouped by its ``# --- group`` comments), then one sub-section per field that
+    is itself a config dataclass."""
+    out: list[str] = []
+    intro = inspect.cleandoc(cls.__doc__ or "")
+    if intro and not intro.startswith(f"{cls.__name__}("):
+        out += [intro, ""]
+    out += [f"`{cls.__module__}.{cls.__name__}`; values from `params.yaml` key `{key}`.", ""]
+    docs = field_docs(cls)
+    nested: list[tuple[str, type, dict[str, Any]]] = []
+    group = None
+    for field in dataclasses.fields(cls):
+        field_group, doc = docs.get(field.name, ("", ""))
+        if field_group != group or group is None:
+            if field_group:
+                out += ["", f"**{field_group[:1].upper()}{field_group[1:]}**", ""]
+            elif group is not None:
+                out.append("")
+            out += ["| key | type | default | `params.yaml` | what it does |", "| --- | --- | --- | --- | --- |"]
+            group = field_group
+        value = _default(field)
+        type_name = _annotation(cls, field.name)
+        if dataclasses.is_dataclass(value):
+            sub = f"{key}.{field.name}"
+            nested.append((sub, type(value), values.get(field.name) or {}))
+            link = f"[below](#{_anchor(sub)})"
+            out.append(f"| `{field.name}` | `{type_name}` | {link} | {link} | {_cell(doc)} |")
+            continue
+        default = _yaml(value)
+        if field.name not in values:
+            in_file = "not set"
+        elif _yaml(values[field.name]) == default:
+            in_file = "same"
+        else:
+            in_file = f"`{_yaml(values[field.name])}`"
+        out.append(f"| `{field.name}` | `{type_name}` | `{default}` | {in_file} | {_cell(doc)} |")
+    for sub, sub_cls, sub_values in nested:
+        out += ["", f"{'#' * (level + 1)} {sub} {{#{_anchor(sub)}}}", ""]
+        out += _section(sub, sub_cls, sub_values, level + 1)
+    return out
