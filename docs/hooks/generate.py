@@ -5,6 +5,8 @@
   under each field) and the shipped ``params.yaml``.
 - ``stage-api.md``: its ``<!-- stage-api -->`` marker becomes a table of the functions ``components/stages.py``
   exports, then their reference (signature, docstring, result dataclasses) through mkdocstrings.
+- ``cli.md``: its ``<!-- cli-reference -->`` marker becomes every ``rlhf`` command with its usage, help and
+  options, read from the typer app.
 - ``scaling-out/*.md``: the ``infra/`` guides (kept beside the files they describe, published here).
 - ``assets/*.png``: figures that benchmark scripts write under ``bench/results/``.
 """
@@ -29,6 +31,7 @@ INFRA = {"README.md": "scaling-out/index.md", "orchestration.md": "scaling-out/o
 INFRA["serving.md"] = "scaling-out/serving.md"
 FIGURES = ("alignment.png", "alignment_cpu_pairs2.png")
 MARKER = "<!-- config-reference -->"
+CLI_MARKER = "<!-- cli-reference -->"
 STAGE_MARKER = "<!-- stage-api -->"
 GROUP = re.compile(r"^\s*#\s*-+\s*(.+?)\s*-*\s*$")
 
@@ -46,11 +49,51 @@ def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:
         if MARKER not in markdown:
             raise ValueError(f"docs/configuration.md lost its {MARKER} marker: the reference has nowhere to go")
         return markdown.replace(MARKER, configuration_reference())
+    if page.file.src_uri == "cli.md":
+        if CLI_MARKER not in markdown:
+            raise ValueError(f"docs/cli.md lost its {CLI_MARKER} marker: the reference has nowhere to go")
+        return markdown.replace(CLI_MARKER, cli_reference())
     if page.file.src_uri == "stage-api.md":
         if STAGE_MARKER not in markdown:
             raise ValueError(f"docs/stage-api.md lost its {STAGE_MARKER} marker: the reference has nowhere to go")
         return markdown.replace(STAGE_MARKER, stage_reference())
     return markdown
+
+
+def _first_paragraph(text: str | None) -> str:
+    return inspect.cleandoc(text or "").split("\n\n")[0]
+
+
+def cli_reference() -> str:
+    """A summary table of the ``rlhf`` commands, then one section per command: usage, help, options."""
+    import click
+    import typer
+
+    sections()  # puts the project root on sys.path
+    app = importlib.import_module("rlhf_cli.main").app
+    group = typer.main.get_command(app)
+    ctx = click.Context(group, info_name="rlhf")
+    commands = [(n, group.get_command(ctx, n)) for n in group.list_commands(ctx)]
+    commands = [(n, c) for n, c in commands if c is not None and not c.hidden]
+    out = ["| command | what it does |", "| --- | --- |"]
+    out += [f"| [`rlhf {n}`](#rlhf-{n}) | {_cell(_first_paragraph(c.help))} |" for n, c in commands]
+    for name, command in commands:
+        args = [(p.name or "").upper() for p in command.params if p.param_type_name == "argument"]
+        usage = " ".join(["rlhf", name, "[OPTIONS]", *args])
+        out += ["", f"## rlhf {name} {{#rlhf-{name}}}", "", f"```\n{usage}\n```", ""]
+        out += [inspect.cleandoc(command.help or ""), ""]
+        rows = []
+        for param in command.params:
+            if param.param_type_name == "argument":
+                names = (param.name or "").upper()
+            else:
+                names = ", ".join([*param.opts, *param.secondary_opts])
+            default = param.default
+            shown = "" if default is None or param.param_type_name == "argument" or default is False else f"`{default}`"
+            rows.append(f"| `{names}` | {_cell(getattr(param, 'help', None) or '')} | {shown} |")
+        if rows:
+            out += ["| argument / option | what it does | default |", "| --- | --- | --- |", *rows]
+    return "\n".join(out)
 
 
 def stage_reference() -> str:
@@ -128,7 +171,9 @@ def _cell(text: str) -> str:
     """One table cell: RST-style double backticks become code, pipes and newlines are escaped."""
     text = re.sub(r"``(.+?)``", r"`\1`", text)
     text = re.sub(r":(?:class|func|meth|attr|data):`~?([^`]+)`", r"`\1`", text)
-    return " ".join(text.replace("|", "\\|").split())
+    parts = text.replace("|", "\\|").split("`")
+    parts[::2] = [part.replace("<", "&lt;").replace(">", "&gt;") for part in parts[::2]]  # HTML only outside code
+    return " ".join("`".join(parts).split())
 
 
 def _annotation(cls: type, name: str) -> str:
