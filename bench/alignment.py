@@ -4,14 +4,14 @@ model's normalisation on the policy's own rollouts.
 Usage: python bench/alignment.py [--samples 16] [--k 4] [--ppo default norm_rollouts ...] [--reward-set KEY=VALUE ...]
 
 1. Reward model: trained as the demo trains it (params.yaml ``data`` + ``reward``: the first
-   ``data.seed_prompts`` train prompts, best vs worst of ``data.replies_per_prompt`` base replies, the
+   ``seeding.seed_prompts`` train prompts, best vs worst of ``seeding.replies_per_prompt`` base replies, the
    ``reward.eval_fraction`` held out), from the reply pool ``reward_splits.py`` caches (sampled if missing).
 2. Base samples on the 40 held-out prompts at PPO's temperature and reply budget: ``--samples`` (16) for
    best-of-n and ``--refs`` (8) more as the baseline of the win rate; all scored by the reward model
    (normalised, as PPO sees it) and the gold annotator.
 3. Normalisation (Ziegler et al. 2019 normalise on the policy's own samples): mean and std of the reward
    model's normalised score on base replies to train prompts at PPO's temperature (PPO's step-0 rollouts),
-   against the seed replies (temperature ``data.temperature``) the stored statistics came from.
+   against the seed replies (temperature ``seeding.temperature``) the stored statistics came from.
 4. Best-of-n with the reward model for n = 1, 2, 4, 8, 16: the unbiased estimate over the 16 samples of the
    gold score, the reward-model score and the win rate against a base sample; KL = log n - (n-1)/n. The same
    with the gold annotator choosing (an upper bound).
@@ -39,17 +39,18 @@ import yaml
 from align_common import DEFAULT_CACHE, cached, device_name, gold_scores, log, sample_replies, setup, write_json
 
 from components.base_model import load_base
-from components.config import ModelConfig, from_dict, load_section, to_dict
+from components.config import from_dict, load_section, to_dict
+from components.config.model import ModelConfig
+from components.config.ppo import PPOConfig
+from components.config.reward import RewardConfig
+from components.config.seeding import SeedingConfig
 from components.demo_task import load_prompts
 from components.demo_task.seed import label_pairs
 from components.eval_stats import pairwise_outcomes, win_rate_interval
 from components.evaluation import sequence_kl
-from components.feedback.config import DataConfig
 from components.generation import generate
 from components.paths import ProjectPaths
-from components.ppo.config import PPOConfig
 from components.ppo.trainer import PPOTrainer
-from components.reward.config import RewardConfig
 from components.reward.model import RewardModel
 from components.reward.trainer import train_reward
 from components.stats import best_of_n_kl, best_of_n_weights
@@ -96,9 +97,9 @@ def train_demo_reward_model(
     params: Path, overrides: dict[str, object], pool: dict, folder: Path, device: torch.device
 ) -> tuple[RewardModel, dict]:
     """The demo's reward model from the cached pool (trained once per settings, then reused)."""
-    data_over = {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("data.")}
+    data_over = {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("seeding.")}
     reward_over = {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("reward.")}
-    dcfg = dataclasses.replace(load_section(DataConfig, "data", params), **data_over)
+    dcfg = dataclasses.replace(load_section(SeedingConfig, "seeding", params), **data_over)
     rcfg = dataclasses.replace(load_section(RewardConfig, "reward", params), **reward_over)
     tag = json.dumps({"data": to_dict(dcfg), "reward": to_dict(rcfg)}, sort_keys=True)
     if (folder / "settings.json").is_file() and (folder / "settings.json").read_text() == tag:
@@ -298,7 +299,7 @@ def main() -> None:
     ap.add_argument("--ppo", nargs="*", default=["default"], help=f"PPO variants, from: {', '.join(PPO_VARIANTS)}")
     ap.add_argument("--eval-steps", type=int, nargs="*", default=[4, 8, 12], help="PPO steps evaluated (and the last)")
     ap.add_argument("--ppo-set", nargs="*", default=[], help="ppo.KEY=VALUE overrides for every PPO variant")
-    ap.add_argument("--reward-set", nargs="*", default=[], help="data./reward. overrides for the reward model")
+    ap.add_argument("--reward-set", nargs="*", default=[], help="seeding./reward. overrides for the reward model")
     ap.add_argument("--norm-prompts", type=int, default=128, help="train prompts for the normalisation check")
     ap.add_argument("--bf16", action="store_true", help="on CUDA keep ppo.bf16 (default: float32, as on CPU)")
     ap.add_argument("--batch", type=int, default=0, help="sampling batch (0: 64 on CPU, 512 on CUDA)")
@@ -319,7 +320,7 @@ def main() -> None:
         raise SystemExit(f"unknown PPO variant(s) {unknown}; known: {', '.join(PPO_VARIANTS)}")
     params_raw = yaml.safe_load(args.params.read_text())
     model_cfg = load_section(ModelConfig, "model", args.params)
-    data_cfg = load_section(DataConfig, "data", args.params)
+    data_cfg = load_section(SeedingConfig, "seeding", args.params)
     ppo_cfg = load_section(PPOConfig, "ppo", args.params)
     t_ppo, n_tok = ppo_cfg.temperature, ppo_cfg.max_new_tokens
     base, tok = load_base(model_cfg.base, dtype=model_cfg.dtype)

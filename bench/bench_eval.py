@@ -29,9 +29,10 @@ def main() -> None:
     os.environ.setdefault("BENTOML_HOME", tempfile.mkdtemp(prefix="bench-bentoml-"))
 
     from components.base_model import DEFAULT_SPEC, resolve_model_dir
-    from components.config import ModelConfig
+    from components.config.evaluation import EvalConfig
+    from components.config.model import ModelConfig
     from components.demo_task.seed import write_prompt_files
-    from components.evaluation import EvalConfig, evaluate
+    from components.evaluation import evaluate
     from components.paths import ProjectPaths
     from components.reward.model import RewardModel, build_reward_model
 

@@ -28,7 +28,7 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 import numpy as np
 import pandas as pd
 
-from components.feedback.config import DataConfig
+from components.config.validation import ValidationConfig
 from components.feedback.io import read_feedback
 from components.feedback.schema import PAIRS
 from components.feedback.validation import prepare, run_suite, validate_frame
@@ -116,7 +116,7 @@ def main() -> None:
         OUT.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         write_row(record)
         return
-    cfg = DataConfig()
+    cfg = ValidationConfig()
 
     t = time.perf_counter()
     import great_expectations  # noqa: F401  (import cost measured separately: once per process)

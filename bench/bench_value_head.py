@@ -27,8 +27,8 @@ sys.path.insert(0, str(REPO))
 
 from components.base_model import load_base  # noqa: E402
 from components.config import load_section  # noqa: E402
+from components.config.ppo import PPOConfig  # noqa: E402
 from components.generation import chat_text  # noqa: E402
-from components.ppo.config import PPOConfig  # noqa: E402
 from components.ppo.trainer import build_actor_critic  # noqa: E402
 
 

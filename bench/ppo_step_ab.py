@@ -25,9 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.prompts import PROMPTS, SYSTEM  # noqa: E402
-from components.config import ModelConfig  # noqa: E402
+from components.config.model import ModelConfig  # noqa: E402
+from components.config.ppo import PPOConfig  # noqa: E402
 from components.paths import ProjectPaths  # noqa: E402
-from components.ppo.config import PPOConfig  # noqa: E402
 from components.ppo.scorers import CountScorer  # noqa: E402
 from components.ppo.trainer import PPOTrainer, _slice  # noqa: E402
 

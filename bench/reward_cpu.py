@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from components.reward.config import RewardConfig
+from components.config.reward import RewardConfig
 from components.reward.model import build_reward_model, count_trainable, encode, pair_scores
 from components.reward.trainer import select_trainable
 

@@ -23,7 +23,7 @@ import yaml
 from reward_cpu import hh_pairs  # the sibling script
 
 from components.config import from_dict, to_dict
-from components.reward.config import RewardConfig
+from components.config.reward import RewardConfig
 from components.reward.trainer import train_reward
 
 

@@ -27,7 +27,7 @@ ONE_ROUND = """
 import json, os, sys, time
 from pathlib import Path
 sys.path.insert(0, {repo!r})
-from components.reward.config import RewardConfig
+from components.config.reward import RewardConfig
 from components.reward.trainer import train_reward
 work, pairs, store = Path({work!r}), Path({pairs!r}), {store!r}
 kw = {{"feature_store": Path(store)}} if store else {{}}

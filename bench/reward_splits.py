@@ -8,14 +8,14 @@ Usage: python bench/reward_splits.py [--splits 3] [--heldout 100] [--variants pa
    gold annotator's best vs worst of the 6 replies (the demo's seed labelling), the same for every variant.
 3. Each variant trains a reward model on pairs from the other prompts and is scored on the held-out pairs:
    accuracy with its Wilson interval; with ``--rank`` also the accuracy over *all* pairs of a held-out
-   prompt's replies whose gold gap is at least ``data.min_gold_gap``, and the gold score of the reward
+   prompt's replies whose gold gap is at least ``seeding.min_gold_gap``, and the gold score of the reward
    model's pick among the 6 (best-of-6 with the reward model; the mean and the gold annotator's own pick
    for scale).
 4. Per variant: the mean accuracy over splits with a 95 % interval over splits, and the pooled accuracy.
 
 A variant is ``params`` (the defaults of params.yaml: ``data`` and ``reward`` sections) with overrides,
-``data.<key>`` or ``reward.<key>``; ``data.seed_prompts`` is capped at the prompts outside the held-out
-split, and ``data.replies_per_prompt`` <= 6 uses the first replies of each prompt. Results JSON (``--out``,
+``seeding.<key>`` or ``reward.<key>``; ``seeding.seed_prompts`` is capped at the prompts outside the held-out
+split, and ``seeding.replies_per_prompt`` <= 6 uses the first replies of each prompt. Results JSON (``--out``,
 default bench/results/reward_splits.json) has the ``params`` variant's figure under ``mean_accuracy``.
 """
 
@@ -31,11 +31,12 @@ import torch
 from align_common import DEFAULT_CACHE, cached, device_name, gold_scores, log, sample_replies, setup, write_json
 
 from components.base_model import load_base
-from components.config import ModelConfig, load_section, to_dict
+from components.config import load_section, to_dict
+from components.config.model import ModelConfig
+from components.config.reward import RewardConfig
+from components.config.seeding import SeedingConfig
 from components.demo_task import load_prompts
 from components.demo_task.seed import label_pairs
-from components.feedback.config import DataConfig
-from components.reward.config import RewardConfig
 from components.reward.losses import preference_accuracy
 from components.reward.model import RewardModel
 from components.reward.pairs import Pairs
@@ -45,19 +46,19 @@ from components.stats import mean_interval, wilson_interval
 VARIANTS: dict[str, dict[str, object]] = {
     "params": {},
     # more and more varied prompts: all 400 train prompts (capped at those outside the held-out split)
-    "prompts_400": {"data.seed_prompts": 400},
+    "prompts_400": {"seeding.seed_prompts": 400},
     # the same number of sampled replies as params (~960), spread over twice the prompts
-    "prompts_400_k3": {"data.seed_prompts": 400, "data.replies_per_prompt": 3},
-    "prompts_400_k3_e2": {"data.seed_prompts": 400, "data.replies_per_prompt": 3, "reward.epochs": 2},
-    "prompts_400_e2": {"data.seed_prompts": 400, "reward.epochs": 2},
+    "prompts_400_k3": {"seeding.seed_prompts": 400, "seeding.replies_per_prompt": 3},
+    "prompts_400_k3_e2": {"seeding.seed_prompts": 400, "seeding.replies_per_prompt": 3, "reward.epochs": 2},
+    "prompts_400_e2": {"seeding.seed_prompts": 400, "reward.epochs": 2},
     "early_stop": {"reward.val_fraction": 0.2, "reward.epochs": 4},
     "average_3": {"reward.average_epochs": 3},
     "layers_2": {"reward.train_layers": 2},
     "layers_8": {"reward.train_layers": 8},
     "weight_decay": {"reward.weight_decay": 0.1},
     "lr_1e-4": {"reward.lr": 1.0e-4},
-    "pairs_1": {"data.pairs_per_prompt": 1},  # the default before 2 pairs per prompt (measured as "params")
-    "pairs_2": {"data.pairs_per_prompt": 2},
+    "pairs_1": {"seeding.pairs_per_prompt": 1},  # the default before 2 pairs per prompt (measured as "params")
+    "pairs_2": {"seeding.pairs_per_prompt": 2},
     "no_margin": {"reward.use_margin": False},
 }
 
@@ -71,7 +72,7 @@ def _split_overrides(overrides: dict[str, object]) -> tuple[dict[str, object], d
     data, reward = {}, {}
     for key, value in overrides.items():
         section, _, name = key.partition(".")
-        {"data": data, "reward": reward}[section][name] = value
+        {"seeding": data, "reward": reward}[section][name] = value
     return data, reward
 
 
@@ -121,7 +122,7 @@ def main() -> None:
     args = ap.parse_args()
     device = setup(args.threads)
     model_cfg = load_section(ModelConfig, "model", args.params)
-    data_cfg = load_section(DataConfig, "data", args.params)
+    data_cfg = load_section(SeedingConfig, "seeding", args.params)
     reward_cfg = load_section(RewardConfig, "reward", args.params)
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:

@@ -88,7 +88,7 @@ def worker_ours(work: Path, mode: str, model: str, threads: int | None) -> dict:
 
     if threads:
         torch.set_num_threads(threads)
-    from components.reward.config import RewardConfig
+    from components.config.reward import RewardConfig
     from components.reward.trainer import train_reward
 
     if mode == "full":  # float32 like TRL's run in this mode; no frozen blocks to cache

@@ -32,7 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from components.base_model import load_base  # noqa: E402
-from components.config import ModelConfig, load_section  # noqa: E402
+from components.config import load_section  # noqa: E402
+from components.config.model import ModelConfig  # noqa: E402
 from components.demo_task import load_prompts  # noqa: E402
 from components.generation import generate, reply_logits  # noqa: E402
 from components.ppo import core  # noqa: E402
@@ -162,7 +163,7 @@ def main() -> None:
     import copy
 
     import components.ppo.trainer as ppo_trainer
-    from components.ppo.config import PPOConfig
+    from components.config.ppo import PPOConfig
 
     pcfg = load_section(PPOConfig, "ppo", REPO / "params.yaml")
     ac, _ = ppo_trainer.build_actor_critic(pcfg, copy.deepcopy(model))

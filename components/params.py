@@ -2,6 +2,7 @@
 
 ``load_params(path)`` reads ``params.yaml`` and builds every stage's config, so a typo in the ``ppo``
 section is reported before the seed stage spends minutes, and unknown top-level sections are refused.
+It imports neither torch nor transformers (the dataclasses live in ``components/config/``).
 """
 
 from __future__ import annotations
@@ -10,18 +11,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.config import ConfigError, ModelConfig, from_dict, read_params
-from components.evaluation import EvalConfig
-from components.feedback.config import DataConfig
-from components.flow_config import FlowConfig
-from components.gate import GateConfig
-from components.ppo.config import PPOConfig
-from components.reward.config import RewardConfig
-from components.serve_config import ServeConfig
+from components.config import ConfigError, from_dict, read_params
+from components.config.evaluation import EvalConfig
+from components.config.flow import FlowConfig
+from components.config.gate import GateConfig
+from components.config.model import ModelConfig
+from components.config.ppo import PPOConfig
+from components.config.reward import RewardConfig
+from components.config.seeding import SeedingConfig
+from components.config.serve import ServeConfig
+from components.config.validation import ValidationConfig
 
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
-    "data": DataConfig,
+    "validation": ValidationConfig,
+    "seeding": SeedingConfig,
     "reward": RewardConfig,
     "ppo": PPOConfig,
     "eval": EvalConfig,
@@ -37,7 +41,8 @@ class Params:
     """Every stage's config, from one params file."""
 
     model: ModelConfig
-    data: DataConfig
+    validation: ValidationConfig
+    seeding: SeedingConfig
     reward: RewardConfig
     ppo: PPOConfig
     eval: EvalConfig

@@ -19,7 +19,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from components.flow_config import FlowConfig
+from components.config.flow import FlowConfig
 from components.paths import ProjectPaths
 from flows import dvc_steps
 from flows.progress import task_progress
@@ -78,7 +78,7 @@ def seed_sample(root: str, params: str) -> dict[str, Any]:
     from components import stages
 
     p = _params(params)
-    return asdict(stages.sample_seed(p.data, _paths(root), model=p.model, progress=task_progress("seed-sample")))
+    return asdict(stages.sample_seed(p.seeding, _paths(root), model=p.model, progress=task_progress("seed-sample")))
 
 
 @task(name="seed-label", cache_policy=NO_CACHE)
@@ -86,7 +86,7 @@ def seed_label(root: str, params: str, sample: dict[str, Any]) -> dict[str, Any]
     """The gold annotator picks best over worst of each prompt's replies."""
     from components import stages
 
-    cfg, sampled = _params(params).data, stages.SeedSample(**sample)
+    cfg, sampled = _params(params).seeding, stages.SeedSample(**sample)
     return asdict(stages.label_seed(cfg, _paths(root), sample=sampled, progress=task_progress("seed-label")))
 
 
@@ -100,7 +100,7 @@ def seed_ingest(root: str, params: str, labels: dict[str, Any]) -> dict[str, Any
     labelled = stages.SeedLabels(**labels)
     progress = task_progress("seed-validate-and-version")
     progress(0, 1, f"validating {labelled.pairs} pairs, then a DVC version")
-    done = stages.ingest_seed(_params(params).data, paths, labels=labelled, report_dir=report)
+    done = stages.ingest_seed(_params(params).validation, paths, labels=labelled, report_dir=report)
     progress(1, 1, f"{done.accepted} accepted, {done.quarantined} quarantined, version {done.version}")
     return asdict(done)
 
@@ -160,7 +160,7 @@ def train_models(
     """Reward model then PPO, as DVC stages: what a GPU work pool's worker runs for the ``retrain`` flow.
 
     ``ppo_processes`` None takes ``flow.ppo_processes`` / ``$RLHF_PPO_PROCESSES`` where this runs (the worker)."""
-    from components.flow_config import load_flow_config
+    from components.config.flow import load_flow_config
 
     opts = {"retries": retries, "retry_delay_seconds": retry_delay_s}
     processes = ppo_processes or load_flow_config(Path(root) / "params.yaml").ppo_processes
@@ -262,7 +262,7 @@ def retrain(
 ) -> dict[str, Any]:
     """One retraining round on the project at ``project`` (default: the checkout holding ``params.yaml``)."""
     from components import registry
-    from components.flow_config import load_flow_config
+    from components.config.flow import load_flow_config
 
     t0 = time.perf_counter()
     paths = ProjectPaths(Path(project).resolve()) if project else ProjectPaths.discover()

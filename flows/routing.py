@@ -1,7 +1,7 @@
 """Where the heavy training steps (reward model, PPO) run: in the flow's process, or as their own deployment on
 a GPU work pool, reached with ``run_deployment`` and awaited.
 
-The decision is a pure function of :class:`flows.config.FlowConfig` (``params.yaml`` section ``flow`` plus
+The decision is a pure function of :class:`components.config.flow.FlowConfig` (``params.yaml`` section ``flow`` plus
 ``$RLHF_GPU_POOL``), so it is tested without Prefect.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from flows.config import FlowConfig
+from components.config.flow import FlowConfig
 
 TRAIN_FLOW_NAME = "rlhf-train"
 

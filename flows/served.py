@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 def _store_url(paths: ProjectPaths, params: Path) -> str | None:
     """The served-output store's URL, or None when no service has written a store in this project."""
-    from components.serve_config import load_serve_config, store_url
+    from components.config.serve import load_serve_config, store_url
 
     url = store_url(load_serve_config(paths, params), paths)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
@@ -63,12 +63,12 @@ def ingest_exported(
     """Validate + version the exported ratings, then the pairs (users' choices + pairs from ratings); then
     move the store's watermark past what was exported."""
     from components.config import load_section
-    from components.feedback.config import DataConfig
+    from components.config.validation import ValidationConfig
     from components.feedback.pairs import ratings_to_pairs
     from components.feedback.schema import PAIRS
     from components.feedback.store import data_version, ingest_file, ingest_frame
 
-    cfg = load_section(DataConfig, "data", params)
+    cfg = load_section(ValidationConfig, "validation", params)
     previous = data_version(paths)
     report = paths.reports / "served-validation"
     ingests, derived_pairs = [], 0

@@ -28,7 +28,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 QUICK: dict[str, dict[str, Any]] = {
-    "data": {"seed_prompts": 48, "replies_per_prompt": 4},
+    "seeding": {"seed_prompts": 48, "replies_per_prompt": 4},
     "reward": {"epochs": 2},
     "ppo": {"steps": 4, "batch_size": 8, "mini_batch_size": 8, "micro_batch_size": 4},
     "eval": {"max_prompts": 20},

@@ -89,8 +89,8 @@ def deploy(
     """Register the scheduled retraining deployment (a schedule needs a Prefect server, not the ephemeral API)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from components.config.flow import load_flow_config
     from flows import deploy as d
-    from flows.config import load_flow_config
 
     console = make_console()
     params = _params_file(console, params)

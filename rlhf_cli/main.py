@@ -144,7 +144,7 @@ def validate(
     paths = ProjectPaths(p.path.parent) if p.path else ProjectPaths.discover()
     try:
         with console.status(f"validating {path} with Great Expectations" + (" and storing it" if store else "")):
-            result = stages.validate_and_store(p.data, paths, source=path, out=out, store=store)
+            result = stages.validate_and_store(p.validation, paths, source=path, out=out, store=store)
     except FeedbackFileError as exc:
         raise _fail("cannot read feedback file", exc) from exc
     except StoreError as exc:
@@ -176,8 +176,8 @@ def serve(
     import sys
 
     from components.config import ConfigError
+    from components.config.serve import load_serve_config
     from components.paths import ProjectPaths
-    from components.serve_config import load_serve_config
     from serving.service import check_host_allowed
 
     params = params.resolve()

@@ -12,7 +12,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.config import ModelConfig, load_section
+from components.config import load_section
+from components.config.model import ModelConfig
 from components.paths import ProjectPaths
 
 log = logging.getLogger(__name__)

@@ -30,11 +30,12 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import Field
 
-from components.config import ModelConfig, load_section
+from components.config import load_section
+from components.config.model import ModelConfig
+from components.config.serve import ServeConfig, load_serve_config, store_url
 from components.generation import RowParams, RowResult, encode_chat, generate_rows
 from components.paths import ProjectPaths
 from components.precision import autocast
-from components.serve_config import ServeConfig, load_serve_config, store_url
 from components.served_store import (
     AlreadyRated,
     FeedbackConflict,

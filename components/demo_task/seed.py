@@ -28,9 +28,11 @@ from typing import Any
 import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from components.config import ModelConfig, to_dict
+from components.config import to_dict
+from components.config.model import ModelConfig
+from components.config.seeding import SeedingConfig
+from components.config.validation import ValidationConfig
 from components.demo_task import gold, load_prompts
-from components.feedback.config import DataConfig
 from components.feedback.schema import PAIRS
 from components.feedback.store import IngestResult, IngestSummary, ingest_frame, summarise_ingest
 from components.fsutil import atomic_write_text
@@ -61,7 +63,7 @@ def sample_replies(
     model: PreTrainedModel,
     tok: PreTrainedTokenizerBase,
     prompts: list[str],
-    cfg: DataConfig,
+    cfg: SeedingConfig,
     *,
     system: str | None,
     progress: Progress | None = None,
@@ -92,7 +94,7 @@ def sample_replies(
 
 
 def label_pairs(
-    prompts: list[str], replies: list[list[str]], cfg: DataConfig, progress: Progress | None = None
+    prompts: list[str], replies: list[list[str]], cfg: SeedingConfig, progress: Progress | None = None
 ) -> tuple[pd.DataFrame, dict]:
     """Pairs by gold score (raw pairs rows) and labelling statistics.
 
@@ -151,11 +153,12 @@ class SeedResult:
 
 def seed_demo_feedback(
     paths: ProjectPaths,
-    cfg: DataConfig,
+    cfg: SeedingConfig,
     model: PreTrainedModel,
     tok: PreTrainedTokenizerBase,
     *,
     system: str | None,
+    limits: ValidationConfig | None = None,
     report_dir: Path | None = None,
     push: bool = True,
     progress: Progress | None = None,
@@ -169,8 +172,9 @@ def seed_demo_feedback(
     log.info("gold annotator labelled %d pairs from %d replies", stats["pairs"], stats["replies"])
     if frame.empty:
         frame = pd.DataFrame(columns=["prompt", "chosen", "rejected"])
+    limits = limits or ValidationConfig()
     ingest = ingest_frame(
-        frame, PAIRS, paths, cfg, origin=SEED_SOURCE, source=SEED_SOURCE, report_dir=report_dir, push=push
+        frame, PAIRS, paths, limits, origin=SEED_SOURCE, source=SEED_SOURCE, report_dir=report_dir, push=push
     )
     return SeedResult(stats, ingest, time.perf_counter() - start)
 
@@ -206,7 +210,7 @@ def _fingerprint(*parts: Any) -> str:
 
 
 def sample_seed(
-    cfg: DataConfig, paths: ProjectPaths, *, model: ModelConfig, progress: Progress | None = None
+    cfg: SeedingConfig, paths: ProjectPaths, *, model: ModelConfig, progress: Progress | None = None
 ) -> SeedSample:
     """Sample ``replies_per_prompt`` replies for the first ``seed_prompts`` train prompts with the base model.
 
@@ -232,7 +236,7 @@ def sample_seed(
 
 
 def label_seed(
-    cfg: DataConfig, paths: ProjectPaths, *, sample: SeedSample, progress: Progress | None = None
+    cfg: SeedingConfig, paths: ProjectPaths, *, sample: SeedSample, progress: Progress | None = None
 ) -> SeedLabels:
     """Let the gold annotator rank each prompt's replies and write the pairs (best over worst) as JSONL."""
     data = json.loads(Path(sample.path).read_text(encoding="utf-8"))
@@ -255,7 +259,7 @@ def _already_ingested(paths: ProjectPaths, origin: str) -> dict | None:
 
 
 def ingest_seed(
-    cfg: DataConfig, paths: ProjectPaths, *, labels: SeedLabels, report_dir: Path | None = None, push: bool = True
+    cfg: ValidationConfig, paths: ProjectPaths, *, labels: SeedLabels, report_dir: Path | None = None, push: bool = True
 ) -> IngestSummary:
     """Validate the labelled pairs (Great Expectations) and store them as a new DVC version of ``data/``.
 

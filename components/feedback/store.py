@@ -25,7 +25,7 @@ import pandas as pd
 import yaml
 
 from components import lineage
-from components.feedback.config import DataConfig
+from components.config.validation import ValidationConfig
 from components.feedback.io import read_parquet, write_jsonl, write_parquet
 from components.feedback.schema import PAIRS, RATINGS, SCHEMAS, key_hashes
 from components.feedback.validation import ValidationResult, quarantine_records, validate_file, validate_frame
@@ -166,7 +166,7 @@ def append(paths: ProjectPaths, result: ValidationResult, *, origin: str, push: 
 def ingest_file(
     path: Path | str,
     paths: ProjectPaths,
-    cfg: DataConfig,
+    cfg: ValidationConfig,
     *,
     report_dir: Path | None = None,
     push: bool = True,
@@ -181,7 +181,7 @@ def ingest_frame(
     frame: pd.DataFrame,
     kind: str,
     paths: ProjectPaths,
-    cfg: DataConfig,
+    cfg: ValidationConfig,
     *,
     origin: str,
     source: str = "import",
@@ -259,7 +259,7 @@ class ValidateResult:
 
 
 def validate_and_store(
-    cfg: DataConfig,
+    cfg: ValidationConfig,
     paths: ProjectPaths,
     *,
     source: Path,

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components.feedback.config import DataConfig
+from components.config.validation import ValidationConfig
 from components.feedback.io import LINE, UnparseableRow, read_feedback, write_jsonl, write_parquet
 from components.feedback.schema import PAIRS, RATINGS, SCHEMAS, FeedbackFileError, conform, key_hashes
 
@@ -45,7 +45,7 @@ CONTROL_CHARS = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"
 BLANK = r"^\s*$"
 
 
-def check_descriptions(kind: str, cfg: DataConfig) -> dict[str, str]:
+def check_descriptions(kind: str, cfg: ValidationConfig) -> dict[str, str]:
     """Every check of the ``kind`` suite (name -> what it requires), in suite order."""
     schema = SCHEMAS[kind]
     out: dict[str, str] = {"required_columns": f"columns {', '.join(schema.required)} are present"}
@@ -208,7 +208,7 @@ def prepare(
     return Prepared(gx, typed, keys)
 
 
-def build_suite(gx: Any, kind: str, cfg: DataConfig) -> Any:
+def build_suite(gx: Any, kind: str, cfg: ValidationConfig) -> Any:
     """The expectation suite for ``kind``; each expectation's ``meta["check"]`` names its check."""
     gxe = gx.expectations
     schema = SCHEMAS[kind]
@@ -245,7 +245,9 @@ def build_suite(gx: Any, kind: str, cfg: DataConfig) -> Any:
     return suite
 
 
-def run_suite(gx_frame: pd.DataFrame, kind: str, cfg: DataConfig, report_dir: Path | None) -> tuple[dict, Path | None]:
+def run_suite(
+    gx_frame: pd.DataFrame, kind: str, cfg: ValidationConfig, report_dir: Path | None
+) -> tuple[dict, Path | None]:
     """Run the suite over ``gx_frame`` with GX; return ({check: failing row indexes}, report index.html)."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import (
@@ -345,7 +347,7 @@ def _records(frame: pd.DataFrame, columns: Sequence[str]) -> list[dict]:
 def validate_frame(
     frame: pd.DataFrame,
     kind: str,
-    cfg: DataConfig,
+    cfg: ValidationConfig,
     *,
     existing_keys: np.ndarray | None = None,
     unparseable: Sequence[UnparseableRow] = (),
@@ -409,7 +411,7 @@ def validate_frame(
 
 def validate_file(
     path: Path | str,
-    cfg: DataConfig,
+    cfg: ValidationConfig,
     *,
     existing_keys: dict[str, np.ndarray] | None = None,
     report_dir: Path | None = None,

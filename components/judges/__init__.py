@@ -1,7 +1,7 @@
 """Judges for the evaluation (``eval.judge``): small classes with one pairwise method,
 ``compare(prompt, reply_a, reply_b) -> Verdict`` (win / tie / loss for ``reply_a``, with a reason).
 
-- ``demo``: the demo task's annotator (only in a project with ``data.demo_task: true``);
+- ``demo``: the demo task's annotator (only in a project with ``seeding.demo_task: true``);
 - ``reward_model``: a judge reward model trained on a prompt-disjoint slice of the human pairs that the
   training reward model never sees (:mod:`components.judges.reward_model`);
 - ``llm``: a pairwise LLM judge over an OpenAI-compatible endpoint (:mod:`components.judges.llm`).
@@ -14,8 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from components.config.judges import JudgeRewardConfig, LLMJudgeConfig
 from components.judges.base import Comparison, Judge, JudgeError, Outcome, Prompt, ScoringJudge, Verdict
-from components.judges.config import JudgeRewardConfig, LLMJudgeConfig
 
 JudgeName = Literal["demo", "reward_model", "llm"]
 
@@ -45,7 +45,7 @@ def make_judge(
 ) -> Judge:
     """The judge named by ``eval.judge`` for the project at ``root``.
 
-    ``demo_task`` is the project's ``data.demo_task`` (the demo judge refuses a project without it);
+    ``demo_task`` is the project's ``seeding.demo_task`` (the demo judge refuses a project without it);
     ``training_manifest`` is the training reward model's manifest (the judge reward model checks that it
     skipped the judge's slice)."""
     if name == "demo":

@@ -2,7 +2,7 @@
 
 It knows one task, customer-support replies; on anything else it is a lexicon scorer that agrees with human
 labels no better than a coin. So it judges only a project that has the demo task switched on
-(``data.demo_task: true``); the evaluation reaches the demo task through this module and nowhere else.
+(``seeding.demo_task: true``); the evaluation reaches the demo task through this module and nowhere else.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from components.judges.base import JudgeError, Prompt, ScoringJudge, last_user_t
 
 REFUSAL = (
     "eval.judge is 'demo' (the demo task's annotator, which scores customer-support replies with a sentiment "
-    "lexicon) but this project does not have the demo task switched on (data.demo_task: false). Set eval.judge "
+    "lexicon) but this project does not have the demo task switched on (seeding.demo_task: false). Set eval.judge "
     "to 'reward_model' (a judge reward model trained on a slice of your human pairs the training reward model "
     "never sees) or 'llm' (an LLM over an OpenAI-compatible endpoint); see docs/judges.md"
 )

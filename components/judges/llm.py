@@ -31,8 +31,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from components.config.judges import LLMJudgeConfig
 from components.judges.base import Comparison, Judge, JudgeError, Prompt, Verdict, prompt_text
-from components.judges.config import LLMJudgeConfig
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from components.config.judges import JudgeRewardConfig
 from components.judges.base import JudgeError, Prompt, ScoringJudge, prompt_text
-from components.judges.config import JudgeRewardConfig
 from components.judges.slices import RULE
 
 log = logging.getLogger(__name__)
@@ -139,10 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from components.config import ConfigError, load_section
-    from components.evaluation import EvalConfig
+    from components.config.evaluation import EvalConfig
+    from components.config.reward import RewardConfig
     from components.paths import ProjectPaths
     from components.progress import log_progress
-    from components.reward.config import RewardConfig
     from components.reward.pairs import PairsError
 
     parser = argparse.ArgumentParser(prog="python -m components.judges.reward_model", description=main.__doc__)

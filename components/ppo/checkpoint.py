@@ -28,8 +28,9 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from components.config import ModelConfig, to_dict
-from components.ppo.config import OPERATIONAL_FIELDS, PPOConfig
+from components.config import to_dict
+from components.config.model import ModelConfig
+from components.config.ppo import OPERATIONAL_FIELDS, PPOConfig
 
 KEEP_LAST = 2
 REQUIRED_FILES = ("state.pt", "params.json", "rng_rank0.pt")

@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from components.base_model import resolve_model_dir
-from components.config import ModelConfig, load_section, read_params, to_dict
+from components.config import load_section, read_params, to_dict
+from components.config.model import ModelConfig
+from components.config.ppo import PPOConfig
 from components.fsutil import atomic_dir, atomic_write_text
 from components.lineage import code_revision, data_version
 from components.paths import ProjectPaths
 from components.ppo.checkpoint import clear_checkpoints
-from components.ppo.config import PPOConfig
 from components.ppo.scorers import Scorer, load_scorer, scorer_fingerprint
 from components.ppo.trainer import PPOTrainer, TrainResult, replicas_in_sync, summary
 from components.progress import Progress

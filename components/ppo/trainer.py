@@ -40,7 +40,9 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.base_model import accelerator_device, load_base
-from components.config import ModelConfig, to_dict
+from components.config import to_dict
+from components.config.model import ModelConfig
+from components.config.ppo import PPOConfig
 from components.generation import generate, position_ids_from_mask
 from components.paths import ProjectPaths
 from components.ppo import core
@@ -52,7 +54,6 @@ from components.ppo.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from components.ppo.config import PPOConfig
 from components.ppo.metrics import MetricsWriter
 from components.ppo.scorers import Scorer
 from components.precision import bf16_fast, cast_frozen_weights_once
@@ -72,8 +73,8 @@ class ActorCritic(nn.Module):
 
     ``value_trunk=None``: the value head reads the policy's last hidden state (shared trunk, one
     forward pass). Otherwise it reads ``value_trunk``'s (its own copy of the base, its own LoRA).
-    Default ``shared``, by measurement (``bench/bench_value_head.py``, README "Value head"): on CPU with
-    LoRA a separate trunk costs ~2.6x the training time per micro-batch and twice the weights.
+    Default ``shared``: a separate trunk costs twice the weights and several times the training time per
+    micro-batch (``bench/bench_value_head.py``; figures in ``docs/benchmarks.md``).
     """
 
     def __init__(self, policy: nn.Module, hidden_size: int, value_trunk: nn.Module | None = None) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from components.reward.config import RewardConfig
+from components.config.reward import RewardConfig
 
 if TYPE_CHECKING:
     from components.reward.model import RewardModel

@@ -1,7 +1,7 @@
 """The frozen lower blocks' output kept on disk, so a retrain on texts seen before skips their frozen pass.
 
-Round 2 of the demo retrains the reward model on the seed pairs plus the served feedback, from the same
-backbone with the same frozen blocks: the seed texts' frozen-block output is the one round 1 computed. The
+Every later round of the demo retrains the reward model on the seed pairs plus the served feedback, from the
+same backbone with the same frozen blocks: the seed texts' frozen-block output is the one the first round computed. The
 store keeps each text's output (T_i x H, float32, no padding) in a file named by a content hash of
 
 - the *model key* (:func:`model_key`): the bytes of every frozen weight and buffer (embeddings, the lower

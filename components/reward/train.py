@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.config import ConfigError, load_section
+from components.config.reward import RewardConfig
 from components.paths import ProjectPaths
 from components.progress import Progress, log_progress
-from components.reward.config import RewardConfig
 from components.reward.pairs import PairsError
 
 

@@ -28,11 +28,11 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from components.config import to_dict
+from components.config.reward import RewardConfig
 from components.fsutil import atomic_dir
 from components.lineage import code_revision, data_version
 from components.precision import autocast
 from components.progress import Progress, report
-from components.reward.config import RewardConfig
 from components.reward.feature_store import FeatureStore
 from components.reward.frozen_cache import FrozenPrefix
 from components.reward.losses import (

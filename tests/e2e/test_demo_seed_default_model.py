@@ -5,9 +5,9 @@ import dataclasses
 import pytest
 
 from components.base_model import load_base
+from components.config.seeding import SeedingConfig
 from components.demo_task import gold
 from components.demo_task.seed import seed_demo_feedback
-from components.feedback.config import DataConfig
 from components.feedback.store import load
 from components.project import init_project
 
@@ -17,7 +17,7 @@ def test_seed_with_smollm2_makes_gold_ranked_pairs(tmp_path, monkeypatch):
     monkeypatch.setenv("RLHF_DVC_REMOTE", str(tmp_path / "remote"))
     paths = init_project(tmp_path / "proj")
     model, tok = load_base("smollm2-135m-instruct")
-    cfg = dataclasses.replace(DataConfig(), seed_prompts=4, replies_per_prompt=2, max_new_tokens=24, batch_size=8)
+    cfg = dataclasses.replace(SeedingConfig(), seed_prompts=4, replies_per_prompt=2, max_new_tokens=24, batch_size=8)
     result = seed_demo_feedback(paths, cfg, model, tok, system="Answer briefly.", progress=None)
     pairs = load(paths, "pairs")
     assert result.ingest.version and len(pairs) == result.stats["pairs"] >= 1

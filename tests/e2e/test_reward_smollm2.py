@@ -10,7 +10,7 @@ pytestmark = pytest.mark.slow
 
 def test_smollm2_reward_model_trains_and_reloads(tmp_path):
     from components.base_model import DEFAULT_SPEC
-    from components.reward.config import RewardConfig
+    from components.config.reward import RewardConfig
     from components.reward.model import RewardModel, build_reward_model, encode, pair_scores, sequence_scores
     from components.reward.trainer import train_reward
 

@@ -22,7 +22,7 @@ from tests.tiny_params import TINY_REWARD
 
 TINY = {
     "model": {"base": "tiny", "seed": 0},
-    "data": {"seed_prompts": 24, "replies_per_prompt": 2, "max_new_tokens": 8, "batch_size": 24},
+    "seeding": {"seed_prompts": 24, "replies_per_prompt": 2, "max_new_tokens": 8, "batch_size": 24},
     "reward": {**TINY_REWARD, "eval_fraction": 0.2},
     "ppo": {
         "steps": 2,

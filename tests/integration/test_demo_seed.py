@@ -6,9 +6,9 @@ import json
 import pandas as pd
 import pytest
 
+from components.config.seeding import TINY_SEEDING
 from components.demo_task import load_prompts
 from components.demo_task.seed import label_pairs, seed_demo_feedback
-from components.feedback.config import TINY_DATA
 from components.feedback.store import data_version
 from components.project import init_project
 
@@ -18,12 +18,12 @@ def test_label_pairs_takes_best_over_worst_and_skips_near_ties():
     good = "Sorry your package is late! Send me the order number and I will check it."
     bad = "No."
     frame, stats = label_pairs(
-        [prompt, prompt], [[bad, good, "Okay then maybe"], ["Same reply.", "Same reply."]], TINY_DATA
+        [prompt, prompt], [[bad, good, "Okay then maybe"], ["Same reply.", "Same reply."]], TINY_SEEDING
     )
     assert len(frame) == 1 and stats["skipped_prompts"] == 1
     row = frame.iloc[0]
     assert (row.chosen, row.rejected, row.annotator, row.source) == (good, bad, "gold", "demo-seed")
-    assert row.margin > TINY_DATA.min_gold_gap
+    assert row.margin > TINY_SEEDING.min_gold_gap
 
 
 def test_label_pairs_takes_disjoint_pairs_from_the_ends_of_the_ranking():
@@ -38,7 +38,7 @@ def test_label_pairs_takes_disjoint_pairs_from_the_ends_of_the_ranking():
         "Sorry your package is late! Send me the order number and I will check it right away.",  # duplicate
     ]
     ranked = sorted(dict.fromkeys(replies), key=lambda r: -gold.score(prompt, r))
-    cfg = dataclasses.replace(TINY_DATA, pairs_per_prompt=3)
+    cfg = dataclasses.replace(TINY_SEEDING, pairs_per_prompt=3)
     frame, stats = label_pairs([prompt], [replies], cfg)
     # 4 distinct replies make at most 2 disjoint pairs, whatever pairs_per_prompt asks
     assert list(zip(frame.chosen, frame.rejected)) == [(ranked[0], ranked[3]), (ranked[1], ranked[2])]
@@ -53,13 +53,13 @@ def test_seed_demo_feedback_makes_a_dvc_version(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("RLHF_DVC_REMOTE", str(tmp_path / "remote"))
     paths = init_project(tmp_path / "proj")
     model, tok = tiny
-    result = seed_demo_feedback(paths, TINY_DATA, model, tok, system="Be brief.", progress=None)
+    result = seed_demo_feedback(paths, TINY_SEEDING, model, tok, system="Be brief.", progress=None)
     train = [json.loads(x)["prompt"] for x in (paths.prompts / "train.jsonl").read_text().splitlines()]
     assert train == [p["prompt"] for p in load_prompts("train")]
     assert (paths.prompts / "heldout.jsonl").is_file()
     stats, ingest = result.stats, result.ingest
-    assert stats["prompts"] == TINY_DATA.seed_prompts
-    assert stats["replies"] == TINY_DATA.seed_prompts * TINY_DATA.replies_per_prompt
+    assert stats["prompts"] == TINY_SEEDING.seed_prompts
+    assert stats["replies"] == TINY_SEEDING.seed_prompts * TINY_SEEDING.replies_per_prompt
     assert stats["pairs"] + stats["skipped_prompts"] == stats["prompts"]  # one pair per prompt by default
     v = ingest.validation
     assert v.rows_in == stats["pairs"] == len(v.accepted) + len(v.quarantined)
@@ -73,18 +73,19 @@ def test_seed_stages_sample_label_ingest_and_a_retry_never_resamples(tmp_path, m
     from dataclasses import asdict
 
     from components import stages
-    from components.config import ModelConfig
+    from components.config.model import ModelConfig
+    from components.config.validation import ValidationConfig
 
     monkeypatch.setenv("RLHF_DVC_REMOTE", str(tmp_path / "remote"))
     paths = init_project(tmp_path / "proj")
     model = ModelConfig(base="tiny")
-    data = dataclasses.replace(TINY_DATA, seed_prompts=24)
+    data = dataclasses.replace(TINY_SEEDING, seed_prompts=24)
     calls = []
     sample = stages.sample_seed(data, paths, model=model, progress=lambda d, t, n: calls.append((d, t)))
     assert not sample.reused and sample.replies == data.seed_prompts * data.replies_per_prompt
     assert calls[-1][0] == calls[-1][1] > 0  # progress reached its total
     labels = stages.label_seed(data, paths, sample=sample)
-    ingest = stages.ingest_seed(data, paths, labels=labels, push=False)
+    ingest = stages.ingest_seed(ValidationConfig(), paths, labels=labels, push=False)
     assert ingest.rows_in == labels.pairs == ingest.accepted + ingest.quarantined
     assert ingest.version == data_version(paths) and not ingest.reused and ingest.accepted > 0
     for result in (sample, labels, ingest):

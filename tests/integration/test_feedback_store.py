@@ -6,7 +6,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from components.feedback.config import DataConfig
+from components.config.validation import ValidationConfig
 from components.feedback.store import data_version, ingest_file, ingest_frame, load
 from components.project import init_project
 
@@ -27,7 +27,7 @@ def _pairs(start, n):
 
 
 def test_each_append_is_a_new_pushed_dvc_version(project, tmp_path):
-    cfg = DataConfig()
+    cfg = ValidationConfig()
     assert data_version(project) is None
     blank = {"prompt": "x", "chosen": "", "rejected": "y"}
     first = ingest_file(_write(tmp_path / "a.jsonl", [*_pairs(0, 3), blank]), project, cfg)

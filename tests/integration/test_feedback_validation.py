@@ -6,11 +6,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from components.feedback.config import DataConfig
+from components.config.validation import ValidationConfig
 from components.feedback.schema import PAIRS, RATINGS, FeedbackFileError, key_hashes
 from components.feedback.validation import check_descriptions, validate_file, validate_frame, write_outputs
 
-CFG = DataConfig(max_prompt_chars=60, max_reply_chars=40)
+CFG = ValidationConfig(max_prompt_chars=60, max_reply_chars=40)
 TEXT_FAULTS = {
     "not_null": None,
     "is_text": ["a", "list"],
@@ -137,7 +137,7 @@ def test_frame_without_a_required_column_is_an_error():
 
 def test_hh_rlhf_excerpt_validates_clean():
     fixture = Path(__file__).resolve().parents[1] / "fixtures" / "hh-rlhf-harmless-base-excerpt.jsonl.gz"
-    r = validate_file(fixture, DataConfig())
+    r = validate_file(fixture, ValidationConfig())
     assert (r.rows_in, len(r.accepted), len(r.quarantined)) == (4, 4, 0) and r.success
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from components.feedback.config import DataConfig
+from components.config.validation import ValidationConfig
 from components.feedback.validation import validate_file
 
 SOURCE = os.environ.get("RLHF_HH_RLHF_FILE")
@@ -22,7 +22,7 @@ def test_first_200_hh_rlhf_pairs_import_and_reconcile(tmp_path):
         head = [next(fh) for _ in range(200)]
     sample = tmp_path / "hh-200.jsonl"
     sample.write_text("".join(head), encoding="utf-8")
-    r = validate_file(sample, DataConfig())
+    r = validate_file(sample, ValidationConfig())
     assert r.rows_in == 200 == len(r.accepted) + len(r.quarantined)
     assert len(r.accepted) >= 190  # real human data: a few rows (e.g. an empty final reply) are quarantined
     assert all(p.startswith("Human:") for p in r.accepted.prompt)

@@ -12,13 +12,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from components.config import ModelConfig
-from components.evaluation import EvalConfig, evaluate
+from components.config.evaluation import EvalConfig
+from components.config.model import ModelConfig
+from components.config.reward import RewardConfig
+from components.evaluation import evaluate
 from components.judges import JudgeError, JudgeRewardConfig, make_judge
 from components.judges.reward_model import RewardModelJudge, train_judge_model
 from components.judges.slices import in_judge_slice
 from components.paths import ProjectPaths
-from components.reward.config import RewardConfig
 from components.reward.trainer import train_reward
 from tests.tiny_params import TINY_REWARD
 
@@ -118,6 +119,6 @@ def test_evaluate_asks_the_judge_records_it_and_writes_every_verdict_and_an_aa_f
 def test_the_demo_judge_on_a_project_without_the_demo_task_fails_before_writing(project):
     project.eval_metrics.unlink(missing_ok=True)
     cfg = EvalConfig(judge="demo", max_new_tokens=4, samples_per_prompt=1, bootstrap_resamples=200, bf16=False)
-    with pytest.raises(JudgeError, match=r"data\.demo_task: false"):
+    with pytest.raises(JudgeError, match=r"seeding\.demo_task: false"):
         evaluate(cfg, project, model=ModelConfig(base="tiny"), candidate=project.policies / "v1", demo_task=False)
     assert not project.eval_metrics.exists()

@@ -174,9 +174,10 @@ def test_resume_equals_uninterrupted(tmp_path, value_model):
 def test_rollout_normalisation_scores_mean_0_std_1_on_the_initial_policy_and_survives_resume(tmp_path):
     """``reward_normalization: rollouts`` measures the scorer on the initial policy's samples at step 0 and
     feeds PPO (raw - mean) / std; a resumed run reads the statistics from the checkpoint instead of sampling."""
-    from components.config import ModelConfig, load_section
+    from components.config import load_section
+    from components.config.model import ModelConfig
+    from components.config.ppo import PPOConfig
     from components.paths import ProjectPaths
-    from components.ppo.config import PPOConfig
     from components.ppo.trainer import PPOTrainer
 
     a, b = tmp_path / "a", tmp_path / "b"
@@ -352,9 +353,10 @@ def test_two_processes_with_accelerate_launch(tmp_path):
 
 def test_scorer_and_policy_sit_on_the_accelerators_device(tmp_path):
     """The reward model used to stay on the CPU whatever the trainer's device; it now follows the policy."""
-    from components.config import ModelConfig, load_section
+    from components.config import load_section
+    from components.config.model import ModelConfig
+    from components.config.ppo import PPOConfig
     from components.paths import ProjectPaths
-    from components.ppo.config import PPOConfig
     from components.ppo.trainer import PPOTrainer
 
     class Spy(CountScorer):
@@ -450,9 +452,10 @@ def test_forward_passes_in_parts_equal_one_pass_over_the_batch(tmp_path, value_m
     import copy
     import dataclasses
 
-    from components.config import ModelConfig, load_section
+    from components.config import load_section
+    from components.config.model import ModelConfig
+    from components.config.ppo import PPOConfig
     from components.paths import ProjectPaths
-    from components.ppo.config import PPOConfig
     from components.ppo.trainer import PPOTrainer
 
     params = project(tmp_path, steps=1, value_model=value_model, bf16=False)

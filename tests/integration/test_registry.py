@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from components import registry
+from components.config.gate import GateConfig
 from components.evaluation import EvalResult, ModelEval
-from components.gate import GateConfig, gate
+from components.gate import gate
 from components.paths import ProjectPaths
 
 

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 TINY = {
     "model": {"base": "tiny"},
-    "data": {"seed_prompts": 8, "replies_per_prompt": 2, "max_new_tokens": 8, "batch_size": 16, "min_gold_gap": 0.0},
+    "seeding": {"seed_prompts": 8, "replies_per_prompt": 2, "max_new_tokens": 8, "batch_size": 16, "min_gold_gap": 0.0},
     "reward": TINY_REWARD,
     "ppo": {
         "steps": 2,

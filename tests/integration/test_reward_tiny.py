@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from components.base_model import accelerator_device
-from components.reward.config import RewardConfig
+from components.config.reward import RewardConfig
 from components.reward.model import (
     RewardModel,
     build_reward_model,

@@ -19,7 +19,7 @@ def out(i: str, reply: str) -> ServedOutput:
 
 
 def test_exported_rows_pass_the_normal_validation(store, tmp_path):
-    from components.feedback.config import DataConfig
+    from components.config.validation import ValidationConfig
     from components.feedback.validation import validate_file
 
     store.log_outputs([out("a", "Please share your order number."), out("b", "No.")])
@@ -28,7 +28,7 @@ def test_exported_rows_pass_the_normal_validation(store, tmp_path):
     store.record_pair("a", "b")
     result = export_feedback(store, tmp_path / "x")
     for path, n in ((result.ratings_path, 2), (result.pairs_path, 1)):
-        checked = validate_file(path, DataConfig())
+        checked = validate_file(path, ValidationConfig())
         assert len(checked.accepted) == n and len(checked.quarantined) == 0, checked.by_reason
-    accepted = validate_file(result.ratings_path, DataConfig()).accepted
+    accepted = validate_file(result.ratings_path, ValidationConfig()).accepted
     assert sorted(accepted["served_id"]) == ["a", "b"] and set(accepted["model_version"]) == {"v1"}

@@ -113,7 +113,7 @@ def test_ppo_update_forward_with_the_opening_once_equals_the_full_pass(monkeypat
 
     import components.ppo.trainer as ppo_trainer
     from components.base_model import build_tiny
-    from components.ppo.config import PPOConfig
+    from components.config.ppo import PPOConfig
 
     base, tok = build_tiny(seed=0)
     ac, reference = ppo_trainer.build_actor_critic(PPOConfig(lora=True, lora_r=4, lora_alpha=8), copy.deepcopy(base))

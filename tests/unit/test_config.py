@@ -3,7 +3,8 @@ from typing import Literal
 
 import pytest
 
-from components.config import ConfigError, ModelConfig, from_dict, load_section, read_params, to_dict
+from components.config import ConfigError, from_dict, load_section, read_params, to_dict
+from components.config.model import ModelConfig
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from components.config import ConfigError, load_section, read_params
-from flows.config import FlowConfig, load_flow_config
+from components.config.flow import FlowConfig, load_flow_config
 from flows.routing import training_route
 
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"

@@ -7,7 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from components.gate import GateConfig, checks
+from components.config.gate import GateConfig
+from components.gate import checks
 from components.judges import JudgeError, make_judge
 from components.judges.base import outcome_from_scores
 from components.judges.llm import Template, combine, parse_choice
@@ -76,7 +77,7 @@ def test_outcome_from_scores():
 
 
 def test_the_demo_judge_refuses_a_project_without_the_demo_task(tmp_path):
-    with pytest.raises(JudgeError, match=r"data\.demo_task: false.*reward_model.*llm"):
+    with pytest.raises(JudgeError, match=r"seeding\.demo_task: false.*reward_model.*llm"):
         make_judge("demo", root=tmp_path, demo_task=False)
     judge = make_judge("demo", root=tmp_path, demo_task=True)
     v = judge.compare("my parcel is late", "Sorry about the delay! Your parcel ships today.", "no")

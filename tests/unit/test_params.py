@@ -6,13 +6,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.config import ConfigError, ModelConfig
-from components.evaluation import EvalConfig
-from components.feedback.config import DataConfig
-from components.gate import GateConfig
+from components.config import ConfigError
+from components.config.evaluation import EvalConfig
+from components.config.gate import GateConfig
+from components.config.model import ModelConfig
+from components.config.ppo import PPOConfig
+from components.config.reward import RewardConfig
+from components.config.seeding import SeedingConfig
+from components.config.validation import ValidationConfig
 from components.params import SECTIONS, load_params
-from components.ppo.config import PPOConfig
-from components.reward.config import RewardConfig
 
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 
@@ -21,8 +23,8 @@ def test_every_section_of_params_yaml_equals_its_dataclass_defaults():
     p = load_params(PARAMS)
     assert p.reward == RewardConfig()
     # the one difference: params.yaml is the demo project, so it switches the demo task on (default off)
-    assert p.data == replace(DataConfig(), demo_task=True) and not DataConfig().demo_task
-    assert p.ppo == PPOConfig() and p.model == ModelConfig()
+    assert p.seeding == replace(SeedingConfig(), demo_task=True) and not SeedingConfig().demo_task
+    assert p.ppo == PPOConfig() and p.validation == ValidationConfig() and p.model == ModelConfig()
     assert p.eval == EvalConfig() and p.gate == GateConfig()
     assert set(yaml.safe_load(PARAMS.read_text())) == set(SECTIONS)
 

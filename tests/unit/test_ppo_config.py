@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from components.config import ConfigError, ModelConfig, load_section
+from components.config import ConfigError, load_section
+from components.config.model import ModelConfig
+from components.config.ppo import PPOConfig
 from components.ppo.checkpoint import fingerprint
-from components.ppo.config import PPOConfig
 from components.ppo.scorers import CountScorer, Scorer, load_scorer, scorer_fingerprint
 
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"

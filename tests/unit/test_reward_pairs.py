@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 
 from components.config import ConfigError, from_dict, load_section
-from components.reward.config import RewardConfig
+from components.config.reward import RewardConfig
 from components.reward.pairs import PairsError, read_pairs, split_by_prompt
 
 

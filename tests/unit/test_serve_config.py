@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from components.config import load_section, to_dict
-from components.serve_config import ServeConfig
+from components.config.serve import ServeConfig
 from serving.middleware import token_ok
 from serving.service import check_host_allowed, is_loopback
 

