@@ -122,3 +122,17 @@ def test_the_demo_judge_on_a_project_without_the_demo_task_fails_before_writing(
     with pytest.raises(JudgeError, match=r"seeding\.demo_task: false"):
         evaluate(cfg, project, model=ModelConfig(base="tiny"), candidate=project.policies / "v1", demo_task=False)
     assert not project.eval_metrics.exists()
+
+
+def test_an_unreachable_llm_judge_fails_the_evaluation_naming_the_url(project):
+    from components.judges import LLMJudgeConfig
+    from tests.serving.server import free_port
+
+    project.eval_metrics.unlink(missing_ok=True)
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    llm = LLMJudgeConfig(base_url=url, model="judge", retries=0, backoff_s=0.0, cache=str(project.root / "jc.sqlite"))
+    cfg = EvalConfig(judge="llm", llm_judge=llm, max_new_tokens=4, samples_per_prompt=1, bootstrap_resamples=200,
+                     bf16=False)  # fmt: skip
+    with pytest.raises(JudgeError, match=rf"{url}/chat/completions unreachable"):
+        evaluate(cfg, project, model=ModelConfig(base="tiny"), candidate=project.policies / "v1")
+    assert not project.eval_metrics.exists()  # nothing for the gate to decide on: nothing is promoted
