@@ -35,3 +35,15 @@ def test_every_docs_page_is_in_the_nav():
     nav = set(_nav_pages(config["nav"]))
     pages = {p.relative_to(ROOT / "docs").as_posix() for p in (ROOT / "docs").glob("*.md")}
     assert pages <= nav, f"docs pages missing from mkdocs.yml's nav: {sorted(pages - nav)}"
+
+
+def test_every_source_path_the_docs_name_exists():
+    pattern = re.compile(r"`((?:components|flows|serving|rlhf_cli|bench|infra|tests)/[A-Za-z0-9_./-]+)")
+    pages = [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "infra").glob("*.md")]
+    missing = set()
+    for page in pages:
+        for path in pattern.findall(page.read_text(encoding="utf-8")):
+            path = path.rstrip(".,:)")
+            if not path.startswith("bench/.venv") and not (ROOT / path).exists():
+                missing.add(f"{page.relative_to(ROOT)}: {path}")
+    assert not missing, f"docs name files that do not exist (moved or renamed?): {sorted(missing)}"
