@@ -25,11 +25,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from components.ppo.trainer import build_actor_critic  # noqa: E402
+
 from components.base_model import load_base  # noqa: E402
 from components.config import load_section  # noqa: E402
 from components.config.ppo import PPOConfig  # noqa: E402
 from components.generation import chat_text  # noqa: E402
-from components.ppo.trainer import build_actor_critic  # noqa: E402
 
 
 def main() -> None:

@@ -24,12 +24,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from components.ppo.trainer import PPOTrainer, _slice  # noqa: E402
+
 from bench.prompts import PROMPTS, SYSTEM  # noqa: E402
 from components.config.model import ModelConfig  # noqa: E402
 from components.config.ppo import PPOConfig  # noqa: E402
 from components.paths import ProjectPaths  # noqa: E402
 from components.ppo.scorers import CountScorer  # noqa: E402
-from components.ppo.trainer import PPOTrainer, _slice  # noqa: E402
 
 
 def main() -> None:

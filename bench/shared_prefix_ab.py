@@ -163,6 +163,7 @@ def main() -> None:
     import copy
 
     import components.ppo.trainer as ppo_trainer
+
     from components.config.ppo import PPOConfig
 
     pcfg = load_section(PPOConfig, "ppo", REPO / "params.yaml")

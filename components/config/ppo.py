@@ -7,13 +7,94 @@ in ``docs/benchmarks.md``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
+
+Algorithm = Literal["ppo", "rloo", "grpo", "dpo", "online_dpo", "bon_sft"]
+"""The policy optimisers (docs/optimisers.md); ``ppo`` is the default."""
+
+
+@dataclass(frozen=True)
+class RLOOConfig:
+    """REINFORCE leave-one-out (Ahmadian et al. 2024): k samples per prompt, each baselined by the other k-1."""
+
+    k: int = 4
+    """Samples per prompt (Ahmadian et al.: 2-4); a step samples ``batch_size / k`` prompts."""
+    epochs: int = 1
+    """Updates over each batch; above 1 the PPO-style ``clip_range`` keeps them near the sampling policy."""
+    clip_range: float | None = 0.2
+    """Clip of the sequence-level ratio pi/pi_old (TRL ``RLOOTrainer``: 0.2); null = plain REINFORCE."""
+    whiten_advantages: bool = False
+    """Whiten the leave-one-out advantages over the batch (TRL ``normalize_advantage``, default off)."""
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    """Group relative policy optimisation (Shao et al. 2024), optionally length-unbiased (Dr. GRPO)."""
+
+    k: int = 4
+    """Samples per prompt, the group (TRL ``num_generations``); a step samples ``batch_size / k`` prompts."""
+    kl_coef: float = 0.04
+    """beta of the k3 KL to the reference in the loss (TRL 0.x default 0.04; 0 drops the reference pass's use)."""
+    variant: Literal["grpo", "dr_grpo"] = "grpo"
+    """``grpo``: advantages divided by the group's std, loss averaged per reply; ``dr_grpo`` (Liu et al. 2025):
+    no std division, every token weighs 1 / (B * max_new_tokens)."""
+    epochs: int = 1
+    """Updates over each batch (TRL ``num_iterations``: 1); the ratio clip acts from the second on."""
+    clip_range: float = 0.2
+    """Token ratio clip epsilon (TRL ``epsilon``: 0.2)."""
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    """Direct preference optimisation on the versioned pairs (Rafailov et al. 2023), the parent as reference."""
+
+    pairs: str = "data/feedback/pairs.parquet"
+    """The accepted preference pairs (``prompt, chosen, rejected``), relative to the project root."""
+    beta: float = 0.1
+    """Strength of the implicit KL to the reference (Rafailov et al.: 0.1-0.5; TRL: 0.1)."""
+    loss: Literal["sigmoid", "ipo"] = "sigmoid"
+    """``sigmoid``: DPO; ``ipo`` (Azar et al. 2023): squared loss on length-averaged log-ratios."""
+    max_reply_tokens: int = 64
+    """Reply tokens kept per side of a pair (longer replies are cut)."""
+    epochs: int = 1
+    """Passes over each step's pairs."""
+
+
+@dataclass(frozen=True)
+class OnlineDPOConfig:
+    """Online DPO (Guo et al. 2024): two samples per prompt, the reward model picks the chosen one."""
+
+    beta: float = 0.1
+    """As ``dpo.beta``."""
+    loss: Literal["sigmoid", "ipo"] = "sigmoid"
+    """As ``dpo.loss``."""
+    epochs: int = 1
+    """Passes over each step's pairs."""
+
+
+@dataclass(frozen=True)
+class BoNSFTConfig:
+    """Best-of-n distillation (RAFT, Dong et al. 2023): supervised steps on the reward model's best of n samples."""
+
+    n: int = 4
+    """Samples per prompt; the best one (by the reward model) is the target. A step samples ``batch_size / n``
+    prompts."""
+    epochs: int = 2
+    """Supervised passes over each step's best replies."""
+    max_kl: float = 4.0
+    """Bound on the KL to the parent (nats per reply, k1 on the policy's own samples, measured every step): a step
+    whose samples are further away makes no update."""
 
 
 @dataclass(frozen=True)
 class PPOConfig:
     """PPO fine-tuning of the policy against a reward scorer."""
+
+    algorithm: Algorithm = "ppo"
+    """The optimiser (docs/optimisers.md): ``ppo``, ``rloo``, ``grpo``, ``dpo`` (offline, from the pairs),
+    ``online_dpo`` or ``bon_sft``; its own knobs are in the section of the same name below. The fields below
+    are shared; the advantage/loss fields under "advantages and losses" are PPO's."""
 
     # --- inputs and outputs -----------------------------------------------------------------
     reward_model: str = "models/reward"
@@ -132,6 +213,13 @@ class PPOConfig:
     device computes bf16 natively: CUDA GPUs with bf16, CPUs with AVX512-BF16 / AMX (``components/precision.py``);
     float32 elsewhere."""
 
+    # --- the other optimisers' own knobs --------------------------------------------------
+    rloo: RLOOConfig = field(default_factory=RLOOConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    online_dpo: OnlineDPOConfig = field(default_factory=OnlineDPOConfig)
+    bon_sft: BoNSFTConfig = field(default_factory=BoNSFTConfig)
+
     def __post_init__(self) -> None:
         if self.batch_size % self.mini_batch_size:
             raise ValueError(
@@ -153,6 +241,31 @@ class PPOConfig:
         if self.top_k != 0 or self.top_p != 1.0:
             # PPO's log-probs come from the full softmax; a filtered sampler would make them off-policy.
             raise ValueError("PPO needs top_k=0 and top_p=1.0 (log-probs are computed from the unfiltered softmax)")
+
+        self._check_algorithm()
+
+    def _check_algorithm(self) -> None:
+        group = self.group_size
+        if self.batch_size % group:
+            raise ValueError(
+                f"batch_size {self.batch_size} must be a multiple of {self.algorithm}'s {group} samples per prompt"
+            )
+        if self.algorithm in ("dpo", "online_dpo") and (self.mini_batch_size % 2 or self.micro_batch_size % 2):
+            raise ValueError(f"{self.algorithm} keeps each pair in one micro-batch: mini/micro_batch_size must be even")
+        for name in ("rloo", "grpo", "dpo", "online_dpo", "bon_sft"):
+            if getattr(self, name).epochs < 1:
+                raise ValueError(f"{name}.epochs must be >= 1, got {getattr(self, name).epochs}")
+        if self.rloo.k < 2 or self.grpo.k < 2 or self.bon_sft.n < 2:
+            raise ValueError("rloo.k, grpo.k and bon_sft.n must be >= 2 (they compare samples of one prompt)")
+        if self.dpo.beta <= 0 or self.online_dpo.beta <= 0:
+            raise ValueError("dpo.beta and online_dpo.beta must be > 0")
+
+    @property
+    def group_size(self) -> int:
+        """Replies per prompt in a step's batch: k for RLOO/GRPO, n for best-of-n, 2 for (online) DPO, else 1."""
+        return {"rloo": self.rloo.k, "grpo": self.grpo.k, "bon_sft": self.bon_sft.n, "dpo": 2, "online_dpo": 2}.get(
+            self.algorithm, 1
+        )
 
     @property
     def grad_accumulation(self) -> int:

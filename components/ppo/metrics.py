@@ -1,4 +1,5 @@
-"""PPO step metrics: JSONL (one row per step, appended as it runs), CSV, and PNG plots of score and KL.
+"""Policy step metrics (every optimiser): JSONL (one row per step, appended as it runs), CSV, and PNG plots
+of score and KL.
 
 Files under ``metrics/``: ``ppo_log.jsonl``, ``ppo_log.csv`` (for ``dvc plots``), ``ppo_score.png``,
 ``ppo_kl.png``; the summary ``ppo.json`` is written by the stage entry point.
@@ -85,11 +86,16 @@ def plot(rows: list[dict[str, Any]], folder: Path) -> list[Path]:
     steps = [r["step"] for r in rows]
     out = []
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, [r["objective/score"] for r in rows], marker="o", label="score (mean)")
-    ax.plot(steps, [r["objective/rlhf_reward"] for r in rows], marker=".", label="score - beta KL")
-    ax.set_xlabel("PPO step")
-    ax.set_ylabel("reward")
-    ax.set_title("PPO: reward")
+    nan = float("nan")
+    if "objective/score" in rows[-1]:
+        ax.plot(steps, [r.get("objective/score", nan) for r in rows], marker="o", label="score (mean)")
+        ax.plot(steps, [r.get("objective/rlhf_reward", nan) for r in rows], marker=".", label="score - beta KL")
+        ax.set_ylabel("reward")
+    else:  # offline preference optimisation: no reward model in the loop, its loss instead
+        ax.plot(steps, [r.get("loss/policy", nan) for r in rows], marker="o", label="loss")
+        ax.set_ylabel("loss")
+    ax.set_xlabel("step")
+    ax.set_title("policy: reward")
     ax.legend()
     fig.tight_layout()
     out.append(folder / PLOT_SCORE)
@@ -98,12 +104,12 @@ def plot(rows: list[dict[str, Any]], folder: Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(steps, [r["objective/kl"] for r in rows], marker="o", color="tab:red", label="KL to reference (nats)")
-    ax.set_xlabel("PPO step")
+    ax.set_xlabel("step")
     ax.set_ylabel("KL (nats / reply)")
     ax2 = ax.twinx()
     ax2.plot(steps, [r["objective/kl_coef"] for r in rows], ls="--", color="tab:gray", label="beta")
     ax2.set_ylabel("beta")
-    ax.set_title("PPO: KL to the reference")
+    ax.set_title("policy: KL to the reference")
     fig.legend(loc="upper left")
     fig.tight_layout()
     out.append(folder / PLOT_KL)

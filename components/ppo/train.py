@@ -29,9 +29,11 @@ from components.config.ppo import PPOConfig
 from components.fsutil import atomic_dir, atomic_write_text
 from components.lineage import code_revision, data_version
 from components.paths import ProjectPaths
+from components.policy.algorithms import ALGORITHMS
+from components.policy.loop import PolicyTrainer, TrainResult, summary
+from components.policy.model import replicas_in_sync
 from components.ppo.checkpoint import clear_checkpoints
 from components.ppo.scorers import Scorer, load_scorer, scorer_fingerprint
-from components.ppo.trainer import PPOTrainer, TrainResult, replicas_in_sync, summary
 from components.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -90,9 +92,10 @@ def run(
     version: str | None = None,
     parent: str | None = None,
 ) -> TrainResult:
-    """Train PPO from a params file (or dict) in project ``root``; export unless stopped early.
+    """Train the policy (``ppo.algorithm``) from a params file (or dict) in project ``root``; export unless stopped
+    early.
 
-    The export is ``<ppo.output_dir>/<version>/`` (a fresh version id unless given). PPO starts from
+    The export is ``<ppo.output_dir>/<version>/`` (a fresh version id unless given). Training starts from
     ``parent`` (a registry policy version) when given, else from what ``ppo.init_from`` names
     (:func:`initial_policy`); the manifest records that version as ``parent``."""
     raw = read_params(params) if isinstance(params, Path) else params
@@ -101,10 +104,13 @@ def run(
     paths = ProjectPaths(root)
     parent, init_dir = initial_policy(cfg, base_cfg, paths, parent)
     model_cfg = dataclasses.replace(base_cfg, base=str(init_dir)) if init_dir is not None else base_cfg
-    scorer_spec = cfg.reward_model if cfg.reward_model.startswith("builtin:") else str(root / cfg.reward_model)
-    scorer_id = scorer_fingerprint(scorer_spec)
-    scorer = scorer if scorer is not None else load_scorer(scorer_spec)
-    trainer = PPOTrainer(cfg, model_cfg, scorer, paths, scorer_id=scorer_id)
+    if ALGORITHMS[cfg.algorithm].uses_scorer:
+        scorer_spec = cfg.reward_model if cfg.reward_model.startswith("builtin:") else str(root / cfg.reward_model)
+        scorer_id = scorer_fingerprint(scorer_spec)
+        scorer = scorer if scorer is not None else load_scorer(scorer_spec)
+    else:  # offline: no reward model in the loop; the pairs are what changes the numbers
+        scorer_id, scorer = scorer_fingerprint(root / cfg.dpo.pairs), None
+    trainer = PolicyTrainer(cfg, model_cfg, scorer, paths, scorer_id=scorer_id)
     if not resume and trainer.acc.is_main_process:
         clear_checkpoints(root / cfg.checkpoint_dir)
     trainer.acc.wait_for_everyone()
@@ -126,7 +132,9 @@ def run(
             # the folder PPO started from = its KL reference (the evaluation reads it)
             "base_dir": str(init_dir) if init_dir is not None else _base_dir(base_cfg.base),
             "data_version": data_version(root),
-            "reward_model": reward_lineage(cfg.reward_model, root, scorer_id),
+            "reward_model": reward_lineage(cfg.reward_model, root, scorer_id) if scorer is not None else None,
+            "algorithm": cfg.algorithm,
+            "algorithm_params": algorithm_params(cfg),
             "params": {"ppo": to_dict(cfg), "model": to_dict(base_cfg)},
             "code_revision": code_revision(root) or "unknown",
             "metrics": stats,
@@ -142,6 +150,14 @@ def run(
         log.info("policy version %s written to %s", version, out_dir)
     result.accelerator.wait_for_everyone()
     return result
+
+
+def algorithm_params(cfg: PPOConfig) -> dict[str, Any]:
+    """The knobs of ``cfg.algorithm`` that are its own (PPO's advantage/loss fields, or its section)."""
+    if cfg.algorithm == "ppo":
+        keys = ("gamma", "lam", "whiten_advantages", "clip_range", "clip_range_value", "vf_coef", "ent_coef")
+        return {k: getattr(cfg, k) for k in (*keys, "early_stop_kl", "ppo_epochs", "kl_estimator", "init_kl_coef")}
+    return to_dict(getattr(cfg, cfg.algorithm))
 
 
 def initial_policy(
@@ -164,7 +180,7 @@ def initial_policy(
     if parent is None or parent.startswith("base-"):
         return parent or registry.base_version(model.base), None  # a base champion: model.base itself
     folder = registry.get(paths, parent).path
-    log.info("PPO starts from %s (%s); it is also the KL reference", parent, folder)
+    log.info("the policy starts from %s (%s); it is also the KL reference", parent, folder)
     return parent, folder
 
 
@@ -225,14 +241,14 @@ def train_policy(
         manifest_path=str(manifest_path),
         parent=manifest["parent"],
         data_version=manifest["data_version"],
-        reward_version=manifest["reward_model"].get("version"),
+        reward_version=(manifest["reward_model"] or {}).get("version"),
         metrics=manifest["metrics"],
         seconds=round(time.perf_counter() - t0, 1),
     )
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="PPO fine-tuning of the policy against the reward model.")
+    parser = argparse.ArgumentParser(description="Fine-tune the policy with ppo.algorithm (PPO by default).")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (sections model, ppo)")
     parser.add_argument("--root", type=Path, default=None, help="project root (default: the params file's folder)")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint (same params)")

@@ -124,7 +124,7 @@ def bf16_autocast(monkeypatch):
     torch's CPU bf16 autocast), and reset accelerate's process-wide state before and after."""
     from accelerate.state import AcceleratorState
 
-    import components.ppo.trainer as trainer_module
+    import components.policy.model as trainer_module
 
     real = trainer_module.Accelerator
     monkeypatch.setattr(trainer_module, "Accelerator", lambda *a, **k: real(*a, **{**k, "mixed_precision": "bf16"}))
@@ -178,7 +178,7 @@ def test_rollout_normalisation_scores_mean_0_std_1_on_the_initial_policy_and_sur
     from components.config.model import ModelConfig
     from components.config.ppo import PPOConfig
     from components.paths import ProjectPaths
-    from components.ppo.trainer import PPOTrainer
+    from components.policy.loop import PolicyTrainer
 
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
@@ -186,10 +186,10 @@ def test_rollout_normalisation_scores_mean_0_std_1_on_the_initial_policy_and_sur
     params = project(a, **kw)
     project(b, **kw)
     cfg, model_cfg = load_section(PPOConfig, "ppo", params), load_section(ModelConfig, "model", params)
-    trainer = PPOTrainer(cfg, model_cfg, CountScorer("e"), ProjectPaths(a))
+    trainer = PolicyTrainer(cfg, model_cfg, CountScorer("e"), ProjectPaths(a))
     mean, std = trainer.rollout_score_stats()
     # the same seeded draw of prompts and replies, scored by hand
-    again = PPOTrainer(cfg, model_cfg, CountScorer("e"), ProjectPaths(a))
+    again = PolicyTrainer(cfg, model_cfg, CountScorer("e"), ProjectPaths(a))
     rng = __import__("numpy").random.default_rng(again.seed + 7919)
     prompts = [again.all_prompts[i] for i in rng.choice(len(again.all_prompts), size=16, replace=True)]
     texts = again.rollout(prompts[:8]).texts + again.rollout(prompts[8:]).texts
@@ -282,7 +282,7 @@ def test_resume_without_a_checkpoint_starts_fresh_with_a_warning(tmp_path, caplo
     params = project(tmp_path, steps=1, lora=True, lora_r=4, lora_alpha=8)
     stale = tmp_path / "models" / "ppo-checkpoints" / ".tmp_step_000001"  # a run killed in its first save
     stale.mkdir(parents=True)
-    with caplog.at_level(logging.WARNING, logger="components.ppo.trainer"):
+    with caplog.at_level(logging.WARNING, logger="components.policy.loop"):
         result = run(params, tmp_path, resume=True, export=False)
     assert "--resume: no complete checkpoint under" in caplog.text
     assert result.steps_run == 1
@@ -357,7 +357,7 @@ def test_scorer_and_policy_sit_on_the_accelerators_device(tmp_path):
     from components.config.model import ModelConfig
     from components.config.ppo import PPOConfig
     from components.paths import ProjectPaths
-    from components.ppo.trainer import PPOTrainer
+    from components.policy.loop import PolicyTrainer
 
     class Spy(CountScorer):
         device = None
@@ -368,7 +368,8 @@ def test_scorer_and_policy_sit_on_the_accelerators_device(tmp_path):
 
     params = project(tmp_path, steps=1)
     spy = Spy("e")
-    trainer = PPOTrainer(load_section(PPOConfig, "ppo", params), ModelConfig(base="tiny"), spy, ProjectPaths(tmp_path))
+    cfg = load_section(PPOConfig, "ppo", params)
+    trainer = PolicyTrainer(cfg, ModelConfig(base="tiny"), spy, ProjectPaths(tmp_path))
     assert spy.device == trainer.acc.device
     assert next(trainer.unwrapped.parameters()).device.type == trainer.acc.device.type
 
@@ -456,11 +457,11 @@ def test_forward_passes_in_parts_equal_one_pass_over_the_batch(tmp_path, value_m
     from components.config.model import ModelConfig
     from components.config.ppo import PPOConfig
     from components.paths import ProjectPaths
-    from components.ppo.trainer import PPOTrainer
+    from components.policy.loop import PolicyTrainer
 
     params = project(tmp_path, steps=1, value_model=value_model, bf16=False)
     cfg, model_cfg = load_section(PPOConfig, "ppo", params), load_section(ModelConfig, "model", params)
-    trainer = PPOTrainer(cfg, model_cfg, CountScorer("e"), ProjectPaths(tmp_path))
+    trainer = PolicyTrainer(cfg, model_cfg, CountScorer("e"), ProjectPaths(tmp_path))
     whole = trainer.rollout(PROMPTS[:7])  # 7 replies: parts of 3 leave a remainder of 1
     parts = copy.deepcopy(whole)
     trainer.forward_batch(whole)

@@ -111,7 +111,7 @@ def test_ppo_update_forward_with_the_opening_once_equals_the_full_pass(monkeypat
     """The policy (LoRA) and value head in PPO's update: the same logits, values and LoRA/head gradients."""
     import copy
 
-    import components.ppo.trainer as ppo_trainer
+    import components.policy.model as ppo_trainer
     from components.base_model import build_tiny
     from components.config.ppo import PPOConfig
 

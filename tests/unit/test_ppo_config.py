@@ -63,7 +63,7 @@ def test_accelerator_can_change_precision_in_one_process():
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    from components.ppo.trainer import make_accelerator
+    from components.policy.model import make_accelerator
 
     AcceleratorState._reset_state(reset_partial_state=True)
     try:
