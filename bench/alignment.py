@@ -37,7 +37,6 @@ import numpy as np
 import torch
 import yaml
 from align_common import DEFAULT_CACHE, cached, device_name, gold_scores, log, sample_replies, setup, write_json
-from components.ppo.trainer import PPOTrainer
 
 from components.base_model import load_base
 from components.config import from_dict, load_section, to_dict
@@ -51,6 +50,7 @@ from components.eval_stats import pairwise_outcomes, win_rate_interval
 from components.evaluation import sequence_kl
 from components.generation import generate
 from components.paths import ProjectPaths
+from components.policy.loop import PolicyTrainer as PPOTrainer
 from components.reward.model import RewardModel
 from components.reward.trainer import train_reward
 from components.stats import best_of_n_kl, best_of_n_weights

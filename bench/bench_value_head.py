@@ -2,7 +2,7 @@
 
     python bench/bench_value_head.py [--model smollm2-135m-instruct] [--reps 3]
 
-Builds both variants of ``components.ppo.trainer.ActorCritic`` (LoRA, default params), then times a
+Builds both variants of ``components.policy.model.ActorCritic`` (LoRA, default params), then times a
 training forward + backward of one micro-batch (``micro_batch_size`` replies of ``max_new_tokens``
 tokens after a chat prompt) and a no-grad forward (the rollout-time pass), alternating the variants
 rep by rep so machine noise hits both alike. Writes ``bench/results/value_head.json``: median seconds,
@@ -25,12 +25,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from components.ppo.trainer import build_actor_critic  # noqa: E402
-
 from components.base_model import load_base  # noqa: E402
 from components.config import load_section  # noqa: E402
 from components.config.ppo import PPOConfig  # noqa: E402
 from components.generation import chat_text  # noqa: E402
+from components.policy.model import build_actor_critic  # noqa: E402
 
 
 def main() -> None:

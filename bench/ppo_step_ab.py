@@ -24,12 +24,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from components.ppo.trainer import PPOTrainer, _slice  # noqa: E402
-
 from bench.prompts import PROMPTS, SYSTEM  # noqa: E402
 from components.config.model import ModelConfig  # noqa: E402
 from components.config.ppo import PPOConfig  # noqa: E402
 from components.paths import ProjectPaths  # noqa: E402
+from components.policy.batch import slice_rows as _slice  # noqa: E402
+from components.policy.loop import PolicyTrainer as PPOTrainer  # noqa: E402
 from components.ppo.scorers import CountScorer  # noqa: E402
 
 
@@ -49,7 +49,7 @@ def main() -> None:
         )
         for rep in range(args.reps):
             t0 = time.perf_counter()
-            new = trainer.rollout(trainer._sample_prompts())
+            new = trainer.rollout(trainer.sample_prompts())
             t1 = time.perf_counter()
             old = copy.copy(new)
             old.gen_logits = old.gen_hidden = None  # forces the full path (policy forward + reference forward)

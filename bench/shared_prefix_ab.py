@@ -162,8 +162,7 @@ def main() -> None:
     # 3. PPO's update: one micro-batch of 8 (policy with LoRA + value head, forward + backward), bf16 autocast
     import copy
 
-    import components.ppo.trainer as ppo_trainer
-
+    import components.policy.model as ppo_trainer
     from components.config.ppo import PPOConfig
 
     pcfg = load_section(PPOConfig, "ppo", REPO / "params.yaml")
