@@ -491,6 +491,8 @@ def register_and_decide(paths: ProjectPaths, *, policy: str | Path, evaluation: 
         "reward_accuracy": rm.get("heldout_accuracy"),
         "code_revision": m.get("code_revision"),
         "params": m.get("params"),
+        "algorithm": m.get("algorithm", "ppo"),
+        "algorithm_params": m.get("algorithm_params"),
         "metrics": {"ppo": m.get("metrics"), "eval": eval_summary},
         "trained_at": m.get("created_at"),
     }

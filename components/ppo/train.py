@@ -104,8 +104,9 @@ def run(
     paths = ProjectPaths(root)
     parent, init_dir = initial_policy(cfg, base_cfg, paths, parent)
     model_cfg = dataclasses.replace(base_cfg, base=str(init_dir)) if init_dir is not None else base_cfg
-    if ALGORITHMS[cfg.algorithm].uses_scorer:
-        scorer_spec = cfg.reward_model if cfg.reward_model.startswith("builtin:") else str(root / cfg.reward_model)
+    scorer_spec = cfg.reward_model if cfg.reward_model.startswith("builtin:") else str(root / cfg.reward_model)
+    in_loop = ALGORITHMS[cfg.algorithm].uses_scorer
+    if in_loop:
         scorer_id = scorer_fingerprint(scorer_spec)
         scorer = scorer if scorer is not None else load_scorer(scorer_spec)
     else:  # offline: no reward model in the loop; the pairs are what changes the numbers
@@ -132,7 +133,10 @@ def run(
             # the folder PPO started from = its KL reference (the evaluation reads it)
             "base_dir": str(init_dir) if init_dir is not None else _base_dir(base_cfg.base),
             "data_version": data_version(root),
-            "reward_model": reward_lineage(cfg.reward_model, root, scorer_id) if scorer is not None else None,
+            # offline DPO trains without it; the evaluation and the gate still use the project's reward model
+            "reward_model": reward_lineage(cfg.reward_model, root, scorer_id)
+            if in_loop
+            else offline_reward_lineage(cfg.reward_model, root, scorer_spec),
             "algorithm": cfg.algorithm,
             "algorithm_params": algorithm_params(cfg),
             "params": {"ppo": to_dict(cfg), "model": to_dict(base_cfg)},
@@ -150,6 +154,14 @@ def run(
         log.info("policy version %s written to %s", version, out_dir)
     result.accelerator.wait_for_everyone()
     return result
+
+
+def offline_reward_lineage(spec: str, root: Path, resolved: str) -> dict[str, Any] | None:
+    """For an optimiser without a reward model in the loop: the project's reward model (which evaluates and gates
+    the policy) marked ``in_loop: false``, or None when there is none."""
+    if not spec.startswith("builtin:") and not Path(resolved).exists():
+        return None
+    return {**reward_lineage(spec, root, scorer_fingerprint(resolved)), "in_loop": False}
 
 
 def algorithm_params(cfg: PPOConfig) -> dict[str, Any]:

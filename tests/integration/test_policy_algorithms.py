@@ -1,0 +1,181 @@
+"""Every policy optimiser (``ppo.algorithm``) on the tiny model: trains (weights change), exports a policy version
+that records its algorithm, is evaluated against the champion and reaches a gate decision the registry records;
+RLOO and DPO resume to the uninterrupted result; the scored optimisers raise a known reward."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from components import registry
+from components.config import ModelConfig
+from components.evaluation import EvalConfig, evaluate
+from components.feedback.io import write_parquet
+from components.feedback.schema import PAIRS, conform
+from components.gate import GateConfig, gate
+from components.paths import ProjectPaths
+from components.ppo.scorers import CountScorer
+from components.ppo.train import exported_policy, run
+from components.reward.config import RewardConfig
+from components.reward.trainer import train_reward
+from tests.tiny_params import TINY_REWARD
+
+ALGORITHMS = ["ppo", "rloo", "grpo", "dpo", "online_dpo", "bon_sft"]
+WORDS = ["order", "refund", "password", "package", "billing", "account", "status", "help"]
+PROMPTS = [f"My {w} is a problem, can you help?" for w in WORDS]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tiny model is too small for intra-op threads: on a busy 2-core machine they make it ~10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def toy_pairs(n: int = 32, seed: int = 0) -> pd.DataFrame:
+    """Chosen replies say "thanks"; rejected ones say something else in its place."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        words = rng.sample(WORDS, 4)
+        rows.append(
+            {
+                "prompt": PROMPTS[i % len(PROMPTS)],
+                "chosen": " ".join([*words[:2], "thanks", *words[2:]]),
+                "rejected": " ".join([*words[:2], rng.choice(["sorry", "okay"]), *words[2:]]),
+                "source": "toy",
+                "annotator": "toy",
+                "created_at": pd.Timestamp("2026-12-01", tz="UTC"),
+                "margin": None,
+                "chosen_id": None,
+                "rejected_id": None,
+            }
+        )
+    return conform(pd.DataFrame(rows), PAIRS)
+
+
+@pytest.fixture(scope="module")
+def trained_project(tmp_path_factory) -> Path:
+    """Prompts (train and held-out), the versioned pairs and a tiny reward model trained on them, built once."""
+    root = tmp_path_factory.mktemp("policy-project")
+    paths = ProjectPaths(root)
+    (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    (root / "heldout.jsonl").write_text("".join(json.dumps({"prompt": p + " Thanks."}) + "\n" for p in PROMPTS[:4]))
+    write_parquet(toy_pairs(), paths.pairs, PAIRS)
+    cfg = RewardConfig(**{**TINY_REWARD, "eval_fraction": 0.25})
+    train_reward(paths.pairs, cfg, root / "models" / "reward", root / "metrics", project_root=root)
+    return root
+
+
+def policy_params(algorithm: str, **overrides: object) -> dict:
+    ppo = {
+        "algorithm": algorithm,
+        "prompts": "prompts.jsonl",
+        "reward_model": "models/reward",
+        "steps": 2,
+        "batch_size": 8,
+        "mini_batch_size": 4,
+        "micro_batch_size": 4,
+        "max_new_tokens": 8,
+        "save_every": 2,
+        "learning_rate": 1e-2,
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "bf16": False,
+        "dpo": {"max_reply_tokens": 12},
+        **overrides,
+    }
+    return {"model": {"base": "tiny"}, "ppo": ppo}
+
+
+def assert_export_differs_from_base(out: Path) -> None:
+    from components.base_model import load_base
+
+    policy, tok = load_base(str(out))
+    base, _ = load_base("tiny")
+    ids = tok("hello there", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert not torch.allclose(policy(ids).logits, base(ids).logits), "training did not change the policy"
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_each_algorithm_trains_exports_evaluates_and_reaches_a_gate_decision(trained_project, tmp_path, algorithm):
+    root = tmp_path / "p"
+    shutil.copytree(trained_project, root)
+    paths = ProjectPaths(root)
+    result = run(policy_params(algorithm), root)
+    out = result.export_dir
+    assert out is not None and exported_policy(root) == out
+    assert_export_differs_from_base(out)
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["algorithm"] == algorithm and manifest["params"]["ppo"]["algorithm"] == algorithm
+    own = manifest["algorithm_params"]
+    assert ("ppo_epochs" in own) if algorithm == "ppo" else (own == manifest["params"]["ppo"][algorithm])
+    assert manifest["reward_model"]["spec"] == "models/reward"
+    assert manifest["reward_model"].get("in_loop", True) is (algorithm != "dpo")
+    rows = [json.loads(x) for x in (root / "metrics" / "ppo_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["policy/minibatches"] >= 1, r
+        bad = {k: v for k, v in r.items() if isinstance(v, float) and not torch.isfinite(torch.tensor(v))}
+        assert not bad, f"non-finite metrics: {bad}"
+    assert ("objective/score" in rows[0]) is (algorithm != "dpo")
+    assert (root / "metrics" / "ppo_score.png").stat().st_size > 0
+
+    eval_cfg = EvalConfig(prompts="heldout.jsonl", samples_per_prompt=1, max_new_tokens=8, bootstrap_resamples=100)
+    evaluation = evaluate(eval_cfg, paths, model=ModelConfig(base="tiny"), candidate=out)
+    decision = gate(GateConfig(), paths, evaluation=evaluation)
+    assert decision.checks, "the gate decided nothing"
+    promoted = registry.register_and_decide(paths, policy=out, evaluation=evaluation, gate=decision)
+    assert promoted.status == ("champion" if decision.passed else "rejected")
+    record = registry.get(paths, promoted.version)
+    assert record.facts["algorithm"] == algorithm and record.facts["algorithm_params"] == own
+
+
+@pytest.mark.parametrize("algorithm", ["rloo", "dpo"])
+def test_resume_equals_uninterrupted(trained_project, tmp_path, algorithm):
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(trained_project, a)
+    shutil.copytree(trained_project, b)
+    params = policy_params(algorithm, steps=4, rloo={"epochs": 2})
+    full = run(params, a, export=False)
+    crashed = run(params, b, stop_after=2, export=False)
+    assert crashed.steps_run == 2
+    del crashed
+    resumed = run(params, b, resume=True, export=False)
+    assert resumed.steps_run == 2 and [m["step"] for m in resumed.metrics] == [1, 2, 3, 4]
+    for w, g in zip(full.metrics, resumed.metrics, strict=True):
+        for k, v in w.items():
+            if not k.startswith(("time/", "charts/")):
+                assert g[k] == pytest.approx(v, abs=1e-6, rel=0), (k, w["step"])
+
+
+@pytest.mark.parametrize("algorithm", ["rloo", "grpo", "online_dpo", "bon_sft"])
+def test_known_reward_rises(tmp_path, algorithm):
+    """Reward: occurrences of "e" in the reply (capped): each scored optimiser raises it within a few steps."""
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    params = policy_params(
+        algorithm,
+        reward_model="builtin:count:e",
+        steps=8,
+        batch_size=16,
+        mini_batch_size=8,
+        micro_batch_size=8,
+        max_new_tokens=12,
+        lora=False,
+        init_kl_coef=0.05,
+        adaptive_kl=False,
+    )
+    result = run(params, tmp_path, scorer=CountScorer("e", cap=4.0), export=False)
+    scores = [m["objective/score"] for m in result.metrics]
+    first, last = sum(scores[:2]) / 2, sum(scores[-2:]) / 2
+    assert last > first + 0.5, f"{algorithm}: mean reward did not rise: {scores}"
