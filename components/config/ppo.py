@@ -215,10 +215,15 @@ class PPOConfig:
 
     # --- the other optimisers' own knobs --------------------------------------------------
     rloo: RLOOConfig = field(default_factory=RLOOConfig)
+    """``algorithm: rloo``: samples per prompt, update epochs, ratio clip."""
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    """``algorithm: grpo``: group size, KL coefficient in the loss, ``grpo`` or ``dr_grpo``."""
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    """``algorithm: dpo``: the pairs file, beta, DPO or IPO."""
     online_dpo: OnlineDPOConfig = field(default_factory=OnlineDPOConfig)
+    """``algorithm: online_dpo``: beta, DPO or IPO."""
     bon_sft: BoNSFTConfig = field(default_factory=BoNSFTConfig)
+    """``algorithm: bon_sft``: samples per prompt, supervised epochs, the KL bound."""
 
     def __post_init__(self) -> None:
         if self.batch_size % self.mini_batch_size:

@@ -132,7 +132,7 @@ def test_each_algorithm_trains_exports_evaluates_and_reaches_a_gate_decision(tra
     assert (root / "metrics" / "ppo_score.png").stat().st_size > 0
 
     eval_cfg = EvalConfig(prompts="heldout.jsonl", samples_per_prompt=1, max_new_tokens=8, bootstrap_resamples=100)
-    evaluation = evaluate(eval_cfg, paths, model=ModelConfig(base="tiny"), candidate=out)
+    evaluation = evaluate(eval_cfg, paths, model=ModelConfig(base="tiny"), candidate=out, demo_task=True)
     decision = gate(GateConfig(), paths, evaluation=evaluation)
     assert decision.checks, "the gate decided nothing"
     promoted = registry.register_and_decide(paths, policy=out, evaluation=evaluation, gate=decision)

@@ -74,3 +74,21 @@ def test_accelerator_can_change_precision_in_one_process():
         assert make_accelerator(cpu=True, mixed_precision="no").mixed_precision == "no"
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_algorithm_settings_are_checked_naming_the_key():
+    with pytest.raises(ConfigError, match=r"ppo\.algorithm: 'reinforce' is not one of"):
+        load_section(PPOConfig, "ppo", {"ppo": {"algorithm": "reinforce"}})
+    with pytest.raises(ConfigError, match="multiple of rloo's 3 samples per prompt"):
+        load_section(PPOConfig, "ppo", {"ppo": {"algorithm": "rloo", "rloo": {"k": 3}}})
+    with pytest.raises(ConfigError, match="must be even"):
+        load_section(PPOConfig, "ppo", {"ppo": {"algorithm": "dpo", "batch_size": 6, "mini_batch_size": 3,
+                                                "micro_batch_size": 3}})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"unknown key ppo\.grpo\.beta"):
+        load_section(PPOConfig, "ppo", {"ppo": {"grpo": {"beta": 0.1}}})
+    cfg = load_section(PPOConfig, "ppo", {"ppo": {"algorithm": "grpo", "grpo": {"k": 8, "variant": "dr_grpo"}}})
+    assert cfg.group_size == 8 and cfg.grpo.variant == "dr_grpo"
+    # another algorithm, or other settings of one, change the resume fingerprint (a resume is refused)
+    base = fingerprint(PPOConfig(), ModelConfig(), "s", 1)
+    assert fingerprint(replace(PPOConfig(), algorithm="rloo"), ModelConfig(), "s", 1) != base
+    assert fingerprint(replace(PPOConfig(), rloo=replace(PPOConfig().rloo, k=2)), ModelConfig(), "s", 1) != base
