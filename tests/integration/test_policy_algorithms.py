@@ -14,15 +14,17 @@ import pytest
 import torch
 
 from components import registry
-from components.config import ModelConfig
-from components.evaluation import EvalConfig, evaluate
+from components.config.evaluation import EvalConfig
+from components.config.gate import GateConfig
+from components.config.model import ModelConfig
+from components.config.reward import RewardConfig
+from components.evaluation import evaluate
 from components.feedback.io import write_parquet
 from components.feedback.schema import PAIRS, conform
-from components.gate import GateConfig, gate
+from components.gate import gate
 from components.paths import ProjectPaths
 from components.ppo.scorers import CountScorer
 from components.ppo.train import exported_policy, run
-from components.reward.config import RewardConfig
 from components.reward.trainer import train_reward
 from tests.tiny_params import TINY_REWARD
 
