@@ -113,10 +113,13 @@ def train_judge_model(
     from components.fsutil import atomic_dir
 
     out = paths.root / judge.path
+    summary = paths.metrics / "judge_reward.json"
+    summary.parent.mkdir(parents=True, exist_ok=True)
     if not used:
+        note = "eval.judge is not reward_model: no judge reward model was trained"
         with atomic_dir(out, replace=True) as staging:
-            note = "eval.judge is not reward_model: no judge reward model was trained"
             (staging / "manifest.json").write_text(json.dumps({"kind": KIND, "used": False, "reason": note}) + "\n")
+        summary.write_text(json.dumps({"used": False, "reason": note}) + "\n", encoding="utf-8")
         return JudgeModelResult(False, str(out), None, None, 0, 0, note)
     from components.reward.trainer import train_reward
 
@@ -128,6 +131,9 @@ def train_judge_model(
     manifest["kind"] = KIND
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     ev, tr = result.metrics["eval"], result.metrics["train"]
+    record = {"used": True, "version": manifest["version"], "judge_slice": manifest["judge_slice"], "eval": ev,
+              "train_pairs": tr["pairs"]}  # fmt: skip
+    summary.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     log.info("judge reward model %s: held-out accuracy %s on %d pairs (%s)", manifest["version"],
              ev.get("accuracy"), ev.get("pairs", 0), RULE)  # fmt: skip
     return JudgeModelResult(True, str(out), manifest["version"], ev.get("accuracy"), int(ev.get("pairs", 0)),

@@ -99,7 +99,7 @@ def test_demo_runs_two_rounds_through_the_flow_and_the_service(prefect_api, tmp_
     # the pipeline is reproducible the DVC way: dvc.lock has every stage and nothing is left to do (the next
     # round's flow, not the promotion, points the ppo stage at the new champion)
     lock = yaml.safe_load((root / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"train_reward", "ppo", "evaluate"}
+    assert set(lock["stages"]) == {"train_reward", "train_judge", "ppo", "evaluate"}
     status = json.loads(
         subprocess.run(
             [sys.executable, "-m", "dvc", "status", "--json"], cwd=root, capture_output=True, text=True, check=True

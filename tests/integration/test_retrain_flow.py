@@ -99,7 +99,7 @@ def test_round_one_decides_then_a_rerun_skips_training_and_a_broken_stage_change
     assert json.loads((paths.policies / candidate / "manifest.json").read_text())["parent"] == "base-tiny"
     assert first["champion_after"] == registry.champion(paths).version
     lock = yaml.safe_load((root / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"train_reward", "ppo", "evaluate"}
+    assert set(lock["stages"]) == {"train_reward", "train_judge", "ppo", "evaluate"}
     assert "rows accepted" in str(Artifact.get("retrain-metrics").data)
     assert "round 1" in str(Artifact.get("retrain-summary").data)
 
@@ -215,6 +215,6 @@ def test_ppo_on_several_processes_is_recorded_in_dvc_lock(prefect_api, tmp_path)
     manifest = json.loads((root / "models" / "policy" / summary["candidate"] / "manifest.json").read_text())
     assert manifest["processes"] == 2
     lock = yaml.safe_load((root / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"train_reward", "ppo", "evaluate"}
+    assert set(lock["stages"]) == {"train_reward", "train_judge", "ppo", "evaluate"}
     status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=root, capture_output=True, text=True)
     assert "up to date" in status.stdout, status.stdout + status.stderr
