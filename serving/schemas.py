@@ -41,7 +41,7 @@ class ChatRequest(BaseModel):
     max_tokens: int | None = Field(None, ge=1, description="Reply length limit in tokens.")
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_p: float = Field(1.0, ge=0.0, le=1.0, description="Nucleus mass; 0 keeps only the most likely token.")
     n: int = Field(1, ge=1, le=64)
     stop: str | list[str] | None = Field(None, description="Up to 4 strings that end the reply.")
     seed: int | None = Field(None, ge=0, le=2**63 - 1)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -233,36 +236,17 @@ def test_health_metrics_and_openapi_are_published(api):
     assert {"/v1/chat/completions", "/v1/models", "/feedback/queue"} <= set(mounted["paths"])
 
 
-def test_schemathesis_finds_no_server_errors(served):
-    schemathesis = pytest.importorskip("schemathesis")
-    from hypothesis import HealthCheck, given, settings
-
-    failures = []
-
-    def fuzz(op):
-        @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-        @given(case=op.as_strategy())
-        def run(case):
-            response = case.call(base_url=served.url, headers=AUTH, timeout=30)
-            if response.status_code >= 500:
-                failures.append((op.method, op.path, response.status_code, case.body, response.text[:200]))
-
-        return run
-
-    # BentoML's spec (OpenAPI 3.0) for its own APIs; the mounted app's spec (3.1) for the chat API and queue.
-    specs = {"/docs.json": {"/generate", "/feedback"}, "/openapi.json": None}
-    fuzzed = set()
-    for spec, only in specs.items():
-        schema = schemathesis.openapi.from_url(served.url + spec)
-        for result in schema.get_all_operations():
-            op = result.ok()
-            if only is not None and op.path not in only:
-                continue
-            fuzzed.add(op.path)
-
-            fuzz(op)()
-    assert {"/generate", "/feedback", "/v1/chat/completions", "/v1/models", "/feedback/queue"} <= fuzzed
-    assert not failures, failures
+def test_schemathesis_finds_no_server_errors(served, tmp_path):
+    """Every phase of schemathesis on every route of the published spec (BentoML's, which includes the mounted
+    chat API): no 5xx."""
+    cli = Path(sys.executable).parent / "schemathesis"
+    if not cli.exists():
+        pytest.skip("schemathesis is not installed (it is in the dev extras)")
+    args = [str(cli), "run", served.url + "/docs.json", "--checks", "not_a_server_error", "--max-examples", "10"]
+    args += ["--phases", "examples,coverage,fuzzing,stateful", "-H", f"Authorization: Bearer {TOKEN}", "--no-color"]
+    done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "Schema Error" not in done.stdout and "Tested: 9" in done.stdout, done.stdout[-3000:]
 
 
 @pytest.mark.parametrize("path", ["/generate", "/v1/chat/completions", "/feedback"])
