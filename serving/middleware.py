@@ -151,6 +151,8 @@ def _rewrite_errors(send: Callable) -> Callable:
         skip = {b"content-length", b"content-type"}
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() not in skip]
         headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        if start["status"] in (429, 503) and not any(k.lower() == b"retry-after" for k, _ in headers):
+            headers.append((b"retry-after", b"1"))
         await send({**start, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from importlib import resources
@@ -33,7 +34,7 @@ from pydantic import Field
 from components.config import load_section
 from components.config.model import ModelConfig
 from components.config.serve import ServeConfig, load_serve_config, store_url
-from components.generation import RowParams, RowResult, encode_chat, generate_rows
+from components.generation import RowParams, RowResult, encode_chat
 from components.paths import ProjectPaths
 from components.precision import autocast
 from components.served_store import (
@@ -45,8 +46,8 @@ from components.served_store import (
     open_store,
 )
 from serving import model_source
-from serving.batcher import Batcher
 from serving.middleware import RATER_HEADER, ClientErrorLogFilter, GuardMiddleware, error_body, is_loopback
+from serving.scheduler import DeadlineExceeded, Engine, Finished, QueueFull, Row
 from serving.schemas import (
     ChatRequest,
     ChatResponse,
@@ -141,6 +142,8 @@ class Loaded:
 
 @dataclass(frozen=True)
 class Job:
+    id: str
+    """The served-output id this reply will have (known up front, so a stream can name it)."""
     ids: list[int]
     """The templated prompt's token ids (message text encoded as text: :func:`encode_chat`)."""
     prompt: str
@@ -156,6 +159,10 @@ class Served:
     id: str
     result: RowResult
     model_version: str
+
+
+class Overloaded(ServiceUnavailable):
+    """503 (the middleware adds ``Retry-After``): the queue is full or the request waited past its deadline."""
 
 
 def _bad(message: str) -> BadInput:
@@ -243,11 +250,13 @@ class RLHFService:
         self.store = open_store(store_url(self.cfg, self.paths))
         self._swap = threading.Lock()
         self.loaded = self._load(model_source.resolve(self.paths))
-        self.batcher: Batcher[Job, Served] = Batcher(
-            self._run_batch,
-            max_batch_size=int(os.environ.get("RLHF_MAX_BATCH_SIZE", self.cfg.max_batch_size)),
-            max_wait_ms=self.cfg.max_wait_ms,
-            on_batch=lambda n: batch_sizes.observe(n),
+        self.engine = Engine(
+            lambda: (self.loaded.model, self.loaded.tok, self.loaded.version),
+            max_rows=int(os.environ.get("RLHF_MAX_BATCH_SIZE", self.cfg.max_batch_size)),
+            max_queued=self.cfg.max_queued,
+            on_finish=self._record,
+            on_step=lambda n: batch_sizes.observe(n) if n else None,
+            autocast=lambda model: autocast(model.device, self.cfg.bf16),
         )
         self._stop = threading.Event()
         if self.cfg.reload_poll_seconds > 0:
@@ -283,46 +292,78 @@ class RLHFService:
         log.info("hot reload: %s -> %s", old, fresh.version)
         return True
 
-    def _run_batch(self, jobs: Sequence[Job]) -> list[Served]:
-        current = self.loaded  # one reference for the whole batch: a reload never changes weights mid-batch
-        with autocast(current.model.device, self.cfg.bf16):
-            results = generate_rows(current.model, current.tok, [j.ids for j in jobs], [j.params for j in jobs])
+    def _record(self, finished: list[Finished]) -> None:
+        """Log finished replies in one transaction (called by the engine before any caller hears of them)."""
         done = time.perf_counter()
-        served = [Served(new_id(), r, current.version) for r in results]
         self.store.log_outputs(
             [
                 ServedOutput(
-                    id=s.id,
-                    prompt=j.prompt,
-                    reply=s.result.text,
-                    model_version=s.model_version,
-                    messages=j.messages,
+                    id=job.id,
+                    prompt=job.prompt,
+                    reply=f.result.text,
+                    model_version=f.model_version,
+                    messages=job.messages,
                     params={
-                        "max_new_tokens": j.params.max_new_tokens,
-                        "temperature": j.params.temperature,
-                        "top_p": j.params.top_p,
-                        "seed": j.params.seed,
-                        "stop": list(j.params.stop),
-                        "batch_size": len(jobs),
+                        "max_new_tokens": job.params.max_new_tokens,
+                        "temperature": job.params.temperature,
+                        "top_p": job.params.top_p,
+                        "seed": job.params.seed,
+                        "stop": list(job.params.stop),
+                        "batch_size": f.row.peak_rows,
                     },
-                    endpoint=j.endpoint,
-                    prompt_tokens=s.result.prompt_tokens,
-                    completion_tokens=s.result.completion_tokens,
-                    finish_reason=s.result.finish_reason,
-                    latency_ms=(done - j.start) * 1000.0,
-                    group_id=j.group_id,
+                    endpoint=job.endpoint,
+                    prompt_tokens=f.result.prompt_tokens,
+                    completion_tokens=f.result.completion_tokens,
+                    finish_reason=f.result.finish_reason,
+                    latency_ms=(done - job.start) * 1000.0,
+                    group_id=job.group_id,
                 )
-                for j, s in zip(jobs, served)
+                for f in finished
+                for job in [f.row.tag]
             ]
         )
-        for j, s in zip(jobs, served):
-            requests_total.labels(endpoint=j.endpoint, model_version=s.model_version).inc()
-            tokens_total.labels(model_version=s.model_version).inc(s.result.completion_tokens)
-        return served
+        for f in finished:
+            requests_total.labels(endpoint=f.row.tag.endpoint, model_version=f.model_version).inc()
+            tokens_total.labels(model_version=f.model_version).inc(f.result.completion_tokens)
 
-    async def _sample(self, jobs: list[Job]) -> list[Served]:
+    def _rows(self, jobs: list[Job], on_text: Callable[[int, str], None] | None = None) -> list[Row]:
+        """Queue the jobs' rows (all or none): 503 when the queue is full."""
+        deadline = time.monotonic() + self.cfg.deadline_s
+        rows = [
+            Row(
+                j.ids,
+                j.params,
+                deadline=deadline,
+                tag=j,
+                on_text=None if on_text is None else functools.partial(on_text, i),
+            )
+            for i, j in enumerate(jobs)
+        ]
         try:
-            return list(await asyncio.gather(*(self.batcher.submit(j) for j in jobs)))
+            self.engine.submit(rows)
+        except QueueFull as exc:
+            raise Overloaded(f"the service is busy ({exc}): retry after a second") from exc
+        return rows
+
+    async def _sample(self, jobs: list[Job], request: Any = None) -> list[Served]:
+        """Generate the jobs' replies; a client that hangs up cancels its rows (stored as ``aborted``)."""
+        rows = self._rows(jobs)
+        futures = [asyncio.wrap_future(r.future) for r in rows]
+        try:
+            while not all(f.done() for f in futures):
+                await asyncio.wait(futures, timeout=0.5)
+                if request is not None and not all(f.done() for f in futures) and await request.is_disconnected():
+                    log.info("client went away: cancelling %d row(s)", len(rows))
+                    raise asyncio.CancelledError
+            return [_served(f.result()) for f in futures]
+        except DeadlineExceeded as exc:
+            raise Overloaded(f"the request waited {self.cfg.deadline_s:.0f} s for a place: retry later") from exc
+        except (asyncio.CancelledError, GeneratorExit):
+            for r in rows:
+                r.cancel()
+            raise
+        except BentoMLException:
+            raise
         except Exception as exc:
             log.exception("generation failed")
             raise ServiceUnavailable(f"generation failed ({type(exc).__name__}); nothing was served") from exc
@@ -364,14 +405,16 @@ class RLHFService:
         temperature: Annotated[float, Field(ge=0.0, le=2.0, description="0 = greedy.")] = 0.7,
         top_p: Annotated[float, Field(ge=0.0, le=1.0, description="Nucleus mass; 0 keeps only the top token.")] = 1.0,
         seed: Annotated[int | None, Field(ge=0, le=2**63 - 1, description="Same seed, same reply.")] = None,
+        ctx: bentoml.Context = None,  # type: ignore[assignment]
     ) -> GenerateResponse:
-        """One reply to one prompt (requests arriving together are batched); the reply is logged first."""
+        """One reply to one prompt (it joins the running batch at the next step); the reply is logged first."""
         self._check_text(prompt, "prompt")
         n_tokens = self.cfg.default_max_new_tokens if max_new_tokens is None else max_new_tokens
         self._check_tokens(n_tokens, "max_new_tokens")
         messages = self._messages([{"role": "user", "content": prompt}])
         loaded = self.loaded
         job = Job(
+            new_id(),
             self._prompt_ids(loaded, messages, n_tokens),
             prompt,
             messages,
@@ -380,7 +423,7 @@ class RLHFService:
             None,
             time.perf_counter(),
         )
-        (out,) = await self._sample([job])
+        (out,) = await self._sample([job], ctx.request if ctx is not None else None)
         r = out.result
         return GenerateResponse(
             id=out.id,
@@ -439,19 +482,30 @@ class RLHFService:
     # -- mounted app: OpenAI-compatible chat, models, review queue, rater page -------------------
 
     @openai_app.post("/v1/chat/completions", response_model=ChatResponse)
-    async def chat_completions(self, req: ChatRequest) -> Any:
-        """OpenAI-compatible chat completion (``stream`` sends server-sent events ending with ``[DONE]``)."""
+    async def chat_completions(self, req: ChatRequest, request: Request) -> Any:
+        """OpenAI-compatible chat completion (``stream`` sends each piece of text as it is sampled, as
+        server-sent events ending with ``[DONE]``; the reply is in the store before its final chunk)."""
         jobs = self._chat_jobs(req)
-        outs = await self._sample(jobs)
-        version = outs[0].model_version
         created = int(time.time())
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            loop = asyncio.get_running_loop()
+            events: asyncio.Queue[tuple[int, str | None]] = asyncio.Queue()
+
+            def on_text(i: int, piece: str) -> None:
+                loop.call_soon_threadsafe(events.put_nowait, (i, piece))
+
+            rows = self._rows(jobs, on_text)  # a full queue is a 503 before the stream starts
+            for i, r in enumerate(rows):
+                r.future.add_done_callback(lambda _, i=i: loop.call_soon_threadsafe(events.put_nowait, (i, None)))
+            version = self.loaded.version
             return StreamingResponse(
-                _sse(outs, created, version, include_usage),
+                _sse(jobs, rows, events, created, version, include_usage),
                 media_type="text/event-stream",
-                headers={"x-model-version": version},
+                headers={"x-model-version": version, "cache-control": "no-store"},
             )
+        outs = await self._sample(jobs, request)
+        version = outs[0].model_version
         prompt_tokens = outs[0].result.prompt_tokens
         completion = sum(o.result.completion_tokens for o in outs)
         return ChatResponse(
@@ -499,7 +553,7 @@ class RLHFService:
         for i in range(req.n):
             seed = None if req.seed is None else (req.seed + i) % 2**63
             params = RowParams(limit, req.temperature, req.top_p, seed, tuple(stop))
-            jobs.append(Job(ids, req.messages[-1].content, messages, params, "chat", group, start))
+            jobs.append(Job(new_id(), ids, req.messages[-1].content, messages, params, "chat", group, start))
         return jobs
 
     @openai_app.get("/v1/models", response_model=ModelList)
@@ -539,35 +593,66 @@ class RLHFService:
         return Response((_static / name).read_text(encoding="utf-8"), media_type=types[name])
 
 
-def _sse(outs: Sequence[Served], created: int, version: str, include_usage: bool):
-    """OpenAI's streaming shape: a role chunk, content chunks, a finish chunk per choice, [DONE]."""
+def _served(f: Finished) -> Served:
+    return Served(f.row.tag.id, f.result, f.model_version)
 
-    def event(choices: list[dict], usage: dict | None = None) -> str:
+
+async def _sse(
+    jobs: Sequence[Job],
+    rows: Sequence[Row],
+    events: asyncio.Queue[tuple[int, str | None]],
+    created: int,
+    version: str,
+    include_usage: bool,
+) -> AsyncIterator[str]:
+    """OpenAI's streaming shape: a role chunk per choice, content chunks as text is sampled, a finish chunk
+    per choice once its reply is stored, the usage chunk if asked, ``[DONE]``. A client that hangs up
+    cancels the rows still running (they are stored as ``aborted``)."""
+
+    def event(choices: list[dict], usage: dict | None = None, model: str = version) -> str:
         body = {
-            "id": outs[0].id,
+            "id": jobs[0].id,
             "object": "chat.completion.chunk",
             "created": created,
-            "model": version,
-            "model_version": version,
+            "model": model,
+            "model_version": model,
             "choices": choices,
         }
         if usage is not None:
             body["usage"] = usage
         return f"data: {json.dumps(body)}\n\n"
 
-    for i, o in enumerate(outs):
-        yield event([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-        words = o.result.text.split(" ")
-        for k, word in enumerate(words):
-            piece = word if k == 0 else " " + word
-            if piece:
-                yield event([{"index": i, "delta": {"content": piece}, "finish_reason": None}])
-        yield event([{"index": i, "delta": {}, "finish_reason": o.result.finish_reason}])
-    if include_usage:
-        prompt = outs[0].result.prompt_tokens
-        completion = sum(o.result.completion_tokens for o in outs)
-        yield event([], {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
-    yield "data: [DONE]\n\n"
+    finished: dict[int, Finished] = {}
+    try:
+        for i in range(len(rows)):
+            yield event([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        while len(finished) < len(rows):
+            i, piece = await events.get()
+            model = rows[i].model_version or version
+            if piece is not None:
+                yield event([{"index": i, "delta": {"content": piece}, "finish_reason": None}], model=model)
+                continue
+            future = rows[i].future
+            error = "the reply was cancelled" if future.cancelled() else future.exception()
+            if error is not None:
+                status = 503 if isinstance(error, (DeadlineExceeded, str)) else 500
+                log.warning("stream of %s ended without a reply: %s", jobs[i].id, error)
+                yield f"data: {json.dumps(error_body(status, f'no reply: {error}; try again'))}\n\n"
+                return
+            finished[i] = future.result()
+            yield event([{"index": i, "delta": {}, "finish_reason": finished[i].result.finish_reason}], model=model)
+        if include_usage:
+            prompt = finished[0].result.prompt_tokens
+            completion = sum(f.result.completion_tokens for f in finished.values())
+            usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+            yield event([], usage)
+        yield "data: [DONE]\n\n"
+    finally:
+        running = [r for r in rows if not r.future.done()]
+        if running:
+            log.info("stream client went away: cancelling %d row(s)", len(running))
+            for r in running:
+                r.cancel()
 
 
 def _token() -> str | None:

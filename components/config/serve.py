@@ -18,9 +18,12 @@ class ServeConfig:
     port: int = 3000
     """Port `rlhf serve` listens on."""
     max_batch_size: int = 16
-    """Most requests sampled together in one forward pass (1 = one at a time)."""
-    max_wait_ms: float = 20.0
-    """How long the batcher waits for more requests after the first one arrives."""
+    """Most replies sampled together (rows of the running batch); a request joins at the next decode step."""
+    max_queued: int = 64
+    """Most replies waiting for a place in the running batch; more get 503 with ``Retry-After``."""
+    deadline_s: float = 300.0
+    """Per-request deadline in seconds: a request still waiting then gets 503, a reply still running is cut
+    there (``finish_reason`` ``length``)."""
     default_max_new_tokens: int = 64
     """Reply length when a request does not say."""
     max_new_tokens_limit: int = 512
@@ -46,8 +49,10 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if self.torch_threads < 0:
             raise ValueError("torch_threads must be >= 0 (0 = torch's default)")
-        if self.max_batch_size < 1:
-            raise ValueError("max_batch_size must be at least 1")
+        if self.max_batch_size < 1 or self.max_queued < 1:
+            raise ValueError("max_batch_size and max_queued must be at least 1")
+        if self.deadline_s <= 0:
+            raise ValueError("deadline_s must be positive (seconds)")
         if self.max_new_tokens_limit < 1 or not 1 <= self.default_max_new_tokens <= self.max_new_tokens_limit:
             raise ValueError("need 1 <= default_max_new_tokens <= max_new_tokens_limit")
 

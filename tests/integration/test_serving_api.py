@@ -6,6 +6,7 @@ import concurrent.futures
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -307,3 +308,49 @@ def test_unknown_paths_do_not_grow_metrics_and_client_errors_log_no_traceback(ap
     assert api.post("/generate", json={"prompt": ""}).status_code == 400
     log = served.log.read_text(errors="replace")
     assert "POST /generate -> 400: prompt is empty" in log and "Traceback" not in log
+
+
+def _stream(api, max_tokens: int, seed: int):
+    body = {"messages": [{"role": "user", "content": "tell me a long story"}], "max_tokens": max_tokens}
+    body |= {"seed": seed, "temperature": 1.0, "stream": True}
+    return api.stream("POST", "/v1/chat/completions", json=body)
+
+
+def test_stream_sends_tokens_as_they_are_made_and_stores_before_done(api, store):
+    seen_before_stored = 0
+    text = ""
+    with _stream(api, 200, seed=21) as r:
+        assert r.status_code == 200 and r.headers["cache-control"] == "no-store"
+        for line in r.iter_lines():
+            if line == "data: [DONE]":
+                break
+            if not line.startswith("data: "):
+                continue
+            chunk = json.loads(line[6:])
+            sid = chunk["id"]
+            piece = chunk["choices"][0]["delta"].get("content")
+            if piece:
+                text += piece
+                seen_before_stored += store.get(sid) is None
+        row = store.get(sid)  # stored before [DONE]
+    assert row is not None and row.reply == text and row.endpoint == "chat"
+    if row.completion_tokens < 40:
+        pytest.skip(f"the sampled reply ended after {row.completion_tokens} tokens: too short to tell")
+    assert seen_before_stored >= 2  # content arrived while the reply was still being generated
+
+
+def test_a_client_that_hangs_up_leaves_an_aborted_row_and_frees_its_place(api, store):
+    before = {o.id for o in store.unrated(limit=100_000)[0]}
+    with _stream(api, 500, seed=22) as r:
+        for line in r.iter_lines():
+            if '"content": "' in line and '"content": ""' not in line:
+                break  # hang up after the first piece of text
+    deadline = time.monotonic() + 30
+    aborted = []
+    while not aborted and time.monotonic() < deadline:
+        aborted = [o for o in store.unrated(limit=100_000)[0] if o.id not in before and o.finish_reason == "aborted"]
+        time.sleep(0.2)
+    assert aborted and 0 < aborted[0].completion_tokens < 500
+    t0 = time.monotonic()
+    gen(api, "quick one")
+    assert time.monotonic() - t0 < 30

@@ -86,10 +86,15 @@ def test_sigkill_during_load_then_hot_reload(tmp_path):
         # 3. restart on the same store; it keeps serving and the old ids still take feedback
         server = start_server(project)
         with httpx.Client(base_url=server.url, timeout=30) as client:
-            again = client.post(
-                "/feedback", json={"id": acked[0], "rating": 5, "comment": "after restart"}, headers=AUTH
-            )
-            assert again.status_code == 200
+            sid, rating = acked_feedback[0]
+            again = client.post("/feedback", json={"id": sid, "rating": rating}, headers=AUTH)
+            assert again.status_code == 200 and again.json()["duplicate"] is True
+            other = client.post("/feedback", json={"id": sid, "rating": 1 + rating % 5}, headers=AUTH)
+            assert other.status_code == 409  # one judgement per output and rater, across restarts too
+            unrated = [s for s in acked if s not in {f for f, _ in acked_feedback}]
+            if unrated:
+                late = client.post("/feedback", json={"id": unrated[0], "rating": 5}, headers=AUTH)
+                assert late.status_code == 200 and late.json()["duplicate"] is False
 
             # 4. hot reload: a champion is registered, then a new one promoted, while requests keep coming
             versions: list[str] = []
