@@ -15,6 +15,7 @@ from components.config import ConfigError, from_dict, read_params
 from components.config.evaluation import EvalConfig
 from components.config.flow import FlowConfig
 from components.config.gate import GateConfig
+from components.config.judges import judge_settings_problem
 from components.config.model import ModelConfig
 from components.config.ppo import PPOConfig
 from components.config.reward import RewardConfig
@@ -64,6 +65,14 @@ def params_from_dict(raw: dict[str, Any], path: Path | None = None) -> Params:
             built[name] = from_dict(cls, raw.get(name), prefix=f"{name}.")
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}" if path else str(exc)) from exc
+    problem = judge_settings_problem(
+        built["eval"].judge,
+        demo_task=built["seeding"].demo_task,
+        judge_fraction=built["reward"].judge_fraction,
+        llm_model=built["eval"].llm_judge.model,
+    )
+    if problem:
+        raise ConfigError(f"{path}: {problem}" if path else problem)
     return Params(**built, path=path)
 
 

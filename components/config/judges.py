@@ -61,3 +61,26 @@ class LLMJudgeConfig:
             raise ValueError("llm_judge: max_tokens and concurrency must be >= 1, retries and junk_retries >= 0")
         if self.timeout_s <= 0 or self.backoff_s < 0 or not 0.0 <= self.temperature <= 2.0:
             raise ValueError("llm_judge: timeout_s must be > 0, backoff_s >= 0, temperature in [0, 2]")
+
+
+DEMO_JUDGE_REFUSAL = (
+    "eval.judge is 'demo' (the demo task's annotator, which scores customer-support replies with a sentiment "
+    "lexicon) but this project does not have the demo task switched on (seeding.demo_task: false). Set eval.judge "
+    "to 'reward_model' (a judge reward model trained on a slice of your human pairs the training reward model "
+    "never sees; with reward.judge_fraction > 0) or 'llm' (an LLM over an OpenAI-compatible endpoint, "
+    "eval.llm_judge); see docs/judges.md"
+)
+
+
+def judge_settings_problem(judge: str, *, demo_task: bool, judge_fraction: float, llm_model: str) -> str | None:
+    """What is wrong with the judge's settings across sections (checked when params load, before any work)."""
+    if judge == "demo" and not demo_task:
+        return DEMO_JUDGE_REFUSAL
+    if judge == "reward_model" and judge_fraction <= 0:
+        return (
+            "eval.judge is 'reward_model' but reward.judge_fraction is 0: the judge reward model needs its own slice "
+            "of the human pairs, which the training reward model then never sees; set it (e.g. 0.25)"
+        )
+    if judge == "llm" and not llm_model.strip():
+        return "eval.judge is 'llm' but eval.llm_judge.model is empty: name the judge model the endpoint serves"
+    return None

@@ -10,14 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from components.config.judges import DEMO_JUDGE_REFUSAL
 from components.judges.base import JudgeError, Prompt, ScoringJudge, last_user_turn
-
-REFUSAL = (
-    "eval.judge is 'demo' (the demo task's annotator, which scores customer-support replies with a sentiment "
-    "lexicon) but this project does not have the demo task switched on (seeding.demo_task: false). Set eval.judge "
-    "to 'reward_model' (a judge reward model trained on a slice of your human pairs the training reward model "
-    "never sees) or 'llm' (an LLM over an OpenAI-compatible endpoint); see docs/judges.md"
-)
 
 
 class DemoJudge(ScoringJudge):
@@ -27,7 +21,7 @@ class DemoJudge(ScoringJudge):
 
     def __init__(self, *, demo_task: bool) -> None:
         if not demo_task:
-            raise JudgeError(REFUSAL)
+            raise JudgeError(DEMO_JUDGE_REFUSAL)
         from components.demo_task import gold
 
         self._score = gold.score

@@ -129,3 +129,32 @@ def test_gate_refuses_to_decide_below_the_judge_floor():
         res = gate(GateConfig(), ProjectPaths(d), evaluation=ev)
     assert not res.passed and not res.decided
     assert "refuses to decide" in res.reasons[0] and "55.0%" in res.reasons[0]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"seeding": {"demo_task": False}}, r"eval\.judge is 'demo'.*seeding\.demo_task: false"),
+        ({"eval": {"judge": "reward_model"}}, r"reward\.judge_fraction is 0"),
+        ({"eval": {"judge": "llm"}}, r"eval\.llm_judge\.model is empty"),
+    ],
+)
+def test_judge_settings_that_cannot_work_are_refused_when_params_load(tmp_path, changes, message):
+    from pathlib import Path
+
+    import yaml
+
+    from components.config import ConfigError
+    from components.params import load_params
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
+    for section, values in changes.items():
+        raw[section].update(values)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=message):
+        load_params(tmp_path / "params.yaml")
+    raw["reward"]["judge_fraction"] = 0.25
+    raw["eval"]["llm_judge"]["model"] = "judge"
+    raw["seeding"]["demo_task"] = True
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    assert load_params(tmp_path / "params.yaml").eval.judge == raw["eval"]["judge"]
