@@ -65,6 +65,20 @@ def autocast(device: torch.device | str, enabled: bool = True) -> AbstractContex
     return nullcontext()
 
 
+def fixed_precision(device: torch.device | str, bf16: bool) -> AbstractContextManager[object]:
+    """Like :func:`autocast`, but also *off* when not enabled: float32 even inside a caller's bf16 region.
+
+    For a model whose numbers must come out in one precision whoever calls it (a reward model's scores and the
+    normalisation statistics stored with it)."""
+    device = torch.device(device)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(bf16) and bf16_fast(device))
+
+
+def precision_name(device: torch.device | str, bf16: bool) -> str:
+    """``bfloat16`` when :func:`fixed_precision` runs bf16 autocast on ``device``, else ``float32``."""
+    return "bfloat16" if bf16 and bf16_fast(device) else "float32"
+
+
 @contextmanager
 def cast_frozen_weights_once(model: torch.nn.Module) -> Iterator[None]:
     """Inside an autocast region and under ``torch.no_grad()``: frozen weights are cast to bf16 once, not per call.

@@ -31,13 +31,14 @@ from transformers import (
 
 from components.base_model import TINY_SPEC, ModelLoadError, accelerator_device, resolve_model_dir
 from components.generation import position_ids_from_mask
+from components.precision import fixed_precision, precision_name
 from components.reward.losses import normalise
 from components.shared_prefix import MIN_SHARED, common_prefix_length, prefix_cache, suffix_inputs
 
 log = logging.getLogger(__name__)
 
 NORMALIZATION_KEY = "reward_normalization"
-"""Key in the saved ``config.json`` holding ``{"mean", "std", "max_length"}``."""
+"""Key in the saved ``config.json`` holding ``{"mean", "std", "max_length", "bf16"}``."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,7 +240,12 @@ def count_trainable(model: nn.Module) -> int:
 
 class RewardModel:
     """A trained reward model: ``score(prompts, responses)`` gives normalised rewards (mean 0, std 1
-    over the training prompts' responses when the model was saved with ``center_rewards``)."""
+    over the training prompts' responses when the model was saved with ``center_rewards``).
+
+    ``bf16`` is the precision the model scores in, whoever calls it: bf16 autocast where the device computes
+    bf16 natively, float32 otherwise, and float32 even inside a caller's bf16 region when false. The trainer
+    computes the stored ``mean`` / ``std`` in that same precision (``reward.bf16``), so the scores are centred
+    by construction rather than up to the rounding gap between two precisions."""
 
     def __init__(
         self,
@@ -249,12 +255,14 @@ class RewardModel:
         mean: float = 0.0,
         std: float = 1.0,
         max_length: int = 256,
+        bf16: bool = False,
     ) -> None:
         self.model = model.eval()
         self.tok = tok
         self.mean = float(mean)
         self.std = float(std)
         self.max_length = int(max_length)
+        self.bf16 = bool(bf16)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = None) -> RewardModel:
@@ -275,12 +283,13 @@ class RewardModel:
             mean=norm.get("mean", 0.0),
             std=norm.get("std", 1.0),
             max_length=norm.get("max_length", 256),
+            bf16=norm.get("bf16", False),
         )
 
     def save(self, path: str | Path) -> None:
         """Write a plain transformers folder; the normalisation goes into its config.json."""
         path = Path(path)
-        norm = {"mean": self.mean, "std": self.std, "max_length": self.max_length}
+        norm = {"mean": self.mean, "std": self.std, "max_length": self.max_length, "bf16": self.bf16}
         setattr(self.model.config, NORMALIZATION_KEY, norm)
         self.model.save_pretrained(path)
         self.tok.save_pretrained(path)
@@ -290,6 +299,11 @@ class RewardModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def precision(self) -> str:
+        """``bfloat16`` or ``float32``: what :meth:`score` computes in on this model's device."""
+        return precision_name(self.device, self.bf16)
+
     def to(self, device: str | torch.device) -> RewardModel:
         """Move the weights to ``device`` (PPO puts the scorer on its accelerator's device); returns self."""
         self.model.to(device)
@@ -297,13 +311,15 @@ class RewardModel:
 
     @torch.no_grad()
     def raw_scores(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 16) -> torch.Tensor:
-        """Un-normalised head outputs, shape (B,), on the CPU."""
+        """Un-normalised head outputs, shape (B,), on the CPU, in the model's precision (``bf16``)."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         out: list[torch.Tensor] = []
-        for i in range(0, len(prompts), batch_size):
-            ids, _ = token_ids(self.tok, prompts[i : i + batch_size], responses[i : i + batch_size], self.max_length)
-            out.append(token_scores(self.model, ids, pad_id(self.tok)).float().cpu())  # shape: (b,)
+        with fixed_precision(self.device, self.bf16):
+            for i in range(0, len(prompts), batch_size):
+                part = slice(i, i + batch_size)
+                ids, _ = token_ids(self.tok, prompts[part], responses[part], self.max_length)
+                out.append(token_scores(self.model, ids, pad_id(self.tok)).float().cpu())  # shape: (b,)
         return torch.cat(out) if out else torch.zeros(0)
 
     def score(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 16) -> torch.Tensor:

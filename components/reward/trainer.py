@@ -4,7 +4,8 @@
 1. read the pairs and split them by prompt (train / held-out);
 2. build the backbone + scalar head and choose what trains;
 3. optimise the Bradley–Terry loss (chosen and rejected in one forward pass), logging every step;
-4. normalise: mean and std of the raw rewards of the training prompts' responses;
+4. normalise: mean and std of the raw rewards of the training prompts' responses, computed as the saved
+   model's ``score`` computes them (its function and its precision), so its scores are centred by construction;
 5. evaluate on the held-out pairs;
 6. save the transformers folder + manifest, the metrics JSON, the step log and its plot.
 
@@ -17,7 +18,7 @@ import csv
 import json
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -292,6 +293,26 @@ def score_pairs(
     return torch.cat(rc), torch.cat(rr)
 
 
+@torch.no_grad()
+def normalisation_scores(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    pairs: Pairs,
+    cfg: RewardConfig,
+    cache: FrozenPrefix | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw rewards of the normalisation pairs' chosen and rejected replies, computed as the saved model's
+    ``score`` computes them: :meth:`RewardModel.raw_scores` (texts in ``2 * eval_batch_size`` batches) in the
+    model's precision ``cfg.bf16``. With the frozen-block cache the same blocks run in the same precision from
+    the cached lower-block output (the full pass split at the frozen boundary, without paying the lower
+    blocks a second time)."""
+    if cache is not None:
+        return score_pairs(model, tok, pairs, cfg, desc="normalisation", cache=cache)
+    scorer = RewardModel(model, tok, max_length=cfg.max_length, bf16=cfg.bf16)
+    raw = scorer.raw_scores([*pairs.prompts, *pairs.prompts], [*pairs.chosen, *pairs.rejected], 2 * cfg.eval_batch_size)
+    return raw[: len(pairs)], raw[len(pairs) :]
+
+
 def evaluate_scores(
     raw_c: torch.Tensor, raw_r: torch.Tensor, margins: torch.Tensor | None, mean: float, std: float
 ) -> dict[str, float]:
@@ -529,7 +550,7 @@ def train_reward(
     if cfg.normalize_max_pairs is not None and len(train) > cfg.normalize_max_pairs:
         pick = np.random.default_rng(cfg.seed + 1).choice(len(train), size=cfg.normalize_max_pairs, replace=False)
         norm_set = train.subset(np.sort(pick))
-    tr_c, tr_r = score_pairs(model, tok, norm_set, cfg, desc="normalisation", cache=cache)
+    tr_c, tr_r = normalisation_scores(model, tok, norm_set, cfg, cache)
     mean, std = reward_stats(torch.cat([tr_c, tr_r])) if cfg.center_rewards else (0.0, 1.0)
     train_metrics["accuracy"] = round(preference_accuracy(tr_c, tr_r).item(), 6)
     train_metrics["accuracy_pairs"] = len(norm_set)
@@ -539,10 +560,14 @@ def train_reward(
     if len(held):
         ev_c, ev_r = score_pairs(model, tok, held, cfg, desc="held-out eval", cache=cache)
         n_check = min(4, len(held))
-        # in float32, as a reloaded model scores by default, so a reload can be compared closely
-        ck_c, ck_r = score_pairs(model, tok, held.subset(list(range(n_check))), replace(cfg, bf16=False), desc="check")
+        # as the saved model will score them (its scoring function and precision), so a reload compares closely
+        first_held = held.subset(list(range(n_check)))
+        scorer = RewardModel(model, tok, max_length=cfg.max_length, bf16=cfg.bf16)
+        ck_c = scorer.raw_scores(first_held.prompts, first_held.chosen)
+        ck_r = scorer.raw_scores(first_held.prompts, first_held.rejected)
         check = {
             "heldout_pairs": n_check,
+            "precision": scorer.precision,
             "raw_chosen": [round(float(x), 6) for x in ck_c],
             "raw_rejected": [round(float(x), 6) for x in ck_r],
         }
@@ -580,13 +605,13 @@ def train_reward(
         "params": to_dict(cfg),
         "judge_slice": judge_slice,
         "metrics": metrics,
-        "normalization": {"mean": mean, "std": std, "max_length": cfg.max_length},
+        "normalization": {"mean": mean, "std": std, "max_length": cfg.max_length, "bf16": cfg.bf16},
         "check": check,
         "code_revision": code_revision(root),
         "versions": {"torch": torch.__version__, "transformers": _transformers_version()},
     }
     with atomic_dir(out_dir, replace=True) as staging:
-        RewardModel(model, tok, mean=mean, std=std, max_length=cfg.max_length).save(staging)
+        RewardModel(model, tok, mean=mean, std=std, max_length=cfg.max_length, bf16=cfg.bf16).save(staging)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     (metrics_dir / METRICS_JSON).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     write_step_table(step_log, metrics_dir / STEP_CSV, metrics_dir / STEP_PNG)

@@ -48,3 +48,21 @@ def test_frozen_weights_cast_once_gives_the_same_result_and_restores_the_flags(m
     assert [p.requires_grad for p in net.parameters()] == [False, False, True, True]
     with pytest.raises(RuntimeError, match="no-grad"), cast_frozen_weights_once(net):
         pass
+
+
+def test_fixed_precision_holds_inside_a_callers_bf16_region(monkeypatch):
+    from components.precision import fixed_precision, precision_name
+
+    x = torch.randn(4, 8)
+    w = torch.randn(8, 2)
+    monkeypatch.setenv("RLHF_CPU_BF16", "1")
+    with autocast("cpu"):
+        with fixed_precision("cpu", bf16=False):
+            assert (x @ w).dtype == torch.float32  # off, although the caller runs bf16
+        with fixed_precision("cpu", bf16=True):
+            assert (x @ w).dtype == torch.bfloat16
+    assert precision_name("cpu", True) == "bfloat16" and precision_name("cpu", False) == "float32"
+    monkeypatch.setenv("RLHF_CPU_BF16", "0")
+    with fixed_precision("cpu", bf16=True):
+        assert (x @ w).dtype == torch.float32  # no native bf16: float32
+    assert precision_name("cpu", True) == "float32"
