@@ -35,7 +35,7 @@ from components.config.model import ModelConfig
 from components.fsutil import atomic_write_text
 from components.generation import generate
 from components.judges import Comparison, Judge, ScoringJudge, Verdict, make_judge
-from components.judges.base import outcome_from_scores
+from components.judges.base import judge_label, outcome_from_scores
 from components.paths import ProjectPaths
 from components.ppo import core
 from components.precision import autocast
@@ -459,16 +459,6 @@ def evaluate(
     log.info("candidate %s vs champion %s: win rate by judge %s %.3f [%.3f, %.3f]",
              c_sum.version, h_sum.version, judge.name, rate, low, high)  # fmt: skip
     return result
-
-
-def judge_label(judge: dict[str, Any]) -> str:
-    """A judge's name with what identifies it (the judge model's version, the LLM and its endpoint)."""
-    name = judge.get("name") or "judge"
-    if name == "reward_model" and judge.get("version"):
-        return f"reward_model {judge['version']}"
-    if name == "llm":
-        return f"llm {judge.get('model')} @ {judge.get('base_url')} ({judge.get('template')})"
-    return name
 
 
 def _pct(x: float | None) -> str:

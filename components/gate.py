@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from components.config.gate import GateConfig
 from components.fsutil import atomic_write_text
+from components.judges.base import judge_label
 from components.paths import ProjectPaths
 
 if TYPE_CHECKING:
@@ -42,7 +43,8 @@ class GateResult:
     decide_on: str = "point"
     """Which win-rate figure the decision used (``point`` or ``lower_bound``)."""
     judge: str = ""
-    """The judge that decided (name)."""
+    """The judge that decided: its name and what identifies it (the judge model's version, the LLM and its
+    endpoint); its full settings are in the evaluation's ``judge``."""
 
     @property
     def reasons(self) -> list[str]:
@@ -162,7 +164,7 @@ def gate(cfg: GateConfig, paths: ProjectPaths, *, evaluation: EvalResult) -> Gat
         report_path=str(paths.gate_report),
         decided=reliable,
         decide_on=cfg.decide_on,
-        judge=_judge_name(evaluation),
+        judge=judge_label(evaluation.judge or {}),
     )
     atomic_write_text(paths.gate_report, json.dumps(result.to_dict(), indent=2) + "\n")
     return result

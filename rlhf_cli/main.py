@@ -238,7 +238,7 @@ def models(as_json: JsonOpt = False) -> None:
         ev = (r.facts.get("metrics") or {}).get("eval") or {}
         win, judge = "-", "-"
         if ev.get("judge"):
-            from components.evaluation import judge_label
+            from components.judges.base import judge_label
 
             judge = judge_label(ev["judge"])
         elif "win_rate" in ev:
@@ -325,7 +325,7 @@ def _audit_text(t: dict) -> str:
         lines.append(f"  params.{section}: {shown}{' ...' if len(values) > 12 else ''}")
     judge = t.get("judge")
     if judge:
-        from components.evaluation import judge_label
+        from components.judges.base import judge_label
 
         lines.append(f"  judge: {judge_label(judge)}")
     gate = t.get("gate")

@@ -67,6 +67,16 @@ def outcome_from_scores(a: float, b: float, tolerance: float = 1e-6) -> Outcome:
     return "tie"
 
 
+def judge_label(judge: dict[str, Any]) -> str:
+    """A judge's name with what identifies it (the judge model's version, the LLM and its endpoint)."""
+    name = judge.get("name") or "judge"
+    if name == "reward_model" and judge.get("version"):
+        return f"reward_model {judge['version']}"
+    if name == "llm":
+        return f"llm {judge.get('model')} @ {judge.get('base_url')} ({judge.get('template')})"
+    return name
+
+
 class Judge:
     """A pairwise judge. Subclasses set ``name`` and implement :meth:`compare` (or :meth:`compare_many`)."""
 

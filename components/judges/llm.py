@@ -240,7 +240,7 @@ class LLMJudge(Judge):
             futures = [pool.submit(self._both, it) for it in items]
             if on_done:
                 for f in futures:
-                    f.add_done_callback(lambda f: f.exception() is None and on_done(1))
+                    f.add_done_callback(lambda f: not f.cancelled() and f.exception() is None and on_done(1))
             _, pending = wait(futures, return_when=FIRST_EXCEPTION)
             for f in pending:
                 f.cancel()

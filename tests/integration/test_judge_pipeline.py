@@ -72,6 +72,6 @@ def test_a_round_judged_by_the_judge_reward_model(prefect_api, tmp_path, monkeyp
     policy = next(m for m in listed if m["version"] == summary["candidate"])
     assert policy["facts"]["metrics"]["eval"]["judge"]["name"] == "reward_model"
     trail = json.loads(runner.invoke(app, ["audit", summary["candidate"], "--json"]).output)
-    assert trail["judge"]["name"] == "reward_model" and trail["gate"]["judge"] == "reward_model"
+    assert trail["judge"]["name"] == "reward_model" and trail["gate"]["judge"].startswith("reward_model rm-")
     text = " ".join(runner.invoke(app, ["audit", summary["candidate"]]).output.split())
     assert "judge: reward_model rm-" in text and "demo" not in text.split("judge:")[1].split("gate:")[0]
