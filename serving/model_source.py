@@ -57,3 +57,11 @@ def resolve(paths: ProjectPaths) -> ModelSource:
     if not Path(spec).is_absolute() and (paths.root / spec).is_dir():
         spec = str(paths.root / spec)
     return ModelSource(_base_version(spec), spec, "base")
+
+
+def resolve_version(paths: ProjectPaths, version: str) -> ModelSource:
+    """A registered version by name (the canary); ``RegistryError`` naming the known ones if unknown."""
+    from components import registry
+
+    record = registry.get(paths, version)
+    return ModelSource(str(record.version), str(record.path), "registry")

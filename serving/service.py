@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -152,6 +153,8 @@ class Job:
     endpoint: str
     group_id: str | None
     start: float
+    arm: str = "champion"
+    """Which model answers: ``champion`` or ``canary`` (``serve.canary_version``)."""
 
 
 @dataclass(frozen=True)
@@ -250,20 +253,43 @@ class RLHFService:
         self.store = open_store(store_url(self.cfg, self.paths))
         self._swap = threading.Lock()
         self.loaded = self._load(model_source.resolve(self.paths))
-        self.engine = Engine(
-            lambda: (self.loaded.model, self.loaded.tok, self.loaded.version),
-            max_rows=int(os.environ.get("RLHF_MAX_BATCH_SIZE", self.cfg.max_batch_size)),
-            max_queued=self.cfg.max_queued,
-            on_finish=self._record,
-            on_step=lambda n: batch_sizes.observe(n) if n else None,
-            autocast=lambda model: autocast(model.device, self.cfg.bf16),
-        )
+        self.canary: Loaded | None = None
+        if self.cfg.canary_version and self.cfg.canary_share > 0:
+            self.canary = self._load(model_source.resolve_version(self.paths, self.cfg.canary_version))
+            log.info("canary %s answers %.0f%% of conversations", self.canary.version, 100 * self.cfg.canary_share)
+        self.engines = {"champion": self._engine(lambda: self.loaded)}
+        if self.canary is not None:
+            canary = self.canary
+            self.engines["canary"] = self._engine(lambda: canary)
         self._stop = threading.Event()
         if self.cfg.reload_poll_seconds > 0:
             threading.Thread(target=self._poll, name="champion-poll", daemon=True).start()
         log.info("serving %s from project %s", self.loaded.version, self.paths.root)
 
     # -- model and batches ----------------------------------------------------------------------
+
+    def _engine(self, loaded: Callable[[], Loaded]) -> Engine:
+        def current() -> tuple[Any, Any, str]:
+            got = loaded()
+            return got.model, got.tok, got.version
+
+        return Engine(
+            current,
+            max_rows=int(os.environ.get("RLHF_MAX_BATCH_SIZE", self.cfg.max_batch_size)),
+            max_queued=self.cfg.max_queued,
+            on_finish=self._record,
+            on_step=lambda n: batch_sizes.observe(n) if n else None,
+            autocast=lambda model: autocast(model.device, self.cfg.bf16),
+        )
+
+    def _arm(self, messages: list[dict[str, str]], user: str | None = None) -> tuple[str, Loaded]:
+        """Champion or canary for this conversation: sticky, by a hash of its first user message and ``user``."""
+        if self.canary is None:
+            return "champion", self.loaded
+        first = next((m["content"] for m in messages if m["role"] == "user"), "")
+        digest = hashlib.sha256(f"{user or ''}\x1f{first}".encode()).digest()
+        bucket = int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
+        return ("canary", self.canary) if bucket < self.cfg.canary_share else ("champion", self.loaded)
 
     def _load(self, source: model_source.ModelSource) -> Loaded:
         from components.base_model import load_base
@@ -310,6 +336,7 @@ class RLHFService:
                         "seed": job.params.seed,
                         "stop": list(job.params.stop),
                         "batch_size": f.row.peak_rows,
+                        "arm": job.arm,
                     },
                     endpoint=job.endpoint,
                     prompt_tokens=f.result.prompt_tokens,
@@ -340,7 +367,7 @@ class RLHFService:
             for i, j in enumerate(jobs)
         ]
         try:
-            self.engine.submit(rows)
+            self.engines[jobs[0].arm].submit(rows)
         except QueueFull as exc:
             raise Overloaded(f"the service is busy ({exc}): retry after a second") from exc
         return rows
@@ -412,7 +439,7 @@ class RLHFService:
         n_tokens = self.cfg.default_max_new_tokens if max_new_tokens is None else max_new_tokens
         self._check_tokens(n_tokens, "max_new_tokens")
         messages = self._messages([{"role": "user", "content": prompt}])
-        loaded = self.loaded
+        arm, loaded = self._arm(messages)
         job = Job(
             new_id(),
             self._prompt_ids(loaded, messages, n_tokens),
@@ -422,6 +449,7 @@ class RLHFService:
             "generate",
             None,
             time.perf_counter(),
+            arm,
         )
         (out,) = await self._sample([job], ctx.request if ctx is not None else None)
         r = out.result
@@ -498,7 +526,7 @@ class RLHFService:
             rows = self._rows(jobs, on_text)  # a full queue is a 503 before the stream starts
             for i, r in enumerate(rows):
                 r.future.add_done_callback(lambda _, i=i: loop.call_soon_threadsafe(events.put_nowait, (i, None)))
-            version = self.loaded.version
+            version = (self.canary if jobs[0].arm == "canary" and self.canary else self.loaded).version
             return StreamingResponse(
                 _sse(jobs, rows, events, created, version, include_usage),
                 media_type="text/event-stream",
@@ -546,20 +574,22 @@ class RLHFService:
         if len(stop) > 4 or any(not s or len(s) > 100 for s in stop):
             raise _bad("stop: up to 4 non-empty strings of at most 100 characters")
         messages = self._messages([m.model_dump(include={"role", "content"}) for m in req.messages])
-        ids = self._prompt_ids(self.loaded, messages, limit)
+        arm, loaded = self._arm(messages, req.user)
+        ids = self._prompt_ids(loaded, messages, limit)
         group = new_id("grp") if req.n > 1 else None
         start = time.perf_counter()
         jobs = []
         for i in range(req.n):
             seed = None if req.seed is None else (req.seed + i) % 2**63
             params = RowParams(limit, req.temperature, req.top_p, seed, tuple(stop))
-            jobs.append(Job(new_id(), ids, req.messages[-1].content, messages, params, "chat", group, start))
+            jobs.append(Job(new_id(), ids, req.messages[-1].content, messages, params, "chat", group, start, arm))
         return jobs
 
     @openai_app.get("/v1/models", response_model=ModelList)
     def models(self) -> ModelList:
-        """The served model, in OpenAI's list shape (its id is the model version)."""
-        return ModelList(data=[ModelCard(id=self.loaded.version, created=int(time.time()), owned_by="rlhf-loop")])
+        """The served models, in OpenAI's list shape (ids are model versions): the champion, then the canary."""
+        served = [self.loaded, *([self.canary] if self.canary is not None else [])]
+        return ModelList(data=[ModelCard(id=m.version, created=int(time.time()), owned_by="rlhf-loop") for m in served])
 
     @openai_app.get("/feedback/queue", response_model=QueuePage)
     def feedback_queue(

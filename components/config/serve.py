@@ -45,12 +45,22 @@ class ServeConfig:
     shared with other work (the load test in ``bench/`` sets it)."""
     bf16: bool = True
     """Generate under bf16 autocast where the device computes bf16 natively (``components/precision.py``)."""
+    canary_version: str | None = None
+    """A registered model version served beside the champion to ``canary_share`` of the conversations
+    (null = the champion only). Read when the service starts."""
+    canary_share: float = 0.0
+    """Share of conversations (0..1) the canary answers; sticky: a conversation (its first user message and
+    the request's ``user``) always goes to the same model. Every output names its ``model_version``."""
 
     def __post_init__(self) -> None:
         if self.torch_threads < 0:
             raise ValueError("torch_threads must be >= 0 (0 = torch's default)")
         if self.max_batch_size < 1 or self.max_queued < 1:
             raise ValueError("max_batch_size and max_queued must be at least 1")
+        if not 0.0 <= self.canary_share <= 1.0:
+            raise ValueError("canary_share must be from 0 to 1 (a share of conversations)")
+        if self.canary_share > 0 and not self.canary_version:
+            raise ValueError("canary_share > 0 needs canary_version (a registered model version)")
         if self.deadline_s <= 0:
             raise ValueError("deadline_s must be positive (seconds)")
         if self.max_new_tokens_limit < 1 or not 1 <= self.default_max_new_tokens <= self.max_new_tokens_limit:

@@ -47,3 +47,17 @@ def test_bound_host_reads_the_socket_bentoml_hands_the_worker():
         sock.bind(("127.0.0.1", 0))
         assert bound_host(["worker", "--fd", str(sock.fileno()), "--x"]) == "127.0.0.1"
     assert bound_host(["worker"]) is None and bound_host(["worker", "--fd", "999999"]) is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        ({"canary_share": 0.2}, "needs canary_version"),
+        ({"canary_version": "v2", "canary_share": 1.5}, "from 0 to 1"),
+        ({"max_queued": 0}, "at least 1"),
+        ({"deadline_s": 0}, "positive"),
+    ],
+)
+def test_serve_config_refuses_impossible_values(fields, says):
+    with pytest.raises(ValueError, match=says):
+        ServeConfig(**fields)
