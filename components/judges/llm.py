@@ -224,6 +224,8 @@ class LLMJudge(Judge):
         )
 
     def _both(self, it: Comparison) -> Verdict:
+        if it.reply_a == it.reply_b:
+            return Verdict("tie", "identical replies (not asked)")
         first, ans1 = self.ask(it.prompt, it.reply_a, it.reply_b)
         second, ans2 = self.ask(it.prompt, it.reply_b, it.reply_a)
         outcome = combine(first, second)

@@ -122,6 +122,11 @@ def test_junk_answers_fail_with_the_url(served, tmp_path):
     assert judge.requests == 2 and time.monotonic() - t0 < 60
 
 
+def test_identical_replies_are_a_tie_without_asking(tmp_path):
+    judge = judge_at(f"http://127.0.0.1:{free_port()}", tmp_path)  # nothing listens: asking would fail
+    assert judge.compare(PROMPT, GOOD, GOOD).outcome == "tie" and judge.requests == 0
+
+
 def test_a_closed_port_fails_with_the_url(tmp_path):
     url = f"http://127.0.0.1:{free_port()}"
     judge = judge_at(url, tmp_path)
