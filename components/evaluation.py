@@ -356,6 +356,7 @@ def evaluate(
         cfg.judge, root=paths.root, demo_task=demo_task, judge_reward=cfg.judge_reward, llm_judge=cfg.llm_judge,
         training_manifest=rm_path / "manifest.json",
     )  # fmt: skip
+    judge.preflight()  # an unreachable judge fails before minutes of sampling
     champ = registry.ensure_base_champion(paths, model.base, resolve_model_dir(model.base))
     prompts = read_prompt_file(paths.root / cfg.prompts)[: cfg.max_prompts]
     device = accelerator_device()

@@ -94,6 +94,9 @@ class Judge:
                 on_done(1)
         return out
 
+    def preflight(self) -> None:
+        """Fail now, with a :class:`JudgeError`, if the judge cannot be reached (before the evaluation samples)."""
+
     def describe(self) -> dict[str, Any]:
         """Name and settings, recorded with every evaluation this judge decided."""
         return {"name": self.name}

@@ -159,6 +159,25 @@ class LLMJudge(Judge):
         return {"name": self.name, "base_url": c.base_url, "model": c.model, "template": self.template.version,
                 "temperature": c.temperature, "max_tokens": c.max_tokens, "both_orders": True}  # fmt: skip
 
+    def preflight(self) -> None:
+        """The endpoint accepts connections (any HTTP answer counts), tried with the same retries and backoff."""
+        import httpx
+
+        delay, last = self.cfg.backoff_s, ""
+        for attempt in range(self.cfg.retries + 1):
+            if attempt:
+                time.sleep(delay)
+                delay *= 2
+            try:
+                self.client.get(self.cfg.base_url.rstrip("/") + "/models")
+                return
+            except httpx.TransportError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+        raise JudgeError(
+            f"judge endpoint {self.url} unreachable after {self.cfg.retries + 1} tries ({last}); start it or fix "
+            "eval.llm_judge.base_url. Nothing was promoted."
+        )
+
     # -- one question ---------------------------------------------------------------------------------------
 
     def _key(self, messages: list[dict[str, str]]) -> str:
