@@ -488,6 +488,8 @@ def eval_markdown(r: EvalResult) -> str:
             f"{r.aa_win_rate:.1%} ({_pct(r.aa_low)} - {_pct(r.aa_high)}, {r.aa_comparisons} comparisons).",
             "",
         ]
+    else:
+        lines += ["A/A check: not measured (it needs eval.aa_check and eval.samples_per_prompt >= 2).", ""]
     if r.judge_accuracy is not None:
         ok = r.judge_min_accuracy is None or r.judge_accuracy >= r.judge_min_accuracy
         lines += [
