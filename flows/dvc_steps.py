@@ -21,6 +21,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from components.code_fingerprint import write_code_fingerprint
+
 log = logging.getLogger(__name__)
 
 
@@ -34,7 +36,7 @@ def lock_file(root: Path) -> Path:
 
 @contextlib.contextmanager
 def repo_lock(root: Path, timeout_s: float = 6 * 3600.0) -> Iterator[float]:
-    """Hold the repository's DVC lock; yields the seconds spent waiting for it."""
+    """Hold the repository's DVC lock, with the stages' code fingerprints written; yields the seconds spent waiting."""
     path = lock_file(root)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path))
@@ -44,6 +46,7 @@ def repo_lock(root: Path, timeout_s: float = 6 * 3600.0) -> Iterator[float]:
     except Timeout as exc:
         raise StageFailed(f"waited {timeout_s:.0f} s for the DVC lock {path}; another run holds it") from exc
     try:
+        write_code_fingerprint(root)  # each stage's code, as DVC sees it (components/code_fingerprint.py)
         yield time.perf_counter() - t0
     finally:
         lock.release()

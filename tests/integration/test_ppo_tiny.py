@@ -392,6 +392,7 @@ def test_after_a_promotion_ppo_starts_from_the_champion_and_dvc_reruns_it(tmp_pa
     it as parent and KL reference."""
     from components import registry
     from components.base_model import resolve_model_dir
+    from components.code_fingerprint import write_code_fingerprint
     from components.project import init_project
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -415,6 +416,7 @@ def test_after_a_promotion_ppo_starts_from_the_champion_and_dvc_reruns_it(tmp_pa
     first = run(paths.params, root).export_dir
     assert json.loads((first / "manifest.json").read_text())["parent"] == "base-tiny"
     dvc = [sys.executable, "-m", "dvc"]
+    write_code_fingerprint(root)  # the stages' code, as the tool writes it before every DVC command
     subprocess.run([*dvc, "commit", "--force", "ppo"], cwd=root, check=True, capture_output=True)
 
     def ppo_status() -> str:

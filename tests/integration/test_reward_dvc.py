@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from components.code_fingerprint import write_code_fingerprint
 from tests.tiny_params import TINY_REWARD
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,7 +69,9 @@ def test_dvc_repro_train_reward_runs_skips_and_reruns(tmp_path):
     _run([*dvc, "init", "-q"], project, env)
     _run([*dvc, "config", "core.analytics", "false"], project, env)
 
-    # 1. first run trains and writes the outs, metrics and plots
+    # 1. first run trains and writes the outs, metrics and plots (the tool writes the stages' code fingerprints
+    # before every DVC command it runs; here by hand)
+    write_code_fingerprint(project)
     out = _run([*dvc, "repro", "train_reward"], project, env)
     assert "Running stage 'train_reward'" in out
     assert (project / "models" / "reward" / "config.json").is_file()
@@ -78,6 +81,7 @@ def test_dvc_repro_train_reward_runs_skips_and_reruns(tmp_path):
     assert (project / "metrics" / "reward_train.csv").is_file()
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert lock["stages"]["train_reward"]["params"]["params.yaml"]["reward"]["backbone"] == "tiny"
+    assert set(lock["stages"]["train_reward"]["params"][".rlhf/code.yaml"]) == {"train_reward"}
 
     # 2. nothing changed: skipped
     out = _run([*dvc, "repro", "train_reward"], project, env)
