@@ -172,7 +172,6 @@ def serve(
     Set RLHF_API_TOKEN to protect /feedback (required on any address but loopback).
     """
     import os
-    import subprocess
     import sys
 
     from components.config import ConfigError
@@ -196,10 +195,11 @@ def serve(
     env = {**os.environ, "RLHF_PROJECT": str(params.parent), "RLHF_PARAMS": str(params), "RLHF_SERVE_HOST": host}
     console.print(f"serving project {params.parent} on http://{host}:{port} (rater page: /rate, API docs: /)")
     cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:RLHFService", "--host", host, "--port", str(port)]
-    try:
-        raise typer.Exit(code=subprocess.call(cmd, env=env))
-    except KeyboardInterrupt:
-        raise typer.Exit(code=0) from None
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Become `bentoml serve` (same process id): SIGTERM/SIGINT to `rlhf serve` then reach BentoML itself, which
+    # stops its worker; a child started with subprocess would be left running when this process is killed.
+    os.execve(sys.executable, cmd, env)
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]

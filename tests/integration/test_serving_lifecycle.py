@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -143,3 +145,35 @@ def test_public_address_without_token_is_refused(tmp_path):
     finally:
         server.kill(signal.SIGKILL)
     assert b"refusing to serve on 0.0.0.0 without an API token" in output
+
+
+@pytest.mark.slow
+def test_sigterm_to_rlhf_serve_stops_every_process_and_frees_the_port(tmp_path):
+    import psutil
+
+    project = make_project(tmp_path / "proj", reload_poll_seconds=0.0)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RLHF_API_TOKEN"}
+    env |= {"BENTOML_HOME": str(project / ".bentoml"), "RLHF_HOME": str(project / ".h"), "HF_HUB_OFFLINE": "1"}
+    rlhf = [str(Path(sys.executable).parent / "rlhf")]
+    cmd = [*rlhf, "serve", "--params", str(project / "params.yaml"), "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        workers = [p for p in psutil.process_iter(["cmdline"]) if f"{port}" in " ".join(p.info["cmdline"] or [])]
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        _, alive = psutil.wait_procs(tree + workers, timeout=30)
+        assert not alive, [p.cmdline() for p in alive]
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))  # the port is free again
+    finally:
+        if proc.poll() is None:
+            proc.kill()
