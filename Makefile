@@ -13,7 +13,7 @@ export GX_ANALYTICS_ENABLED := false
 export TOKENIZERS_PARALLELISM := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test test-fast lint format lock clean bench chromium docs
+.PHONY: install demo test test-fast lint format lock clean bench chromium postgresql docs
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,9 +40,21 @@ chromium:
 	  fi; \
 	fi
 
+# The served-output store's tests also run against a real PostgreSQL server started from Debian's `postgresql`
+# binaries: installed here when missing and we are root; elsewhere those tests are skipped with the command.
+postgresql:
+	@if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) \
+	      || echo "could not install postgresql: the store's Postgres tests will be skipped"; \
+	  else \
+	    echo "postgresql missing: the store's Postgres tests will be skipped (sudo apt-get install -y postgresql)"; \
+	  fi; \
+	fi
+
 # Unit + integration + e2e (the e2e tests load the real default model; a few minutes on 2 CPU cores),
 # then the docs site with strict warnings (a broken link or a warning fails the build).
-test: install chromium
+test: install chromium postgresql
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests
 	$(MAKE) --no-print-directory docs
 	$(VENV)/bin/ruff check .

@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -233,6 +233,9 @@ class ServedStore:
         if not (isinstance(rating, int) and 1 <= rating <= 5):
             raise ValueError(f"rating must be an integer from 1 to 5, got {rating!r}")
         comment = comment.strip() if comment and comment.strip() else None
+        return _once_after_a_race(lambda: self._record_rating(served_id, rating, comment, annotator))
+
+    def _record_rating(self, served_id: str, rating: int, comment: str | None, annotator: str) -> Recorded:
         key = _key("rating", served_id, annotator)
         with self._locked(), self._begin() as conn:
             self._require(conn, served_id)
@@ -268,6 +271,9 @@ class ServedStore:
         (the same choice again is stored once; a different one raises :class:`AlreadyRated`)."""
         if chosen_id == rejected_id:
             raise FeedbackConflict("chosen_id and rejected_id are the same output: compare two different replies")
+        return _once_after_a_race(lambda: self._record_pair(chosen_id, rejected_id, tie, annotator))
+
+    def _record_pair(self, chosen_id: str, rejected_id: str, tie: bool, annotator: str) -> Recorded:
         first, second = sorted((chosen_id, rejected_id)) if tie else (chosen_id, rejected_id)
         key = _key("pair", *sorted((chosen_id, rejected_id)), annotator)
         with self._locked(), self._begin() as conn:
@@ -407,6 +413,15 @@ class ServedStore:
 
     def _locked(self):
         return self._write_lock if self._write_lock is not None else _NullLock()
+
+
+def _once_after_a_race(record: Callable[[], Recorded]) -> Recorded:
+    """Run ``record``; if a concurrent writer inserted the same judgement first (the unique key refuses
+    ours), run it once more: it then finds that row and answers duplicate or :class:`AlreadyRated`."""
+    try:
+        return record()
+    except sa.exc.IntegrityError:
+        return record()
 
 
 class _NullLock:

@@ -53,3 +53,17 @@ def served(tmp_path_factory):
     server = start_server(project)
     yield server
     server.kill()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One real PostgreSQL server for the session (Debian's `postgresql` binaries); skipped with the install
+    command where they are missing."""
+    pytest.importorskip("psycopg", reason="needs psycopg (pip install 'psycopg[binary]'; in the dev extras)")
+    from tests.serving.postgres import INSTALL_HINT, bindir, start_postgres
+
+    if bindir() is None:
+        pytest.skip(INSTALL_HINT)
+    server = start_postgres()
+    yield server
+    server.stop()

@@ -17,9 +17,13 @@ from components.served_store import (
 )
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = open_store(tmp_path / "live" / "served.sqlite")
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request, tmp_path):
+    """The store on SQLite, and on a real PostgreSQL server (a fresh database per test)."""
+    if request.param == "sqlite":
+        s = open_store(tmp_path / "live" / "served.sqlite")
+    else:
+        s = open_store(request.getfixturevalue("postgres").new_database())
     yield s
     s.close()
 
@@ -29,10 +33,31 @@ def out(i: str, prompt: str = "my order is late", reply: str = "Sorry to hear th
 
 
 def test_sqlite_runs_in_wal_mode_with_full_sync(store):
+    if not store.is_sqlite:
+        pytest.skip("SQLite's own settings")
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
     assert store.integrity_ok()
+
+
+def test_concurrent_writers_keep_one_judgement_per_rater(store):
+    import concurrent.futures
+
+    store.log_outputs([out("a")])
+
+    def rate(i: int) -> str:
+        try:
+            return "new" if store.record_rating("a", 1 + i % 2, annotator="r").created else "duplicate"
+        except AlreadyRated:
+            return "conflict"
+        except Exception as exc:  # a unique-key race must not surface as a server error
+            return type(exc).__name__
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(rate, range(16)))
+    assert outcomes.count("new") == 1 and set(outcomes) <= {"new", "duplicate", "conflict"}, outcomes
+    assert len(store.ratings_of("a")) == 1
 
 
 def test_logged_output_reads_back(store):
