@@ -47,3 +47,28 @@ def test_every_source_path_the_docs_name_exists():
             if not path.startswith("bench/.venv") and not (ROOT / path).exists():
                 missing.add(f"{page.relative_to(ROOT)}: {path}")
     assert not missing, f"docs name files that do not exist (moved or renamed?): {sorted(missing)}"
+
+
+HISTORY_PAGES = {"benchmarks.md", "measurements.md", "alignment.md"}  # logs of past runs keep the names of their day
+NOT_PARAMS = {"flow.serve", "flow.deploy", "flow.to_deployment", "flow.from_source"}  # Prefect's Flow methods
+
+
+def test_every_params_key_the_docs_name_exists():
+    import dataclasses
+
+    from components.params import SECTIONS
+
+    pattern = re.compile(r"`([a-z_]+)\.([a-z_0-9]+)(?![a-z_0-9(])")
+    pages = [ROOT / "README.md", *(p for p in (ROOT / "docs").glob("*.md") if p.name not in HISTORY_PAGES)]
+    unknown = set()
+    for page in pages:
+        for section, key in pattern.findall(page.read_text(encoding="utf-8")):
+            if (
+                key in {"py", "dvc", "yaml", "json", "jsonl", "md", "csv", "png", "txt"}
+                or f"{section}.{key}" in NOT_PARAMS
+            ):
+                continue  # a file name, or not a params key
+            cls = SECTIONS.get(section)
+            if cls is not None and key not in {f.name for f in dataclasses.fields(cls)}:
+                unknown.add(f"{page.name}: {section}.{key}")
+    assert not unknown, f"docs name params keys that do not exist (renamed?): {sorted(unknown)}"
