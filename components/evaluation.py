@@ -40,6 +40,7 @@ from components.paths import ProjectPaths
 from components.ppo import core
 from components.precision import autocast
 from components.progress import Progress, log_progress, report
+from components.prompt_pool import Prompt, prompt_text
 from components.shared_prefix import reply_logits_shared
 
 log = logging.getLogger(__name__)
@@ -264,14 +265,11 @@ def _summary(version: str, s: _Samples, cfg: EvalConfig, judge_scores: list[floa
     )
 
 
-def read_prompt_file(path: Path) -> list[str]:
-    """Prompts of a JSONL file of ``{"prompt": ...}`` lines; a missing or empty file is an actionable error."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no held-out prompts; the seed stage writes them (or set eval.prompts)")
-    prompts = [json.loads(line)["prompt"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not prompts:
-        raise ValueError(f"{path}: holds no prompts")
-    return prompts
+def read_prompt_file(path: Path) -> list[Prompt]:
+    """The held-out prompts (a pool file: strings, or conversations as messages)."""
+    from components.prompt_pool import read_prompts
+
+    return read_prompts(path)
 
 
 @dataclass(frozen=True)
@@ -419,7 +417,7 @@ def evaluate(
     flag = overoptimised(rm_rate - 0.5, rate - 0.5, cfg.overopt_tolerance)
     reverse = overoptimised(rate - 0.5, rm_rate - 0.5, cfg.overopt_tolerance)
     examples = [
-        {"prompt": p, "candidate": c, "champion": h}
+        {"prompt": prompt_text(p), "candidate": c, "champion": h}
         for p, c, h in list(zip(prompts, cand.texts[0], champ_s.texts[0]))[:3]
     ]
     result = EvalResult(

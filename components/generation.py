@@ -11,10 +11,13 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from components.prompt_pool import Prompt, as_messages
 
-def chat_text(tok: PreTrainedTokenizerBase, prompt: str, system: str | None = None) -> str:
-    """The model's chat template applied to one user message, ending with the assistant header."""
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+
+def chat_text(tok: PreTrainedTokenizerBase, prompt: Prompt, system: str | None = None) -> str:
+    """The model's chat template applied to a prompt (one user message, or a conversation's messages with their
+    real roles), ending with the assistant header."""
+    messages = ([{"role": "system", "content": system}] if system else []) + as_messages(prompt)
     return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
@@ -298,7 +301,7 @@ def decode_reply(tok: PreTrainedTokenizerBase, row: torch.Tensor, mask: torch.Te
 def generate(
     model: PreTrainedModel,
     tok: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
+    prompts: Sequence[Prompt],
     *,
     system: str | None = None,
     max_new_tokens: int = 48,

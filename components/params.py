@@ -18,6 +18,7 @@ from components.config.gate import GateConfig
 from components.config.judges import judge_settings_problem
 from components.config.model import ModelConfig
 from components.config.ppo import PPOConfig
+from components.config.prompts import PromptsConfig
 from components.config.reward import RewardConfig
 from components.config.seeding import SeedingConfig
 from components.config.serve import ServeConfig
@@ -26,6 +27,7 @@ from components.config.validation import ValidationConfig
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "validation": ValidationConfig,
+    "prompts": PromptsConfig,
     "seeding": SeedingConfig,
     "reward": RewardConfig,
     "ppo": PPOConfig,
@@ -43,6 +45,7 @@ class Params:
 
     model: ModelConfig
     validation: ValidationConfig
+    prompts: PromptsConfig
     seeding: SeedingConfig
     reward: RewardConfig
     ppo: PPOConfig

@@ -121,13 +121,14 @@ def start_service(root: Path, params: Path, *, port: int | None = None, timeout_
     raise RuntimeError(f"bentoml serve was not ready after {timeout_s:.0f} s; see {log}")
 
 
-def traffic_prompts(n: int, seed: int = 0) -> list[str]:
-    """``n`` train prompts (never the held-out ones the gate evaluates on), in a seeded order."""
+def traffic_prompts(root: Path, n: int, seed: int = 0) -> list[str]:
+    """``n`` prompts the project's pool trains on (never the held-out ones the gate evaluates on), seeded order."""
     import random
 
-    from components.demo_task import load_prompts
+    from components.demo_task.seed import train_prompts
+    from components.paths import ProjectPaths
 
-    prompts = [p["prompt"] for p in load_prompts("train")]
+    prompts = train_prompts(ProjectPaths(root))
     random.Random(seed).shuffle(prompts)
     return prompts[:n]
 

@@ -55,14 +55,44 @@ def _prefect_logs_visible() -> None:
     logging.getLogger("prefect").setLevel(logging.INFO)
 
 
+def project_params(console: Console, params: Path | None) -> Path:
+    """The project's params file, after making ``params`` (when given) the project's: every DVC stage reads
+    ``PROJECT/params.yaml``, so another file is validated and copied over it (the previous one stays in git).
+    The project is ``--project`` / the folder holding params.yaml at or above the current one; a ``--params``
+    file inside a project folder (beside its dvc.yaml) names that project."""
+    import os
+
+    from components.config import ConfigError
+    from components.paths import ProjectPaths
+    from components.project import use_params
+
+    if params is not None and not os.environ.get("RLHF_PROJECT") and (params.resolve().parent / "dvc.yaml").is_file():
+        paths = ProjectPaths(params.resolve().parent)
+    else:
+        paths = ProjectPaths.discover()
+    if params is None:
+        return _params_file(console, paths.params)
+    try:
+        target = use_params(paths, params)
+    except (ConfigError, OSError) as exc:
+        console.print(f"[red]config error:[/] {exc}")
+        raise typer.Exit(code=2) from exc
+    if target != params.resolve():
+        console.print(f"params: {params} copied to {target} (the file every stage reads)")
+    return target
+
+
 def retrain(params: ParamsOpt = None) -> None:
-    """One run of the retraining flow on the current data (what the schedule runs)."""
+    """One run of the retraining flow on the current data (what the schedule runs).
+
+    ``--params FILE`` becomes the project's params.yaml (copied over it) so every stage, DVC's included, reads it.
+    """
     import os
 
     from flows.retrain import retrain as retrain_flow
 
     console = make_console()
-    params = _params_file(console, params)
+    params = project_params(console, params)
     os.environ.setdefault("PREFECT_HOME", str(params.parent / ".prefect"))
     _prefect_logs_visible()
     state = retrain_flow(project=str(params.parent), params=str(params), return_state=True)
@@ -181,7 +211,7 @@ def demo(
         service = demo_loop.start_service(root, params)
     try:
         console.print(f"service at {service.url} serves [bold]{service.model_version()}[/] (log {service.log})")
-        traffic = _traffic(console, demo_loop, service, users, clients, max_tokens)
+        traffic = _traffic(console, demo_loop, service, root, users, clients, max_tokens)
         os.environ["RLHF_SERVICE_URL"] = service.url
         try:
             rounds.append(_run_round(console, root, params, "round 2", seed=False))
@@ -213,12 +243,12 @@ def _run_round(console: Console, root: Path, params: Path, label: str, *, seed: 
     return summary
 
 
-def _traffic(console: Console, demo_loop, service, users: int, clients: int, max_tokens: int):
+def _traffic(console: Console, demo_loop, service, root: Path, users: int, clients: int, max_tokens: int):
     from rich.progress import Progress
 
     from components.demo_task.traffic import simulate_users
 
-    prompts = demo_loop.traffic_prompts(users)
+    prompts = demo_loop.traffic_prompts(root, users)
     console.rule(f"simulated users: {len(prompts)} prompts, {clients} at a time")
     with Progress(console=console) as bar:
         task = bar.add_task("simulated users", total=len(prompts))

@@ -60,8 +60,131 @@ def _fail(what: str, exc: Exception, code: int = 2) -> typer.Exit:
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+def main(
+    ctx: typer.Context,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    project: Annotated[
+        Path | None,
+        typer.Option(
+            "--project",
+            help="The project folder every command works on (default: the folder holding params.yaml at or above "
+            "the current one; or $RLHF_PROJECT).",
+        ),
+    ] = None,
+) -> None:
+    import os
+
     _setup_logging(verbose)
+    if project is not None:
+        before = os.environ.get("RLHF_PROJECT")
+        os.environ["RLHF_PROJECT"] = str(project.expanduser().resolve())  # what ProjectPaths.discover() reads
+
+        def restore() -> None:
+            if before is None:
+                os.environ.pop("RLHF_PROJECT", None)
+            else:
+                os.environ["RLHF_PROJECT"] = before
+
+        ctx.call_on_close(restore)
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Folder for the new project (created; must not be a project).")],
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Base model spec: smollm2-135m-instruct (default), tiny, a folder, a hub id."),
+    ] = None,
+    system_prompt: Annotated[
+        str | None, typer.Option("--system-prompt", help="System message put in front of every prompt.")
+    ] = None,
+    remote: Annotated[
+        Path | None, typer.Option("--remote", help="Folder of the project's DVC remote (default: the shared one).")
+    ] = None,
+) -> None:
+    """Start a project for your own model and feedback: params.yaml, dvc.yaml, data/, git + DVC with a remote."""
+    from components.project import ProjectError, create_project
+
+    try:
+        paths = create_project(directory, model=model, system_prompt=system_prompt, remote=remote)
+    except ProjectError as exc:
+        raise _fail("init refused", exc) from exc
+    except Exception as exc:
+        raise _fail("init failed", exc) from exc
+    console.print(f"[green]project ready[/] at {paths.root}")
+    console.print(f"next:\n  cd {paths.root}\n  rlhf import FEEDBACK_FILE\n  rlhf retrain\n  rlhf serve")
+
+
+@app.command(name="import")
+def import_(
+    path: Annotated[Path, typer.Argument(help="Feedback file (JSONL / JSON / CSV / Parquet, optionally .gz).")],
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="pairs, ratings, hh-rlhf, trl-implicit, trl-chat, ultrafeedback, label-studio, argilla "
+            "(default: detected from the rows).",
+        ),
+    ] = None,
+    mapping: Annotated[
+        str | None,
+        typer.Option("--map", help="Rename the file's columns to ours: prompt=COL,chosen=COL,rejected=COL,..."),
+    ] = None,
+    prompts: Annotated[
+        Path | None, typer.Option("--prompts", help="Also add this prompts file (JSONL or text) to the prompt pool.")
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Any quarantined row is an error: nothing is stored, exit 1.")
+    ] = False,
+    params: ParamsOpt = None,
+) -> None:
+    """Import feedback into the project: detect the format, validate (Great Expectations), quarantine bad rows
+    with reasons, store the rest as a new DVC version and rebuild the prompt pool.
+
+    Exit code 0 when rows were stored (quarantined rows are counted, not an error; with --strict any quarantined
+    row stores nothing and exits 1), 1 when nothing was accepted, 2 when the file or project is unusable.
+    """
+    from components import stages
+    from components.feedback.formats import parse_mapping
+    from components.feedback.schema import FeedbackFileError
+    from components.feedback.store import StoreError
+    from components.paths import ProjectPaths
+
+    p = _load_params(params)
+    paths = ProjectPaths.discover()
+    try:
+        cols = parse_mapping(mapping)
+        with console.status(f"importing {path}: Great Expectations validation, then a DVC version"):
+            result = stages.validate_and_store(
+                p.validation, paths, source=path, store=True, fmt=fmt, mapping=cols, prompts_file=prompts, strict=strict
+            )
+    except ValueError as exc:
+        if isinstance(exc, FeedbackFileError):
+            raise _fail("cannot read feedback file", exc) from exc
+        raise _fail("bad option", exc) from exc
+    except StoreError as exc:
+        raise _fail("import failed, nothing was stored", exc) from exc
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(_counts_table(f"rlhf import: {path.name} ({result.kind})", result))
+    console.print(f"quarantined rows: {result.quarantine_path}")
+    console.print(f"report:           {result.report}")
+    s = result.stored
+    if s is not None:
+        console.print(f"data version {s.version} (was {s.previous_version}); totals {s.totals}")
+    pool = paths.prompts / "pool.json"
+    if pool.is_file():
+        counts = json.loads(pool.read_text(encoding="utf-8"))
+        console.print(
+            f"prompt pool: {counts['train']} train, {counts['heldout']} held-out ({counts['multi_turn']} multi-turn), "
+            f"{counts['quarantined']} quarantined {counts['by_reason'] or ''}"
+        )
+    if result.accepted == 0:
+        console.print("[red]no row was accepted[/]: see the quarantine file for the reasons")
+        raise typer.Exit(code=1)
+    if strict and result.quarantined:
+        console.print(f"[red]--strict[/]: {result.quarantined} rows were quarantined, so nothing was stored")
+        raise typer.Exit(code=1)
 
 
 def _load_params(params: Path | None, *, required: bool = True):
@@ -129,6 +252,8 @@ def validate(
     store: Annotated[
         bool, typer.Option("--store", help="Also append the accepted rows to data/ as a new DVC version.")
     ] = False,
+    fmt: Annotated[str | None, typer.Option("--format", help="The file's format (default: detected).")] = None,
+    mapping: Annotated[str | None, typer.Option("--map", help="prompt=COL,chosen=COL,... renames.")] = None,
     params: ParamsOpt = None,
 ) -> None:
     """Validate a feedback file: accepted rows, quarantined rows with reasons, an HTML report.
@@ -136,6 +261,7 @@ def validate(
     Exit code 0 when every row was accepted, 1 when some were quarantined, 2 when the file is unusable.
     """
     from components import stages
+    from components.feedback.formats import parse_mapping
     from components.feedback.schema import FeedbackFileError
     from components.feedback.store import StoreError
     from components.paths import ProjectPaths
@@ -144,7 +270,9 @@ def validate(
     paths = ProjectPaths(p.path.parent) if p.path else ProjectPaths.discover()
     try:
         with console.status(f"validating {path} with Great Expectations" + (" and storing it" if store else "")):
-            result = stages.validate_and_store(p.validation, paths, source=path, out=out, store=store)
+            result = stages.validate_and_store(
+                p.validation, paths, source=path, out=out, store=store, fmt=fmt, mapping=parse_mapping(mapping)
+            )
     except FeedbackFileError as exc:
         raise _fail("cannot read feedback file", exc) from exc
     except StoreError as exc:
@@ -163,7 +291,7 @@ def validate(
 
 @app.command()
 def serve(
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = None,
     host: Annotated[str | None, typer.Option(help="Address to bind (default: serve.host in params.yaml).")] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port (default: serve.port in params.yaml).")] = None,
 ) -> None:
@@ -179,7 +307,7 @@ def serve(
     from components.paths import ProjectPaths
     from serving.service import check_host_allowed
 
-    params = params.resolve()
+    params = (params or ProjectPaths.discover().params).resolve()
     try:
         cfg = load_serve_config(ProjectPaths(params.parent), params)
     except ConfigError as exc:

@@ -9,6 +9,7 @@ section         module                                     dataclass
 ``model``       ``components/config/model.py``             ``ModelConfig``
 ``validation``  ``components/config/validation.py``        ``ValidationConfig``
 ``seeding``     ``components/config/seeding.py``           ``SeedingConfig`` (the demo task only)
+``prompts``     ``components/config/prompts.py``           ``PromptsConfig`` (the prompt pool)
 ``reward``      ``components/config/reward.py``            ``RewardConfig``
 ``ppo``         ``components/config/ppo.py``               ``PPOConfig``
 ``eval``        ``components/config/evaluation.py``        ``EvalConfig``

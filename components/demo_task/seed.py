@@ -1,10 +1,10 @@
 """Seed feedback for the demo task: sample replies from the base policy, let the gold annotator pick pairs.
 
-Steps: (1) copy the bundled prompts to ``data/prompts/{train,heldout}.jsonl``; (2) sample
-``replies_per_prompt`` replies for each of ``seed_prompts`` train prompts, in batches; (3) score every reply
-with the gold annotator; (4) per prompt, the best reply is chosen over the worst non-empty one, and with
-``pairs_per_prompt`` > 1 the 2nd best over the 2nd worst and so on (margin = the gold-score gap; pairs whose gap
-is under ``min_gold_gap`` are not made); (5) validate the pairs and append
+Steps: (1) copy the bundled prompts into the prompt pool's sources (``data/prompts/sources/demo.jsonl``);
+(2) sample ``replies_per_prompt`` replies for each of ``seed_prompts`` prompts the pool trains on, in batches;
+(3) score every reply with the gold annotator; (4) per prompt, the best reply is chosen over the worst non-empty
+one, and with ``pairs_per_prompt`` > 1 the 2nd best over the 2nd worst and so on (margin = the gold-score gap;
+pairs whose gap is under ``min_gold_gap`` are not made); (5) validate the pairs and append
 them to the versioned store, which makes a DVC version.
 
 As stages (:func:`sample_seed` -> :func:`label_seed` -> :func:`ingest_seed`), each step writes its output to
@@ -47,16 +47,24 @@ SEED_SOURCE = "demo-seed"
 GOLD_ANNOTATOR = "gold"
 
 
-def write_prompt_files(paths: ProjectPaths) -> dict[str, Path]:
-    """``data/prompts/train.jsonl`` and ``heldout.jsonl``: one ``{"prompt": ...}`` per line."""
-    paths.prompts.mkdir(parents=True, exist_ok=True)
-    out = {}
-    for split in ("train", "heldout"):
-        path = paths.prompts / f"{split}.jsonl"
-        lines = [json.dumps({"prompt": p["prompt"]}) for p in load_prompts(split)]
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        out[split] = path
-    return out
+def write_prompt_files(paths: ProjectPaths) -> Path:
+    """The bundled prompts as a prompt file of the pool (``data/prompts/sources/demo.jsonl``); the pool built at
+    the next data version splits them train / held-out by hash like any other prompt."""
+    from components.prompt_pool import sources_dir
+
+    path = sources_dir(paths) / "demo.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"prompt": p["prompt"]}) + "\n" for p in load_prompts()), encoding="utf-8")
+    return path
+
+
+def train_prompts(paths: ProjectPaths, n: int | None = None) -> list[str]:
+    """The first ``n`` bundled prompts that the project's pool puts in train (never a held-out one)."""
+    from components.feedback.store import pool_config
+    from components.prompt_pool import is_heldout
+
+    fraction = pool_config(paths).heldout_fraction
+    return [p["prompt"] for p in load_prompts() if not is_heldout(p["prompt"], fraction)][:n]
 
 
 def sample_replies(
@@ -166,7 +174,7 @@ def seed_demo_feedback(
     """Write the prompt files, sample + label seed pairs, validate and store them as a new DVC version."""
     start = time.perf_counter()
     write_prompt_files(paths)
-    prompts = [p["prompt"] for p in load_prompts("train")[: cfg.seed_prompts]]
+    prompts = train_prompts(paths, cfg.seed_prompts)
     replies = sample_replies(model, tok, prompts, cfg, system=system, progress=progress)
     frame, stats = label_pairs(prompts, replies, cfg)
     log.info("gold annotator labelled %d pairs from %d replies", stats["pairs"], stats["replies"])
@@ -221,7 +229,7 @@ def sample_seed(
 
     t0 = time.perf_counter()
     write_prompt_files(paths)
-    prompts = [p["prompt"] for p in load_prompts("train")[: cfg.seed_prompts]]
+    prompts = train_prompts(paths, cfg.seed_prompts)
     fp = _fingerprint(to_dict(cfg), to_dict(model), prompts)
     out = paths.seed_work / f"replies-{fp}.json"
     if out.is_file():

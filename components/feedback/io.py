@@ -48,7 +48,8 @@ class FeedbackFile:
     kind: str
     """``pairs`` or ``ratings`` (HH-RLHF files become ``pairs``)."""
     format: str
-    """``jsonl``, ``csv``, ``parquet`` or ``hh-rlhf``."""
+    """``jsonl``, ``csv`` or ``parquet`` for plain pairs / ratings files, else the converted format's name
+    (``hh-rlhf``, ``trl-chat``, ``label-studio``, ...)."""
     frame: pd.DataFrame
     unparseable: list[UnparseableRow] = field(default_factory=list)
     dropped_columns: list[str] = field(default_factory=list)
@@ -176,40 +177,48 @@ def split_hh_conversation(chosen: str, rejected: str) -> tuple[str, str, str]:
     return prompt, chosen[cut + len(HH_ASSISTANT) :].strip(), rejected[cut + len(HH_ASSISTANT) :].strip()
 
 
-def _hh_to_pairs(frame: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, list[UnparseableRow]]:
-    out: list[dict] = []
-    bad: list[UnparseableRow] = []
-    for row in frame.to_dict("records"):
-        try:
-            prompt, chosen, rejected = split_hh_conversation(row["chosen"], row["rejected"])
-        except ValueError as exc:
-            raw = json.dumps({"chosen": row["chosen"], "rejected": row["rejected"]}, default=str)
-            bad.append(UnparseableRow(int(row[LINE]), f"line {row[LINE]}: HH-RLHF pair: {exc}", _raw_preview(raw)))
-            continue
-        out.append(
-            {
-                "prompt": prompt,
-                "chosen": chosen,
-                "rejected": rejected,
-                "source": row.get("source") if isinstance(row.get("source"), str) else "hh-rlhf",
-                "annotator": row.get("annotator") if isinstance(row.get("annotator"), str) else "human",
-                LINE: row[LINE],
-            }
-        )
-    return pd.DataFrame(out, columns=["prompt", "chosen", "rejected", "source", "annotator", LINE]), bad
+def _read_json_array(path: Path) -> tuple[list[dict], list[int], list[UnparseableRow]]:
+    """A JSON file holding one array of objects (e.g. a Label Studio export); row numbers are array positions."""
+    try:
+        data = json.loads(_open_bytes(path).decode("utf-8", errors="surrogateescape"))
+    except json.JSONDecodeError as exc:
+        raise FeedbackFileError(path, f"not valid JSON ({exc.msg})", line=exc.lineno, column=exc.colno) from exc
+    rows, lines, bad = [], [], []
+    for i, obj in enumerate(data, start=1):
+        if isinstance(obj, dict):
+            rows.append(obj)
+            lines.append(i)
+        else:
+            bad.append(UnparseableRow(i, f"item {i}: a JSON {type(obj).__name__}, not an object", str(obj)[:500]))
+    return rows, lines, bad
 
 
-def read_feedback(path: Path | str) -> FeedbackFile:
-    """Read a pairs / ratings / HH-RLHF file. Raises ``FeedbackFileError`` if nothing in it is usable."""
+def _starts_with_array(path: Path) -> bool:
+    head = _open_bytes(path)[:4096].lstrip()
+    return head.startswith(b"[")
+
+
+def read_feedback(path: Path | str, fmt: str | None = None, mapping: dict[str, str] | None = None) -> FeedbackFile:
+    """Read a feedback file in any of :data:`components.feedback.formats.FORMATS` (auto-detected unless ``fmt``
+    is given; ``mapping`` renames the file's columns / fields to ours first). Raises ``FeedbackFileError`` if
+    nothing in it is usable or the format is unknown or ambiguous."""
+    from components.feedback import formats
+
     path = Path(path)
+    mapping = dict(mapping or {})
     if not path.is_file():
         raise FeedbackFileError(path, "file not found")
-    fmt = _format_of(path)
+    if fmt is not None and fmt not in formats.FORMATS:
+        raise FeedbackFileError(path, f"unknown format {fmt!r} (known: {', '.join(formats.FORMATS)})")
+    container = _format_of(path)
     bad: list[UnparseableRow] = []
-    if fmt == "parquet":
+    if container == "parquet":
         frame = _read_parquet(path)
     else:
-        rows, lines, bad = (_read_jsonl if fmt == "jsonl" else _read_csv)(path)
+        reader = _read_csv if container == "csv" else _read_jsonl
+        if container == "jsonl" and _starts_with_array(path):
+            reader = _read_json_array
+        rows, lines, bad = reader(path)
         if not rows and bad:
             first = bad[0]
             raise FeedbackFileError(
@@ -223,11 +232,22 @@ def read_feedback(path: Path | str) -> FeedbackFile:
     columns = [c for c in frame.columns if c != LINE]
     if not columns and not bad:
         raise FeedbackFileError(path, "the file holds no rows")
-    kind = detect_kind(columns, path)
-    if kind == "hh-rlhf":
-        frame, hh_bad = _hh_to_pairs(frame, path)
-        bad += hh_bad
-        fmt, kind = "hh-rlhf", PAIRS
+    frame = frame.rename(columns={k: v for k, v in mapping.items() if k in frame.columns})
+    fmt = fmt or formats.detect(frame, str(path))
+    if fmt in (PAIRS, "ratings"):
+        kind = fmt
+        missing = [c for c in SCHEMAS[kind].required if c not in frame.columns]
+        if missing:
+            detect_kind([c for c in frame.columns if c != LINE], path)  # raises with the columns it found
+            raise FeedbackFileError(path, f"{fmt} format: missing column(s) {', '.join(missing)}", column=missing[0])
+    else:
+        try:
+            kind, frame, converted_bad = formats.convert(frame, fmt, mapping)
+        except FeedbackFileError as exc:
+            raise FeedbackFileError(path, str(exc).removeprefix("<rows>: ")) from exc
+        bad += [UnparseableRow(line, error, raw) for line, error, raw in converted_bad]
+        if frame.empty:
+            frame = pd.DataFrame(columns=[*SCHEMAS[kind].required, LINE])
     schema = SCHEMAS[kind]
     known = set(schema.columns) | {LINE}
     dropped = sorted(c for c in frame.columns if c not in known)
@@ -239,7 +259,7 @@ def read_feedback(path: Path | str) -> FeedbackFile:
             frame[col] = None
     frame = frame.loc[:, [*schema.columns, LINE]].reset_index(drop=True)
     bad.sort(key=lambda b: b.line)
-    return FeedbackFile(path, kind, fmt, frame, bad, dropped)
+    return FeedbackFile(path, kind, container if fmt in (PAIRS, "ratings") else fmt, frame, bad, dropped)
 
 
 def write_parquet(frame: pd.DataFrame, path: Path, kind: str) -> None:

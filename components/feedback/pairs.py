@@ -34,7 +34,7 @@ def ratings_to_pairs(
         return empty_frame(PAIRS)
     now = now or pd.Timestamp.now(tz="UTC")
     frame = ratings.copy()
-    for col in ("served_id", "annotator"):
+    for col in ("served_id", "annotator", "prompt_messages"):
         if col not in frame.columns:
             frame[col] = None
     replies = (
@@ -42,6 +42,7 @@ def ratings_to_pairs(
         .agg(
             rating=("rating", "mean"),
             served_id=("served_id", "first"),
+            prompt_messages=("prompt_messages", "first"),
             annotators=("annotator", lambda s: sorted({str(a) for a in s.dropna()})),
         )
         .reset_index()
@@ -66,6 +67,7 @@ def ratings_to_pairs(
                     "margin": margin,
                     "chosen_id": hi.served_id,
                     "rejected_id": lo.served_id,
+                    "prompt_messages": hi.prompt_messages,
                 }
             )
         candidates.sort(key=lambda r: -r["margin"])

@@ -4,6 +4,9 @@ Two kinds of feedback enter the loop:
 
 - **pairs** (``data/feedback/pairs.parquet``): ``prompt, chosen, rejected`` + ``source, annotator, created_at``,
   optional ``margin`` (how much better ``chosen`` is, >= 0) and ``chosen_id`` / ``rejected_id`` (served-output ids);
+- both kinds have an optional ``prompt_messages``: a multi-turn prompt as JSON text of ``[{"role", "content"}, ...]``
+  (ending with a user turn), rendered with the chat template's real roles; ``prompt`` then holds its text form
+  (``Human: ...`` / ``Assistant: ...`` paragraphs, :func:`components.prompt_pool.prompt_text`);
 - **ratings** (``data/feedback/ratings.parquet``): ``prompt, response, rating`` (an integer 1..5) +
   ``served_id, model_version, source, annotator, created_at``.
 
@@ -72,7 +75,7 @@ PAIRS_SCHEMA = FeedbackSchema(
     kind=PAIRS,
     required=("prompt", "chosen", "rejected"),
     text=("prompt", "chosen", "rejected"),
-    optional=("source", "annotator", "created_at", "margin", "chosen_id", "rejected_id"),
+    optional=("source", "annotator", "created_at", "margin", "chosen_id", "rejected_id", "prompt_messages"),
     key=("prompt", "chosen", "rejected", "annotator"),
     arrow=pa.schema(
         [
@@ -85,6 +88,7 @@ PAIRS_SCHEMA = FeedbackSchema(
             ("margin", pa.float64()),
             ("chosen_id", pa.string()),
             ("rejected_id", pa.string()),
+            ("prompt_messages", pa.string()),
         ]
     ),
 )
@@ -93,7 +97,7 @@ RATINGS_SCHEMA = FeedbackSchema(
     kind=RATINGS,
     required=("prompt", "response", "rating"),
     text=("prompt", "response"),
-    optional=("served_id", "model_version", "source", "annotator", "created_at"),
+    optional=("served_id", "model_version", "source", "annotator", "created_at", "prompt_messages"),
     key=("prompt", "response", "rating", "served_id", "annotator"),
     arrow=pa.schema(
         [
@@ -105,6 +109,7 @@ RATINGS_SCHEMA = FeedbackSchema(
             ("source", pa.string()),
             ("annotator", pa.string()),
             ("created_at", _UTC),
+            ("prompt_messages", pa.string()),
         ]
     ),
 )

@@ -30,6 +30,9 @@ from components.feedback.io import read_parquet, write_jsonl, write_parquet
 from components.feedback.schema import PAIRS, RATINGS, SCHEMAS, key_hashes
 from components.feedback.validation import ValidationResult, quarantine_records, validate_file, validate_frame
 from components.paths import ProjectPaths, dvc_remote_dir
+from components.prompt_pool import PromptsConfig, build_pool
+
+POOL_FILES = ("train.jsonl", "heldout.jsonl", "quarantine.jsonl", "pool.json")
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,13 @@ def dvc(paths: ProjectPaths, *args: str) -> str:
         detail = (done.stderr.strip() or done.stdout.strip()).splitlines()
         raise StoreError(f"`dvc {' '.join(args)}` failed in {paths.root}: {' '.join(detail[-3:])}")
     return done.stdout
+
+
+def pool_config(paths: ProjectPaths) -> PromptsConfig:
+    """The project's ``prompts`` section (defaults when the project has no params file)."""
+    from components.config import load_section
+
+    return load_section(PromptsConfig, "prompts", paths.params) if paths.params.is_file() else PromptsConfig()
 
 
 def data_version(paths: ProjectPaths) -> str | None:
@@ -121,8 +131,60 @@ class IngestResult:
 
 
 def append(paths: ProjectPaths, result: ValidationResult, *, origin: str, push: bool = True) -> IngestResult:
-    """Append a validation's accepted and quarantined rows, then make (and push) a new DVC version."""
+    """Append a validation's accepted and quarantined rows, rebuild the prompt pool, then make (and push) a new
+    DVC version. All or nothing: when a step fails, every file it touched is put back as it was."""
+    from components.project import ProjectError, require_project
+
+    try:
+        require_project(paths, "store feedback")
+    except ProjectError as exc:
+        raise StoreError(str(exc)) from exc
     previous = data_version(paths)
+    kind = result.kind
+    touched = [
+        paths.feedback / SCHEMAS[kind].file_name,
+        paths.quarantine / f"{kind}.jsonl",
+        *(paths.prompts / name for name in POOL_FILES),
+        paths.data_dvc,
+    ]
+    saved = {f: (f.read_bytes() if f.is_file() else None) for f in touched}
+    created = [d for d in (paths.data, paths.feedback, paths.quarantine, paths.prompts) if not d.exists()]
+    try:
+        version, stamp, pool = _write_and_version(paths, result, origin, push)
+    except BaseException:
+        for f, data in saved.items():
+            if data is None:
+                f.unlink(missing_ok=True)
+            else:
+                f.write_bytes(data)
+        for d in reversed(created):
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        raise
+    totals = {k: len(load(paths, k)) for k in (PAIRS, RATINGS)}
+    entry = {
+        "version": version,
+        "previous_version": previous,
+        "time": stamp,
+        "origin": origin,
+        "kind": kind,
+        "rows_in": result.rows_in,
+        "accepted": len(result.accepted),
+        "quarantined": len(result.quarantined),
+        "by_reason": result.by_reason,
+        "totals": totals,
+        "prompts": {"train": pool.train, "heldout": pool.heldout, "quarantined": pool.quarantined},
+    }
+    paths.data_versions.parent.mkdir(parents=True, exist_ok=True)
+    with paths.data_versions.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(entry) + "\n")
+    log.info("data version %s (was %s): +%d %s rows, %s", version, previous, len(result.accepted), kind, totals)
+    return IngestResult(result, version, previous, totals, push)
+
+
+def _write_and_version(
+    paths: ProjectPaths, result: ValidationResult, origin: str, push: bool
+) -> tuple[str | None, str, Any]:
     kind = result.kind
     stored = load(paths, kind)
     new = result.accepted
@@ -138,29 +200,13 @@ def append(paths: ProjectPaths, result: ValidationResult, *, origin: str, push: 
         records = [{**r, "origin": origin, "quarantined_at": stamp} for r in quarantine_records(result)]
         write_jsonl(records, paths.quarantine / f"{kind}.jsonl", append=True)
     paths.data.mkdir(parents=True, exist_ok=True)
+    pool = build_pool(pool_config(paths), paths)
     dvc(paths, "add", "data")
     version = data_version(paths)
     if push:
         ensure_remote(paths)
         dvc(paths, "push", "data.dvc")
-    totals = {k: len(load(paths, k)) for k in (PAIRS, RATINGS)}
-    entry = {
-        "version": version,
-        "previous_version": previous,
-        "time": stamp,
-        "origin": origin,
-        "kind": kind,
-        "rows_in": result.rows_in,
-        "accepted": len(result.accepted),
-        "quarantined": len(result.quarantined),
-        "by_reason": result.by_reason,
-        "totals": totals,
-    }
-    paths.data_versions.parent.mkdir(parents=True, exist_ok=True)
-    with paths.data_versions.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(entry) + "\n")
-    log.info("data version %s (was %s): +%d %s rows, %s", version, previous, len(result.accepted), kind, totals)
-    return IngestResult(result, version, previous, totals, push)
+    return version, stamp, pool
 
 
 def ingest_file(
@@ -266,20 +312,41 @@ def validate_and_store(
     out: Path | None = None,
     store: bool = False,
     push: bool = True,
+    fmt: str | None = None,
+    mapping: dict[str, str] | None = None,
+    prompts_file: Path | None = None,
+    strict: bool = False,
 ) -> ValidateResult:
     """The validate stage: check a feedback file (every row accepted or quarantined with its reasons), write
     the accepted rows, the quarantined rows and an HTML report under ``out`` (default
-    ``reports/validation/<file name>``), and with ``store`` append the accepted rows as a new data version."""
+    ``reports/validation/<file name>``), and with ``store`` append the accepted rows as a new data version (with
+    ``prompts_file`` also added to the prompt pool's sources). ``fmt`` / ``mapping``: the file's format and column
+    names (auto-detected / none), see :mod:`components.feedback.formats`. ``strict``: store nothing when any row
+    was quarantined."""
     from components.feedback.validation import write_outputs
 
     source = Path(source).resolve()
     out = Path(out).resolve() if out is not None else paths.reports / "validation" / source.name.split(".")[0]
     if store:
+        from components.project import ProjectError, require_project
+
+        try:
+            require_project(paths, "validate --store")  # before anything is written
+        except ProjectError as exc:
+            raise StoreError(str(exc)) from exc
         ensure_checked_out(paths)
     keys = existing_keys(paths) if paths.feedback.is_dir() else None
-    result = validate_file(source, cfg, existing_keys=keys, report_dir=out / "report")
+    result = validate_file(source, cfg, existing_keys=keys, report_dir=out / "report", fmt=fmt, mapping=mapping)
     written = write_outputs(result, out)
-    stored = summarise_ingest(append(paths, result, origin=str(source), push=push)) if store else None
+    stored = None
+    if store and not (strict and len(result.quarantined)):
+        added = _add_prompt_source(paths, prompts_file) if prompts_file is not None else None
+        try:
+            stored = summarise_ingest(append(paths, result, origin=str(source), push=push))
+        except BaseException:
+            if added is not None:
+                added.unlink(missing_ok=True)
+            raise
     return ValidateResult(
         source=str(source),
         kind=result.kind,
@@ -293,6 +360,25 @@ def validate_and_store(
         notes=list(result.notes),
         stored=stored,
     )
+
+
+def _add_prompt_source(paths: ProjectPaths, prompts_file: Path) -> Path | None:
+    """Copy a prompts file into the pool's sources (``data/prompts/sources/``); refuses to overwrite another."""
+    import shutil
+
+    from components.prompt_pool import sources_dir
+
+    prompts_file = Path(prompts_file)
+    if not prompts_file.is_file():
+        raise StoreError(f"prompts file {prompts_file} not found")
+    dest = sources_dir(paths) / prompts_file.name
+    if dest.exists():
+        if dest.read_bytes() != prompts_file.read_bytes():
+            raise StoreError(f"{dest} exists with other prompts: rename {prompts_file.name} to add it beside them")
+        return None  # added before
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(prompts_file, dest)
+    return dest
 
 
 def stored_rows(paths: ProjectPaths, kind: str = PAIRS) -> int:

@@ -59,6 +59,7 @@ def check_descriptions(kind: str, cfg: ValidationConfig) -> dict[str, str]:
             f"{col}_no_control_chars": f"{col} has no control characters (tab and newlines allowed)",
             f"{col}_length": f"{col} has at most {limit} characters",
         }
+    out["prompt_messages_valid"] = "prompt_messages, if given, is a list of {role: user|assistant, content} messages"
     if kind == PAIRS:
         out |= {
             "chosen_differs_from_rejected": "chosen != rejected",
@@ -84,6 +85,11 @@ def check_descriptions(kind: str, cfg: ValidationConfig) -> dict[str, str]:
 
 def _flag(name: str) -> str:
     return f"__ok_{name}"
+
+
+def _raw(col: str) -> str:
+    """The column of ``col``'s values as read (any type), for GX's type check."""
+    return f"{col} (as read)"
 
 
 def _is_null(v: Any) -> bool:
@@ -132,6 +138,34 @@ def _number(s: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
     return pd.Series(values, index=idx, dtype=float), pd.Series(missing, index=idx), pd.Series(ok, index=idx)
 
 
+def _json_or_none(s: pd.Series) -> pd.Series:
+    """JSON text for GX's JSON-schema check (which parses each value): text that is not JSON becomes a JSON
+    string, so it fails the schema instead of stopping the check."""
+
+    def one(v: Any) -> Any:
+        if v is None:
+            return None
+        try:
+            json.loads(v)
+            return v
+        except (TypeError, ValueError):
+            return json.dumps(v)
+
+    return pd.Series([one(v) for v in s.tolist()], index=s.index, dtype=object)
+
+
+MESSAGES_SCHEMA = {
+    "type": "array",
+    "minItems": 1,
+    "items": {
+        "type": "object",
+        "required": ["role", "content"],
+        "properties": {"role": {"enum": ["user", "assistant"]}, "content": {"type": "string"}},
+    },
+}
+"""A multi-turn prompt: a non-empty list of ``{"role": "user" | "assistant", "content": str}``."""
+
+
 @dataclass
 class Prepared:
     """The frame GX validates (data + computed boolean columns) and the typed rows to store."""
@@ -164,14 +198,12 @@ def prepare(
         raw = frame[col]
         text = _as_text(raw)
         typed[col] = text
-        gx[_flag(f"{col}_is_text")] = _is_text(raw)
+        gx[_raw(col)] = pd.Series([None if _is_null(v) else v for v in raw.tolist()], index=raw.index, dtype=object)
         has_surrogate = text.str.contains(SURROGATES, regex=True, na=False).astype(bool)
         gx[_flag(f"{col}_valid_utf8")] = ~has_surrogate
         shown = text.where(~has_surrogate, text.str.replace(SURROGATES, "\ufffd", regex=True))
         gx[col] = pd.Series(shown.tolist(), index=text.index, dtype=object)
     if kind == PAIRS:
-        same = (typed["chosen"] == typed["rejected"]) & typed["chosen"].notna()
-        gx[_flag("chosen_differs_from_rejected")] = ~same.astype(bool)
         margin, _, ok = _number(frame["margin"])
         typed["margin"] = margin
         gx["margin"] = margin
@@ -190,6 +222,8 @@ def prepare(
         key_rating = rating.map(lambda x: "" if np.isnan(x) else (str(int(x)) if x == int(x) else repr(x)))
         for col in ("served_id", "model_version"):
             typed[col] = _as_text(frame[col])
+    typed["prompt_messages"] = _as_text(frame["prompt_messages"])
+    gx["prompt_messages"] = _json_or_none(typed["prompt_messages"])
     typed["source"] = _as_text(frame["source"]).fillna(source)
     typed["annotator"] = _as_text(frame["annotator"]).fillna(annotator)
     created = _as_text(frame["created_at"])
@@ -214,24 +248,31 @@ def build_suite(gx: Any, kind: str, cfg: ValidationConfig) -> Any:
     schema = SCHEMAS[kind]
     suite = gx.ExpectationSuite(name=f"feedback_{kind}")
 
+    rules = check_descriptions(kind, cfg)
+
     def add(expectation_cls: Any, check: str, **kwargs: Any) -> None:
         suite.add_expectation(expectation_cls(meta={"check": check}, **kwargs))
 
     def flag(check: str) -> None:
-        add(gxe.ExpectColumnValuesToBeInSet, check, column=_flag(check), value_set=[True])
+        # no GX expectation says this rule: a column computed in :func:`prepare`, and the rule as the description
+        add(gxe.ExpectColumnValuesToBeInSet, check, column=_flag(check), value_set=[True],
+            description=f"{check}: {rules[check]}")  # fmt: skip
 
     for col in schema.required:
         add(gxe.ExpectColumnToExist, "required_columns", column=col)
     for col in schema.text:
         limit = cfg.max_prompt_chars if col == "prompt" else cfg.max_reply_chars
         add(gxe.ExpectColumnValuesToNotBeNull, f"{col}_not_null", column=col)
-        flag(f"{col}_is_text")
+        add(gxe.ExpectColumnValuesToBeOfType, f"{col}_is_text", column=_raw(col), type_="str")
         flag(f"{col}_valid_utf8")
         add(gxe.ExpectColumnValuesToNotMatchRegex, f"{col}_not_blank", column=col, regex=BLANK)
         add(gxe.ExpectColumnValuesToNotMatchRegex, f"{col}_no_control_chars", column=col, regex=CONTROL_CHARS)
         add(gxe.ExpectColumnValueLengthsToBeBetween, f"{col}_length", column=col, max_value=limit)
+    add(gxe.ExpectColumnValuesToMatchJsonSchema, "prompt_messages_valid", column="prompt_messages",
+        json_schema=MESSAGES_SCHEMA)  # fmt: skip
     if kind == PAIRS:
-        flag("chosen_differs_from_rejected")
+        add(gxe.ExpectSelectColumnValuesToBeUniqueWithinRecord, "chosen_differs_from_rejected",
+            column_list=["chosen", "rejected"])  # fmt: skip
         flag("margin_is_number")
         add(gxe.ExpectColumnValuesToBeBetween, "margin_non_negative", column="margin", min_value=0)
     else:
@@ -396,6 +437,8 @@ def validate_frame(
         report=report,
         seconds=time.perf_counter() - start,
     )
+    if report_dir is not None:
+        result.report = write_summary_html(result, cfg, Path(report_dir) / "summary.html")
     if result.rows_in != len(result.accepted) + len(result.quarantined):  # the invariant, checked every time
         raise AssertionError(f"rows in {result.rows_in} != accepted {len(accepted)} + quarantined {len(quarantined)}")
     log.info(
@@ -409,15 +452,56 @@ def validate_frame(
     return result
 
 
+def write_summary_html(result: ValidationResult, cfg: ValidationConfig, path: Path) -> Path:
+    """A self-contained HTML page (no scripts, no network): the counts, then every rule with the rows that broke
+    it. GX's Data Docs (``index.html`` beside it) hold the full results but load their styles from CDNs."""
+    from html import escape
+
+    rules = check_descriptions(result.kind, cfg) | {UNPARSEABLE: "the line can be read as a row"}
+    lines_by_reason: dict[str, list[int]] = {}
+    for line, reasons in zip(result.quarantined["line"], result.quarantined["reasons"]):
+        for reason in reasons:
+            lines_by_reason.setdefault(reason, []).append(int(line))
+    rows = []
+    for check, rule in rules.items():
+        failed = lines_by_reason.get(check, [])
+        shown = ", ".join(map(str, failed[:20])) + (f" ... (+{len(failed) - 20})" if len(failed) > 20 else "")
+        status = f'<td class="bad">{len(failed)}</td>' if failed else '<td class="ok">0</td>'
+        rows.append(f"<tr><td><code>{escape(check)}</code></td><td>{escape(rule)}</td>{status}"
+                    f"<td>{escape(shown)}</td></tr>")  # fmt: skip
+    reconciled = result.rows_in == len(result.accepted) + len(result.quarantined)
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>feedback validation: {escape(result.kind)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}}.bad{{color:#b00;font-weight:bold}}
+.ok{{color:#070}}</style></head><body>
+<h1>Feedback validation ({escape(result.kind)})</h1>
+<p>rows in <b>{result.rows_in}</b> = accepted <b>{len(result.accepted)}</b> + quarantined
+<b>{len(result.quarantined)}</b> ({"reconciled" if reconciled else "NOT reconciled"}).
+A quarantined row is stored with its reasons in the quarantine file; a row can break several rules.</p>
+<table><tr><th>check</th><th>rule</th><th>rows that broke it</th><th>their lines</th></tr>
+{"".join(rows)}
+</table>
+<p>Great Expectations' own report of the same run: <a href="index.html">Data Docs</a> (needs a network for its
+styles).</p></body></html>
+"""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
 def validate_file(
     path: Path | str,
     cfg: ValidationConfig,
     *,
     existing_keys: dict[str, np.ndarray] | None = None,
     report_dir: Path | None = None,
+    fmt: str | None = None,
+    mapping: dict[str, str] | None = None,
 ) -> ValidationResult:
-    """Read and validate one feedback file (JSONL / CSV / Parquet / HH-RLHF). Raises ``FeedbackFileError``."""
-    loaded = read_feedback(path)
+    """Read and validate one feedback file in any known format (:mod:`components.feedback.formats`; ``fmt``
+    and ``mapping`` as in :func:`~components.feedback.io.read_feedback`). Raises ``FeedbackFileError``."""
+    loaded = read_feedback(path, fmt, mapping)
     result = validate_frame(
         loaded.frame,
         loaded.kind,
@@ -425,7 +509,7 @@ def validate_file(
         existing_keys=(existing_keys or {}).get(loaded.kind),
         unparseable=loaded.unparseable,
         report_dir=report_dir,
-        source="hh-rlhf" if loaded.format == "hh-rlhf" else f"file:{Path(path).name}",
+        source=loaded.format if loaded.format in ("hh-rlhf", "label-studio", "argilla") else f"file:{Path(path).name}",
     )
     if loaded.dropped_columns:
         result.notes.append(f"columns not in the {loaded.kind} schema, not stored: {', '.join(loaded.dropped_columns)}")

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 Outcome = Literal["win", "tie", "loss"]
-Prompt = str | Sequence[dict[str, str]]
+Prompt = str | Sequence[dict[str, str]] | tuple[tuple[str, str], ...]
+"""A conversation may also come as ``((role, content), ...)`` (the prompt pool's hashable form)."""
 
 VALUE: dict[str, float] = {"win": 1.0, "tie": 0.5, "loss": 0.0}
 """An outcome as a win-rate contribution (ties count half)."""
@@ -45,16 +46,20 @@ class Comparison:
 
 def prompt_text(prompt: Prompt) -> str:
     """A prompt as one string: itself, or a conversation's turns as ``role: content`` lines."""
+    from components.prompt_pool import as_messages
+
     if isinstance(prompt, str):
         return prompt
-    return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+    return "\n".join(f"{m['role']}: {m['content']}" for m in as_messages(prompt))
 
 
 def last_user_turn(prompt: Prompt) -> str:
     """The user turn being answered (the whole prompt when it is a string)."""
+    from components.prompt_pool import as_messages
+
     if isinstance(prompt, str):
         return prompt
-    users = [m["content"] for m in prompt if m.get("role") == "user"]
+    users = [m["content"] for m in as_messages(prompt) if m.get("role") == "user"]
     return users[-1] if users else prompt_text(prompt)
 
 

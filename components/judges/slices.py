@@ -16,9 +16,11 @@ RULE = f"sha256({SALT!r} + normalised prompt) / 2**64 < fraction"
 
 def normalise_prompt(prompt: str | Sequence[dict[str, str]]) -> str:
     """Case-folded, whitespace-collapsed text; a conversation as JSON of its normalised turns."""
+    from components.prompt_pool import as_messages
+
     if isinstance(prompt, str):
         return " ".join(prompt.split()).casefold()
-    return json.dumps([[m["role"], " ".join(m["content"].split()).casefold()] for m in prompt])
+    return json.dumps([[m["role"], " ".join(m["content"].split()).casefold()] for m in as_messages(prompt)])
 
 
 def slice_position(prompt: str | Sequence[dict[str, str]]) -> float:

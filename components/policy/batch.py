@@ -7,7 +7,7 @@ H hidden size.
 
 from __future__ import annotations
 
-import json
+import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -15,6 +15,9 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from components.generation import chat_text, encode_left_padded
+from components.prompt_pool import Prompt
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -95,36 +98,39 @@ def encode_replies(
     )
 
 
-def read_prompts(path: Path) -> list[str]:
-    """Prompts from a JSONL file of ``{"prompt": ...}`` rows; a bad row is an error naming its line."""
-    if not path.is_file():
-        raise FileNotFoundError(f"prompts file {path} not found (seed the demo data first, or set ppo.prompts)")
-    prompts = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            prompt = row["prompt"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path}:{i}: expected a JSON object with a 'prompt' key ({exc})") from exc
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError(f"{path}:{i}: 'prompt' must be a non-empty string")
-        prompts.append(prompt)
-    if not prompts:
-        raise ValueError(f"{path}: no prompts")
+def read_prompts(path: Path, root: Path | None = None) -> list[Prompt]:
+    """Prompts from a pool file (``{"prompt"}`` / ``{"messages"}`` rows; a bad row is an error naming its line).
+
+    With ``root`` (the project), a prompt that is one of the pool's held-out prompts is refused
+    (:class:`~components.prompt_pool.HeldoutLeak`): held-out prompts never train the policy."""
+    from components.prompt_pool import read_prompts as read_pool
+    from components.prompt_pool import refuse_heldout
+
+    prompts = read_pool(path)
+    if root is not None:
+        refuse_heldout(prompts, root, f"training prompts in {path}")
     return prompts
 
 
-def read_pairs(path: Path) -> list[tuple[str, str, str]]:
-    """``(prompt, chosen, rejected)`` rows of the versioned preference pairs; none is an error saying what to do."""
+def read_pairs(path: Path, root: Path | None = None) -> list[tuple[Prompt, str, str]]:
+    """``(prompt, chosen, rejected)`` rows of the versioned preference pairs (a conversation's prompt as its
+    messages); none is an error saying what to do. With ``root`` (the project), pairs on the prompt pool's
+    held-out prompts are left out: they never train the policy."""
     from components.feedback.io import read_parquet
     from components.feedback.schema import PAIRS
+    from components.prompt_pool import from_record, heldout_keys, prompt_key
 
     if not path.is_file():
         raise FileNotFoundError(f"preference pairs {path} not found: validate and store feedback first (rlhf import)")
     frame = read_parquet(path, PAIRS)
-    rows = list(zip(frame["prompt"], frame["chosen"], frame["rejected"], strict=True))
+    prompts = [from_record(r) for r in frame.loc[:, ["prompt", "prompt_messages"]].to_dict("records")]
+    rows = list(zip(prompts, frame["chosen"], frame["rejected"], strict=True))
+    held = heldout_keys(root) if root is not None else set()
+    if held:
+        kept = [r for r in rows if prompt_key(r[0]) not in held]
+        if len(kept) < len(rows):
+            log.info("%d pairs on held-out prompts of the pool left out of policy training", len(rows) - len(kept))
+        rows = kept
     if not rows:
         raise ValueError(f"{path}: no preference pairs to train on")
     return rows

@@ -117,7 +117,7 @@ class PolicyTrainer:
         if self.reference is not None:
             self.reference.to(self.acc.device)
         self.kl_ctl = core.make_kl_controller(cfg.adaptive_kl, cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
-        self.all_prompts = read_prompts(paths.root / cfg.prompts) if self.algo.uses_scorer else []
+        self.all_prompts = read_prompts(paths.root / cfg.prompts, paths.root) if self.algo.uses_scorer else []
         self.fingerprint = fingerprint(cfg, model_cfg, scorer_id, self.acc.num_processes)
         self.step = 0
         self.metrics: list[dict[str, float]] = []

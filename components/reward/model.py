@@ -32,6 +32,7 @@ from transformers import (
 from components.base_model import TINY_SPEC, ModelLoadError, accelerator_device, resolve_model_dir
 from components.generation import position_ids_from_mask
 from components.precision import fixed_precision, precision_name
+from components.prompt_pool import Prompt, as_messages
 from components.reward.losses import normalise
 from components.shared_prefix import MIN_SHARED, common_prefix_length, prefix_cache, suffix_inputs
 
@@ -46,9 +47,10 @@ NORMALIZATION_KEY = "reward_normalization"
 # ---------------------------------------------------------------------------------------------
 
 
-def reward_text(tok: PreTrainedTokenizerBase, prompt: str, response: str) -> str:
-    """The chat-template text of one prompt and its reply, ending at the reply's closing EOS token."""
-    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+def reward_text(tok: PreTrainedTokenizerBase, prompt: Prompt, response: str) -> str:
+    """The chat-template text of one prompt (a user message, or a conversation with its real roles) and its
+    reply, ending at the reply's closing EOS token."""
+    messages = [*as_messages(prompt), {"role": "assistant", "content": response}]
     text = tok.apply_chat_template(messages, tokenize=False)
     eos = tok.eos_token or ""
     if eos and text.endswith(eos + "\n"):
@@ -72,7 +74,7 @@ class Batch:
 
 
 def token_ids(
-    tok: PreTrainedTokenizerBase, prompts: Sequence[str], responses: Sequence[str], max_length: int
+    tok: PreTrainedTokenizerBase, prompts: Sequence[Prompt], responses: Sequence[str], max_length: int
 ) -> tuple[list[list[int]], tuple[bool, ...]]:
     """Each prompt+response text's token ids, truncated to its *last* ``max_length`` tokens, and which were
     truncated (the reply and the token the score is read at always survive)."""
@@ -84,6 +86,29 @@ def token_ids(
     ids = tok(texts, add_special_tokens=False)["input_ids"]
     truncated = tuple(len(x) > max_length for x in ids)
     return [list(x[-max_length:]) for x in ids], truncated
+
+
+def truncation_stats(
+    tok: PreTrainedTokenizerBase, prompts: Sequence[Prompt], responses: Sequence[str], max_length: int
+) -> dict[str, float | int]:
+    """How much ``max_length`` cuts from these texts. Texts keep their *last* ``max_length`` tokens, so what is
+    cut is the far past of the conversation (the start of the prompt); ``replies_cut`` counts the texts whose
+    reply alone is longer than ``max_length`` (their score misses the reply's start too)."""
+    texts = [reward_text(tok, p, r) for p, r in zip(prompts, responses)]
+    lengths = [len(x) for x in tok(texts, add_special_tokens=False)["input_ids"]]
+    reply_lengths = [len(x) for x in tok(list(responses), add_special_tokens=False)["input_ids"]]
+    cut = [max(0, n - max_length) for n in lengths]
+    truncated = [c for c in cut if c]
+    return {
+        "texts": len(texts),
+        "max_length": max_length,
+        "truncated": len(truncated),
+        "tokens_cut": int(sum(cut)),
+        "mean_cut_of_truncated": round(sum(truncated) / len(truncated), 1) if truncated else 0.0,
+        "max_cut": max(cut, default=0),
+        "longest_text": max(lengths, default=0),
+        "replies_cut": sum(n >= max_length for n in reply_lengths),
+    }
 
 
 def pad_right(ids: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:

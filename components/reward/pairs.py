@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from components.prompt_pool import Prompt, from_record, prompt_key
+
 REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
 """Columns the reward model reads; ``margin`` (float, nullable) is optional, other columns are ignored."""
 
@@ -21,7 +23,8 @@ class PairsError(ValueError):
 class Pairs:
     """Preference pairs as plain lists (margins: null -> 0.0)."""
 
-    prompts: list[str]
+    prompts: list[Prompt]
+    """Each pair's prompt: a string, or a conversation's messages (``prompt_messages`` in the stored pairs)."""
     chosen: list[str]
     rejected: list[str]
     margins: list[float]
@@ -60,8 +63,12 @@ def read_pairs(path: Path) -> Pairs:
         margins = pd.to_numeric(df["margin"], errors="raise").fillna(0.0).astype(float).tolist()
     else:
         margins = [0.0] * len(df)
+    if "prompt_messages" in df.columns:
+        prompts = [from_record(r) for r in df.loc[:, ["prompt", "prompt_messages"]].to_dict("records")]
+    else:
+        prompts = df["prompt"].astype(str).tolist()
     return Pairs(
-        df["prompt"].astype(str).tolist(),
+        prompts,
         df["chosen"].astype(str).tolist(),
         df["rejected"].astype(str).tolist(),
         margins,
@@ -72,15 +79,22 @@ def split_by_prompt(pairs: Pairs, eval_fraction: float, seed: int) -> tuple[np.n
     """Row indices ``(train, held_out)``: a seeded random ``eval_fraction`` of the distinct prompts is held
     out with all its pairs, so no held-out prompt is seen in training. With two or more prompts and a
     positive fraction, at least one prompt is held out and at least one trains."""
-    unique = sorted(set(pairs.prompts))
+    keys = [p if isinstance(p, str) else prompt_key(p) for p in pairs.prompts]
+    unique = sorted(set(keys))
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(unique))
     n_eval = round(eval_fraction * len(unique))
     if eval_fraction > 0 and len(unique) >= 2:
         n_eval = min(max(n_eval, 1), len(unique) - 1)
     held = {unique[i] for i in order[:n_eval]}
-    is_eval = np.array([p in held for p in pairs.prompts], dtype=bool)
+    is_eval = np.array([k in held for k in keys], dtype=bool)
     return np.flatnonzero(~is_eval), np.flatnonzero(is_eval)
+
+
+def pool_heldout_rows(pairs: Pairs, heldout: set[str]) -> np.ndarray:
+    """Rows whose prompt is one of the prompt pool's held-out prompts (``heldout``: their keys): they never
+    train the reward model."""
+    return np.array([i for i, p in enumerate(pairs.prompts) if prompt_key(p) in heldout], dtype=int)
 
 
 def file_md5(path: Path) -> str:
@@ -98,7 +112,8 @@ def first_pair_per_prompt(pairs: Pairs) -> np.ndarray:
     seen: set[str] = set()
     rows = []
     for i, prompt in enumerate(pairs.prompts):
-        if prompt not in seen:
-            seen.add(prompt)
+        key = prompt if isinstance(prompt, str) else prompt_key(prompt)
+        if key not in seen:
+            seen.add(key)
             rows.append(i)
     return np.array(rows, dtype=int)

@@ -34,6 +34,7 @@ from components.fsutil import atomic_dir
 from components.lineage import code_revision, data_version
 from components.precision import autocast
 from components.progress import Progress, report
+from components.prompt_pool import heldout_keys
 from components.reward.feature_store import FeatureStore
 from components.reward.frozen_cache import FrozenPrefix
 from components.reward.losses import (
@@ -50,8 +51,16 @@ from components.reward.model import (
     pair_scores,
     reward_text,
     transformer_layers,
+    truncation_stats,
 )
-from components.reward.pairs import Pairs, file_md5, first_pair_per_prompt, read_pairs, split_by_prompt
+from components.reward.pairs import (
+    Pairs,
+    file_md5,
+    first_pair_per_prompt,
+    pool_heldout_rows,
+    read_pairs,
+    split_by_prompt,
+)
 
 log = logging.getLogger(__name__)
 
@@ -514,6 +523,11 @@ def train_reward(
             f"{cfg.judge_fraction}); import more feedback or change the fraction"
         )
     train_idx, eval_idx = split_by_prompt(pairs, cfg.eval_fraction, cfg.seed)
+    pool_held = pool_heldout_rows(pairs, heldout_keys(root))
+    if len(pool_held):  # held-out prompts of the pool never train anything: their pairs join the evaluation
+        log.info("%d pairs are on held-out prompts of the prompt pool: evaluated on, never trained on", len(pool_held))
+        train_idx = np.setdiff1d(train_idx, pool_held)
+        eval_idx = np.union1d(eval_idx, pool_held)
     if cfg.max_train_pairs is not None and len(train_idx) > cfg.max_train_pairs:
         rng = np.random.default_rng(cfg.seed)
         train_idx = np.sort(rng.choice(train_idx, size=cfg.max_train_pairs, replace=False))
@@ -583,10 +597,20 @@ def train_reward(
     else:
         eval_metrics = {"pairs": 0}
         log.warning("no held-out pairs (reward.eval_fraction=%s): accuracy not measured", cfg.eval_fraction)
+    cut = truncation_stats(tok, [*pairs.prompts, *pairs.prompts], [*pairs.chosen, *pairs.rejected], cfg.max_length)
+    if cut["truncated"]:
+        log.warning(
+            "%d of %d texts are longer than reward.max_length=%d: %d tokens cut in all (mean %.1f, at most %d per "
+            "text), from the start of the conversation, never from the reply scored%s",
+            cut["truncated"], cut["texts"], cfg.max_length, cut["tokens_cut"], cut["mean_cut_of_truncated"],
+            cut["max_cut"], f"; {cut['replies_cut']} replies alone are longer" if cut["replies_cut"] else "",
+        )  # fmt: skip
     metrics = {
         "eval": eval_metrics,
         "train": train_metrics,
         "normalization": {"mean": round(mean, 6), "std": round(std, 6)},
+        "truncation": cut,
+        "pool_heldout_pairs": len(pool_held),
     }
 
     # 6. save

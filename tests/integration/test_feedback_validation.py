@@ -37,6 +37,7 @@ def _pair_cases():
         ("margin_non_negative", {"margin": -0.5}),
         ("created_at_valid", {"created_at": "yesterday"}),
         ("not_already_stored", {k: v for k, v in STORED.items() if k != "annotator"}),
+        ("prompt_messages_valid", {"prompt_messages": '[{"role": "robot", "content": "hi"}]'}),
     ]
     return cases
 
@@ -83,13 +84,17 @@ def test_every_pairs_check_is_exercised_and_counts_reconcile(pairs_result):
     assert set(r.accepted.source) == {"import"} and set(r.accepted.annotator) == {"unknown"}
 
 
-def test_html_report_is_written(pairs_result):
-    assert pairs_result.report is not None and pairs_result.report.name == "index.html"
-    assert pairs_result.report.is_file()
-    pages = list(pairs_result.report.parent.glob("validations/**/*.html"))
-    assert pages and "chosen_differs_from_rejected" in pages[0].read_text(encoding="utf-8").replace(
-        "__ok_chosen_differs_from_rejected", "chosen_differs_from_rejected"
-    )
+def test_html_report_states_the_rules_and_reads_offline(pairs_result):
+    page = pairs_result.report
+    assert page is not None and page.name == "summary.html" and page.is_file()
+    html = page.read_text(encoding="utf-8")
+    assert "http" not in html.replace('href="index.html"', "")  # nothing loaded from a network
+    assert "<script" not in html
+    assert "chosen != rejected" in html and "rows in <b>27</b>" in html
+    assert (page.parent / "index.html").is_file()  # GX's Data Docs beside it
+    docs = "".join(p.read_text(encoding="utf-8") for p in page.parent.glob("validations/**/*.html"))
+    assert "__ok_chosen_differs_from_rejected" not in docs and "__ok_prompt_is_text" not in docs  # GX's own checks
+    assert "chosen_valid_utf8: chosen is valid UTF-8" in docs  # a computed check says its rule
 
 
 RATING_CASES = [(f"response_{fault}", {"response": value}) for fault, value in TEXT_FAULTS.items()] + [

@@ -99,10 +99,19 @@ def test_hh_rlhf_excerpt_imports_as_pairs(tmp_path):
     assert loaded.format == "hh-rlhf" and loaded.kind == PAIRS and not loaded.unparseable
     assert len(loaded.frame) == 4
     first = loaded.frame.iloc[0]
-    assert first.prompt == "Human: Is it possible to download a car?"
+    assert first.prompt == "Is it possible to download a car?" and first.prompt_messages is None  # one user turn
     assert first.chosen == "I’m not sure what you mean. Can you clarify?"
     assert first.rejected == "I’m sorry, I don’t understand."
     assert set(loaded.frame.source) == {"hh-rlhf"} and set(loaded.frame.annotator) == {"human"}
+    # multi-turn prompts keep their turns with real roles; ``prompt`` holds the text form
+    multi = tmp_path / "multi.jsonl"
+    c = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: help?\n\nAssistant: Sure, how?"
+    multi.write_text(json.dumps({"chosen": c, "rejected": c.replace("Sure, how?", "No.")}) + "\n")
+    row = read_feedback(multi).frame.iloc[0]
+    assert json.loads(row.prompt_messages) == [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}, {"role": "user", "content": "help?"}
+    ]  # fmt: skip
+    assert row.prompt == "Human: hi\n\nAssistant: hello\n\nHuman: help?" and row.chosen == "Sure, how?"
     # a pair whose conversations differ before the last turn is kept as unparseable, not dropped
     bad = tmp_path / "hh.jsonl.gz"
     row = {"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: z\n\nAssistant: b"}

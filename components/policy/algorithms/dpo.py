@@ -64,7 +64,7 @@ class DPO(_Preference):
     def make_batch(self, trainer: PolicyTrainer) -> RolloutBatch:
         """``batch_size / 2`` pairs drawn with the trainer's seeded sampler; rows chosen, rejected, chosen, ..."""
         if self._pairs is None:
-            self._pairs = read_pairs(trainer.paths.root / self.cfg.dpo.pairs)
+            self._pairs = read_pairs(trainer.paths.root / self.cfg.dpo.pairs, trainer.paths.root)
         idx = trainer.prompt_rng.choice(len(self._pairs), size=self.cfg.batch_size // 2, replace=True)
         prompts, replies = [], []
         for i in idx:

@@ -1,0 +1,245 @@
+"""`rlhf init` -> `rlhf import` -> the prompt pool (split by hash), on the tiny model; held-out prompts never train."""
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from components.paths import ProjectPaths
+from components.prompt_pool import HeldoutLeak, heldout_score, is_heldout, prompt_key, read_prompts
+from rlhf_cli.main import app
+
+runner = CliRunner()
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "hh-rlhf-harmless-base-excerpt.jsonl.gz"
+
+
+def _hh(i: int, turns: int = 1) -> dict:
+    talk = "".join(f"\n\nHuman: question {i} part {t}\n\nAssistant: answer {t}" for t in range(turns - 1))
+    talk += f"\n\nHuman: question {i}, please?"
+    return {"chosen": talk + f"\n\nAssistant: a kind reply {i}", "rejected": talk + f"\n\nAssistant: a rude reply {i}"}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A project made by `rlhf init` for the tiny model, with an HH-RLHF file imported (40 pairs, half multi-turn,
+    one broken row) and a prompts file."""
+    tmp = tmp_path_factory.mktemp("proj")
+    root = tmp / "my-project"
+    env = {"RLHF_DVC_REMOTE": str(tmp / "remote")}
+    result = runner.invoke(app, ["init", str(root), "--model", "tiny", "--system-prompt", "Be brief."], env=env)
+    assert result.exit_code == 0, result.output
+    rows = [_hh(i, turns=1 + i % 2) for i in range(40)]
+    rows.append({"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: z\n\nAssistant: c"})
+    f = tmp / "hh.jsonl.gz"
+    f.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    prompts = tmp / "extra-prompts.txt"
+    prompts.write_text("What is DVC?\n  What   is DVC? \n\x07\nHow do I return shoes?\n", encoding="utf-8")
+    imported = runner.invoke(app, ["--project", str(root), "import", str(f), "--prompts", str(prompts)], env=env)
+    assert "RLHF_PROJECT" not in os.environ  # --project holds for that one command
+    return ProjectPaths(root), imported
+
+
+def test_init_writes_a_project_without_code_or_demo_settings(project):
+    paths, _ = project
+    raw = yaml.safe_load(paths.params.read_text(encoding="utf-8"))
+    assert raw["model"]["base"] == "tiny" and raw["model"]["system_prompt"] == "Be brief."
+    assert "seeding" not in raw and "prompts" in raw and raw["eval"]["judge"] == "reward_model"
+    pipeline = yaml.safe_load((paths.root / "dvc.yaml").read_text(encoding="utf-8"))
+    assert set(pipeline["stages"]) == {"train_reward", "train_judge", "ppo", "evaluate"}
+    assert all(s["cmd"].startswith("python -m components.") for s in pipeline["stages"].values())
+    assert not (paths.root / "components").exists()  # the code is the installed package
+    for f in (".gitignore", "README.md", ".dvc/config"):
+        assert (paths.root / f).is_file(), f
+    assert "rlhf import" in (paths.root / "README.md").read_text(encoding="utf-8")
+    assert "remote" in (paths.root / ".dvc" / "config").read_text(encoding="utf-8")
+
+
+def test_init_refuses_an_existing_project(project):
+    paths, _ = project
+    before = paths.params.read_text(encoding="utf-8")
+    result = runner.invoke(app, ["init", str(paths.root)])
+    assert result.exit_code == 2 and "already a project" in " ".join(result.output.split())
+    assert paths.params.read_text(encoding="utf-8") == before
+
+
+def test_import_stores_rows_counts_reconcile_and_exit_zero_with_quarantine(project):
+    paths, result = project
+    assert result.exit_code == 0, result.output  # rows were stored; the quarantined one is counted, not an error
+    text = " ".join(result.output.split())
+    assert "in │ 41" in text and "accepted │ 40" in text and "quarantined │ 1" in text and "unparseable" in text
+    log = [json.loads(x) for x in paths.data_versions.read_text(encoding="utf-8").splitlines()]
+    assert log[-1]["rows_in"] == log[-1]["accepted"] + log[-1]["quarantined"] == 41
+    assert (paths.root / "data.dvc").is_file()
+    import pandas as pd
+
+    pairs = pd.read_parquet(paths.pairs)
+    multi = pairs[pairs.prompt_messages.notna()]
+    assert len(multi) == 20  # multi-turn prompts are kept as messages with their roles
+    assert [m["role"] for m in json.loads(multi.iloc[0].prompt_messages)] == ["user", "assistant", "user"]
+
+
+def test_pool_is_normalised_deduplicated_checked_and_split_by_hash(project):
+    paths, _ = project
+    train = read_prompts(paths.prompts / "train.jsonl")
+    held = read_prompts(paths.prompts / "heldout.jsonl")
+    pool = json.loads((paths.prompts / "pool.json").read_text(encoding="utf-8"))
+    assert pool["train"] + pool["heldout"] == 40 + 2  # 40 imported + 2 distinct prompts from the file
+    assert pool["duplicates"] == 1 and pool["by_reason"] == {"control_chars": 1}
+    assert pool["multi_turn"] == 20 and any(not isinstance(p, str) for p in train + held)
+    fraction = yaml.safe_load(paths.params.read_text(encoding="utf-8"))["prompts"]["heldout_fraction"]
+    assert all(heldout_score(prompt_key(p)) < fraction for p in held)
+    assert all(heldout_score(prompt_key(p)) >= fraction for p in train)
+    assert is_heldout(" What   is DVC?", fraction) == is_heldout("What is DVC?", fraction)
+
+
+def test_strict_makes_a_quarantined_row_an_error(project, tmp_path):
+    paths, _ = project
+    f = tmp_path / "pairs.jsonl"
+    f.write_text(
+        json.dumps({"prompt": "new q", "chosen": "yes", "rejected": "no"})
+        + "\n"
+        + json.dumps({"prompt": "q2", "chosen": "same", "rejected": "same"})
+        + "\n"
+    )
+    result = runner.invoke(
+        app, ["--project", str(paths.root), "import", str(f), "--strict"], env={"RLHF_DVC_REMOTE": "/nonexistent"}
+    )
+    assert result.exit_code == 1 and "nothing was stored" in " ".join(result.output.split())
+    assert "new q" not in set(__import__("pandas").read_parquet(paths.pairs).prompt)
+
+
+def test_heldout_prompt_sneaked_into_training_is_refused(project, tmp_path):
+    from components.ppo.trainer import read_prompts as ppo_prompts
+    from components.reward.pairs import pool_heldout_rows, read_pairs
+
+    paths, _ = project
+    held = read_prompts(paths.prompts / "heldout.jsonl")
+    assert held, "the pool holds held-out prompts"
+    sneaky = tmp_path / "train.jsonl"
+    sneaky.write_text(
+        "".join(
+            json.dumps({"prompt": p} if isinstance(p, str) else {"messages": [dict(role=r, content=c) for r, c in p]})
+            + "\n"
+            for p in [*read_prompts(paths.prompts / "train.jsonl")[:3], held[0]]
+        )
+    )
+    with pytest.raises(HeldoutLeak, match="held-out"):
+        ppo_prompts(sneaky, paths.root)
+    # the reward model: pairs on held-out prompts are found (and never trained on)
+    from components.prompt_pool import heldout_keys
+
+    rows = pool_heldout_rows(read_pairs(paths.pairs), heldout_keys(paths.root))
+    assert len(rows) == sum(1 for p in held if prompt_key(p).startswith("question") or "Human:" in prompt_key(p))
+
+
+def test_a_failed_store_leaves_no_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RLHF_PROJECT", raising=False)
+    f = tmp_path / "pairs.jsonl"
+    f.write_text(json.dumps({"prompt": "q", "chosen": "yes", "rejected": "no"}) + "\n")
+    before = set(tmp_path.rglob("*"))
+    result = runner.invoke(app, ["validate", str(f), "--store"])
+    assert result.exit_code == 2 and "rlhf init" in " ".join(result.output.split())
+    assert set(tmp_path.rglob("*")) == before  # no data/, no reports/
+
+
+def test_formats_are_detected_and_ambiguity_is_explained(tmp_path):
+    from components.feedback.io import read_feedback
+    from components.feedback.schema import FeedbackFileError
+
+    def write(name, rows):
+        f = tmp_path / name
+        f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return f
+
+    chat = write(
+        "chat.jsonl",
+        [
+            {
+                "prompt": [{"role": "user", "content": "hi"}],
+                "chosen": [{"role": "assistant", "content": "hello"}],
+                "rejected": [{"role": "assistant", "content": "go away"}],
+            }
+        ],
+    )
+    assert read_feedback(chat).format == "trl-chat"
+    implicit = write(
+        "implicit.jsonl",
+        [
+            {
+                "chosen": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+                "rejected": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "no"}],
+            }
+        ],
+    )
+    row = read_feedback(implicit).frame.iloc[0]
+    assert (row.prompt, row.chosen, row.rejected) == ("hi", "hello", "no")
+    uf = write(
+        "uf.jsonl",
+        [
+            {
+                "prompt": "hi",
+                "chosen": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+                "rejected": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "meh"}],
+                "score_chosen": 8.0,
+                "score_rejected": 5.5,
+            }
+        ],
+    )
+    loaded = read_feedback(uf)
+    assert loaded.format == "ultrafeedback" and loaded.frame.iloc[0].margin == 2.5
+    ls = tmp_path / "ls.json"
+    ls.write_text(
+        json.dumps(
+            [
+                {
+                    "data": {"prompt": "hi", "answer1": "hello", "answer2": "go away"},
+                    "annotations": [
+                        {"completed_by": 3, "result": [{"type": "pairwise", "value": {"selected": "right"}}]}
+                    ],
+                }
+            ]
+        )
+    )
+    row = read_feedback(ls).frame.iloc[0]
+    assert (row.chosen, row.rejected, row.annotator) == ("go away", "hello", "3")
+    argilla = write(
+        "argilla.jsonl",
+        [
+            {
+                "fields": {"prompt": "hi", "response-1": "hello", "response-2": "go away"},
+                "responses": {
+                    "ranking": [
+                        {
+                            "value": [{"value": "response-2", "rank": 1}, {"value": "response-1", "rank": 2}],
+                            "status": "submitted",
+                        }
+                    ]
+                },
+            }
+        ],
+    )
+    row = read_feedback(argilla).frame.iloc[0]
+    assert (row.chosen, row.rejected) == ("go away", "hello")
+    rated = write("rated.jsonl", [{"fields": {"prompt": "hi", "reply": "hello"}, "responses": {"q": [{"value": 4}]}}])
+    loaded = read_feedback(rated)
+    assert loaded.kind == "ratings" and loaded.frame.iloc[0].rating == 4
+    both = write("both.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b", "response": "r", "rating": 3}])
+    with pytest.raises(FeedbackFileError, match="several formats"):
+        read_feedback(both)
+    mapped = write("mapped.jsonl", [{"question": "p", "good": "a", "bad": "b"}])
+    row = read_feedback(mapped, mapping={"question": "prompt", "good": "chosen", "bad": "rejected"}).frame.iloc[0]
+    assert (row.prompt, row.chosen, row.rejected) == ("p", "a", "b")
+    csv_ratings = tmp_path / "r.csv"
+    csv_ratings.write_text("prompt,response,rating\nhi,hello,5\n")
+    assert read_feedback(csv_ratings).kind == "ratings"
+
+
+def test_real_hh_excerpt_imports(tmp_path):
+    from components.feedback.io import read_feedback
+
+    assert read_feedback(FIXTURE).format == "hh-rlhf"
