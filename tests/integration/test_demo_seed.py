@@ -55,8 +55,10 @@ def test_seed_demo_feedback_makes_a_dvc_version(tiny, tmp_path, monkeypatch):
     model, tok = tiny
     result = seed_demo_feedback(paths, TINY_SEEDING, model, tok, system="Be brief.", progress=None)
     train = [json.loads(x)["prompt"] for x in (paths.prompts / "train.jsonl").read_text().splitlines()]
-    assert train == [p["prompt"] for p in load_prompts("train")]
-    assert (paths.prompts / "heldout.jsonl").is_file()
+    held = [json.loads(x)["prompt"] for x in (paths.prompts / "heldout.jsonl").read_text().splitlines()]
+    # the bundled prompts join the pool, split by hash; the seed prompts are pool train prompts, never held out
+    assert len(train) + len(held) == len(load_prompts()) and 0 < len(held) < len(train)
+    assert set(pd.read_parquet(paths.pairs).prompt) <= set(train)
     stats, ingest = result.stats, result.ingest
     assert stats["prompts"] == TINY_SEEDING.seed_prompts
     assert stats["replies"] == TINY_SEEDING.seed_prompts * TINY_SEEDING.replies_per_prompt

@@ -50,6 +50,8 @@ def test_dvc_repro_train_reward_runs_skips_and_reruns(tmp_path):
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (project / "data" / "feedback").mkdir(parents=True)
     pd.DataFrame(_rows(24)).to_parquet(project / "data" / "feedback" / "pairs.parquet")
+    (project / "data" / "prompts").mkdir()
+    (project / "data" / "prompts" / "heldout.jsonl").write_text("")  # a pool with no held-out prompt
 
     env = {
         **os.environ,

@@ -96,7 +96,7 @@ def test_outputs_metrics_and_manifest(trained):
     root, _, result = trained
     metrics = json.loads((root / "metrics" / "reward.json").read_text())
     assert metrics == result.metrics
-    assert set(metrics) == {"eval", "train", "normalization"}
+    assert set(metrics) == {"eval", "train", "normalization", "truncation", "pool_heldout_pairs"}
     assert (root / "metrics" / "reward_train.csv").read_text().startswith("step,")
     assert (root / "metrics" / "reward_train.png").read_bytes()[:4] == b"\x89PNG"
     manifest = json.loads((result.model_dir / "manifest.json").read_text())
@@ -196,6 +196,23 @@ def test_truncation_keeps_the_reply_end():
     assert batch.input_ids.shape == (1, 32) and batch.truncated == 1
     assert batch.input_ids[0, -1].item() == tok.eos_token_id
     assert "short reply" in tok.decode(batch.input_ids[0])
+
+
+def test_a_long_conversation_loses_its_far_past_and_the_cut_is_reported():
+    from components.reward.model import reward_text, truncation_stats
+
+    _, tok = build_reward_model("tiny")
+    talk = (("user", "the first question, long ago " * 20), ("assistant", "an old answer " * 20), ("user", "now?"))
+    text = reward_text(tok, talk, "the reply")
+    assert "<|im_start|>assistant\nan old answer" in text and text.endswith("the reply<|im_end|>")  # real roles
+    limit = len(tok(reward_text(tok, "short", "ok"), add_special_tokens=False)["input_ids"]) + 8
+    batch = encode(tok, [talk], ["the reply"], max_length=limit)
+    kept = tok.decode(batch.input_ids[0])
+    assert "now?" in kept and "the reply" in kept and "the first question" not in kept  # the far past is cut
+    total = len(tok(text, add_special_tokens=False)["input_ids"])
+    stats = truncation_stats(tok, [talk, "short"], ["the reply", "ok"], max_length=limit)
+    assert stats["truncated"] == 1 and stats["tokens_cut"] == stats["max_cut"] == total - limit
+    assert stats["replies_cut"] == 0 and stats["texts"] == 2
 
 
 def test_top_mode_trains_only_the_top_blocks_and_head():

@@ -108,9 +108,8 @@ def test_hh_rlhf_excerpt_imports_as_pairs(tmp_path):
     c = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: help?\n\nAssistant: Sure, how?"
     multi.write_text(json.dumps({"chosen": c, "rejected": c.replace("Sure, how?", "No.")}) + "\n")
     row = read_feedback(multi).frame.iloc[0]
-    assert json.loads(row.prompt_messages) == [
-        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}, {"role": "user", "content": "help?"}
-    ]  # fmt: skip
+    roles = [(m["role"], m["content"]) for m in json.loads(row.prompt_messages)]
+    assert roles == [("user", "hi"), ("assistant", "hello"), ("user", "help?")]
     assert row.prompt == "Human: hi\n\nAssistant: hello\n\nHuman: help?" and row.chosen == "Sure, how?"
     # a pair whose conversations differ before the last turn is kept as unparseable, not dropped
     bad = tmp_path / "hh.jsonl.gz"
