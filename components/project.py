@@ -75,8 +75,10 @@ def _commit(root: Path, message: str) -> None:
 
 
 def pipeline_template() -> str:
-    """The ``dvc.yaml`` shipped in the package: stages that run the installed package's modules."""
-    return resources.files("components.templates").joinpath("dvc.yaml").read_text(encoding="utf-8")
+    """The pipeline shipped in the package, whose stages run the installed package's modules: written as a
+    project's ``dvc.yaml``, kept as ``components/templates/pipeline.yaml`` (a file named dvc.yaml would be read by
+    DVC as a pipeline of any repository holding the code)."""
+    return resources.files("components.templates").joinpath("pipeline.yaml").read_text(encoding="utf-8")
 
 
 def default_params(model: str | None = None, system_prompt: str | None = None) -> dict[str, dict[str, Any]]:

@@ -379,7 +379,7 @@ class ServedStore:
         chosen, rejected = served.alias("c"), served.alias("r")
         with self.engine.connect() as conn:
             r_rows = conn.execute(
-                sa.select(ratings, served.c.prompt, served.c.reply, served.c.model_version)
+                sa.select(ratings, served.c.prompt, served.c.messages, served.c.reply, served.c.model_version)
                 .join(served, served.c.id == ratings.c.served_id)
                 .where(ratings.c.seq > marks[RATINGS])
                 .order_by(ratings.c.seq)
@@ -389,6 +389,7 @@ class ServedStore:
                 sa.select(
                     pairs,
                     chosen.c.prompt.label("prompt"),
+                    chosen.c.messages.label("messages"),
                     chosen.c.reply.label("chosen"),
                     rejected.c.reply.label("rejected"),
                 )
@@ -459,11 +460,24 @@ def _output(row: Any) -> ServedOutput:
     )
 
 
+def served_prompt(prompt: str, messages: str | None) -> dict[str, Any]:
+    """A served output's prompt for the feedback files: its last user message, or, when the request was a
+    conversation, the conversation (``prompt_messages``, system turns dropped) and its text form (``prompt``), so
+    the next round's reward model, prompt pool and rollouts see the turns users sent."""
+    from components.prompt_pool import prompt_text
+
+    turns = [m for m in json.loads(messages or "[]") if m.get("role") in ("user", "assistant")]
+    if len(turns) <= 1:
+        return {"prompt": prompt}
+    return {"prompt": prompt_text(turns), "prompt_messages": json.dumps(turns, ensure_ascii=False)}
+
+
 def export_feedback(store: ServedStore, out_dir: Path, *, advance: bool = True) -> ExportResult:
     """Write the feedback recorded since the last export as feedback files for the validate + store path.
 
     - ``out_dir/ratings.jsonl``: one row per rating, columns ``prompt, response, rating, served_id,
-      model_version, source="served", annotator, created_at`` (the ratings schema);
+      model_version, source="served", annotator, created_at`` (the ratings schema; ``prompt_messages`` too when
+      the request was a conversation, see :func:`served_prompt`);
     - ``out_dir/pairs.jsonl``: one row per pairwise choice (ties are counted, not written), columns
       ``prompt, chosen, rejected, source="served", annotator, created_at, chosen_id, rejected_id``.
 
@@ -480,7 +494,7 @@ def export_feedback(store: ServedStore, out_dir: Path, *, advance: bool = True) 
         _write_durably(
             [
                 {
-                    "prompt": r["prompt"],
+                    **served_prompt(r["prompt"], r["messages"]),
                     "response": r["reply"],
                     "rating": r["rating"],
                     "served_id": r["served_id"],
@@ -498,7 +512,7 @@ def export_feedback(store: ServedStore, out_dir: Path, *, advance: bool = True) 
         _write_durably(
             [
                 {
-                    "prompt": p["prompt"],
+                    **served_prompt(p["prompt"], p["messages"]),
                     "chosen": p["chosen"],
                     "rejected": p["rejected"],
                     "source": SOURCE,

@@ -1,1 +1,1 @@
-"""Files ``rlhf init`` writes into a new project (package data): the pipeline ``dvc.yaml``."""
+"""Files ``rlhf init`` writes into a new project (package data): ``pipeline.yaml`` becomes its ``dvc.yaml``."""

@@ -243,3 +243,60 @@ def test_real_hh_excerpt_imports(tmp_path):
     from components.feedback.io import read_feedback
 
     assert read_feedback(FIXTURE).format == "hh-rlhf"
+
+
+TINY_ROUND = {
+    "reward": {"trainable": "all", "lr": 3e-3, "epochs": 1, "batch_size": 8, "max_length": 96, "eval_fraction": 0.25},
+    "ppo": {
+        "steps": 2,
+        "batch_size": 4,
+        "mini_batch_size": 4,
+        "micro_batch_size": 4,
+        "ppo_epochs": 1,
+        "save_every": 2,
+        "max_new_tokens": 8,
+        "bf16": False,
+    },
+    "eval": {"max_new_tokens": 8, "judge_min_accuracy": 0.0},
+    "flow": {"retries": 0},
+}
+
+
+@pytest.mark.slow
+def test_init_import_retrain_audit_a_round_on_human_data(prefect_api, tmp_path, monkeypatch):
+    """The acceptance path at test size: `rlhf init` (tiny model) -> `rlhf import` 120 HH-RLHF lines ->
+    `rlhf retrain` reaches a gate decision by the judge reward model -> `rlhf audit` names no demo data."""
+    for k, v in {
+        "OMP_NUM_THREADS": "1",
+        "RLHF_HOME": str(tmp_path / "home"),
+        "RLHF_DVC_REMOTE": str(tmp_path / "r"),
+    }.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("RLHF_GPU_POOL", raising=False)
+    root = tmp_path / "proj"
+    assert runner.invoke(app, ["init", str(root), "--model", "tiny"]).exit_code == 0
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for section, values in TINY_ROUND.items():
+        params[section].update(values)
+    tiny = tmp_path / "tiny-params.yaml"
+    tiny.write_text(yaml.safe_dump(params, sort_keys=False))
+    hh = tmp_path / "hh.jsonl"
+    if os.environ.get("RLHF_HH_RLHF_FILE"):  # the real HH-RLHF file, when given
+        with gzip.open(os.environ["RLHF_HH_RLHF_FILE"], "rt", encoding="utf-8") as f:
+            hh.write_text("".join(line for _, line in zip(range(120), f)))
+    else:  # HH-RLHF-shaped transcripts, half multi-turn
+        hh.write_text("".join(json.dumps(_hh(i, turns=1 + i % 2)) + "\n" for i in range(120)))
+    monkeypatch.chdir(root)
+    imported = runner.invoke(app, ["import", str(hh)])
+    assert imported.exit_code == 0, imported.output
+    done = runner.invoke(app, ["retrain", "--params", str(tiny)])  # --params becomes the project's params.yaml
+    assert done.exit_code == 0, done.output
+    assert yaml.safe_load((root / "params.yaml").read_text())["ppo"]["steps"] == 2
+    words = " ".join(done.output.split())
+    assert "decision: promoted" in words or "decision: rejected" in words
+    audit = runner.invoke(app, ["audit", "--json"])
+    assert audit.exit_code == 0, audit.output
+    trail = json.loads(audit.output[audit.output.index("{") :])
+    text = json.dumps(trail)
+    assert "demo" not in text.lower() and "gold" not in text.lower()
+    assert trail["gate"] and "reward_model" in text
