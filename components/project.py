@@ -20,9 +20,9 @@ from components.paths import ProjectPaths, dvc_remote_dir
 
 SOURCE_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
-GITIGNORE = "/models/\n/reports/\n/staging/\n/registry/\n/live/\n/.prefect/\n/data/\n"
-"""What a project never commits: outputs DVC or the registry keep, live service state, and ``data/`` (tracked
-by ``data.dvc``)."""
+GITIGNORE = "/models/\n/reports/\n/staging/\n/registry/\n/live/\n/.prefect/\n/data/\n/.rlhf/\n"
+"""What a project never commits: outputs DVC or the registry keep, live service state, ``data/`` (tracked by
+``data.dvc``) and the stages' code fingerprints (``.rlhf/``, written before every DVC command)."""
 
 MARKERS = ("params.yaml", "dvc.yaml", ".dvc", "data.dvc")
 """Files whose presence means a folder is a project already (``init`` refuses it)."""
@@ -82,12 +82,14 @@ def pipeline_template() -> str:
 
 
 def default_params(model: str | None = None, system_prompt: str | None = None) -> dict[str, dict[str, Any]]:
-    """Every params section at its defaults, for ``model`` (and its system prompt): the demo task off (no seeding
-    section), judged by a judge reward model trained on its own slice of the human pairs (:data:`PROJECT_DEFAULTS`)."""
+    """Every params section at its defaults, for ``model`` (and its system prompt): the demo task off (``seeding``
+    holds only ``demo_task: false``), judged by a judge reward model trained on its own slice of the human pairs
+    (:data:`PROJECT_DEFAULTS`)."""
     from components.config import to_dict
     from components.params import SECTIONS
 
     raw = {name: to_dict(cls()) for name, cls in SECTIONS.items() if name != "seeding"}
+    raw["seeding"] = {"demo_task": False}  # the only seeding key a project has: the demo task is off
     for section, values in PROJECT_DEFAULTS.items():
         raw[section].update(values)
     if model is not None:

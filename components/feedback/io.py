@@ -265,6 +265,7 @@ def read_feedback(path: Path | str, fmt: str | None = None, mapping: dict[str, s
 def write_parquet(frame: pd.DataFrame, path: Path, kind: str) -> None:
     """Write stored-schema rows to Parquet atomically (temp file + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    frame = frame.assign(**{c: None for c in SCHEMAS[kind].optional if c not in frame.columns})
     table = pa.Table.from_pandas(frame.loc[:, list(SCHEMAS[kind].columns)], schema=SCHEMAS[kind].arrow)
     tmp = path.with_suffix(path.suffix + ".tmp")
     pq.write_table(table, tmp)

@@ -148,6 +148,7 @@ def empty_frame(kind: str) -> pd.DataFrame:
 def conform(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
     """Columns in stored order with stored dtypes (the frame must already hold valid values)."""
     schema = SCHEMAS[kind]
+    frame = frame.assign(**{c: None for c in schema.optional if c not in frame.columns})  # absent optional: null
     table = pa.Table.from_pandas(frame.loc[:, list(schema.columns)], schema=schema.arrow, preserve_index=False)
     return table.to_pandas()
 

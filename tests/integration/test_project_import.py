@@ -47,7 +47,7 @@ def test_init_writes_a_project_without_code_or_demo_settings(project):
     paths, _ = project
     raw = yaml.safe_load(paths.params.read_text(encoding="utf-8"))
     assert raw["model"]["base"] == "tiny" and raw["model"]["system_prompt"] == "Be brief."
-    assert "seeding" not in raw and "prompts" in raw and raw["eval"]["judge"] == "reward_model"
+    assert raw["seeding"] == {"demo_task": False} and "prompts" in raw and raw["eval"]["judge"] == "reward_model"
     pipeline = yaml.safe_load((paths.root / "dvc.yaml").read_text(encoding="utf-8"))
     assert set(pipeline["stages"]) == {"train_reward", "train_judge", "ppo", "evaluate"}
     assert all(s["cmd"].startswith("python -m components.") for s in pipeline["stages"].values())
@@ -113,7 +113,8 @@ def test_strict_makes_a_quarantined_row_an_error(project, tmp_path):
 
 
 def test_heldout_prompt_sneaked_into_training_is_refused(project, tmp_path):
-    from components.ppo.trainer import read_prompts as ppo_prompts
+    from components.policy.batch import read_pairs as policy_pairs
+    from components.policy.batch import read_prompts as ppo_prompts
     from components.reward.pairs import pool_heldout_rows, read_pairs
 
     paths, _ = project
@@ -129,6 +130,10 @@ def test_heldout_prompt_sneaked_into_training_is_refused(project, tmp_path):
     )
     with pytest.raises(HeldoutLeak, match="held-out"):
         ppo_prompts(sneaky, paths.root)
+    # the policy's offline pairs (DPO) leave the held-out prompts' pairs out
+    held_keys = {prompt_key(p) for p in held}
+    assert not {prompt_key(p) for p, _, _ in policy_pairs(paths.pairs, paths.root)} & held_keys
+    assert {prompt_key(p) for p, _, _ in policy_pairs(paths.pairs)} & held_keys
     # the reward model: pairs on held-out prompts are found (and never trained on)
     from components.prompt_pool import heldout_keys
 
