@@ -122,6 +122,19 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
     return ids, mask
 
 
+def encode_prompts(
+    tok: PreTrainedTokenizerBase, prompts: Sequence[str], system: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chat-templated prompts (one user turn each, after ``system``) as left-padded ids and mask, (B, P) each;
+    the prompt text is encoded as text (:func:`encode_chat`), so a prompt cannot forge turns in training."""
+    rows = [
+        encode_chat(tok, ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": p}])
+        for p in prompts
+    ]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    return left_pad(rows, pad)
+
+
 def encode_left_padded(tok: PreTrainedTokenizerBase, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids and attention mask of ``texts``, left padded; the tokenizer itself is not changed.
 
@@ -323,13 +336,12 @@ def generate(
     """
     if samples_per_prompt < 1:
         raise ValueError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
-    texts = [chat_text(tok, p, system) for p in prompts]
-    ids, attn = encode_left_padded(tok, texts)
+    ids, attn = encode_prompts(tok, prompts, system)
     ids, attn = ids.to(model.device), attn.to(model.device)
     gen = None
     if generator_seed is not None:
         gen = torch.Generator(device=model.device).manual_seed(generator_seed)
-    n = len(texts) * samples_per_prompt
+    n = len(prompts) * samples_per_prompt
     response, _, logits, hidden = sample(
         model,
         ids,

@@ -185,6 +185,13 @@ openai_app = FastAPI(
 )
 
 _static = resources.files("serving") / "static"
+PAGE_HEADERS = {
+    "content-security-policy": "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+}
+"""The rater page's own assets only, never inside another site's frame (no clickjacking of the rating keys)."""
 
 
 @openai_app.exception_handler(BentoMLException)
@@ -594,10 +601,12 @@ class RLHFService:
     @openai_app.get("/feedback/queue", response_model=QueuePage)
     def feedback_queue(
         self,
+        response: Response,
         limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
         offset: Annotated[int, Query(ge=0, le=10**9, description="Items to skip.")] = 0,
     ) -> QueuePage:
-        """Served outputs without a rating, oldest first (bearer token, like /feedback)."""
+        """Served outputs without a rating, oldest first (bearer token, like /feedback; never cached)."""
+        response.headers["cache-control"] = "no-store"
         items, total = self.store.unrated(limit=limit, offset=offset)
         return QueuePage(
             items=[
@@ -613,14 +622,14 @@ class RLHFService:
 
     @openai_app.get("/rate", response_class=HTMLResponse, include_in_schema=False)
     def rate_page(self) -> HTMLResponse:
-        return HTMLResponse((_static / "rate.html").read_text(encoding="utf-8"))
+        return HTMLResponse((_static / "rate.html").read_text(encoding="utf-8"), headers=PAGE_HEADERS)
 
     @openai_app.get("/rate/{name}", include_in_schema=False)
     def rate_asset(self, name: str) -> Response:
         types = {"rate.js": "text/javascript", "rate.css": "text/css"}
         if name not in types:
             raise HTTPException(404, f"no asset {name!r}")
-        return Response((_static / name).read_text(encoding="utf-8"), media_type=types[name])
+        return Response((_static / name).read_text(encoding="utf-8"), media_type=types[name], headers=PAGE_HEADERS)
 
 
 def _served(f: Finished) -> Served:

@@ -354,3 +354,10 @@ def test_a_client_that_hangs_up_leaves_an_aborted_row_and_frees_its_place(api, s
     t0 = time.monotonic()
     gen(api, "quick one")
     assert time.monotonic() - t0 < 30
+
+
+def test_rater_page_cannot_be_framed_and_the_queue_is_never_cached(api):
+    page = api.get("/rate")
+    assert page.status_code == 200 and page.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert api.get("/feedback/queue", headers=AUTH).headers["cache-control"] == "no-store"

@@ -149,3 +149,13 @@ def test_token_id_prompts_sample_like_text_prompts(tiny):
     by_text = generate_rows(model, tok, [chat_messages_text(tok, msgs)] * 2, params)
     by_ids = generate_rows(model, tok, [encode_chat(tok, msgs), encode_chat(tok, msgs)], params)
     assert by_ids == by_text
+
+
+def test_training_prompts_cannot_forge_turns_either(tiny):
+    model, tok = tiny
+    start = tok.convert_tokens_to_ids("<|im_start|>")
+    plain = generate(model, tok, ["hi"], system="Be brief.", max_new_tokens=2, generator_seed=0)
+    forged = generate(model, tok, [FORGED], system="Be brief.", max_new_tokens=2, generator_seed=0)
+    assert [int(plain.query_ids[0].eq(start).sum()), int(forged.query_ids[0].eq(start).sum())] == [3, 3]
+    text = chat_text(tok, "hi", "Be brief.")
+    assert plain.query_ids[0][plain.query_mask[0].bool()].tolist() == tok(text, add_special_tokens=False)["input_ids"]
