@@ -123,13 +123,13 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
 
 
 def encode_prompts(
-    tok: PreTrainedTokenizerBase, prompts: Sequence[str], system: str | None = None
+    tok: PreTrainedTokenizerBase, prompts: Sequence[Prompt], system: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chat-templated prompts (one user turn each, after ``system``) as left-padded ids and mask, (B, P) each;
-    the prompt text is encoded as text (:func:`encode_chat`), so a prompt cannot forge turns in training."""
+    """Chat-templated prompts (one user message, or a conversation with its roles, after ``system``) as
+    left-padded ids and mask, (B, P) each; message text is encoded as text (:func:`encode_chat`), so a prompt
+    cannot forge turns in training. For plain text the ids equal those of :func:`chat_text`'s text."""
     rows = [
-        encode_chat(tok, ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": p}])
-        for p in prompts
+        encode_chat(tok, ([{"role": "system", "content": system}] if system else []) + as_messages(p)) for p in prompts
     ]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     return left_pad(rows, pad)

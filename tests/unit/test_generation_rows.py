@@ -11,6 +11,7 @@ from components.generation import (
     chat_messages_text,
     chat_text,
     encode_chat,
+    encode_prompts,
     filter_logits,
     generate,
     generate_rows,
@@ -159,3 +160,21 @@ def test_training_prompts_cannot_forge_turns_either(tiny):
     assert [int(plain.query_ids[0].eq(start).sum()), int(forged.query_ids[0].eq(start).sum())] == [3, 3]
     text = chat_text(tok, "hi", "Be brief.")
     assert plain.query_ids[0][plain.query_mask[0].bool()].tolist() == tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_conversation_prompts_encode_with_their_roles(tiny):
+    _, tok = tiny
+    convo = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "ok?"},
+    ]
+    ids, mask = encode_prompts(tok, [convo, "plain"], "Be brief.")
+    assert (
+        ids[0][mask[0].bool()].tolist()
+        == tok(chat_text(tok, convo, "Be brief."), add_special_tokens=False)["input_ids"]
+    )
+    assert (
+        ids[1][mask[1].bool()].tolist()
+        == tok(chat_text(tok, "plain", "Be brief."), add_special_tokens=False)["input_ids"]
+    )
