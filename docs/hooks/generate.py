@@ -64,6 +64,19 @@ def _first_paragraph(text: str | None) -> str:
     return inspect.cleandoc(text or "").split("\n\n")[0]
 
 
+def _options_table(params: list) -> list[str]:
+    rows = []
+    for param in params:
+        if param.param_type_name == "argument":
+            names = (param.name or "").upper()
+        else:
+            names = ", ".join([*param.opts, *param.secondary_opts])
+        default = param.default
+        shown = "" if default is None or param.param_type_name == "argument" or default is False else f"`{default}`"
+        rows.append(f"| `{names}` | {_cell(getattr(param, 'help', None) or '')} | {shown} |")
+    return ["| argument / option | what it does | default |", "| --- | --- | --- |", *rows] if rows else []
+
+
 def cli_reference() -> str:
     """A summary table of the ``rlhf`` commands, then one section per command: usage, help, options."""
     import click
@@ -77,22 +90,14 @@ def cli_reference() -> str:
     commands = [(n, c) for n, c in commands if c is not None and not c.hidden]
     out = ["| command | what it does |", "| --- | --- |"]
     out += [f"| [`rlhf {n}`](#rlhf-{n}) | {_cell(_first_paragraph(c.help))} |" for n, c in commands]
+    out += ["", "Options for every command, given before it (`rlhf [OPTIONS] COMMAND ...`):", ""]
+    out += _options_table(group.params)
     for name, command in commands:
         args = [(p.name or "").upper() for p in command.params if p.param_type_name == "argument"]
         usage = " ".join(["rlhf", name, "[OPTIONS]", *args])
         out += ["", f"## rlhf {name} {{#rlhf-{name}}}", "", f"```\n{usage}\n```", ""]
         out += [inspect.cleandoc(command.help or ""), ""]
-        rows = []
-        for param in command.params:
-            if param.param_type_name == "argument":
-                names = (param.name or "").upper()
-            else:
-                names = ", ".join([*param.opts, *param.secondary_opts])
-            default = param.default
-            shown = "" if default is None or param.param_type_name == "argument" or default is False else f"`{default}`"
-            rows.append(f"| `{names}` | {_cell(getattr(param, 'help', None) or '')} | {shown} |")
-        if rows:
-            out += ["| argument / option | what it does | default |", "| --- | --- | --- |", *rows]
+        out += _options_table(command.params)
     return "\n".join(out)
 
 
