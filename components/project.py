@@ -189,6 +189,15 @@ def create_project(
     return paths
 
 
+def set_params(paths: ProjectPaths, raw: dict[str, Any], why: str) -> None:
+    """Replace the project's params.yaml with ``raw`` (validated first) and commit it."""
+    from components.params import params_from_dict
+
+    params_from_dict(raw, paths.params)
+    paths.params.write_text(PARAMS_HEADER + yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    _commit(paths.root, f"params: {why}")
+
+
 def require_project(paths: ProjectPaths, command: str) -> None:
     """Refuse to work outside a project (a folder with git + DVC), saying how to make one."""
     if not (paths.root / ".dvc").is_dir():

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -37,9 +36,9 @@ QUICK: dict[str, dict[str, Any]] = {
 
 
 def prepare_project(dest: Path, params: Path, overrides: dict[str, dict[str, Any]] | None = None) -> Path:
-    """A fresh git + DVC project at ``dest`` holding this checkout's pipeline (``dvc.yaml`` and the code its stages
-    run) and ``params`` with ``overrides`` applied; reused as it is when it already exists."""
-    from components.project import init_project
+    """A project at ``dest`` made as ``rlhf init`` makes one (the package's pipeline, no code copied), holding
+    ``params`` with ``overrides`` applied (the demo's: ``seeding.demo_task: true``); reused when it exists."""
+    from components.project import create_project, set_params
 
     dest = Path(dest).resolve()
     if (dest / "dvc.yaml").is_file():
@@ -47,13 +46,8 @@ def prepare_project(dest: Path, params: Path, overrides: dict[str, dict[str, Any
     raw = yaml.safe_load(Path(params).read_text(encoding="utf-8")) or {}
     for section, values in (overrides or {}).items():
         raw.setdefault(section, {}).update(values)
-    dest.mkdir(parents=True, exist_ok=True)
-    src = dest.parent / f".{dest.name}-params.yaml"
-    src.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
-    paths = init_project(dest, params=src)
-    src.unlink()
-    shutil.copy(REPO / "dvc.yaml", paths.root / "dvc.yaml")
-    shutil.copytree(REPO / "components", paths.root / "components", ignore=shutil.ignore_patterns("__pycache__"))
+    paths = create_project(dest, model=(raw.get("model") or {}).get("base"))
+    set_params(paths, raw, "the demo task's params")
     return paths.root
 
 
