@@ -128,11 +128,21 @@ def audit_trail(paths: Any, version: str | None = None) -> dict[str, Any]:
         "data_version": dv,
         "data_history": data_history(paths.root, dv),
         "feedback": feedback_summary(paths.root, dv),
+        "prompt_pool": prompt_pool_summary(paths.root, dv),
         "code_revision": facts.get("code_revision"),
         "params": _flat_params(facts.get("params") or {}),
         "gate": record.gate,
         "metrics": facts.get("metrics"),
     }
+
+
+def prompt_pool_summary(root: Path, version: str | None) -> dict[str, Any]:
+    """The prompt pool of data version ``version`` (``data/prompts/pool.json``: train / held-out counts, by source),
+    when that version is checked out."""
+    pool = Path(root) / "data" / "prompts" / "pool.json"
+    if version is None or data_version(root) != version or not pool.is_file():
+        return {"note": f"data version {version} is not checked out or has no prompt pool"}
+    return json.loads(pool.read_text(encoding="utf-8"))
 
 
 def _flat_params(params: dict[str, Any]) -> dict[str, dict[str, Any]]:

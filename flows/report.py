@@ -49,6 +49,7 @@ def metric_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
         ("rows accepted", val.get("accepted")),
         ("rows quarantined", val.get("quarantined")),
         ("data version", summary.get("data_version")),
+        ("prompt pool: train / held-out (served)", _pool(summary.get("prompts") or {})),
         ("training stages run", ", ".join((summary.get("training") or {}).get("ran", [])) or "none (up to date)"),
         ("reward model held-out accuracy", reward_eval.get("accuracy")),
         ("candidate", summary.get("candidate")),
@@ -61,6 +62,12 @@ def metric_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
         ("champion", summary.get("champion_after")),
     ]
     return [{"figure": name, "value": _fmt(value)} for name, value in rows]
+
+
+def _pool(pool: dict[str, Any]) -> str | None:
+    if "train" not in pool:
+        return None
+    return f"{pool['train']} / {pool['heldout']} ({(pool.get('by_source') or {}).get('served', 0)} served)"
 
 
 def _pair(a: Any, b: Any) -> str | None:

@@ -39,6 +39,9 @@ class RetrainSummary:
     """Feedback on served outputs exported by kind (ratings, pairs, ties) before validation."""
     validation: dict[str, Any] = field(default_factory=dict)
     """rows_in / accepted / quarantined / by_reason, summed over what this run ingested."""
+    prompts: dict[str, Any] = field(default_factory=dict)
+    """The prompt pool this round trains and evaluates on (``data/prompts/pool.json``: train, held-out, by source,
+    e.g. ``served`` for prompts users sent)."""
     seeded: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     """Where training ran, the DVC stages that ran, and those skipped as up to date."""
@@ -284,6 +287,7 @@ def retrain(
     ingested = validate_and_version.with_options(**opts)(root, params_path, exported)
     summary.validation = _add_counts(summary.validation, ingested["validation"])
     summary.data_version = ingested["version"]
+    summary.prompts = _read_json(paths.prompts / "pool.json")
     summary.previous_data_version = (summary.seeded or ingested)["previous_version"]
 
     # 2. train: reward model then PPO (from the champion, ppo.init_from), in-process or on the GPU work pool

@@ -447,6 +447,14 @@ def _audit_text(t: dict) -> str:
         lines.append(f"  served-output ids: {served['count']} (e.g. {', '.join(served['examples'])})")
     else:
         lines.append("  served-output ids: none (no served feedback in this data version)")
+    pool = t.get("prompt_pool") or {}
+    if "train" in pool:
+        sources = ", ".join(f"{s}: {n}" for s, n in (pool.get("by_source") or {}).items())
+        lines.append(
+            f"  prompt pool: {pool['train']} train, {pool['heldout']} held-out "
+            f"({pool.get('multi_turn', 0)} multi-turn), {pool['quarantined']} quarantined; "
+            f"by source: {sources or 'none'}"
+        )
     lines.append(f"  code revision: {t['code_revision']}")
     for section, values in (t.get("params") or {}).items():
         shown = ", ".join(f"{k}={v}" for k, v in list(values.items())[:12])

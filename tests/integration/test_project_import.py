@@ -299,12 +299,16 @@ def test_init_import_retrain_audit_a_round_on_human_data(prefect_api, tmp_path, 
     assert yaml.safe_load((root / "params.yaml").read_text())["ppo"]["steps"] == 2
     words = " ".join(done.output.split())
     assert "decision: promoted" in words or "decision: rejected" in words
-    audit = runner.invoke(app, ["audit", "--json"])
+    listed = runner.invoke(app, ["models", "--json"])
+    models = json.loads(listed.output[listed.output.index("[") :])
+    candidate = next(m["version"] for m in models if m["kind"] == "policy" and not m["version"].startswith("base"))
+    audit = runner.invoke(app, ["audit", candidate, "--json"])
     assert audit.exit_code == 0, audit.output
     trail = json.loads(audit.output[audit.output.index("{") :])
     text = json.dumps(trail)
     assert "demo" not in text.lower() and "gold" not in text.lower()
     assert trail["gate"] and "reward_model" in text
+    assert trail["prompt_pool"]["train"] > 0 and trail["prompt_pool"]["by_source"]  # the pool the round trained on
 
 
 def test_the_demo_project_is_an_init_project_with_the_demo_task_on(tmp_path, monkeypatch):
