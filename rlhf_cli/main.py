@@ -277,6 +277,8 @@ def validate(
         raise _fail("cannot read feedback file", exc) from exc
     except StoreError as exc:
         raise _fail("store error", exc) from exc
+    except ValueError as exc:  # a malformed --map
+        raise _fail("bad option", exc) from exc
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}")
     console.print(_counts_table(f"rlhf validate: {path.name} ({result.kind})", result))

@@ -141,6 +141,17 @@ def test_heldout_prompt_sneaked_into_training_is_refused(project, tmp_path):
     assert len(rows) == sum(1 for p in held if prompt_key(p).startswith("question") or "Human:" in prompt_key(p))
 
 
+def test_a_malformed_map_or_ambiguous_file_is_a_message(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    f = tmp_path / "both.jsonl"
+    f.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b", "response": "r", "rating": 3}) + "\n")
+    bad_map = runner.invoke(app, ["validate", str(f), "--map", "prompt"])
+    assert bad_map.exit_code == 2 and "NAME=COLUMN" in bad_map.output and "Traceback" not in bad_map.output
+    ambiguous = runner.invoke(app, ["validate", str(f)])
+    words = " ".join(ambiguous.output.split())
+    assert ambiguous.exit_code == 2 and "several formats" in words and "--format" in words
+
+
 def test_a_failed_store_leaves_no_files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("RLHF_PROJECT", raising=False)
