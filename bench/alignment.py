@@ -41,7 +41,7 @@ from align_common import DEFAULT_CACHE, cached, device_name, gold_scores, log, s
 from components.base_model import load_base
 from components.config import from_dict, load_section, to_dict
 from components.config.model import ModelConfig
-from components.config.ppo import PPOConfig
+from components.config.policy import PolicyConfig
 from components.config.reward import RewardConfig
 from components.config.seeding import SeedingConfig
 from components.demo_task import load_prompts
@@ -197,10 +197,10 @@ def run_ppo(name: str, overrides: dict, args, params_raw: dict, rm: RewardModel,
     (root / "data" / "prompts" / "train.jsonl").write_text(
         "".join(json.dumps({"prompt": p}) + "\n" for p in train_prompts)
     )
-    section = {**params_raw.get("ppo", {}), **overrides}
+    section = {**params_raw.get("policy", {}), **overrides}
     if device.type == "cuda" and not args.bf16:
         section["bf16"] = False
-    cfg = from_dict(PPOConfig, section, prefix="ppo.")
+    cfg = from_dict(PolicyConfig, section, prefix="ppo.")
     model_cfg = load_section(ModelConfig, "model", params_raw)
     scorer = NormalisedScorer(rm, *norm) if norm_mode == "rollouts" else rm
     t0 = time.perf_counter()
@@ -321,7 +321,7 @@ def main() -> None:
     params_raw = yaml.safe_load(args.params.read_text())
     model_cfg = load_section(ModelConfig, "model", args.params)
     data_cfg = load_section(SeedingConfig, "seeding", args.params)
-    ppo_cfg = load_section(PPOConfig, "ppo", args.params)
+    ppo_cfg = load_section(PolicyConfig, "policy", args.params)
     t_ppo, n_tok = ppo_cfg.temperature, ppo_cfg.max_new_tokens
     base, tok = load_base(model_cfg.base, dtype=model_cfg.dtype)
     base.to(device)

@@ -45,7 +45,7 @@ def main() -> None:
     model = dict(params.get("model", {}))
     if args.model:
         model["base"] = args.model
-    ppo = dict(params.get("ppo", {}))
+    ppo = dict(params.get("policy", {}))
     ppo.update(steps=args.steps, reward_model="builtin:vader", prompts="prompts.jsonl", save_every=10_000)
     if args.value_model:
         ppo["value_model"] = args.value_model
@@ -55,7 +55,7 @@ def main() -> None:
         lines = src.read_text() if src.is_file() else "".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS)
         (root / "prompts.jsonl").write_text(lines)
         t0 = time.perf_counter()
-        result = run({"model": model, "ppo": ppo}, root, export=False)
+        result = run({"model": model, "policy": ppo}, root, export=False)
         wall = time.perf_counter() - t0
     rows = result.metrics
     timed = rows[1:] or rows

@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from components.base_model import load_base  # noqa: E402
 from components.config import load_section  # noqa: E402
-from components.config.ppo import PPOConfig  # noqa: E402
+from components.config.policy import PolicyConfig  # noqa: E402
 from components.generation import chat_text  # noqa: E402
 from components.policy.model import build_actor_critic  # noqa: E402
 
@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "value_head.json")
     args = ap.parse_args()
-    cfg = load_section(PPOConfig, "ppo", REPO / "params.yaml")
+    cfg = load_section(PolicyConfig, "policy", REPO / "params.yaml")
     base, tok = load_base(args.model)
     text = chat_text(tok, "My order arrived damaged. What should I do?", "You are a helpful assistant.")
     q = tok([text] * cfg.micro_batch_size, return_tensors="pt", add_special_tokens=False)["input_ids"]

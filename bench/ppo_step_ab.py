@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.prompts import PROMPTS, SYSTEM  # noqa: E402
 from components.config.model import ModelConfig  # noqa: E402
-from components.config.ppo import PPOConfig  # noqa: E402
+from components.config.policy import PolicyConfig  # noqa: E402
 from components.paths import ProjectPaths  # noqa: E402
 from components.policy.batch import slice_rows as _slice  # noqa: E402
 from components.policy.loop import PolicyTrainer as PPOTrainer  # noqa: E402
@@ -43,7 +43,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "p.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
-        cfg = PPOConfig(prompts="p.jsonl")
+        cfg = PolicyConfig(prompts="p.jsonl")
         trainer = PPOTrainer(
             cfg, ModelConfig(base=args.model, system_prompt=SYSTEM), CountScorer("sorry"), ProjectPaths(root)
         )

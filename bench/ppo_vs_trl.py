@@ -123,7 +123,7 @@ def worker_ours(work: Path, steps: int, device: str, threads: int | None, bf16: 
         bf16=bf16,
     )
     model = {"base": spec["policy"], "system_prompt": SYSTEM, "dtype": "float32"}
-    result = run({"model": model, "ppo": ppo}, work, export=False)
+    result = run({"model": model, "policy": ppo}, work, export=False)
     rows = [
         {
             "step": r["step"],

@@ -163,9 +163,9 @@ def main() -> None:
     import copy
 
     import components.policy.model as ppo_trainer
-    from components.config.ppo import PPOConfig
+    from components.config.policy import PolicyConfig
 
-    pcfg = load_section(PPOConfig, "ppo", REPO / "params.yaml")
+    pcfg = load_section(PolicyConfig, "policy", REPO / "params.yaml")
     ac, _ = ppo_trainer.build_actor_critic(pcfg, copy.deepcopy(model))
     plain = ppo_trainer.causal_lm_after_opening
     ctx = gen.query_ids.shape[1]

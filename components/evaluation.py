@@ -524,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     from components.config import load_section
-    from components.config.ppo import PPOConfig
+    from components.config.policy import PolicyConfig
     from components.config.seeding import SeedingConfig
     from components.judges import JudgeError
     from components.ppo.train import exported_policy
@@ -537,12 +537,12 @@ def main(argv: list[str] | None = None) -> int:
     paths = ProjectPaths(args.params.resolve().parent)
     cfg = load_section(EvalConfig, "eval", args.params)
     model_cfg = load_section(ModelConfig, "model", args.params)
-    ppo = load_section(PPOConfig, "ppo", args.params)
+    policy = load_section(PolicyConfig, "policy", args.params)
     candidate = args.candidate or exported_policy(paths.root)
     if candidate is None:
         print("evaluate: no exported policy (metrics/ppo.json); run the ppo stage first", file=sys.stderr)
         return 2
-    kl_target = ppo.kl_target if ppo.adaptive_kl else None
+    kl_target = policy.kl_target if policy.adaptive_kl else None
     progress = log_progress(log, "evaluate batch")
     demo_task = load_section(SeedingConfig, "seeding", args.params).demo_task
     try:

@@ -1,6 +1,6 @@
 """The whole params file, validated at once: every section against its config dataclass, before any work.
 
-``load_params(path)`` reads ``params.yaml`` and builds every stage's config, so a typo in the ``ppo``
+``load_params(path)`` reads ``params.yaml`` and builds every stage's config, so a typo in the ``policy``
 section is reported before the seed stage spends minutes, and unknown top-level sections are refused.
 It imports neither torch nor transformers (the dataclasses live in ``components/config/``).
 """
@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.config import ConfigError, from_dict, read_params
+from components.config import RENAMED_SECTIONS, ConfigError, from_dict, read_params, read_section
 from components.config.evaluation import EvalConfig
 from components.config.flow import FlowConfig
 from components.config.gate import GateConfig
 from components.config.judges import judge_settings_problem
 from components.config.model import ModelConfig
-from components.config.ppo import PPOConfig
+from components.config.policy import PolicyConfig
 from components.config.prompts import PromptsConfig
 from components.config.reward import RewardConfig
 from components.config.seeding import SeedingConfig
@@ -30,7 +30,7 @@ SECTIONS: dict[str, type] = {
     "prompts": PromptsConfig,
     "seeding": SeedingConfig,
     "reward": RewardConfig,
-    "ppo": PPOConfig,
+    "policy": PolicyConfig,
     "eval": EvalConfig,
     "gate": GateConfig,
     "serve": ServeConfig,
@@ -48,7 +48,7 @@ class Params:
     prompts: PromptsConfig
     seeding: SeedingConfig
     reward: RewardConfig
-    ppo: PPOConfig
+    policy: PolicyConfig
     eval: EvalConfig
     gate: GateConfig
     serve: ServeConfig
@@ -58,14 +58,14 @@ class Params:
 
 def params_from_dict(raw: dict[str, Any], path: Path | None = None) -> Params:
     """Build :class:`Params` from an already-read mapping; every error names its section and key."""
-    unknown = sorted(set(raw) - set(SECTIONS))
+    unknown = sorted(set(raw) - set(SECTIONS) - set(RENAMED_SECTIONS))
     if unknown:
         where = f"{path}: " if path else ""
         raise ConfigError(f"{where}unknown section {unknown[0]!r} (sections: {', '.join(SECTIONS)})")
     built = {}
     for name, cls in SECTIONS.items():
         try:
-            built[name] = from_dict(cls, raw.get(name), prefix=f"{name}.")
+            built[name] = from_dict(cls, read_section(raw, name), prefix=f"{name}.")
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}" if path else str(exc)) from exc
     problem = judge_settings_problem(

@@ -12,7 +12,7 @@ seed: label         ``label_seed(SeedingConfig, paths, *, sample, progress)``   
 seed: ingest        ``ingest_seed(ValidationConfig, paths, *, labels, report_dir, push)``   ``IngestSummary``
 validate (+ store)  ``validate_and_store(ValidationConfig, paths, *, source, out, store)``  ``ValidateResult``
 train reward model  ``train_reward_model(RewardConfig, paths, *, data_version, ...)``       ``RewardStageResult``
-train policy (PPO)  ``train_policy(PPOConfig, paths, *, model, reward, parent, ...)``       ``PolicyResult``
+train policy (PPO)  ``train_policy(PolicyConfig, paths, *, model, reward, parent, ...)``       ``PolicyResult``
 evaluate            ``evaluate(EvalConfig, paths, *, model, candidate, kl_target, ...)``    ``EvalResult``
 gate                ``gate(GateConfig, paths, *, evaluation)``                              ``GateResult``
 register / promote  ``register_and_decide(paths, *, policy, evaluation, gate)``             ``PromotionResult``

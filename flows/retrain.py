@@ -290,7 +290,7 @@ def retrain(
     summary.prompts = _read_json(paths.prompts / "pool.json")
     summary.previous_data_version = (summary.seeded or ingested)["previous_version"]
 
-    # 2. train: reward model then PPO (from the champion, ppo.init_from), in-process or on the GPU work pool
+    # 2. train: reward model then PPO (from the champion, policy.init_from), in-process or on the GPU work pool
     champion_pointer.with_options(**opts)(root, params_path)
     route = training_route(cfg)
     if route.where == "work-pool":

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 QUICK: dict[str, dict[str, Any]] = {
     "seeding": {"seed_prompts": 48, "replies_per_prompt": 4},
     "reward": {"epochs": 2},
-    "ppo": {"steps": 4, "batch_size": 8, "mini_batch_size": 8, "micro_batch_size": 4},
+    "policy": {"steps": 4, "batch_size": 8, "mini_batch_size": 8, "micro_batch_size": 4},
     "eval": {"max_prompts": 20},
 }
 """``--quick``: the same loop with less of everything (a smoke test in a few minutes)."""

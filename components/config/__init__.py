@@ -11,7 +11,7 @@ section         module                                     dataclass
 ``seeding``     ``components/config/seeding.py``           ``SeedingConfig`` (the demo task only)
 ``prompts``     ``components/config/prompts.py``           ``PromptsConfig`` (the prompt pool)
 ``reward``      ``components/config/reward.py``            ``RewardConfig``
-``ppo``         ``components/config/ppo.py``               ``PPOConfig``
+``policy``      ``components/config/policy.py``            ``PolicyConfig``
 ``eval``        ``components/config/evaluation.py``        ``EvalConfig``
 ``gate``        ``components/config/gate.py``              ``GateConfig``
 ``serve``       ``components/config/serve.py``             ``ServeConfig``
@@ -22,6 +22,22 @@ These modules import neither torch nor transformers (a test checks it), so valid
 This package re-exports only the loading functions; import a stage's dataclass from its module.
 """
 
-from components.config.loading import ConfigError, from_dict, load_section, read_params, to_dict
+from components.config.loading import (
+    RENAMED_SECTIONS,
+    ConfigError,
+    from_dict,
+    load_section,
+    read_params,
+    read_section,
+    to_dict,
+)
 
-__all__ = ["ConfigError", "from_dict", "load_section", "read_params", "to_dict"]
+__all__ = [
+    "RENAMED_SECTIONS",
+    "ConfigError",
+    "from_dict",
+    "load_section",
+    "read_params",
+    "read_section",
+    "to_dict",
+]

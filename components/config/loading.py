@@ -8,6 +8,7 @@ the key, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -15,6 +16,11 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 import yaml
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+RENAMED_SECTIONS: dict[str, str] = {"ppo": "policy"}
+"""Sections renamed since an earlier release, old name -> new name. A params file that still uses the old name is
+read as the new one, with a warning; both at once is an error; asking for the old name is an error naming the new."""
 
 
 class ConfigError(ValueError):
@@ -111,10 +117,25 @@ def from_dict(cls: type[T], values: dict[str, Any] | None, prefix: str = "") -> 
     return obj
 
 
+def read_section(raw: dict[str, Any], section: str) -> Any:
+    """The mapping of ``section`` in a read params file, also where the file still uses its old name."""
+    old = next((o for o, new in RENAMED_SECTIONS.items() if new == section), None)
+    if old is None or old not in raw:
+        return raw.get(section)
+    if section in raw:
+        raise ConfigError(f"params have both {old!r} and {section!r}: {old!r} is the old name of {section!r}; keep one")
+    log.warning(
+        "params section %r is now called %r: read as %r (rename it in params.yaml and dvc.yaml)", old, section, section
+    )
+    return raw[old]
+
+
 def load_section(cls: type[T], section: str, params: Path | dict[str, Any]) -> T:
     """Load the ``section`` of a params file (or an already-read dict) as ``cls``."""
+    if section in RENAMED_SECTIONS:
+        raise ConfigError(f"params section {section!r} is now called {RENAMED_SECTIONS[section]!r}: load that one")
     raw = read_params(params) if isinstance(params, (str, Path)) else params
-    return from_dict(cls, raw.get(section), prefix=f"{section}.")
+    return from_dict(cls, read_section(raw, section), prefix=f"{section}.")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

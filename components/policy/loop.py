@@ -38,7 +38,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from components.base_model import accelerator_device, load_base
 from components.config import to_dict
 from components.config.model import ModelConfig
-from components.config.ppo import PPOConfig
+from components.config.policy import PolicyConfig
 from components.generation import generate
 from components.paths import ProjectPaths
 from components.policy.algorithms import Algorithm, Forward, Targets, make_algorithm
@@ -78,7 +78,7 @@ class PolicyTrainer:
 
     def __init__(
         self,
-        cfg: PPOConfig,
+        cfg: PolicyConfig,
         model_cfg: ModelConfig,
         scorer: Scorer | None,
         paths: ProjectPaths,
@@ -462,7 +462,7 @@ class PolicyTrainer:
             kl_ctl=self.kl_ctl.state_dict(),
             metrics=self.metrics,
             fingerprint=self.fingerprint,
-            params={"ppo": to_dict(self.cfg), "model": to_dict(self.model_cfg)},
+            params={"policy": to_dict(self.cfg), "model": to_dict(self.model_cfg)},
             prompt_rng=self.prompt_rng.bit_generator.state,
             score_norm=self.score_norm,
         )

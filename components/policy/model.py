@@ -18,7 +18,7 @@ from accelerate import Accelerator
 from torch import nn
 from transformers import PreTrainedModel
 
-from components.config.ppo import PPOConfig
+from components.config.policy import PolicyConfig
 from components.generation import position_ids_from_mask
 from components.shared_prefix import causal_lm_after_opening
 
@@ -88,7 +88,7 @@ class ActorCritic(nn.Module):
 
 
 def build_actor_critic(
-    cfg: PPOConfig, base: PreTrainedModel, with_value: bool = True
+    cfg: PolicyConfig, base: PreTrainedModel, with_value: bool = True
 ) -> tuple[ActorCritic, nn.Module | None]:
     """Wrap ``base`` for training; return ``(actor_critic, reference)`` (reference None with LoRA).
     ``with_value=False``: no value head (and no separate value trunk), for the optimisers that need none."""

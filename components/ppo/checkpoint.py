@@ -30,7 +30,7 @@ from accelerate import Accelerator
 
 from components.config import to_dict
 from components.config.model import ModelConfig
-from components.config.ppo import OPERATIONAL_FIELDS, PPOConfig
+from components.config.policy import OPERATIONAL_FIELDS, PolicyConfig
 
 KEEP_LAST = 2
 REQUIRED_FILES = ("state.pt", "params.json", "rng_rank0.pt")
@@ -41,10 +41,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be resumed from, with what to do about it."""
 
 
-def fingerprint(cfg: PPOConfig, model_cfg: ModelConfig, scorer_id: str, world_size: int) -> str:
+def fingerprint(cfg: PolicyConfig, model_cfg: ModelConfig, scorer_id: str, world_size: int) -> str:
     """Hash of everything that changes the numbers: PPO params, model section, scorer, process count."""
     ppo = {k: v for k, v in to_dict(cfg).items() if k not in OPERATIONAL_FIELDS}
-    payload = {"ppo": ppo, "model": to_dict(model_cfg), "scorer": scorer_id, "world_size": world_size}
+    payload = {"policy": ppo, "model": to_dict(model_cfg), "scorer": scorer_id, "world_size": world_size}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

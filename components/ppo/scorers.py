@@ -68,7 +68,7 @@ def load_scorer(spec: str | Path) -> Scorer:
     if not path.exists():
         raise FileNotFoundError(
             f"reward model {path} not found: train it first (dvc repro train_reward), "
-            "or set ppo.reward_model to builtin:vader for a stand-in reward"
+            "or set policy.reward_model to builtin:vader for a stand-in reward"
         )
     from components.reward.model import RewardModel  # lazy: built on its own branch
 

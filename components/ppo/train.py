@@ -25,7 +25,7 @@ from typing import Any
 from components.base_model import resolve_model_dir
 from components.config import load_section, read_params, to_dict
 from components.config.model import ModelConfig
-from components.config.ppo import PPOConfig
+from components.config.policy import PolicyConfig
 from components.fsutil import atomic_dir, atomic_write_text
 from components.lineage import code_revision, data_version
 from components.paths import ProjectPaths
@@ -92,14 +92,14 @@ def run(
     version: str | None = None,
     parent: str | None = None,
 ) -> TrainResult:
-    """Train the policy (``ppo.algorithm``) from a params file (or dict) in project ``root``; export unless stopped
+    """Train the policy (``policy.algorithm``) from a params file (or dict) in project ``root``; export unless stopped
     early.
 
-    The export is ``<ppo.output_dir>/<version>/`` (a fresh version id unless given). Training starts from
-    ``parent`` (a registry policy version) when given, else from what ``ppo.init_from`` names
+    The export is ``<policy.output_dir>/<version>/`` (a fresh version id unless given). Training starts from
+    ``parent`` (a registry policy version) when given, else from what ``policy.init_from`` names
     (:func:`initial_policy`); the manifest records that version as ``parent``."""
     raw = read_params(params) if isinstance(params, Path) else params
-    cfg = load_section(PPOConfig, "ppo", raw)
+    cfg = load_section(PolicyConfig, "policy", raw)
     base_cfg = load_section(ModelConfig, "model", raw)
     paths = ProjectPaths(root)
     parent, init_dir = initial_policy(cfg, base_cfg, paths, parent)
@@ -139,7 +139,7 @@ def run(
             else offline_reward_lineage(cfg.reward_model, root, scorer_spec),
             "algorithm": cfg.algorithm,
             "algorithm_params": algorithm_params(cfg),
-            "params": {"ppo": to_dict(cfg), "model": to_dict(base_cfg)},
+            "params": {"policy": to_dict(cfg), "model": to_dict(base_cfg)},
             "code_revision": code_revision(root) or "unknown",
             "metrics": stats,
             "processes": result.accelerator.num_processes,
@@ -164,7 +164,7 @@ def offline_reward_lineage(spec: str, root: Path, resolved: str) -> dict[str, An
     return {**reward_lineage(spec, root, scorer_fingerprint(resolved)), "in_loop": False}
 
 
-def algorithm_params(cfg: PPOConfig) -> dict[str, Any]:
+def algorithm_params(cfg: PolicyConfig) -> dict[str, Any]:
     """The knobs of ``cfg.algorithm`` that are its own (PPO's advantage/loss fields, or its section)."""
     if cfg.algorithm == "ppo":
         keys = ("gamma", "lam", "whiten_advantages", "clip_range", "clip_range_value", "vf_coef", "ent_coef")
@@ -173,7 +173,7 @@ def algorithm_params(cfg: PPOConfig) -> dict[str, Any]:
 
 
 def initial_policy(
-    cfg: PPOConfig, model: ModelConfig, paths: ProjectPaths, parent: str | None = None
+    cfg: PolicyConfig, model: ModelConfig, paths: ProjectPaths, parent: str | None = None
 ) -> tuple[str, Path | None]:
     """The registry version PPO starts from and its folder (None: ``model.base`` itself).
 
@@ -221,7 +221,7 @@ class PolicyResult:
 
 
 def train_policy(
-    cfg: PPOConfig,
+    cfg: PolicyConfig,
     paths: ProjectPaths,
     *,
     model: ModelConfig,
@@ -240,7 +240,7 @@ def train_policy(
         rel = Path(reward).resolve()
         spec = str(rel.relative_to(paths.root)) if rel.is_relative_to(paths.root) else str(rel)
         cfg = dataclasses.replace(cfg, reward_model=spec)
-    raw = {"ppo": to_dict(cfg), "model": to_dict(model)}
+    raw = {"policy": to_dict(cfg), "model": to_dict(model)}
     t0 = time.perf_counter()
     result = run(raw, paths.root, resume=resume, progress=progress, parent=parent)
     if result.export_dir is None:
@@ -260,8 +260,8 @@ def train_policy(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Fine-tune the policy with ppo.algorithm (PPO by default).")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (sections model, ppo)")
+    parser = argparse.ArgumentParser(description="Fine-tune the policy with policy.algorithm (PPO by default).")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (sections model, policy)")
     parser.add_argument("--root", type=Path, default=None, help="project root (default: the params file's folder)")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint (same params)")
     args = parser.parse_args(argv)

@@ -96,7 +96,7 @@ def test_demo_checks_every_params_section_before_any_work(tmp_path, monkeypatch)
 
     paths = init_project(tmp_path / "proj")
     raw = yaml.safe_load(paths.params.read_text())
-    raw["ppo"]["stepz"] = 3
+    raw["policy"]["stepz"] = 3
     paths.params.write_text(yaml.safe_dump(raw))
     monkeypatch.chdir(paths.root)
     result = runner.invoke(app, ["demo", "--params", str(paths.params)])

@@ -24,7 +24,7 @@ TINY = {
     "model": {"base": "tiny", "seed": 0},
     "seeding": {"seed_prompts": 24, "replies_per_prompt": 2, "max_new_tokens": 8, "batch_size": 24},
     "reward": {**TINY_REWARD, "eval_fraction": 0.2},
-    "ppo": {
+    "policy": {
         "steps": 2,
         "batch_size": 8,
         "mini_batch_size": 4,
@@ -92,7 +92,7 @@ def test_demo_runs_two_rounds_through_the_flow_and_the_service(prefect_api, tmp_
         "demo-seed" in trail["feedback"]["by_source"]["pairs"] and "served" in trail["feedback"]["by_source"]["pairs"]
     )
 
-    # round 2 fine-tuned round 1's champion (ppo.init_from: champion), its KL measured against it
+    # round 2 fine-tuned round 1's champion (policy.init_from: champion), its KL measured against it
     second_manifest = json.loads((paths.policies / second.version / "manifest.json").read_text())
     assert second.parent == first.version and second_manifest["base_dir"] == str(first.path)
 

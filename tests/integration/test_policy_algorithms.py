@@ -1,4 +1,4 @@
-"""Every policy optimiser (``ppo.algorithm``) on the tiny model: trains (weights change), exports a policy version
+"""Every policy optimiser (``policy.algorithm``) on the tiny model: trains (weights change), exports a policy version
 that records its algorithm, is evaluated against the champion and reaches a gate decision the registry records;
 RLOO and DPO resume to the uninterrupted result; the scored optimisers raise a known reward."""
 
@@ -95,7 +95,7 @@ def policy_params(algorithm: str, **overrides: object) -> dict:
         "dpo": {"max_reply_tokens": 12},
         **overrides,
     }
-    return {"model": {"base": "tiny"}, "ppo": ppo}
+    return {"model": {"base": "tiny"}, "policy": ppo}
 
 
 def assert_export_differs_from_base(out: Path) -> None:
@@ -119,9 +119,9 @@ def test_each_algorithm_trains_exports_evaluates_and_reaches_a_gate_decision(tra
     assert_export_differs_from_base(out)
 
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["algorithm"] == algorithm and manifest["params"]["ppo"]["algorithm"] == algorithm
+    assert manifest["algorithm"] == algorithm and manifest["params"]["policy"]["algorithm"] == algorithm
     own = manifest["algorithm_params"]
-    assert ("ppo_epochs" in own) if algorithm == "ppo" else (own == manifest["params"]["ppo"][algorithm])
+    assert ("ppo_epochs" in own) if algorithm == "ppo" else (own == manifest["params"]["policy"][algorithm])
     assert manifest["reward_model"]["spec"] == "models/reward"
     assert manifest["reward_model"].get("in_loop", True) is (algorithm != "dpo")
     rows = [json.loads(x) for x in (root / "metrics" / "ppo_log.jsonl").read_text().splitlines()]

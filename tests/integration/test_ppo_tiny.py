@@ -60,7 +60,7 @@ def project(tmp_path: Path, **ppo) -> dict:
         "save_every": 2,
         "learning_rate": 1e-2,
     }
-    return {"model": {"base": "tiny"}, "ppo": {**base, **ppo}}
+    return {"model": {"base": "tiny"}, "policy": {**base, **ppo}}
 
 
 NOT_TIMING = ("time/", "charts/")
@@ -176,7 +176,7 @@ def test_rollout_normalisation_scores_mean_0_std_1_on_the_initial_policy_and_sur
     feeds PPO (raw - mean) / std; a resumed run reads the statistics from the checkpoint instead of sampling."""
     from components.config import load_section
     from components.config.model import ModelConfig
-    from components.config.ppo import PPOConfig
+    from components.config.policy import PolicyConfig
     from components.paths import ProjectPaths
     from components.policy.loop import PolicyTrainer
 
@@ -185,7 +185,7 @@ def test_rollout_normalisation_scores_mean_0_std_1_on_the_initial_policy_and_sur
     kw = {"steps": 4, "lora_r": 4, "lora_alpha": 8, "reward_normalization": "rollouts", "normalization_samples": 16}
     params = project(a, **kw)
     project(b, **kw)
-    cfg, model_cfg = load_section(PPOConfig, "ppo", params), load_section(ModelConfig, "model", params)
+    cfg, model_cfg = load_section(PolicyConfig, "policy", params), load_section(ModelConfig, "model", params)
     trainer = PolicyTrainer(cfg, model_cfg, CountScorer("e"), ProjectPaths(a))
     mean, std = trainer.rollout_score_stats()
     # the same seeded draw of prompts and replies, scored by hand
@@ -355,7 +355,7 @@ def test_scorer_and_policy_sit_on_the_accelerators_device(tmp_path):
     """The reward model used to stay on the CPU whatever the trainer's device; it now follows the policy."""
     from components.config import load_section
     from components.config.model import ModelConfig
-    from components.config.ppo import PPOConfig
+    from components.config.policy import PolicyConfig
     from components.paths import ProjectPaths
     from components.policy.loop import PolicyTrainer
 
@@ -368,7 +368,7 @@ def test_scorer_and_policy_sit_on_the_accelerators_device(tmp_path):
 
     params = project(tmp_path, steps=1)
     spy = Spy("e")
-    cfg = load_section(PPOConfig, "ppo", params)
+    cfg = load_section(PolicyConfig, "policy", params)
     trainer = PolicyTrainer(cfg, ModelConfig(base="tiny"), spy, ProjectPaths(tmp_path))
     assert spy.device == trainer.acc.device
     assert next(trainer.unwrapped.parameters()).device.type == trainer.acc.device.type
@@ -386,7 +386,7 @@ def test_policy_versions_are_new_folders_never_replaced(tmp_path):
 
 
 def test_after_a_promotion_ppo_starts_from_the_champion_and_dvc_reruns_it(tmp_path):
-    """ppo.init_from: champion. registry/ppo_parent.json is a dep of the ppo stage: promoting a policy leaves
+    """policy.init_from: champion. registry/ppo_parent.json is a dep of the ppo stage: promoting a policy leaves
     the pipeline up to date; pointing the file at the new champion (the flow's step before training) makes
     `dvc status` report the stage changed; the next run starts from the champion's weights (step 0) and records
     it as parent and KL reference."""
@@ -397,8 +397,8 @@ def test_after_a_promotion_ppo_starts_from_the_champion_and_dvc_reruns_it(tmp_pa
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["model"]["base"] = "tiny"
-    params["ppo"].update({**project(tmp_path)["ppo"], "prompts": "data/prompts/train.jsonl", "steps": 1})
-    params["ppo"].update({"save_every": 1, "bf16": False})
+    params["policy"].update({**project(tmp_path)["policy"], "prompts": "data/prompts/train.jsonl", "steps": 1})
+    params["policy"].update({"save_every": 1, "bf16": False})
     (tmp_path / "params-src.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     paths = init_project(tmp_path / "p", params=tmp_path / "params-src.yaml")
     root = paths.root
@@ -457,12 +457,12 @@ def test_forward_passes_in_parts_equal_one_pass_over_the_batch(tmp_path, value_m
 
     from components.config import load_section
     from components.config.model import ModelConfig
-    from components.config.ppo import PPOConfig
+    from components.config.policy import PolicyConfig
     from components.paths import ProjectPaths
     from components.policy.loop import PolicyTrainer
 
     params = project(tmp_path, steps=1, value_model=value_model, bf16=False)
-    cfg, model_cfg = load_section(PPOConfig, "ppo", params), load_section(ModelConfig, "model", params)
+    cfg, model_cfg = load_section(PolicyConfig, "policy", params), load_section(ModelConfig, "model", params)
     trainer = PolicyTrainer(cfg, model_cfg, CountScorer("e"), ProjectPaths(tmp_path))
     whole = trainer.rollout(PROMPTS[:7])  # 7 replies: parts of 3 leave a remainder of 1
     parts = copy.deepcopy(whole)

@@ -30,7 +30,7 @@ TINY = {
     "model": {"base": "tiny"},
     "seeding": {"seed_prompts": 8, "replies_per_prompt": 2, "max_new_tokens": 8, "batch_size": 16, "min_gold_gap": 0.0},
     "reward": TINY_REWARD,
-    "ppo": {
+    "policy": {
         "steps": 2,
         "batch_size": 4,
         "mini_batch_size": 4,

@@ -113,10 +113,10 @@ def test_ppo_update_forward_with_the_opening_once_equals_the_full_pass(monkeypat
 
     import components.policy.model as ppo_trainer
     from components.base_model import build_tiny
-    from components.config.ppo import PPOConfig
+    from components.config.policy import PolicyConfig
 
     base, tok = build_tiny(seed=0)
-    ac, reference = ppo_trainer.build_actor_critic(PPOConfig(lora=True, lora_r=4, lora_alpha=8), copy.deepcopy(base))
+    ac, reference = ppo_trainer.build_actor_critic(PolicyConfig(lora=True, lora_r=4, lora_alpha=8), copy.deepcopy(base))
     assert reference is None
     with torch.no_grad():  # LoRA's B starts at zero: make the adapters matter
         for name, p in ac.named_parameters():

@@ -10,7 +10,7 @@ from components.config import ConfigError
 from components.config.evaluation import EvalConfig
 from components.config.gate import GateConfig
 from components.config.model import ModelConfig
-from components.config.ppo import PPOConfig
+from components.config.policy import PolicyConfig
 from components.config.reward import RewardConfig
 from components.config.seeding import SeedingConfig
 from components.config.validation import ValidationConfig
@@ -24,7 +24,7 @@ def test_every_section_of_params_yaml_equals_its_dataclass_defaults():
     assert p.reward == RewardConfig()
     # the one difference: params.yaml is the demo project, so it switches the demo task on (default off)
     assert p.seeding == replace(SeedingConfig(), demo_task=True) and not SeedingConfig().demo_task
-    assert p.ppo == PPOConfig() and p.validation == ValidationConfig() and p.model == ModelConfig()
+    assert p.policy == PolicyConfig() and p.validation == ValidationConfig() and p.model == ModelConfig()
     assert p.eval == EvalConfig() and p.gate == GateConfig()
     assert set(yaml.safe_load(PARAMS.read_text())) == set(SECTIONS)
 
@@ -33,7 +33,7 @@ def test_every_section_of_params_yaml_equals_its_dataclass_defaults():
     ("section", "values", "message"),
     [
         ("reward", {"epochs": "three"}, r"reward\.epochs"),
-        ("ppo", {"stepz": 3}, r"unknown key ppo\.stepz"),
+        ("policy", {"stepz": 3}, r"unknown key policy\.stepz"),
         ("eval", {"samples_per_prompt": 0}, "samples_per_prompt"),
         ("gate", {"min_win_rate": 1.5}, "min_win_rate"),
     ],

@@ -1,4 +1,4 @@
-"""PPOConfig from params.yaml, its checks, the built-in scorers and the resume fingerprint."""
+"""PolicyConfig from params.yaml, its checks, the built-in scorers and the resume fingerprint."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from components.config import ConfigError, load_section
 from components.config.model import ModelConfig
-from components.config.ppo import PPOConfig
+from components.config.policy import PolicyConfig
 from components.ppo.checkpoint import fingerprint
 from components.ppo.scorers import CountScorer, Scorer, load_scorer, scorer_fingerprint
 
@@ -18,18 +18,18 @@ PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 
 
 def test_params_yaml_section_matches_the_documented_defaults():
-    assert load_section(PPOConfig, "ppo", PARAMS) == PPOConfig()
+    assert load_section(PolicyConfig, "policy", PARAMS) == PolicyConfig()
 
 
 def test_bad_values_are_refused_naming_the_key():
     with pytest.raises(ConfigError, match="mini_batch_size"):
-        load_section(PPOConfig, "ppo", {"ppo": {"batch_size": 10, "mini_batch_size": 4}})
-    with pytest.raises(ConfigError, match=r"unknown key ppo\.lr"):
-        load_section(PPOConfig, "ppo", {"ppo": {"lr": 1e-4}})
+        load_section(PolicyConfig, "policy", {"policy": {"batch_size": 10, "mini_batch_size": 4}})
+    with pytest.raises(ConfigError, match=r"unknown key policy\.lr"):
+        load_section(PolicyConfig, "policy", {"policy": {"lr": 1e-4}})
     with pytest.raises(ConfigError, match="kl_estimator"):
-        load_section(PPOConfig, "ppo", {"ppo": {"kl_estimator": "k2"}})
+        load_section(PolicyConfig, "policy", {"policy": {"kl_estimator": "k2"}})
     with pytest.raises(ConfigError, match="top_k=0"):
-        load_section(PPOConfig, "ppo", {"ppo": {"top_p": 0.9}})
+        load_section(PolicyConfig, "policy", {"policy": {"top_p": 0.9}})
 
 
 def test_count_scorer_and_builtin_specs():
@@ -44,7 +44,7 @@ def test_count_scorer_and_builtin_specs():
 
 
 def test_fingerprint_ignores_operational_fields_only(tmp_path):
-    cfg, model = PPOConfig(), ModelConfig()
+    cfg, model = PolicyConfig(), ModelConfig()
     fp = fingerprint(cfg, model, "s", 1)
     assert fingerprint(replace(cfg, save_every=1, output_dir="x"), model, "s", 1) == fp
     assert fingerprint(replace(cfg, learning_rate=1e-5), model, "s", 1) != fp
@@ -77,18 +77,34 @@ def test_accelerator_can_change_precision_in_one_process():
 
 
 def test_algorithm_settings_are_checked_naming_the_key():
-    with pytest.raises(ConfigError, match=r"ppo\.algorithm: 'reinforce' is not one of"):
-        load_section(PPOConfig, "ppo", {"ppo": {"algorithm": "reinforce"}})
+    with pytest.raises(ConfigError, match=r"policy\.algorithm: 'reinforce' is not one of"):
+        load_section(PolicyConfig, "policy", {"policy": {"algorithm": "reinforce"}})
     with pytest.raises(ConfigError, match="multiple of rloo's 3 samples per prompt"):
-        load_section(PPOConfig, "ppo", {"ppo": {"algorithm": "rloo", "rloo": {"k": 3}}})
+        load_section(PolicyConfig, "policy", {"policy": {"algorithm": "rloo", "rloo": {"k": 3}}})
     with pytest.raises(ConfigError, match="must be even"):
-        load_section(PPOConfig, "ppo", {"ppo": {"algorithm": "dpo", "batch_size": 6, "mini_batch_size": 3,
+        load_section(PolicyConfig, "policy", {"policy": {"algorithm": "dpo", "batch_size": 6, "mini_batch_size": 3,
                                                 "micro_batch_size": 3}})  # fmt: skip
-    with pytest.raises(ConfigError, match=r"unknown key ppo\.grpo\.beta"):
-        load_section(PPOConfig, "ppo", {"ppo": {"grpo": {"beta": 0.1}}})
-    cfg = load_section(PPOConfig, "ppo", {"ppo": {"algorithm": "grpo", "grpo": {"k": 8, "variant": "dr_grpo"}}})
+    with pytest.raises(ConfigError, match=r"unknown key policy\.grpo\.beta"):
+        load_section(PolicyConfig, "policy", {"policy": {"grpo": {"beta": 0.1}}})
+    cfg = load_section(
+        PolicyConfig, "policy", {"policy": {"algorithm": "grpo", "grpo": {"k": 8, "variant": "dr_grpo"}}}
+    )
     assert cfg.group_size == 8 and cfg.grpo.variant == "dr_grpo"
     # another algorithm, or other settings of one, change the resume fingerprint (a resume is refused)
-    base = fingerprint(PPOConfig(), ModelConfig(), "s", 1)
-    assert fingerprint(replace(PPOConfig(), algorithm="rloo"), ModelConfig(), "s", 1) != base
-    assert fingerprint(replace(PPOConfig(), rloo=replace(PPOConfig().rloo, k=2)), ModelConfig(), "s", 1) != base
+    base = fingerprint(PolicyConfig(), ModelConfig(), "s", 1)
+    assert fingerprint(replace(PolicyConfig(), algorithm="rloo"), ModelConfig(), "s", 1) != base
+    assert fingerprint(replace(PolicyConfig(), rloo=replace(PolicyConfig().rloo, k=2)), ModelConfig(), "s", 1) != base
+
+
+def test_the_old_section_name_ppo_is_read_as_policy_with_a_warning(caplog):
+    from components.params import params_from_dict
+
+    with caplog.at_level("WARNING", logger="components.config.loading"):
+        params = params_from_dict({"ppo": {"steps": 3, "algorithm": "rloo"}})
+    assert params.policy.steps == 3 and params.policy.algorithm == "rloo"
+    assert "'ppo' is now called 'policy'" in caplog.text
+    assert load_section(PolicyConfig, "policy", {"ppo": {"steps": 5}}).steps == 5
+    with pytest.raises(ConfigError, match="both 'ppo' and 'policy'"):
+        params_from_dict({"ppo": {}, "policy": {}})
+    with pytest.raises(ConfigError, match="now called 'policy'"):
+        load_section(PolicyConfig, "ppo", {"policy": {}})

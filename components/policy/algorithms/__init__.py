@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from components.config.ppo import PPOConfig
+from components.config.policy import PolicyConfig
 from components.policy.algorithms.base import Algorithm, Forward, Targets
 from components.policy.algorithms.bon_sft import BoNSFT
 from components.policy.algorithms.dpo import DPO, OnlineDPO
@@ -13,7 +13,7 @@ from components.policy.algorithms.rloo import RLOO
 ALGORITHMS: dict[str, type[Algorithm]] = {a.name: a for a in (PPO, RLOO, GRPO, DPO, OnlineDPO, BoNSFT)}
 
 
-def make_algorithm(cfg: PPOConfig) -> Algorithm:
+def make_algorithm(cfg: PolicyConfig) -> Algorithm:
     """The optimiser ``cfg.algorithm`` names."""
     try:
         return ALGORITHMS[cfg.algorithm](cfg)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from components.config.ppo import PPOConfig
+from components.config.policy import PolicyConfig
 from components.policy.batch import RolloutBatch
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ class Algorithm:
     group: ClassVar[int] = 1
     """Rows the loss needs together in one micro-batch (a preference pair: 2)."""
 
-    def __init__(self, cfg: PPOConfig) -> None:
+    def __init__(self, cfg: PolicyConfig) -> None:
         self.cfg = cfg
 
     @property

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from components.config.ppo import PPOConfig
+from components.config.policy import PolicyConfig
 from components.policy import losses
 from components.policy.algorithms.base import Algorithm, Forward, Targets
 from components.policy.batch import RolloutBatch, encode_replies, read_pairs, slice_rows
@@ -50,7 +50,7 @@ class DPO(_Preference):
     name = "dpo"
     uses_scorer = False
 
-    def __init__(self, cfg: PPOConfig) -> None:
+    def __init__(self, cfg: PolicyConfig) -> None:
         super().__init__(cfg)
         self._pairs: list[tuple[str, str, str]] | None = None
 

@@ -1,4 +1,5 @@
-"""``PPOConfig``: every knob of the PPO stage (``params.yaml`` section ``ppo``).
+"""``PolicyConfig``: every knob of the policy stage (``params.yaml`` section ``policy``, called ``ppo`` before the
+stage had several optimisers; a file with the old name is still read).
 
 Defaults are sized for the CPU demo (SmolLM2-135M-Instruct with LoRA, a few minutes); the reference values
 from the literature are given beside each field where they differ, and the measurements behind the defaults are
@@ -88,8 +89,8 @@ class BoNSFTConfig:
 
 
 @dataclass(frozen=True)
-class PPOConfig:
-    """PPO fine-tuning of the policy against a reward scorer."""
+class PolicyConfig:
+    """Fine-tuning of the policy: ``algorithm`` picks the optimiser (PPO by default), the rest is shared or PPO's."""
 
     algorithm: Algorithm = "ppo"
     """The optimiser (docs/optimisers.md): ``ppo``, ``rloo``, ``grpo``, ``dpo`` (offline, from the pairs),
