@@ -89,7 +89,7 @@ def test_missing_params_file_is_an_error_not_a_silent_default(tmp_path, monkeypa
 
 
 def test_demo_checks_every_params_section_before_any_work(tmp_path, monkeypatch):
-    """A typo in the ppo section used to surface minutes later (after seeding and the reward model)."""
+    """A typo in the policy section used to surface minutes later (after seeding and the reward model)."""
     import yaml
 
     from components.project import init_project
@@ -101,7 +101,7 @@ def test_demo_checks_every_params_section_before_any_work(tmp_path, monkeypatch)
     monkeypatch.chdir(paths.root)
     result = runner.invoke(app, ["demo", "--params", str(paths.params)])
     assert result.exit_code == 2
-    assert "unknown key ppo.stepz" in " ".join(result.output.split())
+    assert "unknown key policy.stepz" in " ".join(result.output.split())
     assert not paths.data.exists() and not paths.models.exists()  # no stage started
     missing = runner.invoke(app, ["demo", "--params", str(tmp_path / "nope.yaml")])
     assert missing.exit_code == 2 and "params file not found" in " ".join(missing.output.split())
