@@ -374,18 +374,19 @@ class PolicyTrainer:
             raw, scores = self.score(batch) if algo.uses_scorer else (None, None)
             t3 = self._clock()
 
-            # 4. targets: advantages, preferences or the best replies (the algorithm's part)
+            # 4. targets: advantages, preferences or the best replies (the algorithm's part); the mean summed k1
+            # KL per reply over all processes, for a KL bound and (step 6) the controller
+            m = batch.mask.float()
+            mean_kl = self._mean(((batch.logp - batch.ref_logp) * m).sum(1).mean())
             kl_coef = algo.kl_coef(self.kl_ctl.value)
-            targets = algo.targets(batch, raw, scores, kl_coef)
+            targets = algo.targets(batch, raw, scores, kl_coef, mean_kl)
 
             # 5. update: epochs over minibatches
             upd = self.update(targets)
             self.scheduler.step()
             t4 = self._clock()
 
-            # 6. KL: the controller sees the global mean summed k1 KL per reply (Ziegler et al. 2019, eq. 3).
-            m = batch.mask.float()
-            mean_kl = self._mean(((batch.logp - batch.ref_logp) * m).sum(1).mean())
+            # 6. KL: the controller sees the global mean KL per reply (Ziegler et al. 2019, eq. 3).
             self.kl_ctl.update(mean_kl, n_steps=cfg.batch_size * acc.num_processes)
             self.step += 1
             steps_run += 1

@@ -181,3 +181,13 @@ def test_known_reward_rises(tmp_path, algorithm):
     scores = [m["objective/score"] for m in result.metrics]
     first, last = sum(scores[:2]) / 2, sum(scores[-2:]) / 2
     assert last > first + 0.5, f"{algorithm}: mean reward did not rise: {scores}"
+
+
+def test_best_of_n_stops_updating_beyond_its_kl_bound(tmp_path):
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    params = policy_params("bon_sft", reward_model="builtin:count:e", steps=3, bon_sft={"max_kl": 1e-3})
+    rows = run(params, tmp_path, scorer=CountScorer("e"), export=False).metrics
+    # step 1 starts at the parent (KL 0) and trains; the trained policy is then beyond 1e-3 nats and stops
+    assert rows[0]["bon_sft/over_kl_bound"] == 0.0 and rows[0]["policy/minibatches"] >= 1
+    assert rows[-1]["objective/kl"] > 1e-3
+    assert rows[-1]["bon_sft/over_kl_bound"] == 1.0 and rows[-1]["policy/minibatches"] == 0

@@ -5,7 +5,8 @@ pass (rollout-time and reference log-probs), scoring, the update's epochs, minib
 the KL controller, metrics, checkpoints and resume. An :class:`Algorithm` fills in three things:
 
 - :meth:`make_batch` (default: ``batch_size / k`` prompts, ``k`` samples each; offline DPO reads pairs);
-- :meth:`targets`: from the scored batch, what the loss fits (advantages, preferences, the best replies);
+- :meth:`targets`: from the scored batch (and the step's mean KL to the reference over all processes), what the
+  loss fits (advantages, preferences, the best replies);
 - :meth:`loss`: one micro-batch's loss and its diagnostics, from the policy's fresh log-probs.
 """
 
@@ -75,7 +76,12 @@ class Algorithm:
         return trainer.rollout(trainer.sample_prompts(self.cfg.batch_size // k), samples_per_prompt=k)
 
     def targets(
-        self, batch: RolloutBatch, raw: torch.Tensor | None, scores: torch.Tensor | None, kl_coef: float
+        self,
+        batch: RolloutBatch,
+        raw: torch.Tensor | None,
+        scores: torch.Tensor | None,
+        kl_coef: float,
+        mean_kl: float,
     ) -> Targets:
         raise NotImplementedError
 

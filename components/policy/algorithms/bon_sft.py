@@ -20,13 +20,17 @@ class BoNSFT(Algorithm):
         return self.cfg.bon_sft.epochs
 
     def targets(
-        self, batch: RolloutBatch, raw: torch.Tensor | None, scores: torch.Tensor | None, kl_coef: float
+        self,
+        batch: RolloutBatch,
+        raw: torch.Tensor | None,
+        scores: torch.Tensor | None,
+        kl_coef: float,
+        mean_kl: float,
     ) -> Targets:
         b = self.cfg.bon_sft
         # 4.-5. the best of each prompt's n samples; no update once the policy is max_kl from the parent
         best = losses.best_of_group(scores, b.n)  # shape: (G,)
-        seq_kl = (core.kl_per_token(batch.logp, batch.ref_logp) * batch.mask.float()).sum(1).mean()
-        over = bool(seq_kl > b.max_kl)
+        over = mean_kl > b.max_kl  # the mean over all processes: every process skips, or none does
         stats = {"bon_sft/best_score": raw[best].mean(), "bon_sft/over_kl_bound": float(over)}
         return Targets(None if over else slice_rows(batch, best), {}, stats)
 

@@ -75,7 +75,12 @@ class DPO(_Preference):
         return encode_replies(trainer.tok, prompts, replies, system=system, max_tokens=max_tokens)
 
     def targets(
-        self, batch: RolloutBatch, raw: torch.Tensor | None, scores: torch.Tensor | None, kl_coef: float
+        self,
+        batch: RolloutBatch,
+        raw: torch.Tensor | None,
+        scores: torch.Tensor | None,
+        kl_coef: float,
+        mean_kl: float,
     ) -> Targets:
         return Targets(batch, {"weight": torch.ones(len(batch))})
 
@@ -91,7 +96,12 @@ class OnlineDPO(_Preference):
         return self.cfg.online_dpo.beta, self.cfg.online_dpo.loss
 
     def targets(
-        self, batch: RolloutBatch, raw: torch.Tensor | None, scores: torch.Tensor | None, kl_coef: float
+        self,
+        batch: RolloutBatch,
+        raw: torch.Tensor | None,
+        scores: torch.Tensor | None,
+        kl_coef: float,
+        mean_kl: float,
     ) -> Targets:
         # 4.-5. the reward model labels each prompt's two samples; the preferred one goes first, ties weigh 0
         first, decisive = losses.preference_labels(scores)  # shape: (N,) each

@@ -22,7 +22,12 @@ class GRPO(Algorithm):
         return self.cfg.grpo.kl_coef  # fixed beta in the loss (Shao et al.), no controller
 
     def targets(
-        self, batch: RolloutBatch, raw: torch.Tensor | None, scores: torch.Tensor | None, kl_coef: float
+        self,
+        batch: RolloutBatch,
+        raw: torch.Tensor | None,
+        scores: torch.Tensor | None,
+        kl_coef: float,
+        mean_kl: float,
     ) -> Targets:
         g = self.cfg.grpo
         # 4.-5. advantages: the score against its group's mean (and std, unless Dr. GRPO); no KL in the reward

@@ -21,7 +21,12 @@ class PPO(Algorithm):
         return self.cfg.ppo_epochs
 
     def targets(
-        self, batch: RolloutBatch, raw: torch.Tensor | None, scores: torch.Tensor | None, kl_coef: float
+        self,
+        batch: RolloutBatch,
+        raw: torch.Tensor | None,
+        scores: torch.Tensor | None,
+        kl_coef: float,
+        mean_kl: float,
     ) -> Targets:
         cfg = self.cfg
         # 4. rewards: score on the last reply token, per-token KL penalty (beta from the controller)

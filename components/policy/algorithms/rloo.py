@@ -18,7 +18,12 @@ class RLOO(Algorithm):
         return self.cfg.rloo.epochs
 
     def targets(
-        self, batch: RolloutBatch, raw: torch.Tensor | None, scores: torch.Tensor | None, kl_coef: float
+        self,
+        batch: RolloutBatch,
+        raw: torch.Tensor | None,
+        scores: torch.Tensor | None,
+        kl_coef: float,
+        mean_kl: float,
     ) -> Targets:
         # 4. rewards: the score minus beta times the reply's summed KL to the reference
         rewards, _ = losses.sequence_kl_penalised_rewards(
