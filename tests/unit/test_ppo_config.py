@@ -100,7 +100,7 @@ def test_the_old_section_name_ppo_is_read_as_policy_with_a_warning(caplog):
     from components.params import params_from_dict
 
     with caplog.at_level("WARNING", logger="components.config.loading"):
-        params = params_from_dict({"ppo": {"steps": 3, "algorithm": "rloo"}})
+        params = params_from_dict({"ppo": {"steps": 3, "algorithm": "rloo"}, "seeding": {"demo_task": True}})
     assert params.policy.steps == 3 and params.policy.algorithm == "rloo"
     assert "'ppo' is now called 'policy'" in caplog.text
     assert load_section(PolicyConfig, "policy", {"ppo": {"steps": 5}}).steps == 5
