@@ -263,7 +263,7 @@ def test_real_hh_excerpt_imports(tmp_path):
 
 TINY_ROUND = {
     "reward": {"trainable": "all", "lr": 3e-3, "epochs": 1, "batch_size": 8, "max_length": 96, "eval_fraction": 0.25},
-    "ppo": {
+    "policy": {
         "steps": 2,
         "batch_size": 4,
         "mini_batch_size": 4,
@@ -307,7 +307,7 @@ def test_init_import_retrain_audit_a_round_on_human_data(prefect_api, tmp_path, 
     assert imported.exit_code == 0, imported.output
     done = runner.invoke(app, ["retrain", "--params", str(tiny)])  # --params becomes the project's params.yaml
     assert done.exit_code == 0, done.output
-    assert yaml.safe_load((root / "params.yaml").read_text())["ppo"]["steps"] == 2
+    assert yaml.safe_load((root / "params.yaml").read_text())["policy"]["steps"] == 2
     words = " ".join(done.output.split())
     assert "decision: promoted" in words or "decision: rejected" in words
     listed = runner.invoke(app, ["models", "--json"])
