@@ -4,7 +4,7 @@
 
 ``--pairs`` is a demo project's pairs file after round 2 (seed pairs + served feedback): round 1 trains on its
 ``demo-seed`` rows, round 2 on all of them, as the demo does. Each round runs ``train_reward`` in its own
-process with the default ``RewardConfig`` and, unless ``--no-store``, one feature store shared by the rounds
+process with the default ``RewardConfig`` and, unless ``--no-store``, one disk activation cache shared by the rounds
 (emptied first), as ``staging/reward-features`` is in a project. One JSON line per round (stage seconds,
 frozen-pass seconds, optimisation seconds, store hits, held-out metrics) goes to stdout and is appended to
 ``bench/results/reward_rounds.jsonl``.
@@ -30,14 +30,14 @@ sys.path.insert(0, {repo!r})
 from components.config.reward import RewardConfig
 from components.reward.trainer import train_reward
 work, pairs, store = Path({work!r}), Path({pairs!r}), {store!r}
-kw = {{"feature_store": Path(store)}} if store else {{}}
+kw = {{"disk_cache": Path(store)}} if store else {{}}
 t0 = time.perf_counter()
 res = train_reward(pairs, RewardConfig(), work / "model", work / "metrics", project_root=work, **kw)
 tr = res.metrics["train"]
 print("RESULT " + json.dumps({{
     "stage_s": round(time.perf_counter() - t0, 1), "frozen_pass_s": tr["frozen_cache_seconds"],
     "heldout_frozen_pass_s": tr.get("frozen_cache_heldout_seconds"), "optimisation_s": tr["seconds"],
-    "steps": tr["steps"], "store_hits": tr.get("frozen_store_hits"), "eval": res.metrics["eval"],
+    "steps": tr["steps"], "store_hits": tr.get("disk_cache_hits"), "eval": res.metrics["eval"],
     "normalization": res.metrics["normalization"], "load_average_after": os.getloadavg(),
 }}))
 """

@@ -137,13 +137,13 @@ def checks(cfg: GateConfig, ev: EvalResult) -> list[GateCheck]:
         )
     )
     out.append(agreement_check(cfg, ev))
-    acc = ev.reward_accuracy
-    ok = acc is not None and acc >= cfg.min_reward_accuracy
-    shown = "unmeasured" if acc is None else f"{acc:.1%}"
+    accuracy = ev.reward_accuracy
+    ok = accuracy is not None and accuracy >= cfg.min_reward_accuracy
+    shown = "unmeasured" if accuracy is None else f"{accuracy:.1%}"
     out.append(
         GateCheck(
             "reward model held-out accuracy",
-            acc,
+            accuracy,
             cfg.min_reward_accuracy,
             ok,
             f"reward model accuracy {shown} {'>=' if ok else 'below'} minimum {cfg.min_reward_accuracy:.1%}",

@@ -121,7 +121,7 @@ class ProjectPaths:
 
     @property
     def reward_features(self) -> Path:
-        """The reward model's frozen-block output per text, kept between runs (``reward.feature_store_gib``)."""
+        """The reward model's frozen-block output per text, kept between runs (``reward.disk_cache_gib``)."""
         return self.root / "staging" / "reward-features"
 
     @property

@@ -428,10 +428,10 @@ def _audit_text(t: dict) -> str:
     lines.append(f"  ancestry: {chain}")
     rm = t.get("reward_model")
     if rm:
-        acc = rm.get("accuracy")
+        accuracy = rm.get("accuracy")
         lines.append(
             f"  reward model: {rm['version']} trained on data version {rm.get('data_version')}, held-out accuracy "
-            + ("n/a" if acc is None else f"{acc:.1%}")
+            + ("n/a" if accuracy is None else f"{accuracy:.1%}")
         )
     lines.append(f"  data version: {t['data_version']}")
     for ingest in t["data_history"]:

@@ -79,7 +79,7 @@ class RewardConfig:
     """With ``trainable: top``: memory allowed for caching the frozen lower blocks' output for every training
     text (computed once; each step then runs only the top blocks: same scores, a fraction of the compute).
     0 = off; a cache that would be larger is not built."""
-    feature_store_gib: float = 2.0
+    disk_cache_gib: float = 2.0
     """With the frozen-block cache: disk space its per-text output may keep in the project's
     ``staging/reward-features`` between runs (least recently used first out), so a retrain on texts seen
     before (the seed pairs, trained on again in every later round) reads their frozen-block output instead of

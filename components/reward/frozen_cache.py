@@ -22,7 +22,7 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from components.generation import position_ids_from_mask
-from components.reward.feature_store import FeatureStore, model_key, text_key
+from components.reward.disk_cache import DiskActivationCache, model_key, text_key
 from components.reward.model import pad_id, pad_right, score_at_last_token, token_ids, transformer_layers
 from components.shared_prefix import MIN_SHARED, common_prefix_length, suffix_inputs
 
@@ -66,12 +66,12 @@ class FrozenPrefix:
         responses: Sequence[str],
         batch_size: int = 32,
         progress: Callable[[int, int], None] | None = None,
-        store: FeatureStore | None = None,
+        store: DiskActivationCache | None = None,
     ) -> None:
         """Run the lower blocks once over every distinct (prompt, response) not cached yet.
 
         With ``store``, texts whose output a previous build (same frozen weights, same arithmetic, same token
-        ids: :mod:`components.reward.feature_store`) left there are read from it instead, and the rest are
+        ids: :mod:`components.reward.disk_cache`) left there are read from it instead, and the rest are
         written to it."""
         todo = [key for key in dict.fromkeys(zip(prompts, responses)) if key not in self.features]
         if not todo:

@@ -142,15 +142,18 @@ def encode(
     return Batch(input_ids, mask, truncated)
 
 
-def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Index of the last position whose mask is 1, per row (works for left or right padding)."""
+def last_real_position(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position of each row's last real token (the last 1 of its mask), for left or right padding alike.
+
+    Not :func:`components.ppo.core.last_token_index`, which counts a right-padded reply's tokens and refuses
+    an empty one."""
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)  # shape: (T,)
     return (positions.unsqueeze(0) * attention_mask).argmax(dim=1)  # shape: (N,)
 
 
 def score_at_last_token(model: PreTrainedModel, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The ``score`` head on each row's hidden state at its last real token: (N, T, H) and (N, T) -> (N,)."""
-    last = last_token_index(attention_mask)  # shape: (N,)
+    last = last_real_position(attention_mask)  # shape: (N,)
     pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # shape: (N, H)
     return model.score(pooled).squeeze(-1)  # shape: (N,)
 

@@ -70,7 +70,7 @@ def train_reward_model(
         paths.metrics,
         project_root=paths.root,
         progress=progress,
-        feature_store=paths.reward_features,
+        disk_cache=paths.reward_features,
     )
     ev, tr = result.metrics["eval"], result.metrics["train"]
     return RewardStageResult(
@@ -127,15 +127,14 @@ def main(argv: list[str] | None = None) -> int:
             args.metrics or paths.metrics,
             project_root=paths.root,
             progress=log_progress(logging.getLogger("components.reward"), "reward step"),
-            feature_store=paths.reward_features,
+            disk_cache=paths.reward_features,
         )
     except (ConfigError, PairsError) as exc:
         print(f"train_reward: {exc}", file=sys.stderr)
         return 2
-    acc = result.eval_accuracy
-    logging.getLogger(__name__).info(
-        "reward model saved to %s; held-out accuracy %s", result.model_dir, "n/a" if acc is None else f"{acc:.3f}"
-    )
+    accuracy = result.eval_accuracy
+    shown = "n/a" if accuracy is None else f"{accuracy:.3f}"
+    logging.getLogger(__name__).info("reward model saved to %s; held-out accuracy %s", result.model_dir, shown)
     return 0
 
 

@@ -1,13 +1,14 @@
 """Train the reward model on preference pairs (Bradley–Terry), evaluate it, normalise it, save it.
 
-``train_reward`` reads top to bottom as numbered steps:
-1. read the pairs and split them by prompt (train / held-out);
-2. build the backbone + scalar head and choose what trains;
-3. optimise the Bradley–Terry loss (chosen and rejected in one forward pass), logging every step;
+``train_reward`` reads top to bottom as numbered steps, one function each:
+1. read the pairs and split them by prompt (train / held-out): :func:`read_and_split`;
+2. build the backbone + scalar head and choose what trains: :func:`_fit_with_cache`, :func:`select_trainable`;
+3. optimise the Bradley–Terry loss (chosen and rejected in one forward pass), logging every step: :func:`_fit`;
 4. normalise: mean and std of the raw rewards of the training prompts' responses, computed as the saved
-   model's ``score`` computes them (its function and its precision), so its scores are centred by construction;
-5. evaluate on the held-out pairs;
-6. save the transformers folder + manifest, the metrics JSON, the step log and its plot.
+   model's ``score`` computes them (its function and its precision), so its scores are centred by construction:
+   :func:`normalisation_statistics`;
+5. evaluate on the held-out pairs: :func:`evaluate_heldout`;
+6. save the transformers folder + manifest, the metrics JSON, the step log and its plot: :func:`reward_manifest`.
 
 Letters: B pairs per batch.
 """
@@ -35,7 +36,7 @@ from components.lineage import code_revision, data_version
 from components.precision import autocast
 from components.progress import Progress, report
 from components.prompt_pool import heldout_keys
-from components.reward.feature_store import FeatureStore
+from components.reward.disk_cache import DiskActivationCache
 from components.reward.frozen_cache import FrozenPrefix
 from components.reward.losses import (
     bradley_terry_loss,
@@ -162,6 +163,99 @@ def _validation_loss(model: PreTrainedModel, tok: PreTrainedTokenizerBase, val: 
     return bradley_terry_loss(r_c, r_r).item()
 
 
+@dataclass
+class _FitLog:
+    """What the optimisation loop keeps between steps."""
+
+    step: int = 0
+    truncated: int = 0
+    losses: list[float] = field(default_factory=list)
+    accuracies: list[float] = field(default_factory=list)
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+    """The validation point with the lowest loss so far: (loss, step, trainable weights)."""
+    val_curve: list[dict[str, float]] = field(default_factory=list)
+    epoch_ends: list[dict[str, torch.Tensor]] = field(default_factory=list)
+
+
+def _optimiser(params: list[torch.nn.Parameter], cfg: RewardConfig, total: int) -> tuple[Any, Any]:
+    """AdamW and its schedule: linear warmup then linear decay to 0 (Ouyang et al. 2022 / TRL RewardConfig's
+    default scheduler)."""
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return opt, get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
+
+
+def _train_step(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    batch: Pairs,
+    cfg: RewardConfig,
+    cache: FrozenPrefix | None,
+    params: list[torch.nn.Parameter],
+    opt: Any,
+    sched: Any,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """One optimiser step on B pairs: chosen and rejected in one forward pass (the top blocks only, from
+    ``cache``, when given), the Bradley–Terry loss (with the margin and the centring term when configured),
+    gradient clipping, the step and the schedule's step. Returns ``(loss, r_chosen, r_rejected, truncated)``,
+    the rewards detached, shape (B,)."""
+    with autocast(next(model.parameters()).device, cfg.bf16):
+        if cache is not None:
+            r_c, r_r, truncated = cache.pair_scores(batch.prompts, batch.chosen, batch.rejected)
+        else:
+            r_c, r_r, truncated = pair_scores(model, tok, batch.prompts, batch.chosen, batch.rejected, cfg.max_length)
+    r_c, r_r = r_c.float(), r_r.float()  # shape: (B,) each
+    margin = torch.tensor(batch.margins, dtype=r_c.dtype) if cfg.use_margin else None
+    loss = bradley_terry_loss(r_c, r_r, margin)
+    if cfg.center_rewards_coef > 0:
+        loss = loss + cfg.center_rewards_coef * center_loss(r_c, r_r)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    opt.step()
+    sched.step()
+    return loss.detach(), r_c.detach(), r_r.detach(), truncated
+
+
+def _step_record(
+    fit: _FitLog, epoch: int, steps_per_epoch: int, loss: float, accuracy: float, margin: float, lr: float, t0: float
+) -> dict[str, Any]:
+    """One line of the step log (``metrics/reward_train.jsonl``)."""
+    return {
+        "step": fit.step,
+        "epoch": epoch + step_fraction(fit.step, steps_per_epoch, epoch),
+        "loss": round(loss, 6),
+        "accuracy": round(accuracy, 6),
+        "margin": round(margin, 6),
+        "lr": lr,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def _validation_point(
+    model: PreTrainedModel, tok: PreTrainedTokenizerBase, val: Pairs, cfg: RewardConfig, trainable: torch.nn.Module,
+    fit: _FitLog,
+) -> None:  # fmt: skip
+    """Measure the validation loss; keep the weights when it is the lowest so far (early stopping)."""
+    loss = _validation_loss(model, tok, val, cfg)
+    fit.val_curve.append({"step": fit.step, "loss": round(loss, 6)})
+    if fit.best is None or loss < fit.best[0]:
+        fit.best = (loss, fit.step, _trainable_state(trainable))
+
+
+def _keep_weights(trainable: torch.nn.Module, fit: _FitLog, val: Pairs | None, total: int) -> dict[str, Any]:
+    """Load the weights to keep: the best validation point's, else the mean of the last epochs' ends, else the
+    last ones (already loaded). Returns what the metrics record about the choice."""
+    if fit.best is not None:
+        loss, step, state = fit.best
+        _load_trainable(trainable, state)
+        log.info("early stopping: kept step %d of %d (validation loss %.4f)", step, total, loss)
+        return {"best_step": step, "best_val_loss": round(loss, 6), "val_pairs": len(val or []), "val": fit.val_curve}
+    if len(fit.epoch_ends) > 1:
+        _load_trainable(trainable, average_states(fit.epoch_ends))
+        return {"averaged_epochs": len(fit.epoch_ends)}
+    return {}
+
+
 def _fit(
     model: PreTrainedModel,
     trainable: torch.nn.Module,
@@ -173,91 +267,58 @@ def _fit(
     progress: Progress | None = None,
     cache: FrozenPrefix | None = None,
 ) -> dict[str, Any]:
-    """Optimise; with ``val`` keep the weights of the evaluation point with the lowest validation loss
-    (early stopping), and with ``cfg.average_epochs`` average the weights of the last epochs' ends. With
-    ``cache`` (the frozen blocks' output for every training text) each step runs only the top blocks."""
+    """Optimise the reward model on ``train``; returns the training metrics.
+
+    1. AdamW on the weights that train, warmup then linear decay over ``epochs`` passes (:func:`_optimiser`);
+    2. per batch of pairs (seeded order), one optimiser step (:func:`_train_step`), a line in ``step_log``
+       every ``log_every`` steps;
+    3. with ``val``: the validation loss ``evals_per_epoch`` times per epoch (:func:`_validation_point`);
+    4. with ``average_epochs``: the trainable weights at the last epochs' ends;
+    5. keep the best validation point's weights, else the average, else the last (:func:`_keep_weights`).
+
+    With ``cache`` (the frozen blocks' output for every training text) each step runs only the top blocks."""
     params = [p for p in trainable.parameters() if p.requires_grad]
-    device = next(model.parameters()).device
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = -(-len(train) // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
-    # Linear warmup then linear decay to 0 (Ouyang et al. 2022 / TRL RewardConfig default scheduler).
-    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
+    opt, sched = _optimiser(params, cfg, total)  # 1.
     gen = torch.Generator().manual_seed(cfg.seed)
-    model.train()
-    step, truncated, t0 = 0, 0, time.perf_counter()
-    last_losses: list[float] = []
-    last_accs: list[float] = []
     eval_points = {max(1, round(j * steps_per_epoch / cfg.evals_per_epoch)) for j in range(1, cfg.evals_per_epoch + 1)}
-    best: tuple[float, int, dict[str, torch.Tensor]] | None = None  # (val loss, step, weights)
-    val_curve: list[dict[str, float]] = []
-    epoch_ends: list[dict[str, torch.Tensor]] = []
+    fit, t0 = _FitLog(), time.perf_counter()
+    model.train()
     bar = tqdm(total=total, desc="reward model", unit="step", mininterval=2.0, disable=progress is not None)
     with open(step_log, "w", encoding="utf-8") as logf, bar:
         for epoch in range(cfg.epochs):
             for idx in _batches(len(train), cfg.batch_size, gen):
-                b = train.subset(idx)
-                with autocast(device, cfg.bf16):
-                    if cache is not None:
-                        r_c, r_r, trunc = cache.pair_scores(b.prompts, b.chosen, b.rejected)
-                    else:
-                        r_c, r_r, trunc = pair_scores(model, tok, b.prompts, b.chosen, b.rejected, cfg.max_length)
-                r_c, r_r = r_c.float(), r_r.float()
-                margin = torch.tensor(b.margins, dtype=r_c.dtype) if cfg.use_margin else None
-                loss = bradley_terry_loss(r_c, r_r, margin)
-                if cfg.center_rewards_coef > 0:
-                    loss = loss + cfg.center_rewards_coef * center_loss(r_c, r_r)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                opt.step()
-                sched.step()
-                step += 1
-                truncated += trunc
-                acc = preference_accuracy(r_c.detach(), r_r.detach()).item()
-                last_losses.append(loss.item())
-                last_accs.append(acc)
-                if step % cfg.log_every == 0 or step == total:
-                    record = {
-                        "step": step,
-                        "epoch": epoch + step_fraction(step, steps_per_epoch, epoch),
-                        "loss": round(loss.item(), 6),
-                        "accuracy": round(acc, 6),
-                        "margin": round((r_c - r_r).mean().item(), 6),
-                        "lr": sched.get_last_lr()[0],
-                        "seconds": round(time.perf_counter() - t0, 3),
-                    }
+                loss, r_c, r_r, truncated = _train_step(model, tok, train.subset(idx), cfg, cache, params, opt, sched)
+                fit.step, fit.truncated = fit.step + 1, fit.truncated + truncated  # 2.
+                accuracy = preference_accuracy(r_c, r_r).item()
+                fit.losses.append(loss.item())
+                fit.accuracies.append(accuracy)
+                if fit.step % cfg.log_every == 0 or fit.step == total:
+                    margin = (r_c - r_r).mean().item()
+                    record = _step_record(fit, epoch, steps_per_epoch, loss.item(), accuracy, margin,
+                                          sched.get_last_lr()[0], t0)  # fmt: skip
                     logf.write(json.dumps(record) + "\n")
                     logf.flush()
-                bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.2f}")
+                bar.set_postfix(loss=f"{loss.item():.3f}", accuracy=f"{accuracy:.2f}")
                 bar.update(1)
-                report(progress, step, total, f"reward model loss {loss.item():.3f}")
-                if val is not None and len(val) and step - epoch * steps_per_epoch in eval_points:
-                    v = _validation_loss(model, tok, val, cfg)
-                    val_curve.append({"step": step, "loss": round(v, 6)})
-                    if best is None or v < best[0]:
-                        best = (v, step, _trainable_state(trainable))
+                report(progress, fit.step, total, f"reward model loss {loss.item():.3f}")
+                if val is not None and len(val) and fit.step - epoch * steps_per_epoch in eval_points:
+                    _validation_point(model, tok, val, cfg, trainable, fit)  # 3.
             if cfg.average_epochs and epoch >= cfg.epochs - cfg.average_epochs:
-                epoch_ends.append(_trainable_state(trainable))
-    extra: dict[str, Any] = {}
-    if best is not None:
-        _load_trainable(trainable, best[2])
-        extra = {"best_step": best[1], "best_val_loss": round(best[0], 6), "val_pairs": len(val), "val": val_curve}
-        log.info("early stopping: kept step %d of %d (validation loss %.4f)", best[1], total, best[0])
-    elif len(epoch_ends) > 1:
-        _load_trainable(trainable, average_states(epoch_ends))
-        extra = {"averaged_epochs": len(epoch_ends)}
+                fit.epoch_ends.append(_trainable_state(trainable))  # 4.
+    extra = _keep_weights(trainable, fit, val, total)  # 5.
     seconds = time.perf_counter() - t0
     tail = max(1, steps_per_epoch)  # the last epoch's worth of steps
     return {
         "pairs": len(train),
-        "steps": step,
+        "steps": fit.step,
         "epochs": cfg.epochs,
         "seconds": round(seconds, 2),
-        "seconds_per_step": round(seconds / max(step, 1), 4),
-        "last_epoch_loss": round(float(np.mean(last_losses[-tail:])), 6),
-        "last_epoch_accuracy": round(float(np.mean(last_accs[-tail:])), 6),
-        "truncated_texts": truncated,
+        "seconds_per_step": round(seconds / max(fit.step, 1), 4),
+        "last_epoch_loss": round(float(np.mean(fit.losses[-tail:])), 6),
+        "last_epoch_accuracy": round(float(np.mean(fit.accuracies[-tail:])), 6),
+        "truncated_texts": fit.truncated,
         "trainable_params": count_trainable(trainable),
         "total_params": sum(p.numel() for p in model.parameters()),
         **extra,
@@ -401,11 +462,11 @@ def frozen_cache(
     train: Pairs,
     cfg: RewardConfig,
     progress: Progress | None,
-    store: FeatureStore | None = None,
+    store: DiskActivationCache | None = None,
 ) -> FrozenPrefix | None:
     """The frozen blocks' output for every training text when only the top blocks train and it fits in
-    ``cfg.feature_cache_gib``; else None (every step then runs the whole model). Texts ``store`` holds are
-    read from it, the others computed and written to it."""
+    ``cfg.feature_cache_gib``; else None (every step then runs the whole model). Texts the disk cache ``store``
+    holds are read from it, the others computed and written to it."""
     n_layers = len(transformer_layers(model)) if cfg.trainable == "top" else 0
     if not 0 < cfg.train_layers < n_layers or cfg.feature_cache_gib <= 0:
         return None
@@ -428,7 +489,7 @@ def frozen_cache(
             progress=lambda done, total: report(progress, done, total, "reward model: frozen blocks, once"),
             store=store,
         )
-    log.info("cached the %d frozen blocks' output for %d texts in %.1f s (about %.0f MiB; %d read from the store)",
+    log.info("cached the %d frozen blocks' output for %d texts in %.1f s (about %.0f MiB; %d from the disk cache)",
              n_layers - cfg.train_layers, len(cache.features), time.perf_counter() - t0, need / 2**20,
              store.hits if store is not None else 0)  # fmt: skip
     return cache
@@ -447,7 +508,7 @@ def _fit_with_cache(
     step_log: Path,
     device: str | torch.device | None = None,
     progress: Progress | None = None,
-    store: FeatureStore | None = None,
+    store: DiskActivationCache | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any], FrozenPrefix | None]:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     val = None
@@ -488,34 +549,23 @@ def pairs_for_side(pairs: Pairs, fraction: float, side: str) -> tuple[Pairs, dic
     return pairs.subset(keep), slice_record(fraction, side, len(keep), len(pairs) - len(keep))
 
 
-def train_reward(
-    pairs_path: Path,
-    cfg: RewardConfig,
-    out_dir: Path,
-    metrics_dir: Path,
-    *,
-    project_root: Path | None = None,
-    progress: Progress | None = None,
-    feature_store: Path | None = None,
-    side: str = "train",
-) -> RewardResult:
-    """Train, evaluate, normalise and save a reward model; returns its folder and metrics.
+@dataclass(frozen=True)
+class PairSplit:
+    """Step 1's result: the pairs one side may see and their split by prompt."""
 
-    ``side`` picks the pairs by the judge slice (``cfg.judge_fraction``, :mod:`components.judges.slices`):
-    ``train`` (the training reward model) drops every pair whose prompt is in the judge's slice, ``judge`` (the
-    judge reward model) keeps only those; the manifest's ``judge_slice`` records the rule and the counts.
+    pairs: Pairs
+    train: Pairs
+    held: Pairs
+    judge_slice: dict[str, Any]
+    """The judge-slice rule and counts (:func:`pairs_for_side`)."""
+    pool_heldout: int
+    """Pairs on the prompt pool's held-out prompts (always evaluated on, never trained on)."""
 
-    With ``feature_store`` (a folder; ``cfg.feature_store_gib`` > 0) the frozen blocks' output per text is
-    kept there between runs and read back for texts seen before (:mod:`components.reward.feature_store`).
 
-    The manifest records a fresh ``version`` and, under ``check``, the raw scores the trained model (before
-    saving) gave the first held-out pairs, so a reload can be compared with the model that was trained."""
-    pairs_path, out_dir, metrics_dir = Path(pairs_path), Path(out_dir), Path(metrics_dir)
-    root = Path(project_root) if project_root else Path.cwd()
-    metrics_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-
-    # 1. data
+def read_and_split(pairs_path: Path, cfg: RewardConfig, side: str, root: Path) -> PairSplit:
+    """Step 1: the pairs this side of the judge slice may see, split by prompt into train and held-out; pairs on
+    the prompt pool's held-out prompts join the held-out side; train capped at ``max_train_pairs`` (a seeded
+    subset)."""
     pairs, judge_slice = pairs_for_side(read_pairs(pairs_path), cfg.judge_fraction, side)
     if len(pairs) == 0:
         raise ValueError(
@@ -536,67 +586,90 @@ def train_reward(
     log.info("%d pairs: %d train, %d held-out (by prompt)", len(pairs), len(train), len(held))
     if len(train) == 0:
         raise ValueError(f"{pairs_path}: no training pairs left after the held-out split; add feedback")
+    return PairSplit(pairs, train, held, judge_slice, len(pool_held))
 
-    # 2.-3. model and optimisation
-    step_log = metrics_dir / STEP_LOG
-    store = None
-    if feature_store is not None and cfg.feature_store_gib > 0:
-        store = FeatureStore(feature_store, int(cfg.feature_store_gib * 2**30))
-    model, tok, train_metrics, cache = _fit_with_cache(train, cfg, step_log, progress=progress, store=store)
-    if cache is not None and len(held) and _fits(cache, 2 * len(held), cfg):
-        # the held-out texts' frozen blocks once, through the cache (the same arithmetic as the full pass), so
-        # the store keeps them too: a later retrain may train on these prompts or hold them out again
-        t0 = time.perf_counter()
-        hits = store.hits if store is not None else 0
-        with autocast(next(model.parameters()).device, cfg.bf16):
-            cache.build([*held.prompts, *held.prompts], [*held.chosen, *held.rejected],
-                        batch_size=2 * cfg.eval_batch_size, store=store)  # fmt: skip
-        train_metrics["frozen_cache_heldout_seconds"] = round(time.perf_counter() - t0, 2)
-        if store is not None:
-            train_metrics["frozen_store_hits"] = store.hits
-            log.info("held-out texts' frozen blocks in %.1f s (%d read from the store)",
-                     time.perf_counter() - t0, store.hits - hits)  # fmt: skip
-    if store is not None:
-        store.prune()
 
-    # 4. normalise over the training prompts' responses (chosen and rejected)
+def cache_heldout(
+    model: PreTrainedModel,
+    cache: FrozenPrefix | None,
+    held: Pairs,
+    cfg: RewardConfig,
+    disk_cache: DiskActivationCache | None,
+) -> dict[str, Any]:
+    """After step 3: the held-out texts' frozen blocks once, through the cache (the same arithmetic as the full
+    pass) when they fit, so the disk cache keeps them too: a later retrain may train on these prompts or hold
+    them out again. Returns the training metrics it adds."""
+    if cache is None or not len(held) or not _fits(cache, 2 * len(held), cfg):
+        return {}
+    t0 = time.perf_counter()
+    hits = disk_cache.hits if disk_cache is not None else 0
+    with autocast(next(model.parameters()).device, cfg.bf16):
+        cache.build([*held.prompts, *held.prompts], [*held.chosen, *held.rejected],
+                    batch_size=2 * cfg.eval_batch_size, store=disk_cache)  # fmt: skip
+    added: dict[str, Any] = {"frozen_cache_heldout_seconds": round(time.perf_counter() - t0, 2)}
+    if disk_cache is not None:
+        added["disk_cache_hits"] = disk_cache.hits
+        log.info("held-out texts' frozen blocks in %.1f s (%d read from the disk cache)",
+                 time.perf_counter() - t0, disk_cache.hits - hits)  # fmt: skip
+    return added
+
+
+def normalisation_statistics(
+    model: PreTrainedModel, tok: PreTrainedTokenizerBase, train: Pairs, cfg: RewardConfig, cache: FrozenPrefix | None
+) -> tuple[float, float, dict[str, Any]]:
+    """Step 4: mean and std of the raw rewards of the training prompts' responses (both replies of up to
+    ``normalize_max_pairs`` pairs, a seeded subset), scored as the saved model scores (:func:`normalisation_scores`);
+    ``(0, 1)`` without ``center_rewards``. Returns ``(mean, std, training metrics it adds)``."""
     norm_set = train
     if cfg.normalize_max_pairs is not None and len(train) > cfg.normalize_max_pairs:
         pick = np.random.default_rng(cfg.seed + 1).choice(len(train), size=cfg.normalize_max_pairs, replace=False)
         norm_set = train.subset(np.sort(pick))
     tr_c, tr_r = normalisation_scores(model, tok, norm_set, cfg, cache)
     mean, std = reward_stats(torch.cat([tr_c, tr_r])) if cfg.center_rewards else (0.0, 1.0)
-    train_metrics["accuracy"] = round(preference_accuracy(tr_c, tr_r).item(), 6)
-    train_metrics["accuracy_pairs"] = len(norm_set)
+    added = {"accuracy": round(preference_accuracy(tr_c, tr_r).item(), 6), "accuracy_pairs": len(norm_set)}
+    return mean, std, added
 
-    # 5. evaluate on held-out prompts
-    check: dict[str, Any] = {}
-    if len(held):
-        ev_c, ev_r = score_pairs(model, tok, held, cfg, desc="held-out eval", cache=cache)
-        n_check = min(4, len(held))
-        # as the saved model will score them (its scoring function and precision), so a reload compares closely
-        first_held = held.subset(list(range(n_check)))
-        scorer = RewardModel(model, tok, max_length=cfg.max_length, bf16=cfg.bf16)
-        ck_c = scorer.raw_scores(first_held.prompts, first_held.chosen)
-        ck_r = scorer.raw_scores(first_held.prompts, first_held.rejected)
-        check = {
-            "heldout_pairs": n_check,
-            "precision": scorer.precision,
-            "raw_chosen": [round(float(x), 6) for x in ck_c],
-            "raw_rejected": [round(float(x), 6) for x in ck_r],
-        }
-        margins = torch.tensor(held.margins) if cfg.use_margin else None
-        eval_metrics = evaluate_scores(ev_c, ev_r, margins, mean, std)
-        eval_metrics["raw_mean_margin"] = round((ev_c - ev_r).mean().item(), 6)
-        first = torch.as_tensor(first_pair_per_prompt(held))
-        if len(first) < len(held):  # several pairs per prompt: also the accuracy on each prompt's first pair
-            eval_metrics["first_pair_accuracy"] = round(preference_accuracy(ev_c[first], ev_r[first]).item(), 6)
-            eval_metrics["first_pairs"] = len(first)
-        log.info("held-out: accuracy %.3f on %d pairs, mean margin %.3f",
-                 eval_metrics["accuracy"], len(held), eval_metrics["mean_margin"])  # fmt: skip
-    else:
-        eval_metrics = {"pairs": 0}
+
+def evaluate_heldout(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    held: Pairs,
+    cfg: RewardConfig,
+    cache: FrozenPrefix | None,
+    mean: float,
+    std: float,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Step 5: held-out metrics (:func:`evaluate_scores`, plus the first pair of each prompt's accuracy when
+    prompts have several), and the ``check``: the raw scores of the first held-out pairs as the saved model will
+    score them (its scoring function and precision), so a reload can be compared closely. Returns
+    ``(eval metrics, check)``."""
+    if not len(held):
         log.warning("no held-out pairs (reward.eval_fraction=%s): accuracy not measured", cfg.eval_fraction)
+        return {"pairs": 0}, {}
+    ev_c, ev_r = score_pairs(model, tok, held, cfg, desc="held-out eval", cache=cache)
+    first_held = held.subset(list(range(min(4, len(held)))))
+    scorer = RewardModel(model, tok, max_length=cfg.max_length, bf16=cfg.bf16)
+    check = {
+        "heldout_pairs": len(first_held),
+        "precision": scorer.precision,
+        "raw_chosen": [round(float(x), 6) for x in scorer.raw_scores(first_held.prompts, first_held.chosen)],
+        "raw_rejected": [round(float(x), 6) for x in scorer.raw_scores(first_held.prompts, first_held.rejected)],
+    }
+    margins = torch.tensor(held.margins) if cfg.use_margin else None
+    metrics = evaluate_scores(ev_c, ev_r, margins, mean, std)
+    metrics["raw_mean_margin"] = round((ev_c - ev_r).mean().item(), 6)
+    first = torch.as_tensor(first_pair_per_prompt(held))
+    if len(first) < len(held):  # several pairs per prompt: also the accuracy on each prompt's first pair
+        metrics["first_pair_accuracy"] = round(preference_accuracy(ev_c[first], ev_r[first]).item(), 6)
+        metrics["first_pairs"] = len(first)
+    log.info("held-out: accuracy %.3f on %d pairs, mean margin %.3f",
+             metrics["accuracy"], len(held), metrics["mean_margin"])  # fmt: skip
+    return metrics, check
+
+
+def truncation_report(tok: PreTrainedTokenizerBase, pairs: Pairs, cfg: RewardConfig) -> dict[str, Any]:
+    """How much ``max_length`` cuts from every text of the pairs (:func:`truncation_stats`), logged as a warning
+    when it cuts anything."""
     cut = truncation_stats(tok, [*pairs.prompts, *pairs.prompts], [*pairs.chosen, *pairs.rejected], cfg.max_length)
     if cut["truncated"]:
         log.warning(
@@ -605,18 +678,18 @@ def train_reward(
             cut["truncated"], cut["texts"], cfg.max_length, cut["tokens_cut"], cut["mean_cut_of_truncated"],
             cut["max_cut"], f"; {cut['replies_cut']} replies alone are longer" if cut["replies_cut"] else "",
         )  # fmt: skip
-    metrics = {
-        "eval": eval_metrics,
-        "train": train_metrics,
-        "normalization": {"mean": round(mean, 6), "std": round(std, 6)},
-        "truncation": cut,
-        "pool_heldout_pairs": len(pool_held),
-    }
+    return cut
 
-    # 6. save
+
+def reward_manifest(
+    pairs_path: Path, cfg: RewardConfig, root: Path, *, metrics: dict[str, Any], judge_slice: dict[str, Any],
+    mean: float, std: float, check: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """Step 6's lineage record (``manifest.json``): a fresh version, the data, params, metrics, normalisation,
+    the reload check, the code revision and the library versions."""
     from components.registry import new_version  # the reading side of the registry: no BentoML import
 
-    manifest = {
+    return {
         "kind": "reward_model",
         "version": new_version("rm-"),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -634,6 +707,62 @@ def train_reward(
         "code_revision": code_revision(root),
         "versions": {"torch": torch.__version__, "transformers": _transformers_version()},
     }
+
+
+def train_reward(
+    pairs_path: Path,
+    cfg: RewardConfig,
+    out_dir: Path,
+    metrics_dir: Path,
+    *,
+    project_root: Path | None = None,
+    progress: Progress | None = None,
+    disk_cache: Path | None = None,
+    side: str = "train",
+) -> RewardResult:
+    """Train, evaluate, normalise and save a reward model; returns its folder and metrics. The numbered steps
+    are the module docstring's.
+
+    ``side`` picks the pairs by the judge slice (``cfg.judge_fraction``, :mod:`components.judges.slices`):
+    ``train`` (the training reward model) drops every pair whose prompt is in the judge's slice, ``judge`` (the
+    judge reward model) keeps only those; the manifest's ``judge_slice`` records the rule and the counts.
+
+    With ``disk_cache`` (a folder; ``cfg.disk_cache_gib`` > 0) the frozen blocks' output per text is
+    kept there between runs and read back for texts seen before (:mod:`components.reward.disk_cache`).
+
+    The manifest records a fresh ``version`` and, under ``check``, the raw scores the trained model (before
+    saving) gave the first held-out pairs, so a reload can be compared with the model that was trained."""
+    pairs_path, out_dir, metrics_dir = Path(pairs_path), Path(out_dir), Path(metrics_dir)
+    root = Path(project_root) if project_root else Path.cwd()
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    # 1. data
+    split = read_and_split(pairs_path, cfg, side, root)
+    train, held = split.train, split.held
+    # 2.-3. model and optimisation
+    step_log = metrics_dir / STEP_LOG
+    disk = None
+    if disk_cache is not None and cfg.disk_cache_gib > 0:
+        disk = DiskActivationCache(disk_cache, int(cfg.disk_cache_gib * 2**30))
+    model, tok, train_metrics, cache = _fit_with_cache(train, cfg, step_log, progress=progress, store=disk)
+    train_metrics.update(cache_heldout(model, cache, held, cfg, disk))
+    if disk is not None:
+        disk.prune()
+    # 4. normalise over the training prompts' responses (chosen and rejected)
+    mean, std, added = normalisation_statistics(model, tok, train, cfg, cache)
+    train_metrics.update(added)
+    # 5. evaluate on held-out prompts
+    eval_metrics, check = evaluate_heldout(model, tok, held, cfg, cache, mean, std)
+    metrics = {
+        "eval": eval_metrics,
+        "train": train_metrics,
+        "normalization": {"mean": round(mean, 6), "std": round(std, 6)},
+        "truncation": truncation_report(tok, split.pairs, cfg),
+        "pool_heldout_pairs": split.pool_heldout,
+    }
+    # 6. save: the model folder with its manifest (one atomic rename), the metrics, the step table and plot
+    manifest = reward_manifest(pairs_path, cfg, root, metrics=metrics, judge_slice=split.judge_slice, mean=mean,
+                               std=std, check=check)  # fmt: skip
     with atomic_dir(out_dir, replace=True) as staging:
         RewardModel(model, tok, mean=mean, std=std, max_length=cfg.max_length, bf16=cfg.bf16).save(staging)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

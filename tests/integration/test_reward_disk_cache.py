@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from components.precision import autocast
-from components.reward.feature_store import FeatureStore, model_key
+from components.reward.disk_cache import DiskActivationCache, model_key
 from components.reward.frozen_cache import FrozenPrefix
 from components.reward.model import build_reward_model
 from components.reward.trainer import select_trainable, train_reward
@@ -34,12 +34,12 @@ def _cache() -> FrozenPrefix:
 def test_a_second_build_reads_the_first_builds_bytes(tmp_path):
     prompts, responses = _texts(10, seed=1)
     first = _cache()
-    store = FeatureStore(tmp_path / "store", max_bytes=2**30)
+    store = DiskActivationCache(tmp_path / "store", max_bytes=2**30)
     first.build(prompts, responses, batch_size=7, store=store)
     assert store.writes == 20 and store.hits == 0
 
     again = _cache()  # a new process in practice: a freshly built model with the same weights
-    store2 = FeatureStore(tmp_path / "store", max_bytes=2**30)
+    store2 = DiskActivationCache(tmp_path / "store", max_bytes=2**30)
     again.build(prompts, responses, batch_size=7, store=store2)
     assert store2.hits == 20 and store2.writes == 0
     for key, features in first.features.items():
@@ -55,9 +55,9 @@ def test_a_second_build_reads_the_first_builds_bytes(tmp_path):
 def test_only_new_texts_are_computed(tmp_path):
     prompts, responses = _texts(6, seed=2)
     more_p, more_r = _texts(4, seed=3)
-    store = FeatureStore(tmp_path, max_bytes=2**30)
+    store = DiskActivationCache(tmp_path, max_bytes=2**30)
     _cache().build(prompts, responses, store=store)
-    second = FeatureStore(tmp_path, max_bytes=2**30)
+    second = DiskActivationCache(tmp_path, max_bytes=2**30)
     _cache().build([*prompts, *more_p], [*responses, *more_r], store=second)
     assert second.hits == 12 and second.writes == 8
 
@@ -80,7 +80,7 @@ def test_the_key_changes_with_frozen_weights_frozen_depth_and_arithmetic():
 
 
 def test_prune_drops_the_least_recently_used_files(tmp_path):
-    store = FeatureStore(tmp_path, max_bytes=10**9)
+    store = DiskActivationCache(tmp_path, max_bytes=10**9)
     for i in range(4):
         store.put(f"{i:02d}" * 32, torch.zeros(100, 8))
     size = next(tmp_path.glob("*/*.pt")).stat().st_size
@@ -110,11 +110,11 @@ def test_a_retrain_with_the_store_equals_one_without(tmp_path):
     pd.DataFrame(rows[:30]).to_parquet(r1)
     pd.DataFrame(rows).to_parquet(r2)
     store = tmp_path / "store"
-    train_reward(r1, cfg, tmp_path / "m1", tmp_path / "x1", project_root=tmp_path, feature_store=store)
-    with_store = train_reward(r2, cfg, tmp_path / "m2", tmp_path / "x2", project_root=tmp_path, feature_store=store)
+    train_reward(r1, cfg, tmp_path / "m1", tmp_path / "x1", project_root=tmp_path, disk_cache=store)
+    with_store = train_reward(r2, cfg, tmp_path / "m2", tmp_path / "x2", project_root=tmp_path, disk_cache=store)
     without = train_reward(r2, cfg, tmp_path / "m3", tmp_path / "x3", project_root=tmp_path)
-    assert with_store.metrics["train"]["frozen_store_hits"] == 60  # round 1's 30 pairs, train and held-out
-    assert "frozen_store_hits" not in without.metrics["train"]
+    assert with_store.metrics["train"]["disk_cache_hits"] == 60  # round 1's 30 pairs, train and held-out
+    assert "disk_cache_hits" not in without.metrics["train"]
     a, b = with_store.metrics, without.metrics
     assert a["eval"]["accuracy"] == b["eval"]["accuracy"]
     for group in ("eval", "normalization"):

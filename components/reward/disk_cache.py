@@ -1,8 +1,9 @@
-"""The frozen lower blocks' output kept on disk, so a retrain on texts seen before skips their frozen pass.
+"""A disk cache of the frozen lower blocks' activations, so a retrain on texts seen before skips their frozen pass.
 
 Every later round of the demo retrains the reward model on the seed pairs plus the served feedback, from the
-same backbone with the same frozen blocks: the seed texts' frozen-block output is the one the first round computed. The
-store keeps each text's output (T_i x H, float32, no padding) in a file named by a content hash of
+same backbone with the same frozen blocks: the seed texts' frozen-block output is the one the first round
+computed. :class:`DiskActivationCache` keeps each text's output (T_i x H, float32, no padding) in a file named
+by a content hash of
 
 - the *model key* (:func:`model_key`): the bytes of every frozen weight and buffer (embeddings, the lower
   blocks, the rotary tables), the backbone's config, how many blocks are frozen, the autocast state of
@@ -11,8 +12,8 @@ store keeps each text's output (T_i x H, float32, no padding) in a file named by
   the key too).
 
 A file is therefore only ever read back for the same input through the same arithmetic; what it holds is
-bit for bit what that pass produced. Files are written atomically (temporary name, then rename); the store
-is bounded (least recently used files go first, see :meth:`FeatureStore.prune`).
+bit for bit what that pass produced. Files are written atomically (temporary name, then rename); the cache
+is bounded (least recently used files go first, see :meth:`DiskActivationCache.prune`).
 
 Letters: T_i tokens of text i, H hidden size.
 """
@@ -75,7 +76,7 @@ def text_key(model: str, ids: Sequence[int]) -> str:
     return h.hexdigest()
 
 
-class FeatureStore:
+class DiskActivationCache:
     """Per-text frozen-block features under ``root``, one ``<hash>.pt`` file each, at most ``max_bytes``."""
 
     def __init__(self, root: str | Path, max_bytes: int) -> None:
@@ -113,7 +114,7 @@ class FeatureStore:
         self.writes += 1
 
     def prune(self) -> int:
-        """Delete the least recently used files until the store fits in ``max_bytes``; returns how many."""
+        """Delete the least recently used files until the cache fits in ``max_bytes``; returns how many."""
         files = (
             [(p.stat().st_mtime, p.stat().st_size, p) for p in self.root.glob("*/*.pt")] if self.root.is_dir() else []
         )
