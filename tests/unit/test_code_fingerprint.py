@@ -22,11 +22,17 @@ from components.code_fingerprint import (
 
 REPO = Path(__file__).resolve().parents[2]
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+PIPELINES = [REPO / "dvc.yaml", REPO / "components" / "templates" / "pipeline.yaml"]  # this checkout's, rlhf init's
+DECLARED = [
+    (path.relative_to(REPO), stage, spec)
+    for path in PIPELINES
+    if path.is_file()
+    for stage, spec in yaml.safe_load(path.read_text())["stages"].items()
+]
 
 
-@pytest.mark.parametrize("stage", sorted(STAGES))
-def test_every_stage_lists_its_code_fingerprint_and_no_hand_written_code_deps(stage):
-    spec = STAGES[stage]
+@pytest.mark.parametrize(("pipeline", "stage", "spec"), DECLARED, ids=[f"{p}:{s}" for p, s, _ in DECLARED])
+def test_every_stage_lists_its_code_fingerprint_and_no_hand_written_code_deps(pipeline, stage, spec):
     assert {str(FINGERPRINT_FILE): [stage]} in spec["params"], f"{stage}: add `- .rlhf/code.yaml: [{stage}]`"
     hand_written = [d for d in spec.get("deps", []) if isinstance(d, str) and d.split("/")[0] in PACKAGES]
     assert not hand_written, f"{stage}: code deps come from the fingerprint, not by hand: {hand_written}"
