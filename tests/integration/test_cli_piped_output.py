@@ -16,11 +16,13 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_a_long_log_line_from_rlhf_stays_one_line(tmp_path):
-    code = (
+    code = (  # the real app and its callback (the CLI's logging setup), plus one command that logs a long line
         "import logging\n"
-        "from rlhf_cli.main import main\n"
-        "main(verbose=False)\n"  # the CLI's own logging setup, as every `rlhf` command runs it
-        f"logging.getLogger('components.example').info({LONG!r})\n"
+        "from rlhf_cli.main import app\n"
+        "@app.command('say', hidden=True)\n"
+        "def say() -> None:\n"
+        f"    logging.getLogger('components.example').info({LONG!r})\n"
+        "app(['say'])\n"
     )
     result = _run([sys.executable, "-c", code], tmp_path)
     assert result.returncode == 0, result.stderr
