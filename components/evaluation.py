@@ -1,14 +1,12 @@
 """Evaluate a policy on held-out prompts: the judge's win rate, reward-model score, KL to the reference.
 
-Two layers:
-- :func:`evaluate_policy`: one policy, one sampled reply per prompt, scored by a given per-reply scorer;
-- :func:`evaluate` (the **evaluate stage**, ``EvalConfig``): a candidate against the current champion,
-  ``samples_per_prompt`` seeded samples per held-out prompt from each (sample k of both models drawn with the
-  same seed); the configured judge (``eval.judge``, :mod:`components.judges`) decides each (prompt, sample):
-  win rate (ties half) with a 95 % bootstrap interval over prompts, an A/A figure (the champion against
-  itself), the training reward model's win rate on the same pairs and the disagreement flags both ways, the
-  candidate's KL to its reference on its own samples, reply length, EOS rate, degenerate rate. Writes
-  ``metrics/eval.json``, ``reports/eval.md`` and every verdict to ``reports/judge_verdicts.jsonl``.
+:func:`evaluate` (the **evaluate stage**, ``EvalConfig``; its DVC command is :func:`main`): a candidate against
+the current champion, ``samples_per_prompt`` seeded samples per held-out prompt from each (sample k of both
+models drawn with the same seed); the configured judge (``eval.judge``, :mod:`components.judges`) decides each
+(prompt, sample): win rate (ties half) with a 95 % bootstrap interval over prompts, an A/A figure (the champion
+against itself), the training reward model's win rate on the same pairs and the disagreement flags both ways,
+the candidate's KL to its reference on its own samples, reply length, EOS rate, degenerate rate. Writes
+``metrics/eval.json``, ``reports/eval.md`` and every verdict to ``reports/judge_verdicts.jsonl``.
 
 Letters: B batch, P prompt tokens (left padded), R response tokens, V vocabulary; K samples per prompt.
 
@@ -46,20 +44,6 @@ from components.shared_prefix import reply_logits_shared
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class PolicyEval:
-    """Means over the held-out prompts (one sampled reply each)."""
-
-    reward_score: float
-    gold_score: float
-    kl: float
-    """Mean over replies of the summed per-token log-ratio log π(y|x) − log π_ref(y|x) (k1 estimator)."""
-    eos_fraction: float
-    mean_tokens: float
-    n: int
-    examples: list[tuple[str, str]] = field(default_factory=list)
-
-
 @torch.no_grad()
 def sequence_kl(
     policy: PreTrainedModel,
@@ -79,54 +63,6 @@ def sequence_kl(
     logp = core.logprobs_from_logits(pol, response_ids, temperature)  # shape: (B, R)
     ref_logp = core.logprobs_from_logits(ref, response_ids, temperature)  # shape: (B, R)
     return (core.kl_per_token(logp, ref_logp, "k1") * response_mask).sum(dim=1)  # shape: (B,)
-
-
-def evaluate_policy(
-    policy: PreTrainedModel,
-    reference: PreTrainedModel,
-    tok: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
-    reward: Callable[[list[str], list[str]], torch.Tensor],
-    gold: Callable[[str, str], float],
-    *,
-    system: str | None,
-    max_new_tokens: int,
-    temperature: float,
-    batch_size: int = 16,
-    seed: int = 0,
-) -> PolicyEval:
-    """Sample one reply per prompt (seeded), then score it with the reward model and the gold annotator."""
-    rewards, golds, kls, ended, lengths, examples = [], [], [], [], [], []
-    for start in range(0, len(prompts), batch_size):
-        chunk = list(prompts[start : start + batch_size])
-        out = generate(
-            policy,
-            tok,
-            chunk,
-            system=system,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            generator_seed=seed + start,
-        )
-        rewards.append(reward(chunk, out.texts).float().cpu())
-        golds.extend(gold(p, r) for p, r in zip(chunk, out.texts))
-        kls.append(
-            sequence_kl(
-                policy, reference, out.query_ids, out.query_mask, out.response_ids, out.response_mask, temperature
-            )
-        )
-        ended.append(out.ended.float())
-        lengths.append(out.response_mask.sum(dim=1).float())
-        examples.extend(zip(chunk, out.texts))
-    return PolicyEval(
-        reward_score=torch.cat(rewards).mean().item(),
-        gold_score=float(sum(golds) / len(golds)),
-        kl=torch.cat(kls).mean().item(),
-        eos_fraction=torch.cat(ended).mean().item(),
-        mean_tokens=torch.cat(lengths).mean().item(),
-        n=len(golds),
-        examples=examples[:3],
-    )
 
 
 # ---------------------------------------------------------------------------------------------

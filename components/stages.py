@@ -1,8 +1,9 @@
 """The stage API: one function per stage of the loop, each taking its frozen config, the project paths and the
 versions it consumes, and returning a small frozen, JSON-serialisable result (``json.dumps(asdict(r))``).
 
-No live model crosses this boundary. Long stages take ``progress(done, total, note)``. The CLI, the Prefect
-tasks, the DVC stage commands and the tests all call these same functions:
+No live model crosses this boundary. Long stages take ``progress(done, total, note)``. These are the only
+entry points: the DVC stage commands (``dvc.yaml`` ``cmd:``, each a ``main()`` beside its stage function that
+parses ``--params`` and calls it), the Prefect tasks (``flows/``), the CLI and the tests all call them.
 
 ==================  ======================================================================  =====================
 stage               function                                                                result
@@ -10,6 +11,8 @@ stage               function                                                    
 seed: sample        ``sample_seed(SeedingConfig, paths, *, model, progress)``               ``SeedSample``
 seed: label         ``label_seed(SeedingConfig, paths, *, sample, progress)``               ``SeedLabels``
 seed: ingest        ``ingest_seed(ValidationConfig, paths, *, labels, report_dir, push)``   ``IngestSummary``
+served: export      ``export_served_feedback(ServeConfig, paths, *, progress)``             ``ServedExport``
+served: ingest      ``ingest_served_feedback(ValidationConfig, paths, *, exported, ...)``   ``ServedIngest``
 validate (+ store)  ``validate_and_store(ValidationConfig, paths, *, source, out, store)``  ``ValidateResult``
 train reward model  ``train_reward_model(RewardConfig, paths, *, data_version, ...)``       ``RewardStageResult``
 train policy (PPO)  ``train_policy(PolicyConfig, paths, *, model, reward, parent, ...)``       ``PolicyResult``
@@ -18,24 +21,36 @@ gate                ``gate(GateConfig, paths, *, evaluation)``                  
 register / promote  ``register_and_decide(paths, *, policy, evaluation, gate)``             ``PromotionResult``
 ==================  ======================================================================  =====================
 
+The three DVC stages (``train_reward``, ``ppo``, ``evaluate``) also have ``reward_result``, ``policy_result`` and
+``evaluation_result``: the result their last run left, for a caller that found the stage up to date
+(:func:`components.dvc_runner.run_stage`). :func:`result_from_dict` rebuilds any result from its ``asdict``
+form (what crosses a Prefect task boundary).
+
 Each stage's module is imported on first use (torch and transformers only for the stages that run a model); the
 registry's BentoML import stays lazy.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
-from typing import TYPE_CHECKING, Any
+import json
+import types
+import typing
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from components.paths import ProjectPaths
 
 if TYPE_CHECKING:
     from components.config.evaluation import EvalConfig
     from components.config.gate import GateConfig
     from components.demo_task.seed import SeedLabels, SeedSample, ingest_seed, label_seed, sample_seed
     from components.evaluation import EvalResult, ModelEval, evaluate
+    from components.feedback.served import ServedExport, ServedIngest, export_served_feedback, ingest_served_feedback
     from components.feedback.store import IngestSummary, ValidateResult, validate_and_store
     from components.gate import GateCheck, GateResult, gate
     from components.params import Params, load_params
-    from components.ppo.train import PolicyResult, train_policy
+    from components.ppo.train import PolicyResult, policy_result, train_policy
     from components.progress import Progress
     from components.registry import PromotionResult, register_and_decide
     from components.reward.train import RewardStageResult, reward_result, train_reward_model
@@ -55,12 +70,17 @@ _HOME: dict[str, str] = {
     "RewardStageResult": "components.reward.train",
     "SeedLabels": "components.demo_task.seed",
     "SeedSample": "components.demo_task.seed",
+    "ServedExport": "components.feedback.served",
+    "ServedIngest": "components.feedback.served",
     "ValidateResult": "components.feedback.store",
     "evaluate": "components.evaluation",
+    "export_served_feedback": "components.feedback.served",
     "gate": "components.gate",
+    "ingest_served_feedback": "components.feedback.served",
     "ingest_seed": "components.demo_task.seed",
     "label_seed": "components.demo_task.seed",
     "load_params": "components.params",
+    "policy_result": "components.ppo.train",
     "register_and_decide": "components.registry",
     "reward_result": "components.reward.train",
     "sample_seed": "components.demo_task.seed",
@@ -80,6 +100,40 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+T = TypeVar("T")
+
+
+def evaluation_result(paths: ProjectPaths) -> EvalResult:
+    """The result of the evaluate stage's last run (``metrics/eval.json``, which is ``asdict`` of it)."""
+    from components.evaluation import EvalResult
+
+    if not paths.eval_metrics.is_file():
+        raise FileNotFoundError(f"{paths.eval_metrics}: no evaluation yet; run the evaluate stage first")
+    return result_from_dict(EvalResult, json.loads(paths.eval_metrics.read_text(encoding="utf-8")))
+
+
+def result_from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Rebuild a stage result (a dataclass, nested dataclasses and lists of them included) from ``asdict``."""
+    hints = typing.get_type_hints(cls)
+    values = {f.name: _rebuild(hints[f.name], data[f.name]) for f in dataclasses.fields(cls) if f.name in data}  # type: ignore[arg-type]
+    return cls(**values)
+
+
+def _rebuild(tp: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        return result_from_dict(tp, value)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is list and args and isinstance(value, list):
+        return [_rebuild(args[0], v) for v in value]
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            if dataclasses.is_dataclass(arg) and isinstance(value, dict):
+                return result_from_dict(arg, value)
+    return value
+
+
 __all__ = [
     "EvalConfig",
     "EvalResult",
@@ -95,13 +149,20 @@ __all__ = [
     "RewardStageResult",
     "SeedLabels",
     "SeedSample",
+    "ServedExport",
+    "ServedIngest",
     "ValidateResult",
     "evaluate",
+    "evaluation_result",
+    "export_served_feedback",
     "gate",
     "ingest_seed",
+    "ingest_served_feedback",
     "label_seed",
     "load_params",
+    "policy_result",
     "register_and_decide",
+    "result_from_dict",
     "reward_result",
     "sample_seed",
     "train_policy",

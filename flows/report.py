@@ -41,7 +41,7 @@ def metric_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
     """One row per figure a reviewer looks at first: counts, reward accuracy, win rate, KL, decision."""
     val, ev = summary.get("validation") or {}, summary.get("evaluation") or {}
     exported = summary.get("exported") or {}
-    reward_eval = (summary.get("reward") or {}).get("eval") or {}
+    reward = summary.get("reward") or {}
     kl = ev.get("kl")
     rows = [
         ("served ratings / pairs exported", f"{exported.get('ratings', 0)} / {exported.get('pairs', 0)}"),
@@ -51,7 +51,7 @@ def metric_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
         ("data version", summary.get("data_version")),
         ("prompt pool: train / held-out (served)", _pool(summary.get("prompts") or {})),
         ("training stages run", ", ".join((summary.get("training") or {}).get("ran", [])) or "none (up to date)"),
-        ("reward model held-out accuracy", reward_eval.get("accuracy")),
+        ("reward model held-out accuracy", reward.get("accuracy")),
         ("candidate", summary.get("candidate")),
         ("judge", _judge(ev)),
         (f"win rate by the judge vs {ev.get('champion', 'champion')}", _win(ev)),

@@ -1,16 +1,17 @@
 """The ``retrain`` flow: served feedback -> validate -> version -> reward model -> PPO -> evaluate -> gate ->
 promote or reject -> the service switches.
 
-Each step is a thin Prefect task around a stage function (``components.stages``) or a DVC stage. Reward model,
-PPO and evaluation run through ``dvc repro`` (one DVC command at a time per repository), so ``dvc.lock`` records
-what produced each output and a rerun with unchanged data, params and code skips them. A step that still fails
-after its retries fails the flow run; promotion is the last step and runs only after the gate, so a failed run
+Each task is a few lines around one stage function of :mod:`components.stages`, and passes the stage's result on
+as a dict (``asdict`` of its frozen dataclass). Reward model, PPO and evaluation are DVC stages: their tasks run
+the stage function under :func:`components.dvc_runner.run_stage` (one DVC command at a time per repository),
+which runs it only when ``dvc status`` says the stage changed and then records it in ``dvc.lock`` as
+``dvc repro`` would, so a rerun with unchanged data, params and code skips them. A step that still fails after
+its retries fails the flow run; promotion is the last step and runs only after the gate, so a failed run
 promotes nothing. A failing gate is a decision (the candidate is rejected, the champion stays), not an error.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +22,6 @@ from prefect.cache_policies import NO_CACHE
 
 from components.config.flow import FlowConfig
 from components.paths import ProjectPaths
-from flows import dvc_steps
 from flows.progress import task_progress
 from flows.report import publish_summary
 from flows.routing import TRAIN_FLOW_NAME, training_route
@@ -35,8 +35,8 @@ class RetrainSummary:
     label: str = ""
     data_version: str | None = None
     previous_data_version: str | None = None
-    exported: dict[str, int] = field(default_factory=dict)
-    """Feedback on served outputs exported by kind (ratings, pairs, ties) before validation."""
+    exported: dict[str, Any] = field(default_factory=dict)
+    """Feedback on served outputs exported (``ServedExport``: ratings, pairs, ties, files) before validation."""
     validation: dict[str, Any] = field(default_factory=dict)
     """rows_in / accepted / quarantined / by_reason, summed over what this run ingested."""
     prompts: dict[str, Any] = field(default_factory=dict)
@@ -46,7 +46,9 @@ class RetrainSummary:
     training: dict[str, Any] = field(default_factory=dict)
     """Where training ran, the DVC stages that ran, and those skipped as up to date."""
     reward: dict[str, Any] = field(default_factory=dict)
+    """The reward-model stage's result (``RewardStageResult``)."""
     policy: dict[str, Any] = field(default_factory=dict)
+    """The PPO stage's result (``PolicyResult``)."""
     evaluation: dict[str, Any] = field(default_factory=dict)
     gate: dict[str, Any] = field(default_factory=dict)
     decision: str = "not reached"
@@ -111,17 +113,19 @@ def seed_ingest(root: str, params: str, labels: dict[str, Any]) -> dict[str, Any
 @task(name="export-served-feedback", cache_policy=NO_CACHE)
 def export_served_feedback(root: str, params: str) -> dict[str, Any]:
     """Feedback on served outputs since the last export (the store's watermark), as feedback files."""
-    from flows.served import export_new_feedback
+    from components import stages
 
-    return export_new_feedback(_paths(root), Path(params), progress=task_progress("export-served-feedback"))
+    progress = task_progress("export-served-feedback")
+    return asdict(stages.export_served_feedback(_params(params).serve, _paths(root), progress=progress))
 
 
 @task(name="validate-and-version", cache_policy=NO_CACHE)
 def validate_and_version(root: str, params: str, exported: dict[str, Any]) -> dict[str, Any]:
     """Great Expectations validation of the exported rows, then a DVC version of ``data/`` per kind."""
-    from flows.served import ingest_exported
+    from components import stages
 
-    return ingest_exported(_paths(root), Path(params), exported, progress=task_progress("validate-and-version"))
+    served, progress = stages.result_from_dict(stages.ServedExport, exported), task_progress("validate-and-version")
+    return asdict(stages.ingest_served_feedback(_params(params).data, _paths(root), exported=served, progress=progress))
 
 
 @task(name="champion-pointer", cache_policy=NO_CACHE)
@@ -137,23 +141,55 @@ def champion_pointer(root: str, params: str) -> str:
     return champ.version
 
 
+# The DVC stages read the project's own params.yaml (the file DVC tracks), whatever params file the flow got.
+
+
 @task(name="train-reward-model", cache_policy=NO_CACHE)
-def train_reward_model(root: str) -> list[str]:
-    """``dvc repro train_reward``: skipped when the pairs, reward params and code are unchanged."""
-    return dvc_steps.repro(Path(root), "train_reward", echo=get_run_logger().info)
+def train_reward_model(root: str) -> dict[str, Any]:
+    """The ``train_reward`` stage; skipped when the pairs, reward params and code match ``dvc.lock``."""
+    from components import dvc_runner, stages
+
+    paths, progress = _paths(root), task_progress("train-reward-model")
+    ran, result = dvc_runner.run_stage(
+        paths.root,
+        "train_reward",
+        run=lambda: stages.train_reward_model(_params(paths.params).reward, paths, progress=progress),
+        last=lambda: stages.reward_result(paths),
+    )
+    return {"ran": ran, "result": asdict(result)}
 
 
 @task(name="train-policy-ppo", cache_policy=NO_CACHE)
-def train_policy(root: str) -> list[str]:
-    """``dvc repro ppo``: skipped when the reward model, prompts, params and code are unchanged."""
-    return dvc_steps.repro(Path(root), "ppo", echo=get_run_logger().info)
+def train_policy(root: str) -> dict[str, Any]:
+    """The ``ppo`` stage (continuing a killed run from its checkpoint when its params match); skipped when the
+    reward model, prompts, params and code match ``dvc.lock``."""
+    from components import dvc_runner, stages
+
+    paths, progress, p = _paths(root), task_progress("train-policy-ppo"), _params(_paths(root).params)
+    ran, result = dvc_runner.run_stage(
+        paths.root,
+        "ppo",
+        run=lambda: stages.train_policy(p.ppo, paths, model=p.model, progress=progress),
+        last=lambda: stages.policy_result(paths),
+    )
+    return {"ran": ran, "result": asdict(result)}
 
 
 @task(name="train-policy-ppo-multi", cache_policy=NO_CACHE)
-def train_policy_launched(root: str, processes: int) -> list[str]:
-    """The ``ppo`` stage under ``accelerate launch`` on ``processes`` devices, then ``dvc commit ppo``."""
-    cmd = dvc_steps.launch_ppo_command(processes)
-    return dvc_steps.run_and_commit(Path(root), "ppo", cmd, echo=get_run_logger().info)
+def train_policy_launched(root: str, processes: int) -> dict[str, Any]:
+    """The ``ppo`` stage's command under ``accelerate launch`` on ``processes`` devices, recorded in ``dvc.lock``."""
+    from components import dvc_runner, stages
+    from components.ppo.train import launch_command
+
+    paths = _paths(root)
+    ran, result = dvc_runner.run_command(
+        paths.root,
+        "ppo",
+        launch_command(processes),
+        last=lambda: stages.policy_result(paths),
+        echo=get_run_logger().info,
+    )
+    return {"ran": ran, "result": asdict(result)}
 
 
 @flow(name=TRAIN_FLOW_NAME, persist_result=True, log_prints=True)
@@ -167,12 +203,19 @@ def train_models(
 
     opts = {"retries": retries, "retry_delay_seconds": retry_delay_s}
     processes = ppo_processes or load_flow_config(Path(root) / "params.yaml").ppo_processes
-    ran = train_reward_model.with_options(**opts)(root)
+    reward = train_reward_model.with_options(**opts)(root)
     if processes > 1:
-        ran += train_policy_launched.with_options(**opts)(root, processes)
+        policy = train_policy_launched.with_options(**opts)(root, processes)
     else:
-        ran += train_policy.with_options(**opts)(root)
-    return {"ran": ran, "skipped": [s for s in ("train_reward", "ppo") if s not in ran], "ppo_processes": processes}
+        policy = train_policy.with_options(**opts)(root)
+    done = {"train_reward": reward["ran"], "ppo": policy["ran"]}
+    return {
+        "ran": [stage for stage, ran in done.items() if ran],
+        "skipped": [stage for stage, ran in done.items() if not ran],
+        "ppo_processes": processes,
+        "reward": reward["result"],
+        "policy": policy["result"],
+    }
 
 
 @task(name="train-on-work-pool", cache_policy=NO_CACHE)
@@ -194,10 +237,21 @@ def train_on_pool(root: str, deployment: str, cfg: FlowConfig) -> dict[str, Any]
 
 
 @task(name="evaluate-vs-champion", cache_policy=NO_CACHE)
-def evaluate_candidate(root: str) -> dict[str, Any]:
-    """``dvc repro evaluate``: the new policy against the registry's champion on held-out prompts."""
-    ran = dvc_steps.repro(Path(root), "evaluate", echo=get_run_logger().info)
-    return {"ran": ran, "result": json.loads(_paths(root).eval_metrics.read_text(encoding="utf-8"))}
+def evaluate_candidate(root: str, policy: dict[str, Any]) -> dict[str, Any]:
+    """The ``evaluate`` stage: the new policy against the registry's champion on held-out prompts."""
+    from components import dvc_runner, stages
+
+    paths, p, progress = _paths(root), _params(_paths(root).params), task_progress("evaluate-vs-champion")
+    kl_target = p.ppo.kl_target if p.ppo.adaptive_kl else None
+    ran, result = dvc_runner.run_stage(
+        paths.root,
+        "evaluate",
+        run=lambda: stages.evaluate(
+            p.eval, paths, model=p.model, candidate=policy["path"], kl_target=kl_target, progress=progress
+        ),
+        last=lambda: stages.evaluation_result(paths),
+    )
+    return {"ran": ran, "result": asdict(result)}
 
 
 @task(name="gate", cache_policy=NO_CACHE)
@@ -205,8 +259,8 @@ def gate_candidate(root: str, params: str, evaluation: dict[str, Any]) -> dict[s
     """Every gate check (value vs threshold); never retried: a failing gate is a decision."""
     from components import stages
 
-    result = stages.gate(_params(params).gate, _paths(root), evaluation=eval_result(evaluation))
-    return result.to_dict() | {"reasons": result.reasons}
+    ev = stages.result_from_dict(stages.EvalResult, evaluation)
+    return asdict(stages.gate(_params(params).gate, _paths(root), evaluation=ev))
 
 
 @task(name="promote-or-reject", cache_policy=NO_CACHE)
@@ -214,10 +268,11 @@ def promote_or_reject(root: str, policy_dir: str, evaluation: dict[str, Any], ga
     """Register the candidate with its lineage; promote it when the gate passed, else mark it rejected."""
     from components import stages
 
-    decided = stages.register_and_decide(
-        _paths(root), policy=policy_dir, evaluation=eval_result(evaluation), gate=gate_result(gate)
+    ev, decided = (
+        stages.result_from_dict(stages.EvalResult, evaluation),
+        stages.result_from_dict(stages.GateResult, gate),
     )
-    return asdict(decided)
+    return asdict(stages.register_and_decide(_paths(root), policy=policy_dir, evaluation=ev, gate=decided))
 
 
 @task(name="service-switch", cache_policy=NO_CACHE)
@@ -240,19 +295,6 @@ def wait_for_service(url: str, version: str, timeout_s: float = 120.0) -> str:
     return f"{url} still served {seen} after {timeout_s:.0f} s (expected {version}); it reloads on its next poll"
 
 
-def eval_result(d: dict[str, Any]):
-    from components.evaluation import EvalResult, ModelEval
-
-    return EvalResult(**{**d, "candidate": ModelEval(**d["candidate"]), "champion": ModelEval(**d["champion"])})
-
-
-def gate_result(d: dict[str, Any]):
-    from components.gate import GateCheck, GateResult
-
-    fields = {k: v for k, v in d.items() if k != "reasons"}
-    return GateResult(**{**fields, "checks": [GateCheck(**c) for c in d["checks"]]})
-
-
 # --- the flow --------------------------------------------------------------------------------------------------
 
 
@@ -262,8 +304,11 @@ def retrain(
     params: str | None = None,
     seed_if_empty: bool = False,
     label: str = "",
+    service_url: str | None = None,
 ) -> dict[str, Any]:
-    """One retraining round on the project at ``project`` (default: the checkout holding ``params.yaml``)."""
+    """One retraining round on the project at ``project`` (default: the checkout holding ``params.yaml``).
+
+    ``service_url``: a running service to wait for after a promotion (default ``flow.service_url``)."""
     from components import registry
     from components.config.flow import load_flow_config
 
@@ -272,6 +317,7 @@ def retrain(
     root, params_path = str(paths.root), str(Path(params).resolve() if params else paths.params)
     _params(params_path)  # the whole params file is validated before any work
     cfg = load_flow_config(Path(params_path))
+    service_url = service_url or cfg.service_url
     summary = RetrainSummary(project=root, label=label)
     opts = {"retries": cfg.retries, "retry_delay_seconds": cfg.retry_delay_s}
     log = get_run_logger()
@@ -282,10 +328,9 @@ def retrain(
         labels = seed_label.with_options(**opts)(root, params_path, sample)
         summary.seeded = seed_ingest.with_options(**opts)(root, params_path, labels)
         summary.validation = _counts(summary.seeded)
-    exported = export_served_feedback.with_options(**opts)(root, params_path)
-    summary.exported = exported["counts"]
-    ingested = validate_and_version.with_options(**opts)(root, params_path, exported)
-    summary.validation = _add_counts(summary.validation, ingested["validation"])
+    summary.exported = export_served_feedback.with_options(**opts)(root, params_path)
+    ingested = validate_and_version.with_options(**opts)(root, params_path, summary.exported)
+    summary.validation = _add_counts(summary.validation, _counts(ingested))
     summary.data_version = ingested["version"]
     summary.prompts = _read_json(paths.prompts / "pool.json")
     summary.previous_data_version = (summary.seeded or ingested)["previous_version"]
@@ -297,40 +342,34 @@ def retrain(
         trained = train_on_pool.with_options(**opts)(root, route.deployment, cfg)
     else:
         trained = train_models.fn(root, cfg.retries, cfg.retry_delay_s, cfg.ppo_processes)
+    summary.reward, summary.policy = trained.pop("reward"), trained.pop("policy")
     summary.training = {"where": route.where, "pool": route.pool, "reason": route.reason, **trained}
-    summary.reward = _read_json(paths.metrics / "reward.json")
-    summary.policy = _read_json(paths.metrics / "ppo.json")
-    candidate = summary.policy.get("version")
-    summary.candidate = candidate
+    summary.candidate = candidate = summary.policy["version"]
     before = registry.champion(paths)
     summary.champion_before = summary.champion_after = before.version if before else None
 
     # 3. evaluate -> gate -> promote or reject (skipped when this candidate was decided on before)
-    if candidate and "ppo" not in trained["ran"] and _registered(paths, candidate):
+    if "ppo" not in trained["ran"] and _registered(paths, candidate):
         summary.decision = "unchanged"
         log.info("policy %s was trained, evaluated and decided on before: nothing to do", candidate)
     else:
-        ev = evaluate_candidate.with_options(**opts)(root)
-        summary.evaluation = _eval_summary(ev["result"])
+        ev = evaluate_candidate.with_options(**opts)(root, summary.policy)["result"]
+        summary.evaluation = _eval_summary(ev)
         summary.champion_before = summary.evaluation["champion"]  # the base, registered by a first evaluation
-        decision = gate_candidate(root, params_path, ev["result"])
-        summary.gate = {k: decision[k] for k in ("passed", "checks", "reasons", "report_path")}
-        policy_dir = str(paths.root / summary.policy["policy_dir"])
-        outcome = promote_or_reject.with_options(**opts)(root, policy_dir, ev["result"], decision)
+        decision = gate_candidate(root, params_path, ev)
+        reasons = [c["reason"] for c in decision["checks"] if not c["passed"]]
+        summary.gate = {k: decision[k] for k in ("passed", "checks", "report_path")} | {"reasons": reasons}
+        outcome = promote_or_reject.with_options(**opts)(root, summary.policy["path"], ev, decision)
         summary.decision = "promoted" if outcome["status"] == "champion" else "rejected"
         summary.champion_after = outcome["champion"]
 
     # 4. the service reloads the champion by polling the registry; wait for it when one is configured
-    if cfg.service_url and summary.champion_after:
-        summary.service = wait_for_service.with_options(**opts)(cfg.service_url, summary.champion_after)
+    if service_url and summary.champion_after:
+        summary.service = wait_for_service.with_options(**opts)(service_url, summary.champion_after)
     summary.links = _links(paths)
     summary.seconds = round(time.perf_counter() - t0, 1)
     publish_summary(summary.to_dict())
     return summary.to_dict()
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def _registered(paths: ProjectPaths, version: str) -> bool:

@@ -139,7 +139,7 @@ def round_table(rounds: list[dict[str, Any]]) -> Any:
     def cell(r: dict[str, Any], key: str) -> str:
         val, ev = r.get("validation") or {}, r.get("evaluation") or {}
         exp = r.get("exported") or {}
-        acc = ((r.get("reward") or {}).get("eval") or {}).get("accuracy")
+        acc = (r.get("reward") or {}).get("accuracy")
         values = {
             "feedback": "seed (demo annotator)"
             if r.get("seeded")

@@ -12,10 +12,9 @@ The default remote is the local folder :func:`components.paths.dvc_remote_dir`, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from components import lineage
+from components import dvc_runner, lineage
 from components.config.validation import ValidationConfig
 from components.feedback.io import read_parquet, write_jsonl, write_parquet
 from components.feedback.schema import PAIRS, RATINGS, SCHEMAS, key_hashes
@@ -42,13 +41,12 @@ class StoreError(RuntimeError):
 
 
 def dvc(paths: ProjectPaths, *args: str) -> str:
-    """Run one DVC command in the project (waiting for DVC's lock); return stdout, or raise ``StoreError``."""
-    cmd = [sys.executable, "-m", "dvc", "--wait-for-lock", *args]
-    done = subprocess.run(cmd, cwd=paths.root, capture_output=True, text=True)
-    if done.returncode != 0:
-        detail = (done.stderr.strip() or done.stdout.strip()).splitlines()
-        raise StoreError(f"`dvc {' '.join(args)}` failed in {paths.root}: {' '.join(detail[-3:])}")
-    return done.stdout
+    """Run one DVC command in the project under its DVC lock (:mod:`components.dvc_runner`); return stdout, or
+    raise ``StoreError``."""
+    try:
+        return dvc_runner.dvc(paths.root, *args)
+    except dvc_runner.DvcError as exc:
+        raise StoreError(str(exc)) from exc
 
 
 def pool_config(paths: ProjectPaths) -> PromptsConfig:
@@ -65,12 +63,9 @@ def data_version(paths: ProjectPaths) -> str | None:
 
 def ensure_remote(paths: ProjectPaths) -> str:
     """The default DVC remote's name; adds ``local`` -> ``dvc_remote_dir()`` in config.local if there is none."""
-    done = subprocess.run(
-        [sys.executable, "-m", "dvc", "remote", "default"], cwd=paths.root, capture_output=True, text=True
-    )
-    name = done.stdout.strip()
-    if done.returncode == 0 and name:
-        return name
+    with contextlib.suppress(dvc_runner.DvcError):  # exits non-zero when there is no default remote
+        if name := dvc_runner.dvc(paths.root, "remote", "default").strip():
+            return name
     remote = dvc_remote_dir()
     remote.mkdir(parents=True, exist_ok=True)
     dvc(paths, "remote", "add", "--local", "--force", "-d", "local", str(remote))

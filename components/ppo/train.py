@@ -1,4 +1,5 @@
-"""The ``ppo`` stage: ``python -m components.ppo.train --params params.yaml [--resume]``.
+"""The PPO stage: :func:`train_policy` (exported by :mod:`components.stages`), and the ``ppo`` DVC stage's command
+that calls it: ``python -m components.ppo.train --params params.yaml [--resume | --fresh]``.
 
 Reads sections ``model`` and ``ppo`` of the params file, trains, and writes (main process only):
 - ``models/policy/<version>/``: a new version folder (never replaced in place): a plain transformers folder
@@ -7,20 +8,28 @@ Reads sections ``model`` and ``ppo`` of the params file, trains, and writes (mai
 - ``metrics/ppo.json`` (summary, with ``version`` and ``policy_dir``), ``metrics/ppo_log.jsonl`` / ``.csv``
   (per step), ``metrics/ppo_*.png``.
 
-:func:`train_policy` is the stage function (what the CLI and the flow call).
 Several processes: ``accelerate launch --num_processes N -m components.ppo.train --params params.yaml``.
+
+A run killed mid-training continues from its last complete checkpoint (``ppo.checkpoint_dir``) the next time
+the stage runs, when nothing that changes the numbers changed: the stage records a resume key beside the
+checkpoints (the trainer's params fingerprint, which covers the PPO and model params, the policy it starts from,
+the reward model's content and the process count, plus a hash of the prompt file) and resumes only when the key
+matches (``resume="auto"``, the default); otherwise it starts at step 0. A finished run removes its
+checkpoints once the policy is exported, so a later run never "resumes" a finished one.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from components.base_model import resolve_model_dir
 from components.config import load_section, read_params, to_dict
@@ -32,7 +41,7 @@ from components.paths import ProjectPaths
 from components.policy.algorithms import ALGORITHMS
 from components.policy.loop import PolicyTrainer, TrainResult, summary
 from components.policy.model import replicas_in_sync
-from components.ppo.checkpoint import clear_checkpoints
+from components.ppo.checkpoint import clear_checkpoints, latest_checkpoint
 from components.ppo.scorers import Scorer, load_scorer, scorer_fingerprint
 from components.progress import Progress
 
@@ -80,11 +89,41 @@ def reward_lineage(spec: str, root: Path, sha256: str) -> dict[str, Any]:
     return info
 
 
+Resume = bool | Literal["auto"]
+"""``True``: continue from the latest checkpoint (refused when it was made with other params); ``False``: start
+at step 0; ``"auto"``: continue when the latest checkpoint's resume key matches, else start at step 0."""
+RESUME_KEY_FILE = "resume.json"
+
+
+def resume_key(fingerprint: str, prompts: Path) -> str:
+    """What must match for a checkpoint to be continued: the trainer's params fingerprint and the prompt file."""
+    digest = hashlib.sha256(prompts.read_bytes()).hexdigest() if prompts.is_file() else "missing"
+    return hashlib.sha256(f"{fingerprint}:{digest}".encode()).hexdigest()[:16]
+
+
+def _auto_resume(ckpt_root: Path, key: str) -> bool:
+    """Whether the latest complete checkpoint under ``ckpt_root`` was made by a run with this resume key."""
+    latest = latest_checkpoint(ckpt_root)
+    if latest is None:
+        return False
+    key_file = ckpt_root / RESUME_KEY_FILE
+    recorded = json.loads(key_file.read_text(encoding="utf-8")).get("key") if key_file.is_file() else None
+    if recorded != key:
+        log.info(
+            "checkpoint %s was made with other params, prompts, starting policy or reward model "
+            "(resume key %s, now %s): starting at step 0",
+            latest.name, recorded, key,
+        )  # fmt: skip
+        return False
+    log.info("an unfinished run with the same params left %s: continuing from it", latest.name)
+    return True
+
+
 def run(
     params: Path | dict[str, Any],
     root: Path,
     *,
-    resume: bool = False,
+    resume: Resume = False,
     scorer: Scorer | None = None,
     stop_after: int | None = None,
     export: bool = True,
@@ -112,11 +151,20 @@ def run(
     else:  # offline: no reward model in the loop; the pairs are what changes the numbers
         scorer_id, scorer = scorer_fingerprint(root / cfg.dpo.pairs), None
     trainer = PolicyTrainer(cfg, model_cfg, scorer, paths, scorer_id=scorer_id)
-    if not resume and trainer.acc.is_main_process:
-        clear_checkpoints(root / cfg.checkpoint_dir)
+    ckpt_root = root / cfg.checkpoint_dir
+    key = resume_key(trainer.fingerprint, root / cfg.prompts)
+    if resume == "auto":
+        resume = _auto_resume(ckpt_root, key)
+    trainer.acc.wait_for_everyone()  # every process decided before the main one clears anything
+    if trainer.acc.is_main_process:
+        if not resume:
+            clear_checkpoints(ckpt_root)
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(ckpt_root / RESUME_KEY_FILE, json.dumps({"key": key, "fingerprint": trainer.fingerprint}))
     trainer.acc.wait_for_everyone()
     t0 = time.perf_counter()
-    result = trainer.train(resume=resume, stop_after=stop_after, progress=progress)
+    result = trainer.train(resume=bool(resume), stop_after=stop_after, progress=progress)
+    resumed_from = trainer.step - result.steps_run
     if not replicas_in_sync(result.accelerator, result.actor_critic):
         raise RuntimeError("data-parallel replicas diverged: trainable weights differ between processes")
     finished = trainer.step >= cfg.steps
@@ -143,6 +191,7 @@ def run(
             "code_revision": code_revision(root) or "unknown",
             "metrics": stats,
             "processes": result.accelerator.num_processes,
+            "resumed_from_step": resumed_from,
             "seconds": round(time.perf_counter() - t0, 1),
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -151,6 +200,7 @@ def run(
         paths.metrics.mkdir(parents=True, exist_ok=True)
         record = {**stats, "version": version, "policy_dir": str(out_dir.relative_to(root))}
         atomic_write_text(paths.metrics / "ppo.json", json.dumps(record, indent=2, sort_keys=True))
+        clear_checkpoints(ckpt_root)  # finished and exported: nothing left to continue
         log.info("policy version %s written to %s", version, out_dir)
     result.accelerator.wait_for_everyone()
     return result
@@ -218,6 +268,24 @@ class PolicyResult:
     metrics: dict[str, float]
     """First/last score and KL, throughput (``metrics/ppo.json``)."""
     seconds: float
+    resumed_from: int = 0
+    """The checkpoint step this run continued from (0: it started fresh)."""
+
+
+def _policy_result(folder: Path) -> PolicyResult:
+    manifest_path = folder / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    return PolicyResult(
+        version=manifest["version"],
+        path=str(folder),
+        manifest_path=str(manifest_path),
+        parent=manifest["parent"],
+        data_version=manifest["data_version"],
+        reward_version=(manifest["reward_model"] or {}).get("version"),
+        metrics=manifest["metrics"],
+        seconds=manifest.get("seconds", 0.0),
+        resumed_from=manifest.get("resumed_from_step", 0),
+    )
 
 
 def train_policy(
@@ -227,47 +295,67 @@ def train_policy(
     model: ModelConfig,
     reward: str | Path | None = None,
     parent: str | None = None,
-    resume: bool = False,
+    resume: Resume = "auto",
     progress: Progress | None = None,
-) -> PolicyResult:
+) -> PolicyResult | None:
     """The PPO stage: train against the reward model (``reward`` folder, default ``cfg.reward_model``) and
     write a new policy version folder.
 
     ``parent`` is a registry policy version to start from (its folder becomes the initial policy and the KL
-    reference); None starts from what ``cfg.init_from`` names (the champion by default).
+    reference); None starts from what ``cfg.init_from`` names (the champion by default). ``resume``: see
+    :data:`Resume`. Under ``accelerate launch`` every process calls this; the main one exports and returns the
+    result, the others return None.
     """
     if reward is not None:
         rel = Path(reward).resolve()
         spec = str(rel.relative_to(paths.root)) if rel.is_relative_to(paths.root) else str(rel)
         cfg = dataclasses.replace(cfg, reward_model=spec)
     raw = {"policy": to_dict(cfg), "model": to_dict(model)}
-    t0 = time.perf_counter()
     result = run(raw, paths.root, resume=resume, progress=progress, parent=parent)
+    if not result.accelerator.is_main_process:
+        return None
     if result.export_dir is None:
-        raise RuntimeError("PPO finished without exporting a policy (a non-main process cannot run this stage)")
-    manifest_path = result.export_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    return PolicyResult(
-        version=manifest["version"],
-        path=str(result.export_dir),
-        manifest_path=str(manifest_path),
-        parent=manifest["parent"],
-        data_version=manifest["data_version"],
-        reward_version=(manifest["reward_model"] or {}).get("version"),
-        metrics=manifest["metrics"],
-        seconds=round(time.perf_counter() - t0, 1),
-    )
+        raise RuntimeError(f"PPO in {paths.root} ended before step {cfg.steps} without exporting a policy")
+    return _policy_result(result.export_dir)
+
+
+def policy_result(paths: ProjectPaths) -> PolicyResult:
+    """The result of the last run of the stage: the policy ``metrics/ppo.json`` names (from its manifest); what
+    a flow reports when the stage was up to date and did not run."""
+    folder = exported_policy(paths.root)
+    if folder is None or not (folder / "manifest.json").is_file():
+        raise FileNotFoundError(f"{paths.metrics / 'ppo.json'}: no exported policy; run the ppo stage first")
+    return _policy_result(folder)
+
+
+def launch_command(processes: int, params: str = "params.yaml") -> list[str]:
+    """The ``ppo`` stage's command on ``processes`` devices: ``accelerate launch --multi_gpu`` (torchrun
+    underneath; without GPUs the processes use the CPU and gloo), run in the project's folder."""
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    return [
+        accelerate, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+        "--dynamo_backend", "no", "-m", "components.ppo.train", "--params", params,
+    ]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The ``ppo`` DVC stage's command: :func:`train_policy` on the params file's project."""
     parser = argparse.ArgumentParser(description="Fine-tune the policy with policy.algorithm (PPO by default).")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (sections model, policy)")
     parser.add_argument("--root", type=Path, default=None, help="project root (default: the params file's folder)")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint (same params)")
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument("--resume", action="store_true", help="continue from the latest checkpoint (same params)")
+    how.add_argument("--fresh", action="store_true", help="start at step 0, removing any checkpoints")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     root = (args.root or args.params.resolve().parent).resolve()
-    run(args.params.resolve(), root, resume=args.resume)
+    raw = read_params(args.params.resolve())
+    train_policy(
+        load_section(PolicyConfig, "policy", raw),
+        ProjectPaths(root),
+        model=load_section(ModelConfig, "model", raw),
+        resume=True if args.resume else False if args.fresh else "auto",
+    )
 
 
 if __name__ == "__main__":

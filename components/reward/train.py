@@ -1,9 +1,8 @@
-"""The ``train_reward`` DVC stage's command: ``python -m components.reward.train --params params.yaml``.
+"""The reward-model stage: :func:`train_reward_model` (exported by :mod:`components.stages`), and the
+``train_reward`` DVC stage's command that calls it: ``python -m components.reward.train --params params.yaml``.
 
 Reads the ``reward`` section of the params file and trains on ``data/feedback/pairs.parquet`` of the
 project holding that params file, writing ``models/reward`` and ``metrics/reward*``.
-
-:func:`train_reward_model` is the stage function (what the CLI and the flow call).
 """
 
 from __future__ import annotations
@@ -87,7 +86,8 @@ def train_reward_model(
 
 
 def reward_result(paths: ProjectPaths) -> RewardStageResult:
-    """The stage result of the reward model already in ``models/reward`` (from its manifest)."""
+    """The result of the last run of the stage: the reward model in ``models/reward`` (from its manifest); what
+    a flow reports when the stage was up to date and did not run."""
     manifest_path = paths.reward_model / "manifest.json"
     if not manifest_path.is_file():
         raise PairsError(f"{paths.reward_model}: no reward model; run the train_reward stage first")
@@ -107,34 +107,22 @@ def reward_result(paths: ProjectPaths) -> RewardStageResult:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``train_reward`` DVC stage's command: :func:`train_reward_model` on the params file's project."""
     parser = argparse.ArgumentParser(prog="python -m components.reward.train", description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (section reward)")
-    parser.add_argument("--pairs", type=Path, default=None, help="pairs file (default: data/feedback/pairs.parquet)")
-    parser.add_argument("--out", type=Path, default=None, help="model folder (default: models/reward)")
-    parser.add_argument("--metrics", type=Path, default=None, help="metrics folder (default: metrics)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
     paths = ProjectPaths(args.params.resolve().parent)
+    progress = log_progress(logging.getLogger("components.reward"), "reward step")
     try:
-        cfg = load_section(RewardConfig, "reward", args.params)
-        from components.reward.trainer import train_reward
-
-        result = train_reward(
-            args.pairs or paths.pairs,
-            cfg,
-            args.out or paths.reward_model,
-            args.metrics or paths.metrics,
-            project_root=paths.root,
-            progress=log_progress(logging.getLogger("components.reward"), "reward step"),
-            disk_cache=paths.reward_features,
-        )
+        result = train_reward_model(load_section(RewardConfig, "reward", args.params), paths, progress=progress)
     except (ConfigError, PairsError) as exc:
         print(f"train_reward: {exc}", file=sys.stderr)
         return 2
-    accuracy = result.eval_accuracy
-    shown = "n/a" if accuracy is None else f"{accuracy:.3f}"
-    logging.getLogger(__name__).info("reward model saved to %s; held-out accuracy %s", result.model_dir, shown)
+    acc = "n/a" if result.accuracy is None else f"{result.accuracy:.3f}"
+    logging.getLogger(__name__).info(
+        "reward model %s saved to %s; held-out accuracy %s", result.version, result.path, acc
+    )
     return 0
 
 

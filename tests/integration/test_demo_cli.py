@@ -124,7 +124,8 @@ def test_demo_runs_two_rounds_through_the_flow_and_the_service(prefect_api, tmp_
     ev = {**ev, "candidate": {**ev["champion"], "version": copy.name, "kl": 0.0}, "win_rate": 0.5}
     ev |= {"win_rate_low": 0.5, "win_rate_high": 0.5, "champion": {**ev["champion"], "version": second.version}}
     decision = gate_candidate.fn(str(root), str(root / "strict.yaml"), ev)
-    assert decision["passed"] is False and "win rate by demo" in decision["reasons"][0]
+    reasons = [c["reason"] for c in decision["checks"] if not c["passed"]]
+    assert decision["passed"] is False and "win rate by demo" in reasons[0]
     outcome = promote_or_reject.fn(str(root), str(copy), ev, decision)
     assert outcome["status"] == "rejected" and outcome["champion"] == second.version
     assert registry.champion(paths).version == second.version

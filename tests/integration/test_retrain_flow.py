@@ -161,12 +161,14 @@ def test_a_failing_stage_fails_the_flow_run_and_keeps_the_champion(prefect_api, 
 
 
 def test_served_feedback_enters_the_next_data_version_once(tmp_path):
+    from components import stages
     from components.feedback.store import load
+    from components.params import load_params
     from components.served_store import ServedOutput, open_store
-    from flows.retrain import export_served_feedback, validate_and_version
 
     root = make_project(tmp_path)
     paths = ProjectPaths(root)
+    p = load_params(paths.params)
     paths.live.mkdir(parents=True)
     store = open_store(paths.served_store)
     outs = [
@@ -179,24 +181,30 @@ def test_served_feedback_enters_the_next_data_version_once(tmp_path):
     store.record_pair("out-2", "out-1", annotator="gold")
     store.close()
 
-    exported = export_served_feedback.fn(str(root), str(paths.params))
-    assert exported["counts"] == {"ratings": 2, "pairs": 1, "ties": 0}
-    ingested = validate_and_version.fn(str(root), str(paths.params), exported)
-    v = ingested["validation"]
+    exported = stages.export_served_feedback(p.serve, paths)
+    assert (exported.ratings, exported.pairs, exported.ties) == (2, 1, 0)
+    ingested = stages.ingest_served_feedback(p.data, paths, exported=exported)
     # 2 ratings + 1 pair from those ratings (5 over 1) + 1 user pair, all accepted
-    assert (v["rows_in"], v["accepted"], v["quarantined"], v["pairs_from_ratings"]) == (4, 4, 0, 1)
-    assert v["served_ids"] == 3
-    assert ingested["version"] and ingested["version"] != ingested["previous_version"]
+    assert (ingested.rows_in, ingested.accepted, ingested.quarantined, ingested.pairs_from_ratings) == (4, 4, 0, 1)
+    assert ingested.served_ids == 3
+    assert ingested.version and ingested.version != ingested.previous_version
 
     ratings, pairs = load(paths, "ratings"), load(paths, "pairs")
     assert sorted(ratings["served_id"]) == ["out-0", "out-1"] and set(ratings["model_version"]) == {"policy-1"}
     assert {(r.chosen_id, r.rejected_id) for r in pairs.itertuples()} == {("out-0", "out-1"), ("out-2", "out-1")}
     assert set(pairs["source"]) == {"served"}
 
-    again = export_served_feedback.fn(str(root), str(paths.params))  # the watermark moved past those rows
-    assert again["counts"] == {"ratings": 0, "pairs": 0, "ties": 0}
-    same = validate_and_version.fn(str(root), str(paths.params), again)
-    assert same["version"] == ingested["version"]
+    again = stages.export_served_feedback(p.serve, paths)  # the watermark moved past those rows
+    assert (again.ratings, again.pairs, again.ties) == (0, 0, 0)
+    same = stages.ingest_served_feedback(p.data, paths, exported=again)
+    assert same.version == ingested.version
+
+    # the flow's tasks pass the same results on as dicts
+    from flows.retrain import export_served_feedback, validate_and_version
+
+    exported_dict = export_served_feedback.fn(str(root), str(paths.params))
+    assert stages.result_from_dict(stages.ServedExport, exported_dict) == again.__class__(**exported_dict)
+    assert validate_and_version.fn(str(root), str(paths.params), exported_dict)["version"] == ingested.version
 
 
 @pytest.mark.slow

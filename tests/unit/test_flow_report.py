@@ -10,7 +10,7 @@ SUMMARY = {
     "validation": {"rows_in": 19, "accepted": 16, "quarantined": 3},
     "data_version": "6bec00f57488.dir",
     "training": {"where": "in-process", "ran": ["train_reward", "ppo"], "skipped": []},
-    "reward": {"eval": {"accuracy": 0.75}},
+    "reward": {"accuracy": 0.75},
     "candidate": "v2",
     "evaluation": {
         "champion": "v1",
