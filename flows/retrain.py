@@ -125,7 +125,9 @@ def validate_and_version(root: str, params: str, exported: dict[str, Any]) -> di
     from components import stages
 
     served, progress = stages.result_from_dict(stages.ServedExport, exported), task_progress("validate-and-version")
-    return asdict(stages.ingest_served_feedback(_params(params).data, _paths(root), exported=served, progress=progress))
+    return asdict(
+        stages.ingest_served_feedback(_params(params).validation, _paths(root), exported=served, progress=progress)
+    )
 
 
 @task(name="champion-pointer", cache_policy=NO_CACHE)
@@ -243,12 +245,11 @@ def evaluate_candidate(root: str, policy: dict[str, Any]) -> dict[str, Any]:
 
     paths, p, progress = _paths(root), _params(_paths(root).params), task_progress("evaluate-vs-champion")
     kl_target = p.ppo.kl_target if p.ppo.adaptive_kl else None
+    opts = {"kl_target": kl_target, "demo_task": p.seeding.demo_task, "progress": progress}
     ran, result = dvc_runner.run_stage(
         paths.root,
         "evaluate",
-        run=lambda: stages.evaluate(
-            p.eval, paths, model=p.model, candidate=policy["path"], kl_target=kl_target, progress=progress
-        ),
+        run=lambda: stages.evaluate(p.eval, paths, model=p.model, candidate=policy["path"], **opts),
         last=lambda: stages.evaluation_result(paths),
     )
     return {"ran": ran, "result": asdict(result)}

@@ -183,7 +183,7 @@ def test_served_feedback_enters_the_next_data_version_once(tmp_path):
 
     exported = stages.export_served_feedback(p.serve, paths)
     assert (exported.ratings, exported.pairs, exported.ties) == (2, 1, 0)
-    ingested = stages.ingest_served_feedback(p.data, paths, exported=exported)
+    ingested = stages.ingest_served_feedback(p.validation, paths, exported=exported)
     # 2 ratings + 1 pair from those ratings (5 over 1) + 1 user pair, all accepted
     assert (ingested.rows_in, ingested.accepted, ingested.quarantined, ingested.pairs_from_ratings) == (4, 4, 0, 1)
     assert ingested.served_ids == 3
@@ -196,7 +196,7 @@ def test_served_feedback_enters_the_next_data_version_once(tmp_path):
 
     again = stages.export_served_feedback(p.serve, paths)  # the watermark moved past those rows
     assert (again.ratings, again.pairs, again.ties) == (0, 0, 0)
-    same = stages.ingest_served_feedback(p.data, paths, exported=again)
+    same = stages.ingest_served_feedback(p.validation, paths, exported=again)
     assert same.version == ingested.version
 
     # the flow's tasks pass the same results on as dicts
