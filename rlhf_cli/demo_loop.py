@@ -1,27 +1,15 @@
-"""``rlhf demo``: two rounds of the loop through the ``retrain`` flow, with real HTTP traffic in between.
+"""``rlhf demo``'s presentation and project setup: the demo itself is the ``demo`` flow (``flows/demo.py``).
 
-Round 1: seed feedback -> validate -> version -> reward model -> PPO -> evaluate -> gate -> promote (the flow).
-Then the service (a real ``bentoml serve`` process) serves the champion; simulated users (concurrent HTTP
-clients, the gold annotator as their rater) ask it questions and rate the replies through ``/feedback``.
-Round 2: the flow exports that feedback, validates and versions it beside the seed data, retrains, evaluates
-the candidate against round 1's champion, gates, and promotes or rejects; the service reloads on its own.
+Here: the demo project (a fresh git + DVC project, ``--quick`` sizes), the round-by-round table the CLI prints
+from the flow's result, and where to look next.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
-import signal
-import socket
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,82 +37,6 @@ def prepare_project(dest: Path, params: Path, overrides: dict[str, dict[str, Any
     paths = create_project(dest, model=(raw.get("model") or {}).get("base"))
     set_params(paths, raw, "the demo task's params")
     return paths.root
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Service:
-    """A running ``bentoml serve`` of the project's champion."""
-
-    url: str
-    token: str
-    proc: subprocess.Popen
-    log: Path
-
-    def model_version(self) -> str | None:
-        try:
-            data = httpx.get(f"{self.url}/v1/models", timeout=5).json()["data"]
-        except (httpx.HTTPError, KeyError, ValueError):
-            return None
-        return data[0]["id"] if data else None
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-
-
-def start_service(root: Path, params: Path, *, port: int | None = None, timeout_s: float = 180.0) -> Service:
-    """``bentoml serve serving.service:RLHFService`` on a free loopback port with a fresh API token."""
-    port = port or free_port()
-    token = secrets.token_urlsafe(24)
-    log = root / "live" / f"serve-{port}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "RLHF_PROJECT": str(root),
-        "RLHF_PARAMS": str(params),
-        "RLHF_API_TOKEN": token,
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-    }
-    cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:RLHFService", "--host", "127.0.0.1"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [*cmd, "--port", str(port)], cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    service = Service(f"http://127.0.0.1:{port}", token, proc, log)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"bentoml serve exited with {proc.returncode}; see {log}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{service.url}/readyz", timeout=2).status_code == 200:
-                return service
-        time.sleep(0.5)
-    service.stop()
-    raise RuntimeError(f"bentoml serve was not ready after {timeout_s:.0f} s; see {log}")
-
-
-def traffic_prompts(root: Path, n: int, seed: int = 0) -> list[str]:
-    """``n`` prompts the project's pool trains on (never the held-out ones the gate evaluates on), seeded order."""
-    import random
-
-    from components.demo_task.seed import train_prompts
-    from components.paths import ProjectPaths
-
-    prompts = train_prompts(ProjectPaths(root))
-    random.Random(seed).shuffle(prompts)
-    return prompts[:n]
 
 
 def round_table(rounds: list[dict[str, Any]]) -> Any:

@@ -183,8 +183,8 @@ def demo(
     clients: Annotated[int, typer.Option(help="Simulated users sending requests at the same time.")] = 8,
     max_tokens: Annotated[int, typer.Option(help="Reply length (tokens) the simulated users ask for.")] = 32,
 ) -> None:
-    """The whole loop, twice, through the retraining flow: round 1 (seed -> ... -> promote), the service with
-    simulated users rating its replies over HTTP, round 2 on seed + served feedback, gated against round 1."""
+    """The whole loop, twice, as the ``demo`` flow: round 1 (seed -> ... -> promote), the service with simulated
+    users rating its replies over HTTP, round 2 on seed + served feedback, gated against round 1."""
     import os
     import time
 
@@ -204,65 +204,32 @@ def demo(
     users = min(users, 16) if quick else users
     os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
     _prefect_logs_visible()
-    console.print(f"[bold]rlhf demo[/] in {root} ({'quick' if quick else 'full'}): two rounds through the flow")
+    console.print(f"[bold]rlhf demo[/] in {root} ({'quick' if quick else 'full'}): the demo flow, two rounds")
 
-    rounds = [_run_round(console, root, params, "round 1", seed=True)]
-    with console.status("starting the service (bentoml serve)"):
-        service = demo_loop.start_service(root, params)
-    try:
-        console.print(f"service at {service.url} serves [bold]{service.model_version()}[/] (log {service.log})")
-        traffic = _traffic(console, demo_loop, service, root, users, clients, max_tokens)
-        os.environ["RLHF_SERVICE_URL"] = service.url
-        try:
-            rounds.append(_run_round(console, root, params, "round 2", seed=False))
-        finally:
-            os.environ.pop("RLHF_SERVICE_URL", None)
-        served_now = service.model_version()
-    finally:
-        service.stop()
-    console.print(demo_loop.round_table(rounds))
-    console.print(
-        f"simulated users: {traffic.prompts} prompts, {traffic.replies} replies, {traffic.ratings} ratings, "
-        f"{traffic.pairs} pairwise choices in {traffic.seconds:.0f} s; requests {traffic.requests}"
+    from flows.demo import demo as demo_flow
+
+    state = demo_flow(
+        project=str(root), params=str(params), users=users, clients=clients, max_tokens=max_tokens, return_state=True
     )
-    console.print(f"the service served {served_now} when round 2 ended ({rounds[-1].get('service') or 'no switch'})")
+    if not state.is_completed():
+        console.print(f"[red]demo failed[/] ({state.name}): {state.message}. See the rounds above and in Prefect.")
+        raise typer.Exit(code=1)
+    result = state.result()
+    rounds, traffic, service = result["rounds"], result["traffic"], result["service"]
+    for summary in rounds:
+        console.print(summary_table(summary, title=summary["label"]))
+    console.print(demo_loop.round_table(rounds))
+    if traffic["errors"]:
+        console.print(f"[yellow]{len(traffic['errors'])} simulated users failed[/]: {traffic['errors'][0]}")
+    console.print(
+        f"simulated users: {traffic['prompts']} prompts, {traffic['replies']} replies, {traffic['ratings']} ratings, "
+        f"{traffic['pairs']} pairwise choices in {traffic['seconds']:.0f} s; requests {traffic['requests']}"
+    )
+    console.print(f"the service at {service['url']} served {service['first']} after round 1 (log {service['log']})")
+    switch = rounds[-1].get("service") or "no switch"
+    console.print(f"the service served {service['last']} when round 2 ended ({switch})")
     console.print(demo_loop.where_next(root, "stopped now"))
     console.print(f"demo finished in {time.perf_counter() - t0:.0f} s (CPU)")
-
-
-def _run_round(console: Console, root: Path, params: Path, label: str, *, seed: bool) -> dict[str, Any]:
-    from flows.retrain import retrain as retrain_flow
-
-    console.rule(label)
-    state = retrain_flow(project=str(root), params=str(params), seed_if_empty=seed, label=label, return_state=True)
-    if not state.is_completed():
-        console.print(f"[red]{label} failed[/] ({state.name}): {state.message}. Nothing was promoted.")
-        raise typer.Exit(code=1)
-    summary = state.result()
-    console.print(summary_table(summary, title=label))
-    return summary
-
-
-def _traffic(console: Console, demo_loop, service, root: Path, users: int, clients: int, max_tokens: int):
-    from rich.progress import Progress
-
-    from components.demo_task.traffic import simulate_users
-
-    prompts = demo_loop.traffic_prompts(root, users)
-    console.rule(f"simulated users: {len(prompts)} prompts, {clients} at a time")
-    with Progress(console=console) as bar:
-        task = bar.add_task("simulated users", total=len(prompts))
-        result = simulate_users(
-            service.url,
-            prompts,
-            token=service.token,
-            clients=clients,
-            max_tokens=max_tokens,
-            progress=lambda done, total, note: bar.update(task, completed=done),
-        )
-    if result.errors:
-        console.print(f"[yellow]{len(result.errors)} simulated users failed[/]: {result.errors[0]}")
-    return result
 
 
 def register(app: typer.Typer) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from components.demo_task import gold
+from components.paths import ProjectPaths
 
 log = logging.getLogger(__name__)
 
@@ -130,3 +131,14 @@ def simulate_users(
         mean_gold=round(sum(scores) / len(scores), 4) if scores else None,
         seconds=round(time.perf_counter() - t0, 1),
     )
+
+
+def traffic_prompts(paths: ProjectPaths, n: int, seed: int = 0) -> list[str]:
+    """``n`` prompts the project's pool trains on (never the held-out ones the gate evaluates on), seeded order."""
+    import random
+
+    from components.demo_task.seed import train_prompts
+
+    prompts = train_prompts(paths)
+    random.Random(seed).shuffle(prompts)
+    return prompts[:n]

@@ -13,6 +13,8 @@ import sys
 import pytest
 import torch
 import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.sorting import FlowRunSort
 from typer.testing import CliRunner
 
 from components import registry
@@ -74,6 +76,20 @@ def test_demo_runs_two_rounds_through_the_flow_and_the_service(prefect_api, tmp_
     assert "simulated users: 10 prompts, 20 replies, 20 ratings" in text
     paths = ProjectPaths(root)
     monkeypatch.chdir(root)
+
+    # one `demo` flow run in Prefect, its two rounds `retrain` sub-flow runs of it
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC)
+        names = {f.id: f.name for f in client.read_flows()}
+        demo_run = next(r for r in runs if names[r.flow_id] == "demo" and r.parameters["project"] == str(root))
+        rounds = [
+            r
+            for r in runs
+            if names[r.flow_id] == "retrain"
+            and r.parent_task_run_id
+            and client.read_task_run(r.parent_task_run_id).flow_run_id == demo_run.id
+        ]
+    assert demo_run.state.is_completed() and sorted(r.parameters["label"] for r in rounds) == ["round 1", "round 2"]
 
     # both rounds promoted (the permissive gate): the champion is round 2's policy, child of round 1's
     policies = registry.list_models(paths, "policy")

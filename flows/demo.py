@@ -1,0 +1,84 @@
+"""The ``demo`` flow: the loop twice, with real HTTP traffic in between, as one Prefect run.
+
+round 1 (a ``retrain`` sub-flow run: seed -> validate -> version -> reward model -> PPO -> evaluate -> gate ->
+promote) -> start the service (a real ``bentoml serve`` of the champion) -> simulated users ask it questions and
+rate the replies over HTTP -> round 2 (a ``retrain`` sub-flow run on seed + served feedback, waiting for the
+service, whose URL it gets as a parameter, to switch to a new champion) -> stop the service.
+
+The rounds show in the Prefect UI as sub-flow runs of the one ``demo`` run. The service is stopped whatever
+happens to round 2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.progress import task_progress
+from flows.retrain import retrain
+
+
+@task(name="start-service", cache_policy=NO_CACHE)
+def start_service(root: str, params: str, port: int | None = None) -> dict[str, Any]:
+    """``bentoml serve`` of the project's champion on a loopback port with a fresh API token; ready when done."""
+    from components.service_process import start_service as start
+
+    return asdict(start(Path(root), Path(params), port=port))
+
+
+@task(name="simulated-users", cache_policy=NO_CACHE)
+def simulated_users(root: str, url: str, token: str, users: int, clients: int, max_tokens: int) -> dict[str, Any]:
+    """``users`` prompts of the project's training pool asked ``clients`` at a time; each reply rated, the better
+    of two chosen, over HTTP."""
+    from components.demo_task.traffic import simulate_users, traffic_prompts
+    from components.paths import ProjectPaths
+
+    prompts, progress = traffic_prompts(ProjectPaths(Path(root)), users), task_progress("simulated-users")
+    done = simulate_users(url, prompts, token=token, clients=clients, max_tokens=max_tokens, progress=progress)
+    return asdict(done)
+
+
+@task(name="served-version", cache_policy=NO_CACHE)
+def served_version(url: str) -> str | None:
+    """The model version the service answers with now."""
+    from components.service_process import served_version as version
+
+    return version(url)
+
+
+@task(name="stop-service", cache_policy=NO_CACHE)
+def stop_service(service: dict[str, Any]) -> None:
+    """Stop the service's process group (SIGTERM, then SIGKILL)."""
+    from components.service_process import ServiceProcess
+    from components.service_process import stop_service as stop
+
+    stop(ServiceProcess(**service))
+
+
+@flow(name="demo", log_prints=True)
+def demo(
+    project: str,
+    params: str | None = None,
+    users: int = 48,
+    clients: int = 8,
+    max_tokens: int = 32,
+    port: int | None = None,
+) -> dict[str, Any]:
+    """Two rounds of the loop on the project at ``project``, with simulated users of the served champion between
+    them. Returns both rounds' summaries, what the users did, and what the service served at the end."""
+    params = params or str(Path(project) / "params.yaml")
+    rounds = [retrain(project=project, params=params, seed_if_empty=True, label="round 1")]
+    service = start_service(project, params, port)
+    try:
+        first_served = served_version(service["url"])
+        traffic = simulated_users(project, service["url"], service["token"], users, clients, max_tokens)
+        rounds.append(retrain(project=project, params=params, label="round 2", service_url=service["url"]))
+        served_after = served_version(service["url"])
+    finally:
+        stop_service(service)
+    public = {k: v for k, v in service.items() if k != "token"}
+    return {"rounds": rounds, "traffic": traffic, "service": public | {"first": first_served, "last": served_after}}
