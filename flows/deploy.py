@@ -6,22 +6,40 @@ Prefect's ephemeral local API runs flows but has no scheduler, so a cron schedul
 process (no worker needed); with workers, ``register_on_pool`` registers a work-pool deployment that a
 ``prefect worker start --pool NAME`` process picks up. Work-pool deployments name their flow by module path
 (``flows.retrain.retrain``), so a worker needs this package installed, not a copy of the source tree.
+
+One run at a time: every ``retrain`` deployment carries a deployment concurrency limit of 1 with the collision
+strategy ``CANCEL_NEW`` (:data:`ONE_RUN_AT_A_TIME`): a run that comes due while another run of the deployment
+(one project) is still running is skipped -- Prefect records it as Cancelled ("Deployment concurrency limit
+reached.") -- and the next scheduled run after the running one ends takes whatever feedback arrived meanwhile.
+
+Stopping: ``serve_schedule`` stops on SIGINT or SIGTERM within seconds; a run in flight is cancelled (its
+process is terminated and Prefect records the run as Cancelled), so nothing keeps training after the deployment
+is gone. A killed PPO stage continues from its last checkpoint the next time the flow runs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
+from prefect import Flow
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import EntrypointType
+from prefect.runner import Runner
 
 RETRAIN_DEPLOYMENT = "scheduled"
 DEFAULT_SERVER = "http://127.0.0.1:4200/api"
+ONE_RUN_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
+"""The deployment's rule: at most one run at a time; a run due while one runs is cancelled (skipped), not queued."""
 
 
 def api_url() -> str | None:
@@ -103,6 +121,7 @@ def register_on_pool(project: Path, cron: str, pool: str) -> Registered:
         cron=cron,
         work_pool_name=pool,
         parameters={"project": str(project)},
+        concurrency_limit=ONE_RUN_AT_A_TIME,
         entrypoint_type=EntrypointType.MODULE_PATH,
     ).apply()
     return Registered(f"retrain/{RETRAIN_DEPLOYMENT}", pool, _workers(pool))
@@ -117,8 +136,35 @@ def register_training(pool: str, deployment: str) -> Registered:
     return Registered(f"rlhf-train/{deployment}", pool, _workers(pool))
 
 
-def serve_schedule(project: Path, cron: str) -> None:
-    """Run the schedule in this process (one machine, no worker): blocks until interrupted."""
+def serve_schedule(project: Path, cron: str, flow: Flow | None = None) -> None:
+    """Run the schedule in this process (one machine, no worker) under :data:`ONE_RUN_AT_A_TIME`; blocks until
+    SIGINT or SIGTERM, then cancels a run in flight and returns. ``flow`` defaults to ``retrain``."""
     from flows.retrain import retrain
 
-    retrain.serve(name=RETRAIN_DEPLOYMENT, cron=cron, parameters={"project": str(project)})
+    flow = flow or retrain
+    runner = _Runner(name=RETRAIN_DEPLOYMENT, pause_on_shutdown=True)
+    runner.add_flow(
+        flow,
+        name=RETRAIN_DEPLOYMENT,
+        cron=cron,
+        parameters={"project": str(project)},
+        concurrency_limit=ONE_RUN_AT_A_TIME,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(runner.start())
+
+
+class _Runner(Runner):
+    """Prefect's runner, stopping promptly on SIGTERM and SIGINT: it cancels the runs in flight (Prefect records
+    them as Cancelled), pauses the schedule and returns. Prefect's own SIGTERM handler blocked on the event loop
+    it interrupted, and its Ctrl-C path waits for the runs in flight to finish."""
+
+    async def start(self, run_once: bool = False, webserver: bool | None = None) -> None:
+        signal.signal(signal.SIGINT, self.handle_sigterm)
+        await super().start(run_once=run_once, webserver=webserver)
+
+    def handle_sigterm(self, *args: Any, **kwargs: Any) -> None:
+        if self.stopping:
+            return
+        self._logger.info("stop signal received: cancelling the runs in flight, then stopping")
+        self._stop_task = asyncio.get_running_loop().create_task(self.astop())

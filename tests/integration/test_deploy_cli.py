@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import ConcurrencyLimitStrategy
 from typer.testing import CliRunner
 
 from rlhf_cli.main import app
@@ -32,6 +33,9 @@ def test_deploy_on_a_pool_registers_the_scheduled_deployment(prefect_api, tmp_pa
         assert dep.work_pool_name == "cpu-test"
         assert [s.schedule.cron for s in dep.schedules] == ["*/30 * * * *"]
         assert dep.parameters == {"project": str(tmp_path)}
+        # one retrain at a time per project; a run due while one runs is cancelled (skipped)
+        assert dep.global_concurrency_limit.limit == 1
+        assert dep.concurrency_options.collision_strategy == ConcurrencyLimitStrategy.CANCEL_NEW
         train = client.read_deployment_by_name("rlhf-train/gpu")  # flow.gpu_pool: the training deployment too
         assert train.work_pool_name == "gpu-test"
         assert client.read_work_pool("cpu-test").type == "process"
@@ -82,7 +86,11 @@ def test_deploy_without_a_pool_serves_the_schedule_from_its_own_process(prefect_
         assert dep is not None, proc.stdout.read().decode() if proc.poll() is not None else "not registered in 120 s"
         assert dep.name == "scheduled" and dep.work_pool_name is None  # served by the deploy process itself
         assert [s.schedule.cron for s in dep.schedules] == ["*/30 * * * *"]
+        assert dep.concurrency_options.collision_strategy == ConcurrencyLimitStrategy.CANCEL_NEW
         assert proc.poll() is None  # still serving
+        t0 = time.monotonic()
+        os.killpg(proc.pid, signal.SIGTERM)  # what a service manager sends: it stops within seconds
+        assert proc.wait(timeout=30) == 0 and time.monotonic() - t0 < 30
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)
