@@ -15,16 +15,17 @@ served: export      ``export_served_feedback(ServeConfig, paths, *, progress)`` 
 served: ingest      ``ingest_served_feedback(ValidationConfig, paths, *, exported, ...)``   ``ServedIngest``
 validate (+ store)  ``validate_and_store(ValidationConfig, paths, *, source, out, store)``  ``ValidateResult``
 train reward model  ``train_reward_model(RewardConfig, paths, *, data_version, ...)``       ``RewardStageResult``
-train policy (PPO)  ``train_policy(PolicyConfig, paths, *, model, reward, parent, ...)``       ``PolicyResult``
+train judge model   ``train_judge_model(RewardConfig, JudgeRewardConfig, paths, *, used)``  ``JudgeModelResult``
+train policy        ``train_policy(PolicyConfig, paths, *, model, reward, parent, ...)``    ``PolicyResult``
 evaluate            ``evaluate(EvalConfig, paths, *, model, candidate, kl_target, ...)``    ``EvalResult``
 gate                ``gate(GateConfig, paths, *, evaluation)``                              ``GateResult``
 register / promote  ``register_and_decide(paths, *, policy, evaluation, gate)``             ``PromotionResult``
 ==================  ======================================================================  =====================
 
-The three DVC stages (``train_reward``, ``ppo``, ``evaluate``) also have ``reward_result``, ``policy_result`` and
-``evaluation_result``: the result their last run left, for a caller that found the stage up to date
-(:func:`components.dvc_runner.run_stage`). :func:`result_from_dict` rebuilds any result from its ``asdict``
-form (what crosses a Prefect task boundary).
+The DVC stages (``train_reward``, ``ppo``, ``train_judge``, ``evaluate``) also have ``reward_result``,
+``policy_result``, ``judge_model_result`` and ``evaluation_result``: the result their last run left, for a caller
+that found the stage up to date (:func:`components.dvc_runner.run_stage`). :func:`result_from_dict` rebuilds any
+result from its ``asdict`` form (what crosses a Prefect task boundary).
 
 Each stage's module is imported on first use (torch and transformers only for the stages that run a model); the
 registry's BentoML import stays lazy.
@@ -44,11 +45,13 @@ from components.paths import ProjectPaths
 if TYPE_CHECKING:
     from components.config.evaluation import EvalConfig
     from components.config.gate import GateConfig
+    from components.config.judges import JudgeRewardConfig
     from components.demo_task.seed import SeedLabels, SeedSample, ingest_seed, label_seed, sample_seed
     from components.evaluation import EvalResult, ModelEval, evaluate
     from components.feedback.served import ServedExport, ServedIngest, export_served_feedback, ingest_served_feedback
     from components.feedback.store import IngestSummary, ValidateResult, validate_and_store
     from components.gate import GateCheck, GateResult, gate
+    from components.judges.reward_model import JudgeModelResult, train_judge_model
     from components.params import Params, load_params
     from components.ppo.train import PolicyResult, policy_result, train_policy
     from components.progress import Progress
@@ -62,6 +65,7 @@ _HOME: dict[str, str] = {
     "GateConfig": "components.config.gate",
     "GateResult": "components.gate",
     "IngestSummary": "components.feedback.store",
+    "JudgeModelResult": "components.judges.reward_model",
     "ModelEval": "components.evaluation",
     "Params": "components.params",
     "PolicyResult": "components.ppo.train",
@@ -84,6 +88,7 @@ _HOME: dict[str, str] = {
     "register_and_decide": "components.registry",
     "reward_result": "components.reward.train",
     "sample_seed": "components.demo_task.seed",
+    "train_judge_model": "components.judges.reward_model",
     "train_policy": "components.ppo.train",
     "train_reward_model": "components.reward.train",
     "validate_and_store": "components.feedback.store",
@@ -110,6 +115,21 @@ def evaluation_result(paths: ProjectPaths) -> EvalResult:
     if not paths.eval_metrics.is_file():
         raise FileNotFoundError(f"{paths.eval_metrics}: no evaluation yet; run the evaluate stage first")
     return result_from_dict(EvalResult, json.loads(paths.eval_metrics.read_text(encoding="utf-8")))
+
+
+def judge_model_result(judge: JudgeRewardConfig, paths: ProjectPaths) -> JudgeModelResult:
+    """The result of the train_judge stage's last run (``metrics/judge_reward.json``)."""
+    from components.judges.reward_model import JudgeModelResult
+
+    summary = paths.metrics / "judge_reward.json"
+    if not summary.is_file():
+        raise FileNotFoundError(f"{summary}: no judge model yet; run the train_judge stage first")
+    record, path = json.loads(summary.read_text(encoding="utf-8")), str(paths.root / judge.path)
+    if not record.get("used"):
+        return JudgeModelResult(False, path, None, None, 0, 0, record.get("reason", ""))
+    ev = record.get("eval") or {}
+    pairs = int(ev.get("pairs", 0))
+    return JudgeModelResult(True, path, record["version"], ev.get("accuracy"), pairs, int(record["train_pairs"]))
 
 
 def result_from_dict(cls: type[T], data: dict[str, Any]) -> T:
@@ -141,6 +161,7 @@ __all__ = [
     "GateConfig",
     "GateResult",
     "IngestSummary",
+    "JudgeModelResult",
     "ModelEval",
     "Params",
     "PolicyResult",
@@ -158,6 +179,7 @@ __all__ = [
     "gate",
     "ingest_seed",
     "ingest_served_feedback",
+    "judge_model_result",
     "label_seed",
     "load_params",
     "policy_result",
@@ -165,6 +187,7 @@ __all__ = [
     "result_from_dict",
     "reward_result",
     "sample_seed",
+    "train_judge_model",
     "train_policy",
     "train_reward_model",
     "validate_and_store",

@@ -238,6 +238,23 @@ def train_on_pool(root: str, deployment: str, cfg: FlowConfig) -> dict[str, Any]
     return state.result()
 
 
+@task(name="train-judge-model", cache_policy=NO_CACHE)
+def train_judge(root: str) -> dict[str, Any]:
+    """The ``train_judge`` stage: the judge reward model on its slice of the pairs (``eval.judge: reward_model``),
+    else a note; skipped when the pairs, params and code match ``dvc.lock``."""
+    from components import dvc_runner, stages
+
+    paths, p, progress = _paths(root), _params(_paths(root).params), task_progress("train-judge-model")
+    used = p.eval.judge == "reward_model"
+    ran, result = dvc_runner.run_stage(
+        paths.root,
+        "train_judge",
+        run=lambda: stages.train_judge_model(p.reward, p.eval.judge_reward, paths, used=used, progress=progress),
+        last=lambda: stages.judge_model_result(p.eval.judge_reward, paths),
+    )
+    return {"ran": ran, "result": asdict(result)}
+
+
 @task(name="evaluate-vs-champion", cache_policy=NO_CACHE)
 def evaluate_candidate(root: str, policy: dict[str, Any]) -> dict[str, Any]:
     """The ``evaluate`` stage: the new policy against the registry's champion on held-out prompts."""
@@ -354,6 +371,7 @@ def retrain(
         summary.decision = "unchanged"
         log.info("policy %s was trained, evaluated and decided on before: nothing to do", candidate)
     else:
+        train_judge.with_options(**opts)(root)
         ev = evaluate_candidate.with_options(**opts)(root, summary.policy)["result"]
         summary.evaluation = _eval_summary(ev)
         summary.champion_before = summary.evaluation["champion"]  # the base, registered by a first evaluation

@@ -11,7 +11,12 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-DVC_STAGE_FUNCTION = {"train_reward": "train_reward_model", "ppo": "train_policy", "evaluate": "evaluate"}
+DVC_STAGE_FUNCTION = {
+    "train_reward": "train_reward_model",
+    "ppo": "train_policy",
+    "train_judge": "train_judge_model",
+    "evaluate": "evaluate",
+}
 
 
 def _callers() -> str:
