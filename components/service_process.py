@@ -84,6 +84,20 @@ def served_version(url: str) -> str | None:
     return data[0]["id"] if data else None
 
 
+def wait_for_version(url: str, version: str, timeout_s: float = 120.0) -> str:
+    """Wait until the service at ``url`` answers with ``version`` (it polls the registry and reloads on its own);
+    returns a line saying when it switched, or that it had not after ``timeout_s`` (a warning, not an error)."""
+    t0 = time.monotonic()
+    seen = None
+    while time.monotonic() - t0 < timeout_s:
+        seen = served_version(url)
+        if seen == version:
+            return f"{url} serves {version} ({time.monotonic() - t0:.1f} s after promotion)"
+        time.sleep(1)
+    log.warning("service at %s still serves %s after %.0f s (expected %s)", url, seen, timeout_s, version)
+    return f"{url} still served {seen} after {timeout_s:.0f} s (expected {version}); it reloads on its next poll"
+
+
 def stop_service(service: ServiceProcess, timeout_s: float = 30.0) -> None:
     """SIGTERM the service's process group, SIGKILL it if it is still there after ``timeout_s``."""
     for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10.0)):

@@ -14,6 +14,7 @@ seed: ingest        ``ingest_seed(ValidationConfig, paths, *, labels, report_dir
 served: export      ``export_served_feedback(ServeConfig, paths, *, progress)``             ``ServedExport``
 served: ingest      ``ingest_served_feedback(ValidationConfig, paths, *, exported, ...)``   ``ServedIngest``
 validate (+ store)  ``validate_and_store(ValidationConfig, paths, *, source, out, store)``  ``ValidateResult``
+policy parent       ``point_policy_at_champion(ModelConfig, paths)``                        ``str`` (version)
 train reward model  ``train_reward_model(RewardConfig, paths, *, data_version, ...)``       ``RewardStageResult``
 train judge model   ``train_judge_model(RewardConfig, JudgeRewardConfig, paths, *, used)``  ``JudgeModelResult``
 train policy        ``train_policy(PolicyConfig, paths, *, model, reward, parent, ...)``    ``PolicyResult``
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from components.config.evaluation import EvalConfig
     from components.config.gate import GateConfig
     from components.config.judges import JudgeRewardConfig
+    from components.config.model import ModelConfig
     from components.demo_task.seed import SeedLabels, SeedSample, ingest_seed, label_seed, sample_seed
     from components.evaluation import EvalResult, ModelEval, evaluate
     from components.feedback.served import ServedExport, ServedIngest, export_served_feedback, ingest_served_feedback
@@ -117,6 +119,18 @@ def evaluation_result(paths: ProjectPaths) -> EvalResult:
     return result_from_dict(EvalResult, json.loads(paths.eval_metrics.read_text(encoding="utf-8")))
 
 
+def point_policy_at_champion(model: ModelConfig, paths: ProjectPaths) -> str:
+    """Register ``model.base`` as the first champion when the registry has none, and write
+    ``registry/ppo_parent.json`` (a dep of the ``ppo`` stage, which starts from the champion with
+    ``ppo.init_from: champion``), so a new champion reruns PPO and the same one skips it. Returns the champion."""
+    from components import registry
+    from components.base_model import resolve_model_dir
+
+    champion = registry.ensure_base_champion(paths, model.base, resolve_model_dir(model.base))
+    registry.write_ppo_parent(paths)
+    return champion.version
+
+
 def judge_model_result(judge: JudgeRewardConfig, paths: ProjectPaths) -> JudgeModelResult:
     """The result of the train_judge stage's last run (``metrics/judge_reward.json``)."""
     from components.judges.reward_model import JudgeModelResult
@@ -182,6 +196,7 @@ __all__ = [
     "judge_model_result",
     "label_seed",
     "load_params",
+    "point_policy_at_champion",
     "policy_result",
     "register_and_decide",
     "result_from_dict",

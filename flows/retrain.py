@@ -132,15 +132,11 @@ def validate_and_version(root: str, params: str, exported: dict[str, Any]) -> di
 
 @task(name="champion-pointer", cache_policy=NO_CACHE)
 def champion_pointer(root: str, params: str) -> str:
-    """Register the base model as the first champion when there is none, and write ``registry/ppo_parent.json``
-    (a dep of the ``ppo`` stage, which starts from the champion): a new champion reruns PPO, the same skips it."""
-    from components import registry
-    from components.base_model import resolve_model_dir
+    """Point the ``ppo`` stage at the champion (registering the base model first when there is none): a new
+    champion reruns PPO, the same one skips it."""
+    from components import stages
 
-    paths, base = _paths(root), _params(params).model.base
-    champ = registry.ensure_base_champion(paths, base, resolve_model_dir(base))
-    registry.write_ppo_parent(paths)
-    return champ.version
+    return stages.point_policy_at_champion(_params(params).model, _paths(root))
 
 
 # The DVC stages read the project's own params.yaml (the file DVC tracks), whatever params file the flow got.
@@ -294,23 +290,11 @@ def promote_or_reject(root: str, policy_dir: str, evaluation: dict[str, Any], ga
 
 
 @task(name="service-switch", cache_policy=NO_CACHE)
-def wait_for_service(url: str, version: str, timeout_s: float = 120.0) -> str:
+def wait_for_service(url: str, version: str) -> str:
     """The service polls the registry and reloads on its own: wait until it answers with ``version``."""
-    import httpx
+    from components.service_process import wait_for_version
 
-    t0 = time.monotonic()
-    seen = None
-    while time.monotonic() - t0 < timeout_s:
-        try:
-            data = httpx.get(f"{url.rstrip('/')}/v1/models", timeout=5).json().get("data") or []
-            seen = data[0]["id"] if data else None
-        except (httpx.HTTPError, ValueError, KeyError):
-            seen = None
-        if seen == version:
-            return f"{url} serves {version} ({time.monotonic() - t0:.1f} s after promotion)"
-        time.sleep(1)
-    get_run_logger().warning("service at %s still serves %s after %.0f s (expected %s)", url, seen, timeout_s, version)
-    return f"{url} still served {seen} after {timeout_s:.0f} s (expected {version}); it reloads on its next poll"
+    return wait_for_version(url, version)
 
 
 # --- the flow --------------------------------------------------------------------------------------------------

@@ -21,6 +21,9 @@ import torch
 import yaml
 
 from components import stages
+from components.config import load_section
+from components.config.model import ModelConfig
+from components.config.ppo import PPOConfig
 from components.paths import ProjectPaths
 from components.ppo.checkpoint import latest_checkpoint
 from components.ppo.train import run
@@ -59,8 +62,7 @@ def project(root: Path, **ppo) -> ProjectPaths:
 
 
 def configs(paths: ProjectPaths):
-    p = stages.load_params(paths.params)
-    return p.ppo, p.model
+    return load_section(PPOConfig, "ppo", paths.params), load_section(ModelConfig, "model", paths.params)
 
 
 def log_steps(path: Path) -> list[int]:
