@@ -2,8 +2,8 @@
 they need.
 
 Prefect's ephemeral local API runs flows but has no scheduler, so a cron schedule needs a server
-(``prefect server start``) named by ``PREFECT_API_URL``. On one machine ``serve`` runs the schedule in this
-process (no worker needed); with workers, ``register_on_pool`` registers a work-pool deployment that a
+(``prefect server start``) named by ``PREFECT_API_URL``. On one machine ``serve_schedule`` runs the schedule in
+this process (no worker needed); with workers, ``register_on_pool`` registers a work-pool deployment that a
 ``prefect worker start --pool NAME`` process picks up. Work-pool deployments name their flow by module path
 (``flows.retrain.retrain``), so a worker needs this package installed, not a copy of the source tree.
 
@@ -156,8 +156,8 @@ def serve_schedule(project: Path, cron: str, flow: Flow | None = None) -> None:
 
 class _Runner(Runner):
     """Prefect's runner, stopping promptly on SIGTERM and SIGINT: it cancels the runs in flight (Prefect records
-    them as Cancelled), pauses the schedule and returns. Prefect's own SIGTERM handler blocked on the event loop
-    it interrupted, and its Ctrl-C path waits for the runs in flight to finish."""
+    them as Cancelled), pauses the schedule and returns. Prefect's own SIGTERM handler did not stop the process
+    promptly, and its Ctrl-C path waits for the runs in flight to finish."""
 
     async def start(self, run_once: bool = False, webserver: bool | None = None) -> None:
         signal.signal(signal.SIGINT, self.handle_sigterm)
