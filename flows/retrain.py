@@ -12,6 +12,7 @@ promotes nothing. A failing gate is a decision (the candidate is rejected, the c
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -373,6 +374,10 @@ def retrain(
     summary.seconds = round(time.perf_counter() - t0, 1)
     publish_summary(summary.to_dict())
     return summary.to_dict()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def _registered(paths: ProjectPaths, version: str) -> bool:
