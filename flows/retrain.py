@@ -168,7 +168,7 @@ def train_policy(root: str) -> dict[str, Any]:
     ran, result = dvc_runner.run_stage(
         paths.root,
         "ppo",
-        run=lambda: stages.train_policy(p.ppo, paths, model=p.model, progress=progress),
+        run=lambda: stages.train_policy(p.policy, paths, model=p.model, progress=progress),
         last=lambda: stages.policy_result(paths),
     )
     return {"ran": ran, "result": asdict(result)}
@@ -258,7 +258,7 @@ def evaluate_candidate(root: str, policy: dict[str, Any]) -> dict[str, Any]:
     from components import dvc_runner, stages
 
     paths, p, progress = _paths(root), _params(_paths(root).params), task_progress("evaluate-vs-champion")
-    kl_target = p.ppo.kl_target if p.ppo.adaptive_kl else None
+    kl_target = p.policy.kl_target if p.policy.adaptive_kl else None
     opts = {"kl_target": kl_target, "demo_task": p.seeding.demo_task, "progress": progress}
     ran, result = dvc_runner.run_stage(
         paths.root,

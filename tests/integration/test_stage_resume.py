@@ -23,7 +23,7 @@ import yaml
 from components import stages
 from components.config import load_section
 from components.config.model import ModelConfig
-from components.config.ppo import PPOConfig
+from components.config.policy import PolicyConfig
 from components.paths import ProjectPaths
 from components.ppo.checkpoint import latest_checkpoint
 from components.ppo.train import run
@@ -57,12 +57,12 @@ def one_thread():
 def project(root: Path, **ppo) -> ProjectPaths:
     root.mkdir(parents=True, exist_ok=True)
     (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
-    (root / "params.yaml").write_text(yaml.safe_dump({"model": {"base": "tiny"}, "ppo": {**PPO, **ppo}}))
+    (root / "params.yaml").write_text(yaml.safe_dump({"model": {"base": "tiny"}, "policy": {**PPO, **ppo}}))
     return ProjectPaths(root)
 
 
 def configs(paths: ProjectPaths):
-    return load_section(PPOConfig, "ppo", paths.params), load_section(ModelConfig, "model", paths.params)
+    return load_section(PolicyConfig, "policy", paths.params), load_section(ModelConfig, "model", paths.params)
 
 
 def log_steps(path: Path) -> list[int]:
