@@ -500,5 +500,9 @@ from rlhf_cli import flow_cmds  # noqa: E402  (retrain, deploy: the Prefect comm
 
 flow_cmds.register(app)
 
+from rlhf_cli import raters_cmds  # noqa: E402  (rlhf raters add|revoke|list)
+
+raters_cmds.register(app)
+
 if __name__ == "__main__":
     app()

@@ -6,10 +6,12 @@
 - **Origin and Host** (only when no API token is configured, i.e. open on loopback): a request whose
   ``Host`` is not a loopback name, or whose ``Origin`` is a page on another host, is a 403. Without this any
   web page a developer visits could post ratings to the local service (or reach it by DNS rebinding).
-- **Auth**: paths under ``/feedback`` and ``/admin`` need ``Authorization: Bearer <RLHF_API_TOKEN>``,
-  compared in constant time; a missing or wrong token is a 401. With no token configured (allowed on a
-  loopback address only) they are open. The middleware names the rater for the service: it replaces any
-  client-sent ``x-rlhf-rater`` header with ``api-token`` (authenticated) or ``local`` (open loopback).
+- **Auth**: paths under ``/feedback`` and ``/admin`` need ``Authorization: Bearer <token>``: the shared
+  ``RLHF_API_TOKEN`` (rater ``api-token``) or one rater's own token (``rlhf raters add``; the rater's
+  name), compared in constant time; a missing or wrong token is a 401. With no ``RLHF_API_TOKEN``
+  (allowed on a loopback address only) and ``serve.open_feedback`` on, a request without a token passes
+  as rater ``local``. The middleware names the rater for the service: it replaces any client-sent
+  ``x-rlhf-rater`` header with the name the token gives.
 - **JSON only**: a body sent with POST/PUT/PATCH must be ``application/json`` (or ``+json``); anything else
   (``text/plain``, forms, ``multipart/form-data``, no type) is a 415 before any parser sees it.
 - **Body cap**: a request body over ``max_body_bytes`` is a 413, whether announced by ``Content-Length``
@@ -187,10 +189,26 @@ def foreign_request(headers: dict[str, str]) -> str | None:
 
 
 class GuardMiddleware:
-    def __init__(self, app: Any, *, max_body_bytes: int, token: Callable[[], str | None]):
+    def __init__(
+        self,
+        app: Any,
+        *,
+        max_body_bytes: int,
+        token: Callable[[], str | None],
+        rater_of: Callable[[str], str | None] = lambda _: None,
+        open_feedback: Callable[[], bool] = lambda: True,
+    ):
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.token = token
+        self.rater_of = rater_of
+        self.open_feedback = open_feedback
+
+    def _who(self, presented: str, expected: str | None) -> str | None:
+        """The rater a bearer token names: ``api-token`` for the shared token, else a rater's own name."""
+        if expected and token_ok(presented, expected):
+            return "api-token"
+        return self.rater_of(presented) if presented else None
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http" or scope["path"] in EXEMPT:
@@ -202,20 +220,22 @@ class GuardMiddleware:
         if not expected and (why := foreign_request(headers)) is not None:
             await _reply(send, 403, why)
             return
-        if expected and _protected(scope["path"]):
-            auth = headers.get("authorization", "")
-            scheme, _, presented = auth.partition(" ")
-            if not token_ok(presented.strip() if scheme.lower() == "bearer" else None, expected):
-                why = "missing" if not auth else "wrong"
-                await _reply(
-                    send,
-                    401,
-                    f"{why} API token: send the header 'Authorization: Bearer <token>' with the service's "
-                    "RLHF_API_TOKEN",
-                    [(b"www-authenticate", b"Bearer")],
-                )
-                return
-        rater = b"api-token" if expected else b"local"
+        auth = headers.get("authorization", "")
+        scheme, _, presented = auth.partition(" ")
+        presented = presented.strip() if scheme.lower() == "bearer" else ""
+        who = self._who(presented, expected) if presented else None
+        is_open = not expected and self.open_feedback()
+        if _protected(scope["path"]) and who is None and (auth or not is_open):
+            why = "missing" if not auth else "wrong"
+            await _reply(
+                send,
+                401,
+                f"{why} API token: send the header 'Authorization: Bearer <token>' with your rater token "
+                "(`rlhf raters add NAME`) or the service's RLHF_API_TOKEN",
+                [(b"www-authenticate", b"Bearer")],
+            )
+            return
+        rater = (who or ("api-token" if expected else "local")).encode()
         scope = {
             **scope,
             "headers": [(k, v) for k, v in scope.get("headers", []) if k.lower() != RATER_HEADER]

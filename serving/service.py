@@ -38,6 +38,7 @@ from components.config.serve import ServeConfig, load_serve_config, store_url
 from components.generation import RowParams, RowResult, encode_chat
 from components.paths import ProjectPaths
 from components.precision import autocast
+from components.raters import RaterBook, raters_file
 from components.served_store import (
     AlreadyRated,
     FeedbackConflict,
@@ -703,8 +704,16 @@ def _params_override() -> Path | None:
     return Path(env).resolve() if env else None
 
 
-RLHFService.add_asgi_middleware(
-    GuardMiddleware,
-    max_body_bytes=load_serve_config(ProjectPaths.discover(), _params_override()).max_body_bytes,
-    token=_token,
-)
+def _add_guard() -> None:
+    paths = ProjectPaths.discover()
+    cfg = load_serve_config(paths, _params_override())
+    raters = RaterBook(raters_file(paths.live))
+    RLHFService.add_asgi_middleware(
+        GuardMiddleware,
+        max_body_bytes=cfg.max_body_bytes,
+        token=_token,
+        rater_of=raters.name_of,
+    )
+
+
+_add_guard()

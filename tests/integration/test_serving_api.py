@@ -298,6 +298,31 @@ def test_one_judgement_per_output_and_rater_who_is_named_by_the_server(api, stor
     assert [(r["rating"], r["annotator"]) for r in store.ratings_of(out["id"])] == [(5, "api-token")]
 
 
+def test_each_rater_has_a_token_that_names_them_until_revoked(api, store, served):
+    from typer.testing import CliRunner
+
+    from rlhf_cli.main import app
+
+    def cli(*args: str):
+        result = CliRunner().invoke(app, ["--project", str(served.project), "raters", *args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    alice = cli("add", "alice").strip().splitlines()[-1]
+    assert alice.startswith("rlhf_rt_") and "alice" in cli("list") and alice not in cli("list")
+    out = gen(api)
+    as_alice = {"Authorization": f"Bearer {alice}"}
+    assert api.post("/feedback", json={"id": out["id"], "rating": 4}, headers=as_alice).status_code == 200
+    assert api.post("/feedback", json={"id": out["id"], "rating": 2}, headers=AUTH).status_code == 200
+    assert api.get("/feedback/queue", headers=as_alice).status_code == 200
+    ratings = sorted((r["annotator"], r["rating"]) for r in store.ratings_of(out["id"]))
+    assert ratings == [("alice", 4), ("api-token", 2)]
+    cli("revoke", "alice")
+    refused = api.post("/feedback", json={"id": gen(api)["id"], "rating": 4}, headers=as_alice)
+    assert refused.status_code == 401 and "wrong API token" in refused.json()["error"]["message"]
+    assert alice not in served.log.read_text(encoding="utf-8")
+
+
 def test_unknown_paths_do_not_grow_metrics_and_client_errors_log_no_traceback(api, served):
     before = len(api.get("/metrics").text)
     for i in range(20):

@@ -81,3 +81,27 @@ def test_errors_of_every_shape_leave_in_openai_shape():
     assert bento["error"]["message"] == "prompt is empty" and bento["error"]["code"] == "bad_request"
     assert json.loads(openai_error(404, b"Not Found"))["error"]["type"] == "not_found_error"
     assert json.loads(openai_error(503, b""))["error"]["message"] == "Service Unavailable"
+
+
+def guarded(token: str | None, *, raters: dict[str, str] | None = None, open_feedback: bool = True) -> TestClient:
+    app = GuardMiddleware(
+        echo,
+        max_body_bytes=1000,
+        token=lambda: token,
+        rater_of=lambda t: (raters or {}).get(t),
+        open_feedback=lambda: open_feedback,
+    )
+    return TestClient(app, base_url="http://127.0.0.1:3000")
+
+
+def test_each_rater_token_names_its_rater_and_the_shared_token_stays_api_token():
+    c = guarded(TOKEN, raters={"rt-alice": "alice"})
+    assert c.post("/feedback", json={}, headers={"Authorization": "Bearer rt-alice"}).json()["rater"] == "alice"
+    assert c.post("/feedback", json={}, headers={"Authorization": f"Bearer {TOKEN}"}).json()["rater"] == "api-token"
+    for auth in ({}, {"Authorization": "Bearer rt-bob"}):
+        shaped(c.post("/feedback", json={}, headers=auth), 401, "rlhf raters add")
+    # open loopback: no token passes as 'local', a rater's token names them, a wrong one is refused
+    c = guarded(None, raters={"rt-alice": "alice"})
+    assert c.post("/feedback", json={}).json()["rater"] == "local"
+    assert c.post("/feedback", json={}, headers={"Authorization": "Bearer rt-alice"}).json()["rater"] == "alice"
+    shaped(c.post("/feedback", json={}, headers={"Authorization": "Bearer nope"}), 401, "wrong API token")

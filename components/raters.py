@@ -1,0 +1,142 @@
+"""Raters as people: one API token per rater, kept hashed in the project's ``live/raters.json``.
+
+The file maps each rater's name to the SHA-256 of their token (tokens are 32 random bytes, so a plain
+hash is enough; the token itself is shown once by ``rlhf raters add`` and stored nowhere). The service
+looks a presented bearer token up here and records feedback under the rater's name. Revoking a rater
+removes their line; a running service sees the change on its next request (the file is re-read when its
+modification time changes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import secrets
+import tempfile
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+RESERVED = frozenset({"api-token", "local"})
+"""Names the service itself gives: the shared ``RLHF_API_TOKEN`` and an open loopback service."""
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+TOKEN_PREFIX = "rlhf_rt_"
+
+
+@dataclass(frozen=True)
+class Rater:
+    name: str
+    token_sha256: str
+    created_at: str
+
+
+def raters_file(live: Path) -> Path:
+    """Where a project keeps its raters (``live/raters.json``; not DVC-tracked, not for git)."""
+    return live / "raters.json"
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def check_name(name: str) -> str:
+    if not _NAME.fullmatch(name):
+        raise ValueError(
+            f"rater name {name!r} is not allowed: use 1-64 letters, digits, '.', '_', '-' or '@', starting with a "
+            "letter or digit"
+        )
+    if name in RESERVED:
+        raise ValueError(f"rater name {name!r} is reserved for the service itself; pick another name")
+    return name
+
+
+def load_raters(path: Path) -> dict[str, Rater]:
+    """The raters in ``path`` by name (none when the file does not exist)."""
+    if not path.exists():
+        return {}
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return {n: Rater(n, r["token_sha256"], r["created_at"]) for n, r in raw["raters"].items()}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path} is not a raters file ({exc}); fix it or remove it and add the raters again") from exc
+
+
+def _save(path: Path, raters: dict[str, Rater]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"raters": {r.name: {"token_sha256": r.token_sha256, "created_at": r.created_at} for r in raters.values()}}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".raters-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(body, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def add_rater(path: Path, name: str) -> str:
+    """Register ``name`` and return their new token (the only time it exists in clear)."""
+    raters = load_raters(path)
+    if check_name(name) in raters:
+        raise ValueError(f"rater {name!r} already exists: revoke them first to issue a new token")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    raters[name] = Rater(name, token_digest(token), datetime.now(UTC).isoformat(timespec="seconds"))
+    _save(path, raters)
+    log.info("rater %s added to %s", name, path)
+    return token
+
+
+def revoke_rater(path: Path, name: str) -> None:
+    """Remove ``name``: their token stops working at once (feedback they gave stays, under their name)."""
+    raters = load_raters(path)
+    if name not in raters:
+        raise KeyError(f"no rater {name!r} in {path}; `rlhf raters list` shows who there is")
+    del raters[name]
+    _save(path, raters)
+    log.info("rater %s revoked in %s", name, path)
+
+
+class RaterBook:
+    """A service's view of the raters file: re-read when it changes, tokens compared in constant time."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int, int] | None = None
+        self._by_digest: dict[str, str] = {}
+
+    def _current(self) -> dict[str, str]:
+        try:
+            st = self.path.stat()
+            stamp: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            stamp = None
+        with self._lock:
+            if stamp != self._stamp:
+                try:
+                    raters = load_raters(self.path) if stamp else {}
+                except ValueError as exc:
+                    log.error("%s: no rater tokens accepted until it is fixed", exc)
+                    raters = {}
+                self._by_digest = {r.token_sha256: r.name for r in raters.values()}
+                self._stamp = stamp
+            return self._by_digest
+
+    def name_of(self, token: str) -> str | None:
+        """The rater holding ``token``, or None."""
+        digest = token_digest(token)
+        found = None
+        for known, name in self._current().items():
+            if hmac.compare_digest(known, digest):
+                found = name
+        return found
