@@ -704,16 +704,16 @@ def _params_override() -> Path | None:
     return Path(env).resolve() if env else None
 
 
-def _add_guard() -> None:
-    paths = ProjectPaths.discover()
-    cfg = load_serve_config(paths, _params_override())
+def guard_options(paths: ProjectPaths, params: Path | None = None) -> dict[str, Any]:
+    """The guard middleware's settings for a project: body cap, shared token, rater book, open feedback."""
+    cfg = load_serve_config(paths, params)
     raters = RaterBook(raters_file(paths.live))
-    RLHFService.add_asgi_middleware(
-        GuardMiddleware,
-        max_body_bytes=cfg.max_body_bytes,
-        token=_token,
-        rater_of=raters.name_of,
-    )
+    return {
+        "max_body_bytes": cfg.max_body_bytes,
+        "token": _token,
+        "rater_of": raters.name_of,
+        "open_feedback": lambda: cfg.open_feedback,
+    }
 
 
-_add_guard()
+RLHFService.add_asgi_middleware(GuardMiddleware, **guard_options(ProjectPaths.discover(), _params_override()))

@@ -36,6 +36,9 @@ class ServeConfig:
     """Most replies one chat request may ask for (``n``)."""
     max_body_bytes: int = 1_048_576
     """Largest request body in bytes; bigger bodies get 413 before they are parsed."""
+    open_feedback: bool = True
+    """Without ``RLHF_API_TOKEN`` (loopback only), accept feedback without a token, as rater ``local``.
+    false: ``/feedback`` and the review queue need a rater's token (``rlhf raters add``) even on loopback."""
     store_url: str | None = None
     """SQLAlchemy URL of the served-output store; null = SQLite at ``live/served.sqlite``."""
     reload_poll_seconds: float = 5.0

@@ -105,3 +105,26 @@ def test_each_rater_token_names_its_rater_and_the_shared_token_stays_api_token()
     assert c.post("/feedback", json={}).json()["rater"] == "local"
     assert c.post("/feedback", json={}, headers={"Authorization": "Bearer rt-alice"}).json()["rater"] == "alice"
     shaped(c.post("/feedback", json={}, headers={"Authorization": "Bearer nope"}), 401, "wrong API token")
+
+
+def test_open_feedback_false_needs_a_token_even_on_loopback():
+    c = guarded(None, raters={"rt-alice": "alice"}, open_feedback=False)
+    shaped(c.post("/feedback", json={"id": "x"}), 401, "missing API token")
+    shaped(c.get("/feedback/queue"), 401, "missing API token")
+    assert c.post("/feedback", json={}, headers={"Authorization": "Bearer rt-alice"}).json()["rater"] == "alice"
+    assert c.post("/generate", json={"prompt": "hi"}).status_code == 200  # generation stays open
+
+
+def test_the_service_reads_open_feedback_and_the_raters_file_of_its_project(tmp_path, monkeypatch):
+    from components.paths import ProjectPaths
+    from components.raters import add_rater, raters_file
+    from serving.service import guard_options
+    from tests.serving.server import make_project
+
+    monkeypatch.delenv("RLHF_API_TOKEN", raising=False)
+    for open_feedback, status in ((True, 200), (False, 401)):
+        paths = ProjectPaths(make_project(tmp_path / str(open_feedback), open_feedback=open_feedback))
+        c = TestClient(GuardMiddleware(echo, **guard_options(paths)), base_url="http://127.0.0.1:3000")
+        assert c.post("/feedback", json={}).status_code == status
+        token = add_rater(raters_file(paths.live), "erin")  # added while it runs: no restart needed
+        assert c.post("/feedback", json={}, headers={"Authorization": f"Bearer {token}"}).json()["rater"] == "erin"
