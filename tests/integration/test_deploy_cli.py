@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_deploy_on_a_pool_registers_the_scheduled_deployment(prefect_api, tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"flow": {"gpu_pool": "gpu-test"}}))
+    params.write_text(yaml.safe_dump({"flow": {"gpu_pool": "gpu-test"}, "seeding": {"demo_task": True}}))
     result = CliRunner().invoke(
         app, ["deploy", "--cron", "*/30 * * * *", "--pool", "cpu-test", "--params", str(params)]
     )
@@ -42,7 +42,7 @@ def test_deploy_on_a_pool_registers_the_scheduled_deployment(prefect_api, tmp_pa
 
 
 def test_deploy_without_a_server_says_how_to_start_one(tmp_path):
-    (tmp_path / "params.yaml").write_text("flow: {}\n")
+    (tmp_path / "params.yaml").write_text("flow: {}\nseeding: {demo_task: true}\n")
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
     done = subprocess.run(
@@ -64,7 +64,7 @@ def test_deploy_without_a_pool_serves_the_schedule_from_its_own_process(prefect_
 
     from prefect.settings import PREFECT_API_URL
 
-    (tmp_path / "params.yaml").write_text("flow: {}\n")
+    (tmp_path / "params.yaml").write_text("flow: {}\nseeding: {demo_task: true}\n")
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     proc = subprocess.Popen(
         [sys.executable, "-m", "rlhf_cli.main", "deploy", "--cron", "*/30 * * * *", "--params", "params.yaml"],
