@@ -98,6 +98,17 @@ def cli_reference() -> str:
         out += ["", f"## rlhf {name} {{#rlhf-{name}}}", "", f"```\n{usage}\n```", ""]
         out += [inspect.cleandoc(command.help or ""), ""]
         out += _options_table(command.params)
+        if hasattr(command, "list_commands"):  # a command group (typer vendors its own click classes)
+            sub_ctx = click.Context(command, info_name=name, parent=ctx)
+            for sub_name in command.list_commands(sub_ctx):
+                sub = command.get_command(sub_ctx, sub_name)
+                if sub is None or sub.hidden:
+                    continue
+                args = [(p.name or "").upper() for p in sub.params if p.param_type_name == "argument"]
+                usage = " ".join(["rlhf", name, sub_name, "[OPTIONS]", *args])
+                out += ["", f"### rlhf {name} {sub_name}", "", f"```\n{usage}\n```", ""]
+                out += [inspect.cleandoc(sub.help or ""), ""]
+                out += _options_table(sub.params)
     return "\n".join(out)
 
 
