@@ -13,7 +13,7 @@ score(prompt, reply) = 0.75 * sentiment + topic + 0.25 * finished - length_penal
 An empty reply scores ``EMPTY_SCORE``. Ratings 1..5 (for simulated served feedback) bucket the score.
 
 It labels feedback and evaluates policies; the reward model and PPO never call it (the reward model
-learns the preference only from the pairs it labelled). Why it is a fair stand-in: see the README.
+learns the preference only from the pairs it labelled). Why it is a fair stand-in: docs/data.md.
 """
 
 from __future__ import annotations

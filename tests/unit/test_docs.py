@@ -50,7 +50,7 @@ def test_every_source_path_the_docs_name_exists():
 
 
 HISTORY_PAGES = {"benchmarks.md", "measurements.md", "alignment.md"}  # logs of past runs keep the names of their day
-RETIRED = {"data": "validation / seeding", "ppo": "policy"}  # params sections that were split or renamed: old name -> new
+RETIRED = {"data": "validation / seeding", "ppo": "policy"}  # sections split or renamed: old name -> new
 NOT_PARAMS = {"flow.serve", "flow.deploy", "flow.to_deployment", "flow.from_source"}  # Prefect's Flow methods
 
 
