@@ -16,6 +16,17 @@ class GenerateResponse(BaseModel):
     completion_tokens: int
 
 
+class GenerateRequest(BaseModel):
+    """``POST /generate/stream``'s body: the same fields as ``POST /generate``."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str = Field(description="The user's message.")
+    max_new_tokens: int | None = Field(None, ge=1, description="Reply length limit in tokens.")
+    temperature: float = Field(0.7, ge=0.0, le=2.0, description="0 = greedy.")
+    top_p: float = Field(1.0, ge=0.0, le=1.0, description="Nucleus mass; 0 keeps only the top token.")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Same seed, same reply.")
+
+
 class FeedbackResponse(BaseModel):
     accepted: bool
     kind: Literal["rating", "pair"]

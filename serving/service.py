@@ -56,6 +56,7 @@ from serving.schemas import (
     Choice,
     ChoiceMessage,
     FeedbackResponse,
+    GenerateRequest,
     GenerateResponse,
     ModelCard,
     ModelList,
@@ -443,12 +444,19 @@ class RLHFService:
         ctx: bentoml.Context = None,  # type: ignore[assignment]
     ) -> GenerateResponse:
         """One reply to one prompt (it joins the running batch at the next step); the reply is logged first."""
+        job = self._generate_job(prompt, max_new_tokens, temperature, top_p, seed)
+        (out,) = await self._sample([job], ctx.request if ctx is not None else None)
+        return _generated(out)
+
+    def _generate_job(
+        self, prompt: str, max_new_tokens: int | None, temperature: float, top_p: float, seed: int | None
+    ) -> Job:
         self._check_text(prompt, "prompt")
         n_tokens = self.cfg.default_max_new_tokens if max_new_tokens is None else max_new_tokens
         self._check_tokens(n_tokens, "max_new_tokens")
         messages = self._messages([{"role": "user", "content": prompt}])
         arm, loaded = self._arm(messages)
-        job = Job(
+        return Job(
             new_id(),
             self._prompt_ids(loaded, messages, n_tokens),
             prompt,
@@ -458,16 +466,6 @@ class RLHFService:
             None,
             time.perf_counter(),
             arm,
-        )
-        (out,) = await self._sample([job], ctx.request if ctx is not None else None)
-        r = out.result
-        return GenerateResponse(
-            id=out.id,
-            text=r.text,
-            model_version=out.model_version,
-            finish_reason=r.finish_reason,
-            prompt_tokens=r.prompt_tokens,
-            completion_tokens=r.completion_tokens,
         )
 
     @bentoml.api
@@ -560,6 +558,19 @@ class RLHFService:
             ),
         )
 
+    @openai_app.post("/generate/stream", response_class=StreamingResponse)
+    async def generate_stream(self, req: GenerateRequest) -> StreamingResponse:
+        """``/generate`` as server-sent events: ``{"id", "delta"}`` as text is sampled, then ``/generate``'s
+        whole response once the reply is stored, then ``[DONE]``; a client that hangs up cancels the reply."""
+        job = self._generate_job(req.prompt, req.max_new_tokens, req.temperature, req.top_p, req.seed)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[str | None] = asyncio.Queue()
+        (row,) = self._rows([job], lambda _, piece: loop.call_soon_threadsafe(events.put_nowait, piece))
+        row.future.add_done_callback(lambda _: loop.call_soon_threadsafe(events.put_nowait, None))
+        return StreamingResponse(
+            _generate_sse(job, row, events), media_type="text/event-stream", headers={"cache-control": "no-store"}
+        )
+
     def _chat_jobs(self, req: ChatRequest) -> list[Job]:
         cfg = self.cfg
         if len(req.messages) > cfg.max_messages:
@@ -635,6 +646,37 @@ class RLHFService:
 
 def _served(f: Finished) -> Served:
     return Served(f.row.tag.id, f.result, f.model_version)
+
+
+def _generated(out: Served) -> GenerateResponse:
+    r = out.result
+    return GenerateResponse(
+        id=out.id,
+        text=r.text,
+        model_version=out.model_version,
+        finish_reason=r.finish_reason,
+        prompt_tokens=r.prompt_tokens,
+        completion_tokens=r.completion_tokens,
+    )
+
+
+async def _generate_sse(job: Job, row: Row, events: asyncio.Queue[str | None]) -> AsyncIterator[str]:
+    """``/generate/stream``'s events; the final one is ``/generate``'s response, sent after the reply is stored."""
+    try:
+        while (piece := await events.get()) is not None:
+            yield f"data: {json.dumps({'id': job.id, 'delta': piece})}\n\n"
+        error = "the reply was cancelled" if row.future.cancelled() else row.future.exception()
+        if error is not None:
+            status = 503 if isinstance(error, (DeadlineExceeded, str)) else 500
+            log.warning("stream of %s ended without a reply: %s", job.id, error)
+            yield f"data: {json.dumps(error_body(status, f'no reply: {error}; try again'))}\n\n"
+            return
+        yield f"data: {_generated(_served(row.future.result())).model_dump_json()}\n\n"
+        yield "data: [DONE]\n\n"
+    finally:
+        if not row.future.done():
+            log.info("stream client went away: cancelling %s", job.id)
+            row.cancel()
 
 
 async def _sse(

@@ -247,7 +247,7 @@ def test_schemathesis_finds_no_server_errors(served, tmp_path):
     args += ["--phases", "examples,coverage,fuzzing,stateful", "-H", f"Authorization: Bearer {TOKEN}", "--no-color"]
     done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert "Schema Error" not in done.stdout and "Tested: 9" in done.stdout, done.stdout[-3000:]
+    assert "Schema Error" not in done.stdout and "Tested: 10" in done.stdout, done.stdout[-3000:]
 
 
 @pytest.mark.parametrize("path", ["/generate", "/v1/chat/completions", "/feedback"])
@@ -321,6 +321,20 @@ def test_each_rater_has_a_token_that_names_them_until_revoked(api, store, served
     refused = api.post("/feedback", json={"id": gen(api)["id"], "rating": 4}, headers=as_alice)
     assert refused.status_code == 401 and "wrong API token" in refused.json()["error"]["message"]
     assert alice not in served.log.read_text(encoding="utf-8")
+
+
+def test_generate_streams_pieces_that_add_up_to_the_stored_reply(api, store):
+    body = {"prompt": "tell me about returns", "max_new_tokens": 12, "seed": 21}
+    with api.stream("POST", "/generate/stream", json=body) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = [line.removeprefix("data: ") for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    *pieces, final = [json.loads(e) for e in events[:-1]]
+    assert pieces and {p["id"] for p in pieces} == {final["id"]}
+    assert "".join(p["delta"] for p in pieces) == final["text"] == store.get(final["id"]).reply
+    assert gen(api, **body)["text"] == final["text"]  # the same seed, streamed or not
+    bad = api.post("/generate/stream", json={"prompt": "  "})
+    assert bad.status_code == 400 and "prompt is empty" in bad.json()["error"]["message"]
 
 
 def test_unknown_paths_do_not_grow_metrics_and_client_errors_log_no_traceback(api, served):
