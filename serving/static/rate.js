@@ -37,7 +37,7 @@ function detailOf(body) {
 function explain(status, body) {
   const detail = detailOf(body);
   if (status === 401) {
-    return "The service refused the API token (401 Unauthorized). Enter the RLHF_API_TOKEN the service was started with in the API token field, then try again.";
+    return "The service refused the API token (401 Unauthorized). Enter your rater token (from `rlhf raters add`) or the RLHF_API_TOKEN the service was started with in the API token field, then try again.";
   }
   if (status === 404) return `Not found (404): ${detail || "the reply is unknown to the service"}.`;
   if (status === 413) return `Too long (413): ${detail}. Shorten the message.`;
