@@ -312,12 +312,29 @@ def test_bad_inputs_are_clear(tmp_path):
         run(params, tmp_path, scorer=CountScorer("e"))
 
 
+# Two processes: stop after step 1 (the checkpoint keeps one RNG state per rank), keep a copy of it (a finished
+# run clears its checkpoints), then resume to the end and export.
+TWO_PROCESS_DRILL = """
+import shutil, sys
+from pathlib import Path
+from components.ppo.train import run
+root = Path.cwd()
+run(root / "params.yaml", root, stop_after=1)
+if int(__import__("os").environ.get("RANK", "0")) == 0:
+    shutil.copytree(root / "models" / "ppo-checkpoints", root / "kept-checkpoints")
+run(root / "params.yaml", root, resume=True)
+"""
+
+
 def test_two_processes_with_accelerate_launch(tmp_path):
     accelerate = Path(sys.executable).with_name("accelerate")
     if not accelerate.exists():
         pytest.skip("accelerate CLI not installed next to this python")
-    params = project(tmp_path, steps=2, lora=True, lora_r=4, lora_alpha=8, batch_size=4, micro_batch_size=2)
+    params = project(
+        tmp_path, steps=2, save_every=1, lora=True, lora_r=4, lora_alpha=8, batch_size=4, micro_batch_size=2
+    )
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "drill.py").write_text(TWO_PROCESS_DRILL)
     cmd = [
         str(accelerate),
         "launch",
@@ -330,10 +347,7 @@ def test_two_processes_with_accelerate_launch(tmp_path):
         "no",
         "--dynamo_backend",
         "no",
-        "-m",
-        "components.ppo.train",
-        "--params",
-        str(tmp_path / "params.yaml"),
+        str(tmp_path / "drill.py"),
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     if torch.cuda.device_count() < 2:  # two processes on one GPU is refused by NCCL ("Duplicate GPU"): use CPU + gloo
@@ -341,10 +355,11 @@ def test_two_processes_with_accelerate_launch(tmp_path):
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((exported_policy(tmp_path) / "manifest.json").read_text())
-    assert manifest["processes"] == 2
+    assert manifest["processes"] == 2 and manifest["resumed_from_step"] == 1
     rows = [json.loads(x) for x in (tmp_path / "metrics" / "ppo_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
-    ckpt = sorted((tmp_path / "models" / "ppo-checkpoints").glob("step_*"))[-1]
+    assert not list((tmp_path / "models" / "ppo-checkpoints").glob("step_*")), "a finished run clears its checkpoints"
+    ckpt = sorted((tmp_path / "kept-checkpoints").glob("step_*"))[-1]
     assert (ckpt / "rng_rank0.pt").is_file() and (ckpt / "rng_rank1.pt").is_file()
     r0, r1 = (torch.load(ckpt / f"rng_rank{r}.pt", weights_only=False)["torch"] for r in (0, 1))
     assert not torch.equal(r0, r1), "each process must have its own seed"
