@@ -161,6 +161,12 @@ class LLMJudge(Judge):
 
     def preflight(self) -> None:
         """The endpoint accepts connections (any HTTP answer counts), tried with the same retries and backoff."""
+        self._retrying(lambda: self.client.get(self.cfg.base_url.rstrip("/") + "/models"), retry_status=False)
+
+    def _retrying(self, send: Callable[[], Any], *, retry_status: bool) -> Any:
+        """``send()`` with the judge's retries and doubling backoff: transport errors (refused, reset, timed out)
+        and, with ``retry_status``, HTTP 429 / 5xx are tried again; after the last try a :class:`JudgeError`
+        naming the URL."""
         import httpx
 
         delay, last = self.cfg.backoff_s, ""
@@ -169,10 +175,14 @@ class LLMJudge(Judge):
                 time.sleep(delay)
                 delay *= 2
             try:
-                self.client.get(self.cfg.base_url.rstrip("/") + "/models")
-                return
+                r = send()
             except httpx.TransportError as exc:
                 last = f"{type(exc).__name__}: {exc}"
+                continue
+            if retry_status and (r.status_code == 429 or r.status_code >= 500):
+                last = f"HTTP {r.status_code}: {r.text[:200]}"
+                continue
+            return r
         raise JudgeError(
             f"judge endpoint {self.url} unreachable after {self.cfg.retries + 1} tries ({last}); start it or fix "
             "eval.llm_judge.base_url. Nothing was promoted."
@@ -187,36 +197,22 @@ class LLMJudge(Judge):
 
     def _post(self, body: dict[str, Any]) -> str:
         """One completion's text, with retries and backoff; a final failure is a :class:`JudgeError` naming the URL."""
-        import httpx
 
-        delay, last = self.cfg.backoff_s, ""
-        for attempt in range(self.cfg.retries + 1):
-            if attempt:
-                time.sleep(delay)
-                delay *= 2
-            try:
-                with self._count:
-                    self.requests += 1
-                r = self.client.post(self.url, json=body)
-            except httpx.TransportError as exc:  # refused, reset, timed out
-                last = f"{type(exc).__name__}: {exc}"
-                continue
-            if r.status_code == 429 or r.status_code >= 500:
-                last = f"HTTP {r.status_code}: {r.text[:200]}"
-                continue
-            if r.status_code >= 400:
-                raise JudgeError(f"judge endpoint {self.url} refused the request: HTTP {r.status_code}: "
-                                 f"{r.text[:300]} (check eval.llm_judge.model and the API key in "
-                                 f"${self.cfg.api_key_env})")  # fmt: skip
-            try:
-                return str(r.json()["choices"][0]["message"]["content"] or "")
-            except (ValueError, KeyError, IndexError, TypeError) as exc:
-                raise JudgeError(f"judge endpoint {self.url} answered something that is not an OpenAI chat "
-                                 f"completion ({exc!r}): {r.text[:300]}") from exc  # fmt: skip
-        raise JudgeError(
-            f"judge endpoint {self.url} unreachable after {self.cfg.retries + 1} tries ({last}); start it or fix "
-            "eval.llm_judge.base_url. Nothing was promoted."
-        )
+        def send() -> Any:
+            with self._count:
+                self.requests += 1
+            return self.client.post(self.url, json=body)
+
+        r = self._retrying(send, retry_status=True)
+        if r.status_code >= 400:
+            raise JudgeError(f"judge endpoint {self.url} refused the request: HTTP {r.status_code}: "
+                             f"{r.text[:300]} (check eval.llm_judge.model and the API key in "
+                             f"${self.cfg.api_key_env})")  # fmt: skip
+        try:
+            return str(r.json()["choices"][0]["message"]["content"] or "")
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise JudgeError(f"judge endpoint {self.url} answered something that is not an OpenAI chat "
+                             f"completion ({exc!r}): {r.text[:300]}") from exc  # fmt: skip
 
     def ask(self, prompt: Prompt, reply_a: str, reply_b: str) -> tuple[str, str]:
         """The choice (``A`` / ``B``) and the answer for one order; cached."""
