@@ -1,7 +1,10 @@
-"""Gold score against KL for best-of-n and for PPO, the gold win rate against the base, and the reward
-model's normalisation on the policy's own rollouts.
+"""Gold score against KL for best-of-n and for every policy optimiser (PPO, RLOO, GRPO, DPO, online DPO,
+best-of-n distillation), the gold win rate against the base, and the reward model's normalisation on the
+policy's own rollouts.
 
-Usage: python bench/alignment.py [--samples 16] [--k 4] [--ppo default norm_rollouts ...] [--reward-set KEY=VALUE ...]
+Usage: python bench/alignment.py [--samples 16] [--k 4] [--ppo RECIPE ...] [--seeds 0 1 2]
+                                 [--ppo-set KEY=VALUE ...] [--reward-set KEY=VALUE ...]
+       python bench/alignment.py --ppo ppo rloo grpo dpo online_dpo bon_sft --tag algorithms
 
 1. Reward model: trained as the demo trains it (params.yaml ``data`` + ``reward``: the first
    ``seeding.seed_prompts`` train prompts, best vs worst of ``seeding.replies_per_prompt`` base replies, the
@@ -15,10 +18,13 @@ Usage: python bench/alignment.py [--samples 16] [--k 4] [--ppo default norm_roll
 4. Best-of-n with the reward model for n = 1, 2, 4, 8, 16: the unbiased estimate over the 16 samples of the
    gold score, the reward-model score and the win rate against a base sample; KL = log n - (n-1)/n. The same
    with the gold annotator choosing (an upper bound).
-5. PPO: one run per ``--ppo`` variant (params.yaml ``ppo`` with overrides), evaluated every ``--eval-every``
-   steps: ``--k`` samples per held-out prompt, gold and reward-model score, the KL to the base (summed k1
-   log-ratio per reply at the sampling temperature, as the KL controller measures it), and the gold win rate
-   against the base's reference samples (ties half, 95 % interval over prompts).
+5. Policy runs: one per ``--ppo`` recipe (params.yaml ``policy`` with the recipe's overrides, ``algorithm``
+   included) and ``--seeds`` training seed (``policy.seed``), each trained by the product's own
+   ``PolicyTrainer`` and evaluated at ``--eval-steps`` and the last step with the same evaluation seeds:
+   ``--k`` samples per held-out prompt, gold and reward-model score, the KL to the base (summed k1 log-ratio
+   per reply at the sampling temperature, as the KL controller measures it), and the gold win rate against
+   the base's reference samples (ties half, 95 % interval over prompts); the training time per step beside it.
+   Offline DPO trains on the reward model's own pairs (the demo's seed pairs), as the demo's stage would.
 6. Results JSON (``--out``) and a PNG of gold and reward-model score against KL.
 """
 
@@ -56,7 +62,20 @@ from components.reward.trainer import train_reward
 from components.stats import best_of_n_kl, best_of_n_weights
 
 PPO_VARIANTS: dict[str, dict[str, object]] = {
+    # params.yaml's policy section with these overrides; dotted keys reach an algorithm's own section
     "default": {},
+    "ppo": {"algorithm": "ppo"},
+    "rloo": {"algorithm": "rloo"},
+    "rloo_k8": {"algorithm": "rloo", "rloo.k": 8},
+    "rloo_k4_epochs2": {"algorithm": "rloo", "rloo.epochs": 2},
+    "grpo": {"algorithm": "grpo"},
+    "dr_grpo": {"algorithm": "grpo", "grpo.variant": "dr_grpo"},
+    "dpo": {"algorithm": "dpo"},
+    "dpo_steps_48": {"algorithm": "dpo", "steps": 48},
+    "ipo": {"algorithm": "dpo", "dpo.loss": "ipo"},
+    "online_dpo": {"algorithm": "online_dpo"},
+    "bon_sft": {"algorithm": "bon_sft"},
+    "bon_sft_n16": {"algorithm": "bon_sft", "bon_sft.n": 16, "batch_size": 64, "steps": 8},
     "norm_rollouts": {"norm": "rollouts"},
     "steps_32": {"steps": 32},
     "kl_target_8": {"kl_target": 8.0},
@@ -87,6 +106,9 @@ class AdapterOff:
     def __call__(self, **kwargs):
         with self.model.disable_adapter():
             return self.model(**kwargs)
+
+    def __getattr__(self, name: str):  # config, device, ...: the wrapped model's
+        return getattr(self.__dict__["model"], name)
 
 
 def _overrides(items: list[str]) -> dict[str, object]:
@@ -185,22 +207,52 @@ def evaluate_samples(policy, reference, tok, rm_score, prompts, k, refs_gold, *,
     }
 
 
+def nested(overrides: dict[str, object]) -> dict[str, object]:
+    """Dotted keys (``rloo.k``) as nested mappings (``{"rloo": {"k": ...}}``), as params.yaml writes them."""
+    out: dict[str, object] = {}
+    for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            out.setdefault(head, {}).update(nested({rest: value}))  # type: ignore[union-attr]
+        else:
+            out[key] = value
+    return out
+
+
+def merge(base: dict, extra: dict) -> dict:
+    """``base`` updated by ``extra``, nested mappings merged key by key."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def run_ppo(name: str, overrides: dict, args, params_raw: dict, rm: RewardModel, norm: tuple[float, float],
-            heldout: list[str], refs_gold, device: torch.device, base_point: dict) -> dict:  # fmt: skip
-    """Train one PPO variant, evaluating its policy every ``args.eval_every`` steps."""
+            heldout: list[str], refs_gold, device: torch.device, base_point: dict, *, seed: int | None = None,
+            pairs: Path | None = None) -> dict:  # fmt: skip
+    """Train one recipe (any ``policy.algorithm``) with the product's trainer, evaluating its policy at
+    ``args.eval_steps`` and the last step; ``seed`` overrides ``policy.seed``; ``pairs`` is offline DPO's file."""
     overrides = dict(overrides)
     norm_mode = overrides.pop("norm", "model")
-    root = args.cache / f"ppo_{name}"
+    root = args.cache / f"ppo_{name}" if seed is None else args.cache / f"ppo_{name}_seed{seed}"
     shutil.rmtree(root, ignore_errors=True)
     (root / "data" / "prompts").mkdir(parents=True)
     train_prompts = [p["prompt"] for p in load_prompts("train")]
     (root / "data" / "prompts" / "train.jsonl").write_text(
         "".join(json.dumps({"prompt": p}) + "\n" for p in train_prompts)
     )
-    section = {**params_raw.get("policy", {}), **overrides}
+    section = merge(params_raw.get("policy", params_raw.get("ppo", {})), nested(overrides))
+    if seed is not None:
+        section["seed"] = seed
     if device.type == "cuda" and not args.bf16:
         section["bf16"] = False
-    cfg = from_dict(PolicyConfig, section, prefix="ppo.")
+    cfg = from_dict(PolicyConfig, section, prefix="policy.")
+    if cfg.algorithm == "dpo":
+        if pairs is None:
+            raise SystemExit(f"recipe {name!r} is offline DPO and needs the seed pairs file")
+        target = root / cfg.dpo.pairs
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(pairs, target)
     model_cfg = load_section(ModelConfig, "model", params_raw)
     scorer = NormalisedScorer(rm, *norm) if norm_mode == "rollouts" else rm
     t0 = time.perf_counter()
@@ -216,8 +268,8 @@ def run_ppo(name: str, overrides: dict, args, params_raw: dict, rm: RewardModel,
         )  # fmt: skip
         # always report the reward model's score with the stored normalisation too (comparable across variants)
         row["step"] = step
-        log.info("ppo %s step %d: gold %.3f rm %.3f kl %.2f win %.3f", name, step, row["gold"], row["rm_score"],
-                 row["kl"], row["win_rate"]["value"])  # fmt: skip
+        log.info("%s seed %s step %d: gold %.3f rm %.3f kl %.2f win %.3f", name, cfg.seed, step, row["gold"],
+                 row["rm_score"], row["kl"], row["win_rate"]["value"])  # fmt: skip
         return row
 
     # step 0 is the base policy: its point is the base samples' (KL 0), not sampled again
@@ -230,17 +282,46 @@ def run_ppo(name: str, overrides: dict, args, params_raw: dict, rm: RewardModel,
         train_seconds += time.perf_counter() - t1
         checkpoints.append(evaluate(trainer.step))
     final = checkpoints[-1]
+    phases = ("time/step", "time/rollout", "time/forward", "time/score", "time/update")
+    logged = ("step", "objective/score", "objective/kl", "objective/kl_coef")
     return {
+        "algorithm": cfg.algorithm,
+        "seed": cfg.seed,
         "overrides": {**overrides, **({"norm": norm_mode} if norm_mode != "model" else {})},
+        "budget": {
+            "steps": cfg.steps,
+            "batch_size": cfg.batch_size,
+            "samples_per_prompt": cfg.group_size,
+            "replies_sampled": cfg.steps * cfg.batch_size if cfg.algorithm != "dpo" else 0,
+        },
         "rm_normalisation": "rollouts" if norm_mode == "rollouts" else "stored",
         "checkpoints": checkpoints,
         "final": {k: final[k] for k in ("step", "kl", "gold", "rm_score", "win_rate", "eos_fraction", "tokens")},
-        "train_log": [
-            {k: round(float(m[k]), 4) for k in ("step", "objective/score", "objective/kl", "objective/kl_coef")}
-            for m in trainer.metrics
-        ],
+        "train_log": [{k: round(float(m[k]), 4) for k in logged if k in m} for m in trainer.metrics],
+        "seconds_per_step": {
+            p.split("/")[1]: round(float(np.mean([m[p] for m in trainer.metrics])), 2) for p in phases
+        },
         "train_seconds": round(train_seconds, 1),
         "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def summarise(runs: dict[str, dict]) -> dict:
+    """One recipe over its training seeds: mean and spread of the final gold, KL, win rate and time."""
+    finals = [r["final"] for r in runs.values()]
+
+    def stat(values: list[float]) -> dict:
+        return {"mean": round(float(np.mean(values)), 4), "min": round(min(values), 4), "max": round(max(values), 4)}
+
+    return {
+        "seeds": len(finals),
+        "gold": stat([f["gold"] for f in finals]),
+        "kl": stat([f["kl"] for f in finals]),
+        "rm_score": stat([f["rm_score"] for f in finals]),
+        "win_rate": stat([f["win_rate"]["value"] for f in finals]),
+        "win_rate_low": stat([f["win_rate"]["low"] for f in finals]),
+        "seconds_per_step": stat([r["seconds_per_step"]["step"] for r in runs.values()]),
+        "train_seconds": stat([r["train_seconds"] for r in runs.values()]),
     }
 
 
@@ -266,10 +347,15 @@ def plot(report: dict, path: Path, variants: list[str] | None = None) -> None:
                     label="best-of-n, gold annotator picks")  # fmt: skip
         runs = [(n, r) for n, r in report["ppo"].items() if variants is None or n in variants]
         for i, (name, run) in enumerate(runs):
-            pts = run["checkpoints"]
-            ax.plot([p["kl"] for p in pts], [p[key] for p in pts], "^-", color=f"C{i + 1}", label=f"PPO {name} (steps)")
-            for p in pts:
-                ax.annotate(str(p["step"]), (p["kl"], p[key]), textcoords="offset points", xytext=(3, 3), fontsize=7)
+            seeds = run.get("seeds", {"": run})
+            for j, one in enumerate(seeds.values()):
+                pts = one["checkpoints"]
+                label = f"{name} ({len(seeds)} seed{'s' if len(seeds) > 1 else ''}; steps)" if j == 0 else None
+                ax.plot([p["kl"] for p in pts], [p[key] for p in pts], "^-", color=f"C{(i + 1) % 10}", alpha=0.8,
+                        label=label)  # fmt: skip
+                last = pts[-1]
+                ax.annotate(str(last["step"]), (last["kl"], last[key]), textcoords="offset points", xytext=(3, 3),
+                            fontsize=7)  # fmt: skip
         ax.set_xlabel("KL to the base policy (nats per reply)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
@@ -296,15 +382,19 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=16, help="base samples per held-out prompt for best-of-n")
     ap.add_argument("--refs", type=int, default=8, help="base reference samples per held-out prompt (win rate)")
     ap.add_argument("--k", type=int, default=4, help="policy samples per held-out prompt at each PPO evaluation")
-    ap.add_argument("--ppo", nargs="*", default=["default"], help=f"PPO variants, from: {', '.join(PPO_VARIANTS)}")
+    ap.add_argument("--ppo", nargs="*", default=["default"], help=f"policy recipes, from: {', '.join(PPO_VARIANTS)}")
+    ap.add_argument("--seeds", type=int, nargs="*", default=None, help="training seeds per recipe (default: params')")
     ap.add_argument("--eval-steps", type=int, nargs="*", default=[4, 8, 12], help="PPO steps evaluated (and the last)")
-    ap.add_argument("--ppo-set", nargs="*", default=[], help="ppo.KEY=VALUE overrides for every PPO variant")
+    ap.add_argument("--ppo-set", nargs="*", default=[], help="KEY=VALUE policy overrides for every recipe (rloo.k=8)")
     ap.add_argument("--reward-set", nargs="*", default=[], help="seeding./reward. overrides for the reward model")
-    ap.add_argument("--norm-prompts", type=int, default=128, help="train prompts for the normalisation check")
+    ap.add_argument(
+        "--norm-prompts", type=int, default=128, help="train prompts for the normalisation check (0: skip it)"
+    )
     ap.add_argument("--bf16", action="store_true", help="on CUDA keep ppo.bf16 (default: float32, as on CPU)")
     ap.add_argument("--batch", type=int, default=0, help="sampling batch (0: 64 on CPU, 512 on CUDA)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    ap.add_argument("--append", action="store_true", help="keep the runs already in the results JSON, add the rest")
     ap.add_argument("--tag", default="", help="suffix for the results files")
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     ap.add_argument("--replot", type=Path, default=None, help="only redraw the PNG of this results JSON")
@@ -316,6 +406,8 @@ def main() -> None:
     device = setup(args.threads)
     args.batch = args.batch or (512 if device.type == "cuda" else 64)
     unknown = [v for v in args.ppo if v not in PPO_VARIANTS]
+    if not args.norm_prompts and any(PPO_VARIANTS.get(v, {}).get("norm") == "rollouts" for v in args.ppo):
+        raise SystemExit("the norm_rollouts recipe needs the normalisation check: leave --norm-prompts above 0")
     if unknown:
         raise SystemExit(f"unknown PPO variant(s) {unknown}; known: {', '.join(PPO_VARIANTS)}")
     params_raw = yaml.safe_load(args.params.read_text())
@@ -330,14 +422,19 @@ def main() -> None:
     # 1. the demo's reward model
     train_prompts = [p["prompt"] for p in load_prompts("train")]
 
+    # only the prompts the reward model and the normalisation check read are sampled
+    pool_prompts = train_prompts[: max(data_cfg.seed_prompts, args.norm_prompts)]
+
     def make_pool() -> dict:
         replies = sample_replies(
-            base, tok, train_prompts, 6, system=sys_prompt, temperature=data_cfg.temperature,
+            base, tok, pool_prompts, 6, system=sys_prompt, temperature=data_cfg.temperature,
             max_new_tokens=data_cfg.max_new_tokens, seed=data_cfg.seed, batch_size=args.batch,
         )  # fmt: skip
-        return {"prompts": train_prompts, "replies": replies, "temperature": data_cfg.temperature}
+        return {"prompts": pool_prompts, "replies": replies, "temperature": data_cfg.temperature}
 
-    pool = cached(args.cache / f"pool_train_k6_t{data_cfg.temperature}.json", make_pool)
+    whole = args.cache / f"pool_train_k6_t{data_cfg.temperature}.json"  # all train prompts, from earlier runs
+    part = args.cache / f"pool_train{len(pool_prompts)}_k6_t{data_cfg.temperature}.json"
+    pool = cached(whole if whole.is_file() else part, make_pool)
     reward_over = _overrides(args.reward_set)
     rm_folder = args.cache / ("rm_" + ("_".join(f"{k}={v}" for k, v in sorted(reward_over.items())) or "params"))
     rm, rm_metrics = train_demo_reward_model(args.params, reward_over, pool, rm_folder, device)
@@ -368,49 +465,56 @@ def main() -> None:
     rm_scores = [rm_flat[j * args.samples : (j + 1) * args.samples] for j in range(len(heldout))]
 
     # 3. normalisation on the policy's own rollouts (train prompts, PPO temperature) vs the seed replies
-    norm_prompts = train_prompts[: args.norm_prompts]
-    rollouts = cached(
-        args.cache / f"base_train_{args.norm_prompts}_t{t_ppo}_{n_tok}.json",
-        lambda: sample_replies(
-            base,
-            tok,
-            norm_prompts,
-            1,
-            system=sys_prompt,
-            temperature=t_ppo,
-            max_new_tokens=n_tok,
-            seed=60_000,
-            batch_size=args.batch,
-        ),
-    )
-    raw_roll = rm.raw_scores(norm_prompts, [r[0] for r in rollouts])
-    seed_idx = {p: i for i, p in enumerate(pool["prompts"])}
-    seed_replies = [pool["replies"][seed_idx[p]][: data_cfg.replies_per_prompt] for p in norm_prompts]
-    raw_seed = rm.raw_scores(
-        [p for p, rs in zip(norm_prompts, seed_replies) for _ in rs], [r for rs in seed_replies for r in rs]
-    )
-    roll_mean, roll_std = raw_roll.mean().item(), raw_roll.std(unbiased=False).item()
-    normalisation = {
-        "stored": {"mean": round(rm.mean, 4), "std": round(rm.std, 4), "from": "seed pairs' chosen+rejected replies"},
-        "seed_replies_all": {
-            "raw_mean": round(raw_seed.mean().item(), 4),
-            "raw_std": round(raw_seed.std(unbiased=False).item(), 4),
-            "from": f"all {data_cfg.replies_per_prompt} seed replies of {len(norm_prompts)} train prompts, "
-            f"T={data_cfg.temperature}",
-        },
-        "policy_rollouts": {
-            "raw_mean": round(roll_mean, 4),
-            "raw_std": round(roll_std, 4),
-            "normalised_mean": round((roll_mean - rm.mean) / rm.std, 4),
-            "normalised_std": round(roll_std / rm.std, 4),
-            "from": f"base policy (PPO step 0) on {len(norm_prompts)} train prompts, T={t_ppo}, {n_tok} tokens",
-        },
-        "heldout_base_samples_normalised": {
-            "mean": round(float(np.mean(rm_flat)), 4),
-            "std": round(float(np.std(rm_flat)), 4),
-        },
-    }
-    log.info("normalisation: %s", normalisation)
+    roll_mean, roll_std = rm.mean, rm.std
+    normalisation: dict = {"skipped": "--norm-prompts 0"}
+    if args.norm_prompts:
+        norm_prompts = train_prompts[: args.norm_prompts]
+        rollouts = cached(
+            args.cache / f"base_train_{args.norm_prompts}_t{t_ppo}_{n_tok}.json",
+            lambda: sample_replies(
+                base,
+                tok,
+                norm_prompts,
+                1,
+                system=sys_prompt,
+                temperature=t_ppo,
+                max_new_tokens=n_tok,
+                seed=60_000,
+                batch_size=args.batch,
+            ),
+        )
+        raw_roll = rm.raw_scores(norm_prompts, [r[0] for r in rollouts])
+        seed_idx = {p: i for i, p in enumerate(pool["prompts"])}
+        seed_replies = [pool["replies"][seed_idx[p]][: data_cfg.replies_per_prompt] for p in norm_prompts]
+        raw_seed = rm.raw_scores(
+            [p for p, rs in zip(norm_prompts, seed_replies) for _ in rs], [r for rs in seed_replies for r in rs]
+        )
+        roll_mean, roll_std = raw_roll.mean().item(), raw_roll.std(unbiased=False).item()
+        normalisation = {
+            "stored": {
+                "mean": round(rm.mean, 4),
+                "std": round(rm.std, 4),
+                "from": "seed pairs' chosen+rejected replies",
+            },
+            "seed_replies_all": {
+                "raw_mean": round(raw_seed.mean().item(), 4),
+                "raw_std": round(raw_seed.std(unbiased=False).item(), 4),
+                "from": f"all {data_cfg.replies_per_prompt} seed replies of {len(norm_prompts)} train prompts, "
+                f"T={data_cfg.temperature}",
+            },
+            "policy_rollouts": {
+                "raw_mean": round(roll_mean, 4),
+                "raw_std": round(roll_std, 4),
+                "normalised_mean": round((roll_mean - rm.mean) / rm.std, 4),
+                "normalised_std": round(roll_std / rm.std, 4),
+                "from": f"base policy (PPO step 0) on {len(norm_prompts)} train prompts, T={t_ppo}, {n_tok} tokens",
+            },
+            "heldout_base_samples_normalised": {
+                "mean": round(float(np.mean(rm_flat)), 4),
+                "std": round(float(np.std(rm_flat)), 4),
+            },
+        }
+        log.info("normalisation: %s", normalisation)
 
     # 4. best-of-n
     ns = [n for n in (1, 2, 4, 8, 16, 32) if n <= args.samples]
@@ -445,28 +549,39 @@ def main() -> None:
     write_json(out_json, report)
     base.to("cpu")  # PPO loads its own copy
 
-    # 5. PPO
+    # 5. policy runs: every recipe x seed (with --append, the ones already in the results JSON are kept)
+    if args.append and out_json.is_file():
+        report["ppo"] = json.loads(out_json.read_text())["ppo"]
+    seeds = args.seeds if args.seeds else [ppo_cfg.seed]
+    bon = report["best_of_n"]["reward_model"]
     for name in args.ppo:
         overrides = {**_overrides(args.ppo_set), **PPO_VARIANTS[name]}
-        base_point = {"gold": report["base"]["gold"], "rm_score": report["base"]["rm_score"],
-                      "win_rate": report["best_of_n"]["reward_model"][0]["win_rate"]}  # fmt: skip
-        report["ppo"][name] = run_ppo(name, overrides, args, params_raw, rm, (roll_mean, roll_std), heldout,
-                                      refs_gold, device, base_point)  # fmt: skip
-        run = report["ppo"][name]
-        final = run["final"]
-        best = max(run["checkpoints"], key=lambda c: c["gold"])
-        run["against_best_of_n"] = {
-            "bon_gold_at_final_kl": interpolate_bon(report["best_of_n"]["reward_model"], final["kl"]),
-            "best_of_16": next((b for b in report["best_of_n"]["reward_model"] if b["n"] == 16), None),
-            "gold_peak_step": best["step"],
-            "rm_after_gold_peak_rises": any(
-                c["rm_score"] > best["rm_score"] and c["gold"] < best["gold"]
-                for c in run["checkpoints"]
-                if c["step"] > best["step"]
-            ),
-        }
-        write_json(out_json, report)
-        plot(report, out_png, args.plot_variants)
+        entry = report["ppo"].setdefault(name, {"overrides": overrides, "seeds": {}})
+        if "seeds" not in entry:  # a single-run entry of an older results file
+            entry = report["ppo"][name] = {"overrides": entry["overrides"], "seeds": {str(ppo_cfg.seed): entry}}
+        for seed in seeds:
+            if str(seed) in entry["seeds"]:
+                log.info("%s seed %d: kept from %s", name, seed, out_json)
+                continue
+            base_point = {"gold": report["base"]["gold"], "rm_score": report["base"]["rm_score"],
+                          "win_rate": bon[0]["win_rate"]}  # fmt: skip
+            run = run_ppo(name, overrides, args, params_raw, rm, (roll_mean, roll_std), heldout, refs_gold, device,
+                          base_point, seed=seed, pairs=rm_folder / "pairs.parquet")  # fmt: skip
+            final = run["final"]
+            best = max(run["checkpoints"], key=lambda c: c["gold"])
+            run["against_best_of_n"] = {
+                "bon_gold_at_final_kl": interpolate_bon(bon, final["kl"]),
+                "gold_peak_step": best["step"],
+                "rm_after_gold_peak_rises": any(
+                    c["rm_score"] > best["rm_score"] and c["gold"] < best["gold"]
+                    for c in run["checkpoints"]
+                    if c["step"] > best["step"]
+                ),
+            }
+            entry["seeds"][str(seed)] = run
+            entry["summary"] = summarise(entry["seeds"])
+            write_json(out_json, report)
+            plot(report, out_png, args.plot_variants)
     if not args.ppo:
         plot(report, out_png)
     if math.isfinite(report["base"]["gold"]):
