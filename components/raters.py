@@ -5,6 +5,9 @@ hash is enough; the token itself is shown once by ``rlhf raters add`` and stored
 looks a presented bearer token up here and records feedback under the rater's name. Revoking a rater
 removes their line; a running service sees the change on its next request (the file is re-read when its
 modification time changes).
+
+Beside the raters the file may hold one admin token (``rlhf raters admin``, hashed the same way): it opens
+the review queue and the ``/admin`` routes, which rater tokens do not.
 """
 
 from __future__ import annotations
@@ -24,10 +27,17 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-RESERVED = frozenset({"api-token", "local"})
-"""Names the service itself gives: the shared ``RLHF_API_TOKEN`` and an open loopback service."""
+SHARED = "api-token"
+"""Who the service's own ``RLHF_API_TOKEN`` names (the operator's token: it opens every route)."""
+LOCAL = "local"
+"""Who a token-less request names on an open loopback service (``serve.open_feedback: true``)."""
+ADMIN = "admin"
+"""Who the admin token names."""
+RESERVED = frozenset({SHARED, LOCAL, ADMIN})
+"""Names the service itself gives, never a rater's."""
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 TOKEN_PREFIX = "rlhf_rt_"
+ADMIN_TOKEN_PREFIX = "rlhf_at_"
 
 
 @dataclass(frozen=True)
@@ -57,20 +67,36 @@ def check_name(name: str) -> str:
     return name
 
 
-def load_raters(path: Path) -> dict[str, Rater]:
-    """The raters in ``path`` by name (none when the file does not exist)."""
+def _load(path: Path) -> tuple[dict[str, Rater], Rater | None]:
+    """The raters in ``path`` by name and the admin token's record (nothing when the file does not exist)."""
     if not path.exists():
-        return {}
+        return {}, None
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-        return {n: Rater(n, r["token_sha256"], r["created_at"]) for n, r in raw["raters"].items()}
-    except (ValueError, KeyError, TypeError) as exc:
+        raters = {n: Rater(n, r["token_sha256"], r["created_at"]) for n, r in raw["raters"].items()}
+        admin = raw.get("admin")
+        return raters, (Rater(ADMIN, admin["token_sha256"], admin["created_at"]) if admin else None)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"{path} is not a raters file ({exc}); fix it or remove it and add the raters again") from exc
 
 
-def _save(path: Path, raters: dict[str, Rater]) -> None:
+def load_raters(path: Path) -> dict[str, Rater]:
+    """The raters in ``path`` by name (none when the file does not exist)."""
+    return _load(path)[0]
+
+
+def load_admin(path: Path) -> Rater | None:
+    """The admin token's record (its hash and when it was made), or None when there is none."""
+    return _load(path)[1]
+
+
+def _save(path: Path, raters: dict[str, Rater], admin: Rater | None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = {"raters": {r.name: {"token_sha256": r.token_sha256, "created_at": r.created_at} for r in raters.values()}}
+    body: dict = {
+        "raters": {r.name: {"token_sha256": r.token_sha256, "created_at": r.created_at} for r in raters.values()}
+    }
+    if admin is not None:
+        body["admin"] = {"token_sha256": admin.token_sha256, "created_at": admin.created_at}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".raters-", suffix=".json")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -86,24 +112,37 @@ def _save(path: Path, raters: dict[str, Rater]) -> None:
 
 def add_rater(path: Path, name: str) -> str:
     """Register ``name`` and return their new token (the only time it exists in clear)."""
-    raters = load_raters(path)
+    raters, admin = _load(path)
     if check_name(name) in raters:
         raise ValueError(f"rater {name!r} already exists: revoke them first to issue a new token")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    raters[name] = Rater(name, token_digest(token), datetime.now(UTC).isoformat(timespec="seconds"))
-    _save(path, raters)
+    raters[name] = Rater(name, token_digest(token), _stamp())
+    _save(path, raters, admin)
     log.info("rater %s added to %s", name, path)
     return token
 
 
 def revoke_rater(path: Path, name: str) -> None:
     """Remove ``name``: their token stops working at once (feedback they gave stays, under their name)."""
-    raters = load_raters(path)
+    raters, admin = _load(path)
     if name not in raters:
         raise KeyError(f"no rater {name!r} in {path}; `rlhf raters list` shows who there is")
     del raters[name]
-    _save(path, raters)
+    _save(path, raters, admin)
     log.info("rater %s revoked in %s", name, path)
+
+
+def rotate_admin(path: Path) -> str:
+    """Make a new admin token (the old one, if any, stops working at once) and return it, shown this once."""
+    raters, _ = _load(path)
+    token = ADMIN_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    _save(path, raters, Rater(ADMIN, token_digest(token), _stamp()))
+    log.info("admin token (re)made in %s", path)
+    return token
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 class RaterBook:
@@ -124,16 +163,18 @@ class RaterBook:
         with self._lock:
             if stamp != self._stamp:
                 try:
-                    raters = load_raters(self.path) if stamp else {}
+                    raters, admin = _load(self.path) if stamp else ({}, None)
                 except ValueError as exc:
                     log.error("%s: no rater tokens accepted until it is fixed", exc)
-                    raters = {}
+                    raters, admin = {}, None
                 self._by_digest = {r.token_sha256: r.name for r in raters.values()}
+                if admin is not None:
+                    self._by_digest[admin.token_sha256] = ADMIN
                 self._stamp = stamp
             return self._by_digest
 
     def name_of(self, token: str) -> str | None:
-        """The rater holding ``token``, or None."""
+        """The rater holding ``token`` (``admin`` for the admin token), or None."""
         digest = token_digest(token)
         found = None
         for known, name in self._current().items():

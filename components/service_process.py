@@ -30,11 +30,13 @@ class ServiceProcess:
 
     url: str
     token: str
-    """The API token ``/feedback`` and the rater API want (``Authorization: Bearer ...``)."""
+    """The service's own API token (``RLHF_API_TOKEN``: the operator's, opens every route)."""
     pid: int
     """The ``bentoml serve`` process; also its process group."""
     log: str
     """Its output."""
+    rater_token: str = ""
+    """A rater token for simulated users (rater ``SIMULATED_RATER``), made when the service starts."""
 
 
 def free_port() -> int:
@@ -47,6 +49,7 @@ def start_service(root: Path, params: Path, *, port: int | None = None, timeout_
     """Start the service for the project at ``root`` on ``port`` (default: a free one) and wait until ready."""
     port = port or free_port()
     token = secrets.token_urlsafe(24)
+    rater_token = simulated_rater_token(Path(root))
     out_file = Path(root) / "live" / f"serve-{port}.log"
     out_file.parent.mkdir(parents=True, exist_ok=True)
     env = {
@@ -61,7 +64,7 @@ def start_service(root: Path, params: Path, *, port: int | None = None, timeout_
         proc = subprocess.Popen(
             [*cmd, "--port", str(port)], cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
-    service = ServiceProcess(f"http://127.0.0.1:{port}", token, proc.pid, str(out_file))
+    service = ServiceProcess(f"http://127.0.0.1:{port}", token, proc.pid, str(out_file), rater_token)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -73,6 +76,21 @@ def start_service(root: Path, params: Path, *, port: int | None = None, timeout_
         time.sleep(0.5)
     stop_service(service)
     raise RuntimeError(f"bentoml serve was not ready after {timeout_s:.0f} s; see {out_file}")
+
+
+SIMULATED_RATER = "simulated-users"
+"""The rater the demo's simulated users rate as."""
+
+
+def simulated_rater_token(root: Path) -> str:
+    """A fresh rater token for ``SIMULATED_RATER`` in the project's raters file (an earlier one is revoked)."""
+    from components.paths import ProjectPaths
+    from components.raters import add_rater, load_raters, raters_file, revoke_rater
+
+    path = raters_file(ProjectPaths(root).live)
+    if SIMULATED_RATER in load_raters(path):
+        revoke_rater(path, SIMULATED_RATER)
+    return add_rater(path, SIMULATED_RATER)
 
 
 def served_version(url: str) -> str | None:

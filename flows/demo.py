@@ -24,7 +24,8 @@ from flows.retrain import retrain
 
 @task(name="start-service", cache_policy=NO_CACHE)
 def start_service(root: str, params: str, port: int | None = None) -> dict[str, Any]:
-    """``bentoml serve`` of the project's champion on a loopback port with a fresh API token; ready when done."""
+    """``bentoml serve`` of the project's champion on a loopback port with a fresh API token and a rater token for
+    the simulated users; ready when done."""
     from components.service_process import start_service as start
 
     return asdict(start(Path(root), Path(params), port=port))
@@ -75,10 +76,10 @@ def demo(
     service = start_service(project, params, port)
     try:
         first_served = served_version(service["url"])
-        traffic = simulated_users(project, service["url"], service["token"], users, clients, max_tokens)
+        traffic = simulated_users(project, service["url"], service["rater_token"], users, clients, max_tokens)
         rounds.append(retrain(project=project, params=params, label="round 2", service_url=service["url"]))
         served_after = served_version(service["url"])
     finally:
         stop_service(service)
-    public = {k: v for k, v in service.items() if k != "token"}
+    public = {k: v for k, v in service.items() if k not in ("token", "rater_token")}
     return {"rounds": rounds, "traffic": traffic, "service": public | {"first": first_served, "last": served_after}}

@@ -12,6 +12,11 @@
   (allowed on a loopback address only) and ``serve.open_feedback`` on, a request without a token passes
   as rater ``local``. The middleware names the rater for the service: it replaces any client-sent
   ``x-rlhf-rater`` header with the name the token gives.
+- **Admin routes**: the review queue (``/feedback/queue``, other people's conversations) and ``/admin`` need
+  the admin token (``rlhf raters admin``) or ``RLHF_API_TOKEN``; a rater's token there is a 403.
+- **Rate limits**: each rater token gets ``serve.rate_limit_per_minute`` requests a minute (bursts of
+  ``rate_limit_burst``) on every route; past that a 429 with ``Retry-After`` (:mod:`serving.ratelimit`).
+  The admin token and ``RLHF_API_TOKEN`` are the operator's and not limited.
 - **JSON only**: a body sent with POST/PUT/PATCH must be ``application/json`` (or ``+json``); anything else
   (``text/plain``, forms, ``multipart/form-data``, no type) is a 415 before any parser sees it.
 - **Body cap**: a request body over ``max_body_bytes`` is a 413, whether announced by ``Content-Length``
@@ -32,8 +37,14 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
 
+from components.raters import ADMIN, LOCAL, SHARED
+from serving.ratelimit import RateLimiter, retry_after
+
 EXEMPT = ("/readyz", "/healthz", "/livez", "/metrics")
 PROTECTED = ("/feedback", "/admin")
+ADMIN_ONLY = ("/feedback/queue", "/admin")
+OPERATORS = (ADMIN, SHARED)
+"""Who may use the admin routes (and is not rate limited)."""
 RATER_HEADER = b"x-rlhf-rater"
 """Set by the middleware (never trusted from the client): who sent this feedback."""
 
@@ -65,8 +76,8 @@ def _hostname(authority: str) -> str:
     return urlsplit("//" + authority).hostname or ""
 
 
-def _protected(path: str) -> bool:
-    return any(path == p or path.startswith(p + "/") for p in PROTECTED)
+def _under(path: str, prefixes: tuple[str, ...]) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in prefixes)
 
 
 def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
@@ -196,18 +207,20 @@ class GuardMiddleware:
         max_body_bytes: int,
         token: Callable[[], str | None],
         rater_of: Callable[[str], str | None] = lambda _: None,
-        open_feedback: Callable[[], bool] = lambda: True,
+        open_feedback: Callable[[], bool] = lambda: False,
+        limiter: RateLimiter | None = None,
     ):
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.token = token
         self.rater_of = rater_of
         self.open_feedback = open_feedback
+        self.limiter = limiter
 
     def _who(self, presented: str, expected: str | None) -> str | None:
-        """The rater a bearer token names: ``api-token`` for the shared token, else a rater's own name."""
+        """Who a bearer token names: ``api-token`` for the shared token, ``admin``, else a rater's own name."""
         if expected and token_ok(presented, expected):
-            return "api-token"
+            return SHARED
         return self.rater_of(presented) if presented else None
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -225,7 +238,7 @@ class GuardMiddleware:
         presented = presented.strip() if scheme.lower() == "bearer" else ""
         who = self._who(presented, expected) if presented else None
         is_open = not expected and self.open_feedback()
-        if _protected(scope["path"]) and who is None and (auth or not is_open):
+        if _under(scope["path"], PROTECTED) and who is None and (auth or not is_open):
             why = "missing" if not auth else "wrong"
             await _reply(
                 send,
@@ -235,7 +248,26 @@ class GuardMiddleware:
                 [(b"www-authenticate", b"Bearer")],
             )
             return
-        rater = (who or ("api-token" if expected else "local")).encode()
+        if _under(scope["path"], ADMIN_ONLY) and who is not None and who not in OPERATORS:
+            await _reply(
+                send,
+                403,
+                f"rater {who!r} may not use {scope['path']}: it needs the admin token (`rlhf raters admin`) or the "
+                "service's RLHF_API_TOKEN",
+            )
+            return
+        if who is not None and who not in OPERATORS and self.limiter is not None:
+            wait = self.limiter.take(who)
+            if wait > 0:
+                await _reply(
+                    send,
+                    429,
+                    f"rater {who!r} sent too many requests (serve.rate_limit_per_minute): retry after "
+                    f"{retry_after(wait)} s",
+                    [(b"retry-after", retry_after(wait).encode())],
+                )
+                return
+        rater = (who or (SHARED if expected else LOCAL)).encode()
         scope = {
             **scope,
             "headers": [(k, v) for k, v in scope.get("headers", []) if k.lower() != RATER_HEADER]

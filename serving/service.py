@@ -49,6 +49,7 @@ from components.served_store import (
 )
 from serving import model_source
 from serving.middleware import RATER_HEADER, ClientErrorLogFilter, GuardMiddleware, error_body, is_loopback
+from serving.ratelimit import RateLimiter
 from serving.scheduler import DeadlineExceeded, Engine, Finished, QueueFull, Row
 from serving.schemas import (
     ChatRequest,
@@ -617,7 +618,7 @@ class RLHFService:
         limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
         offset: Annotated[int, Query(ge=0, le=10**9, description="Items to skip.")] = 0,
     ) -> QueuePage:
-        """Served outputs without a rating, oldest first (bearer token, like /feedback; never cached)."""
+        """Served outputs without a rating, oldest first (the admin token or RLHF_API_TOKEN; never cached)."""
         response.headers["cache-control"] = "no-store"
         items, total = self.store.unrated(limit=limit, offset=offset)
         return QueuePage(
@@ -747,7 +748,8 @@ def _params_override() -> Path | None:
 
 
 def guard_options(paths: ProjectPaths, params: Path | None = None) -> dict[str, Any]:
-    """The guard middleware's settings for a project: body cap, shared token, rater book, open feedback."""
+    """The guard middleware's settings for a project: body cap, shared token, rater book, open feedback, rate
+    limits."""
     cfg = load_serve_config(paths, params)
     raters = RaterBook(raters_file(paths.live))
     return {
@@ -755,6 +757,7 @@ def guard_options(paths: ProjectPaths, params: Path | None = None) -> dict[str, 
         "token": _token,
         "rater_of": raters.name_of,
         "open_feedback": lambda: cfg.open_feedback,
+        "limiter": RateLimiter(cfg.rate_limit_per_minute, cfg.rate_limit_burst),
     }
 
 

@@ -36,9 +36,15 @@ class ServeConfig:
     """Most replies one chat request may ask for (``n``)."""
     max_body_bytes: int = 1_048_576
     """Largest request body in bytes; bigger bodies get 413 before they are parsed."""
-    open_feedback: bool = True
-    """Without ``RLHF_API_TOKEN`` (loopback only), accept feedback without a token, as rater ``local``.
-    false: ``/feedback`` and the review queue need a rater's token (``rlhf raters add``) even on loopback."""
+    open_feedback: bool = False
+    """false (the default): ``/feedback`` needs a rater's token (``rlhf raters add``) and the review queue the
+    admin token (``rlhf raters admin``), even on loopback. true, and only without ``RLHF_API_TOKEN`` (loopback
+    only): both accept requests without a token, as rater ``local``."""
+    rate_limit_per_minute: int = 120
+    """Requests a minute each rater token may send, on any route (0 = no limit); more get 429 with
+    ``Retry-After``. The admin token and ``RLHF_API_TOKEN`` are not limited."""
+    rate_limit_burst: int = 30
+    """Requests a rater token may send at once before the per-minute rate applies (the bucket's size)."""
     store_url: str | None = None
     """SQLAlchemy URL of the served-output store; null = SQLite at ``live/served.sqlite``."""
     reload_poll_seconds: float = 5.0
@@ -64,6 +70,8 @@ class ServeConfig:
             raise ValueError("canary_share must be from 0 to 1 (a share of conversations)")
         if self.canary_share > 0 and not self.canary_version:
             raise ValueError("canary_share > 0 needs canary_version (a registered model version)")
+        if self.rate_limit_per_minute < 0 or self.rate_limit_burst < 1:
+            raise ValueError("rate_limit_per_minute must be >= 0 (0 = no limit) and rate_limit_burst >= 1")
         if self.deadline_s <= 0:
             raise ValueError("deadline_s must be positive (seconds)")
         if self.max_new_tokens_limit < 1 or not 1 <= self.default_max_new_tokens <= self.max_new_tokens_limit:

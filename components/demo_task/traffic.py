@@ -3,7 +3,8 @@
 Each simulated user takes a prompt, asks the service for two replies (through the OpenAI-compatible
 ``/v1/chat/completions`` with ``n=2`` for even-numbered prompts, through two ``/generate`` calls for odd ones),
 and the gold annotator plays the rater: a 1..5 rating of each reply and, when their gold scores differ by at
-least ``min_gap``, a pairwise choice of the better one, all sent through ``POST /feedback`` with the API token.
+least ``min_gap``, a pairwise choice of the better one, all sent through ``POST /feedback`` with their rater
+token. A 429 (the token's rate limit) is waited out as its ``Retry-After`` says.
 Nothing here touches the store directly: everything the next round learns went through HTTP.
 """
 
@@ -41,10 +42,20 @@ class TrafficResult:
     seconds: float = 0.0
 
 
+def _post(client: httpx.Client, path: str, body: dict, tries: int = 20) -> httpx.Response:
+    """POST ``body``; a 429 is retried after its ``Retry-After`` (up to ``tries`` times); other errors raise."""
+    for attempt in range(tries):
+        r = client.post(path, json=body)
+        if r.status_code != 429 or attempt == tries - 1:
+            break
+        time.sleep(float(r.headers.get("retry-after", "1")))
+    r.raise_for_status()
+    return r
+
+
 def _chat(client: httpx.Client, prompt: str, max_tokens: int, seed: int) -> list[tuple[str, str, str]]:
     body = {"messages": [{"role": "user", "content": prompt}], "n": 2, "max_tokens": max_tokens, "seed": seed}
-    r = client.post("/v1/chat/completions", json=body)
-    r.raise_for_status()
+    r = _post(client, "/v1/chat/completions", body)
     data = r.json()
     return [(c["id"], c["message"]["content"], data["model_version"]) for c in data["choices"]]
 
@@ -53,8 +64,7 @@ def _generate(client: httpx.Client, prompt: str, max_tokens: int, seed: int) -> 
     out = []
     for k in range(2):
         body = {"prompt": prompt, "max_new_tokens": max_tokens, "temperature": 1.0, "seed": seed + k}
-        r = client.post("/generate", json=body)
-        r.raise_for_status()
+        r = _post(client, "/generate", body)
         d = r.json()
         out.append((d["id"], d["text"], d["model_version"]))
     return out
@@ -69,14 +79,12 @@ def _user(base_url: str, token: str | None, prompt: str, i: int, max_tokens: int
         scores = [gold.score(prompt, text) for _, text, _ in replies]
         ratings = pairs = 0
         for sid, text, _ in replies:
-            r = client.post("/feedback", json={"id": sid, "rating": gold.rating(prompt, text)})
-            r.raise_for_status()
+            _post(client, "/feedback", {"id": sid, "rating": gold.rating(prompt, text)})
             ratings += 1
         (a, _, _), (b, _, _) = replies[0], replies[1]
         if abs(scores[0] - scores[1]) >= min_gap and a != b:
             chosen, rejected = (a, b) if scores[0] > scores[1] else (b, a)
-            r = client.post("/feedback", json={"chosen_id": chosen, "rejected_id": rejected})
-            r.raise_for_status()
+            _post(client, "/feedback", {"chosen_id": chosen, "rejected_id": rejected})
             pairs += 1
     return {
         "endpoint": endpoint,

@@ -298,7 +298,7 @@ def test_one_judgement_per_output_and_rater_who_is_named_by_the_server(api, stor
     assert [(r["rating"], r["annotator"]) for r in store.ratings_of(out["id"])] == [(5, "api-token")]
 
 
-def test_each_rater_has_a_token_that_names_them_until_revoked(api, store, served):
+def test_each_rater_has_a_token_that_names_them_until_revoked_and_the_queue_is_the_admins(api, store, served):
     from typer.testing import CliRunner
 
     from rlhf_cli.main import app
@@ -314,7 +314,9 @@ def test_each_rater_has_a_token_that_names_them_until_revoked(api, store, served
     as_alice = {"Authorization": f"Bearer {alice}"}
     assert api.post("/feedback", json={"id": out["id"], "rating": 4}, headers=as_alice).status_code == 200
     assert api.post("/feedback", json={"id": out["id"], "rating": 2}, headers=AUTH).status_code == 200
-    assert api.get("/feedback/queue", headers=as_alice).status_code == 200
+    assert api.get("/feedback/queue", headers=as_alice).status_code == 403  # the queue is the admin's
+    admin = cli("admin").strip().splitlines()[-1]
+    assert api.get("/feedback/queue", headers={"Authorization": f"Bearer {admin}"}).status_code == 200
     ratings = sorted((r["annotator"], r["rating"]) for r in store.ratings_of(out["id"]))
     assert ratings == [("alice", 4), ("api-token", 2)]
     cli("revoke", "alice")

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from components.raters import RaterBook, add_rater, load_raters, raters_file, revoke_rater
+from components.raters import (
+    RaterBook,
+    add_rater,
+    load_admin,
+    load_raters,
+    raters_file,
+    revoke_rater,
+    rotate_admin,
+)
 
 
 def test_add_stores_only_a_hash_and_the_book_follows_revocations(tmp_path):
@@ -20,7 +28,7 @@ def test_add_stores_only_a_hash_and_the_book_follows_revocations(tmp_path):
     assert sorted(load_raters(path)) == ["bob@example.org"]
 
 
-@pytest.mark.parametrize("name", ["api-token", "local", "", "a b", "-x", "x" * 65])
+@pytest.mark.parametrize("name", ["api-token", "local", "admin", "", "a b", "-x", "x" * 65])
 def test_reserved_and_odd_names_are_refused(tmp_path, name):
     with pytest.raises(ValueError, match="rater name"):
         add_rater(raters_file(tmp_path), name)
@@ -37,3 +45,16 @@ def test_duplicates_unknown_names_and_a_broken_file_say_what_to_do(tmp_path):
     with pytest.raises(ValueError, match="not a raters file"):
         load_raters(path)
     assert RaterBook(path).name_of("x") is None  # a broken file accepts no rater token (and says so in the log)
+
+
+def test_the_admin_token_is_stored_hashed_beside_the_raters_and_rotates(tmp_path):
+    path = raters_file(tmp_path / "live")
+    book = RaterBook(path)
+    alice = add_rater(path, "alice")
+    first = rotate_admin(path)
+    assert first.startswith("rlhf_at_") and first not in path.read_text() and load_admin(path) is not None
+    assert (book.name_of(first), book.name_of(alice)) == ("admin", "alice")
+    second = rotate_admin(path)  # rotating: the old admin token stops working, raters keep theirs
+    assert (book.name_of(first), book.name_of(second), book.name_of(alice)) == (None, "admin", "alice")
+    revoke_rater(path, "alice")  # revoking a rater keeps the admin token
+    assert book.name_of(second) == "admin" and sorted(load_raters(path)) == []

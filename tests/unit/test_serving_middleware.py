@@ -8,6 +8,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from serving.middleware import GuardMiddleware, openai_error
+from serving.ratelimit import RateLimiter
 
 TOKEN = "t0k"
 
@@ -31,7 +32,9 @@ async def echo(scope, receive, send):
 
 
 def client(token: str | None) -> TestClient:
-    return TestClient(GuardMiddleware(echo, max_body_bytes=1000, token=lambda: token), base_url="http://127.0.0.1:3000")
+    """An open loopback service (``open_feedback`` on) without a token, or a guarded one with ``token``."""
+    app = GuardMiddleware(echo, max_body_bytes=1000, token=lambda: token, open_feedback=lambda: True)
+    return TestClient(app, base_url="http://127.0.0.1:3000")
 
 
 def shaped(r, status: int, says: str) -> None:
@@ -83,13 +86,20 @@ def test_errors_of_every_shape_leave_in_openai_shape():
     assert json.loads(openai_error(503, b""))["error"]["message"] == "Service Unavailable"
 
 
-def guarded(token: str | None, *, raters: dict[str, str] | None = None, open_feedback: bool = True) -> TestClient:
+def guarded(
+    token: str | None,
+    *,
+    raters: dict[str, str] | None = None,
+    open_feedback: bool = True,
+    limiter: RateLimiter | None = None,
+) -> TestClient:
     app = GuardMiddleware(
         echo,
         max_body_bytes=1000,
         token=lambda: token,
         rater_of=lambda t: (raters or {}).get(t),
         open_feedback=lambda: open_feedback,
+        limiter=limiter,
     )
     return TestClient(app, base_url="http://127.0.0.1:3000")
 
@@ -122,9 +132,42 @@ def test_the_service_reads_open_feedback_and_the_raters_file_of_its_project(tmp_
     from tests.serving.server import make_project
 
     monkeypatch.delenv("RLHF_API_TOKEN", raising=False)
-    for open_feedback, status in ((True, 200), (False, 401)):
-        paths = ProjectPaths(make_project(tmp_path / str(open_feedback), open_feedback=open_feedback))
+    for open_feedback, status in ((True, 200), (None, 401)):  # None: the repository's params.yaml says
+        serve = {} if open_feedback is None else {"open_feedback": open_feedback}
+        paths = ProjectPaths(make_project(tmp_path / str(open_feedback), **serve))
         c = TestClient(GuardMiddleware(echo, **guard_options(paths)), base_url="http://127.0.0.1:3000")
         assert c.post("/feedback", json={}).status_code == status
         token = add_rater(raters_file(paths.live), "erin")  # added while it runs: no restart needed
         assert c.post("/feedback", json={}, headers={"Authorization": f"Bearer {token}"}).json()["rater"] == "erin"
+
+
+def test_the_queue_and_admin_routes_need_the_admin_token_or_the_service_token():
+    c = guarded(TOKEN, raters={"rt-alice": "alice", "at-1": "admin"})
+    for path in ("/feedback/queue", "/admin/reload"):
+        shaped(c.get(path, headers={"Authorization": "Bearer rt-alice"}), 403, "admin token")
+        shaped(c.get(path), 401, "missing API token")
+        assert c.get(path, headers={"Authorization": "Bearer at-1"}).json()["rater"] == "admin"
+        assert c.get(path, headers={"Authorization": f"Bearer {TOKEN}"}).json()["rater"] == "api-token"
+    assert c.post("/feedback", json={}, headers={"Authorization": "Bearer rt-alice"}).json()["rater"] == "alice"
+    # the service's default: no open loopback, so the queue needs the admin token there too
+    c = guarded(None, raters={"rt-alice": "alice", "at-1": "admin"}, open_feedback=False)
+    shaped(c.get("/feedback/queue", headers={"Authorization": "Bearer rt-alice"}), 403, "rlhf raters admin")
+    assert c.get("/feedback/queue", headers={"Authorization": "Bearer at-1"}).status_code == 200
+
+
+def test_each_rater_token_has_its_own_rate_limit_answered_with_429_and_retry_after():
+    now = [100.0]
+    limiter = RateLimiter(per_minute=30, burst=2, clock=lambda: now[0])  # one request back every 2 s
+    c = guarded(TOKEN, raters={"rt-alice": "alice", "rt-bob": "bob", "at-1": "admin"}, limiter=limiter)
+    alice, bob = ({"Authorization": f"Bearer {t}"} for t in ("rt-alice", "rt-bob"))
+    assert [c.post("/feedback", json={}, headers=alice).status_code for _ in range(2)] == [200, 200]
+    r = c.post("/generate", json={"prompt": "hi"}, headers=alice)  # every route counts
+    shaped(r, 429, "too many requests")
+    assert r.headers["retry-after"] == "2" and r.json()["error"]["type"] == "rate_limit_error"
+    assert c.post("/feedback", json={}, headers=bob).status_code == 200  # bob has a bucket of his own
+    for auth in ({"Authorization": "Bearer at-1"}, {"Authorization": f"Bearer {TOKEN}"}):  # operators: no limit
+        assert all(c.post("/feedback", json={}, headers=auth).status_code == 200 for _ in range(5))
+    now[0] += 1.0
+    assert c.post("/feedback", json={}, headers=alice).status_code == 429
+    now[0] += 1.0
+    assert c.post("/feedback", json={}, headers=alice).status_code == 200

@@ -1,0 +1,28 @@
+"""Token buckets per rater: a burst, then one request per 60/per_minute seconds, waits rounded up."""
+
+from __future__ import annotations
+
+import pytest
+
+from serving.ratelimit import RateLimiter, retry_after
+
+
+def test_a_bucket_gives_its_burst_then_refills_at_the_rate():
+    now = [0.0]
+    limiter = RateLimiter(per_minute=12, burst=3, clock=lambda: now[0])  # 0.2 requests a second
+    assert [limiter.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.take("a") == pytest.approx(5.0)  # empty: 1 / 0.2 s until one request is back
+    now[0] = 2.5  # half a request refilled
+    assert limiter.take("a") == pytest.approx(2.5)
+    now[0] = 5.0
+    assert limiter.take("a") == 0.0 and limiter.take("b") == 0.0  # keys do not share a bucket
+    now[0] = 1000.0  # a long pause refills to the burst, never beyond
+    assert [limiter.take("a") == 0.0 for _ in range(4)] == [True, True, True, False]
+
+
+def test_zero_switches_limiting_off_and_bad_settings_are_refused():
+    limiter = RateLimiter(per_minute=0, burst=1)
+    assert all(limiter.take("a") == 0.0 for _ in range(100))
+    with pytest.raises(ValueError, match="burst"):
+        RateLimiter(per_minute=10, burst=0)
+    assert (retry_after(0.01), retry_after(2.0), retry_after(2.1)) == ("1", "2", "3")
