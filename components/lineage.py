@@ -44,12 +44,18 @@ def code_revision(root: Path) -> str | None:
     return head + ("-dirty" if dirty else "")
 
 
+def _log_entries(root: Path) -> list[dict]:
+    log_file = Path(root) / "metrics" / "data_versions.jsonl"
+    if not log_file.is_file():
+        return []
+    return [json.loads(line) for line in log_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def data_history(root: Path, until: str | None) -> list[dict]:
     """The ingests (``metrics/data_versions.jsonl``) that built data version ``until``, oldest first."""
-    log_file = Path(root) / "metrics" / "data_versions.jsonl"
-    if until is None or not log_file.is_file():
+    if until is None:
         return []
-    entries = [json.loads(line) for line in log_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    entries = _log_entries(root)
     by_version = {e["version"]: e for e in entries}
     chain, seen, current = [], set(), until
     while current and current in by_version and current not in seen:
@@ -87,7 +93,19 @@ def feedback_summary(root: Path, version: str | None) -> dict[str, Any]:
             if col in frame:
                 ids += [str(v) for v in frame[col].dropna().tolist()]
     out["served_ids"] = {"count": len(ids), "examples": ids[:5]}
+    from components.feedback.agreement import rater_summary
+
+    out["raters"] = rater_summary(paths)
     return out
+
+
+def forgotten_raters(root: Path, version: str | None) -> list[dict[str, Any]]:
+    """Every ``rlhf forget --rater`` of the project, each saying whether data version ``version`` (a model's)
+    came after it (trained without that rater's feedback) or before (it still holds their rows)."""
+    from components.feedback.forget import forgotten
+
+    after = {e["version"] for e in data_history(root, version)}
+    return [f | {"in_this_data_version": f["version"] not in after} for f in forgotten(_log_entries(root))]
 
 
 def audit_trail(paths: Any, version: str | None = None) -> dict[str, Any]:
@@ -128,6 +146,7 @@ def audit_trail(paths: Any, version: str | None = None) -> dict[str, Any]:
         "data_version": dv,
         "data_history": data_history(paths.root, dv),
         "feedback": feedback_summary(paths.root, dv),
+        "forgotten_raters": forgotten_raters(paths.root, dv),
         "prompt_pool": prompt_pool_summary(paths.root, dv),
         "code_revision": facts.get("code_revision"),
         "params": _flat_params(facts.get("params") or {}),

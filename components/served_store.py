@@ -360,6 +360,17 @@ class ServedStore:
         with self.engine.connect() as conn:
             return conn.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
 
+    def forget_annotator(self, annotator: str) -> dict[str, int]:
+        """Delete every rating and pairwise choice ``annotator`` gave (the served outputs stay); returns the
+        rows deleted by kind."""
+        with self._locked(), self._begin() as conn:
+            gone = {
+                RATINGS: conn.execute(ratings.delete().where(ratings.c.annotator == annotator)).rowcount,
+                PAIRS: conn.execute(pairs.delete().where(pairs.c.annotator == annotator)).rowcount,
+            }
+        log.info("store: forgot %s (%s)", annotator, gone)
+        return {k: int(v or 0) for k, v in gone.items()}
+
     # -- export ---------------------------------------------------------------------------------
 
     def advance_watermark(self, marks: dict[str, int]) -> None:

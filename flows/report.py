@@ -50,6 +50,8 @@ def metric_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
         ("rows quarantined", val.get("quarantined")),
         ("data version", summary.get("data_version")),
         ("prompt pool: train / held-out (served)", _pool(summary.get("prompts") or {})),
+        ("raters (ratings / pairs each)", _raters(summary.get("raters") or {})),
+        ("rater agreement: ratings alpha (replies) / choices (pairs)", _agreement(summary.get("raters") or {})),
         ("training stages run", ", ".join((summary.get("training") or {}).get("ran", [])) or "none (up to date)"),
         ("reward model held-out accuracy", reward.get("accuracy")),
         ("candidate", summary.get("candidate")),
@@ -68,6 +70,20 @@ def _pool(pool: dict[str, Any]) -> str | None:
     if "train" not in pool:
         return None
     return f"{pool['train']} / {pool['heldout']} ({(pool.get('by_source') or {}).get('served', 0)} served)"
+
+
+def _raters(raters: dict[str, Any]) -> str | None:
+    by_rater = raters.get("by_rater") or {}
+    return ", ".join(f"{n} {c['ratings']} / {c['pairs']}" for n, c in by_rater.items()) or None
+
+
+def _agreement(raters: dict[str, Any]) -> str | None:
+    if not raters:
+        return None
+    return (
+        f"{_fmt(raters.get('ratings_alpha'))} ({raters.get('replies_rated_more_than_once', 0)}) / "
+        f"{_fmt(raters.get('choice_agreement'))} ({raters.get('pairs_judged_more_than_once', 0)})"
+    )
 
 
 def _pair(a: Any, b: Any) -> str | None:

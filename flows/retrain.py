@@ -44,6 +44,9 @@ class RetrainSummary:
     """The prompt pool this round trains and evaluates on (``data/prompts/pool.json``: train, held-out, by source,
     e.g. ``served`` for prompts users sent)."""
     seeded: dict[str, Any] = field(default_factory=dict)
+    raters: dict[str, Any] = field(default_factory=dict)
+    """Who gave the feedback of this data version (ratings / pairs per rater) and how far raters agree where they
+    judged the same reply or pair (``components.feedback.agreement.rater_summary``)."""
     training: dict[str, Any] = field(default_factory=dict)
     """Where training ran, the DVC stages that ran, and those skipped as up to date."""
     reward: dict[str, Any] = field(default_factory=dict)
@@ -129,6 +132,14 @@ def validate_and_version(root: str, params: str, exported: dict[str, Any]) -> di
     return asdict(
         stages.ingest_served_feedback(_params(params).validation, _paths(root), exported=served, progress=progress)
     )
+
+
+@task(name="rater-agreement", cache_policy=NO_CACHE)
+def rater_agreement(root: str) -> dict[str, Any]:
+    """Ratings and pairs per rater in the data version, and how far raters agree where they judged the same."""
+    from components import stages
+
+    return stages.rater_summary(_paths(root))
 
 
 @task(name="champion-pointer", cache_policy=NO_CACHE)
@@ -336,6 +347,7 @@ def retrain(
     summary.validation = _add_counts(summary.validation, _counts(ingested))
     summary.data_version = ingested["version"]
     summary.prompts = _read_json(paths.prompts / "pool.json")
+    summary.raters = rater_agreement(root)
     summary.previous_data_version = (summary.seeded or ingested)["previous_version"]
 
     # 2. train: reward model then PPO (from the champion, policy.init_from), in-process or on the GPU work pool

@@ -435,6 +435,10 @@ def _audit_text(t: dict) -> str:
         )
     lines.append(f"  data version: {t['data_version']}")
     for ingest in t["data_history"]:
+        if ingest.get("kind") == "forget":
+            removed = ", ".join(f"{k} {n}" for k, n in (ingest.get("removed") or {}).items() if n)
+            lines.append(f"    {ingest['version']}: {ingest['origin']} ({removed or 'nothing'}) at {ingest['time']}")
+            continue
         lines.append(
             f"    {ingest['version']}: +{ingest['accepted']} {ingest['kind']} rows from {ingest['origin']} "
             f"({ingest['quarantined']} quarantined) at {ingest['time']}"
@@ -449,6 +453,7 @@ def _audit_text(t: dict) -> str:
         lines.append(f"  served-output ids: {served['count']} (e.g. {', '.join(served['examples'])})")
     else:
         lines.append("  served-output ids: none (no served feedback in this data version)")
+    lines += _raters_text(fb.get("raters") or {}, t.get("forgotten_raters") or [])
     pool = t.get("prompt_pool") or {}
     if "train" in pool:
         sources = ", ".join(f"{s}: {n}" for s, n in (pool.get("by_source") or {}).items())
@@ -475,6 +480,30 @@ def _audit_text(t: dict) -> str:
     else:
         lines.append("  gate: none (the base model, or not decided yet)")
     return "\n".join(lines)
+
+
+def _raters_text(raters: dict, forgotten: list[dict]) -> list[str]:
+    lines = []
+    by_rater = raters.get("by_rater") or {}
+    if by_rater:
+        counts = ", ".join(f"{n}: {c['ratings']} ratings / {c['pairs']} pairs" for n, c in by_rater.items())
+        lines.append(f"  raters: {counts}")
+        alpha, agree = raters.get("ratings_alpha"), raters.get("choice_agreement")
+        lines.append(
+            "  rater agreement: Krippendorff's alpha "
+            + ("n/a" if alpha is None else f"{alpha:.3f}")
+            + f" on {raters.get('replies_rated_more_than_once', 0)} replies rated more than once; choices agree "
+            + ("n/a" if agree is None else f"{agree:.1%}")
+            + f" on {raters.get('pairs_judged_more_than_once', 0)} pairs judged more than once"
+        )
+    for f in forgotten:
+        where = (
+            "this model's data version still holds their rows (retrain to drop them)"
+            if f["in_this_data_version"]
+            else "this model's data version is without them"
+        )
+        lines.append(f"  forgotten rater {f['rater']} at data version {f['version']}: {where}; {f['note']}")
+    return lines
 
 
 @app.command()

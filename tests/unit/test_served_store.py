@@ -152,3 +152,14 @@ def test_export_without_advance_repeats_until_the_watermark_moves(store, tmp_pat
     assert export_feedback(store, tmp_path / "h3").ratings == 0
     store.advance_watermark({RATINGS: 0})  # never moves backwards
     assert store.watermark()[RATINGS] == held.watermark[RATINGS]
+
+
+def test_forgetting_a_rater_deletes_their_judgements_only(store):
+    store.log_outputs([out("a", reply="one"), out("b", reply="two")])
+    for who in ("alice", "bob"):
+        store.record_rating("a", 4, annotator=who)
+        store.record_pair("a", "b", annotator=who)
+    assert store.forget_annotator("alice") == {RATINGS: 1, PAIRS: 1}
+    assert [r["annotator"] for r in store.ratings_of("a")] == ["bob"]
+    assert [p["annotator"] for p in store.all_pairs()] == ["bob"]
+    assert store.counts()["served"] == 2 and store.forget_annotator("alice") == {RATINGS: 0, PAIRS: 0}
