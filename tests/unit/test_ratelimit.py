@@ -26,3 +26,21 @@ def test_zero_switches_limiting_off_and_bad_settings_are_refused():
     with pytest.raises(ValueError, match="burst"):
         RateLimiter(per_minute=10, burst=0)
     assert (retry_after(0.01), retry_after(2.0), retry_after(2.1)) == ("1", "2", "3")
+
+
+def test_the_simulated_users_wait_out_a_429():
+    import httpx
+
+    from components.demo_task.traffic import _post
+
+    answers = iter([429, 429, 200])
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        status = next(answers)
+        return httpx.Response(status, headers={"retry-after": "0"}, json={"accepted": status == 200})
+
+    with httpx.Client(transport=httpx.MockTransport(handler), base_url="http://svc") as client:
+        assert _post(client, "/feedback", {"id": "x", "rating": 3}).json() == {"accepted": True}
+    assert seen == ["/feedback"] * 3

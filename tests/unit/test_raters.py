@@ -58,3 +58,13 @@ def test_the_admin_token_is_stored_hashed_beside_the_raters_and_rotates(tmp_path
     assert (book.name_of(first), book.name_of(second), book.name_of(alice)) == (None, "admin", "alice")
     revoke_rater(path, "alice")  # revoking a rater keeps the admin token
     assert book.name_of(second) == "admin" and sorted(load_raters(path)) == []
+
+
+def test_the_demo_gives_its_simulated_users_a_fresh_rater_token(tmp_path):
+    from components.service_process import SIMULATED_RATER, simulated_rater_token
+
+    book = RaterBook(raters_file(tmp_path / "live"))
+    first = simulated_rater_token(tmp_path)
+    assert book.name_of(first) == SIMULATED_RATER
+    second = simulated_rater_token(tmp_path)  # a new demo run: the earlier token is revoked
+    assert (book.name_of(first), book.name_of(second)) == (None, SIMULATED_RATER)
