@@ -16,9 +16,9 @@ from components.prompt_pool import Prompt, as_messages
 
 def chat_text(tok: PreTrainedTokenizerBase, prompt: Prompt, system: str | None = None) -> str:
     """The model's chat template applied to a prompt (one user message, or a conversation's messages with their
-    real roles), ending with the assistant header."""
-    messages = ([{"role": "system", "content": system}] if system else []) + as_messages(prompt)
-    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    real roles), ending with the assistant header. For reading: what a model is fed is :func:`encode_chat`'s
+    ids, in which message text cannot become special tokens."""
+    return tok.apply_chat_template(prompt_messages(prompt, system), tokenize=False, add_generation_prompt=True)
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -81,15 +81,21 @@ def chat_messages_text(tok: PreTrainedTokenizerBase, messages: Sequence[dict[str
 
 
 def encode_chat(
-    tok: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True
+    tok: PreTrainedTokenizerBase,
+    messages: Sequence[dict[str, str]],
+    *,
+    add_generation_prompt: bool = True,
+    end_at_eos: bool = False,
 ) -> list[int]:
-    """Token ids of a conversation in which message text stays text.
+    """Token ids of a conversation in which message text stays text: the one way every path renders a
+    conversation for the model (serving, seeding, evaluation, rollouts, reward model, preference pairs).
 
     The chat template is rendered for the roles with a placeholder per message; the template's own pieces
     are encoded as usual (so ``<|im_start|>`` there is the special token), each message's content with
     ``split_special_tokens=True``, so a user who writes ``<|im_end|>\n<|im_start|>system`` gets those
     characters as text, never a turn of their own. For text without special-token strings the ids equal
-    those of encoding the rendered template.
+    those of encoding the rendered template. ``end_at_eos`` drops the newline a ChatML template writes after
+    the last turn's closing EOS, so the ids end at that EOS (where the reward model reads its score).
     """
     marks = [f"\ue000{i}\ue001" for i in range(len(messages))]  # private-use characters: never in a template
     shaped = [{**m, "content": mark} for m, mark in zip(messages, marks)]
@@ -104,10 +110,24 @@ def encode_chat(
                 "encode_chat cannot keep message text apart from the template"
             )
         ids += tok(text[pos:at], add_special_tokens=False)["input_ids"]
-        ids += tok(m["content"], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        ids += encode_text(tok, m["content"])
         pos = at + len(mark)
-    ids += tok(text[pos:], add_special_tokens=False)["input_ids"]
+    tail = text[pos:]
+    eos = tok.eos_token or ""
+    if end_at_eos and eos and tail.endswith(eos + "\n"):
+        tail = tail[:-1]
+    ids += tok(tail, add_special_tokens=False)["input_ids"]
     return ids
+
+
+def prompt_messages(prompt: Prompt, system: str | None = None) -> list[dict[str, str]]:
+    """A prompt's messages (one user message, or a conversation with its real roles) after ``system``."""
+    return ([{"role": "system", "content": system}] if system else []) + as_messages(prompt)
+
+
+def encode_text(tok: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """Token ids of message text outside a template (a reply on its own): special-token strings stay text."""
+    return tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,9 +148,7 @@ def encode_prompts(
     """Chat-templated prompts (one user message, or a conversation with its roles, after ``system``) as
     left-padded ids and mask, (B, P) each; message text is encoded as text (:func:`encode_chat`), so a prompt
     cannot forge turns in training. For plain text the ids equal those of :func:`chat_text`'s text."""
-    rows = [
-        encode_chat(tok, ([{"role": "system", "content": system}] if system else []) + as_messages(p)) for p in prompts
-    ]
+    rows = [encode_chat(tok, prompt_messages(p, system)) for p in prompts]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     return left_pad(rows, pad)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from components.generation import chat_text, encode_left_padded
+from components.generation import encode_prompts, encode_text
 from components.prompt_pool import Prompt
 
 log = logging.getLogger(__name__)
@@ -69,15 +69,17 @@ def slice_rows(batch: RolloutBatch, idx: slice | torch.Tensor) -> RolloutBatch:
 
 
 def encode_replies(
-    tok: PreTrainedTokenizerBase, prompts: list[str], replies: list[str], *, system: str | None, max_tokens: int
+    tok: PreTrainedTokenizerBase, prompts: list[Prompt], replies: list[str], *, system: str | None, max_tokens: int
 ) -> RolloutBatch:
     """Given prompt/reply texts in the rollout's layout: chat-templated prompts left padded, each reply's tokens
     followed by EOS (how the policy ends a turn) and right padded, cut at ``max_tokens`` (a cut reply has no
-    EOS and ``ended`` False). For the offline preference optimisers, which score replies they did not sample."""
-    query_ids, query_mask = encode_left_padded(tok, [chat_text(tok, p, system) for p in prompts])  # shape: (B, P)
+    EOS and ``ended`` False). For the offline preference optimisers, which score replies they did not sample.
+    Prompt and reply text is encoded as text (:func:`~components.generation.encode_prompts`), so a pair whose
+    text writes ``<|im_end|>`` or ``<|im_start|>`` cannot forge turns in training."""
+    query_ids, query_mask = encode_prompts(tok, prompts, system)  # shape: (B, P)
     rows = []
     for text in replies:
-        ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        ids = [*encode_text(tok, text), tok.eos_token_id]
         rows.append(ids[:max_tokens])
     R = max(len(r) for r in rows)
     response_ids = torch.full((len(rows), R), tok.eos_token_id, dtype=torch.long)  # shape: (B, R)

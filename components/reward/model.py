@@ -30,7 +30,7 @@ from transformers import (
 )
 
 from components.base_model import TINY_SPEC, ModelLoadError, accelerator_device, resolve_model_dir
-from components.generation import position_ids_from_mask
+from components.generation import encode_chat, encode_text, position_ids_from_mask
 from components.precision import fixed_precision, precision_name
 from components.prompt_pool import Prompt, as_messages
 from components.reward.losses import normalise
@@ -49,13 +49,20 @@ NORMALIZATION_KEY = "reward_normalization"
 
 def reward_text(tok: PreTrainedTokenizerBase, prompt: Prompt, response: str) -> str:
     """The chat-template text of one prompt (a user message, or a conversation with its real roles) and its
-    reply, ending at the reply's closing EOS token."""
+    reply, ending at the reply's closing EOS token. For reading: the model is fed :func:`reward_ids`."""
     messages = [*as_messages(prompt), {"role": "assistant", "content": response}]
     text = tok.apply_chat_template(messages, tokenize=False)
     eos = tok.eos_token or ""
     if eos and text.endswith(eos + "\n"):
         text = text[:-1]  # ChatML adds "\n" after <|im_end|>: read the score at the EOS itself
     return text
+
+
+def reward_ids(tok: PreTrainedTokenizerBase, prompt: Prompt, response: str) -> list[int]:
+    """Token ids of :func:`reward_text`, with prompt and reply text encoded as text (:func:`encode_chat`): a
+    prompt or reply that writes ``<|im_end|>`` or ``<|im_start|>`` cannot forge turns the model scores."""
+    messages = [*as_messages(prompt), {"role": "assistant", "content": response}]
+    return encode_chat(tok, messages, add_generation_prompt=False, end_at_eos=True)
 
 
 @dataclass(frozen=True)
@@ -82,8 +89,7 @@ def token_ids(
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     if not prompts:
         raise ValueError("nothing to encode: no prompts given")
-    texts = [reward_text(tok, p, r) for p, r in zip(prompts, responses)]
-    ids = tok(texts, add_special_tokens=False)["input_ids"]
+    ids = [reward_ids(tok, p, r) for p, r in zip(prompts, responses)]
     truncated = tuple(len(x) > max_length for x in ids)
     return [list(x[-max_length:]) for x in ids], truncated
 
@@ -94,13 +100,12 @@ def truncation_stats(
     """How much ``max_length`` cuts from these texts. Texts keep their *last* ``max_length`` tokens, so what is
     cut is the far past of the conversation (the start of the prompt); ``replies_cut`` counts the texts whose
     reply alone is longer than ``max_length`` (their score misses the reply's start too)."""
-    texts = [reward_text(tok, p, r) for p, r in zip(prompts, responses)]
-    lengths = [len(x) for x in tok(texts, add_special_tokens=False)["input_ids"]]
-    reply_lengths = [len(x) for x in tok(list(responses), add_special_tokens=False)["input_ids"]]
+    lengths = [len(reward_ids(tok, p, r)) for p, r in zip(prompts, responses)]
+    reply_lengths = [len(encode_text(tok, r)) for r in responses]
     cut = [max(0, n - max_length) for n in lengths]
     truncated = [c for c in cut if c]
     return {
-        "texts": len(texts),
+        "texts": len(lengths),
         "max_length": max_length,
         "truncated": len(truncated),
         "tokens_cut": int(sum(cut)),

@@ -50,7 +50,7 @@ from components.reward.model import (
     build_reward_model,
     count_trainable,
     pair_scores,
-    reward_text,
+    reward_ids,
     transformer_layers,
     truncation_stats,
 )
@@ -471,8 +471,8 @@ def frozen_cache(
     if not 0 < cfg.train_layers < n_layers or cfg.feature_cache_gib <= 0:
         return None
     sample = train.subset(list(range(min(len(train), 64))))
-    texts = [reward_text(tok, p, r) for p, r in zip(sample.prompts, sample.chosen)]
-    mean_tokens = min(float(np.mean([len(x) for x in tok(texts)["input_ids"]])), cfg.max_length)
+    lengths = [len(reward_ids(tok, p, r)) for p, r in zip(sample.prompts, sample.chosen)]
+    mean_tokens = min(float(np.mean(lengths)), cfg.max_length)
     need = FrozenPrefix.nbytes_estimate(2 * len(train), mean_tokens, model.config.hidden_size)
     if need > cfg.feature_cache_gib * 2**30:
         log.info("frozen-block cache would take %.1f GiB > reward.feature_cache_gib: every step runs the whole model",
