@@ -7,6 +7,11 @@ this process (no worker needed); with workers, ``register_on_pool`` registers a 
 ``prefect worker start --pool NAME`` process picks up. Work-pool deployments name their flow by module path
 (``flows.retrain.retrain``), so a worker needs this package installed, not a copy of the source tree.
 
+One deployment per project: the ``retrain`` deployment is named after the project folder (``flow.deployment``
+or ``rlhf deploy --name`` to choose another, :func:`~components.config.flow.retrain_deployment_name`), so two
+projects on one Prefect server each keep their own schedule; registering a name another project's deployment
+already has is refused rather than overwriting it.
+
 One run at a time: every ``retrain`` deployment carries a deployment concurrency limit of 1 with the collision
 strategy ``CANCEL_NEW`` (:data:`ONE_RUN_AT_A_TIME`): a run that comes due while another run of the deployment
 (one project) is still running is skipped -- Prefect records it as Cancelled ("Deployment concurrency limit
@@ -36,7 +41,8 @@ from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLi
 from prefect.deployments.runner import EntrypointType
 from prefect.runner import Runner
 
-RETRAIN_DEPLOYMENT = "scheduled"
+from components.config.flow import retrain_deployment_name
+
 DEFAULT_SERVER = "http://127.0.0.1:4200/api"
 ONE_RUN_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
 """The deployment's rule: at most one run at a time; a run due while one runs is cancelled (skipped), not queued."""
@@ -111,20 +117,63 @@ def ensure_pool(pool: str, kind: str = "process") -> None:
             client.create_work_pool(WorkPoolCreate(name=pool, type=kind))
 
 
-def register_on_pool(project: Path, cron: str, pool: str) -> Registered:
-    """Register ``retrain/scheduled`` on ``pool`` with ``cron``; a worker on that pool runs it."""
+class DeploymentTaken(RuntimeError):
+    """A deployment of that name already runs another project."""
+
+
+def refuse_other_project(flow_name: str, name: str, project: Path) -> None:
+    """Raise :class:`DeploymentTaken` when ``<flow_name>/<name>`` exists for a project other than ``project``
+    (re-registering one's own deployment, e.g. with a new cron, is fine)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            existing = client.read_deployment_by_name(f"{flow_name}/{name}")
+        except ObjectNotFound:
+            return
+    _check_owner((existing.parameters or {}).get("project"), flow_name, name, project)
+
+
+async def _arefuse_other_project(flow_name: str, name: str, project: Path) -> None:
+    """:func:`refuse_other_project` inside an event loop (the served schedule's), with the async client."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    async with get_client() as client:
+        try:
+            existing = await client.read_deployment_by_name(f"{flow_name}/{name}")
+        except ObjectNotFound:
+            return
+    _check_owner((existing.parameters or {}).get("project"), flow_name, name, project)
+
+
+def _check_owner(other: str | None, flow_name: str, name: str, project: Path) -> None:
+    if other is not None and other != str(project):
+        raise DeploymentTaken(
+            f"deployment {flow_name}/{name} already schedules project {other}; registering it for {project} would "
+            f"replace that project's schedule. Choose another name: rlhf deploy --name NAME, or flow.deployment in "
+            f"{project / 'params.yaml'}"
+        )
+
+
+def register_on_pool(project: Path, cron: str, pool: str, name: str | None = None) -> Registered:
+    """Register ``retrain/<name>`` (default: named after the project folder) on ``pool`` with ``cron``; a worker
+    on that pool runs it. Refuses a name another project's deployment has (:class:`DeploymentTaken`)."""
     from flows.retrain import retrain
 
+    name = retrain_deployment_name(project, name)
+    refuse_other_project(retrain.name, name, project)
     ensure_pool(pool)
     retrain.to_deployment(
-        RETRAIN_DEPLOYMENT,
+        name,
         cron=cron,
         work_pool_name=pool,
         parameters={"project": str(project)},
         concurrency_limit=ONE_RUN_AT_A_TIME,
         entrypoint_type=EntrypointType.MODULE_PATH,
     ).apply()
-    return Registered(f"retrain/{RETRAIN_DEPLOYMENT}", pool, _workers(pool))
+    return Registered(f"{retrain.name}/{name}", pool, _workers(pool))
 
 
 def register_training(pool: str, deployment: str) -> Registered:
@@ -136,22 +185,30 @@ def register_training(pool: str, deployment: str) -> Registered:
     return Registered(f"rlhf-train/{deployment}", pool, _workers(pool))
 
 
-def serve_schedule(project: Path, cron: str, flow: Flow | None = None) -> None:
-    """Run the schedule in this process (one machine, no worker) under :data:`ONE_RUN_AT_A_TIME`; blocks until
-    SIGINT or SIGTERM, then cancels a run in flight and returns. ``flow`` defaults to ``retrain``."""
+def serve_schedule(project: Path, cron: str, flow: Flow | None = None, name: str | None = None) -> None:
+    """Run the schedule of deployment ``<flow>/<name>`` (default: named after the project folder) in this process
+    (one machine, no worker) under :data:`ONE_RUN_AT_A_TIME`; blocks until SIGINT or SIGTERM, then cancels a run
+    in flight and returns. ``flow`` defaults to ``retrain``. Refuses a name another project's deployment has."""
     from flows.retrain import retrain
 
     flow = flow or retrain
-    runner = _Runner(name=RETRAIN_DEPLOYMENT, pause_on_shutdown=True)
+    name = retrain_deployment_name(project, name)
+    runner = _Runner(name=name, pause_on_shutdown=True)
     runner.add_flow(
         flow,
-        name=RETRAIN_DEPLOYMENT,
+        name=name,
         cron=cron,
         parameters={"project": str(project)},
         concurrency_limit=ONE_RUN_AT_A_TIME,
     )
+
+    async def checked_start() -> None:
+        # the name check runs in the runner's event loop, with the async client
+        await _arefuse_other_project(flow.name, name, project)
+        await runner.start()
+
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(runner.start())
+        asyncio.run(checked_start())
 
 
 class _Runner(Runner):

@@ -114,9 +114,14 @@ def deploy(
         bool, typer.Option("--start-server", help="Start a local `prefect server start` when PREFECT_API_URL is unset.")
     ] = False,
     port: Annotated[int, typer.Option(help="Port of the local Prefect server that --start-server starts.")] = 4200,
+    name: Annotated[
+        str | None,
+        typer.Option(help="Deployment name (retrain/NAME); default: flow.deployment, else the project folder's name."),
+    ] = None,
     params: ParamsOpt = None,
 ) -> None:
-    """Register the scheduled retraining deployment (a schedule needs a Prefect server, not the ephemeral API)."""
+    """Register the project's scheduled retraining deployment (a schedule needs a Prefect server, not the
+    ephemeral API). Each project has its own deployment, named after its folder unless named otherwise."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from components.config.flow import load_flow_config
@@ -126,6 +131,12 @@ def deploy(
     params = _params_file(console, params)
     project = params.parent
     cfg = load_flow_config(params)
+    from components.config.flow import retrain_deployment_name, valid_deployment_name
+
+    if name is not None and not valid_deployment_name(name):
+        console.print(f"[red]--name {name!r}[/]: use letters, digits, '.', '_' and '-'.")
+        raise typer.Exit(code=2)
+    name = retrain_deployment_name(project, name or cfg.deployment)
     url = d.api_url()
     if not url:
         if not start_server:
@@ -155,19 +166,27 @@ def deploy(
                 console.print(f"  start a GPU worker: prefect worker start --pool {train.pool}")
         watch = (
             f"Watch it: prefect deployment ls; prefect flow-run ls --flow-name retrain; UI {url.removesuffix('/api')}\n"
-            f"Run it now: prefect deployment run retrain/{d.RETRAIN_DEPLOYMENT}"
+            f"Run it now: prefect deployment run retrain/{name}"
         )
         if pool:
-            reg = d.register_on_pool(project, cron, pool)
+            try:
+                reg = d.register_on_pool(project, cron, pool, name)
+            except d.DeploymentTaken as exc:
+                console.print(f"[red]{exc}[/]")
+                raise typer.Exit(code=2) from exc
             polling = f"{reg.workers} workers polling"
             console.print(f'registered {reg.name} on work pool {reg.pool}, cron "{cron}" ({polling})')
             if not reg.workers:
                 console.print(f"  nothing runs until a worker polls it: prefect worker start --pool {reg.pool}")
             console.print(watch)
             return
-        console.print(f'serving retrain/{d.RETRAIN_DEPLOYMENT} on cron "{cron}" from this process (Ctrl-C stops).')
+        console.print(f'serving retrain/{name} on cron "{cron}" from this process (Ctrl-C stops).')
         console.print(watch)
-        d.serve_schedule(project, cron)
+        try:
+            d.serve_schedule(project, cron, name=name)
+        except d.DeploymentTaken as exc:
+            console.print(f"[red]{exc}[/]")
+            raise typer.Exit(code=2) from exc
 
 
 def demo(

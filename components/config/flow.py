@@ -7,6 +7,7 @@ reads this section, so changing it never invalidates a trained model.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -15,6 +16,23 @@ from components.config import load_section
 GPU_POOL_ENV = "RLHF_GPU_POOL"
 SERVICE_URL_ENV = "RLHF_SERVICE_URL"
 PPO_PROCESSES_ENV = "RLHF_PPO_PROCESSES"
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def valid_deployment_name(name: str) -> bool:
+    """Whether ``name`` is a deployment name this project uses (a subset of what Prefect accepts: no ``/``)."""
+    return _NAME.fullmatch(name) is not None
+
+
+def retrain_deployment_name(project: Path, configured: str | None = None) -> str:
+    """The ``retrain`` deployment's name for ``project``: ``configured`` when set, else the project folder's
+    name with characters outside ``[A-Za-z0-9._-]`` replaced by ``-``."""
+    if configured:
+        return configured
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(project).resolve().name).strip("-._")
+    return name or "project"
 
 
 @dataclass(frozen=True)
@@ -37,6 +55,11 @@ class FlowConfig:
     A failing gate is a decision, never retried."""
     retry_delay_s: float = 5.0
     """Seconds between retries."""
+    deployment: str | None = None
+    """Name of the scheduled ``retrain`` deployment (its full name is ``retrain/<name>``); null names it after
+    the project folder. Each project has its own deployment, so projects sharing one Prefect server never
+    overwrite each other's schedule, and the one-run-at-a-time limit holds per project. ``rlhf deploy --name``
+    overrides it."""
     service_url: str | None = None
     """Base URL of the running service to tell about a new champion (``$RLHF_SERVICE_URL`` overrides); the
     service also polls the registry, so a missed call only delays the switch."""
@@ -46,6 +69,11 @@ class FlowConfig:
             raise ValueError(f"ppo_processes must be >= 1, got {self.ppo_processes}")
         if self.retries < 0:
             raise ValueError(f"retries must be >= 0, got {self.retries}")
+        if self.deployment is not None and not valid_deployment_name(self.deployment):
+            raise ValueError(
+                f"deployment {self.deployment!r} is not a Prefect deployment name: use letters, digits, '.', '_' "
+                "and '-' (or null to name it after the project folder)"
+            )
         if self.train_timeout_s <= 0:
             raise ValueError(f"train_timeout_s must be > 0, got {self.train_timeout_s}")
 

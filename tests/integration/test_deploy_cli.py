@@ -26,10 +26,11 @@ def test_deploy_on_a_pool_registers_the_scheduled_deployment(prefect_api, tmp_pa
         app, ["deploy", "--cron", "*/30 * * * *", "--pool", "cpu-test", "--params", str(params)]
     )
     assert result.exit_code == 0, result.output
-    assert "registered retrain/scheduled on work pool cpu-test" in result.output
+    name = tmp_path.name  # the deployment is named after the project folder
+    assert f"registered retrain/{name} on work pool cpu-test" in result.output
     assert "prefect worker start --pool cpu-test" in result.output  # no worker polls it yet
     with get_client(sync_client=True) as client:
-        dep = client.read_deployment_by_name("retrain/scheduled")
+        dep = client.read_deployment_by_name(f"retrain/{name}")
         assert dep.work_pool_name == "cpu-test"
         assert [s.schedule.cron for s in dep.schedules] == ["*/30 * * * *"]
         assert dep.parameters == {"project": str(tmp_path)}
@@ -39,6 +40,27 @@ def test_deploy_on_a_pool_registers_the_scheduled_deployment(prefect_api, tmp_pa
         train = client.read_deployment_by_name("rlhf-train/gpu")  # flow.gpu_pool: the training deployment too
         assert train.work_pool_name == "gpu-test"
         assert client.read_work_pool("cpu-test").type == "process"
+
+
+def test_two_projects_on_one_server_keep_their_own_deployments(prefect_api, tmp_path):
+    def deploy(project: Path, *extra: str):
+        project.mkdir(parents=True, exist_ok=True)
+        (project / "params.yaml").write_text("flow: {}\nseeding: {demo_task: true}\n")
+        args = ["deploy", "--cron", "0 3 * * *", "--pool", "cpu-test", "--params", str(project / "params.yaml")]
+        return CliRunner().invoke(app, [*args, *extra])
+
+    shop, other_shop = tmp_path / "shop", tmp_path / "elsewhere" / "shop"
+    assert deploy(shop).exit_code == 0
+    assert deploy(shop).exit_code == 0  # re-registering one's own deployment (e.g. a new cron) is fine
+    refused = deploy(other_shop)  # another project, same folder name: refused, nothing replaced
+    assert refused.exit_code == 2 and f"already schedules project {shop}" in refused.output
+    assert "--name" in refused.output
+    assert deploy(other_shop, "--name", "shop-2").exit_code == 0
+    with get_client(sync_client=True) as client:
+        deps = [client.read_deployment_by_name(f"retrain/{n}") for n in ["shop", "shop-2"]]
+    assert [d.parameters for d in deps] == [{"project": str(shop)}, {"project": str(other_shop)}]
+    assert [d.global_concurrency_limit.limit for d in deps] == [1, 1]  # one run at a time, per project
+    assert deps[0].global_concurrency_limit.name != deps[1].global_concurrency_limit.name
 
 
 def test_deploy_without_a_server_says_how_to_start_one(tmp_path):
@@ -84,7 +106,7 @@ def test_deploy_without_a_pool_serves_the_schedule_from_its_own_process(prefect_
                 break
             time.sleep(1)
         assert dep is not None, proc.stdout.read().decode() if proc.poll() is not None else "not registered in 120 s"
-        assert dep.name == "scheduled" and dep.work_pool_name is None  # served by the deploy process itself
+        assert dep.name == tmp_path.name and dep.work_pool_name is None  # served by the deploy process itself
         assert [s.schedule.cron for s in dep.schedules] == ["*/30 * * * *"]
         assert dep.concurrency_options.collision_strategy == ConcurrencyLimitStrategy.CANCEL_NEW
         assert proc.poll() is None  # still serving

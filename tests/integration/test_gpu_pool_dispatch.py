@@ -64,12 +64,12 @@ def test_training_runs_on_the_pool_worker(prefect_api, tmp_path, monkeypatch):
     monkeypatch.delenv("RLHF_GPU_POOL", raising=False)
     monkeypatch.setenv("RLHF_HOME", str(tmp_path / "home"))
     register_training(POOL, "dispatch")
-    register_on_pool(root, "0 3 * * *", POOL)  # what `rlhf deploy --pool` registers
+    scheduled = register_on_pool(root, "0 3 * * *", POOL)  # what `rlhf deploy --pool` registers
     with worker(POOL, tmp_path / "worker.log"):
         state = retrain(project=str(root), seed_if_empty=True, label="pool", return_state=True)
         assert state.type == StateType.COMPLETED, state.message
         # a triggered run of the scheduled deployment completes on the worker (nothing new: no training)
-        triggered = run_deployment("retrain/scheduled", timeout=600, poll_interval=2)
+        triggered = run_deployment(scheduled.name, timeout=600, poll_interval=2)
     assert triggered.state.type == StateType.COMPLETED, (tmp_path / "worker.log").read_text()[-3000:]
     summary = state.result()
     assert summary["training"]["where"] == "work-pool" and summary["training"]["pool"] == POOL

@@ -59,3 +59,13 @@ def test_a_typo_in_the_section_is_named(tmp_path):
     params.write_text("flow:\n  retries: -1\n")
     with pytest.raises(ConfigError, match="retries must be >= 0"):
         load_flow_config(params, {})
+
+
+def test_retrain_deployment_is_named_after_the_project_unless_configured(tmp_path):
+    from components.config.flow import retrain_deployment_name
+
+    assert retrain_deployment_name(tmp_path / "shop") == "shop"
+    assert retrain_deployment_name(tmp_path / "My Shop/") == "My-Shop"  # spaces and slashes never reach Prefect
+    assert retrain_deployment_name(tmp_path / "shop", "nightly") == "nightly"
+    with pytest.raises(ValueError, match="not a Prefect deployment name"):
+        FlowConfig(deployment="a/b")
