@@ -11,6 +11,13 @@ SUMMARY = {
     "data_version": "6bec00f57488.dir",
     "training": {"where": "in-process", "ran": ["train_reward", "ppo"], "skipped": []},
     "reward": {"accuracy": 0.75},
+    "raters": {
+        "by_rater": {"alice": {"ratings": 10, "pairs": 2}, "bob": {"ratings": 6, "pairs": 1}},
+        "ratings_alpha": 0.6123,
+        "replies_rated_more_than_once": 4,
+        "choice_agreement": 0.5,
+        "pairs_judged_more_than_once": 1,
+    },
     "candidate": "v2",
     "evaluation": {
         "champion": "v1",
@@ -51,6 +58,8 @@ def test_metric_rows_show_counts_interval_and_decision():
     assert rows["served ratings / pairs exported"] == "16 / 3"
     assert (rows["rows in"], rows["rows accepted"], rows["rows quarantined"]) == ("19", "16", "3")
     assert rows["training stages run"] == "train_reward, ppo"
+    assert rows["raters (ratings / pairs each)"] == "alice 10 / 2, bob 6 / 1"
+    assert rows["rater agreement: ratings alpha (replies) / choices (pairs)"] == "0.6123 (4) / 0.5 (1)"
     assert rows["judge"] == "demo"
     assert rows["win rate by the judge vs v1"] == "48.8% (95 % interval 45.0% - 52.5%)"
     assert rows["A/A: champion vs itself (about 50 %)"] == "51.2% (45.0% - 57.5%)"

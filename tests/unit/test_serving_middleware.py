@@ -140,6 +140,12 @@ def test_the_service_reads_open_feedback_and_the_raters_file_of_its_project(tmp_
         token = add_rater(raters_file(paths.live), "erin")  # added while it runs: no restart needed
         assert c.post("/feedback", json={}, headers={"Authorization": f"Bearer {token}"}).json()["rater"] == "erin"
 
+    # the rate limit comes from serve.rate_limit_per_minute / rate_limit_burst
+    paths = ProjectPaths(make_project(tmp_path / "limited", rate_limit_per_minute=1, rate_limit_burst=2))
+    c = TestClient(GuardMiddleware(echo, **guard_options(paths)), base_url="http://127.0.0.1:3000")
+    erin = {"Authorization": f"Bearer {add_rater(raters_file(paths.live), 'erin')}"}
+    assert [c.post("/feedback", json={}, headers=erin).status_code for _ in range(3)] == [200, 200, 429]
+
 
 def test_the_queue_and_admin_routes_need_the_admin_token_or_the_service_token():
     c = guarded(TOKEN, raters={"rt-alice": "alice", "at-1": "admin"})
