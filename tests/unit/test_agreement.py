@@ -74,3 +74,39 @@ def test_summary_counts_each_rater_and_skips_pairs_made_from_ratings():
         round(krippendorff_alpha_interval([[5, 4], [2, 2]]), 4)
     )
     assert got["pairs_judged_more_than_once"] == 1 and got["choice_agreement"] == 0.0  # alice o1, bob o2
+
+
+def test_the_audit_text_names_raters_agreement_and_a_forget():
+    from rlhf_cli.main import _audit_text
+
+    trail = {
+        "model": {"version": "v2", "status": "champion", "tag": "policy:v2", "path": "models/v2"},
+        "ancestry": [{"version": "v2", "status": "champion"}],
+        "data_version": "bbb.dir",
+        "data_history": [
+            {
+                "version": "bbb.dir",
+                "kind": "forget",
+                "origin": "forget rater alice",
+                "time": "t",
+                "removed": {"ratings": 3, "pairs": 0},
+            },
+        ],
+        "feedback": {
+            "raters": {
+                "by_rater": {"bob": {"ratings": 2, "pairs": 1}},
+                "ratings_alpha": 0.25,
+                "replies_rated_more_than_once": 2,
+                "choice_agreement": None,
+                "pairs_judged_more_than_once": 0,
+            },
+        },
+        "forgotten_raters": [
+            {"rater": "alice", "version": "bbb.dir", "in_this_data_version": False, "note": "kept in DVC history"}
+        ],
+        "code_revision": "abc",
+    }
+    text = " ".join(_audit_text(trail).split())
+    assert "bbb.dir: forget rater alice (ratings 3)" in text
+    assert "raters: bob: 2 ratings / 1 pairs" in text and "alpha 0.250 on 2 replies" in text
+    assert "forgotten rater alice at data version bbb.dir: this model's data version is without them" in text
