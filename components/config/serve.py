@@ -40,10 +40,10 @@ class ServeConfig:
     """false (the default): ``/feedback`` needs a rater's token (``rlhf raters add``) and the review queue the
     admin token (``rlhf raters admin``), even on loopback. true, and only without ``RLHF_API_TOKEN`` (loopback
     only): both accept requests without a token, as rater ``local``."""
-    rate_limit_per_minute: int = 120
+    rate_limit_per_minute: int = 300
     """Requests a minute each rater token may send, on any route (0 = no limit); more get 429 with
     ``Retry-After``. The admin token and ``RLHF_API_TOKEN`` are not limited."""
-    rate_limit_burst: int = 30
+    rate_limit_burst: int = 60
     """Requests a rater token may send at once before the per-minute rate applies (the bucket's size)."""
     store_url: str | None = None
     """SQLAlchemy URL of the served-output store; null = SQLite at ``live/served.sqlite``."""
