@@ -288,7 +288,7 @@ def evaluate(
     rm_path = paths.root / rm_info.get("spec", "models/reward")
     judge = make_judge(
         cfg.judge, root=paths.root, demo_task=demo_task, judge_reward=cfg.judge_reward, llm_judge=cfg.llm_judge,
-        training_manifest=rm_path / "manifest.json",
+        human_judge=cfg.human_judge, training_manifest=rm_path / "manifest.json",
     )  # fmt: skip
     judge.preflight()  # an unreachable judge fails before minutes of sampling
     champ = registry.ensure_base_champion(paths, model.base, resolve_model_dir(model.base))

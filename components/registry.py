@@ -300,7 +300,7 @@ def register(
         facts["gate"] = gate
     already = _read(paths)["models"].get(version)
     if already is not None:
-        return _to_record(already)
+        return _add_facts(paths, version, facts, gate)
     tag, store_path = _save_to_store(POLICY_MODEL if kind == "policy" else REWARD_MODEL, version, folder, facts)
     with _locked(paths) as record:
         if version in record["models"]:
@@ -324,6 +324,17 @@ def register(
         if status == "champion":
             record["champion"] = version
     log.info("registered %s (%s) as %s", tag, store_path, status)
+    return _to_record(entry)
+
+
+def _add_facts(paths: ProjectPaths, version: str, facts: dict[str, Any], gate: dict[str, Any] | None) -> ModelRecord:
+    """A version registered before (a candidate put on canary first) gets the facts known now in its record (the
+    store's metadata keeps the first ones: BentoML cannot change them)."""
+    with _locked(paths) as record:
+        entry = record["models"][version]
+        entry["facts"] = {**entry.get("facts", {}), **{k: v for k, v in facts.items() if k != "gate" and v is not None}}
+        if gate is not None:
+            entry["gate"] = gate
     return _to_record(entry)
 
 

@@ -348,6 +348,51 @@ class ServedStore:
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(sa.select(pairs).order_by(pairs.c.seq)).mappings()]
 
+    def version_comparisons(self, version_a: str, version_b: str) -> list[dict[str, Any]]:
+        """Every rater's choice between a reply of ``version_a`` and a reply of ``version_b`` to the same prompt,
+        oldest first: ``{"seq", "outcome", "annotator", "a_id", "b_id", "prompt", "created_at"}``, the outcome
+        (``win`` / ``tie`` / ``loss``) being ``version_a``'s."""
+        chosen, rejected = served.alias("chosen"), served.alias("rejected")
+        query = (
+            sa.select(
+                pairs.c.seq,
+                pairs.c.tie,
+                pairs.c.annotator,
+                pairs.c.created_at,
+                pairs.c.chosen_id,
+                pairs.c.rejected_id,
+                chosen.c.model_version.label("chosen_version"),
+                chosen.c.prompt,
+            )
+            .join(chosen, chosen.c.id == pairs.c.chosen_id)
+            .join(rejected, rejected.c.id == pairs.c.rejected_id)
+            .where(
+                sa.or_(
+                    sa.and_(chosen.c.model_version == version_a, rejected.c.model_version == version_b),
+                    sa.and_(chosen.c.model_version == version_b, rejected.c.model_version == version_a),
+                )
+            )
+            .order_by(pairs.c.seq)
+        )
+        out = []
+        with self.engine.connect() as conn:
+            for r in conn.execute(query).mappings():
+                a_first = r["chosen_version"] == version_a
+                outcome = "tie" if r["tie"] else ("win" if a_first else "loss")
+                a_id, b_id = (r["chosen_id"], r["rejected_id"]) if a_first else (r["rejected_id"], r["chosen_id"])
+                out.append(
+                    {
+                        "seq": int(r["seq"]),
+                        "outcome": outcome,
+                        "annotator": r["annotator"],
+                        "a_id": a_id,
+                        "b_id": b_id,
+                        "prompt": r["prompt"],
+                        "created_at": r["created_at"],
+                    }
+                )
+        return out
+
     def watermark(self) -> dict[str, int]:
         with self.engine.connect() as conn:
             got = dict(conn.execute(sa.select(watermarks.c.kind, watermarks.c.last_seq)).all())

@@ -19,6 +19,7 @@ train reward model  ``train_reward_model(RewardConfig, paths, *, data_version, .
 train judge model   ``train_judge_model(RewardConfig, JudgeRewardConfig, paths, *, used)``  ``JudgeModelResult``
 train policy        ``train_policy(PolicyConfig, paths, *, model, reward, parent, ...)``    ``PolicyResult``
 evaluate            ``evaluate(EvalConfig, paths, *, model, candidate, kl_target, ...)``    ``EvalResult``
+human judge         ``judge_by_humans(EvalConfig, ServeConfig, paths, *, policy, evaluation)``  ``HumanJudgeResult``
 gate                ``gate(GateConfig, paths, *, evaluation)``                              ``GateResult``
 register / promote  ``register_and_decide(paths, *, policy, evaluation, gate)``             ``PromotionResult``
 ==================  ======================================================================  =====================
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from components.feedback.served import ServedExport, ServedIngest, export_served_feedback, ingest_served_feedback
     from components.feedback.store import IngestSummary, ValidateResult, validate_and_store
     from components.gate import GateCheck, GateResult, gate
+    from components.judges.human import HumanJudgeResult, judge_by_humans
     from components.judges.reward_model import JudgeModelResult, train_judge_model
     from components.params import Params, load_params
     from components.ppo.train import PolicyResult, policy_result, train_policy
@@ -67,6 +69,7 @@ _HOME: dict[str, str] = {
     "GateCheck": "components.gate",
     "GateConfig": "components.config.gate",
     "GateResult": "components.gate",
+    "HumanJudgeResult": "components.judges.human",
     "IngestSummary": "components.feedback.store",
     "JudgeModelResult": "components.judges.reward_model",
     "ModelEval": "components.evaluation",
@@ -85,6 +88,7 @@ _HOME: dict[str, str] = {
     "forget_rater": "components.feedback.forget",
     "gate": "components.gate",
     "ingest_served_feedback": "components.feedback.served",
+    "judge_by_humans": "components.judges.human",
     "ingest_seed": "components.demo_task.seed",
     "label_seed": "components.demo_task.seed",
     "load_params": "components.params",
@@ -177,6 +181,7 @@ __all__ = [
     "GateCheck",
     "GateConfig",
     "GateResult",
+    "HumanJudgeResult",
     "IngestSummary",
     "JudgeModelResult",
     "ModelEval",
@@ -196,6 +201,7 @@ __all__ = [
     "gate",
     "ingest_seed",
     "ingest_served_feedback",
+    "judge_by_humans",
     "judge_model_result",
     "label_seed",
     "load_params",

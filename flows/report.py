@@ -100,6 +100,9 @@ def markdown(summary: dict[str, Any]) -> str:
         f"{summary.get('seconds', 0):.0f} s.",
         "",
     ]
+    human = summary.get("human") or {}
+    if human:
+        lines += [f"People on canary (human judge): {human.get('reason')}", ""]
     checks = gate.get("checks") or []
     if checks:
         lines += ["| gate check | value | threshold | result | reason |", "| --- | --- | --- | --- | --- |"]

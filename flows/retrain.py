@@ -54,9 +54,12 @@ class RetrainSummary:
     policy: dict[str, Any] = field(default_factory=dict)
     """The PPO stage's result (``PolicyResult``)."""
     evaluation: dict[str, Any] = field(default_factory=dict)
+    human: dict[str, Any] = field(default_factory=dict)
+    """With ``eval.judge: human``: the people's verdict on canary (``HumanVerdict``), or why there is none."""
     gate: dict[str, Any] = field(default_factory=dict)
     decision: str = "not reached"
-    """promoted / rejected / unchanged (the candidate was decided on before) / not reached."""
+    """promoted / rejected / unchanged (the candidate was decided on before) / no decision (too few human
+    comparisons by the deadline: the champion stays) / not reached."""
     candidate: str | None = None
     champion_before: str | None = None
     champion_after: str | None = None
@@ -280,6 +283,18 @@ def evaluate_candidate(root: str, policy: dict[str, Any]) -> dict[str, Any]:
     return {"ran": ran, "result": asdict(result)}
 
 
+@task(name="human-judge", cache_policy=NO_CACHE)
+def human_judge(root: str, params: str, policy: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
+    """The candidate on canary until enough people compared it with the champion (or the deadline); resumable."""
+    from components import stages
+
+    p, ev = _params(params), stages.result_from_dict(stages.EvalResult, evaluation)
+    got = stages.judge_by_humans(
+        p.eval, p.serve, _paths(root), policy=policy["path"], evaluation=ev, progress=task_progress("human-judge")
+    )
+    return asdict(got)
+
+
 @task(name="gate", cache_policy=NO_CACHE)
 def gate_candidate(root: str, params: str, evaluation: dict[str, Any]) -> dict[str, Any]:
     """Every gate check (value vs threshold); never retried: a failing gate is a decision."""
@@ -364,7 +379,7 @@ def retrain(
     summary.champion_before = summary.champion_after = before.version if before else None
 
     # 3. evaluate -> gate -> promote or reject (skipped when this candidate was decided on before)
-    if "ppo" not in trained["ran"] and _registered(paths, candidate):
+    if "ppo" not in trained["ran"] and _decided(paths, candidate):
         summary.decision = "unchanged"
         log.info("policy %s was trained, evaluated and decided on before: nothing to do", candidate)
     else:
@@ -372,6 +387,14 @@ def retrain(
         ev = evaluate_candidate.with_options(**opts)(root, summary.policy)["result"]
         summary.evaluation = _eval_summary(ev)
         summary.champion_before = summary.evaluation["champion"]  # the base, registered by a first evaluation
+        if _params(params_path).eval.judge == "human":
+            people = human_judge.with_options(**opts)(root, params_path, summary.policy, ev)
+            summary.human = people["verdict"] | {"reason": people["reason"]}
+            if not people["decided"]:
+                summary.decision, summary.gate = "no decision", {"passed": False, "reasons": [people["reason"]]}
+                return _finish(summary, paths, service_url, opts, t0)
+            ev = people["evaluation"]
+            summary.evaluation = _eval_summary(ev)
         decision = gate_candidate(root, params_path, ev)
         reasons = [c["reason"] for c in decision["checks"] if not c["passed"]]
         summary.gate = {k: decision[k] for k in ("passed", "checks", "report_path")} | {"reasons": reasons}
@@ -379,7 +402,13 @@ def retrain(
         summary.decision = "promoted" if outcome["status"] == "champion" else "rejected"
         summary.champion_after = outcome["champion"]
 
-    # 4. the service reloads the champion by polling the registry; wait for it when one is configured
+    return _finish(summary, paths, service_url, opts, t0)
+
+
+def _finish(
+    summary: RetrainSummary, paths: ProjectPaths, service_url: str | None, opts: dict[str, Any], t0: float
+) -> dict[str, Any]:
+    """4. The service reloads the champion by polling the registry: wait for it when one is configured."""
     if service_url and summary.champion_after:
         summary.service = wait_for_service.with_options(**opts)(service_url, summary.champion_after)
     summary.links = _links(paths)
@@ -392,14 +421,14 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def _registered(paths: ProjectPaths, version: str) -> bool:
+def _decided(paths: ProjectPaths, version: str) -> bool:
+    """Registered and decided on (a ``candidate`` still waiting for people on canary is not)."""
     from components import registry
 
     try:
-        registry.get(paths, version)
+        return registry.get(paths, version).status != "candidate"
     except registry.RegistryError:
         return False
-    return True
 
 
 def _eval_summary(ev: dict[str, Any]) -> dict[str, Any]:

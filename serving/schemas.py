@@ -27,6 +27,27 @@ class GenerateRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Same seed, same reply.")
 
 
+class CompareRequest(BaseModel):
+    """``POST /compare``'s body: one message to answer twice (the champion and the candidate, when one is served)."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str = Field(description="The user's message.")
+    max_new_tokens: int | None = Field(None, ge=1, description="Reply length limit in tokens.")
+
+
+class CompareReply(BaseModel):
+    id: str = Field(description="Served-output id (send it back as chosen_id / rejected_id).")
+    text: str
+
+
+class CompareResponse(BaseModel):
+    """Two replies in random order, blind: which model wrote which is only in the store."""
+
+    replies: list[CompareReply] = Field(min_length=2, max_length=2)
+    group_id: str = Field(description="Both replies' group in the store.")
+    candidate: bool = Field(description="True when one reply is the candidate's (else two of the champion's).")
+
+
 class FeedbackResponse(BaseModel):
     accepted: bool
     kind: Literal["rating", "pair"]

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
 import logging
 import os
+import random
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -32,6 +34,7 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import Field
 
+from components import canary as canary_plan
 from components.config import load_section
 from components.config.model import ModelConfig
 from components.config.serve import ServeConfig, load_serve_config, store_url
@@ -56,6 +59,9 @@ from serving.schemas import (
     ChatResponse,
     Choice,
     ChoiceMessage,
+    CompareReply,
+    CompareRequest,
+    CompareResponse,
     FeedbackResponse,
     GenerateRequest,
     GenerateResponse,
@@ -157,7 +163,10 @@ class Job:
     group_id: str | None
     start: float
     arm: str = "champion"
-    """Which model answers: ``champion`` or ``canary`` (``serve.canary_version``)."""
+    """Which model answers: ``champion``, or the candidate as ``canary`` (the user sees its reply) or ``shadow``
+    (it answered the same request unseen; only logged)."""
+    shadow_of: str | None = None
+    """For a shadow reply: the id of the reply the user got."""
 
 
 @dataclass(frozen=True)
@@ -263,14 +272,11 @@ class RLHFService:
         self.store = open_store(store_url(self.cfg, self.paths))
         self._swap = threading.Lock()
         self.loaded = self._load(model_source.resolve(self.paths))
-        self.canary: Loaded | None = None
-        if self.cfg.canary_version and self.cfg.canary_share > 0:
-            self.canary = self._load(model_source.resolve_version(self.paths, self.cfg.canary_version))
-            log.info("canary %s answers %.0f%% of conversations", self.canary.version, 100 * self.cfg.canary_share)
         self.engines = {"champion": self._engine(lambda: self.loaded)}
-        if self.canary is not None:
-            canary = self.canary
-            self.engines["canary"] = self._engine(lambda: canary)
+        self._candidate: tuple[Loaded, canary_plan.CanaryAssignment] | None = None
+        self._candidate_model: Loaded | None = None
+        """The last candidate loaded (its engine finishes rows already running after it leaves canary)."""
+        self.refresh_canary(fail=True)
         self._stop = threading.Event()
         if self.cfg.reload_poll_seconds > 0:
             threading.Thread(target=self._poll, name="champion-poll", daemon=True).start()
@@ -292,14 +298,60 @@ class RLHFService:
             autocast=lambda model: autocast(model.device, self.cfg.bf16),
         )
 
+    @property
+    def canary(self) -> Loaded | None:
+        """The candidate served beside the champion (canary share or shadow), if any."""
+        got = self._candidate
+        return None if got is None else got[0]
+
+    def refresh_canary(self, *, fail: bool = False) -> bool:
+        """Serve the candidate that ``live/canary.json`` (else ``serve.canary_*``) names; True when it changed.
+
+        ``fail``: raise when the named version cannot be loaded (at start); later a failure is logged and the
+        service keeps what it serves."""
+        try:
+            plan = canary_plan.effective(self.paths, self.cfg.canary_version, self.cfg.canary_share, self.cfg.shadow)
+            current = self._candidate
+            if plan is None:
+                if current is None:
+                    return False
+                self._candidate = None
+                log.info("canary %s taken off: the champion answers everything", current[0].version)
+                return True
+            if current is not None and current[1] == plan:
+                return False
+            if current is not None and current[0].version == plan.version:
+                loaded = current[0]
+            else:
+                loaded = self._load(model_source.resolve_version(self.paths, plan.version))
+        except Exception:
+            if fail:
+                raise
+            log.exception("canary check failed; serving as before")
+            return False
+        with self._swap:
+            self._candidate_model = loaded
+            if "canary" not in self.engines:
+                self.engines["canary"] = self._engine(lambda: self._candidate_model)
+            self._candidate = (loaded, plan)
+        log.info(
+            "canary %s answers %.0f%% of conversations%s (%s)",
+            loaded.version,
+            100 * plan.share,
+            ", and every request in shadow" if plan.shadow else "",
+            plan.reason or "assigned",
+        )
+        return True
+
     def _arm(self, messages: list[dict[str, str]], user: str | None = None) -> tuple[str, Loaded]:
         """Champion or canary for this conversation: sticky, by a hash of its first user message and ``user``."""
-        if self.canary is None:
+        got = self._candidate
+        if got is None or got[1].share <= 0:
             return "champion", self.loaded
         first = next((m["content"] for m in messages if m["role"] == "user"), "")
         digest = hashlib.sha256(f"{user or ''}\x1f{first}".encode()).digest()
         bucket = int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
-        return ("canary", self.canary) if bucket < self.cfg.canary_share else ("champion", self.loaded)
+        return ("canary", got[0]) if bucket < got[1].share else ("champion", self.loaded)
 
     def _load(self, source: model_source.ModelSource) -> Loaded:
         from components.base_model import load_base
@@ -312,6 +364,7 @@ class RLHFService:
     def _poll(self) -> None:
         while not self._stop.wait(self.cfg.reload_poll_seconds):
             self.reload_if_changed()
+            self.refresh_canary()
 
     def reload_if_changed(self) -> bool:
         """Load the champion if it changed; batches already running finish on the old weights."""
@@ -347,6 +400,7 @@ class RLHFService:
                         "stop": list(job.params.stop),
                         "batch_size": f.row.peak_rows,
                         "arm": job.arm,
+                        **({"shadow_of": job.shadow_of} if job.shadow_of else {}),
                     },
                     endpoint=job.endpoint,
                     prompt_tokens=f.result.prompt_tokens,
@@ -360,11 +414,15 @@ class RLHFService:
             ]
         )
         for f in finished:
-            requests_total.labels(endpoint=f.row.tag.endpoint, model_version=f.model_version).inc()
+            endpoint = "shadow" if f.row.tag.arm == "shadow" else f.row.tag.endpoint
+            requests_total.labels(endpoint=endpoint, model_version=f.model_version).inc()
             tokens_total.labels(model_version=f.model_version).inc(f.result.completion_tokens)
 
-    def _rows(self, jobs: list[Job], on_text: Callable[[int, str], None] | None = None) -> list[Row]:
-        """Queue the jobs' rows (all or none): 503 when the queue is full."""
+    def _rows(
+        self, jobs: list[Job], on_text: Callable[[int, str], None] | None = None, *, shadow: bool = True
+    ) -> list[Row]:
+        """Queue the jobs' rows (all or none; each to its model's engine): 503 when a queue is full. With a
+        candidate in shadow mode, it also answers each champion job, unseen (``shadow``)."""
         deadline = time.monotonic() + self.cfg.deadline_s
         rows = [
             Row(
@@ -376,15 +434,48 @@ class RLHFService:
             )
             for i, j in enumerate(jobs)
         ]
+        queued: list[Row] = []
         try:
-            self.engines[jobs[0].arm].submit(rows)
+            for arm in dict.fromkeys(j.arm for j in jobs):
+                mine = [r for r in rows if r.tag.arm == arm]
+                self.engines["canary" if arm == "shadow" else arm].submit(mine)
+                queued += mine
         except QueueFull as exc:
+            for r in queued:
+                r.cancel()
             raise Overloaded(f"the service is busy ({exc}): retry after a second") from exc
+        if shadow:
+            self._shadow(jobs, deadline)
         return rows
 
-    async def _sample(self, jobs: list[Job], request: Any = None) -> list[Served]:
+    def _shadow(self, jobs: list[Job], deadline: float) -> None:
+        """The candidate in shadow mode answers the champion's jobs too; its replies are only logged (a full
+        queue skips them: the user's request never waits for the shadow)."""
+        got = self._candidate
+        if got is None or not got[1].shadow or got[0].version == self.loaded.version:
+            return
+        loaded = got[0]
+        try:
+            shadows = [
+                dataclasses.replace(
+                    j,
+                    id=new_id(),
+                    ids=self._prompt_ids(loaded, j.messages, j.params.max_new_tokens),
+                    arm="shadow",
+                    shadow_of=j.id,
+                    group_id=None,
+                )
+                for j in jobs
+                if j.arm == "champion"
+            ]
+            if shadows:
+                self.engines["canary"].submit([Row(j.ids, j.params, deadline=deadline, tag=j) for j in shadows])
+        except (QueueFull, BadInput) as exc:
+            log.warning("shadow %s skipped for %d job(s): %s", loaded.version, len(jobs), exc)
+
+    async def _sample(self, jobs: list[Job], request: Any = None, *, shadow: bool = True) -> list[Served]:
         """Generate the jobs' replies; a client that hangs up cancels its rows (stored as ``aborted``)."""
-        rows = self._rows(jobs)
+        rows = self._rows(jobs, shadow=shadow)
         futures = [asyncio.wrap_future(r.future) for r in rows]
         try:
             while not all(f.done() for f in futures):
@@ -533,7 +624,7 @@ class RLHFService:
             rows = self._rows(jobs, on_text)  # a full queue is a 503 before the stream starts
             for i, r in enumerate(rows):
                 r.future.add_done_callback(lambda _, i=i: loop.call_soon_threadsafe(events.put_nowait, (i, None)))
-            version = (self.canary if jobs[0].arm == "canary" and self.canary else self.loaded).version
+            version = self._version_of(jobs[0])
             return StreamingResponse(
                 _sse(jobs, rows, events, created, version, include_usage),
                 media_type="text/event-stream",
@@ -568,8 +659,45 @@ class RLHFService:
         events: asyncio.Queue[str | None] = asyncio.Queue()
         (row,) = self._rows([job], lambda _, piece: loop.call_soon_threadsafe(events.put_nowait, piece))
         row.future.add_done_callback(lambda _: loop.call_soon_threadsafe(events.put_nowait, None))
-        return StreamingResponse(
-            _generate_sse(job, row, events), media_type="text/event-stream", headers={"cache-control": "no-store"}
+        headers = {"cache-control": "no-store", "x-model-version": self._version_of(job)}
+        return StreamingResponse(_generate_sse(job, row, events), media_type="text/event-stream", headers=headers)
+
+    def _version_of(self, job: Job) -> str:
+        """The version that will answer ``job`` (the stream's header names it before the first token)."""
+        got = self._candidate
+        return got[0].version if job.arm in ("canary", "shadow") and got is not None else self.loaded.version
+
+    @openai_app.post("/compare", response_model=CompareResponse)
+    async def compare(self, req: CompareRequest, request: Request) -> CompareResponse:
+        """Two replies to one message for a blind comparison: the champion's and the candidate's (when one is
+        served beside it; else two of the champion's), in random order, without their versions. Both are
+        stored in one group; a rater's choice (``POST /feedback`` with ``chosen_id`` / ``rejected_id``) is
+        the pairwise judgement the ``human`` judge counts."""
+        self._check_text(req.prompt, "prompt")
+        n_tokens = self.cfg.default_max_new_tokens if req.max_new_tokens is None else req.max_new_tokens
+        self._check_tokens(n_tokens, "max_new_tokens")
+        messages = self._messages([{"role": "user", "content": req.prompt}])
+        got = self._candidate
+        sides = [("champion", self.loaded), ("canary" if got else "champion", got[0] if got else self.loaded)]
+        group, start = new_id("cmp"), time.perf_counter()
+        jobs = [
+            Job(
+                new_id(),
+                self._prompt_ids(loaded, messages, n_tokens),
+                req.prompt,
+                messages,
+                RowParams(n_tokens, 0.7, 1.0, None),
+                "compare",
+                group,
+                start,
+                arm,
+            )
+            for arm, loaded in sides
+        ]
+        outs = await self._sample(jobs, request, shadow=False)
+        random.SystemRandom().shuffle(outs)
+        return CompareResponse(
+            replies=[CompareReply(id=o.id, text=o.result.text) for o in outs], group_id=group, candidate=got is not None
         )
 
     def _chat_jobs(self, req: ChatRequest) -> list[Job]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from components.config.judges import JudgeRewardConfig, LLMJudgeConfig
+from components.config.judges import HumanJudgeConfig, JudgeRewardConfig, LLMJudgeConfig
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,12 @@ class EvalConfig:
     bf16: bool = True
     """Sample, score and compute the KL under bf16 autocast where the device computes bf16 natively (see
     ``components/precision.py``); float32 elsewhere."""
-    judge: Literal["demo", "reward_model", "llm"] = "demo"
+    judge: Literal["demo", "reward_model", "llm", "human"] = "demo"
     """Who decides which reply is better (``components/judges``, docs/judges.md): ``demo`` (the demo task's
     annotator; only with ``seeding.demo_task: true``), ``reward_model`` (a judge reward model trained on the slice
     ``reward.judge_fraction`` of the human pairs the training reward model never sees) or ``llm`` (a pairwise
-    LLM judge over an OpenAI-compatible endpoint, ``llm_judge``)."""
+    LLM judge over an OpenAI-compatible endpoint, ``llm_judge``) or ``human`` (people on the rater page compare the
+    candidate, served on canary, with the champion; ``human_judge``)."""
     judge_min_accuracy: float = 0.6
     """With ``judge: reward_model``: the judge's held-out accuracy on human pairs below this and the gate refuses
     to decide (a judge that agrees with people little more than a coin cannot promote anything)."""
@@ -56,6 +57,8 @@ class EvalConfig:
     """The judge reward model (``judge: reward_model``)."""
     llm_judge: LLMJudgeConfig = field(default_factory=LLMJudgeConfig)
     """The LLM judge's endpoint and protocol (``judge: llm``)."""
+    human_judge: HumanJudgeConfig = field(default_factory=HumanJudgeConfig)
+    """How many human comparisons, how long to wait for them, how often to count (``judge: human``)."""
     aa_check: bool = True
     """An A/A figure: the champion's sample 2i judged against its sample 2i+1 (other seeds) on every prompt; it
     should read about 50 %. Needs ``samples_per_prompt`` >= 2; costs judge calls, no generation."""

@@ -63,6 +63,31 @@ class LLMJudgeConfig:
             raise ValueError("llm_judge: timeout_s must be > 0, backoff_s >= 0, temperature in [0, 2]")
 
 
+@dataclass(frozen=True)
+class HumanJudgeConfig:
+    """People decide (``eval.judge: human``): the candidate is served on canary and the raters' blind comparisons
+    of its replies with the champion's (the rater page's compare tab) decide, through the same gate."""
+
+    comparisons: int = 50
+    """Human comparisons (candidate vs champion, ties half) needed before the gate decides on their win rate's
+    interval; the half-width of a 95 % interval at 50 is about +-0.14 around 0.5."""
+    deadline_s: float = 86400.0
+    """Seconds from when the candidate went on canary; past it without ``comparisons`` choices there is no
+    decision: the champion stays and the candidate leaves canary. A restarted flow keeps the first deadline."""
+    poll_s: float = 30.0
+    """How often the flow counts the comparisons in the served-output store while it waits."""
+    canary_share: float = 0.1
+    """Share of conversations the candidate answers while on canary (sticky per conversation)."""
+
+    def __post_init__(self) -> None:
+        if self.comparisons < 1:
+            raise ValueError("human_judge.comparisons must be >= 1")
+        if self.deadline_s <= 0 or self.poll_s <= 0:
+            raise ValueError("human_judge.deadline_s and human_judge.poll_s must be > 0 (seconds)")
+        if not 0.0 <= self.canary_share <= 1.0:
+            raise ValueError("human_judge.canary_share must be from 0 to 1 (a share of conversations)")
+
+
 DEMO_JUDGE_REFUSAL = (
     "eval.judge is 'demo' (the demo task's annotator, which scores customer-support replies with a sentiment "
     "lexicon) but this project does not have the demo task switched on (seeding.demo_task: false). Set eval.judge "

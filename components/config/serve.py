@@ -60,6 +60,9 @@ class ServeConfig:
     canary_share: float = 0.0
     """Share of conversations (0..1) the canary answers; sticky: a conversation (its first user message and
     the request's ``user``) always goes to the same model. Every output names its ``model_version``."""
+    shadow: bool = False
+    """The candidate (``canary_version``) also answers every request the champion answers, unseen by the user;
+    its reply is logged with its version (``params.arm: shadow``, ``params.shadow_of``: the reply the user got)."""
 
     def __post_init__(self) -> None:
         if self.torch_threads < 0:
@@ -68,8 +71,8 @@ class ServeConfig:
             raise ValueError("max_batch_size and max_queued must be at least 1")
         if not 0.0 <= self.canary_share <= 1.0:
             raise ValueError("canary_share must be from 0 to 1 (a share of conversations)")
-        if self.canary_share > 0 and not self.canary_version:
-            raise ValueError("canary_share > 0 needs canary_version (a registered model version)")
+        if (self.canary_share > 0 or self.shadow) and not self.canary_version:
+            raise ValueError("canary_share > 0 or shadow: true needs canary_version (a registered model version)")
         if self.rate_limit_per_minute < 0 or self.rate_limit_burst < 1:
             raise ValueError("rate_limit_per_minute must be >= 0 (0 = no limit) and rate_limit_burst >= 1")
         if self.deadline_s <= 0:

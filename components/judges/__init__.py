@@ -4,7 +4,9 @@
 - ``demo``: the demo task's annotator (only in a project with ``seeding.demo_task: true``);
 - ``reward_model``: a judge reward model trained on a prompt-disjoint slice of the human pairs that the
   training reward model never sees (:mod:`components.judges.reward_model`);
-- ``llm``: a pairwise LLM judge over an OpenAI-compatible endpoint (:mod:`components.judges.llm`).
+- ``llm``: a pairwise LLM judge over an OpenAI-compatible endpoint (:mod:`components.judges.llm`);
+- ``human``: people compare the candidate, served on canary, with the champion on the rater page
+  (:mod:`components.judges.human`; the retrain flow waits for their choices).
 
 :func:`make_judge` builds the configured one. See ``docs/judges.md``.
 """
@@ -14,10 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from components.config.judges import JudgeRewardConfig, LLMJudgeConfig
+from components.config.judges import HumanJudgeConfig, JudgeRewardConfig, LLMJudgeConfig
 from components.judges.base import Comparison, Judge, JudgeError, Outcome, Prompt, ScoringJudge, Verdict
 
-JudgeName = Literal["demo", "reward_model", "llm"]
+JudgeName = Literal["demo", "reward_model", "llm", "human"]
 
 __all__ = [
     "Comparison",
@@ -41,6 +43,7 @@ def make_judge(
     demo_task: bool,
     judge_reward: JudgeRewardConfig | None = None,
     llm_judge: LLMJudgeConfig | None = None,
+    human_judge: HumanJudgeConfig | None = None,
     training_manifest: Path | None = None,
 ) -> Judge:
     """The judge named by ``eval.judge`` for the project at ``root``.
@@ -61,4 +64,8 @@ def make_judge(
         from components.judges.llm import LLMJudge
 
         return LLMJudge(llm_judge or LLMJudgeConfig(), cache_dir=Path(root))
-    raise JudgeError(f"eval.judge {name!r}: unknown judge (demo, reward_model or llm)")
+    if name == "human":
+        from components.judges.human import HumanJudge
+
+        return HumanJudge(human_judge)
+    raise JudgeError(f"eval.judge {name!r}: unknown judge (demo, reward_model, llm or human)")

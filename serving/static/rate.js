@@ -206,21 +206,20 @@ $("compare-form").addEventListener("submit", (event) => {
     showStatus("Waiting for two replies…");
     $("compare-send").disabled = true;
     try {
-      const out = await api("/v1/chat/completions", {
-        method: "POST",
-        body: { messages: [{ role: "user", content: prompt }], n: 2 },
-      });
-      const choices = out.choices.slice();
-      if (Math.random() < 0.5) choices.reverse(); // random order, so position tells nothing
-      state.compare = { a: choices[0], b: choices[1], done: false };
-      $("compare-a").textContent = choices[0].message.content || "(empty reply)";
-      $("compare-b").textContent = choices[1].message.content || "(empty reply)";
-      $("compare-replies").dataset.a = choices[0].id;
-      $("compare-replies").dataset.b = choices[1].id;
+      // the champion's reply and the candidate's (when one is served), blind: no versions on the page
+      const out = await api("/compare", { method: "POST", body: { prompt } });
+      const replies = out.replies.slice();
+      if (Math.random() < 0.5) replies.reverse(); // random order (the service shuffles too)
+      state.compare = { a: replies[0], b: replies[1], done: false };
+      $("compare-a").textContent = replies[0].text || "(empty reply)";
+      $("compare-b").textContent = replies[1].text || "(empty reply)";
+      $("compare-replies").dataset.a = replies[0].id;
+      $("compare-replies").dataset.b = replies[1].id;
       $("compare-replies").hidden = false;
       for (const id of ["choose-a", "choose-b", "choose-tie"]) $(id).disabled = false;
       $("choose-a").focus();
-      showStatus(`Two replies from model ${out.model_version}. Which is better? (a, b or t for a tie)`);
+      const from = out.candidate ? "from two models (which is which stays hidden)" : "from the model";
+      showStatus(`Two replies ${from}. Which is better? (a, b or t for a tie)`);
     } finally {
       $("compare-send").disabled = false;
     }

@@ -19,6 +19,30 @@ REPO = Path(__file__).resolve().parents[2]
 TOKEN = "test-token-0123456789"
 
 
+def register_candidate(project: Path, version: str = "policy-2") -> None:
+    """The tiny base as champion and a differently seeded tiny model registered as candidate ``version`` (in a
+    subprocess: BentoML reads ``BENTOML_HOME`` once, at import)."""
+    from components.base_model import prepare_tiny
+
+    base = prepare_tiny(project / "models" / "base-tiny", seed=0)
+    new = prepare_tiny(project / "models" / version, seed=1)
+    code = (
+        "import sys; from pathlib import Path; from components.paths import ProjectPaths; "
+        "from components.registry import ensure_base_champion, register; "
+        "p = ProjectPaths(Path(sys.argv[1])); ensure_base_champion(p, 'tiny', Path(sys.argv[2])); "
+        "register(p, sys.argv[4], Path(sys.argv[3]), parent='base-tiny')"
+    )
+    env = {**os.environ, "BENTOML_HOME": str(project / ".bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(project), str(base), str(new), version],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"registering {version} failed:\n{done.stderr[-2000:]}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -53,6 +53,7 @@ def test_bound_host_reads_the_socket_bentoml_hands_the_worker():
     ("fields", "says"),
     [
         ({"canary_share": 0.2}, "needs canary_version"),
+        ({"shadow": True}, "needs canary_version"),
         ({"canary_version": "v2", "canary_share": 1.5}, "from 0 to 1"),
         ({"max_queued": 0}, "at least 1"),
         ({"deadline_s": 0}, "positive"),

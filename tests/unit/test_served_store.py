@@ -163,3 +163,22 @@ def test_forgetting_a_rater_deletes_their_judgements_only(store):
     assert [r["annotator"] for r in store.ratings_of("a")] == ["bob"]
     assert [p["annotator"] for p in store.all_pairs()] == ["bob"]
     assert store.counts()["served"] == 2 and store.forget_annotator("alice") == {RATINGS: 0, PAIRS: 0}
+
+
+def test_version_comparisons_give_the_first_versions_outcome_and_skip_same_version_pairs(store):
+    def v(i: str, version: str, prompt: str = "p") -> ServedOutput:
+        return ServedOutput(id=i, prompt=prompt, reply=f"reply {i}", model_version=version)
+
+    store.log_outputs([v("c1", "cand"), v("h1", "champ"), v("c2", "cand", "q"), v("h2", "champ", "q")])
+    store.log_outputs([v("h3", "champ", "r"), v("h4", "champ", "r")])
+    store.record_pair("c1", "h1", annotator="ann")  # candidate chosen
+    store.record_pair("h1", "c1", annotator="bob")  # champion chosen
+    store.record_pair("h2", "c2", tie=True, annotator="ann")
+    store.record_pair("h3", "h4", annotator="ann")  # the champion against itself: not a comparison of the two
+    got = store.version_comparisons("cand", "champ")
+    assert [(r["outcome"], r["annotator"], r["a_id"], r["b_id"]) for r in got] == [
+        ("win", "ann", "c1", "h1"),
+        ("loss", "bob", "c1", "h1"),
+        ("tie", "ann", "c2", "h2"),
+    ]
+    assert [r["outcome"] for r in store.version_comparisons("champ", "cand")] == ["loss", "win", "tie"]
