@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from components import canary
 from components.feedback.io import read_feedback
 from components.served_store import export_feedback, open_store
-from tests.serving.server import TOKEN, make_project, start_server
+from tests.serving.server import TOKEN, make_project, register_candidate, start_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -29,7 +30,8 @@ WAIT = 60
 
 @pytest.fixture(scope="module")
 def page_server(tmp_path_factory):
-    project = make_project(tmp_path_factory.mktemp("page-project"), reload_poll_seconds=0.0)
+    project = make_project(tmp_path_factory.mktemp("page-project"), reload_poll_seconds=0.3)
+    register_candidate(project)  # champion base-tiny; candidate policy-2, served only once put on canary
     server = start_server(project)
     yield server
     server.kill()
@@ -114,7 +116,7 @@ def test_chat_rate_compare_and_clear_the_queue_with_the_keyboard(page_server, br
     driver.find_element(By.ID, "chat-prompt").send_keys("My parcel arrived damaged." + Keys.ENTER)
     _wait(driver, _visible("chat-reply"))
     served_id = driver.find_element(By.ID, "chat-reply").get_attribute("data-id")
-    assert driver.find_element(By.ID, "chat-version").text == "base:tiny"
+    assert driver.find_element(By.ID, "chat-version").text == "base-tiny"
     _press(driver, "4")  # focus is on the reply: 4 rates it
     _wait(driver, _text_contains("message", "401"))
     assert "RLHF_API_TOKEN" in driver.find_element(By.ID, "message").text
@@ -170,4 +172,95 @@ def test_chat_rate_compare_and_clear_the_queue_with_the_keyboard(page_server, br
     assert set(ratings["served_id"]) == {served_id, a_id, b_id}
     assert ratings.set_index("served_id").loc[served_id, "rating"] == 4
     assert (pairs["chosen_id"].tolist(), pairs["rejected_id"].tolist()) == ([b_id], [a_id])
+    store.close()
+
+
+def _served_versions(server) -> list[str]:
+    import httpx
+
+    return [m["id"] for m in httpx.get(server.url + "/v1/models", timeout=30).json()["data"]]
+
+
+@pytest.mark.slow
+def test_people_compare_champion_and_candidate_blind_and_the_gate_decides_on_their_choices(page_server, browser):
+    import concurrent.futures
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from components import registry
+    from components.config.gate import GateConfig
+    from components.config.judges import HumanJudgeConfig
+    from components.evaluation import EvalResult, ModelEval
+    from components.gate import gate
+    from components.judges.human import await_human_verdict, human_evaluation
+    from components.paths import ProjectPaths
+
+    driver, paths = browser, ProjectPaths(page_server.project)
+    url = str(page_server.project / "live" / "served.sqlite")
+    store = open_store(url)
+    champion = _served_versions(page_server)[0]
+    wait = {"candidate": "policy-2", "champion": champion, "store_url": url, "resamples": 200}
+
+    # 1. nobody compares before a short deadline: no decision, the candidate leaves canary, nothing promoted
+    short = HumanJudgeConfig(comparisons=3, deadline_s=2.0, poll_s=0.5, canary_share=0.5)
+    none = await_human_verdict(short, paths, **wait)
+    assert not none.decided and none.tally.comparisons == 0 and "champion stays" in none.reason
+    assert registry.champion(paths).version == champion and registry.get(paths, "policy-2").status == "candidate"
+    _wait(driver, lambda d: _served_versions(page_server) == [champion], timeout=20)
+
+    # 2. the judge waits while raters compare on the page: blind, random order, and they prefer the candidate
+    cfg = HumanJudgeConfig(comparisons=3, deadline_s=600, poll_s=0.3, canary_share=0.5)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(await_human_verdict, cfg, paths, **wait)
+        _wait(driver, lambda d: "policy-2" in _served_versions(page_server))  # the service picked up the canary
+        driver.get(page_server.url + "/rate")
+        _enter_token(driver, TOKEN)
+        driver.find_element(By.ID, "tab-compare").click()
+        seen = set()
+        for i in range(3):
+            field = driver.find_element(By.ID, "compare-prompt")
+            field.clear()
+            field.send_keys(f"Where is parcel number {i}?" + Keys.ENTER)
+            fresh = frozenset(seen | {None})
+            _wait(
+                driver, lambda d, old=fresh: d.find_element(By.ID, "compare-replies").get_attribute("data-a") not in old
+            )
+            replies = driver.find_element(By.ID, "compare-replies")
+            a_id, b_id = replies.get_attribute("data-a"), replies.get_attribute("data-b")
+            seen |= {a_id, b_id}
+            assert "policy-2" not in replies.text and champion not in replies.text  # blind
+            assert {store.get(a_id).model_version, store.get(b_id).model_version} == {champion, "policy-2"}
+            _press(driver, "a" if store.get(a_id).model_version == "policy-2" else "b")
+            _wait(driver, _text_contains("status", "is better: saved"))
+        verdict = pending.result(timeout=120)
+    assert verdict.decided and (verdict.tally.comparisons, verdict.tally.wins) == (3, 3)
+    assert canary.read_assignment(paths) is None  # off canary once decided
+
+    # 3. the same gate decides on their choices (the offline figures: KL, degenerate replies, reward model)
+    side = {"judge_score": None, "reward_score": 0.0, "mean_tokens": 8.0, "eos_rate": 1.0, "degenerate_rate": 0.0}
+    offline = EvalResult(
+        candidate=ModelEval("policy-2", kl=0.5, **side),
+        champion=ModelEval(champion, **side),
+        candidate_path="",
+        prompts=8,
+        samples_per_prompt=1,
+        win_rate=0.5,
+        win_rate_low=0.3,
+        win_rate_high=0.7,
+        interval="",
+        wins=0,
+        ties=8,
+        losses=0,
+        overoptimised=False,
+        reward_version=None,
+        reward_accuracy=0.7,
+        kl_target=None,
+        metrics_path="",
+        report_path="",
+        reward_win_rate=0.6,
+    )
+    decided = gate(GateConfig(decide_on="lower_bound"), paths, evaluation=human_evaluation(offline, verdict))
+    win = next(c for c in decided.checks if c.name.startswith("win rate by human"))
+    assert win.passed and win.value == 1.0 and decided.passed and decided.judge == "human"
     store.close()
