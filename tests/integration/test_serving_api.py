@@ -211,7 +211,7 @@ def test_bad_chat_input_is_a_4xx_that_says_what_to_fix(api, body, says):
     assert 400 <= r.status_code < 500 and says in r.text, r.text
 
 
-@pytest.mark.parametrize("path", ["/generate", "/v1/chat/completions", "/feedback"])
+@pytest.mark.parametrize("path", ["/generate", "/v1/chat/completions", "/feedback", "/compare"])
 def test_raw_bodies_invalid_json_non_utf8_and_oversized(api, path):
     headers = {"content-type": "application/json", **AUTH}
     r = api.post(path, content=b'{"prompt": "x"', headers=headers)
@@ -247,10 +247,10 @@ def test_schemathesis_finds_no_server_errors(served, tmp_path):
     args += ["--phases", "examples,coverage,fuzzing,stateful", "-H", f"Authorization: Bearer {TOKEN}", "--no-color"]
     done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert "Schema Error" not in done.stdout and "Tested: 10" in done.stdout, done.stdout[-3000:]
+    assert "Schema Error" not in done.stdout and "Tested: 11" in done.stdout, done.stdout[-3000:]
 
 
-@pytest.mark.parametrize("path", ["/generate", "/v1/chat/completions", "/feedback"])
+@pytest.mark.parametrize("path", ["/generate", "/v1/chat/completions", "/feedback", "/compare"])
 def test_non_json_bodies_are_415_in_openai_shape(api, path):
     for content_type in ("multipart/form-data", "multipart/form-data; boundary=xyz", "text/plain"):
         r = api.post(
