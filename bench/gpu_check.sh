@@ -30,7 +30,7 @@ part_tests() {
 }
 
 part_tiny() {
-  "$PY" bench/ppo_vs_trl.py --model tiny --device cuda --pairs 2 "${anchor[@]}" 2>&1 | tee "$LOG/ppo_vs_trl_tiny.log"
+  "$PY" -m bench ppo_vs_trl --model tiny --device cuda --pairs 2 "${anchor[@]}" 2>&1 | tee "$LOG/ppo_vs_trl_tiny.log"
 }
 
 part_full() {
@@ -48,9 +48,9 @@ AutoTokenizer.from_pretrained(src).save_pretrained(dst)
 EOF
     cond=(--conditions "random-init weights: throughput only")
   fi
-  "$PY" bench/ppo_vs_trl.py --model "$model" --device cuda --steps "${STEPS:-6}" --pairs 2 "${anchor[@]}" \
+  "$PY" -m bench ppo_vs_trl --model "$model" --device cuda --steps "${STEPS:-6}" --pairs 2 "${anchor[@]}" \
     "${cond[@]}" 2>&1 | tee "$LOG/ppo_vs_trl.log"
-  "$PY" bench/gpu_roofline.py --model "$model" 2>&1 | tee "$LOG/gpu_roofline.log"
+  "$PY" -m bench gpu_roofline --model "$model" 2>&1 | tee "$LOG/gpu_roofline.log"
 }
 
 for part in "${@:-tests tiny full}"; do

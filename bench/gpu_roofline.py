@@ -1,7 +1,8 @@
 """Where the PPO step's GPU work sits against the card's two ceilings (matrix rate and memory bandwidth).
 
-    python bench/gpu_roofline.py                                # SmolLM2-135M-Instruct on the first CUDA GPU
-    python bench/gpu_roofline.py --model PATH --random-init     # the folder's architecture, random weights
+    python -m bench gpu_roofline                                # SmolLM2-135M-Instruct on the first CUDA GPU
+    python -m bench gpu_roofline --model PATH --random-init     # the folder's architecture, random weights
+    python -m bench gpu_roofline --model tiny --cpu-smoke --out /tmp/r.json   # the code path on the CPU
 
 Measures, on one CUDA GPU, each figure the median of timed repeats (CUDA events) after warm-up:
 
@@ -20,23 +21,17 @@ Measures, on one CUDA GPU, each figure the median of timed repeats (CUDA events)
    the host (Python, dispatch, kernel launches) sets the pace, not the GPU.
 
 Writes ``bench/results/gpu_roofline.json``. GPU only; the PPO-vs-TRL comparison on the GPU is
-``python bench/ppo_vs_trl.py --device cuda``.
+``python -m bench ppo_vs_trl --device cuda``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(REPO))
-
-from bench.prompts import PROMPTS, SYSTEM  # noqa: E402
+from bench import harness
+from bench.prompts import PROMPTS, SYSTEM
 
 DEVICE = "cuda"
 
@@ -245,27 +240,22 @@ def generation(policy, tok, bandwidth_gbs: float, batches: list[int], new_tokens
     return rows
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2-135m-instruct")
+def main(argv: list[str] | None = None) -> None:
+    ap = harness.parser(__doc__, name="gpu_roofline", out="gpu_roofline.json")
     ap.add_argument("--random-init", action="store_true", help="the folder's architecture with random weights")
     ap.add_argument("--micro-batches", default="4,8,16,64")
     ap.add_argument("--batches", default="16,64,256")
     ap.add_argument("--seq-len", type=int, default=96, help="tokens per sequence in the update (prompt + reply)")
     ap.add_argument("--reply-len", type=int, default=32)
-    ap.add_argument("--cpu-smoke", action="store_true", help=argparse.SUPPRESS)  # runs the code path on the CPU
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "gpu_roofline.json")
-    args = ap.parse_args()
+    ap.add_argument("--cpu-smoke", action="store_true", help="run the code path on the CPU (figures meaningless)")
+    args = ap.parse_args(argv)
     import torch
 
     global DEVICE
     DEVICE = "cpu" if args.cpu_smoke else "cuda"
     if DEVICE == "cuda" and not torch.cuda.is_available():
-        sys.exit("gpu_roofline.py needs a CUDA GPU (none is visible)")
-    import transformers
-
-    from bench.benchtable import machine
-
+        sys.exit("gpu_roofline needs a CUDA GPU (none is visible); --cpu-smoke runs the code path on the CPU")
+    harness.set_threads(args.threads)
     print("ceilings ...", flush=True)
     ceil = ceilings()
     print(f"  bf16 matmul {ceil['bf16_matmul_tflops']:.0f} TFLOP/s, copy {ceil['copy_gb_per_s']:.0f} GB/s")
@@ -278,8 +268,7 @@ def main() -> None:
     out = {
         "benchmark": "gpu_roofline",
         "gpu": torch.cuda.get_device_name() if DEVICE == "cuda" else None,
-        "machine": machine(),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "conditions": args.conditions,
         "model": args.model,
         "model_folder": folder,
         "weights": "random-init" if args.random_init else "pretrained",
@@ -288,9 +277,7 @@ def main() -> None:
         "update": upd,
         "generation": gen,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    harness.write_results(args.out, out)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """PPO throughput, ours against TRL 1.12's ``trl.experimental.ppo.PPOTrainer``, alternating in one run.
 
-    python bench/ppo_vs_trl.py                       # SmolLM2-135M-Instruct, 3 steps per run, 2 pairs
-    python bench/ppo_vs_trl.py --model tiny          # quick mode (tiny random Llama)
-    python bench/ppo_vs_trl.py --device cuda         # on a GPU: bf16 autocast for both
-    python bench/ppo_vs_trl.py --bf16                # CPU, bf16 autocast for both (CPUs with native bf16)
+    python -m bench ppo_vs_trl                       # SmolLM2-135M-Instruct, 3 steps per run, 2 pairs
+    python -m bench ppo_vs_trl --model tiny          # quick mode (tiny random Llama)
+    python -m bench ppo_vs_trl --device cuda         # on a GPU: bf16 autocast for both
+    python -m bench ppo_vs_trl --bf16                # CPU, bf16 autocast for both (CPUs with native bf16)
 
 Both trainers get the same policy weights, the same reward-model folder (a transformers
 ``AutoModelForSequenceClassification`` folder written by ``components.reward.model.RewardModel.save``),
@@ -27,20 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(REPO))
-
-from bench.prompts import PROMPTS, SYSTEM  # noqa: E402
+from bench import harness
+from bench.prompts import PROMPTS, SYSTEM
 
 CONFIG = {
     "batch_size": 16,
@@ -67,27 +60,13 @@ TRL_REQUIREMENT = "trl==1.12.0"
 PHASES = ("rollout", "forward", "score", "update")
 
 
-def _gpu_name() -> str | None:
-    import torch
-
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else None
-
-
-def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
 # ---------------------------------------------------------------------------------------------
 # Workers (one fresh process per run)
 # ---------------------------------------------------------------------------------------------
 
 
 def worker_ours(work: Path, steps: int, device: str, threads: int | None, bf16: bool) -> dict:
-    sys.path.insert(0, str(REPO))
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
+    harness.set_threads(threads)
     from components.ppo.train import run
 
     spec = json.loads((work / "spec.json").read_text())
@@ -137,8 +116,8 @@ def worker_ours(work: Path, steps: int, device: str, threads: int | None, bf16: 
     ]
     return {
         "device": str(result.accelerator.device),
-        "gpu": _gpu_name(),
-        "torch_threads": torch.get_num_threads(),
+        "gpu": harness.gpu_name(),
+        "torch_threads": harness.set_threads(None),
         "steps": rows,
     }
 
@@ -147,8 +126,7 @@ def worker_trl(work: Path, steps: int, device: str, threads: int | None, bf16: b
     """TRL 1.12's PPOTrainer; phases are timed by wrapping the module's own functions."""
     import torch
 
-    if threads:
-        torch.set_num_threads(threads)
+    harness.set_threads(threads)
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
@@ -295,19 +273,10 @@ def worker_trl(work: Path, steps: int, device: str, threads: int | None, bf16: b
     trainer.train()
     return {
         "device": str(trainer.accelerator.device),
-        "gpu": _gpu_name(),
+        "gpu": harness.gpu_name(),
         "torch_threads": torch.get_num_threads(),
         "steps": rows,
     }
-
-
-def worker_main(args: argparse.Namespace) -> None:
-    fn = worker_ours if args.worker == "ours" else worker_trl
-    t0 = time.perf_counter()
-    out = fn(args.work, args.steps, args.device, args.threads, args.bf16 or args.device == "cuda")
-    out["wall_seconds"] = time.perf_counter() - t0
-    out["peak_rss_gib"] = peak_rss_gib()
-    args.result.write_text(json.dumps(out))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,7 +286,6 @@ def worker_main(args: argparse.Namespace) -> None:
 
 def prepare(work: Path, model: str) -> dict:
     """Policy folder, reward-model folder and prompts, shared by both trainers."""
-    sys.path.insert(0, str(REPO))
     from transformers import AutoModelForSequenceClassification
 
     from components.base_model import resolve_model_dir
@@ -352,94 +320,70 @@ def summarise(run: dict) -> dict:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2-135m-instruct", help="policy and reward backbone spec (or 'tiny')")
+def main(argv: list[str] | None = None) -> None:
+    ap = harness.parser(__doc__, name="ppo_vs_trl", out="ppo_vs_trl.json", device=True, anchor=True)
     ap.add_argument("--steps", type=int, default=None, help="PPO steps per run (default 3; tiny: 4)")
     ap.add_argument("--pairs", type=int, default=2, help="ours/TRL run pairs, alternating")
-    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    ap.add_argument("--anchor-python", type=Path, default=None, help="python of a prepared env with TRL (no install)")
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast for both on the CPU (always on with cuda)")
-    ap.add_argument("--conditions", default="", help="free text for the table: e.g. 'shared, contended'")
-    ap.add_argument("--no-table", action="store_true", help="write the JSON only")
-    ap.add_argument(
-        "--collect", type=Path, default=None, help="report from the worker outputs kept in DIR (a run cut short)"
-    )
-    ap.add_argument("--worker", choices=["ours", "trl"], help=argparse.SUPPRESS)
-    ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
-    ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.worker:
-        worker_main(args)
-        return
-
-    sys.path.insert(0, str(REPO))
-    from bench.anchors import ensure_env
-
+    ap.add_argument("--collect", type=Path, default=None, help="report from the runs kept in DIR (BENCH_KEEP=DIR)")
+    args = ap.parse_args(argv)
     tiny = args.model == "tiny"
     steps = args.steps or (4 if tiny else 3)
-    trl_python = args.anchor_python or ensure_env("trl-1.12", TRL_REQUIREMENT)
+    if args.worker:
+        fn = worker_ours if args.worker == "ours" else worker_trl
+        bf16 = args.bf16 or args.device == "cuda"
+        return harness.worker(args, lambda: fn(args.work, steps, args.device, args.threads, bf16))
+
+    trl_python = args.anchor_python or harness.anchor_env("trl-1.12", TRL_REQUIREMENT)
+    if args.collect:
+        runs = [json.loads(f.read_text()) for f in sorted(args.collect.glob("*-*.json"))]
+        for run in runs:
+            run["summary"] = summarise(run)
+        return report(args, runs, len(runs[0]["steps"]), trl_python, tiny)
     env = dict(os.environ)
     if args.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    runs: list[dict] = []
-    if args.collect:
-        for pair in range(args.pairs):
-            for who in ("ours", "trl"):
-                f = args.collect / f"{who}-{pair}.json"
-                if f.is_file():
-                    run = json.loads(f.read_text())
-                    run.update(who=who, pair=pair, summary=summarise(run))
-                    runs.append(run)
-        steps = len(runs[0]["steps"])
-        return report(args, runs, steps, trl_python, tiny)
-    with tempfile.TemporaryDirectory() as tmp:
+    extra = ["--model", args.model, "--steps", str(steps), "--device", args.device]
+    extra += ["--threads", str(args.threads)] if args.threads else []
+    extra += ["--bf16"] if args.bf16 else []
+
+    def clear(who: str, pair: int) -> None:
+        for old in ("models", "metrics", "trl-out"):
+            shutil.rmtree(work / old, ignore_errors=True)
+
+    def show(run: dict) -> None:
+        s = run["summary"] = summarise(run)
+        print(
+            f"  {s['samples_per_s']:.3f} samples/s, {s['seconds_per_step']:.1f} s/step "
+            + ", ".join(f"{p} {v:.1f}" for p, v in s["seconds_per_phase"].items())
+            + f", peak RSS {s['peak_rss_gib']:.2f} GiB, score {s['score_last']:.3f}, KL {s['kl_last']:.3f}",
+            flush=True,
+        )
+
+    with harness.workdir("ppo-vs-trl") as tmp:
         work = Path(tmp)
         prepare(work, args.model)
-        for pair in range(args.pairs):
-            for who, python in (("ours", sys.executable), ("trl", str(trl_python))):
-                result = work / f"{who}-{pair}.json"
-                for old in ("models", "metrics", "trl-out"):
-                    subprocess.run(["rm", "-rf", str(work / old)], check=True)
-                cmd = [python, __file__, "--worker", who, "--work", str(work), "--result", str(result)]
-                cmd += ["--steps", str(steps), "--device", args.device]
-                cmd += ["--threads", str(args.threads)] if args.threads else []
-                cmd += ["--bf16"] if args.bf16 else []
-                print(f"[pair {pair + 1}/{args.pairs}] {who} ...", flush=True)
-                subprocess.run(cmd, check=True, env=env, cwd=work)
-                run = json.loads(result.read_text())
-                run.update(who=who, pair=pair, summary=summarise(run))
-                runs.append(run)
-                s = run["summary"]
-                print(
-                    f"  {s['samples_per_s']:.3f} samples/s, {s['seconds_per_step']:.1f} s/step "
-                    + ", ".join(f"{p} {v:.1f}" for p, v in s["seconds_per_phase"].items())
-                    + f", peak RSS {s['peak_rss_gib']:.2f} GiB, score {s['score_last']:.3f}, KL {s['kl_last']:.3f}",
-                    flush=True,
-                )
-                if keep := os.environ.get("PPO_BENCH_KEEP"):
-                    shutil.copy(result, Path(keep) / result.name)  # survives a run cut short (--collect)
+        sides = {"ours": sys.executable, "trl": str(trl_python)}
+        runs = harness.alternate(
+            "ppo_vs_trl", sides, work, pairs=args.pairs, argv=lambda w, p: extra, env=env, before=clear, after=show
+        )
     report(args, runs, steps, trl_python, tiny)
 
 
 def report(args: argparse.Namespace, runs: list[dict], steps: int, trl_python: Path, tiny: bool) -> None:
     """Write the JSON and the table row from finished runs (pairs with both sides only)."""
-    from bench.benchtable import anchor_context, machine, update_row
-
     pairs = {r["pair"] for r in runs if r["who"] == "ours"} & {r["pair"] for r in runs if r["who"] == "trl"}
     runs = [r for r in runs if r["pair"] in pairs]
     args.pairs = len(pairs)
     ours = [r["summary"] for r in runs if r["who"] == "ours"]
     trl = [r["summary"] for r in runs if r["who"] == "trl"]
     ratios = [o["samples_per_s"] / t["samples_per_s"] for o, t in zip(ours, trl)]
-    med = statistics.median
+    med = harness.median
     out = {
         "benchmark": "ppo_vs_trl",
         "what": "samples/s of one PPO step (rollout + forward + score + update), ours vs TRL 1.12 PPOTrainer",
         "device": args.device,
-        **anchor_context(trl_python),
+        **harness.context(trl_python, ("trl",)),
         "model": args.model,
         "steps_per_run": steps,
         "warmup_steps_excluded": 1 if steps > 1 else 0,
@@ -450,10 +394,12 @@ def report(args: argparse.Namespace, runs: list[dict], steps: int, trl_python: P
         "trl_samples_per_s": [t["samples_per_s"] for t in trl],
         "runs": runs,
     }
-    suffix = "_tiny" if tiny else ""
-    suffix += "_cuda" if args.device == "cuda" else "_bf16" if args.bf16 else ""
-    path = HERE / "results" / f"ppo_vs_trl{suffix}.json"
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    path = args.out
+    if path == harness.RESULTS / "ppo_vs_trl.json":  # the default: one file per kind of run
+        suffix = "_tiny" if tiny else ""
+        suffix += "_cuda" if args.device == "cuda" else "_bf16" if args.bf16 else ""
+        path = path.with_name(f"ppo_vs_trl{suffix}.json")
+    harness.write_results(path, out)
     print(json.dumps({k: out[k] for k in ("ratio_samples_per_s_per_pair", "ratio_median")}, indent=2))
     if args.no_table:
         return
@@ -476,22 +422,22 @@ def report(args: argparse.Namespace, runs: list[dict], steps: int, trl_python: P
         if args.bf16
         else "CPU (float32)"
     )
-    cond = f"{dev}, {machine()['cpu_count']} cores, torch threads {runs[0]['torch_threads']}"
+    cond = f"{dev}, {harness.machine()['cpu_count']} cores, torch threads {runs[0]['torch_threads']}"
     cond += f"; {args.conditions}" if args.conditions else ""
     where = ", GPU" if args.device == "cuda" else ", CPU bf16" if args.bf16 else ""
     name = f"PPO vs TRL 1.12 PPOTrainer ({'tiny' if tiny else args.model}{where})"
-    cmd = f"`python bench/ppo_vs_trl.py --model {args.model} --steps {steps} --pairs {args.pairs}"
-    cmd += " --bf16" if args.bf16 and args.device == "cpu" else ""
-    cmd += f" --device {args.device}`" if args.device != "cpu" else "`"
-    update_row(
+    flags = ["--model", args.model, "--steps", str(steps), "--pairs", str(args.pairs)]
+    flags += ["--bf16"] if args.bf16 and args.device == "cpu" else []
+    flags += ["--device", args.device] if args.device != "cpu" else []
+    harness.update_row(
         name,
         [
             cond,
             fmt(ours),
             fmt(trl),
             f"**{med(ratios):.2f}x** (pairs: {', '.join(f'{r:.2f}' for r in ratios)})",
-            cmd,
-            f"`bench/results/{path.name}`",
+            harness.command("ppo_vs_trl", flags),
+            f"`{harness.results_path(path)}`",
         ],
     )
 

@@ -1,6 +1,7 @@
 """Reward-model accuracy you can trust: held-out accuracy averaged over several prompt splits.
 
-Usage: python bench/reward_splits.py [--splits 3] [--heldout 100] [--variants params more_prompts ...]
+    python -m bench reward_splits [--splits 3] [--heldout 100] [--variants params prompts_400 ...]
+    python -m bench reward_splits --model tiny --splits 1 --heldout 8 --replies 2 --out /tmp/s.json  # quick check
 
 1. Sample ``--replies`` (6) replies at the seed temperature for every train prompt of the demo task from the
    base policy (once; cached), and score them with the gold annotator.
@@ -21,15 +22,15 @@ default bench/results/reward_splits.json) has the ``params`` variant's figure un
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from align_common import DEFAULT_CACHE, cached, device_name, gold_scores, log, sample_replies, setup, write_json
 
+from bench import harness
+from bench.align_common import DEFAULT_CACHE, cached, device_name, gold_scores, log, sample_replies, setup, write_json
 from components.base_model import load_base
 from components.config import load_section, to_dict
 from components.config.model import ModelConfig
@@ -107,23 +108,25 @@ def rank_metrics(
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+def main(argv: list[str] | None = None) -> None:
+    ap = harness.parser(__doc__, name="reward_splits", out="reward_splits.json", model=None)
+    ap.add_argument("--model", default=None, help="policy and reward backbone (default: the params file's)")
+    ap.add_argument("--params", type=Path, default=harness.REPO / "params.yaml")
     ap.add_argument("--splits", type=int, default=3)
     ap.add_argument("--heldout", type=int, default=100, help="held-out prompts (= pairs) per split")
     ap.add_argument("--replies", type=int, default=6, help="replies sampled per prompt for the pool")
     ap.add_argument("--variants", nargs="*", default=["params"], help=f"from: {', '.join(VARIANTS)}")
     ap.add_argument("--rank", action="store_true", help="also rank all replies of the held-out prompts")
-    ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--fresh", action="store_true", help="resample the reply pool")
-    ap.add_argument("--out", type=Path, default=Path("bench/results/reward_splits.json"))
-    args = ap.parse_args()
-    device = setup(args.threads)
+    args = ap.parse_args(argv)
+    device = setup(args.threads or 0)
     model_cfg = load_section(ModelConfig, "model", args.params)
     data_cfg = load_section(SeedingConfig, "seeding", args.params)
     reward_cfg = load_section(RewardConfig, "reward", args.params)
+    if args.model:
+        model_cfg = dataclasses.replace(model_cfg, base=args.model)
+        reward_cfg = dataclasses.replace(reward_cfg, backbone=args.model)
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
@@ -141,7 +144,9 @@ def main() -> None:
         )  # fmt: skip
         return {"prompts": prompts, "replies": replies, "temperature": data_cfg.temperature}
 
-    pool = cached(args.cache / f"pool_train_k{args.replies}_t{data_cfg.temperature}.json", make_pool, args.fresh)
+    tag = f"_{args.model.replace('/', '_')}" if args.model else ""  # the params file's model: no tag
+    name = f"pool_train{tag}_k{args.replies}_t{data_cfg.temperature}.json"
+    pool = cached(args.cache / name, make_pool, args.fresh)
     if pool["prompts"] != prompts:
         raise SystemExit(f"{args.cache}: the cached pool is for other prompts; rerun with --fresh")
     replies = pool["replies"]
@@ -150,6 +155,7 @@ def main() -> None:
 
     report: dict = {
         "device": device_name(device),
+        "model": model_cfg.base,
         "conditions": {
             "pool": f"{args.replies} base-policy replies per train prompt at temperature {data_cfg.temperature}, "
             f"up to {data_cfg.max_new_tokens} tokens",
@@ -224,8 +230,5 @@ def main() -> None:
                 summary[f"mean_{key}"] = round(float(np.mean([r["rank"][key] for r in per_split])), 4)
         report["variants"][name] = summary
         log.info("variant %s: mean accuracy %.3f over %d splits", name, summary["mean_accuracy"], args.splits)
-        write_json(args.out, {**report, "mean_accuracy": report["variants"].get("params", {}).get("mean_accuracy")})
-
-
-if __name__ == "__main__":
-    main()
+        mean = report["variants"].get("params", {}).get("mean_accuracy")
+        write_json(args.out, {**report, **harness.context(), "run_conditions": args.conditions, "mean_accuracy": mean})

@@ -1,7 +1,7 @@
 """Reward-model training, ours against TRL's ``RewardTrainer`` (current release), alternating in one run.
 
-    python bench/reward_vs_trl.py                    # SmolLM2-135M-Instruct backbone
-    python bench/reward_vs_trl.py --model tiny       # quick mode
+    python -m bench reward_vs_trl                    # SmolLM2-135M-Instruct backbone
+    python -m bench reward_vs_trl --model tiny       # quick mode
 
 Same preference pairs, backbone, max length (256), batch (8 pairs), epochs and held-out split for both.
 Two comparisons, each ours then TRL in a fresh process:
@@ -25,15 +25,12 @@ import argparse
 import json
 import os
 import random
-import resource
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+from bench import harness
+
 TRL_REQUIREMENT = "trl==1.16.0"
 COMMON = {"max_length": 256, "batch_size": 8, "epochs": 1, "seed": 0, "eval_fraction": 0.2}
 
@@ -50,7 +47,6 @@ CLOSERS = ["Have a great day!", "Let me know if there is anything else.", "Whate
 
 def make_pairs(path: Path, n_prompts: int | None, seed: int = 0) -> dict:
     """Write ``pairs.jsonl`` (prompt, chosen, rejected, margin) labelled by the demo's gold annotator."""
-    sys.path.insert(0, str(REPO))
     from components.demo_task import gold, load_prompts
 
     rng = random.Random(seed)
@@ -73,21 +69,13 @@ def make_pairs(path: Path, n_prompts: int | None, seed: int = 0) -> dict:
     return {"prompts": len(prompts), "pairs": len(rows)}
 
 
-def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
 # ---------------------------------------------------------------------------------------------
 # Workers
 # ---------------------------------------------------------------------------------------------
 
 
 def worker_ours(work: Path, mode: str, model: str, threads: int | None) -> dict:
-    sys.path.insert(0, str(REPO))
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
+    threads = harness.set_threads(threads)
     from components.config.reward import RewardConfig
     from components.reward.trainer import train_reward
 
@@ -107,15 +95,14 @@ def worker_ours(work: Path, mode: str, model: str, threads: int | None) -> dict:
         "trainable_params": train["trainable_params"],
         "eval_accuracy": result.eval_accuracy,
         "eval_pairs": result.metrics["eval"].get("pairs"),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": threads,
     }
 
 
 def worker_trl(work: Path, mode: str, model: str, threads: int | None) -> dict:
     import torch
 
-    if threads:
-        torch.set_num_threads(threads)
+    harness.set_threads(threads)
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
@@ -196,40 +183,38 @@ def worker_trl(work: Path, mode: str, model: str, threads: int | None) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2-135m-instruct", help="backbone spec (or 'tiny')")
-    ap.add_argument("--prompts", type=int, default=None, help="demo prompts used (default: all 240; tiny: all)")
+def main(argv: list[str] | None = None) -> None:
+    ap = harness.parser(__doc__, name="reward_vs_trl", out="reward_vs_trl.json", anchor=True)
+    ap.add_argument("--prompts", type=int, default=None, help="demo prompts used (default: all 240)")
     ap.add_argument("--modes", default="full,default", help="comma list of full, default")
     ap.add_argument("--pairs", type=int, default=1, help="ours/TRL run pairs per mode, alternating")
-    ap.add_argument("--anchor-python", type=Path, default=None, help="python of a prepared env with TRL (no install)")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--conditions", default="", help="free text for the table")
-    ap.add_argument("--no-table", action="store_true")
-    ap.add_argument("--worker", choices=["ours", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--mode", help=argparse.SUPPRESS)
-    ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
-    ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.worker:
         fn = worker_ours if args.worker == "ours" else worker_trl
-        out = fn(args.work, args.mode, args.model, args.threads)
-        out["peak_rss_gib"] = peak_rss_gib()
-        out["pairs_per_s"] = out["pairs"] * out["epochs"] / out["train_seconds"]
-        args.result.write_text(json.dumps(out))
-        return
 
-    sys.path.insert(0, str(REPO))
-    from bench.anchors import ensure_env
-    from bench.benchtable import anchor_context, machine, update_row
+        def one() -> dict:
+            out = fn(args.work, args.mode, args.model, args.threads)
+            return {**out, "pairs_per_s": out["pairs"] * out["epochs"] / out["train_seconds"]}
+
+        return harness.worker(args, one)
+
     from components.base_model import resolve_model_dir
     from components.reward.pairs import read_pairs, split_by_prompt
 
-    trl_python = args.anchor_python or ensure_env("trl-latest", TRL_REQUIREMENT)
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    trl_python = args.anchor_python or harness.anchor_env("trl-latest", TRL_REQUIREMENT)
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     modes = [m for m in args.modes.split(",") if m]
     runs: list[dict] = []
-    with tempfile.TemporaryDirectory() as tmp:
+
+    def show(run: dict) -> None:
+        print(
+            f"  {run['pairs_per_s']:.2f} pairs/s ({run['train_seconds']:.1f} s for {run['pairs']} pairs), "
+            f"peak RSS {run['peak_rss_gib']:.2f} GiB, held-out accuracy {run['eval_accuracy']}",
+            flush=True,
+        )
+
+    with harness.workdir("reward-vs-trl") as tmp:
         work = Path(tmp)
         data = make_pairs(work / "pairs.jsonl", args.prompts)
         pairs = read_pairs(work / "pairs.jsonl")
@@ -239,22 +224,19 @@ def main() -> None:
         (work / "split.json").write_text(json.dumps(split))
         (work / "spec.json").write_text(json.dumps({"backbone_dir": str(resolve_model_dir(args.model))}))
         for mode in modes:
-            for pair in range(args.pairs):
-                for who, python in (("ours", sys.executable), ("trl", str(trl_python))):
-                    result = work / f"{who}-{mode}-{pair}.json"
-                    cmd = [python, __file__, "--worker", who, "--mode", mode, "--model", args.model]
-                    cmd += ["--work", str(work), "--result", str(result)]
-                    cmd += ["--threads", str(args.threads)] if args.threads else []
-                    print(f"[{mode} {pair + 1}/{args.pairs}] {who} ...", flush=True)
-                    subprocess.run(cmd, check=True, env=env, cwd=work)
-                    run = json.loads(result.read_text())
-                    run.update(who=who, mode=mode, pair=pair)
-                    runs.append(run)
-                    print(
-                        f"  {run['pairs_per_s']:.2f} pairs/s ({run['train_seconds']:.1f} s for {run['pairs']} pairs), "
-                        f"peak RSS {run['peak_rss_gib']:.2f} GiB, held-out accuracy {run['eval_accuracy']}",
-                        flush=True,
-                    )
+            print(f"mode {mode}:", flush=True)
+            extra = ["--mode", mode, "--model", args.model]
+            extra += ["--threads", str(args.threads)] if args.threads else []
+            done = harness.alternate(
+                "reward_vs_trl",
+                {"ours": sys.executable, "trl": str(trl_python)},
+                work,
+                pairs=args.pairs,
+                argv=lambda w, p, extra=extra: extra,
+                env=env,
+                after=show,
+            )
+            runs += [{**r, "mode": mode} for r in done]
     summary = {}
     for mode in modes:
         ours = [r for r in runs if r["who"] == "ours" and r["mode"] == mode]
@@ -266,7 +248,7 @@ def main() -> None:
         "benchmark": "reward_vs_trl",
         "what": "reward-model training loop pairs/s, ours vs TRL RewardTrainer",
         "device": "cpu",
-        **anchor_context(trl_python),
+        **harness.context(trl_python, ("trl",)),
         "model": args.model,
         "data": data,
         "split": {k: len(v) for k, v in split.items()},
@@ -274,8 +256,10 @@ def main() -> None:
         "ratios": {m: s["ratios"] for m, s in summary.items()},
         "runs": runs,
     }
-    path = HERE / "results" / f"reward_vs_trl{'_tiny' if tiny else ''}.json"
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    path = args.out
+    if tiny and path == harness.RESULTS / "reward_vs_trl.json":
+        path = path.with_name("reward_vs_trl_tiny.json")
+    harness.write_results(path, out)
     print(json.dumps(out["ratios"], indent=2))
     if args.no_table:
         return
@@ -288,7 +272,9 @@ def main() -> None:
             f"held-out accuracy {acc} ({rs[0]['eval_pairs']} pairs)"
         )
 
-    cond = f"CPU (float32 unless said), {machine()['cpu_count']} cores, torch threads {runs[0]['torch_threads']}"
+    cond = (
+        f"CPU (float32 unless said), {harness.machine()['cpu_count']} cores, torch threads {runs[0]['torch_threads']}"
+    )
     cond += f"; {args.conditions}" if args.conditions else ""
     labels = {
         "full": ("all weights train, lr 1e-4", "all weights train, lr 1e-4, no gradient checkpointing"),
@@ -300,16 +286,17 @@ def main() -> None:
     for mode, s in summary.items():
         ratios = s["ratios"]
         ratio = sorted(ratios)[len(ratios) // 2]
-        update_row(
-            f"Reward model vs TRL {out['versions']['trl_env']['trl']} RewardTrainer, {mode} ({args.model})",
+        flags = ["--model", args.model, "--modes", mode, "--pairs", str(args.pairs)]
+        flags += ["--prompts", str(args.prompts)] if args.prompts else []
+        harness.update_row(
+            f"Reward model vs TRL {out['versions']['anchor_env']['trl']} RewardTrainer, {mode} ({args.model})",
             [
                 cond + f"; {out['split']['train']} train pairs x {COMMON['epochs']} epoch, batch 8, max length 256",
                 fmt(s["ours"], labels[mode][0]),
                 fmt(s["trl"], labels[mode][1]),
                 f"**{ratio:.2f}x** pairs/s",
-                f"`python bench/reward_vs_trl.py --model {args.model} --modes {mode} --pairs {args.pairs}"
-                + (f" --prompts {args.prompts}`" if args.prompts else "`"),
-                f"`bench/results/{path.name}`",
+                harness.command("reward_vs_trl", flags),
+                f"`{harness.results_path(path)}`",
             ],
         )
 

@@ -28,8 +28,9 @@ class ActorCritic(nn.Module):
 
     ``value_trunk=None``: the value head reads the policy's last hidden state (shared trunk, one
     forward pass). Otherwise it reads ``value_trunk``'s (its own copy of the base, its own LoRA).
-    Default ``shared``, by measurement (``bench/bench_value_head.py``, docs/benchmarks.md): a separate
-    trunk costs more time per micro-batch and twice the weights. ``with_value=False``: no value head.
+    Default ``shared``, by measurement (docs/benchmarks.md; ``python -m bench ppo_steps --value-model shared
+    separate`` compares the two): a separate trunk costs more time per micro-batch and twice the weights.
+    ``with_value=False``: no value head.
     """
 
     def __init__(

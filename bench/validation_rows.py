@@ -1,42 +1,34 @@
-"""Benchmark: validate 100,000 synthetic preference pairs with the Great Expectations suite.
+"""Validate 100,000 synthetic preference pairs with the Great Expectations suite.
 
 Writes ``bench/results/validation.json`` (rows/s, seconds per phase). About 5 % of the rows carry a fault
 (blank, control character, chosen == rejected, too long, duplicate, negative margin), so the
 ``COMPLETE`` result format has real failing-row lists to return.
 
-    PYTHONPATH=. python bench/bench_validation.py [--rows 100000] [--no-report] [--table-only]
+    python -m bench validation [--rows 100000] [--no-report] [--table-only]
+    python -m bench validation --rows 2000 --import-repeats 1 --no-table --out /tmp/v.json   # quick check
 
-Also measures the validation step's import time in a fresh interpreter (``components.feedback.validation``
-plus Great Expectations, median of three) and writes the row of ``docs/benchmarks.md``; ``--table-only``
-re-measures only that and rewrites the row from the existing JSON.
+Also measures the validation step's import time in fresh interpreters (``components.feedback.validation``
+plus Great Expectations, median of ``--import-repeats``) and writes the row of ``docs/benchmarks.md``;
+``--table-only`` re-measures only that and rewrites the row from the existing JSON.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-
-import numpy as np
-import pandas as pd
-
-from components.config.validation import ValidationConfig
-from components.feedback.io import read_feedback
-from components.feedback.schema import PAIRS
-from components.feedback.validation import prepare, run_suite, validate_frame
-
-OUT = Path(__file__).resolve().parent / "results" / "validation.json"
+from bench import harness
 
 
-def synthetic_pairs(n: int, seed: int = 0) -> pd.DataFrame:
+def synthetic_pairs(n: int, seed: int = 0):
+    """``n`` pair rows, about 5 % of them with one of six faults."""
+    import numpy as np
+    import pandas as pd
+
     rng = np.random.default_rng(seed)
     idx = np.arange(n)
     frame = pd.DataFrame(
@@ -73,8 +65,7 @@ def import_seconds(repeats: int = 3) -> list[float]:
         "import time; t = time.perf_counter(); import components.feedback.validation, great_expectations; "
         "print(time.perf_counter() - t)"
     )
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, GX_ANALYTICS_ENABLED="false", PYTHONPATH=str(root))
+    env = dict(os.environ, GX_ANALYTICS_ENABLED="false", PYTHONPATH=str(harness.REPO))
     out = []
     for _ in range(repeats):
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
@@ -82,58 +73,73 @@ def import_seconds(repeats: int = 3) -> list[float]:
     return out
 
 
-def write_row(record: dict) -> None:
-    from bench.benchtable import update_row
-
+def write_row(record: dict, out: Path, conditions: str) -> None:
     imp = record.get("import_s_fresh_process") or []
     imp_text = f"; import of the step {sorted(imp)[len(imp) // 2]:.1f} s (fresh process, median of {len(imp)})"
     phases = record["phases_s"]
-    update_row(
-        "Validation (GX suite, 100,000 pair rows)",
+    harness.update_row(
+        f"Validation (GX suite, {record['rows']:,} pair rows)",
         [
-            f"CPU, {record['machine']['cpu_count']} cores, shared; HTML report "
+            f"CPU, {record['machine']['cpu_count']} cores{'; ' + conditions if conditions else ''}; HTML report "
             + ("on" if record["html_report"] else "off"),
             f"{record['rows_per_s']:,} rows/s ({record['seconds']:.1f} s for {record['rows']:,} rows, "
             f"{record['expectations']} expectations; GX suite {phases['gx_suite_run']:.1f} s, "
             f"pandas prepare {phases['prepare_pandas']:.1f} s){imp_text}",
             "no anchor",
             "-",
-            "`PYTHONPATH=. python bench/bench_validation.py`",
-            "`bench/results/validation.json`",
+            harness.command("validation", [] if record["rows"] == 100_000 else ["--rows", str(record["rows"])]),
+            f"`{harness.results_path(out)}`",
         ],
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--no-report", dest="report", action="store_false", help="skip the GX Data Docs HTML report")
-    parser.add_argument("--table-only", action="store_true", help="re-measure the import time, rewrite the row")
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    ap = harness.parser(__doc__, name="validation", out="validation.json", model=None)
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--no-report", dest="report", action="store_false", help="skip the GX Data Docs HTML report")
+    ap.add_argument("--import-repeats", type=int, default=3, help="fresh interpreters timing the import")
+    ap.add_argument("--table-only", action="store_true", help="re-measure the import time, rewrite the row")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     if args.table_only:
-        record = json.loads(OUT.read_text(encoding="utf-8"))
-        record["import_s_fresh_process"] = import_seconds()
-        OUT.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        write_row(record)
-        return
-    cfg = ValidationConfig()
+        record = json.loads(args.out.read_text(encoding="utf-8"))
+        record["import_s_fresh_process"] = import_seconds(args.import_repeats)
+        harness.write_results(args.out, record)
+        return write_row(record, args.out, args.conditions)
+    record = measure(args.rows, args.report)
+    record["import_s_fresh_process"] = import_seconds(args.import_repeats)
+    print(json.dumps(record, indent=2))
+    harness.write_results(args.out, record)
+    if not args.no_table:
+        write_row({**record, **harness.context()}, args.out, args.conditions)
 
+
+def measure(rows: int, report: bool) -> dict:
+    """Rows/s of ``validate_frame`` on ``rows`` synthetic pairs, with its phases timed apart."""
+    import tempfile
+
+    from components.config.validation import ValidationConfig
+    from components.feedback.io import read_feedback
+    from components.feedback.schema import PAIRS
+    from components.feedback.validation import prepare, run_suite, validate_frame
+
+    cfg = ValidationConfig()
     t = time.perf_counter()
     import great_expectations  # noqa: F401  (import cost measured separately: once per process)
 
     import_s = time.perf_counter() - t
-    frame = synthetic_pairs(args.rows)
+    frame = synthetic_pairs(rows)
 
     t = time.perf_counter()
     prep = prepare(frame, PAIRS)
     prepare_s = time.perf_counter() - t
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        run_suite(prep.gx_frame, PAIRS, cfg, Path(tmp) / "report" if args.report else None)
+        run_suite(prep.gx_frame, PAIRS, cfg, Path(tmp) / "report" if report else None)
         gx_s = time.perf_counter() - t
 
         t = time.perf_counter()
-        result = validate_frame(frame, PAIRS, cfg, report_dir=Path(tmp) / "r2" if args.report else None)
+        result = validate_frame(frame, PAIRS, cfg, report_dir=Path(tmp) / "r2" if report else None)
         total_s = time.perf_counter() - t
 
         path = Path(tmp) / "pairs.jsonl"
@@ -142,32 +148,25 @@ def main() -> None:
         loaded = read_feedback(path)
         read_s = time.perf_counter() - t
 
-    assert result.rows_in == len(result.accepted) + len(result.quarantined) == args.rows
-    assert len(loaded.frame) == args.rows
-    record = {
+    if not result.rows_in == len(result.accepted) + len(result.quarantined) == rows:
+        raise RuntimeError(f"validation lost rows: {rows} in, {len(result.accepted)} accepted, "
+                           f"{len(result.quarantined)} quarantined")  # fmt: skip
+    if len(loaded.frame) != rows:
+        raise RuntimeError(f"read_feedback returned {len(loaded.frame)} of {rows} rows")
+    return {
         "benchmark": "validation",
-        "rows": args.rows,
+        "rows": rows,
         "seconds": round(total_s, 3),
-        "rows_per_s": round(args.rows / total_s),
+        "rows_per_s": round(rows / total_s),
         "phases_s": {
             "gx_import_once": round(import_s, 3),
             "prepare_pandas": round(prepare_s, 3),
             "gx_suite_run": round(gx_s, 3),
             "read_jsonl": round(read_s, 3),
         },
-        "html_report": args.report,
+        "html_report": report,
         "accepted": len(result.accepted),
         "quarantined": len(result.quarantined),
         "by_reason": result.by_reason,
         "expectations": len(result.checks),
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "import_s_fresh_process": import_seconds(),
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(record, indent=2))
-    write_row(record)
-
-
-if __name__ == "__main__":
-    main()
