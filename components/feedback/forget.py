@@ -4,8 +4,8 @@ raters file.
 What goes: their ratings and pairwise choices in ``data/feedback/``, the pairs made from their ratings
 (:func:`components.feedback.agreement.made_from_ratings`, with one of their rated replies on either side;
 such a pair may also rest on someone else's rating, and goes all the same), their quarantined rows, their
-rows in the served-output store
-(so no later export brings them back), and their token. Then ``dvc add data`` makes the next data version,
+rows in the served-output store (so no later export brings them back) and in earlier exports under
+``live/exports/``, and their token. Then ``dvc add data`` makes the next data version,
 logged to ``metrics/data_versions.jsonl`` as a ``forget`` entry. Earlier data versions keep the rows: they
 stay in DVC's cache and remote (and git's history of ``data.dvc``) until someone runs ``dvc gc`` on them; the
 audit says so.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
@@ -51,7 +52,7 @@ class ForgetResult:
     rater: str
     removed: dict[str, int] = field(default_factory=dict)
     """Rows removed by place: ``ratings``, ``pairs`` (their own), ``pairs_from_ratings``, ``quarantined``,
-    ``store_ratings``, ``store_pairs``."""
+    ``store_ratings``, ``store_pairs``, ``exported_files`` (lines of earlier exports)."""
     version: str | None = None
     """The data version without them (unchanged when the data held nothing of theirs)."""
     previous_version: str | None = None
@@ -76,9 +77,13 @@ def _their_rows(ratings: pd.DataFrame, pairs: pd.DataFrame, name: str) -> tuple[
 
 def _drop_quarantined(paths: ProjectPaths, name: str) -> int:
     """Remove their records from ``data/quarantine/*.jsonl``; returns how many."""
+    return _drop_lines([paths.quarantine / f"{kind}.jsonl" for kind in (PAIRS, RATINGS)], name)
+
+
+def _drop_lines(files: list[Path], name: str) -> int:
+    """Remove the JSON lines whose ``annotator`` is ``name`` from ``files``; returns how many."""
     gone = 0
-    for kind in (PAIRS, RATINGS):
-        f = paths.quarantine / f"{kind}.jsonl"
+    for f in files:
         if not f.is_file():
             continue
         lines = f.read_text(encoding="ascii").splitlines()
@@ -141,6 +146,7 @@ def forget_rater(paths: ProjectPaths, name: str, *, store_url: str | None = None
         finally:
             store.close()
         removed |= {"store_ratings": gone[RATINGS], "store_pairs": gone[PAIRS]}
+    removed["exported_files"] = _drop_lines(sorted((paths.live / "exports").glob("*/*.jsonl")), name)
     book = raters_file(paths.live)
     revoked = name in load_raters(book)
     if revoked:

@@ -71,6 +71,9 @@ def test_forget_removes_a_rater_from_the_next_version_only(project):
     assert raters["by_rater"] == {"alice": {"ratings": 3, "pairs": 1}, "bob": {"ratings": 2, "pairs": 1}}
     assert raters["replies_rated_more_than_once"] == 2 and raters["ratings_alpha"] is not None
     token = add_rater(raters_file(project.live), "alice")
+    export = project.live / "exports" / "20260101T000000Z" / "ratings.jsonl"
+    export.parent.mkdir(parents=True)
+    export.write_text('{"annotator": "alice", "rating": 5}\n{"annotator": "bob", "rating": 4}\n', encoding="ascii")
 
     from rlhf_cli.main import app
 
@@ -87,6 +90,7 @@ def test_forget_removes_a_rater_from_the_next_version_only(project):
     assert {p["annotator"] for p in store.all_pairs()} == {"bob"}
     store.close()
     assert RaterBook(raters_file(project.live)).name_of(token) is None  # revoked: the service answers 401
+    assert [json.loads(line)["annotator"] for line in export.read_text().splitlines()] == ["bob"]
     entry = json.loads(project.data_versions.read_text().splitlines()[-1])
     assert entry["kind"] == "forget" and entry["removed"]["ratings"] == 3 and entry["previous_version"] == before
 
