@@ -310,6 +310,22 @@ def test_init_import_retrain_audit_a_round_on_human_data(prefect_api, tmp_path, 
     assert yaml.safe_load((root / "params.yaml").read_text())["policy"]["steps"] == 2
     words = " ".join(done.output.split())
     assert "decision: promoted" in words or "decision: rejected" in words
+    # counts reconcile: lines in = accepted + quarantined (by reason); the pool and the two slices add up
+    counts = json.loads((root / "reports" / "validation" / "hh" / "summary.json").read_text())
+    assert counts["rows_in"] == 120 == counts["accepted"] + sum(counts["by_reason"].values())
+    pool = json.loads((root / "data" / "prompts" / "pool.json").read_text())
+    assert pool["seen"] == pool["train"] + pool["heldout"] + pool["duplicates"] + pool["quarantined"] > 0
+    reward = json.loads((root / "metrics" / "reward.json").read_text())
+    judge = json.loads((root / "metrics" / "judge_reward.json").read_text())
+    rm_slice = json.loads((root / "models" / "reward" / "manifest.json").read_text())["judge_slice"]
+    assert rm_slice["pairs_dropped"] == judge["judge_slice"]["pairs_kept"] > 0
+    assert rm_slice["pairs_kept"] + rm_slice["pairs_dropped"] == counts["accepted"]
+    assert reward["truncation"]["texts"] > 0 and "replies_cut" in reward["truncation"]
+    # the decision is the judge reward model's, with its own held-out accuracy on human pairs
+    ev, gate = (json.loads((root / "metrics" / f"{n}.json").read_text()) for n in ("eval", "gate"))
+    assert ev["judge"]["name"] == "reward_model" and ev["judge"]["heldout_pairs"] > 0
+    assert gate["decided"] and gate["judge"] == f"reward_model {judge['version']}"
+    assert ev["wins"] + ev["ties"] + ev["losses"] == ev["prompts"] * ev["samples_per_prompt"]
     listed = runner.invoke(app, ["models", "--json"])
     models = json.loads(listed.output[listed.output.index("[") :])
     candidate = next(m["version"] for m in models if m["kind"] == "policy" and not m["version"].startswith("base"))
