@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+import components
 
 log = logging.getLogger(__name__)
 
@@ -27,20 +30,30 @@ def data_version(root: Path) -> str | None:
     return next((o.get("md5") for o in outs if o.get("md5")), None)
 
 
-def code_revision(root: Path) -> str | None:
-    """``git rev-parse HEAD`` of the project, with ``-dirty`` when tracked files have changes."""
+def code_revision() -> str | None:
+    """The revision of the rlhf-loop code that runs: ``git rev-parse HEAD`` of the checkout the package is imported
+    from, with ``-dirty`` when that checkout's tracked files have changes; ``rlhf-loop <version>`` when the package
+    is installed from a wheel (not inside a git checkout that tracks it); None when neither can be read.
+
+    It is the code's revision, not the project's: a project (``rlhf init``) is a git repository of its own holding
+    params and data versions, which the manifests record separately (``data_version``, ``params``)."""
+    package = Path(components.__file__).resolve().parent
+    checkout = package.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(checkout), *args], capture_output=True, text=True, check=True
+        ).stdout.strip()
+
     try:
-        head = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        git("ls-files", "--error-unmatch", str(package / "__init__.py"))  # the package is tracked by this checkout
+        head = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.CalledProcessError):
-        return None
+        try:
+            return f"rlhf-loop {metadata.version('rlhf-loop')}"
+        except metadata.PackageNotFoundError:
+            return None
     return head + ("-dirty" if dirty else "")
 
 

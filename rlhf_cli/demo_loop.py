@@ -1,7 +1,8 @@
 """``rlhf demo``'s presentation and project setup: the demo itself is the ``demo`` flow (``flows/demo.py``).
 
-Here: the demo project (a fresh git + DVC project, ``--quick`` sizes), the round-by-round table the CLI prints
-from the flow's result, and where to look next.
+Here: the demo's project (made as ``rlhf init`` makes one, with the demo task switched on, in a folder of its
+own: never the code checkout), ``--quick`` sizes, the round-by-round table the CLI prints from the flow's result,
+and where to look next.
 """
 
 from __future__ import annotations
@@ -14,6 +15,13 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
+DEMO_PARAMS = REPO / "params.yaml"
+"""The demo's params in a source checkout (the values ``rlhf demo`` writes into its project); an installed package
+without a checkout uses every section's defaults, which are the demo's."""
+
+DEMO_TASK: dict[str, dict[str, Any]] = {"seeding": {"demo_task": True}}
+"""What makes a project the demo: the demo task switched on (seed prompts and feedback, the demo judge)."""
+
 QUICK: dict[str, dict[str, Any]] = {
     "seeding": {"seed_prompts": 48, "replies_per_prompt": 4},
     "reward": {"epochs": 2},
@@ -23,17 +31,53 @@ QUICK: dict[str, dict[str, Any]] = {
 """``--quick``: the same loop with less of everything (a smoke test in a few minutes)."""
 
 
-def prepare_project(dest: Path, params: Path, overrides: dict[str, dict[str, Any]] | None = None) -> Path:
-    """A project at ``dest`` made as ``rlhf init`` makes one (the package's pipeline, no code copied), holding
-    ``params`` with ``overrides`` applied (the demo's: ``seeding.demo_task: true``); reused when it exists."""
+def demo_folder(quick: bool = False) -> Path:
+    """Where ``rlhf demo`` keeps its project unless ``--project`` says otherwise: ``demo/`` (``demo-quick/``) at
+    the root of the source checkout the code runs from (ignored by its git), else under ``$RLHF_HOME``.
+
+    Not the checkout itself: a project versions its data and params in its own git + DVC, so the demo run in the
+    checkout changed its tracked files and every model recorded a ``-dirty`` code revision."""
+    from components.paths import rlhf_home
+
+    name = "demo-quick" if quick else "demo"
+    in_checkout = (REPO / "pyproject.toml").is_file() and (REPO / ".git").exists()
+    return REPO / name if in_checkout else rlhf_home() / name
+
+
+def demo_params(source: Path | None, quick: bool = False) -> dict[str, Any]:
+    """The demo project's params: ``source`` (default: :data:`DEMO_PARAMS`, else every section's defaults) with
+    the demo task switched on, and the ``--quick`` sizes when asked."""
+    if source is None and DEMO_PARAMS.is_file():
+        source = DEMO_PARAMS
+    if source is not None:
+        raw = yaml.safe_load(Path(source).read_text(encoding="utf-8")) or {}
+    else:
+        from components.config import to_dict
+        from components.params import SECTIONS
+
+        raw = {name: to_dict(cls()) for name, cls in SECTIONS.items()}
+    for overrides in (DEMO_TASK, QUICK if quick else {}):
+        for section, values in overrides.items():
+            raw.setdefault(section, {}).update(values)
+    return raw
+
+
+def prepare_project(dest: Path, raw: dict[str, Any], *, sync: bool = True) -> Path:
+    """The demo's project at ``dest``, made as ``rlhf init`` makes one (the package's pipeline, no code copied)
+    and holding the params ``raw``. An existing project is reused (its data, models and registry kept); with
+    ``sync`` its params become ``raw`` (committed) when they differ, so the demo always runs the current params."""
+    from components.params import params_from_dict
+    from components.paths import ProjectPaths
     from components.project import create_project, set_params
 
     dest = Path(dest).resolve()
     if (dest / "dvc.yaml").is_file():
+        paths = ProjectPaths(dest)
+        current = yaml.safe_load(paths.params.read_text(encoding="utf-8")) if paths.params.is_file() else None
+        if sync and current != raw:
+            set_params(paths, raw, "the demo's params")
         return dest
-    raw = yaml.safe_load(Path(params).read_text(encoding="utf-8")) or {}
-    for section, values in (overrides or {}).items():
-        raw.setdefault(section, {}).update(values)
+    params_from_dict(raw)  # a bad params file fails before a folder is made
     paths = create_project(dest, model=(raw.get("model") or {}).get("base"))
     set_params(paths, raw, "the demo task's params")
     return paths.root
@@ -104,12 +148,14 @@ def where_next(root: Path, service_note: str) -> str:
     prefect_home = os.environ.get("PREFECT_HOME", "~/.prefect")
     return "\n".join(
         [
-            "Where to look next:",
+            f"Where to look next (the demo's project: {root}):",
             f"  Prefect UI (flow runs, task logs, artifacts): PREFECT_HOME={prefect_home} prefect server start, "
             "then http://127.0.0.1:4200",
             f"  evaluation report: {root / 'reports' / 'eval.md'}; gate: {root / 'metrics' / 'gate.json'}",
             f"  plots: {root / 'metrics'}/ppo_score.png, ppo_kl.png, reward_train.png (or `dvc plots show`)",
-            "  models and their gate decisions: rlhf models; lineage of the champion: rlhf audit",
-            f"  the pipeline's state: dvc status; dvc.lock; serve the champion again: rlhf serve ({service_note})",
+            f"  models and their gate decisions: rlhf --project {root} models; "
+            f"lineage of the champion: rlhf --project {root} audit",
+            f"  the pipeline's state: cd {root} && dvc status; dvc.lock; "
+            f"serve the champion again: rlhf --project {root} serve ({service_note})",
         ]
     )

@@ -91,8 +91,16 @@ def retrain(params: ParamsOpt = None) -> None:
 
     from flows.retrain import retrain as retrain_flow
 
+    from components.paths import ProjectPaths
+    from components.project import ProjectError, require_project
+
     console = make_console()
     params = project_params(console, params)
+    try:
+        require_project(ProjectPaths(params.parent), "retrain")
+    except ProjectError as exc:
+        console.print(f"[red]not a project:[/] {exc}")
+        raise typer.Exit(code=2) from exc
     os.environ.setdefault("PREFECT_HOME", str(params.parent / ".prefect"))
     _prefect_logs_visible()
     state = retrain_flow(project=str(params.parent), params=str(params), return_state=True)
@@ -190,36 +198,53 @@ def deploy(
 
 
 def demo(
-    params: ParamsOpt = None,
+    params: Annotated[
+        Path | None,
+        typer.Option(
+            "--params",
+            help="params file whose values the demo's project takes (the demo task switched on); default: the "
+            "demo's params.",
+        ),
+    ] = None,
     quick: Annotated[
         bool, typer.Option("--quick", help="A small version (minutes): its own project, less of every stage.")
     ] = False,
     project: Annotated[
         Path | None,
-        typer.Option(help="Run in this project (created with the pipeline if missing); default: the checkout."),
+        typer.Option(help="Run in this project (made as rlhf init makes one if missing); default: a demo/ folder."),
     ] = None,
     users: Annotated[int, typer.Option(help="Prompts the simulated users ask (two replies each, all rated).")] = 48,
     clients: Annotated[int, typer.Option(help="Simulated users sending requests at the same time.")] = 8,
     max_tokens: Annotated[int, typer.Option(help="Reply length (tokens) the simulated users ask for.")] = 32,
 ) -> None:
     """The whole loop, twice, as the ``demo`` flow: round 1 (seed -> ... -> promote), the service with simulated
-    users rating its replies over HTTP, round 2 on seed + served feedback, gated against round 1."""
+    users rating its replies over HTTP, round 2 on seed + served feedback, gated against round 1.
+
+    It runs in a project of its own (``rlhf init``'s layout, the demo task on): by default ``demo/`` beside the
+    code (``demo-quick/`` with ``--quick``), never the code checkout, whose files the demo leaves untouched."""
     import os
     import time
 
+    import yaml
+
+    from components.config import ConfigError
+    from components.project import ProjectError
     from rlhf_cli import demo_loop
 
     console = make_console()
     t0 = time.perf_counter()
-    params = _params_file(console, params)
-    if quick and project is None:
-        from components.paths import rlhf_home
-
-        project = rlhf_home() / "demo-quick"
-    if project is not None:
-        root = demo_loop.prepare_project(project, params, demo_loop.QUICK if quick else None)
-        params = root / "params.yaml"
-    root = params.parent
+    if params is not None and not params.is_file():
+        console.print(f"[red]config error:[/] --params {params}: no such file")
+        raise typer.Exit(code=2)
+    try:
+        raw = demo_loop.demo_params(params, quick)
+        root = demo_loop.prepare_project(
+            project or demo_loop.demo_folder(quick), raw, sync=project is None or params is not None
+        )
+    except (ConfigError, ProjectError, yaml.YAMLError) as exc:
+        console.print(f"[red]config error:[/] {exc}")
+        raise typer.Exit(code=2) from exc
+    params = _params_file(console, root / "params.yaml")
     users = min(users, 16) if quick else users
     os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
     _prefect_logs_visible()

@@ -188,7 +188,7 @@ def run(
             "algorithm": cfg.algorithm,
             "algorithm_params": algorithm_params(cfg),
             "params": {"policy": to_dict(cfg), "model": to_dict(base_cfg)},
-            "code_revision": code_revision(root) or "unknown",
+            "code_revision": code_revision() or "unknown",
             "metrics": stats,
             "processes": result.accelerator.num_processes,
             "resumed_from_step": resumed_from,

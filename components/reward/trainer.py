@@ -704,7 +704,7 @@ def reward_manifest(
         "metrics": metrics,
         "normalization": {"mean": mean, "std": std, "max_length": cfg.max_length, "bf16": cfg.bf16},
         "check": check,
-        "code_revision": code_revision(root),
+        "code_revision": code_revision(),
         "versions": {"torch": torch.__version__, "transformers": _transformers_version()},
     }
 

@@ -18,6 +18,7 @@ from prefect.client.schemas.sorting import FlowRunSort
 from typer.testing import CliRunner
 
 from components import registry
+from components.lineage import code_revision
 from components.paths import ProjectPaths
 from rlhf_cli.main import app
 from tests.tiny_params import TINY_REWARD
@@ -64,6 +65,7 @@ def test_demo_runs_two_rounds_through_the_flow_and_the_service(prefect_api, tmp_
     root = tmp_path / "proj"
     monkeypatch.setenv("COLUMNS", "200")
     runner = CliRunner()
+    checkout_before = _checkout_status()
 
     result = runner.invoke(
         app,
@@ -123,6 +125,15 @@ def test_demo_runs_two_rounds_through_the_flow_and_the_service(prefect_api, tmp_
     )
     assert status == {}, status
 
+    # the demo ran in its own project: the code checkout's tracked files are as they were, and every model records
+    # the code's revision (the checkout's HEAD), not the project's
+    assert _checkout_status() == checkout_before
+    revisions = {
+        json.loads((paths.policies / m.version / "manifest.json").read_text())["code_revision"] for m in (first, second)
+    }
+    assert revisions == {code_revision()}
+    assert json.loads((paths.reward_model / "manifest.json").read_text())["code_revision"] == code_revision()
+
     listed = json.loads(runner.invoke(app, ["models", "--json"]).output)
     assert {m["version"]: m["status"] for m in listed if m["kind"] == "policy"}[second.version] == "champion"
 
@@ -151,6 +162,14 @@ def test_demo_runs_two_rounds_through_the_flow_and_the_service(prefect_api, tmp_
     back = runner.invoke(app, ["rollback", first.version])
     assert back.exit_code == 0, back.output
     assert registry.champion(paths).version == first.version
+
+
+def _checkout_status() -> str:
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    cmd = ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"]
+    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
 
 def _repo_params() -> dict:

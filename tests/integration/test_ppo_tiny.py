@@ -408,7 +408,7 @@ def test_after_a_promotion_ppo_starts_from_the_champion_and_dvc_reruns_it(tmp_pa
     from components import registry
     from components.base_model import resolve_model_dir
     from components.code_fingerprint import write_code_fingerprint
-    from components.project import init_project
+    from components.project import init_project, pipeline_template
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["model"]["base"] = "tiny"
@@ -417,7 +417,7 @@ def test_after_a_promotion_ppo_starts_from_the_champion_and_dvc_reruns_it(tmp_pa
     (tmp_path / "params-src.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     paths = init_project(tmp_path / "p", params=tmp_path / "params-src.yaml")
     root = paths.root
-    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    (root / "dvc.yaml").write_text(pipeline_template())
     shutil.copytree(REPO / "components", root / "components", ignore=shutil.ignore_patterns("__pycache__"))
     (root / "data" / "prompts").mkdir(parents=True)
     (root / "data" / "prompts" / "train.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))

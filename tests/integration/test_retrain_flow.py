@@ -19,7 +19,7 @@ from prefect.client.schemas.objects import StateType
 from typer.testing import CliRunner
 
 from components.paths import ProjectPaths
-from components.project import init_project
+from components.project import init_project, pipeline_template
 from flows.retrain import retrain
 from rlhf_cli.main import app
 from tests.tiny_params import TINY_REWARD
@@ -52,11 +52,11 @@ def tiny_params(overrides: dict | None = None) -> dict:
 
 
 def make_project(tmp: Path, overrides: dict | None = None) -> Path:
-    """A git + DVC project holding this checkout's pipeline (dvc.yaml + the code its stages run)."""
+    """A git + DVC project holding the package's pipeline (as `rlhf init` writes it) and the code its stages run."""
     src = tmp / "params-src.yaml"
     src.write_text(yaml.safe_dump(tiny_params(overrides), sort_keys=False))
     paths = init_project(tmp / "project", params=src, remote=tmp / "remote")
-    shutil.copy(REPO / "dvc.yaml", paths.root / "dvc.yaml")
+    (paths.root / "dvc.yaml").write_text(pipeline_template())
     shutil.copytree(REPO / "components", paths.root / "components", ignore=shutil.ignore_patterns("__pycache__"))
     return paths.root
 

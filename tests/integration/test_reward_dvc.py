@@ -14,6 +14,7 @@ import pandas as pd
 import yaml
 
 from components.code_fingerprint import write_code_fingerprint
+from components.project import pipeline_template
 from tests.tiny_params import TINY_REWARD
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,7 +45,7 @@ def test_dvc_repro_train_reward_runs_skips_and_reruns(tmp_path):
     project = tmp_path / "project"
     project.mkdir()
     shutil.copytree(ROOT / "components", project / "components", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", project / "dvc.yaml")
+    (project / "dvc.yaml").write_text(pipeline_template())
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["reward"].update(TINY_PARAMS)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
