@@ -5,7 +5,8 @@ Sources (rebuilt at every data version, so the pool always matches the stored fe
 - the prompts of the stored feedback (``data/feedback/pairs.parquet``, ``ratings.parquet``): imported files and
   the prompts users sent to the service, exported with their feedback (``source`` ``served``);
 - prompt files: every ``*.jsonl`` / ``*.txt`` under ``data/prompts/sources/`` (versioned with the data; ``rlhf
-  import --prompts FILE`` puts one there) and the files named in ``prompts.files``.
+  import --prompts FILE`` puts one there, and the served-feedback export keeps ``served.jsonl`` there: every prompt
+  users sent, rated or not) and the files named in ``prompts.files``.
 
 Each prompt is normalised (Unicode NFC, whitespace runs collapsed, trimmed) to a *key*; prompts with the same key
 are one prompt (the sources are merged). Bad prompts (blank, too short or long, too many turns, control
@@ -47,6 +48,9 @@ Prompt = str | Conversation | Sequence[Message]
 """One user turn, or a conversation (messages ending with a user turn)."""
 
 ROLES = ("user", "assistant")
+SERVED_PROMPTS = "served.jsonl"
+"""The prompt file of what users sent the service (``sources/served.jsonl``, written by the served-feedback
+export, rated or not); its prompts count as source ``served``."""
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _SPACE = re.compile(r"\s+")
 _LABEL = {"user": "Human", "assistant": "Assistant"}
@@ -244,8 +248,9 @@ def build_pool(cfg: PromptsConfig, paths: ProjectPaths) -> PoolResult:
     for f in files:
         if not f.is_file():
             raise FileNotFoundError(f"prompt file {f} not found (prompts.files in params.yaml)")
+        label = "served" if f.name == SERVED_PROMPTS and f.parent == sources_dir(paths) else f"file:{f.name}"
         for prompt, where in _read_prompt_file(f):
-            offer(prompt, f"file:{f.name}", where)
+            offer(prompt, label, where)
 
     train, held = [], []
     for entry in entries.values():

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 SOURCE = "served"
 """The ``source`` column of exported rows."""
 
+PROMPTS = "prompts"
+"""Watermark kind of the served outputs whose prompts were exported (rated or not)."""
+
 _meta = sa.MetaData()
 
 served = sa.Table(
@@ -163,6 +166,9 @@ class ExportResult:
     watermark: dict[str, int]
     """Last exported sequence number per kind (after this export, if it advanced)."""
     advanced: bool
+    prompts_path: Path | None = None
+    prompts: int = 0
+    """Distinct prompts of the outputs served since the last export, rated or not (``prompts.jsonl``)."""
 
 
 def default_url(path: Path) -> str:
@@ -396,7 +402,7 @@ class ServedStore:
     def watermark(self) -> dict[str, int]:
         with self.engine.connect() as conn:
             got = dict(conn.execute(sa.select(watermarks.c.kind, watermarks.c.last_seq)).all())
-        return {RATINGS: int(got.get(RATINGS, 0)), PAIRS: int(got.get(PAIRS, 0))}
+        return {kind: int(got.get(kind, 0)) for kind in (RATINGS, PAIRS, PROMPTS)}
 
     def integrity_ok(self) -> bool:
         """SQLite's own integrity check (True for other databases)."""
@@ -461,6 +467,17 @@ class ServedStore:
             PAIRS: max([p["seq"] for p in pair_rows], default=marks[PAIRS]),
         }
         return rating_rows, [p for p in pair_rows if not p["tie"]], ties, new_marks
+
+    def _new_prompts(self, after: int) -> tuple[list[dict[str, Any]], int]:
+        """The prompt and messages of every output served after sequence number ``after``, and the last one's."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(served.c.seq, served.c.prompt, served.c.messages)
+                .where(served.c.seq > after)
+                .order_by(served.c.seq)
+            ).mappings()
+            found = [dict(r) for r in rows]
+        return found, max([r["seq"] for r in found], default=after)
 
     def _require(self, conn: sa.Connection, served_id: str) -> ServedOutput:
         row = conn.execute(sa.select(served).where(served.c.id == served_id)).mappings().first()
@@ -535,7 +552,10 @@ def export_feedback(store: ServedStore, out_dir: Path, *, advance: bool = True) 
       model_version, source="served", annotator, created_at`` (the ratings schema; ``prompt_messages`` too when
       the request was a conversation, see :func:`served_prompt`);
     - ``out_dir/pairs.jsonl``: one row per pairwise choice (ties are counted, not written), columns
-      ``prompt, chosen, rejected, source="served", annotator, created_at, chosen_id, rejected_id``.
+      ``prompt, chosen, rejected, source="served", annotator, created_at, chosen_id, rejected_id``;
+    - ``out_dir/prompts.jsonl``: the distinct prompts of every output served since the last export, rated or not
+      (``{"prompt"}``, or ``{"messages"}`` for a conversation), a prompt file for the prompt pool, so the next
+      round trains on what users ask, not only on what they rated.
 
     Each file is written only when it has rows, fsynced, and renamed into place. With ``advance`` the
     watermark then moves past the exported rows so the next export starts after them; pass
@@ -544,7 +564,8 @@ def export_feedback(store: ServedStore, out_dir: Path, *, advance: bool = True) 
     """
     out_dir = Path(out_dir)
     rating_rows, pair_rows, ties, marks = store._new_feedback()
-    ratings_path = pairs_path = None
+    served_rows, marks[PROMPTS] = store._new_prompts(store.watermark()[PROMPTS])
+    ratings_path = pairs_path = prompts_path = None
     if rating_rows:
         ratings_path = out_dir / "ratings.jsonl"
         _write_durably(
@@ -581,12 +602,29 @@ def export_feedback(store: ServedStore, out_dir: Path, *, advance: bool = True) 
             ],
             pairs_path,
         )
+    prompt_rows = _distinct_prompts(served_rows)
+    if prompt_rows:
+        prompts_path = out_dir / "prompts.jsonl"
+        _write_durably(prompt_rows, prompts_path)
     if ties:
         log.info("export: %d tie(s) recorded; a tie states no preference, so it makes no training pair", ties)
     if advance:
         store.advance_watermark(marks)
-    log.info("export: %d rating row(s), %d pair row(s) to %s", len(rating_rows), len(pair_rows), out_dir)
-    return ExportResult(ratings_path, pairs_path, len(rating_rows), len(pair_rows), ties, marks, advance)
+    log.info("export: %d rating row(s), %d pair row(s), %d served prompt(s) to %s", len(rating_rows),
+             len(pair_rows), len(prompt_rows), out_dir)  # fmt: skip
+    return ExportResult(
+        ratings_path, pairs_path, len(rating_rows), len(pair_rows), ties, marks, advance, prompts_path, len(prompt_rows)
+    )
+
+
+def _distinct_prompts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One prompt-file row per distinct served prompt: ``{"prompt"}``, or ``{"messages"}`` for a conversation."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        p = served_prompt(r["prompt"], r["messages"])
+        row = {"messages": json.loads(p["prompt_messages"])} if "prompt_messages" in p else {"prompt": p["prompt"]}
+        out.setdefault(json.dumps(row, sort_keys=True, ensure_ascii=False), row)
+    return list(out.values())
 
 
 def _write_durably(records: list[dict], path: Path) -> None:

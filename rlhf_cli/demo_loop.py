@@ -99,7 +99,8 @@ def round_table(rounds: list[dict[str, Any]]) -> Any:
         values = {
             "feedback": "seed (demo annotator)"
             if r.get("seeded")
-            else f"served: {exp.get('ratings', 0)} ratings, {exp.get('pairs', 0)} choices",
+            else f"served: {exp.get('ratings', 0)} ratings, {exp.get('pairs', 0)} choices, "
+            f"{exp.get('prompts', 0)} prompts",
             "rows": f"{val.get('accepted', 0)} / {val.get('quarantined', 0)}",
             "data": (r.get("data_version") or "-")[:12],
             "acc": "-" if acc is None else f"{acc:.1%}",

@@ -89,10 +89,9 @@ def retrain(params: ParamsOpt = None) -> None:
     """
     import os
 
-    from flows.retrain import retrain as retrain_flow
-
     from components.paths import ProjectPaths
     from components.project import ProjectError, require_project
+    from flows.retrain import retrain as retrain_flow
 
     console = make_console()
     params = project_params(console, params)

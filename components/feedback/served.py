@@ -42,6 +42,9 @@ class ServedExport:
     pairs_path: str | None = None
     watermark: dict[str, int] | None = None
     """The store's watermark once these rows are versioned (:func:`ingest_served_feedback` moves it)."""
+    prompts: int = 0
+    """Distinct prompts users sent since the last export, rated or not: they join the prompt pool."""
+    prompts_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ class ServedIngest:
     version: str | None = None
     """The data version afterwards (unchanged when nothing was accepted)."""
     previous_version: str | None = None
+    prompts_added: int = 0
+    """Served prompts new to the pool's served prompts file (``data/prompts/sources/served.jsonl``)."""
 
 
 def _store_url(cfg: ServeConfig, paths: ProjectPaths) -> str | None:
@@ -88,7 +93,7 @@ def export_served_feedback(cfg: ServeConfig, paths: ProjectPaths, *, progress: P
         done = export_feedback(store, out, advance=False)
     finally:
         store.close()
-    tell(progress, 1, 1, f"exported {done.ratings} ratings, {done.pairs} pairs")
+    tell(progress, 1, 1, f"exported {done.ratings} ratings, {done.pairs} pairs, {done.prompts} served prompts")
     return ServedExport(
         store_url=url,
         ratings=done.ratings,
@@ -97,17 +102,35 @@ def export_served_feedback(cfg: ServeConfig, paths: ProjectPaths, *, progress: P
         ratings_path=str(done.ratings_path) if done.ratings_path else None,
         pairs_path=str(done.pairs_path) if done.pairs_path else None,
         watermark=dict(done.watermark) if done.watermark else None,
+        prompts=done.prompts,
+        prompts_path=str(done.prompts_path) if done.prompts_path else None,
     )
 
 
 def ingest_served_feedback(
     cfg: ValidationConfig, paths: ProjectPaths, *, exported: ServedExport, progress: Progress | None = None
 ) -> ServedIngest:
-    """Validate + version the exported ratings, then the pairs (users' choices + pairs from ratings); then
-    move the store's watermark past what was exported."""
+    """Add the served prompts to the pool's sources, validate + version the exported ratings, then the pairs
+    (users' choices + pairs from ratings), or, with no feedback, version the served prompts alone; then move the
+    store's watermark past what was exported."""
+    from components.feedback.store import add_served_prompts, data_version, restore_served_prompts
+
+    previous = data_version(paths)
+    added, before = add_served_prompts(paths, exported.prompts_path) if exported.prompts_path else (0, None)
+    try:
+        return _ingest(cfg, paths, exported, added, progress)
+    except BaseException:
+        if data_version(paths) == previous:  # nothing versioned: the pool's sources go back as they were
+            restore_served_prompts(paths, before)
+        raise
+
+
+def _ingest(
+    cfg: ValidationConfig, paths: ProjectPaths, exported: ServedExport, added: int, progress: Progress | None
+) -> ServedIngest:
     from components.feedback.pairs import ratings_to_pairs
     from components.feedback.schema import PAIRS
-    from components.feedback.store import data_version, ingest_file, ingest_frame
+    from components.feedback.store import data_version, ingest_file, ingest_frame, version_prompts
 
     previous = data_version(paths)
     report = paths.reports / "served-validation"
@@ -129,6 +152,8 @@ def ingest_served_feedback(
     if exported.pairs_path:
         ingests.append(ingest_file(exported.pairs_path, paths, cfg, report_dir=report / "pairs"))
         tell(progress, steps, steps, "validated + versioned the pairs")
+    if added and not ingests:
+        version_prompts(paths, origin="served-prompts")
     if exported.watermark and exported.store_url:
         _advance(exported.store_url, exported.watermark)
     by_reason: dict[str, int] = {}
@@ -148,6 +173,7 @@ def ingest_served_feedback(
         served_ids=len(served_ids),
         version=data_version(paths),
         previous_version=previous,
+        prompts_added=added,
     )
 
 

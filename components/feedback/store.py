@@ -29,7 +29,7 @@ from components.feedback.io import read_parquet, write_jsonl, write_parquet
 from components.feedback.schema import PAIRS, RATINGS, SCHEMAS, key_hashes
 from components.feedback.validation import ValidationResult, quarantine_records, validate_file, validate_frame
 from components.paths import ProjectPaths, dvc_remote_dir
-from components.prompt_pool import PromptsConfig, build_pool
+from components.prompt_pool import SERVED_PROMPTS, PromptsConfig, build_pool
 
 POOL_FILES = ("train.jsonl", "heldout.jsonl", "quarantine.jsonl", "pool.json")
 
@@ -355,6 +355,71 @@ def validate_and_store(
         notes=list(result.notes),
         stored=stored,
     )
+
+
+def add_served_prompts(paths: ProjectPaths, exported: Path | str) -> tuple[int, bytes | None]:
+    """Append the exported served prompts that are new to ``data/prompts/sources/served.jsonl`` (the next pool
+    build splits them train / held-out by hash like any prompt). Returns how many were new and the file's bytes
+    before (None: it did not exist), for :func:`restore_served_prompts` when the data version then fails."""
+    from components.prompt_pool import sources_dir
+
+    ensure_checked_out(paths)
+    target = sources_dir(paths) / SERVED_PROMPTS
+    before = target.read_bytes() if target.is_file() else None
+    known = set((before or b"").decode("utf-8").splitlines())
+    new = [line for line in Path(exported).read_text(encoding="utf-8").splitlines() if line.strip()]
+    new = [line for line in dict.fromkeys(new) if line not in known]
+    if new:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("a", encoding="utf-8") as fh:
+            fh.write("".join(line + "\n" for line in new))
+    return len(new), before
+
+
+def restore_served_prompts(paths: ProjectPaths, before: bytes | None) -> None:
+    """Put ``served.jsonl`` back as :func:`add_served_prompts` found it."""
+    from components.prompt_pool import sources_dir
+
+    target = sources_dir(paths) / SERVED_PROMPTS
+    if before is None:
+        target.unlink(missing_ok=True)
+    else:
+        target.write_bytes(before)
+
+
+def version_prompts(paths: ProjectPaths, *, origin: str, push: bool = True) -> str | None:
+    """Rebuild the prompt pool and make a data version when only prompt files changed (served prompts with no
+    feedback on them). All or nothing for the pool files and ``data.dvc``; returns the new data version."""
+    previous = data_version(paths)
+    touched = [*(paths.prompts / name for name in POOL_FILES), paths.data_dvc]
+    saved = {f: (f.read_bytes() if f.is_file() else None) for f in touched}
+    try:
+        pool = build_pool(pool_config(paths), paths)
+        dvc(paths, "add", "data")
+        if push:
+            ensure_remote(paths)
+            dvc(paths, "push", "data.dvc")
+    except BaseException:
+        for f, data in saved.items():
+            if data is None:
+                f.unlink(missing_ok=True)
+            else:
+                f.write_bytes(data)
+        raise
+    version = data_version(paths)
+    totals = {k: len(load(paths, k)) for k in (PAIRS, RATINGS)}
+    entry = {
+        "version": version, "previous_version": previous, "time": pd.Timestamp.now(tz="UTC").isoformat(),
+        "origin": origin, "kind": "prompts", "rows_in": 0, "accepted": 0, "quarantined": 0, "by_reason": {},
+        "totals": totals, "prompts": {"train": pool.train, "heldout": pool.heldout, "quarantined": pool.quarantined},
+    }  # fmt: skip
+    paths.data_versions.parent.mkdir(parents=True, exist_ok=True)
+    with paths.data_versions.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(entry) + "\n")
+    log.info(
+        "data version %s (was %s): prompt pool %d train / %d held-out", version, previous, pool.train, pool.heldout
+    )
+    return version
 
 
 def _add_prompt_source(paths: ProjectPaths, prompts_file: Path) -> Path | None:

@@ -162,8 +162,9 @@ def test_a_failing_stage_fails_the_flow_run_and_keeps_the_champion(prefect_api, 
 
 def test_served_feedback_enters_the_next_data_version_once(tmp_path):
     from components import stages
-    from components.feedback.store import load
+    from components.feedback.store import data_version, load
     from components.params import load_params
+    from components.prompt_pool import is_heldout
     from components.served_store import ServedOutput, open_store
 
     root = make_project(tmp_path)
@@ -175,14 +176,15 @@ def test_served_feedback_enters_the_next_data_version_once(tmp_path):
         ServedOutput(f"out-{i}", "Where is my parcel?", reply, "policy-1")
         for i, reply in enumerate(["It ships today, sorry for the wait!", "No.", "Check the tracking page."])
     ]
-    store.log_outputs(outs)
+    never_rated = ServedOutput("out-9", "Can I change the delivery address?", "Yes, in your account.", "policy-1")
+    store.log_outputs([*outs, never_rated])
     store.record_rating("out-0", 5, annotator="gold")
     store.record_rating("out-1", 1, annotator="gold")
     store.record_pair("out-2", "out-1", annotator="gold")
     store.close()
 
     exported = stages.export_served_feedback(p.serve, paths)
-    assert (exported.ratings, exported.pairs, exported.ties) == (2, 1, 0)
+    assert (exported.ratings, exported.pairs, exported.ties, exported.prompts) == (2, 1, 0, 2)
     ingested = stages.ingest_served_feedback(p.validation, paths, exported=exported)
     # 2 ratings + 1 pair from those ratings (5 over 1) + 1 user pair, all accepted
     assert (ingested.rows_in, ingested.accepted, ingested.quarantined, ingested.pairs_from_ratings) == (4, 4, 0, 1)
@@ -193,11 +195,34 @@ def test_served_feedback_enters_the_next_data_version_once(tmp_path):
     assert sorted(ratings["served_id"]) == ["out-0", "out-1"] and set(ratings["model_version"]) == {"policy-1"}
     assert {(r.chosen_id, r.rejected_id) for r in pairs.itertuples()} == {("out-0", "out-1"), ("out-2", "out-1")}
     assert set(pairs["source"]) == {"served"}
+    # every prompt users sent is in the pool, rated or not, on the side its hash puts it
+    assert _pool_split(paths) == {
+        "Where is my parcel?": is_heldout("Where is my parcel?", p.prompts.heldout_fraction),
+        "Can I change the delivery address?": is_heldout(
+            "Can I change the delivery address?", p.prompts.heldout_fraction
+        ),
+    }
+    assert ingested.prompts_added == 2 and _pool(paths)["by_source"]["served"] == 2
 
     again = stages.export_served_feedback(p.serve, paths)  # the watermark moved past those rows
-    assert (again.ratings, again.pairs, again.ties) == (0, 0, 0)
+    assert (again.ratings, again.pairs, again.ties, again.prompts) == (0, 0, 0, 0)
     same = stages.ingest_served_feedback(p.validation, paths, exported=again)
     assert same.version == ingested.version
+
+    # prompts served with no feedback on them at all still reach the next round's pool, as a new data version
+    store = open_store(paths.served_store)
+    store.log_outputs([ServedOutput("out-10", "Do you ship to Norway?", "We do.", "policy-1"),
+                       ServedOutput("out-11", "Where is my parcel?", "On its way.", "policy-1")])  # fmt: skip
+    store.close()
+    unrated = stages.export_served_feedback(p.serve, paths)
+    assert (unrated.ratings, unrated.pairs, unrated.prompts) == (0, 0, 2)
+    grown = stages.ingest_served_feedback(p.validation, paths, exported=unrated)
+    assert grown.prompts_added == 1 and grown.rows_in == 0  # "Where is my parcel?" was in the pool already
+    assert grown.version not in (None, ingested.version) and grown.version == data_version(paths)
+    assert "Do you ship to Norway?" in _pool_split(paths) and _pool(paths)["by_source"]["served"] == 3
+    assert len(load(paths, "ratings")) == 2  # no feedback rows were made up
+    assert stages.export_served_feedback(p.serve, paths).prompts == 0
+    ingested = grown
 
     # the flow's tasks pass the same results on as dicts
     from flows.retrain import export_served_feedback, validate_and_version
@@ -205,6 +230,19 @@ def test_served_feedback_enters_the_next_data_version_once(tmp_path):
     exported_dict = export_served_feedback.fn(str(root), str(paths.params))
     assert stages.result_from_dict(stages.ServedExport, exported_dict) == again.__class__(**exported_dict)
     assert validate_and_version.fn(str(root), str(paths.params), exported_dict)["version"] == ingested.version
+
+
+def _pool(paths: ProjectPaths) -> dict:
+    return json.loads((paths.prompts / "pool.json").read_text())
+
+
+def _pool_split(paths: ProjectPaths) -> dict[str, bool]:
+    """Each pooled prompt's text: True when it is held out."""
+    split = {}
+    for name, held in (("train.jsonl", False), ("heldout.jsonl", True)):
+        for line in (paths.prompts / name).read_text().splitlines():
+            split[json.loads(line)["prompt"]] = held
+    return split
 
 
 @pytest.mark.slow
