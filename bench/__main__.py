@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "reward_rounds": ("bench.reward_rounds:main", "the reward stage on a demo's two rounds of pairs, with its store"),
     "reward_hh": ("bench.reward_hh:main", "the reward model on real HH-RLHF pairs: accuracy, or step cost per mode"),
     "reward_splits": ("bench.reward_splits:main", "reward-model held-out accuracy over several prompt splits"),
+    "hh_round": ("bench.hh_round:main", "one round on HH-RLHF: init -> import -> retrain (judge RM gate) -> audit"),
     "eval_stage": ("bench.eval_stage:main", "the evaluate stage's time at the default EvalConfig"),
     "serving": ("bench.serving_load:main", "serving load test: 1 / 4 / 16 clients, batched vs one at a time"),
     "serving_hostage": ("bench.serving_load:main_hostage", "short requests beside a long one; streaming latency"),

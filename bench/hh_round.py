@@ -1,8 +1,8 @@
 """One round of the loop on HH-RLHF, the way a new team runs it: ``rlhf init`` -> ``rlhf import`` -> ``rlhf
 retrain`` (judge reward model gate) -> ``rlhf models`` / ``rlhf audit``, with the figures and the time per stage.
 
-Usage: python bench/hh_round.py HH_RLHF_JSONL_GZ [--lines N] [--model SPEC] [--set section.key=VALUE ...]
-                                [--workdir DIR] [--out bench/results/hh_round.json]
+    python -m bench hh_round HH_RLHF_JSONL_GZ [--lines N] [--model SPEC] [--set section.key=VALUE ...]
+                             [--workdir DIR] [--threads N] [--conditions TEXT] [--no-table]
 
 1. ``rlhf init WORKDIR/project --model SPEC`` (default: the default model), then ``--set`` overrides written
    into its ``params.yaml`` (none: the defaults ``rlhf init`` writes, i.e. full size).
@@ -18,17 +18,17 @@ Usage: python bench/hh_round.py HH_RLHF_JSONL_GZ [--lines N] [--model SPEC] [--s
    were cut and by how much, and whether the cut stayed in the conversation's past (the reply being scored and
    the user turn it answers intact).
 
-Every command runs as a subprocess with the ``rlhf`` of this interpreter's environment; the results JSON is
-rewritten after each step, so a run stopped part way keeps what it measured.
+Every command runs as a subprocess with the ``rlhf`` of this interpreter's environment (``--threads``: their
+``OMP_NUM_THREADS``); the results JSON (default ``bench/results/hh_round.json``) is rewritten after each step, so
+a run stopped part way keeps what it measured. Unless ``--no-table``, the row "HH-RLHF round" of the table in
+``docs/benchmarks.md`` is updated at the end.
 """
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from bench import harness
 
 RLHF = str(Path(sys.executable).with_name("rlhf"))
 STAGE_ENDS = [  # (stage, the file it writes last), in the order `rlhf retrain` runs them
@@ -151,15 +153,13 @@ def cut_report(root: Path, max_length: int) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    ap = harness.parser(__doc__, name="hh_round", out="hh_round.json")
     ap.add_argument("data", type=Path, help="an HH-RLHF JSONL(.gz) file, e.g. the harmless-base test split")
     ap.add_argument("--lines", type=int, default=0, help="import only the first N lines (0: all)")
-    ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--set", nargs="*", default=[], help="params overrides, section.key=VALUE (YAML values)")
     ap.add_argument("--workdir", type=Path, default=None, help="where the project goes (default: a temp folder)")
-    ap.add_argument("--out", type=Path, default=Path("bench/results/hh_round.json"))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     work = (args.workdir or Path(tempfile.mkdtemp(prefix="hh-round-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     root, out = work / "project", args.out.resolve()
@@ -175,19 +175,21 @@ def main() -> None:
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     env.pop("RLHF_PROJECT", None)
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
     report: dict[str, Any] = {
         "data": "HH-RLHF harmless-base test split" + (f", first {args.lines} lines" if args.lines else ""),
+        "benchmark": "hh_round",
         "model": args.model,
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
+        "conditions": args.conditions,
+        "threads": args.threads,
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "workdir": str(work),
         "seconds": {},
     }
 
     def save() -> None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        harness.write_results(out, {k: v for k, v in report.items() if k != "machine"})
 
     # 1. init (+ overrides)
     code, report["seconds"]["init"], text = run(
@@ -252,9 +254,35 @@ def main() -> None:
     t1 = time.perf_counter()
     report["truncation_check"] = cut_report(root, int(params["reward"]["max_length"]))
     report["seconds"]["truncation_check"] = round(time.perf_counter() - t1, 1)
-    report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     save()
     print(json.dumps({k: report[k] for k in ("seconds", "audit", "truncation_check")}, indent=2))
+    if not args.no_table:
+        harness.update_row("HH-RLHF round", table_cells(report, args, out))
+
+
+def table_cells(report: dict[str, Any], args, out: Path) -> list[str]:
+    """The row of ``docs/benchmarks.md``'s table: conditions, the round's figures, how to rerun it."""
+    s, r = report["seconds"], report["retrain"]
+    ev, judge = r["eval"], r["judge_reward"].get("eval", {})
+    size = f"first {args.lines} lines" if args.lines else "all 2,312 lines"
+    ours = (
+        f"init {s['init']} s, import {s['import']} s, retrain {s['retrain']} s "
+        f"({', '.join(f'{k} {v} s' for k, v in s.get('retrain_stages', {}).items())}); "
+        f"reward model held-out accuracy {r['reward']['eval']['accuracy']:.3f}, judge {judge.get('accuracy', 0):.3f}; "
+        f"win rate by the judge {ev['win_rate']:.1%} [{ev['win_rate_low']:.1%}, {ev['win_rate_high']:.1%}], "
+        f"KL {ev['candidate']['kl']}, {r['decision']}"
+    )
+    lines = ["--lines", str(args.lines)] if args.lines else []
+    rerun = harness.command("hh_round", ["HH_RLHF_FILE", *lines, *(["--set", *args.set] if args.set else [])])
+    conditions = f"CPU, {harness.machine()['cpu_count']} cores; {args.conditions or 'conditions not given'}"
+    return [
+        f"{conditions}; {args.model}, HH-RLHF harmless-base test, {size}",
+        ours,
+        "-",
+        "-",
+        rerun,
+        f"`{harness.results_path(out)}`",
+    ]
 
 
 if __name__ == "__main__":
