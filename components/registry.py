@@ -77,7 +77,8 @@ class ModelRecord:
     parent: str | None = None
     """Policy version this one was trained from (None for the base model and reward models)."""
     facts: dict[str, Any] = field(default_factory=dict)
-    """Immutable facts saved with the model: data version, reward model, params, code revision, metrics."""
+    """Facts saved with the model: data version, reward model, params, code revision, metrics (a version registered
+    before its evaluation, to go on canary, gets the later facts added here; the store keeps the first ones)."""
     gate: dict[str, Any] | None = None
     """The gate report that decided this version (None for the base and undecided candidates)."""
     history: tuple[dict[str, str], ...] = ()
@@ -287,7 +288,8 @@ def register(
 ) -> ModelRecord:
     """Save ``folder`` (a transformers folder) as a new version in the store and record it as a ``candidate``.
 
-    Registering a version that is already recorded returns its record unchanged (a retried stage is a no-op).
+    Registering a version that is already recorded returns its record (a retried stage changes nothing), with
+    any new ``facts`` and ``gate`` added to the record.
     ``status="champion"`` is only allowed for the first policy (the base model); use :func:`promote` after.
     """
     if not _TAG_OK.match(version):

@@ -307,8 +307,8 @@ class RLHFService:
     def refresh_canary(self, *, fail: bool = False) -> bool:
         """Serve the candidate that ``live/canary.json`` (else ``serve.canary_*``) names; True when it changed.
 
-        ``fail``: raise when the named version cannot be loaded (at start); later a failure is logged and the
-        service keeps what it serves."""
+        ``fail``: raise when ``serve.canary_version`` cannot be loaded (at start); a version named by the
+        assignment file, and any failure later, is logged and the service keeps what it serves."""
         try:
             plan = canary_plan.effective(self.paths, self.cfg.canary_version, self.cfg.canary_share, self.cfg.shadow)
             current = self._candidate
@@ -325,8 +325,8 @@ class RLHFService:
             else:
                 loaded = self._load(model_source.resolve_version(self.paths, plan.version))
         except Exception:
-            if fail:
-                raise
+            if fail and canary_plan.read_assignment(self.paths) is None:
+                raise  # serve.canary_version names a version that cannot be served: refuse to start
             log.exception("canary check failed; serving as before")
             return False
         with self._swap:

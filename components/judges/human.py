@@ -170,7 +170,8 @@ def await_human_verdict(
         reason = (
             f"no decision: {counted.comparisons} of {cfg.comparisons} human comparisons had arrived by the deadline "
             f"({cfg.deadline_s:g} s after the candidate went on canary); the champion stays. Ask raters to use the "
-            "rater page's compare tab, or raise eval.human_judge.deadline_s / lower eval.human_judge.comparisons"
+            "rater page's compare tab (the service must be running and polling: serve.reload_poll_seconds > 0), or "
+            "raise eval.human_judge.deadline_s / lower eval.human_judge.comparisons"
         )
     log.info("human judge, %s vs %s: %s", candidate, champion, reason)
     verdict = HumanVerdict(decided, candidate, champion, cfg.comparisons, counted, reason, since, deadline,

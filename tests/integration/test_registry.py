@@ -275,3 +275,41 @@ def test_audit_across_two_versions(project, tiny_folder):
     assert any("KL 9.000 > maximum 6" in c["reason"] for c in trail["gate"]["checks"])
     champ_trail = audit_trail(project)  # default: the champion
     assert champ_trail["model"]["version"] == "v1" and champ_trail["gate"]["passed"] is True
+
+
+def test_human_judge_registers_the_candidate_decides_nothing_without_enough_people_then_on_their_choices(
+    project, tiny_folder
+):
+    from components.config.evaluation import EvalConfig
+    from components.config.judges import HumanJudgeConfig
+    from components.config.serve import ServeConfig
+    from components.judges.human import judge_by_humans
+    from components.served_store import ServedOutput, open_store
+    from flows.retrain import _decided
+
+    folder = policy_folder(tiny_folder, project.root, "cand")
+    human = HumanJudgeConfig(comparisons=2, deadline_s=0.3, poll_s=0.1)
+    cfg, serve = EvalConfig(judge="human", human_judge=human, bootstrap_resamples=200), ServeConfig()
+
+    # 1. nobody compared by the deadline: registered (so the service could serve it), undecided, champion stays
+    got = judge_by_humans(cfg, serve, project, policy=str(folder), evaluation=evaluation())
+    assert not got.decided and got.evaluation is None and "0 of 2" in got.reason
+    assert registry.get(project, "cand").status == "candidate" and champions(project) == ["base-tiny"]
+    assert not _decided(project, "cand")  # a rerun of the flow judges it again rather than skip it
+
+    # 2. two people prefer the candidate: the same gate promotes it on their win rate
+    store = open_store(project.served_store)
+    for i in range(2):
+        msgs = [{"role": "user", "content": f"q{i}"}]
+        store.log_outputs([ServedOutput(id=f"c{i}", prompt=f"q{i}", reply="c", model_version="cand", messages=msgs),
+                           ServedOutput(id=f"h{i}", prompt=f"q{i}", reply="h", model_version="base-tiny",
+                                        messages=msgs)])  # fmt: skip
+        store.record_pair(f"c{i}", f"h{i}", annotator=f"rater{i}")
+    store.close()
+    got = judge_by_humans(cfg, serve, project, policy=str(folder), evaluation=evaluation(win_rate=0.1))
+    assert got.decided and got.evaluation.win_rate == 1.0 and got.evaluation.judge["name"] == "human"
+    decided = gate(GateConfig(), project, evaluation=got.evaluation)
+    outcome = registry.register_and_decide(project, policy=folder, evaluation=got.evaluation, gate=decided)
+    assert outcome.status == "champion" and champions(project) == ["cand"]
+    facts = registry.get(project, "cand").facts
+    assert facts["metrics"]["eval"]["win_rate"] == 1.0 and facts["metrics"]["eval"]["judge"]["name"] == "human"
