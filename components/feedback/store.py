@@ -67,7 +67,13 @@ def ensure_remote(paths: ProjectPaths) -> str:
         if name := dvc_runner.dvc(paths.root, "remote", "default").strip():
             return name
     remote = dvc_remote_dir()
-    remote.mkdir(parents=True, exist_ok=True)
+    try:
+        remote.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot make the DVC remote folder {remote} ({exc}): point $RLHF_DVC_REMOTE at a writable folder, or "
+            f"add a default remote to {paths.root} (`dvc remote add -d NAME URL`)"
+        ) from exc
     dvc(paths, "remote", "add", "--local", "--force", "-d", "local", str(remote))
     log.info("DVC default remote: local -> %s (in .dvc/config.local)", remote)
     return "local"

@@ -52,3 +52,18 @@ def test_each_append_is_a_new_pushed_dvc_version(project, tmp_path):
     shutil.rmtree(project.data)
     third = ingest_frame(pd.DataFrame(_pairs(100, 1)), "pairs", project, cfg, origin="test")
     assert third.totals["pairs"] == 6 and third.previous_version == second.version
+
+
+def test_a_store_whose_dvc_push_fails_leaves_no_files(project, tmp_path, monkeypatch):
+    from components.feedback.store import StoreError
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the remote's folder should be\n")
+    monkeypatch.setenv("RLHF_DVC_REMOTE", str(blocker / "remote"))  # the push cannot write there
+    tracked = ("data", "data.dvc", "metrics")
+    before = {p: p.read_bytes() for name in tracked for p in (project.root / name).rglob("*") if p.is_file()}
+    with pytest.raises(StoreError):
+        ingest_file(_write(tmp_path / "a.jsonl", _pairs(0, 3)), project, ValidationConfig())
+    after = {p: p.read_bytes() for name in tracked for p in (project.root / name).rglob("*") if p.is_file()}
+    assert after == before and not (project.root / "data.dvc").exists()  # no feedback, pool, quarantine, version
+    assert data_version(project) is None

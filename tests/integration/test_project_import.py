@@ -336,6 +336,12 @@ def test_init_import_retrain_audit_a_round_on_human_data(prefect_api, tmp_path, 
     assert "demo" not in text.lower() and "gold" not in text.lower()
     assert trail["gate"] and "reward_model" in text
     assert trail["prompt_pool"]["train"] > 0 and trail["prompt_pool"]["by_source"]  # the pool the round trained on
+    # --params reached every stage the round ran: the DVC stages' recorded params are the file's values
+    policy = json.loads((root / "models" / "policy" / candidate / "manifest.json").read_text())
+    assert policy["params"]["policy"]["steps"] == 2 and policy["params"]["policy"]["max_new_tokens"] == 8
+    rm = json.loads((root / "models" / "reward" / "manifest.json").read_text())
+    assert rm["params"]["max_length"] == 96 and rm["params"]["epochs"] == 1
+    assert ev["judge_min_accuracy"] == 0.0 and ev["candidate"]["mean_tokens"] <= 8
 
 
 def test_the_demo_project_is_an_init_project_with_the_demo_task_on(tmp_path, monkeypatch):
