@@ -47,13 +47,16 @@ def _evaluate(root: Path, spec: str, max_prompts: int | None):
     from components.base_model import resolve_model_dir
     from components.config.evaluation import EvalConfig
     from components.config.model import ModelConfig
+    from components.config.prompts import PromptsConfig
     from components.demo_task.seed import write_prompt_files
     from components.evaluation import evaluate
     from components.paths import ProjectPaths
+    from components.prompt_pool import build_pool
     from components.reward.model import RewardModel, build_reward_model
 
     paths = ProjectPaths(root)
     write_prompt_files(paths)
+    build_pool(PromptsConfig(), paths)  # the demo's prompts split train / held-out, as a project's pool is
     base = resolve_model_dir(spec)
     model, tok = build_reward_model(spec)
     RewardModel(model, tok).save(paths.reward_model)
