@@ -21,6 +21,9 @@ from pathlib import Path
 
 import httpx
 
+from components.config.serve import load_serve_config
+from components.paths import ProjectPaths
+
 log = logging.getLogger(__name__)
 
 
@@ -37,6 +40,8 @@ class ServiceProcess:
     """Its output."""
     rater_token: str = ""
     """A rater token for simulated users (rater ``SIMULATED_RATER``), made when the service starts."""
+    grace_s: int = 30
+    """Seconds its requests in flight get after SIGTERM (``serve.shutdown_grace_s``)."""
 
 
 def free_port() -> int:
@@ -59,12 +64,12 @@ def start_service(root: Path, params: Path, *, port: int | None = None, timeout_
         "RLHF_API_TOKEN": token,
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
     }
+    grace_s = load_serve_config(ProjectPaths(Path(root)), Path(params)).shutdown_grace_s
     cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:RLHFService", "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), "--timeout-graceful-shutdown", str(grace_s)]
     with out_file.open("wb") as out:
-        proc = subprocess.Popen(
-            [*cmd, "--port", str(port)], cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    service = ServiceProcess(f"http://127.0.0.1:{port}", token, proc.pid, str(out_file), rater_token)
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    service = ServiceProcess(f"http://127.0.0.1:{port}", token, proc.pid, str(out_file), rater_token, grace_s)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -116,8 +121,10 @@ def wait_for_version(url: str, version: str, timeout_s: float = 120.0) -> str:
     return f"{url} still served {seen} after {timeout_s:.0f} s (expected {version}); it reloads on its next poll"
 
 
-def stop_service(service: ServiceProcess, timeout_s: float = 30.0) -> None:
-    """SIGTERM the service's process group, SIGKILL it if it is still there after ``timeout_s``."""
+def stop_service(service: ServiceProcess, timeout_s: float | None = None) -> None:
+    """SIGTERM the service's process group, SIGKILL it if it is still there after ``timeout_s`` (default: its
+    grace period for requests in flight plus 10 s)."""
+    timeout_s = service.grace_s + 10.0 if timeout_s is None else timeout_s
     for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10.0)):
         try:
             os.killpg(service.pid, sig)

@@ -325,10 +325,12 @@ def serve(
     env = {**os.environ, "RLHF_PROJECT": str(params.parent), "RLHF_PARAMS": str(params), "RLHF_SERVE_HOST": host}
     console.print(f"serving project {params.parent} on http://{host}:{port} (rater page: /rate, API docs: /)")
     cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:RLHFService", "--host", host, "--port", str(port)]
+    cmd += ["--timeout-graceful-shutdown", str(cfg.shutdown_grace_s)]
     sys.stdout.flush()
     sys.stderr.flush()
     # Become `bentoml serve` (same process id): SIGTERM/SIGINT to `rlhf serve` then reach BentoML itself, which
     # stops its worker; a child started with subprocess would be left running when this process is killed.
+    # The worker (uvicorn) stops accepting at once and gives requests in flight serve.shutdown_grace_s.
     os.execve(sys.executable, cmd, env)
 
 

@@ -17,6 +17,10 @@ class ServeConfig:
     """Address `rlhf serve` binds; anything but loopback needs ``RLHF_API_TOKEN`` set."""
     port: int = 3000
     """Port `rlhf serve` listens on."""
+    shutdown_grace_s: int = 30
+    """Seconds the requests in flight get to finish after `rlhf serve` receives SIGTERM or SIGINT: from the
+    signal on no new connection is served; a request still running when the grace period ends is cut (its
+    connection closed), then every process of the service exits."""
     max_batch_size: int = 16
     """Most replies sampled together (rows of the running batch); a request joins at the next decode step."""
     max_queued: int = 64
@@ -75,6 +79,8 @@ class ServeConfig:
             raise ValueError("canary_share > 0 or shadow: true needs canary_version (a registered model version)")
         if self.rate_limit_per_minute < 0 or self.rate_limit_burst < 1:
             raise ValueError("rate_limit_per_minute must be >= 0 (0 = no limit) and rate_limit_burst >= 1")
+        if self.shutdown_grace_s < 1:
+            raise ValueError("shutdown_grace_s must be at least 1 (seconds)")
         if self.deadline_s <= 0:
             raise ValueError("deadline_s must be positive (seconds)")
         if self.max_new_tokens_limit < 1 or not 1 <= self.default_max_new_tokens <= self.max_new_tokens_limit:

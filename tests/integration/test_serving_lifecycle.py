@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -153,32 +154,88 @@ def test_public_address_without_token_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_to_rlhf_serve_stops_every_process_and_frees_the_port(tmp_path):
+@pytest.mark.parametrize(
+    ("sig", "in_flight", "grace_s"),
+    [(signal.SIGTERM, "reply", 60), (signal.SIGINT, "stuck", 3)],
+    ids=["sigterm-reply-finishes", "sigint-stuck-request-cut"],
+)
+def test_stop_signal_to_rlhf_serve_stops_every_process_within_the_grace_period(tmp_path, sig, in_flight, grace_s):
+    """SIGTERM or SIGINT to `rlhf serve`: a reply being streamed at the signal finishes and is stored; a request
+    that would never end (its body never arrives) is cut at ``serve.shutdown_grace_s``; either way no process of
+    the service is left and the port is free."""
     import psutil
 
-    project = make_project(tmp_path / "proj", reload_poll_seconds=0.0)
+    project = make_project(tmp_path / "proj", reload_poll_seconds=0.0, shutdown_grace_s=grace_s)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "RLHF_API_TOKEN"}
     env |= {"BENTOML_HOME": str(project / ".bentoml"), "RLHF_HOME": str(project / ".h"), "HF_HUB_OFFLINE": "1"}
     rlhf = [str(Path(sys.executable).parent / "rlhf")]
     cmd = [*rlhf, "serve", "--params", str(project / "params.yaml"), "--port", str(port)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 time.sleep(0.3)
         tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
         workers = [p for p in psutil.process_iter(["cmdline"]) if f"{port}" in " ".join(p.info["cmdline"] or [])]
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        if in_flight == "reply":
+            t0, reply = _signal_mid_stream(url, proc, sig)
+        else:
+            t0 = _signal_with_a_stuck_request(port, proc, sig, grace_s)
+        proc.wait(timeout=grace_s + 60)
         _, alive = psutil.wait_procs(tree + workers, timeout=30)
         assert not alive, [p.cmdline() for p in alive]
+        assert time.monotonic() - t0 < grace_s + 30  # bounded by the grace period, whatever the clients do
         with socket.socket() as s:
-            s.bind(("127.0.0.1", port))  # the port is free again
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: closed connections may linger
+            s.bind(("127.0.0.1", port))  # in TIME_WAIT, but nothing listens: the port is free again
+            s.listen()
+        if in_flight == "reply":
+            store = open_store(project / "live" / "served.sqlite")
+            assert store.has_ids([reply["id"]]) == {reply["id"]}  # stored before [DONE]
+            store.close()
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _signal_mid_stream(url: str, proc: subprocess.Popen, sig: int) -> tuple[float, dict]:
+    """Stream a short reply, send ``sig`` at its first piece; the stream still ends with the stored reply."""
+    lines: list[str] = []
+    t0 = 0.0
+    body = {"prompt": "in flight at the signal", "max_new_tokens": 12, "temperature": 1.0, "seed": 1}
+    with httpx.Client(timeout=60) as client, client.stream("POST", f"{url}/generate/stream", json=body) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data: "):
+                lines.append(line.removeprefix("data: "))
+                if len(lines) == 1:
+                    t0 = time.monotonic()
+                    proc.send_signal(sig)
+    assert lines[-1] == "[DONE]", lines[-3:]  # the reply in flight finished
+    reply = json.loads(lines[-2])
+    assert reply["id"] and "text" in reply, reply
+    return t0, reply
+
+
+def _signal_with_a_stuck_request(port: int, proc: subprocess.Popen, sig: int, grace_s: int) -> float:
+    """Open a request whose body never fully arrives, send ``sig``; the server closes it at the grace period."""
+    stuck = socket.create_connection(("127.0.0.1", port))
+    head = b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n"
+    stuck.sendall(head + b'\r\n{"prompt": ')
+    time.sleep(1.0)  # the worker has read the headers and waits for the body
+    t0 = time.monotonic()
+    proc.send_signal(sig)
+    stuck.settimeout(grace_s + 60)
+    try:
+        cut = stuck.recv(1024)  # a timeout here: the server waited on the stuck client past its grace period
+    except ConnectionResetError:
+        cut = b""
+    finally:
+        stuck.close()
+    assert cut == b"" or cut.startswith(b"HTTP/1.1 5"), cut  # closed (or answered 5xx) at the grace period
+    return t0
