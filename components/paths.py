@@ -115,6 +115,13 @@ class ProjectPaths:
         return self.models / "policy"
 
     @property
+    def candidates(self) -> Path:
+        """A tournament's extra candidates and a sweep's recipes, one folder each: ``models/candidates/<name>/``
+        (``policy/<version>/``, ``checkpoints/``, ``metrics/``, ``reports/``); not DVC outputs, the registry keeps
+        the candidates a round decides on."""
+        return self.models / "candidates"
+
+    @property
     def seed_work(self) -> Path:
         """Intermediate seed files (sampled replies, labelled pairs) so a retried step never resamples."""
         return self.root / "staging" / "seed"

@@ -9,6 +9,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 SUMMARY_KEY = "retrain-summary"
 METRICS_KEY = "retrain-metrics"
+TOURNAMENT_KEY = "retrain-tournament"
 
 
 def _fmt(value: Any) -> str:
@@ -60,10 +61,20 @@ def metric_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
         ("A/A: champion vs itself (about 50 %)", _aa(ev)),
         ("judge score candidate / champion", _pair(ev.get("judge_candidate"), ev.get("judge_champion"))),
         ("KL to reference" + (f" (target {ev['kl_target']:g})" if ev.get("kl_target") else ""), kl),
+        *((f"candidate {r['name']}", _tournament_row(r)) for r in summary.get("tournament") or []),
         ("decision", summary.get("decision")),
         ("champion", summary.get("champion_after")),
     ]
     return [{"figure": name, "value": _fmt(value)} for name, value in rows]
+
+
+def _tournament_row(r: dict[str, Any]) -> str:
+    """A tournament candidate in one cell: algorithm, win rate with its interval, KL, decision."""
+    win = "-"
+    if r.get("win_rate") is not None:
+        win = f"{r['win_rate']:.1%} [{r['win_rate_low']:.1%}, {r['win_rate_high']:.1%}]"
+    kl = "-" if r.get("kl") is None else f"{r['kl']:.2f}"
+    return f"{r.get('algorithm') or '-'}: win {win}, KL {kl}, {r.get('decision')}"
 
 
 def _pool(pool: dict[str, Any]) -> str | None:
@@ -129,3 +140,12 @@ def markdown(summary: dict[str, Any]) -> str:
 def publish_summary(summary: dict[str, Any]) -> None:
     create_table_artifact(key=METRICS_KEY, table=metric_rows(summary), description="retrain: counts and metrics")
     create_markdown_artifact(key=SUMMARY_KEY, markdown=markdown(summary), description="retrain: decision")
+
+
+def publish_tournament(rows: list[dict[str, Any]], label: str = "") -> None:
+    """The round's candidates side by side (recipe, win rate with interval, Holm-adjusted p, KL, time, decision)."""
+    from components.tournament import markdown as tournament_markdown
+
+    title = f"Tournament {label}".rstrip()
+    create_markdown_artifact(key=TOURNAMENT_KEY, markdown=tournament_markdown(rows, title),
+                             description="retrain: the candidates compared")  # fmt: skip

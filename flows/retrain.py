@@ -21,10 +21,10 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from components.config.flow import FlowConfig
+from components.config.flow import POLICY_CANDIDATE, FlowConfig
 from components.paths import ProjectPaths
 from flows.progress import task_progress
-from flows.report import publish_summary
+from flows.report import publish_summary, publish_tournament
 from flows.routing import TRAIN_FLOW_NAME, training_route
 
 
@@ -52,7 +52,7 @@ class RetrainSummary:
     reward: dict[str, Any] = field(default_factory=dict)
     """The reward-model stage's result (``RewardStageResult``)."""
     policy: dict[str, Any] = field(default_factory=dict)
-    """The PPO stage's result (``PolicyResult``)."""
+    """The PPO stage's result (``PolicyResult``); in a tournament, the promoted candidate's when one was."""
     evaluation: dict[str, Any] = field(default_factory=dict)
     human: dict[str, Any] = field(default_factory=dict)
     """With ``eval.judge: human``: the people's verdict on canary (``HumanVerdict``), or why there is none."""
@@ -61,6 +61,9 @@ class RetrainSummary:
     """promoted / rejected / unchanged (the candidate was decided on before) / no decision (too few human
     comparisons by the deadline: the champion stays) / not reached."""
     candidate: str | None = None
+    tournament: list[dict[str, Any]] = field(default_factory=list)
+    """With ``flow.candidates``: one row per candidate (``components.tournament.row``: recipe, win rate with its
+    interval, Holm-adjusted p, KL, seconds, decision); empty for a round with the ``policy`` section alone."""
     champion_before: str | None = None
     champion_after: str | None = None
     service: str = ""
@@ -205,11 +208,30 @@ def train_policy_launched(root: str, processes: int) -> dict[str, Any]:
     return {"ran": ran, "result": asdict(result)}
 
 
+@task(name="train-candidate", cache_policy=NO_CACHE)
+def train_candidate(root: str, recipe: dict[str, Any]) -> dict[str, Any]:
+    """An extra candidate of the tournament (``flow.candidates``): the ``policy`` section with the recipe's
+    overrides, into ``models/candidates/<name>/`` (not a DVC output); reused when trained on the same inputs."""
+    from components import tournament
+    from components.config import from_dict
+    from components.config.flow import CandidateRecipe
+
+    paths, p = _paths(root), _params(_paths(root).params)
+    spec = from_dict(CandidateRecipe, recipe)
+    progress = task_progress(f"train-candidate-{spec.name}")
+    return asdict(tournament.train_candidate(p.policy, spec, paths, model=p.model, progress=progress))
+
+
 @flow(name=TRAIN_FLOW_NAME, persist_result=True, log_prints=True)
 def train_models(
-    root: str, retries: int = 1, retry_delay_s: float = 5.0, ppo_processes: int | None = None
+    root: str,
+    retries: int = 1,
+    retry_delay_s: float = 5.0,
+    ppo_processes: int | None = None,
+    candidates: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Reward model then PPO, as DVC stages: what a GPU work pool's worker runs for the ``retrain`` flow.
+    """Reward model then PPO, as DVC stages, then each extra candidate (``flow.candidates`` entries as dicts):
+    what a GPU work pool's worker runs for the ``retrain`` flow.
 
     ``ppo_processes`` None takes ``flow.ppo_processes`` / ``$RLHF_PPO_PROCESSES`` where this runs (the worker)."""
     from components.config.flow import load_flow_config
@@ -221,6 +243,10 @@ def train_models(
         policy = train_policy_launched.with_options(**opts)(root, processes)
     else:
         policy = train_policy.with_options(**opts)(root)
+    extra = {
+        r["name"]: train_candidate.with_options(**opts, task_run_name=f"train-candidate-{r['name']}")(root, r)
+        for r in candidates or []
+    }
     done = {"train_reward": reward["ran"], "ppo": policy["ran"]}
     return {
         "ran": [stage for stage, ran in done.items() if ran],
@@ -228,6 +254,7 @@ def train_models(
         "ppo_processes": processes,
         "reward": reward["result"],
         "policy": policy["result"],
+        "candidates": extra,
     }
 
 
@@ -236,9 +263,16 @@ def train_on_pool(root: str, deployment: str, cfg: FlowConfig) -> dict[str, Any]
     """Run the training deployment on its work pool and wait for it; a failed run fails this task."""
     from prefect.deployments import run_deployment
 
+    from components.config import to_dict
+
     run = run_deployment(
         deployment,
-        parameters={"root": root, "retries": cfg.retries, "retry_delay_s": cfg.retry_delay_s},
+        parameters={
+            "root": root,
+            "retries": cfg.retries,
+            "retry_delay_s": cfg.retry_delay_s,
+            "candidates": [to_dict(c) for c in cfg.candidates],
+        },
         timeout=cfg.train_timeout_s,
         poll_interval=2,
     )
@@ -295,13 +329,47 @@ def human_judge(root: str, params: str, policy: dict[str, Any], evaluation: dict
     return asdict(got)
 
 
+@task(name="evaluate-candidate-vs-champion", cache_policy=NO_CACHE)
+def evaluate_extra(root: str, name: str, policy: dict[str, Any]) -> dict[str, Any]:
+    """An extra candidate against the champion: the ``evaluate`` stage's judge, prompts and seeds, its files in
+    ``models/candidates/<name>/`` (not a DVC stage)."""
+    from components import tournament
+
+    paths, p = _paths(root), _params(_paths(root).params)
+    kl_target = p.policy.kl_target if p.policy.adaptive_kl else None
+    progress = task_progress(f"evaluate-candidate-{name}")
+    opts = {"kl_target": kl_target, "demo_task": p.seeding.demo_task, "progress": progress}
+    result = tournament.evaluate_candidate(p.eval, paths, name=name, model=p.model, candidate=policy["path"], **opts)
+    return asdict(result)
+
+
 @task(name="gate", cache_policy=NO_CACHE)
-def gate_candidate(root: str, params: str, evaluation: dict[str, Any]) -> dict[str, Any]:
+def gate_candidate(root: str, params: str, evaluation: dict[str, Any], name: str = "policy") -> dict[str, Any]:
     """Every gate check (value vs threshold); never retried: a failing gate is a decision."""
-    from components import stages
+    from components import stages, tournament
 
     ev = stages.result_from_dict(stages.EvalResult, evaluation)
-    return asdict(stages.gate(_params(params).gate, _paths(root), evaluation=ev))
+    paths = tournament.candidate_paths(_paths(root), name)
+    return asdict(stages.gate(_params(params).gate, paths, evaluation=ev))
+
+
+@task(name="tournament", cache_policy=NO_CACHE)
+def decide_tournament(root: str, params: str, entrants: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each candidate's gate plus its win-rate test Holm-corrected over the candidates; at most one passes."""
+    from components import stages, tournament
+
+    p, paths = _params(params), _paths(root)
+    alpha = (1.0 - p.eval.confidence) / 2.0  # one-sided, as the lower end of the gate's two-sided interval
+    found = []
+    for e in entrants:
+        verdicts = tournament.candidate_paths(paths, e["name"]).judge_verdicts
+        outcomes = tournament.outcomes_from_verdicts(verdicts)  # shape: (P, K)
+        p_value = tournament.bootstrap_p_value(
+            outcomes, p.gate.min_win_rate, resamples=p.eval.bootstrap_resamples, seed=p.eval.seed
+        )
+        ev = stages.result_from_dict(stages.EvalResult, e["evaluation"])
+        found.append(tournament.Entrant(e["name"], ev, stages.result_from_dict(stages.GateResult, e["gate"]), p_value))
+    return [asdict(g) for g in tournament.decide(found, min_win_rate=p.gate.min_win_rate, alpha=alpha)]
 
 
 @task(name="promote-or-reject", cache_policy=NO_CACHE)
@@ -339,6 +407,7 @@ def retrain(
 
     ``service_url``: a running service to wait for after a promotion (default ``flow.service_url``)."""
     from components import registry
+    from components.config import to_dict
     from components.config.flow import load_flow_config
 
     t0 = time.perf_counter()
@@ -346,6 +415,11 @@ def retrain(
     root, params_path = str(paths.root), str(Path(params).resolve() if params else paths.params)
     _params(params_path)  # the whole params file is validated before any work
     cfg = load_flow_config(Path(params_path))
+    if cfg.candidates and _params(params_path).eval.judge == "human":
+        raise ValueError(
+            f"{params_path}: flow.candidates with eval.judge: human: people judge one candidate at a time on canary; "
+            "race the candidates with another judge (or rlhf sweep), then let people judge the winner"
+        )
     service_url = service_url or cfg.service_url
     summary = RetrainSummary(project=root, label=label)
     opts = {"retries": cfg.retries, "retry_delay_seconds": cfg.retry_delay_s}
@@ -371,17 +445,21 @@ def retrain(
     if route.where == "work-pool":
         trained = train_on_pool.with_options(**opts)(root, route.deployment, cfg)
     else:
-        trained = train_models.fn(root, cfg.retries, cfg.retry_delay_s, cfg.ppo_processes)
+        recipes = [to_dict(c) for c in cfg.candidates]
+        trained = train_models.fn(root, cfg.retries, cfg.retry_delay_s, cfg.ppo_processes, recipes)
     summary.reward, summary.policy = trained.pop("reward"), trained.pop("policy")
+    extra = trained.pop("candidates", None) or {}
     summary.training = {"where": route.where, "pool": route.pool, "reason": route.reason, **trained}
     summary.candidate = candidate = summary.policy["version"]
     before = registry.champion(paths)
     summary.champion_before = summary.champion_after = before.version if before else None
 
-    # 3. evaluate -> gate -> promote or reject (skipped when this candidate was decided on before)
-    if "ppo" not in trained["ran"] and _decided(paths, candidate):
+    # 3. evaluate -> gate -> promote or reject (skipped when every candidate was decided on before); with
+    # flow.candidates every candidate is evaluated the same way and at most one, the best that passes, promoted
+    versions = [candidate, *(r["version"] for r in extra.values())]
+    if "ppo" not in trained["ran"] and all(_decided(paths, v) for v in versions):
         summary.decision = "unchanged"
-        log.info("policy %s was trained, evaluated and decided on before: nothing to do", candidate)
+        log.info("policies %s were trained, evaluated and decided on before: nothing to do", ", ".join(versions))
     else:
         train_judge.with_options(**opts)(root)
         ev = evaluate_candidate.with_options(**opts)(root, summary.policy)["result"]
@@ -394,13 +472,29 @@ def retrain(
                 summary.decision, summary.gate = "no decision", {"passed": False, "reasons": [people["reason"]]}
                 return _finish(summary, paths, service_url, opts, t0)
             ev = people["evaluation"]
-            summary.evaluation = _eval_summary(ev)
-        decision = gate_candidate(root, params_path, ev)
+        entrants = [{"name": POLICY_CANDIDATE, "policy": summary.policy, "evaluation": ev}]
+        for recipe in cfg.candidates:
+            name, policy = recipe.name, extra[recipe.name]
+            evaluate = evaluate_extra.with_options(**opts, task_run_name=f"evaluate-candidate-{name}")
+            entrants.append({"name": name, "policy": policy, "evaluation": evaluate(root, name, policy)})
+        gates = [gate_candidate(root, params_path, e["evaluation"], e["name"]) for e in entrants]
+        if len(entrants) > 1:
+            gates = decide_tournament(root, params_path, [e | {"gate": g} for e, g in zip(entrants, gates)])
+        outcomes: dict[int, dict[str, Any]] = {}
+        for i in sorted(range(len(entrants)), key=lambda i: gates[i]["passed"]):  # rejections first, the winner last
+            e = entrants[i]
+            outcomes[i] = promote_or_reject.with_options(**opts)(root, e["policy"]["path"], e["evaluation"], gates[i])
+        chosen = next((i for i, g in enumerate(gates) if g["passed"]), 0)
+        summary.policy, decision = entrants[chosen]["policy"], gates[chosen]
+        summary.candidate = summary.policy["version"]
+        summary.evaluation = _eval_summary(entrants[chosen]["evaluation"])
         reasons = [c["reason"] for c in decision["checks"] if not c["passed"]]
         summary.gate = {k: decision[k] for k in ("passed", "checks", "report_path")} | {"reasons": reasons}
-        outcome = promote_or_reject.with_options(**opts)(root, summary.policy["path"], ev, decision)
-        summary.decision = "promoted" if outcome["status"] == "champion" else "rejected"
-        summary.champion_after = outcome["champion"]
+        summary.decision = "promoted" if outcomes[chosen]["status"] == "champion" else "rejected"
+        summary.champion_after = registry.champion(paths).version
+        if len(entrants) > 1:
+            summary.tournament = _tournament_rows(paths, cfg, entrants, gates, outcomes)
+            publish_tournament(summary.tournament, label)
 
     return _finish(summary, paths, service_url, opts, t0)
 
@@ -415,6 +509,25 @@ def _finish(
     summary.seconds = round(time.perf_counter() - t0, 1)
     publish_summary(summary.to_dict())
     return summary.to_dict()
+
+
+def _tournament_rows(
+    paths: ProjectPaths,
+    cfg: FlowConfig,
+    entrants: list[dict[str, Any]],
+    gates: list[dict[str, Any]],
+    outcomes: dict[int, dict[str, Any]],
+) -> list[dict[str, Any]]:
+    from components import tournament
+
+    recipes = {POLICY_CANDIDATE: {"algorithm": _params(str(paths.params)).policy.algorithm, "overrides": {}}}
+    recipes |= {c.name: tournament.recipe_dict(c) for c in cfg.candidates}
+    status = {"champion": "promoted", "rejected": "rejected"}
+    rows = []
+    for i, (e, g) in enumerate(zip(entrants, gates)):
+        decided = status.get(outcomes[i]["status"], outcomes[i]["status"])
+        rows.append(tournament.row(e["name"], recipes[e["name"]], e["policy"], e["evaluation"], g, decided))
+    return rows
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from components.config import load_section
+from components.config.policy import Algorithm
 
 GPU_POOL_ENV = "RLHF_GPU_POOL"
 SERVICE_URL_ENV = "RLHF_SERVICE_URL"
@@ -33,6 +35,38 @@ def retrain_deployment_name(project: Path, configured: str | None = None) -> str
         return configured
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(project).resolve().name).strip("-._")
     return name or "project"
+
+
+POLICY_CANDIDATE = "policy"
+"""The name of the candidate the ``policy`` section itself describes (the ``ppo`` DVC stage trains it)."""
+_NAME_OK = re.compile(r"^[a-z0-9][a-z0-9._-]{0,47}$")
+
+
+@dataclass(frozen=True)
+class CandidateRecipe:
+    """One extra candidate of a retraining round's tournament: the ``policy`` section with some keys changed."""
+
+    name: str
+    """Short name (lowercase letters, digits, ``.``, ``-``, ``_``): its folder ``models/candidates/<name>/`` and
+    its row in the round's table. ``policy`` is taken by the ``policy`` section's own candidate."""
+    algorithm: Algorithm | None = None
+    """``policy.algorithm`` for this candidate; null keeps the ``policy`` section's."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """``policy`` keys to change, dotted from the section name: ``{"policy.learning_rate": 1e-4,
+    "policy.rloo.k": 2}``; every other key is the ``policy`` section's."""
+
+    def __post_init__(self) -> None:
+        if not _NAME_OK.match(self.name) or self.name == POLICY_CANDIDATE:
+            raise ValueError(
+                f"candidate name {self.name!r}: use 1-48 lowercase letters, digits, '.', '-' and '_' (not "
+                f"{POLICY_CANDIDATE!r}, the policy section's own candidate)"
+            )
+        for key in self.overrides:
+            if not key.startswith("policy.") or key in ("policy.output_dir", "policy.checkpoint_dir"):
+                raise ValueError(
+                    f"candidate {self.name}: override {key!r} must name a policy key (policy.KEY or policy.SECTION.KEY;"
+                    " its folders are models/candidates/<name>/)"
+                )
 
 
 @dataclass(frozen=True)
@@ -63,6 +97,11 @@ class FlowConfig:
     service_url: str | None = None
     """Base URL of the running service to tell about a new champion (``$RLHF_SERVICE_URL`` overrides); the
     service also polls the registry, so a missed call only delays the switch."""
+    candidates: tuple[CandidateRecipe, ...] = ()
+    """Extra candidates the round trains beside the ``policy`` section's own (docs/tournaments.md), each
+    ``{name, algorithm, overrides: {policy.KEY: VALUE}}``; every candidate is evaluated against the champion with
+    the same judge, prompts and seeds, and at most one is promoted: the best that passes the gate with its win
+    rate test Holm-Bonferroni corrected for the number of candidates. Empty: the ``policy`` section alone."""
 
     def __post_init__(self) -> None:
         if self.ppo_processes < 1:
@@ -76,6 +115,9 @@ class FlowConfig:
             )
         if self.train_timeout_s <= 0:
             raise ValueError(f"train_timeout_s must be > 0, got {self.train_timeout_s}")
+        names = [c.name for c in self.candidates]
+        if len(set(names)) != len(names):
+            raise ValueError(f"candidates: names must be unique, got {names}")
 
 
 def load_flow_config(params: Path, env: dict[str, str] | None = None) -> FlowConfig:

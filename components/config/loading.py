@@ -68,6 +68,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         choices = ", ".join(repr(a) for a in get_args(tp))
         raise ConfigError(f"{key}: {value!r} is not one of {choices}")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        key_tp, item_tp = get_args(tp) or (Any, Any)
+        return {_coerce(k, key_tp, f"{key} key"): _coerce(v, item_tp, f"{key}.{k}") for k, v in value.items()}
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")

@@ -130,17 +130,19 @@ def run(
     progress: Progress | None = None,
     version: str | None = None,
     parent: str | None = None,
+    paths: ProjectPaths | None = None,
 ) -> TrainResult:
     """Train the policy (``policy.algorithm``) from a params file (or dict) in project ``root``; export unless stopped
     early.
 
     The export is ``<policy.output_dir>/<version>/`` (a fresh version id unless given). Training starts from
     ``parent`` (a registry policy version) when given, else from what ``policy.init_from`` names
-    (:func:`initial_policy`); the manifest records that version as ``parent``."""
+    (:func:`initial_policy`); the manifest records that version as ``parent``. ``paths`` (default: the project's)
+    says where ``ppo.json`` and the training metrics go (a tournament candidate has folders of its own)."""
     raw = read_params(params) if isinstance(params, Path) else params
     cfg = load_section(PolicyConfig, "policy", raw)
     base_cfg = load_section(ModelConfig, "model", raw)
-    paths = ProjectPaths(root)
+    paths = paths or ProjectPaths(root)
     parent, init_dir = initial_policy(cfg, base_cfg, paths, parent)
     model_cfg = dataclasses.replace(base_cfg, base=str(init_dir)) if init_dir is not None else base_cfg
     scorer_spec = cfg.reward_model if cfg.reward_model.startswith("builtin:") else str(root / cfg.reward_model)
@@ -311,7 +313,7 @@ def train_policy(
         spec = str(rel.relative_to(paths.root)) if rel.is_relative_to(paths.root) else str(rel)
         cfg = dataclasses.replace(cfg, reward_model=spec)
     raw = {"policy": to_dict(cfg), "model": to_dict(model)}
-    result = run(raw, paths.root, resume=resume, progress=progress, parent=parent)
+    result = run(raw, paths.root, resume=resume, progress=progress, parent=parent, paths=paths)
     if not result.accelerator.is_main_process:
         return None
     if result.export_dir is None:
