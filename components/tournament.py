@@ -90,6 +90,8 @@ def holm_bonferroni(p_values: Sequence[float], alpha: float) -> tuple[list[float
 
 def outcomes_from_verdicts(path: Path) -> np.ndarray:
     """The candidate-vs-champion outcomes of an evaluation from its verdicts file, shape (P, K)."""
+    from components.judges.base import VALUE
+
     rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
     rows = [r for r in rows if r.get("kind") == "candidate_vs_champion"]
     if not rows:
@@ -98,7 +100,7 @@ def outcomes_from_verdicts(path: Path) -> np.ndarray:
     samples = 1 + max(int(r["sample_a"]) for r in rows)
     out = np.full((prompts, samples), np.nan)  # shape: (P, K)
     for r in rows:
-        out[int(r["prompt_index"]), int(r["sample_a"])] = float(r["outcome"])
+        out[int(r["prompt_index"]), int(r["sample_a"])] = VALUE[r["outcome"]]
     if np.isnan(out).any():
         raise ValueError(f"{path}: verdicts missing for some (prompt, sample); rerun the evaluation")
     return out
@@ -112,19 +114,36 @@ def outcomes_from_verdicts(path: Path) -> np.ndarray:
 def recipe_policy(policy: PolicyConfig, recipe: CandidateRecipe, folder: str) -> PolicyConfig:
     """The ``policy`` config of ``recipe``: the section with its algorithm and overrides, its output and
     checkpoints under ``folder`` (relative to the project root). Unknown keys raise ``ConfigError``."""
-    raw = to_dict(policy)
+    raw = apply_recipe(to_dict(policy), recipe)
+    raw["output_dir"], raw["checkpoint_dir"] = f"{folder}/policy", f"{folder}/checkpoints"
+    return from_dict(PolicyConfig, raw, prefix=f"flow.candidates[{recipe.name}].policy.")
+
+
+_POLICY_SECTIONS = frozenset(
+    f.name
+    for f in dataclasses.fields(PolicyConfig)
+    if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory())
+)
+"""The nested sections of ``policy`` (``rloo``, ``grpo``, ...)."""
+
+
+def apply_recipe(section: dict[str, Any], recipe: CandidateRecipe) -> dict[str, Any]:
+    """A copy of a ``policy`` section (a plain dict, as params.yaml holds it) with the recipe's algorithm and
+    overrides set."""
+    raw = json.loads(json.dumps(section))
     if recipe.algorithm is not None:
         raw["algorithm"] = recipe.algorithm
     for key, value in recipe.overrides.items():
         *parents, leaf = key.split(".")[1:]
         node = raw
         for part in parents:
+            if node is raw and part not in raw and part in _POLICY_SECTIONS:
+                raw[part] = {}  # a params file may leave a nested section at its defaults
             if not isinstance(node.get(part), dict):
                 raise ConfigError(f"candidate {recipe.name}: override {key}: policy has no section {part!r}")
             node = node[part]
         node[leaf] = value
-    raw["output_dir"], raw["checkpoint_dir"] = f"{folder}/policy", f"{folder}/checkpoints"
-    return from_dict(PolicyConfig, raw, prefix=f"flow.candidates[{recipe.name}].policy.")
+    return raw
 
 
 def parse_value(text: str) -> Any:
@@ -396,3 +415,56 @@ def markdown(rows: Sequence[dict[str, Any]], title: str) -> str:
         lines += ["", "Why not promoted:", ""]
         lines += [f"- **{r['name']}**: " + "; ".join(r["reasons"]) for r in failed]
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# A sweep's report: the table, the best recipe as a params file the next retrain can take
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What ``rlhf sweep`` measured and wrote (JSON-serialisable)."""
+
+    rows: list[dict[str, Any]]
+    """One row per recipe (:func:`row`), in the order they ran."""
+    best: str | None
+    """The best recipe's name: the tournament winner among the recipes (gate passed, Holm-corrected), else the
+    highest win rate (``best_passes`` false); None when nothing was evaluated."""
+    best_passes: bool
+    report_path: str
+    """``reports/sweep/sweep.md``: the table; ``sweep.json`` beside it holds the rows."""
+    best_params_path: str | None
+    """``reports/sweep/best-params.yaml``: the project's params with the best recipe in the ``policy`` section
+    (``rlhf retrain --params`` takes it); its header holds the recipe as a ``flow.candidates`` entry."""
+
+
+def write_sweep(paths: ProjectPaths, recipes: Sequence[CandidateRecipe], rows: list[dict[str, Any]]) -> SweepResult:
+    """Write the sweep's table and, for its best recipe, a params file the next retrain can use."""
+    import yaml
+
+    from components.config import read_params
+    from components.fsutil import atomic_write_text
+
+    out = paths.reports / "sweep"
+    out.mkdir(parents=True, exist_ok=True)
+    winner = next((r for r in rows if r["passed"]), None)
+    best = winner or max(rows, key=lambda r: r["win_rate"] or 0.0, default=None)
+    best_params = None
+    if best is not None:
+        recipe = next(r for r in recipes if r.name == best["name"])
+        params = read_params(paths.params)
+        params["policy"] = apply_recipe(params.get("policy") or {}, recipe)
+        entry = yaml.safe_dump({"candidates": [recipe_dict(recipe)]}, sort_keys=False, default_flow_style=None)
+        header = (
+            f"# `rlhf sweep`'s best recipe ({recipe.name}) in the policy section: `rlhf retrain --params` this file\n"
+            "# makes it the project's params.yaml. To race it against the policy section instead, add it to flow:\n"
+            + "".join(f"#   {line}\n" for line in entry.splitlines())
+        )
+        best_params = out / "best-params.yaml"
+        atomic_write_text(best_params, header + yaml.safe_dump(params, sort_keys=False))
+    title = f"Sweep: {len(rows)} recipes against the champion"
+    atomic_write_text(out / "sweep.md", markdown(rows, title))
+    atomic_write_text(out / "sweep.json", json.dumps(rows, indent=2) + "\n")
+    return SweepResult(rows, best["name"] if best else None, winner is not None, str(out / "sweep.md"),
+                       str(best_params) if best_params else None)  # fmt: skip

@@ -108,7 +108,66 @@ def retrain(params: ParamsOpt = None) -> None:
         raise typer.Exit(code=1)
     summary = state.result()
     console.print(summary_table(summary))
+    if summary.get("tournament"):
+        console.print(candidates_table(summary["tournament"], "tournament: every candidate against the champion"))
     console.print(f"decision: [bold]{summary['decision']}[/]; Prefect artifacts: retrain-summary, retrain-metrics")
+
+
+def sweep(
+    axes: Annotated[
+        list[str],
+        typer.Argument(help="policy.KEY=V1,V2 per axis, e.g. policy.learning_rate=1e-4,5e-4 policy.algorithm=rloo,ppo"),
+    ],
+    zip_axes: Annotated[
+        bool, typer.Option("--list", help="The i-th values of every axis together (a list), not every combination.")
+    ] = False,
+    params: ParamsOpt = None,
+) -> None:
+    """Train and evaluate a grid (or list) of policy recipes against the champion; print the table and write the
+    best recipe as a params file for the next retrain. Nothing is promoted."""
+    import os
+
+    from components.config import ConfigError
+    from components.tournament import sweep_recipes
+    from flows.sweep import sweep as sweep_flow
+
+    console = make_console()
+    params = project_params(console, params)
+    try:
+        recipes = sweep_recipes(axes, zip_axes=zip_axes)
+    except ConfigError as exc:
+        console.print(f"[red]sweep:[/] {exc}")
+        raise typer.Exit(code=2) from exc
+    console.print(f"sweep: {len(recipes)} recipes: " + ", ".join(r.name for r in recipes))
+    os.environ.setdefault("PREFECT_HOME", str(params.parent / ".prefect"))
+    _prefect_logs_visible()
+    state = sweep_flow(project=str(params.parent), axes=axes, zip_axes=zip_axes, return_state=True)
+    if not state.is_completed():
+        console.print(f"[red]sweep failed[/] ({state.name}): {state.message}. A rerun reuses the recipes trained.")
+        raise typer.Exit(code=1)
+    result = state.result()
+    console.print(candidates_table(result["rows"], "sweep: each recipe against the champion"))
+    if result["best"]:
+        how = "passes the gate" if result["best_passes"] else "highest win rate; it does not pass the gate"
+        console.print(f"best recipe: [bold]{result['best']}[/] ({how}); params: {result['best_params_path']}")
+        console.print(f"table: {result['report_path']}; Prefect artifact: sweep")
+
+
+def candidates_table(rows: list[dict[str, Any]], title: str) -> Table:
+    """One row per candidate: recipe, win rate with its interval, Holm-adjusted p, KL, seconds, decision."""
+    pct = lambda x: "-" if x is None else f"{x:.1%}"  # noqa: E731
+    table = Table(title=title)
+    for name in ("recipe", "algorithm", "overrides", "win rate [interval]", "Holm p", "KL", "train s", "eval s"):
+        table.add_column(name, justify="right" if name not in ("recipe", "algorithm", "overrides") else "left")
+    table.add_column("decision")
+    for r in rows:
+        overrides = ", ".join(f"{k.removeprefix('policy.')}={v}" for k, v in r["overrides"].items()) or "-"
+        table.add_row(
+            r["name"], r["algorithm"] or "-", overrides,
+            f"{pct(r['win_rate'])} [{pct(r['win_rate_low'])}, {pct(r['win_rate_high'])}]",
+            _fmt(r["p_adjusted"]), _fmt(r["kl"]), _fmt(r["train_seconds"]), _fmt(r["eval_seconds"]), r["decision"],
+        )  # fmt: skip
+    return table
 
 
 def deploy(
@@ -279,4 +338,5 @@ def register(app: typer.Typer) -> None:
     """Add the flow commands to the ``rlhf`` app."""
     app.command()(demo)
     app.command()(retrain)
+    app.command()(sweep)
     app.command()(deploy)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,8 +80,9 @@ def test_round_one_decides_then_a_rerun_skips_training_and_a_broken_stage_change
 
     # A gate the tiny model cannot pass (it ties the base on most prompts): round one is rejected, the base stays,
     # so a rerun has nothing new to start from (after a promotion PPO reruns from the new champion, see
-    # test_ppo_tiny's champion test).
-    root = make_project(tmp_path, {"gate": {"min_win_rate": 1.0}})
+    # test_ppo_tiny's champion test). Round one is a tournament: the policy section (PPO) and an RLOO recipe.
+    rloo = {"name": "rloo", "algorithm": "rloo", "overrides": {"policy.rloo.k": 2, "policy.learning_rate": 1e-3}}
+    root = make_project(tmp_path, {"gate": {"min_win_rate": 1.0}, "flow": {"retries": 0, "candidates": [rloo]}})
     paths = ProjectPaths(root)
 
     # 1. round one: seed -> validate -> version -> reward -> PPO -> evaluate vs the base -> gate -> decision
@@ -100,6 +103,17 @@ def test_round_one_decides_then_a_rerun_skips_training_and_a_broken_stage_change
     assert first["champion_after"] == registry.champion(paths).version
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"train_reward", "train_judge", "ppo", "evaluate"}
+    # the tournament: both candidates evaluated against the base and registered with a decision, at most one promoted
+    rows = {r["name"]: r for r in first["tournament"]}
+    assert set(rows) == {"policy", "rloo"} and rows["rloo"]["algorithm"] == "rloo"
+    challenger = registry.get(paths, rows["rloo"]["version"])
+    assert challenger.status == "rejected" and challenger.facts["algorithm"] == "rloo"
+    assert challenger.gate["checks"][-2]["name"].startswith("win rate > minimum, Holm over 2")
+    assert (paths.candidates / "rloo" / "reports" / "eval.md").is_file() and rows["rloo"]["win_rate"] is not None
+    assert sum(r["decision"] == "promoted" for r in rows.values()) <= 1
+    dvc = [sys.executable, "-m", "dvc", "status", "--json"]
+    assert json.loads(subprocess.run(dvc, cwd=root, capture_output=True, text=True, check=True).stdout) == {}
+    assert "| rloo |" in str(Artifact.get("retrain-tournament").data)
     assert "rows accepted" in str(Artifact.get("retrain-metrics").data)
     assert "round 1" in str(Artifact.get("retrain-summary").data)
 
@@ -120,6 +134,17 @@ def test_round_one_decides_then_a_rerun_skips_training_and_a_broken_stage_change
     assert cli.exit_code == 0, cli.output
     words = " ".join(cli.output.split())
     assert "decision: unchanged" in words and "none (up to date)" in words
+
+    # 3b. `rlhf sweep` over a 2 x 2 grid: a row per recipe, the best recipe as a params file; nothing registered
+    grid = ["policy.learning_rate=1e-4,1e-3", "policy.algorithm=rloo,ppo"]
+    swept = runner.invoke(app, ["sweep", *grid, "--params", str(paths.params)])
+    assert swept.exit_code == 0, swept.output
+    table = swept.output.split("sweep: each recipe against the champion")[1]
+    assert sum(name in table for name in ("0.0001_algor", "0.001_algori")) == 2 and table.count("rloo") >= 2
+    assert len(json.loads((paths.reports / "sweep" / "sweep.json").read_text())) == 4
+    best = yaml.safe_load((paths.reports / "sweep" / "best-params.yaml").read_text())
+    assert best["policy"]["algorithm"] in ("rloo", "ppo") and best["policy"]["learning_rate"] in (1e-4, 1e-3)
+    assert [(m.version, m.status) for m in registry.list_models(paths)] == registered
 
     # 4. a stage that fails (a reward backbone that does not exist) fails the run; the champion stays
     models_before = [(m.version, m.status) for m in registry.list_models(paths)]

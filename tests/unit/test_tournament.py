@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,6 +17,7 @@ from components.tournament import (
     bootstrap_p_value,
     decide,
     holm_bonferroni,
+    outcomes_from_verdicts,
     recipe_policy,
     sweep_recipes,
 )
@@ -136,3 +138,16 @@ def test_decide_promotes_at_most_the_best_candidate_that_passes_everything():
     assert [g.passed for g in out] == [False, True]
     alone = _entrant("a", 0.7, 0.5, True)
     assert decide([alone], min_win_rate=0.55, alpha=0.025) == [alone.gate]
+
+
+def test_outcomes_from_verdicts_rebuild_the_prompt_by_sample_grid(tmp_path):
+    path = tmp_path / "judge_verdicts.jsonl"
+    rows = [
+        {"kind": "candidate_vs_champion", "prompt_index": p, "sample_a": k, "outcome": o}
+        for (p, k), o in {(0, 0): "win", (1, 0): "tie", (0, 1): "loss", (1, 1): "win"}.items()
+    ] + [{"kind": "aa", "prompt_index": 0, "sample_a": 0, "outcome": "loss"}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert outcomes_from_verdicts(path).tolist() == [[1.0, 0.0], [0.5, 1.0]]
+    path.write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[3]) + "\n")
+    with pytest.raises(ValueError, match="missing"):
+        outcomes_from_verdicts(path)
