@@ -1,7 +1,8 @@
 """The benchmarks' one entry point: ``python -m bench`` lists them, ``python -m bench NAME [ARGS]`` runs one.
 
-``python -m bench NAME --help`` shows a benchmark's options; every one takes ``--model``, ``--threads``,
-``--out``, ``--conditions`` and ``--no-table`` (see ``bench/harness.py``). Run from the repository root.
+``python -m bench NAME --help`` shows a benchmark's options; every one takes ``--threads``, ``--out``,
+``--conditions`` and ``--no-table``, and all but ``validation`` ``--model`` (see ``bench/harness.py``). Run from
+the repository root.
 """
 
 from __future__ import annotations
