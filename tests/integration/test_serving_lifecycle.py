@@ -57,52 +57,71 @@ def _load(url: str, stop: threading.Event, acked: list, acked_feedback: list, wo
                 return  # the server died under us: what was acknowledged so far is what counts
 
 
-@pytest.mark.slow
-def test_sigkill_during_load_then_hot_reload(tmp_path):
-    project = make_project(tmp_path / "proj", reload_poll_seconds=0.5)
-    server = start_server(project)
+def _sigkill_under_load(server: Server) -> tuple[list[str], list[tuple[str, int]]]:
+    """Load from 4 clients, then SIGKILL the whole server process group mid-stream; returns what the clients
+    got acknowledged (output ids, and (id, rating) of the ratings)."""
     acked: list[str] = []
     acked_feedback: list[tuple[str, int]] = []
-    try:
-        # 1. load from 4 clients, then SIGKILL the whole server process group mid-stream
-        stop = threading.Event()
-        workers = [threading.Thread(target=_load, args=(server.url, stop, acked, acked_feedback, w)) for w in range(4)]
-        for w in workers:
-            w.start()
-        deadline = time.monotonic() + 20
-        while len(acked_feedback) < 12 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        server.kill(signal.SIGKILL)
-        stop.set()
-        for w in workers:
-            w.join(timeout=30)
-        assert len(acked) >= 12 and len(acked_feedback) >= 12
+    stop = threading.Event()
+    workers = [threading.Thread(target=_load, args=(server.url, stop, acked, acked_feedback, w)) for w in range(4)]
+    for w in workers:
+        w.start()
+    deadline = time.monotonic() + 20
+    while len(acked_feedback) < 12 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    server.kill(signal.SIGKILL)
+    stop.set()
+    for w in workers:
+        w.join(timeout=30)
+    assert len(acked) >= 12 and len(acked_feedback) >= 12
+    return acked, acked_feedback
 
-        # 2. every acknowledged output and rating is in the store, and the store is sound
-        store = open_store(project / "live" / "served.sqlite")
+
+def _check_nothing_acknowledged_was_lost(store_ref, acked: list[str], acked_feedback: list[tuple[str, int]]) -> None:
+    """Every acknowledged output and rating is in the store (a SQLite file or a database URL), and it is sound."""
+    store = open_store(store_ref)
+    try:
         assert store.integrity_ok()
         assert store.has_ids(acked) == set(acked)
         for sid, rating in acked_feedback:
             assert rating in [r["rating"] for r in store.ratings_of(sid)]
+    finally:
         store.close()
+
+
+def _check_after_restart(client: httpx.Client, acked: list[str], acked_feedback: list[tuple[str, int]]) -> None:
+    """A restarted server on the same store keeps serving, and the old ids still take feedback (once)."""
+    sid, rating = acked_feedback[0]
+    again = client.post("/feedback", json={"id": sid, "rating": rating}, headers=AUTH)
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    other = client.post("/feedback", json={"id": sid, "rating": 1 + rating % 5}, headers=AUTH)
+    assert other.status_code == 409  # one judgement per output and rater, across restarts too
+    # an output whose rating was in flight at the kill may or may not hold it: 200 or 409, never 5xx
+    in_flight = [s for s in acked if s not in {f for f, _ in acked_feedback}]
+    if in_flight:
+        late = client.post("/feedback", json={"id": in_flight[0], "rating": 5}, headers=AUTH)
+        assert late.status_code in (200, 409), late.text
+    fresh = client.post("/generate", json={"prompt": "after the restart", "max_new_tokens": 4})
+    assert fresh.status_code == 200
+    first = client.post("/feedback", json={"id": fresh.json()["id"], "rating": 5}, headers=AUTH)
+    assert first.status_code == 200 and first.json()["duplicate"] is False
+
+
+@pytest.mark.slow
+def test_sigkill_during_load_then_hot_reload(tmp_path):
+    project = make_project(tmp_path / "proj", reload_poll_seconds=0.5)
+    server = start_server(project)
+    try:
+        # 1. load from 4 clients, then SIGKILL the whole server process group mid-stream
+        acked, acked_feedback = _sigkill_under_load(server)
+
+        # 2. every acknowledged output and rating is in the store, and the store is sound
+        _check_nothing_acknowledged_was_lost(project / "live" / "served.sqlite", acked, acked_feedback)
 
         # 3. restart on the same store; it keeps serving and the old ids still take feedback
         server = start_server(project)
         with httpx.Client(base_url=server.url, timeout=30) as client:
-            sid, rating = acked_feedback[0]
-            again = client.post("/feedback", json={"id": sid, "rating": rating}, headers=AUTH)
-            assert again.status_code == 200 and again.json()["duplicate"] is True
-            other = client.post("/feedback", json={"id": sid, "rating": 1 + rating % 5}, headers=AUTH)
-            assert other.status_code == 409  # one judgement per output and rater, across restarts too
-            # an output whose rating was in flight at the kill may or may not hold it: 200 or 409, never 5xx
-            in_flight = [s for s in acked if s not in {f for f, _ in acked_feedback}]
-            if in_flight:
-                late = client.post("/feedback", json={"id": in_flight[0], "rating": 5}, headers=AUTH)
-                assert late.status_code in (200, 409), late.text
-            fresh = client.post("/generate", json={"prompt": "after the restart", "max_new_tokens": 4})
-            assert fresh.status_code == 200
-            first = client.post("/feedback", json={"id": fresh.json()["id"], "rating": 5}, headers=AUTH)
-            assert first.status_code == 200 and first.json()["duplicate"] is False
+            _check_after_restart(client, acked, acked_feedback)
 
             # 4. hot reload: a champion is registered, then a new one promoted, while requests keep coming
             versions: list[str] = []
@@ -132,6 +151,23 @@ def test_sigkill_during_load_then_hot_reload(tmp_path):
             assert client.get("/v1/models").json()["data"][0]["id"] == "policy-2"
             metrics = client.get("/metrics").text
             assert 'model_version="policy-2"' in metrics
+    finally:
+        server.kill()
+
+
+@pytest.mark.slow
+def test_sigkill_during_load_loses_nothing_on_postgres(tmp_path, postgres):
+    """The same kill under load with the store on a real PostgreSQL server (``serve.store_url``)."""
+    url = postgres.new_database()
+    project = make_project(tmp_path / "proj", reload_poll_seconds=0.0, store_url=url)
+    server = start_server(project)
+    try:
+        acked, acked_feedback = _sigkill_under_load(server)
+        _check_nothing_acknowledged_was_lost(url, acked, acked_feedback)
+        server = start_server(project)
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            _check_after_restart(client, acked, acked_feedback)
+        assert not (project / "live" / "served.sqlite").exists()  # it really ran on Postgres
     finally:
         server.kill()
 
