@@ -188,40 +188,66 @@ def register_training(pool: str, deployment: str) -> Registered:
 def serve_schedule(project: Path, cron: str, flow: Flow | None = None, name: str | None = None) -> None:
     """Run the schedule of deployment ``<flow>/<name>`` (default: named after the project folder) in this process
     (one machine, no worker) under :data:`ONE_RUN_AT_A_TIME`; blocks until SIGINT or SIGTERM, then cancels a run
-    in flight and returns. ``flow`` defaults to ``retrain``. Refuses a name another project's deployment has."""
+    in flight and returns. ``flow`` defaults to ``retrain``. Refuses a name another project's deployment has.
+
+    The stop signals are handled from the first line on: a signal that arrives while the deployment is still being
+    registered stops the runner as soon as it has started (it pauses the schedule on the way out)."""
     from flows.retrain import retrain
 
     flow = flow or retrain
     name = retrain_deployment_name(project, name)
     runner = _Runner(name=name, pause_on_shutdown=True)
-    runner.add_flow(
-        flow,
-        name=name,
-        cron=cron,
-        parameters={"project": str(project)},
-        concurrency_limit=ONE_RUN_AT_A_TIME,
-    )
+    previous = {sig: signal.signal(sig, runner.handle_sigterm) for sig in (signal.SIGINT, signal.SIGTERM)}
 
-    async def checked_start() -> None:
-        # the name check runs in the runner's event loop, with the async client
-        await _arefuse_other_project(flow.name, name, project)
+    async def register_and_run() -> None:
+        await _arefuse_other_project(flow.name, name, project)  # before anything is written
+        await runner.aadd_flow(
+            flow,
+            name=name,
+            cron=cron,
+            parameters={"project": str(project)},
+            concurrency_limit=ONE_RUN_AT_A_TIME,
+        )
         await runner.start()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(checked_start())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(register_and_run())
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class _Runner(Runner):
     """Prefect's runner, stopping promptly on SIGTERM and SIGINT: it cancels the runs in flight (Prefect records
     them as Cancelled), pauses the schedule and returns. Prefect's own SIGTERM handler did not stop the process
-    promptly, and its Ctrl-C path waits for the runs in flight to finish."""
+    promptly, and its Ctrl-C path waits for the runs in flight to finish. A signal that comes before the runner
+    has started (while the deployment is registered) is kept and acted on once it has."""
+
+    _stop_requested = False
 
     async def start(self, run_once: bool = False, webserver: bool | None = None) -> None:
+        self._loop_of_stop = asyncio.get_running_loop()
+        self._stop_signal = asyncio.Event()
+        if self._stop_requested:
+            self._stop_signal.set()
         signal.signal(signal.SIGINT, self.handle_sigterm)
-        await super().start(run_once=run_once, webserver=webserver)
+        stopper = asyncio.create_task(self._stop_when_signalled())
+        try:
+            await super().start(run_once=run_once, webserver=webserver)  # installs handle_sigterm for SIGTERM
+        finally:
+            stopper.cancel()
 
     def handle_sigterm(self, *args: Any, **kwargs: Any) -> None:
-        if self.stopping:
-            return
-        self._logger.info("stop signal received: cancelling the runs in flight, then stopping")
-        self._stop_task = asyncio.get_running_loop().create_task(self.astop())
+        self._stop_requested = True
+        event = getattr(self, "_stop_signal", None)
+        if event is not None:  # threadsafe: writes to the loop's self-pipe, so a loop waiting in select wakes now
+            self._loop_of_stop.call_soon_threadsafe(event.set)
+
+    async def _stop_when_signalled(self) -> None:
+        await self._stop_signal.wait()
+        while not self.started and not self.stopping:  # the signal came while the runner was starting
+            await asyncio.sleep(0.1)
+        if not self.stopping:
+            self._logger.info("stop signal received: cancelling the runs in flight, then stopping")
+            await self.astop()
