@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from components.demo_task import gold
-from components.generation import generate
+from components.models.generation import generate
 
 log = logging.getLogger("bench")
 

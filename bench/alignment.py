@@ -44,22 +44,22 @@ import torch
 import yaml
 from align_common import DEFAULT_CACHE, cached, device_name, gold_scores, log, sample_replies, setup, write_json
 
-from components.base_model import load_base
 from components.config import from_dict, load_section, to_dict
 from components.config.model import ModelConfig
 from components.config.policy import PolicyConfig
 from components.config.reward import RewardConfig
 from components.config.seeding import SeedingConfig
+from components.decide.eval_stats import pairwise_outcomes, win_rate_interval
+from components.decide.evaluation import sequence_kl
+from components.decide.stats import best_of_n_kl, best_of_n_weights
 from components.demo_task import load_prompts
 from components.demo_task.seed import label_pairs
-from components.eval_stats import pairwise_outcomes, win_rate_interval
-from components.evaluation import sequence_kl
-from components.generation import generate
-from components.paths import ProjectPaths
-from components.policy.loop import PolicyTrainer as PPOTrainer
-from components.reward.model import RewardModel
-from components.reward.trainer import train_reward
-from components.stats import best_of_n_kl, best_of_n_weights
+from components.models.base_model import load_base
+from components.models.generation import generate
+from components.models.policy.loop import PolicyTrainer as PPOTrainer
+from components.models.reward.model import RewardModel
+from components.models.reward.trainer import train_reward
+from components.project.paths import ProjectPaths
 
 PPO_VARIANTS: dict[str, dict[str, object]] = {
     # params.yaml's policy section with these overrides; dotted keys reach an algorithm's own section
@@ -529,7 +529,7 @@ def main() -> None:
             "max_new_tokens": n_tok,
             "reward_overrides": reward_over,
             "win_rate": "gold win rate against the base's reference samples of the same prompt, ties half; "
-            "95 % prompt-bootstrap interval (components.eval_stats)",
+            "95 % prompt-bootstrap interval (components.decide.eval_stats)",
         },
         "reward_model": {"eval": rm_metrics["eval"], "normalization": rm_metrics["normalization"]},
         "normalisation": normalisation,

@@ -44,15 +44,15 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _evaluate(root: Path, spec: str, max_prompts: int | None):
-    from components.base_model import resolve_model_dir
     from components.config.evaluation import EvalConfig
     from components.config.model import ModelConfig
     from components.config.prompts import PromptsConfig
+    from components.data.prompt_pool import build_pool
+    from components.decide.evaluation import evaluate
     from components.demo_task.seed import write_prompt_files
-    from components.evaluation import evaluate
-    from components.paths import ProjectPaths
-    from components.prompt_pool import build_pool
-    from components.reward.model import RewardModel, build_reward_model
+    from components.models.base_model import resolve_model_dir
+    from components.models.reward.model import RewardModel, build_reward_model
+    from components.project.paths import ProjectPaths
 
     paths = ProjectPaths(root)
     write_prompt_files(paths)

@@ -8,12 +8,12 @@ Measures, on one CUDA GPU, each figure the median of timed repeats (CUDA events)
 
 1. the ceilings: a bf16 8192^3 matrix product on random data (TFLOP/s) and a large device-to-device copy
    (GB/s, bytes read plus bytes written);
-2. the update phase's model-FLOPs utilisation: one PPO micro-step as ``components.ppo`` runs it (LoRA r 16 on
+2. the update phase's model-FLOPs utilisation: one PPO micro-step as ``components.models.policy`` runs it (LoRA r 16 on
    every projection, float32 weights, bf16 autocast, forward + backward of the reply log-probs) for several
    micro-batch sizes. Counted FLOPs: 2 per matmul weight per token forward, 2 more backward (activation
    gradients only: the base weights are frozen; LoRA's own FLOPs, under 3 %, are left out), plus attention's
    QK^T and AV (4 L T^2 d forward, 8 L T^2 d backward). MFU = counted FLOPs / time / measured matrix rate;
-3. generation tokens/s with ``components.generation.generate`` as the rollout runs it (bf16 autocast, frozen
+3. generation tokens/s with ``components.models.generation.generate`` as the rollout runs it (bf16 autocast, frozen
    weights cast once) for several batch sizes, against the memory-bandwidth bound: each decode step must
    read the bf16 weights once (embedding rows excepted) and the batch's KV cache, so
    bound tokens/s = batch x bandwidth / bytes per step;
@@ -105,7 +105,7 @@ def load_policy(model: str, random_init: bool):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from components.base_model import resolve_model_dir
+    from components.models.base_model import resolve_model_dir
 
     folder = resolve_model_dir(model)
     tok = AutoTokenizer.from_pretrained(str(folder), padding_side="left")
@@ -130,8 +130,8 @@ def update_mfu(policy, tok, peak_tflops: float, micro_batches: list[int], seq_le
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from components.ppo import core
-    from components.precision import autocast
+    from components.models.policy import ppo_math
+    from components.models.precision import autocast
 
     n = matmul_params(policy)  # counted before get_peft_model adds LoRA's own Linear layers
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"]
@@ -151,8 +151,8 @@ def update_mfu(policy, tok, peak_tflops: float, micro_batches: list[int], seq_le
         def step(ids=ids, mask=mask, old=old, adv=adv, rmask=rmask):
             with autocast(DEVICE):
                 logits = lora(input_ids=ids, attention_mask=mask).logits[:, -reply_len - 1 : -1]
-                logp = core.logprobs_from_logits(logits, ids[:, -reply_len:], 0.7)
-                loss = core.clipped_policy_loss(logp, old, adv, rmask, 0.2).loss
+                logp = ppo_math.logprobs_from_logits(logits, ids[:, -reply_len:], 0.7)
+                loss = ppo_math.clipped_policy_loss(logp, old, adv, rmask, 0.2).loss
             loss.backward()
 
         ms = timed_ms(step, warmup=3, repeats=10)
@@ -184,8 +184,8 @@ def update_mfu(policy, tok, peak_tflops: float, micro_batches: list[int], seq_le
 def generation(policy, tok, bandwidth_gbs: float, batches: list[int], new_tokens: int) -> list:
     import torch
 
-    from components.generation import generate
-    from components.precision import autocast, cast_frozen_weights_once
+    from components.models.generation import generate
+    from components.models.precision import autocast, cast_frozen_weights_once
 
     cfg = policy.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads

@@ -111,12 +111,12 @@ def stage_seconds(root: Path, t0: float) -> dict[str, float]:
 
 def cut_report(root: Path, max_length: int) -> dict[str, Any]:
     """What ``reward.max_length`` cuts from the stored pairs' texts (chosen and rejected), read as the reward
-    model reads them (:func:`components.reward.model.reward_text`, last ``max_length`` tokens kept)."""
+    model reads them (:func:`components.models.reward.model.reward_text`, last ``max_length`` tokens kept)."""
     from transformers import AutoTokenizer
 
-    from components.prompt_pool import as_messages
-    from components.reward.model import reward_text
-    from components.reward.pairs import read_pairs
+    from components.data.prompt_pool import as_messages
+    from components.models.reward.model import reward_text
+    from components.models.reward.pairs import read_pairs
 
     tok = AutoTokenizer.from_pretrained(root / "models" / "reward")
     pairs = read_pairs(root / "data" / "feedback" / "pairs.parquet")

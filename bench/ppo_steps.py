@@ -4,7 +4,7 @@
     python -m bench ppo_steps --value-model shared separate --pairs 2    # what a separate value trunk costs
     python -m bench ppo_steps --model tiny --steps 2                     # quick mode (seconds)
 
-Runs ``components.ppo.train.run`` on the default params (section ``policy`` of params.yaml) with the VADER
+Runs ``components.models.policy.train.run`` on the default params (section ``policy`` of params.yaml) with the VADER
 stand-in reward, in a throwaway project folder, once per ``--value-model`` variant and pair, alternating, each
 run in a fresh process (whatever device torch finds). Writes ``bench/results/ppo_throughput.json`` (or ``--out``):
 per run samples/s, reply tokens/s, seconds per phase (rollout, forward, score, update), peak RSS, trainable and
@@ -29,7 +29,7 @@ def one_run(model_spec: str | None, steps: int, value_model: str | None, threads
     """A PPO run of ``steps`` steps in project folder ``work``, summarised (the worker of one variant)."""
     threads = harness.set_threads(threads)
     from components.config import read_params
-    from components.ppo.train import run
+    from components.models.policy.train import run
 
     params = read_params(harness.REPO / "params.yaml")
     model = dict(params.get("model", {}))
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
                 runs[-1]["pair"] = pair
     record: dict = {
         "benchmark": "ppo_steps",
-        "what": "PPO steps of components.ppo (rollout + forward + score + PPO update), VADER stand-in reward",
+        "what": "PPO steps of components.models.policy (rollout + forward + score + PPO update), VADER stand-in reward",
         "model": runs[0]["model"],
         "steps_per_run": args.steps,
         "conditions": args.conditions,

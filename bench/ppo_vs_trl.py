@@ -6,7 +6,7 @@
     python -m bench ppo_vs_trl --bf16                # CPU, bf16 autocast for both (CPUs with native bf16)
 
 Both trainers get the same policy weights, the same reward-model folder (a transformers
-``AutoModelForSequenceClassification`` folder written by ``components.reward.model.RewardModel.save``),
+``AutoModelForSequenceClassification`` folder written by ``components.models.reward.model.RewardModel.save``),
 the same prompts and the same PPO configuration: 16 prompts x 32 reply tokens per step, temperature 0.7,
 2 PPO epochs x 2 minibatches of 8, micro-batch 4, LoRA r 16 / alpha 32 on every projection, lr 5e-4 with
 linear decay, k1 KL, missing-EOS penalty 0.5. TRL runs in its own virtual environment
@@ -67,7 +67,7 @@ PHASES = ("rollout", "forward", "score", "update")
 
 def worker_ours(work: Path, steps: int, device: str, threads: int | None, bf16: bool) -> dict:
     harness.set_threads(threads)
-    from components.ppo.train import run
+    from components.models.policy.train import run
 
     spec = json.loads((work / "spec.json").read_text())
     ppo = {
@@ -288,8 +288,8 @@ def prepare(work: Path, model: str) -> dict:
     """Policy folder, reward-model folder and prompts, shared by both trainers."""
     from transformers import AutoModelForSequenceClassification
 
-    from components.base_model import resolve_model_dir
-    from components.reward.model import RewardModel, build_reward_model
+    from components.models.base_model import resolve_model_dir
+    from components.models.reward.model import RewardModel, build_reward_model
 
     policy_dir = resolve_model_dir(model)
     rm, tok = build_reward_model(model, seed=0)  # the backbone with a fresh scalar head (N(0, 1/(H+1)))

@@ -53,8 +53,8 @@ def time_mode(pairs: list[tuple[str, str, str]], cfg, steps: int) -> dict:
     """Seconds per optimiser step (and per no-grad pass) of reward config ``cfg`` on one batch of ``pairs``."""
     import torch
 
-    from components.reward.model import build_reward_model, count_trainable, encode, pair_scores
-    from components.reward.trainer import select_trainable
+    from components.models.reward.model import build_reward_model, count_trainable, encode, pair_scores
+    from components.models.reward.trainer import select_trainable
 
     model, tok = build_reward_model(cfg.backbone, seed=0)
     trainable = select_trainable(model, cfg)
@@ -114,7 +114,7 @@ def accuracy(args) -> dict:
 
     from components.config import from_dict, to_dict
     from components.config.reward import RewardConfig
-    from components.reward.trainer import train_reward
+    from components.models.reward.trainer import train_reward
 
     harness.setup_logging()
     threads = harness.set_threads(args.threads)

@@ -27,7 +27,7 @@ def one_round(work: Path, round_: int, model: str | None, store: bool, threads: 
     """``train_reward`` on round ``round_``'s pairs file in ``work``, timed (the worker of one round)."""
     harness.set_threads(threads)
     from components.config.reward import RewardConfig
-    from components.reward.trainer import train_reward
+    from components.models.reward.trainer import train_reward
 
     cfg = RewardConfig() if model is None else dataclasses.replace(RewardConfig(), backbone=model)
     out = work / f"r{round_}"

@@ -31,18 +31,18 @@ import torch
 
 from bench import harness
 from bench.align_common import DEFAULT_CACHE, cached, device_name, gold_scores, log, sample_replies, setup, write_json
-from components.base_model import load_base
 from components.config import load_section, to_dict
 from components.config.model import ModelConfig
 from components.config.reward import RewardConfig
 from components.config.seeding import SeedingConfig
+from components.decide.stats import mean_interval, wilson_interval
 from components.demo_task import load_prompts
 from components.demo_task.seed import label_pairs
-from components.reward.losses import preference_accuracy
-from components.reward.model import RewardModel
-from components.reward.pairs import Pairs
-from components.reward.trainer import fit_reward_model, score_pairs
-from components.stats import mean_interval, wilson_interval
+from components.models.base_model import load_base
+from components.models.reward.losses import preference_accuracy
+from components.models.reward.model import RewardModel
+from components.models.reward.pairs import Pairs
+from components.models.reward.trainer import fit_reward_model, score_pairs
 
 VARIANTS: dict[str, dict[str, object]] = {
     "params": {},

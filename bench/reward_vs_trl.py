@@ -77,7 +77,7 @@ def make_pairs(path: Path, n_prompts: int | None, seed: int = 0) -> dict:
 def worker_ours(work: Path, mode: str, model: str, threads: int | None) -> dict:
     threads = harness.set_threads(threads)
     from components.config.reward import RewardConfig
-    from components.reward.trainer import train_reward
+    from components.models.reward.trainer import train_reward
 
     if mode == "full":  # float32 like TRL's run in this mode; no frozen blocks to cache
         extra = {"trainable": "all", "lr": 1e-4, "bf16": False}
@@ -199,8 +199,8 @@ def main(argv: list[str] | None = None) -> None:
 
         return harness.worker(args, one)
 
-    from components.base_model import resolve_model_dir
-    from components.reward.pairs import read_pairs, split_by_prompt
+    from components.models.base_model import resolve_model_dir
+    from components.models.reward.pairs import read_pairs, split_by_prompt
 
     trl_python = args.anchor_python or harness.anchor_env("trl-latest", TRL_REQUIREMENT)
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")

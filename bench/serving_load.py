@@ -122,7 +122,7 @@ def run_level(url: str, clients: int, total: int, max_new_tokens: int) -> dict:
 
 
 def run_mode(name: str, batch: int, args: argparse.Namespace, work: Path) -> dict:
-    from components.served_store import open_store
+    from components.data.served_store import open_store
 
     serve = {"max_batch_size": batch, "torch_threads": args.server_threads, "bf16": args.bf16}
     with served(work / name, args.model, **serve) as (url, project):

@@ -7,7 +7,7 @@ Writes ``bench/results/validation.json`` (rows/s, seconds per phase). About 5 % 
     python -m bench validation [--rows 100000] [--no-report] [--table-only]
     python -m bench validation --rows 2000 --import-repeats 1 --no-table --out /tmp/v.json   # quick check
 
-Also measures the validation step's import time in fresh interpreters (``components.feedback.validation``
+Also measures the validation step's import time in fresh interpreters (``components.data.feedback.validation``
 plus Great Expectations, median of ``--import-repeats``) and writes the row of ``docs/benchmarks.md``;
 ``--table-only`` re-measures only that and rewrites the row from the existing JSON.
 """
@@ -62,7 +62,7 @@ def synthetic_pairs(n: int, seed: int = 0):
 def import_seconds(repeats: int = 3) -> list[float]:
     """Seconds to import the validation step (and GX) in a fresh interpreter, ``repeats`` times."""
     code = (
-        "import time; t = time.perf_counter(); import components.feedback.validation, great_expectations; "
+        "import time; t = time.perf_counter(); import components.data.feedback.validation, great_expectations; "
         "print(time.perf_counter() - t)"
     )
     env = dict(os.environ, GX_ANALYTICS_ENABLED="false", PYTHONPATH=str(harness.REPO))
@@ -119,9 +119,9 @@ def measure(rows: int, report: bool) -> dict:
     import tempfile
 
     from components.config.validation import ValidationConfig
-    from components.feedback.io import read_feedback
-    from components.feedback.schema import PAIRS
-    from components.feedback.validation import prepare, run_suite, validate_frame
+    from components.data.feedback.io import read_feedback
+    from components.data.feedback.schema import PAIRS
+    from components.data.feedback.validation import prepare, run_suite, validate_frame
 
     cfg = ValidationConfig()
     t = time.perf_counter()

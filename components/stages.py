@@ -26,7 +26,7 @@ register / promote  ``register_and_decide(paths, *, policy, evaluation, gate)`` 
 
 The DVC stages (``train_reward``, ``ppo``, ``train_judge``, ``evaluate``) also have ``reward_result``,
 ``policy_result``, ``judge_model_result`` and ``evaluation_result``: the result their last run left, for a caller
-that found the stage up to date (:func:`components.dvc_runner.run_stage`). :func:`result_from_dict` rebuilds any
+that found the stage up to date (:func:`components.project.dvc_runner.run_stage`). :func:`result_from_dict` rebuilds any
 result from its ``asdict`` form (what crosses a Prefect task boundary).
 
 Each stage's module is imported on first use (torch and transformers only for the stages that run a model); the
@@ -42,65 +42,70 @@ import types
 import typing
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from components.paths import ProjectPaths
+from components.project.paths import ProjectPaths
 
 if TYPE_CHECKING:
+    from components.common.progress import Progress
     from components.config.evaluation import EvalConfig
     from components.config.gate import GateConfig
     from components.config.judges import JudgeRewardConfig
     from components.config.model import ModelConfig
+    from components.data.feedback.served import (
+        ServedExport,
+        ServedIngest,
+        export_served_feedback,
+        ingest_served_feedback,
+    )
+    from components.data.feedback.store import IngestSummary, ValidateResult, validate_and_store
+    from components.decide.evaluation import EvalResult, ModelEval, evaluate
+    from components.decide.gate import GateCheck, GateResult, gate
+    from components.decide.judges.human import HumanJudgeResult, judge_by_humans
+    from components.decide.judges.reward_model import JudgeModelResult, train_judge_model
     from components.demo_task.seed import SeedLabels, SeedSample, ingest_seed, label_seed, sample_seed
-    from components.evaluation import EvalResult, ModelEval, evaluate
-    from components.feedback.served import ServedExport, ServedIngest, export_served_feedback, ingest_served_feedback
-    from components.feedback.store import IngestSummary, ValidateResult, validate_and_store
-    from components.gate import GateCheck, GateResult, gate
-    from components.judges.human import HumanJudgeResult, judge_by_humans
-    from components.judges.reward_model import JudgeModelResult, train_judge_model
-    from components.params import Params, load_params
-    from components.ppo.train import PolicyResult, policy_result, train_policy
-    from components.progress import Progress
-    from components.registry import PromotionResult, register_and_decide
-    from components.reward.train import RewardStageResult, reward_result, train_reward_model
+    from components.models.policy.train import PolicyResult, policy_result, train_policy
+    from components.models.reward.train import RewardStageResult, reward_result, train_reward_model
+    from components.project.params import Params, load_params
+    from components.records.registry import PromotionResult, register_and_decide
 
 _HOME: dict[str, str] = {
     "EvalConfig": "components.config.evaluation",
-    "EvalResult": "components.evaluation",
-    "ForgetResult": "components.feedback.forget",
-    "GateCheck": "components.gate",
+    "EvalResult": "components.decide.evaluation",
+    "ForgetResult": "components.data.feedback.forget",
+    "GateCheck": "components.decide.gate",
     "GateConfig": "components.config.gate",
-    "GateResult": "components.gate",
-    "HumanJudgeResult": "components.judges.human",
-    "IngestSummary": "components.feedback.store",
-    "JudgeModelResult": "components.judges.reward_model",
-    "ModelEval": "components.evaluation",
-    "Params": "components.params",
-    "PolicyResult": "components.ppo.train",
-    "Progress": "components.progress",
-    "PromotionResult": "components.registry",
-    "RewardStageResult": "components.reward.train",
+    "GateResult": "components.decide.gate",
+    "HumanJudgeResult": "components.decide.judges.human",
+    "IngestSummary": "components.data.feedback.store",
+    "JudgeModelResult": "components.decide.judges.reward_model",
+    "ModelEval": "components.decide.evaluation",
+    "Params": "components.project.params",
+    "PolicyResult": "components.models.policy.train",
+    "Progress": "components.common.progress",
+    "PromotionResult": "components.records.registry",
+    "RewardStageResult": "components.models.reward.train",
     "SeedLabels": "components.demo_task.seed",
     "SeedSample": "components.demo_task.seed",
-    "ServedExport": "components.feedback.served",
-    "ServedIngest": "components.feedback.served",
-    "ValidateResult": "components.feedback.store",
-    "evaluate": "components.evaluation",
-    "export_served_feedback": "components.feedback.served",
-    "forget_rater": "components.feedback.forget",
-    "gate": "components.gate",
-    "ingest_served_feedback": "components.feedback.served",
-    "judge_by_humans": "components.judges.human",
+    "ServedExport": "components.data.feedback.served",
+    "ServedIngest": "components.data.feedback.served",
+    "ValidateResult": "components.data.feedback.store",
+    "evaluate": "components.decide.evaluation",
+    "export_served_feedback": "components.data.feedback.served",
+    "forget_rater": "components.data.feedback.forget",
+    "gate": "components.decide.gate",
+    "ingest_served_feedback": "components.data.feedback.served",
+    "judge_by_humans": "components.decide.judges.human",
     "ingest_seed": "components.demo_task.seed",
     "label_seed": "components.demo_task.seed",
-    "load_params": "components.params",
-    "policy_result": "components.ppo.train",
-    "rater_summary": "components.feedback.agreement",
-    "register_and_decide": "components.registry",
-    "reward_result": "components.reward.train",
+    "load_params": "components.project.params",
+    "policy_result": "components.models.policy.train",
+    "rater_summary": "components.data.feedback.agreement",
+    "register_and_decide": "components.records.registry",
+    "reward_result": "components.models.reward.train",
     "sample_seed": "components.demo_task.seed",
-    "train_judge_model": "components.judges.reward_model",
-    "train_policy": "components.ppo.train",
-    "train_reward_model": "components.reward.train",
-    "validate_and_store": "components.feedback.store",
+    "train_judge_model": "components.decide.judges.reward_model",
+    "train_policy": "components.models.policy.train",
+    "train_reward_model": "components.models.reward.train",
+    "validate_and_store": "components.data.feedback.store",
 }
 """Where each name of the stage API is defined; imported on first use, so a light command (``rlhf validate``)
 loads no torch."""
@@ -119,7 +124,7 @@ T = TypeVar("T")
 
 def evaluation_result(paths: ProjectPaths) -> EvalResult:
     """The result of the evaluate stage's last run (``metrics/eval.json``, which is ``asdict`` of it)."""
-    from components.evaluation import EvalResult
+    from components.decide.evaluation import EvalResult
 
     if not paths.eval_metrics.is_file():
         raise FileNotFoundError(f"{paths.eval_metrics}: no evaluation yet; run the evaluate stage first")
@@ -130,8 +135,8 @@ def point_policy_at_champion(model: ModelConfig, paths: ProjectPaths) -> str:
     """Register ``model.base`` as the first champion when the registry has none, and write
     ``registry/ppo_parent.json`` (a dep of the ``ppo`` stage, which starts from the champion with
     ``ppo.init_from: champion``), so a new champion reruns PPO and the same one skips it. Returns the champion."""
-    from components import registry
-    from components.base_model import resolve_model_dir
+    from components.models.base_model import resolve_model_dir
+    from components.records import registry
 
     champion = registry.ensure_base_champion(paths, model.base, resolve_model_dir(model.base))
     registry.write_ppo_parent(paths)
@@ -140,7 +145,7 @@ def point_policy_at_champion(model: ModelConfig, paths: ProjectPaths) -> str:
 
 def judge_model_result(judge: JudgeRewardConfig, paths: ProjectPaths) -> JudgeModelResult:
     """The result of the train_judge stage's last run (``metrics/judge_reward.json``)."""
-    from components.judges.reward_model import JudgeModelResult
+    from components.decide.judges.reward_model import JudgeModelResult
 
     summary = paths.metrics / "judge_reward.json"
     if not summary.is_file():

@@ -32,15 +32,15 @@ import numpy as np
 from components.config import ConfigError, from_dict, to_dict
 from components.config.flow import POLICY_CANDIDATE, CandidateRecipe
 from components.config.policy import PolicyConfig
-from components.paths import ProjectPaths
+from components.project.paths import ProjectPaths
 
 if TYPE_CHECKING:
+    from components.common.progress import Progress
     from components.config.evaluation import EvalConfig
     from components.config.model import ModelConfig
-    from components.evaluation import EvalResult
-    from components.gate import GateCheck, GateResult
-    from components.ppo.train import PolicyResult
-    from components.progress import Progress
+    from components.decide.evaluation import EvalResult
+    from components.decide.gate import GateCheck, GateResult
+    from components.models.policy.train import PolicyResult
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def bootstrap_p_value(outcomes: np.ndarray, threshold: float, *, resamples: int 
     """One-sided p-value of "win rate <= ``threshold``": the share of cluster-bootstrap win rates at or below it.
 
     ``outcomes`` has shape (P, K) (1 win, 0.5 tie, 0 loss). Prompts are resampled with the same generator and seed
-    as :func:`components.eval_stats.win_rate_interval`, so ``p <= alpha`` exactly when the ``alpha`` quantile of
+    as :func:`components.decide.eval_stats.win_rate_interval`, so ``p <= alpha`` exactly when the ``alpha`` quantile of
     the bootstrap (the lower end of the 1 - 2 alpha percentile interval) is above ``threshold`` (Efron & Tibshirani
     1993, ch. 16: the test that inverts the percentile interval).
     """
@@ -90,7 +90,7 @@ def holm_bonferroni(p_values: Sequence[float], alpha: float) -> tuple[list[float
 
 def outcomes_from_verdicts(path: Path) -> np.ndarray:
     """The candidate-vs-champion outcomes of an evaluation from its verdicts file, shape (P, K)."""
-    from components.judges.base import VALUE
+    from components.decide.judges.base import VALUE
 
     rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
     rows = [r for r in rows if r.get("kind") == "candidate_vs_champion"]
@@ -235,8 +235,8 @@ class CandidatePaths(ProjectPaths):
 def _reusable(cfg: PolicyConfig, model: ModelConfig, cpaths: CandidatePaths) -> PolicyResult | None:
     """The candidate's last export when it was trained with this config from the same parent, reward model and
     data (a rerun after a crash, or a round with nothing new), else None."""
-    from components.lineage import data_version
-    from components.ppo.train import _policy_result, initial_policy
+    from components.models.policy.train import _policy_result, initial_policy
+    from components.records.lineage import data_version
 
     summary = cpaths.metrics / "ppo.json"
     if not summary.is_file():
@@ -269,7 +269,7 @@ def train_candidate(
     Starts from the same parent as the ``ppo`` stage (``registry/ppo_parent.json``) against the same reward model.
     A finished export with the same config, parent, reward model and data is returned as it is; an unfinished run
     with the same config continues from its last checkpoint."""
-    from components.ppo.train import train_policy
+    from components.models.policy.train import train_policy
 
     cpaths = CandidatePaths(paths.root, recipe.name)
     cfg = recipe_policy(policy, recipe, str(cpaths.folder.relative_to(paths.root)))
@@ -296,7 +296,7 @@ def evaluate_candidate(
 ) -> EvalResult:
     """The evaluate stage for an extra candidate: the same judge, prompts and seeds against the champion; its
     ``eval.json``, report and verdicts go to ``models/candidates/<name>/``."""
-    from components.evaluation import evaluate
+    from components.decide.evaluation import evaluate
 
     return evaluate(cfg, CandidatePaths(paths.root, name), model=model, candidate=candidate, kl_target=kl_target,
                     demo_task=demo_task, progress=progress)  # fmt: skip
@@ -323,7 +323,7 @@ class Entrant:
 
 
 def _check(name: str, value: Any, threshold: Any, passed: bool, reason: str) -> GateCheck:
-    from components.gate import GateCheck
+    from components.decide.gate import GateCheck
 
     return GateCheck(name, value, threshold, passed, reason)
 
@@ -443,8 +443,8 @@ def write_sweep(paths: ProjectPaths, recipes: Sequence[CandidateRecipe], rows: l
     """Write the sweep's table and, for its best recipe, a params file the next retrain can use."""
     import yaml
 
+    from components.common.fsutil import atomic_write_text
     from components.config import read_params
-    from components.fsutil import atomic_write_text
 
     out = paths.reports / "sweep"
     out.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ from flows.retrain import retrain
 def start_service(root: str, params: str, port: int | None = None) -> dict[str, Any]:
     """``bentoml serve`` of the project's champion on a loopback port with a fresh API token and a rater token for
     the simulated users; ready when done."""
-    from components.service_process import start_service as start
+    from components.common.service_process import start_service as start
 
     return asdict(start(Path(root), Path(params), port=port))
 
@@ -36,7 +36,7 @@ def simulated_users(root: str, url: str, token: str, users: int, clients: int, m
     """``users`` prompts of the project's training pool asked ``clients`` at a time; each reply rated, the better
     of two chosen, over HTTP."""
     from components.demo_task.traffic import simulate_users, traffic_prompts
-    from components.paths import ProjectPaths
+    from components.project.paths import ProjectPaths
 
     prompts, progress = traffic_prompts(ProjectPaths(Path(root)), users), task_progress("simulated-users")
     done = simulate_users(url, prompts, token=token, clients=clients, max_tokens=max_tokens, progress=progress)
@@ -46,7 +46,7 @@ def simulated_users(root: str, url: str, token: str, users: int, clients: int, m
 @task(name="served-version", cache_policy=NO_CACHE)
 def served_version(url: str) -> str | None:
     """The model version the service answers with now."""
-    from components.service_process import served_version as version
+    from components.common.service_process import served_version as version
 
     return version(url)
 
@@ -54,8 +54,8 @@ def served_version(url: str) -> str | None:
 @task(name="stop-service", cache_policy=NO_CACHE)
 def stop_service(service: dict[str, Any]) -> None:
     """Stop the service's process group (SIGTERM, then SIGKILL)."""
-    from components.service_process import ServiceProcess
-    from components.service_process import stop_service as stop
+    from components.common.service_process import ServiceProcess
+    from components.common.service_process import stop_service as stop
 
     stop(ServiceProcess(**service))
 

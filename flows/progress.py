@@ -1,6 +1,6 @@
 """Stage progress as Prefect run-logger lines, so a long task shows it is alive in the terminal and the UI.
 
-The stage functions report ``progress(done, total, note)`` (``components.progress``); :func:`task_progress`
+The stage functions report ``progress(done, total, note)`` (``components.common.progress``); :func:`task_progress`
 turns that into log lines, throttled to about one line per ``every_fraction`` of the work or per
 ``every_s`` seconds, whichever comes first; the last call (``done == total``) is always logged.
 """
@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from components.progress import Progress
+from components.common.progress import Progress
 
 
 class Throttled:

@@ -27,7 +27,7 @@ def _win(ev: dict[str, Any]) -> str | None:
 def _judge(ev: dict[str, Any]) -> str | None:
     if not ev.get("judge"):
         return None
-    from components.judges.base import judge_label
+    from components.decide.judges.base import judge_label
 
     return judge_label(ev["judge"])
 

@@ -3,7 +3,7 @@ promote or reject -> the service switches.
 
 Each task is a few lines around one stage function of :mod:`components.stages`, and passes the stage's result on
 as a dict (``asdict`` of its frozen dataclass). Reward model, PPO and evaluation are DVC stages: their tasks run
-the stage function under :func:`components.dvc_runner.run_stage` (one DVC command at a time per repository),
+the stage function under :func:`components.project.dvc_runner.run_stage` (one DVC command at a time per repository),
 which runs it only when ``dvc status`` says the stage changed and then records it in ``dvc.lock`` as
 ``dvc repro`` would, so a rerun with unchanged data, params and code skips them. A step that still fails after
 its retries fails the flow run; promotion is the last step and runs only after the gate, so a failed run
@@ -22,7 +22,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from components.config.flow import POLICY_CANDIDATE, FlowConfig
-from components.paths import ProjectPaths
+from components.project.paths import ProjectPaths
 from flows.progress import task_progress
 from flows.report import publish_summary, publish_tournament
 from flows.routing import TRAIN_FLOW_NAME, training_route
@@ -46,7 +46,7 @@ class RetrainSummary:
     seeded: dict[str, Any] = field(default_factory=dict)
     raters: dict[str, Any] = field(default_factory=dict)
     """Who gave the feedback of this data version (ratings / pairs per rater) and how far raters agree where they
-    judged the same reply or pair (``components.feedback.agreement.rater_summary``)."""
+    judged the same reply or pair (``components.data.feedback.agreement.rater_summary``)."""
     training: dict[str, Any] = field(default_factory=dict)
     """Where training ran, the DVC stages that ran, and those skipped as up to date."""
     reward: dict[str, Any] = field(default_factory=dict)
@@ -79,7 +79,7 @@ def _paths(root: str) -> ProjectPaths:
 
 
 def _params(params: str):
-    from components.params import load_params
+    from components.project.params import load_params
 
     return load_params(Path(params))
 
@@ -163,7 +163,8 @@ def champion_pointer(root: str, params: str) -> str:
 @task(name="train-reward-model", cache_policy=NO_CACHE)
 def train_reward_model(root: str) -> dict[str, Any]:
     """The ``train_reward`` stage; skipped when the pairs, reward params and code match ``dvc.lock``."""
-    from components import dvc_runner, stages
+    from components import stages
+    from components.project import dvc_runner
 
     paths, progress = _paths(root), task_progress("train-reward-model")
     ran, result = dvc_runner.run_stage(
@@ -179,7 +180,8 @@ def train_reward_model(root: str) -> dict[str, Any]:
 def train_policy(root: str) -> dict[str, Any]:
     """The ``ppo`` stage (continuing a killed run from its checkpoint when its params match); skipped when the
     reward model, prompts, params and code match ``dvc.lock``."""
-    from components import dvc_runner, stages
+    from components import stages
+    from components.project import dvc_runner
 
     paths, progress, p = _paths(root), task_progress("train-policy-ppo"), _params(_paths(root).params)
     ran, result = dvc_runner.run_stage(
@@ -194,8 +196,9 @@ def train_policy(root: str) -> dict[str, Any]:
 @task(name="train-policy-ppo-multi", cache_policy=NO_CACHE)
 def train_policy_launched(root: str, processes: int) -> dict[str, Any]:
     """The ``ppo`` stage's command under ``accelerate launch`` on ``processes`` devices, recorded in ``dvc.lock``."""
-    from components import dvc_runner, stages
-    from components.ppo.train import launch_command
+    from components import stages
+    from components.models.policy.train import launch_command
+    from components.project import dvc_runner
 
     paths = _paths(root)
     ran, result = dvc_runner.run_command(
@@ -287,7 +290,8 @@ def train_on_pool(root: str, deployment: str, cfg: FlowConfig) -> dict[str, Any]
 def train_judge(root: str) -> dict[str, Any]:
     """The ``train_judge`` stage: the judge reward model on its slice of the pairs (``eval.judge: reward_model``),
     else a note; skipped when the pairs, params and code match ``dvc.lock``."""
-    from components import dvc_runner, stages
+    from components import stages
+    from components.project import dvc_runner
 
     paths, p, progress = _paths(root), _params(_paths(root).params), task_progress("train-judge-model")
     used = p.eval.judge == "reward_model"
@@ -303,7 +307,8 @@ def train_judge(root: str) -> dict[str, Any]:
 @task(name="evaluate-vs-champion", cache_policy=NO_CACHE)
 def evaluate_candidate(root: str, policy: dict[str, Any]) -> dict[str, Any]:
     """The ``evaluate`` stage: the new policy against the registry's champion on held-out prompts."""
-    from components import dvc_runner, stages
+    from components import stages
+    from components.project import dvc_runner
 
     paths, p, progress = _paths(root), _params(_paths(root).params), task_progress("evaluate-vs-champion")
     kl_target = p.policy.kl_target if p.policy.adaptive_kl else None
@@ -387,7 +392,7 @@ def promote_or_reject(root: str, policy_dir: str, evaluation: dict[str, Any], ga
 @task(name="service-switch", cache_policy=NO_CACHE)
 def wait_for_service(url: str, version: str) -> str:
     """The service polls the registry and reloads on its own: wait until it answers with ``version``."""
-    from components.service_process import wait_for_version
+    from components.common.service_process import wait_for_version
 
     return wait_for_version(url, version)
 
@@ -406,9 +411,9 @@ def retrain(
     """One retraining round on the project at ``project`` (default: the checkout holding ``params.yaml``).
 
     ``service_url``: a running service to wait for after a promotion (default ``flow.service_url``)."""
-    from components import registry
     from components.config import to_dict
     from components.config.flow import load_flow_config
+    from components.records import registry
 
     t0 = time.perf_counter()
     paths = ProjectPaths(Path(project).resolve()) if project else ProjectPaths.discover()
@@ -536,7 +541,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _decided(paths: ProjectPaths, version: str) -> bool:
     """Registered and decided on (a ``candidate`` still waiting for people on canary is not)."""
-    from components import registry
+    from components.records import registry
 
     try:
         return registry.get(paths, version).status != "candidate"

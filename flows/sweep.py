@@ -20,7 +20,7 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from components.paths import ProjectPaths
+from components.project.paths import ProjectPaths
 from flows.retrain import (
     champion_pointer,
     decide_tournament,

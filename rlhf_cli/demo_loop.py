@@ -37,7 +37,7 @@ def demo_folder(quick: bool = False) -> Path:
 
     Not the checkout itself: a project versions its data and params in its own git + DVC, so the demo run in the
     checkout changed its tracked files and every model recorded a ``-dirty`` code revision."""
-    from components.paths import rlhf_home
+    from components.project.paths import rlhf_home
 
     name = "demo-quick" if quick else "demo"
     in_checkout = (REPO / "pyproject.toml").is_file() and (REPO / ".git").exists()
@@ -53,7 +53,7 @@ def demo_params(source: Path | None, quick: bool = False) -> dict[str, Any]:
         raw = yaml.safe_load(Path(source).read_text(encoding="utf-8")) or {}
     else:
         from components.config import to_dict
-        from components.params import SECTIONS
+        from components.project.params import SECTIONS
 
         raw = {name: to_dict(cls()) for name, cls in SECTIONS.items()}
     for overrides in (DEMO_TASK, QUICK if quick else {}):
@@ -66,9 +66,9 @@ def prepare_project(dest: Path, raw: dict[str, Any], *, sync: bool = True) -> Pa
     """The demo's project at ``dest``, made as ``rlhf init`` makes one (the package's pipeline, no code copied)
     and holding the params ``raw``. An existing project is reused (its data, models and registry kept); with
     ``sync`` its params become ``raw`` (committed) when they differ, so the demo always runs the current params."""
-    from components.params import params_from_dict
-    from components.paths import ProjectPaths
-    from components.project import create_project, set_params
+    from components.project.params import params_from_dict
+    from components.project.paths import ProjectPaths
+    from components.project.scaffold import create_project, set_params
 
     dest = Path(dest).resolve()
     if (dest / "dvc.yaml").is_file():

@@ -21,8 +21,8 @@ ParamsOpt = Annotated[
 def _params_file(console: Console, params: Path | None) -> Path:
     """The params file, every section validated before any work (exit 2 naming the file and key otherwise)."""
     from components.config import ConfigError
-    from components.params import load_params
-    from components.paths import ProjectPaths
+    from components.project.params import load_params
+    from components.project.paths import ProjectPaths
 
     path = (params or ProjectPaths.discover().params).resolve()
     try:
@@ -63,8 +63,8 @@ def project_params(console: Console, params: Path | None) -> Path:
     import os
 
     from components.config import ConfigError
-    from components.paths import ProjectPaths
-    from components.project import use_params
+    from components.project.paths import ProjectPaths
+    from components.project.scaffold import use_params
 
     if params is not None and not os.environ.get("RLHF_PROJECT") and (params.resolve().parent / "dvc.yaml").is_file():
         paths = ProjectPaths(params.resolve().parent)
@@ -89,8 +89,8 @@ def retrain(params: ParamsOpt = None) -> None:
     """
     import os
 
-    from components.paths import ProjectPaths
-    from components.project import ProjectError, require_project
+    from components.project.paths import ProjectPaths
+    from components.project.scaffold import ProjectError, require_project
     from flows.retrain import retrain as retrain_flow
 
     console = make_console()
@@ -286,7 +286,7 @@ def demo(
     import yaml
 
     from components.config import ConfigError
-    from components.project import ProjectError
+    from components.project.scaffold import ProjectError
     from rlhf_cli import demo_loop
 
     console = make_console()

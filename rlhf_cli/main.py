@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
-from components.env import telemetry_off
+from components.common.env import telemetry_off
 from rlhf_cli.console import log_handler, make_console
 
 telemetry_off()
@@ -103,7 +103,7 @@ def init(
     ] = None,
 ) -> None:
     """Start a project for your own model and feedback: params.yaml, dvc.yaml, data/, git + DVC with a remote."""
-    from components.project import ProjectError, create_project
+    from components.project.scaffold import ProjectError, create_project
 
     try:
         paths = create_project(directory, model=model, system_prompt=system_prompt, remote=remote)
@@ -145,10 +145,10 @@ def import_(
     row stores nothing and exits 1), 1 when nothing was accepted, 2 when the file or project is unusable.
     """
     from components import stages
-    from components.feedback.formats import parse_mapping
-    from components.feedback.schema import FeedbackFileError
-    from components.feedback.store import StoreError
-    from components.paths import ProjectPaths
+    from components.data.feedback.formats import parse_mapping
+    from components.data.feedback.schema import FeedbackFileError
+    from components.data.feedback.store import StoreError
+    from components.project.paths import ProjectPaths
 
     p = _load_params(params)
     paths = ProjectPaths.discover()
@@ -193,8 +193,8 @@ def _load_params(params: Path | None, *, required: bool = True):
     An explicit ``--params`` that does not exist is an error; without ``--params`` the project's
     ``params.yaml`` is used, and (only when ``required`` is false) the defaults if the project has none."""
     from components.config import ConfigError
-    from components.params import Params, load_params
-    from components.paths import ProjectPaths
+    from components.project.params import Params, load_params
+    from components.project.paths import ProjectPaths
 
     path = params if params is not None else ProjectPaths.discover().params
     if params is None and not path.is_file() and not required:
@@ -206,7 +206,7 @@ def _load_params(params: Path | None, *, required: bool = True):
 
 
 def _default_sections():
-    from components.params import SECTIONS
+    from components.project.params import SECTIONS
 
     return [cls() for cls in SECTIONS.values()]
 
@@ -261,10 +261,10 @@ def validate(
     Exit code 0 when every row was accepted, 1 when some were quarantined, 2 when the file is unusable.
     """
     from components import stages
-    from components.feedback.formats import parse_mapping
-    from components.feedback.schema import FeedbackFileError
-    from components.feedback.store import StoreError
-    from components.paths import ProjectPaths
+    from components.data.feedback.formats import parse_mapping
+    from components.data.feedback.schema import FeedbackFileError
+    from components.data.feedback.store import StoreError
+    from components.project.paths import ProjectPaths
 
     p = _load_params(params, required=False)
     paths = ProjectPaths(p.path.parent) if p.path else ProjectPaths.discover()
@@ -306,7 +306,7 @@ def serve(
 
     from components.config import ConfigError
     from components.config.serve import load_serve_config
-    from components.paths import ProjectPaths
+    from components.project.paths import ProjectPaths
     from serving.service import check_host_allowed
 
     params = (params or ProjectPaths.discover().params).resolve()
@@ -345,8 +345,8 @@ def _print_json(data) -> None:
 @app.command()
 def models(as_json: JsonOpt = False) -> None:
     """Every model version: status, key metrics, gate decision."""
-    from components import registry
-    from components.paths import ProjectPaths
+    from components.project.paths import ProjectPaths
+    from components.records import registry
 
     paths = ProjectPaths.discover()
     try:
@@ -370,7 +370,7 @@ def models(as_json: JsonOpt = False) -> None:
         ev = (r.facts.get("metrics") or {}).get("eval") or {}
         win, judge = "-", "-"
         if ev.get("judge"):
-            from components.judges.base import judge_label
+            from components.decide.judges.base import judge_label
 
             judge = judge_label(ev["judge"])
         elif "win_rate" in ev:
@@ -408,9 +408,9 @@ def audit(
 ) -> None:
     """Lineage of a policy: parent, reward model, data version(s), feedback rows by source, served-output ids,
     code revision, params, gate reasons."""
-    from components import registry
-    from components.lineage import audit_trail
-    from components.paths import ProjectPaths
+    from components.project.paths import ProjectPaths
+    from components.records import registry
+    from components.records.lineage import audit_trail
 
     paths = ProjectPaths.discover()
     try:
@@ -470,7 +470,7 @@ def _audit_text(t: dict) -> str:
         lines.append(f"  params.{section}: {shown}{' ...' if len(values) > 12 else ''}")
     judge = t.get("judge")
     if judge:
-        from components.judges.base import judge_label
+        from components.decide.judges.base import judge_label
 
         lines.append(f"  judge: {judge_label(judge)}")
     gate = t.get("gate")
@@ -514,8 +514,8 @@ def rollback(
     force: Annotated[bool, typer.Option(help="Also allow a version that was rejected or never decided.")] = False,
 ) -> None:
     """Make an earlier version the champion again (a running service reloads it)."""
-    from components import registry
-    from components.paths import ProjectPaths
+    from components.project.paths import ProjectPaths
+    from components.records import registry
 
     paths = ProjectPaths.discover()
     before = registry.champion(paths)

@@ -19,8 +19,8 @@ NameArg = Annotated[str, typer.Argument(help="The rater's name, recorded with ev
 
 
 def _file():
-    from components.paths import ProjectPaths
-    from components.raters import raters_file
+    from components.data.raters import raters_file
+    from components.project.paths import ProjectPaths
 
     return raters_file(ProjectPaths.discover().live)
 
@@ -28,7 +28,7 @@ def _file():
 @raters.command("add")
 def add(name: NameArg) -> None:
     """Add a rater and print their token once (only its hash is kept: a lost token is revoked and re-added)."""
-    from components.raters import add_rater
+    from components.data.raters import add_rater
 
     path = _file()
     try:
@@ -43,7 +43,7 @@ def add(name: NameArg) -> None:
 @raters.command("revoke")
 def revoke(name: NameArg) -> None:
     """Remove a rater: their token stops working on the next request (their past feedback stays)."""
-    from components.raters import revoke_rater
+    from components.data.raters import revoke_rater
 
     path = _file()
     try:
@@ -57,7 +57,7 @@ def revoke(name: NameArg) -> None:
 @raters.command("admin")
 def admin() -> None:
     """Make the admin token, or a new one (the old one stops working): it opens the review queue and /admin."""
-    from components.raters import load_admin, rotate_admin
+    from components.data.raters import load_admin, rotate_admin
 
     path = _file()
     try:
@@ -74,7 +74,7 @@ def admin() -> None:
 @raters.command("list")
 def list_() -> None:
     """The registered raters (names and when they were added; never tokens) and whether an admin token exists."""
-    from components.raters import load_admin, load_raters
+    from components.data.raters import load_admin, load_raters
 
     path = _file()
     try:
@@ -103,8 +103,8 @@ def forget(
     """Remove one rater's feedback from the next data version and the served store, and revoke their token.
     Earlier data versions keep it in DVC's history (the audit says so)."""
     from components import stages
-    from components.feedback.store import StoreError
-    from components.paths import ProjectPaths
+    from components.data.feedback.store import StoreError
+    from components.project.paths import ProjectPaths
 
     paths = ProjectPaths.discover()
     try:
@@ -119,7 +119,8 @@ def forget(
 
 def _served_store(paths) -> str | None:
     """The served-output store's URL, or None when no service has made one in this project."""
-    from components.config.serve import load_serve_config, store_url
+    from components.config.serve import load_serve_config
+    from components.data.served_store import store_url
 
     url = store_url(load_serve_config(paths), paths)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():

@@ -37,7 +37,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
 
-from components.raters import ADMIN, LOCAL, SHARED
+from components.data.raters import ADMIN, LOCAL, SHARED
 from serving.ratelimit import RateLimiter, retry_after
 
 EXEMPT = ("/readyz", "/healthz", "/livez", "/metrics")

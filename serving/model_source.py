@@ -14,7 +14,7 @@ from pathlib import Path
 
 from components.config import load_section
 from components.config.model import ModelConfig
-from components.paths import ProjectPaths
+from components.project.paths import ProjectPaths
 
 log = logging.getLogger(__name__)
 
@@ -24,16 +24,16 @@ class ModelSource:
     version: str
     """What every response reports as ``model_version``."""
     spec: str
-    """What :func:`components.base_model.load_base` loads: a model folder, ``tiny`` or a base spec."""
+    """What :func:`components.models.base_model.load_base` loads: a model folder, ``tiny`` or a base spec."""
     origin: str
     """``registry`` or ``base``."""
 
 
 def _champion(paths: ProjectPaths) -> ModelSource | None:
     try:
-        registry = importlib.import_module("components.registry")
+        registry = importlib.import_module("components.records.registry")
     except ModuleNotFoundError as exc:
-        if exc.name != "components.registry":
+        if exc.name != "components.records.registry":
             raise
         return None
     record = registry.champion(paths)
@@ -61,7 +61,7 @@ def resolve(paths: ProjectPaths) -> ModelSource:
 
 def resolve_version(paths: ProjectPaths, version: str) -> ModelSource:
     """A registered version by name (the canary); ``RegistryError`` naming the known ones if unknown."""
-    from components import registry
+    from components.records import registry
 
     record = registry.get(paths, version)
     return ModelSource(str(record.version), str(record.path), "registry")

@@ -4,7 +4,7 @@ and leaves it when its reply ends.
 One engine thread owns the model. Each step it (1) admits waiting requests while there is room (their prompts
 are prefilled together and their KV caches joined to the running batch's, left padded to a common length),
 (2) samples one token for every running row with the row's own temperature, top-p and ``torch.Generator``
-(the functions of ``components/generation.py``), (3) ends rows that hit EOS, their token limit, a stop string,
+(the functions of ``components/models/generation.py``), (3) ends rows that hit EOS, their token limit, a stop string,
 their deadline, or whose client went away, and hands each finished reply to ``on_finish`` (the service logs
 it to the store there) before the caller sees it, and (4) runs one forward pass of the remaining rows.
 A short request therefore waits for at most one step of a long one, never for its end (vLLM and TGI schedule
@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from components.generation import RowParams, RowResult, _pick, filter_logits, left_pad, position_ids_from_mask
+from components.models.generation import RowParams, RowResult, _pick, filter_logits, left_pad, position_ids_from_mask
 
 log = logging.getLogger(__name__)
 

@@ -34,22 +34,23 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import Field
 
-from components import canary as canary_plan
 from components.config import load_section
 from components.config.model import ModelConfig
-from components.config.serve import ServeConfig, load_serve_config, store_url
-from components.generation import RowParams, RowResult, encode_chat
-from components.paths import ProjectPaths
-from components.precision import autocast
-from components.raters import RaterBook, raters_file
-from components.served_store import (
+from components.config.serve import ServeConfig, load_serve_config
+from components.data.raters import RaterBook, raters_file
+from components.data.served_store import (
     AlreadyRated,
     FeedbackConflict,
     ServedOutput,
     UnknownServedId,
     new_id,
     open_store,
+    store_url,
 )
+from components.decide import canary as canary_plan
+from components.models.generation import RowParams, RowResult, encode_chat
+from components.models.precision import autocast
+from components.project.paths import ProjectPaths
 from serving import model_source
 from serving.middleware import RATER_HEADER, ClientErrorLogFilter, GuardMiddleware, error_body, is_loopback
 from serving.ratelimit import RateLimiter
@@ -354,7 +355,7 @@ class RLHFService:
         return ("canary", got[0]) if bucket < got[1].share else ("champion", self.loaded)
 
     def _load(self, source: model_source.ModelSource) -> Loaded:
-        from components.base_model import load_base
+        from components.models.base_model import load_base
 
         t0 = time.perf_counter()
         model, tok = load_base(source.spec, dtype=self.model_cfg.dtype)

@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 
-from components.env import telemetry_off
+from components.common.env import telemetry_off
 
 telemetry_off()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,7 +30,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny():
     """The tiny random model and tokenizer (built once per session; treat as read-only)."""
-    from components.base_model import build_tiny
+    from components.models.base_model import build_tiny
 
     return build_tiny(seed=0)
 

@@ -43,9 +43,9 @@ class EvalConfig:
     for the candidate and judge against (over-optimisation), and judge for it while the reward model is against."""
     bf16: bool = True
     """Sample, score and compute the KL under bf16 autocast where the device computes bf16 natively (see
-    ``components/precision.py``); float32 elsewhere."""
+    ``components/models/precision.py``); float32 elsewhere."""
     judge: Literal["demo", "reward_model", "llm", "human"] = "demo"
-    """Who decides which reply is better (``components/judges``, docs/judges.md): ``demo`` (the demo task's
+    """Who decides which reply is better (``components/decide/judges``, docs/judges.md): ``demo`` (the demo task's
     annotator; only with ``seeding.demo_task: true``), ``reward_model`` (a judge reward model trained on the slice
     ``reward.judge_fraction`` of the human pairs the training reward model never sees) or ``llm`` (a pairwise
     LLM judge over an OpenAI-compatible endpoint, ``llm_judge``) or ``human`` (people on the rater page compare the

@@ -32,7 +32,7 @@ class LLMJudgeConfig:
     api_key_env: str | None = "RLHF_JUDGE_API_KEY"
     """Environment variable holding the API key (sent as ``Authorization: Bearer``); unset or null = no key."""
     template: str = "pairwise-v1"
-    """Prompt template: a file name in ``components/judges/templates/`` (without ``.txt``) or a path to one. Its
+    """Prompt template: a file name in ``components/decide/judges/templates/`` (without ``.txt``) or a path to one. Its
     version (name + content hash) is part of the cache key and of every stored verdict."""
     max_tokens: int = 256
     """Answer length limit (the rationale, then the verdict)."""

@@ -99,7 +99,7 @@ class PolicyConfig:
 
     # --- inputs and outputs -----------------------------------------------------------------
     reward_model: str = "models/reward"
-    """Scorer: a reward-model folder (``components.reward``), or a built-in stand-in:
+    """Scorer: a reward-model folder (``components.models.reward``), or a built-in stand-in:
     ``builtin:vader`` (VADER sentiment of the reply) or ``builtin:count:WORD`` (occurrences of WORD)."""
     prompts: str = "data/prompts/train.jsonl"
     """JSONL file of training prompts, one ``{"prompt": ...}`` per line (relative to the project root)."""
@@ -211,8 +211,8 @@ class PolicyConfig:
     """Value head on the policy's trunk (``shared``) or on its own copy of the base (``separate``)."""
     bf16: bool = True
     """Run rollouts, forward passes, scoring and updates under bf16 autocast (weights stay float32) where the
-    device computes bf16 natively: CUDA GPUs with bf16, CPUs with AVX512-BF16 / AMX (``components/precision.py``);
-    float32 elsewhere."""
+    device computes bf16 natively: CUDA GPUs with bf16, CPUs with AVX512-BF16 / AMX
+    (``components/models/precision.py``); float32 elsewhere."""
 
     # --- the other optimisers' own knobs --------------------------------------------------
     rloo: RLOOConfig = field(default_factory=RLOOConfig)

@@ -1,5 +1,5 @@
 """``PromptsConfig`` (params.yaml section ``prompts``): the prompt pool's split, checks and extra prompt files
-(:mod:`components.prompt_pool`)."""
+(:mod:`components.data.prompt_pool`)."""
 
 from __future__ import annotations
 

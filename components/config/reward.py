@@ -73,7 +73,7 @@ class RewardConfig:
     """Checkpoint averaging: keep the mean of the trainable weights at the ends of the last this many
     epochs instead of the last weights; 0 or 1 = off. Ignored when early stopping is on."""
     bf16: bool = True
-    """Forward passes under bf16 autocast where the device computes bf16 natively (``components/precision.py``);
+    """Forward passes under bf16 autocast where the device computes bf16 natively (``components/models/precision.py``);
     weights, loss and optimiser stay float32; float32 everywhere else."""
     feature_cache_gib: float = 2.0
     """With ``trainable: top``: memory allowed for caching the frozen lower blocks' output for every training
@@ -85,7 +85,7 @@ class RewardConfig:
     before (the seed pairs, trained on again in every later round) reads their frozen-block output instead of
     recomputing it (the same bytes: keyed by the frozen weights, the arithmetic and the token ids). 0 = off."""
     judge_fraction: float = 0.0
-    """Share of the prompts (by a hash of the normalised prompt, :mod:`components.judges.slices`) whose pairs
+    """Share of the prompts (by a hash of the normalised prompt, :mod:`components.data.judge_slice`) whose pairs
     are reserved for the judge reward model (``eval.judge: reward_model``): this reward model never trains or
     evaluates on them; 0 = no judge slice (the demo judges with its own annotator)."""
 

@@ -35,7 +35,7 @@ class SeedingConfig:
     prompts per batch). Larger batches amortise the per-step overhead."""
     bf16: bool = True
     """Sample the seed replies under bf16 autocast where the device computes bf16 natively (see
-    ``components/precision.py``); float32 elsewhere."""
+    ``components/models/precision.py``); float32 elsewhere."""
     min_gold_gap: float = 0.05
     """A pair is made only if its two replies differ by at least this gold score (near-ties are noise, not
     preference); a prompt whose best and worst are closer yields none."""

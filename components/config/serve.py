@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.config import load_section
-from components.paths import ProjectPaths
+from components.project.paths import ProjectPaths
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class ServeConfig:
     """torch intra-op threads per worker; 0 = torch's default (every core). 1 keeps latency steadier on CPUs
     shared with other work (the load test in ``bench/`` sets it)."""
     bf16: bool = True
-    """Generate under bf16 autocast where the device computes bf16 natively (``components/precision.py``)."""
+    """Generate under bf16 autocast where the device computes bf16 natively (``components/models/precision.py``)."""
     canary_version: str | None = None
     """A registered model version served beside the champion to ``canary_share`` of the conversations
     (null = the champion only). Read when the service starts."""
@@ -89,12 +89,3 @@ class ServeConfig:
 
 def load_serve_config(paths: ProjectPaths, params: Path | None = None) -> ServeConfig:
     return load_section(ServeConfig, "serve", params or paths.params)
-
-
-def store_url(cfg: ServeConfig, paths: ProjectPaths) -> str:
-    """The store's SQLAlchemy URL: the configured one, ``$RLHF_STORE_URL``, or SQLite under ``live/``."""
-    import os
-
-    from components.served_store import default_url
-
-    return os.environ.get("RLHF_STORE_URL") or cfg.store_url or default_url(paths.served_store)

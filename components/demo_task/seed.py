@@ -28,18 +28,18 @@ from typing import Any
 import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from components.common.fsutil import atomic_write_text
+from components.common.progress import Progress, report
 from components.config import to_dict
 from components.config.model import ModelConfig
 from components.config.seeding import SeedingConfig
 from components.config.validation import ValidationConfig
+from components.data.feedback.schema import PAIRS
+from components.data.feedback.store import IngestResult, IngestSummary, ingest_frame, summarise_ingest
 from components.demo_task import gold, load_prompts
-from components.feedback.schema import PAIRS
-from components.feedback.store import IngestResult, IngestSummary, ingest_frame, summarise_ingest
-from components.fsutil import atomic_write_text
-from components.generation import generate
-from components.paths import ProjectPaths
-from components.precision import autocast
-from components.progress import Progress, report
+from components.models.generation import generate
+from components.models.precision import autocast
+from components.project.paths import ProjectPaths
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ GOLD_ANNOTATOR = "gold"
 def write_prompt_files(paths: ProjectPaths) -> Path:
     """The bundled prompts as a prompt file of the pool (``data/prompts/sources/demo.jsonl``); the pool built at
     the next data version splits them train / held-out by hash like any other prompt."""
-    from components.prompt_pool import sources_dir
+    from components.data.prompt_pool import sources_dir
 
     path = sources_dir(paths) / "demo.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,8 +60,8 @@ def write_prompt_files(paths: ProjectPaths) -> Path:
 
 def train_prompts(paths: ProjectPaths, n: int | None = None) -> list[str]:
     """The first ``n`` bundled prompts that the project's pool puts in train (never a held-out one)."""
-    from components.feedback.store import pool_config
-    from components.prompt_pool import is_heldout
+    from components.data.feedback.store import pool_config
+    from components.data.prompt_pool import is_heldout
 
     fraction = pool_config(paths).heldout_fraction
     return [p["prompt"] for p in load_prompts() if not is_heldout(p["prompt"], fraction)][:n]
@@ -225,7 +225,7 @@ def sample_seed(
     Writes the prompt files, then the replies; when the replies file for these settings exists already it is
     reused, so a retry never samples again.
     """
-    from components.base_model import accelerator_device, load_base
+    from components.models.base_model import accelerator_device, load_base
 
     t0 = time.perf_counter()
     write_prompt_files(paths)

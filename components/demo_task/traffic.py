@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from components.demo_task import gold
-from components.paths import ProjectPaths
+from components.project.paths import ProjectPaths
 
 log = logging.getLogger(__name__)
 

@@ -138,7 +138,7 @@ def sections() -> dict[str, type]:
     """The ``params.yaml`` sections and their dataclasses, from wherever the params loader declares them."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    for module in ("components.config", "components.params"):
+    for module in ("components.config", "components.project.params"):
         found = getattr(importlib.import_module(module), "SECTIONS", None)
         if found:
             return dict(found)

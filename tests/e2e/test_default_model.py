@@ -4,8 +4,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_smollm2_loads_from_the_package_and_replies():
-    from components.base_model import DEFAULT_SPEC, load_base
-    from components.generation import generate
+    from components.models.base_model import DEFAULT_SPEC, load_base
+    from components.models.generation import generate
 
     model, tok = load_base(DEFAULT_SPEC)
     n = sum(p.numel() for p in model.parameters())

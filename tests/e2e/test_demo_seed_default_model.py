@@ -4,12 +4,12 @@ import dataclasses
 
 import pytest
 
-from components.base_model import load_base
 from components.config.seeding import SeedingConfig
+from components.data.feedback.store import load
 from components.demo_task import gold
 from components.demo_task.seed import seed_demo_feedback
-from components.feedback.store import load
-from components.project import init_project
+from components.models.base_model import load_base
+from components.project.scaffold import init_project
 
 
 @pytest.mark.slow

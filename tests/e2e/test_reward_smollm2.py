@@ -9,10 +9,10 @@ pytestmark = pytest.mark.slow
 
 
 def test_smollm2_reward_model_trains_and_reloads(tmp_path):
-    from components.base_model import DEFAULT_SPEC
     from components.config.reward import RewardConfig
-    from components.reward.model import RewardModel, build_reward_model, encode, pair_scores, sequence_scores
-    from components.reward.trainer import train_reward
+    from components.models.base_model import DEFAULT_SPEC
+    from components.models.reward.model import RewardModel, build_reward_model, encode, pair_scores, sequence_scores
+    from components.models.reward.trainer import train_reward
 
     model, tok = build_reward_model(DEFAULT_SPEC)
     assert type(model).__name__ == "LlamaForSequenceClassification" and tok.pad_token_id == tok.eos_token_id
@@ -38,7 +38,7 @@ def test_smollm2_reward_model_trains_and_reloads(tmp_path):
     assert result.metrics["train"]["last_epoch_loss"] < 0.69  # below the loss of a coin flip (log 2)
     assert result.metrics["eval"]["accuracy"] >= 0.75
     # the reload scores the held-out pairs as the trained model did before saving (recorded in the manifest)
-    from components.reward.pairs import read_pairs, split_by_prompt
+    from components.models.reward.pairs import read_pairs, split_by_prompt
 
     check = result.manifest["check"]
     _, eval_idx = split_by_prompt(read_pairs(pairs), cfg.eval_fraction, cfg.seed)

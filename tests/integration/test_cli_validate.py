@@ -52,8 +52,8 @@ def test_unreadable_file_is_a_message_and_exit_2(tmp_path, monkeypatch):
 
 
 def test_store_flag_appends_and_reports_the_data_version(tmp_path, monkeypatch):
-    from components.feedback.store import data_version
-    from components.project import init_project
+    from components.data.feedback.store import data_version
+    from components.project.scaffold import init_project
 
     monkeypatch.setenv("RLHF_DVC_REMOTE", str(tmp_path / "remote"))
     paths = init_project(tmp_path / "proj")
@@ -92,7 +92,7 @@ def test_demo_checks_every_params_section_before_any_work(tmp_path, monkeypatch)
     """A typo in the policy section used to surface minutes later (after seeding and the reward model)."""
     import yaml
 
-    from components.project import init_project
+    from components.project.scaffold import init_project
 
     paths = init_project(tmp_path / "proj")
     raw = yaml.safe_load(paths.params.read_text())

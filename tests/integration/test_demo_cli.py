@@ -17,9 +17,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.sorting import FlowRunSort
 from typer.testing import CliRunner
 
-from components import registry
-from components.lineage import code_revision
-from components.paths import ProjectPaths
+from components.project.paths import ProjectPaths
+from components.records import registry
+from components.records.lineage import code_revision
 from rlhf_cli.main import app
 from tests.tiny_params import TINY_REWARD
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import yaml
 
-from components.lineage import code_revision
-from components.paths import ProjectPaths
-from components.project import pipeline_template
+from components.project.paths import ProjectPaths
+from components.project.scaffold import pipeline_template
+from components.records.lineage import code_revision
 from rlhf_cli import demo_loop
 
 REPO = Path(__file__).resolve().parents[2]

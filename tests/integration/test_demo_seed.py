@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 
 from components.config.seeding import TINY_SEEDING
+from components.data.feedback.store import data_version
 from components.demo_task import load_prompts
 from components.demo_task.seed import label_pairs, seed_demo_feedback
-from components.feedback.store import data_version
-from components.project import init_project
+from components.project.scaffold import init_project
 
 
 def test_label_pairs_takes_best_over_worst_and_skips_near_ties():
@@ -94,7 +94,7 @@ def test_seed_stages_sample_label_ingest_and_a_retry_never_resamples(tmp_path, m
         json.dumps(asdict(result))  # the stage API's results are JSON-serialisable
 
     # a retry: the replies file is reused (nothing sampled: the base model is not even loaded) ...
-    import components.base_model as base_model
+    import components.models.base_model as base_model
 
     monkeypatch.setattr(base_model, "load_base", lambda *a, **k: pytest.fail("a retry sampled again"))
     again = stages.sample_seed(data, paths, model=model)

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from components.config.validation import ValidationConfig
-from components.feedback.store import data_version, ingest_file, ingest_frame, load
-from components.project import init_project
+from components.data.feedback.store import data_version, ingest_file, ingest_frame, load
+from components.project.scaffold import init_project
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def test_each_append_is_a_new_pushed_dvc_version(project, tmp_path):
 
 
 def test_a_store_whose_dvc_push_fails_leaves_no_files(project, tmp_path, monkeypatch):
-    from components.feedback.store import StoreError
+    from components.data.feedback.store import StoreError
 
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the remote's folder should be\n")

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from components.config.validation import ValidationConfig
-from components.feedback.schema import PAIRS, RATINGS, FeedbackFileError, key_hashes
-from components.feedback.validation import check_descriptions, validate_file, validate_frame, write_outputs
+from components.data.feedback.schema import PAIRS, RATINGS, FeedbackFileError, key_hashes
+from components.data.feedback.validation import check_descriptions, validate_file, validate_frame, write_outputs
 
 CFG = ValidationConfig(max_prompt_chars=60, max_reply_chars=40)
 TEXT_FAULTS = {

@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from components.feedback.io import write_parquet
-from components.feedback.schema import conform
-from components.feedback.store import data_version, dvc, load
-from components.lineage import feedback_summary, forgotten_raters
-from components.project import init_project
-from components.raters import RaterBook, add_rater, raters_file
-from components.served_store import ServedOutput, open_store
+from components.data.feedback.io import write_parquet
+from components.data.feedback.schema import conform
+from components.data.feedback.store import data_version, dvc, load
+from components.data.raters import RaterBook, add_rater, raters_file
+from components.data.served_store import ServedOutput, open_store
+from components.project.scaffold import init_project
+from components.records.lineage import feedback_summary, forgotten_raters
 
 PROMPT = "my order is late"
 

@@ -1,7 +1,7 @@
 import torch
 
-from components.base_model import load_base, prepare_tiny, resolve_model_dir
-from components.generation import generate
+from components.models.base_model import load_base, prepare_tiny, resolve_model_dir
+from components.models.generation import generate
 
 
 def test_tiny_generates_a_batch_with_consistent_masks():

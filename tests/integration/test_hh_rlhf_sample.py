@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from components.config.validation import ValidationConfig
-from components.feedback.validation import validate_file
+from components.data.feedback.validation import validate_file
 
 SOURCE = os.environ.get("RLHF_HH_RLHF_FILE")
 

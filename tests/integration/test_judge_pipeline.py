@@ -12,7 +12,7 @@ import yaml
 from prefect.client.schemas.objects import StateType
 from typer.testing import CliRunner
 
-from components.paths import ProjectPaths
+from components.project.paths import ProjectPaths
 from flows.retrain import retrain
 from rlhf_cli.main import app
 from tests.integration.test_retrain_flow import make_project

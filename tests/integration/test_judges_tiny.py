@@ -15,12 +15,12 @@ import pytest
 from components.config.evaluation import EvalConfig
 from components.config.model import ModelConfig
 from components.config.reward import RewardConfig
-from components.evaluation import evaluate
-from components.judges import JudgeError, JudgeRewardConfig, make_judge
-from components.judges.reward_model import RewardModelJudge, train_judge_model
-from components.judges.slices import in_judge_slice
-from components.paths import ProjectPaths
-from components.reward.trainer import train_reward
+from components.data.judge_slice import in_judge_slice
+from components.decide.evaluation import evaluate
+from components.decide.judges import JudgeError, JudgeRewardConfig, make_judge
+from components.decide.judges.reward_model import RewardModelJudge, train_judge_model
+from components.models.reward.trainer import train_reward
+from components.project.paths import ProjectPaths
 from tests.tiny_params import TINY_REWARD
 
 FRACTION = 0.5
@@ -37,7 +37,7 @@ def _pairs(n: int = 48) -> pd.DataFrame:
 def project(tmp_path_factory) -> ProjectPaths:
     """Pairs, a training reward model and a judge reward model on complementary slices, held-out prompts and a
     candidate policy folder (the tiny model with other weights)."""
-    from components.base_model import prepare_tiny
+    from components.models.base_model import prepare_tiny
 
     paths = ProjectPaths(tmp_path_factory.mktemp("judged"))
     paths.feedback.mkdir(parents=True)
@@ -125,7 +125,7 @@ def test_the_demo_judge_on_a_project_without_the_demo_task_fails_before_writing(
 
 
 def test_an_unreachable_llm_judge_fails_the_evaluation_naming_the_url(project):
-    from components.judges import LLMJudgeConfig
+    from components.decide.judges import LLMJudgeConfig
     from tests.serving.server import free_port
 
     project.eval_metrics.unlink(missing_ok=True)

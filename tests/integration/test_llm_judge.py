@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.judges import Comparison, JudgeError, LLMJudgeConfig, make_judge
-from components.served_store import open_store
+from components.data.served_store import open_store
+from components.decide.judges import Comparison, JudgeError, LLMJudgeConfig, make_judge
 from tests.serving.server import free_port, make_project, start_server
 
 PROMPT = "my parcel is late"
@@ -28,9 +28,9 @@ def train_tiny_judge(folder: Path) -> Path:
     """The tiny model taught to say ``[[A]]`` when reply A is GOOD and ``[[B]]`` when reply B is (seconds)."""
     import torch
 
-    from components.base_model import build_tiny
-    from components.generation import encode_chat
-    from components.judges.llm import Template, parse_choice
+    from components.decide.judges.llm import Template, parse_choice
+    from components.models.base_model import build_tiny
+    from components.models.generation import encode_chat
 
     model, tok = build_tiny(seed=0)
     template = Template.load("pairwise-v1")

@@ -13,19 +13,19 @@ import pandas as pd
 import pytest
 import torch
 
-from components import registry
 from components.config.evaluation import EvalConfig
 from components.config.gate import GateConfig
 from components.config.model import ModelConfig
 from components.config.reward import RewardConfig
-from components.evaluation import evaluate
-from components.feedback.io import write_parquet
-from components.feedback.schema import PAIRS, conform
-from components.gate import gate
-from components.paths import ProjectPaths
-from components.ppo.scorers import CountScorer
-from components.ppo.train import exported_policy, run
-from components.reward.trainer import train_reward
+from components.data.feedback.io import write_parquet
+from components.data.feedback.schema import PAIRS, conform
+from components.decide.evaluation import evaluate
+from components.decide.gate import gate
+from components.models.policy.scorers import CountScorer
+from components.models.policy.train import exported_policy, run
+from components.models.reward.trainer import train_reward
+from components.project.paths import ProjectPaths
+from components.records import registry
 from tests.tiny_params import TINY_REWARD
 
 ALGORITHMS = ["ppo", "rloo", "grpo", "dpo", "online_dpo", "bon_sft"]
@@ -99,7 +99,7 @@ def policy_params(algorithm: str, **overrides: object) -> dict:
 
 
 def assert_export_differs_from_base(out: Path) -> None:
-    from components.base_model import load_base
+    from components.models.base_model import load_base
 
     policy, tok = load_base(str(out))
     base, _ = load_base("tiny")

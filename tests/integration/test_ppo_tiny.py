@@ -20,10 +20,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from components.base_model import load_base
-from components.ppo.checkpoint import CheckpointError, latest_checkpoint
-from components.ppo.scorers import CountScorer, load_scorer
-from components.ppo.train import exported_policy, run
+from components.models.base_model import load_base
+from components.models.policy.checkpoint import CheckpointError, latest_checkpoint
+from components.models.policy.scorers import CountScorer, load_scorer
+from components.models.policy.train import exported_policy, run
 
 PROMPTS = [
     "My order is late.",
@@ -124,7 +124,7 @@ def bf16_autocast(monkeypatch):
     torch's CPU bf16 autocast), and reset accelerate's process-wide state before and after."""
     from accelerate.state import AcceleratorState
 
-    import components.policy.model as trainer_module
+    import components.models.policy.model as trainer_module
 
     real = trainer_module.Accelerator
     monkeypatch.setattr(trainer_module, "Accelerator", lambda *a, **k: real(*a, **{**k, "mixed_precision": "bf16"}))
@@ -177,8 +177,8 @@ def test_rollout_normalisation_scores_mean_0_std_1_on_the_initial_policy_and_sur
     from components.config import load_section
     from components.config.model import ModelConfig
     from components.config.policy import PolicyConfig
-    from components.paths import ProjectPaths
-    from components.policy.loop import PolicyTrainer
+    from components.models.policy.loop import PolicyTrainer
+    from components.project.paths import ProjectPaths
 
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
@@ -230,7 +230,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path):
     run(params, a)  # uninterrupted (in this process, also one torch thread)
 
     (b / "params.yaml").write_text(yaml.safe_dump(params))
-    cmd = [sys.executable, "-m", "components.ppo.train", "--params", str(b / "params.yaml"), "--root", str(b)]
+    cmd = [sys.executable, "-m", "components.models.policy.train", "--params", str(b / "params.yaml"), "--root", str(b)]
     # OMP_NUM_THREADS=1: torch reads it at import, so the CLI runs on one thread like this process.
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     ckpts, log = b / "models" / "ppo-checkpoints", b / "metrics" / "ppo_log.jsonl"
@@ -282,7 +282,7 @@ def test_resume_without_a_checkpoint_starts_fresh_with_a_warning(tmp_path, caplo
     params = project(tmp_path, steps=1, lora=True, lora_r=4, lora_alpha=8)
     stale = tmp_path / "models" / "ppo-checkpoints" / ".tmp_step_000001"  # a run killed in its first save
     stale.mkdir(parents=True)
-    with caplog.at_level(logging.WARNING, logger="components.policy.loop"):
+    with caplog.at_level(logging.WARNING, logger="components.models.policy.loop"):
         result = run(params, tmp_path, resume=True, export=False)
     assert "--resume: no complete checkpoint under" in caplog.text
     assert result.steps_run == 1
@@ -317,7 +317,7 @@ def test_bad_inputs_are_clear(tmp_path):
 TWO_PROCESS_DRILL = """
 import shutil, sys
 from pathlib import Path
-from components.ppo.train import run
+from components.models.policy.train import run
 root = Path.cwd()
 run(root / "params.yaml", root, stop_after=1)
 if int(__import__("os").environ.get("RANK", "0")) == 0:
@@ -371,8 +371,8 @@ def test_scorer_and_policy_sit_on_the_accelerators_device(tmp_path):
     from components.config import load_section
     from components.config.model import ModelConfig
     from components.config.policy import PolicyConfig
-    from components.paths import ProjectPaths
-    from components.policy.loop import PolicyTrainer
+    from components.models.policy.loop import PolicyTrainer
+    from components.project.paths import ProjectPaths
 
     class Spy(CountScorer):
         device = None
@@ -405,10 +405,10 @@ def test_after_a_promotion_ppo_starts_from_the_champion_and_dvc_reruns_it(tmp_pa
     the pipeline up to date; pointing the file at the new champion (the flow's step before training) makes
     `dvc status` report the stage changed; the next run starts from the champion's weights (step 0) and records
     it as parent and KL reference."""
-    from components import registry
-    from components.base_model import resolve_model_dir
-    from components.code_fingerprint import write_code_fingerprint
-    from components.project import init_project, pipeline_template
+    from components.models.base_model import resolve_model_dir
+    from components.project.scaffold import init_project, pipeline_template
+    from components.records import registry
+    from components.records.code_fingerprint import write_code_fingerprint
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["model"]["base"] = "tiny"
@@ -473,8 +473,8 @@ def test_forward_passes_in_parts_equal_one_pass_over_the_batch(tmp_path, value_m
     from components.config import load_section
     from components.config.model import ModelConfig
     from components.config.policy import PolicyConfig
-    from components.paths import ProjectPaths
-    from components.policy.loop import PolicyTrainer
+    from components.models.policy.loop import PolicyTrainer
+    from components.project.paths import ProjectPaths
 
     params = project(tmp_path, steps=1, value_model=value_model, bf16=False)
     cfg, model_cfg = load_section(PolicyConfig, "policy", params), load_section(ModelConfig, "model", params)

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from components.paths import ProjectPaths
-from components.prompt_pool import HeldoutLeak, heldout_score, is_heldout, prompt_key, read_prompts
+from components.data.prompt_pool import HeldoutLeak, heldout_score, is_heldout, prompt_key, read_prompts
+from components.project.paths import ProjectPaths
 from rlhf_cli.main import app
 
 runner = CliRunner()
@@ -113,9 +113,9 @@ def test_strict_makes_a_quarantined_row_an_error(project, tmp_path):
 
 
 def test_heldout_prompt_sneaked_into_training_is_refused(project, tmp_path):
-    from components.policy.batch import read_pairs as policy_pairs
-    from components.policy.batch import read_prompts as ppo_prompts
-    from components.reward.pairs import pool_heldout_rows, read_pairs
+    from components.models.policy.batch import read_pairs as policy_pairs
+    from components.models.policy.batch import read_prompts as ppo_prompts
+    from components.models.reward.pairs import pool_heldout_rows, read_pairs
 
     paths, _ = project
     held = read_prompts(paths.prompts / "heldout.jsonl")
@@ -135,7 +135,7 @@ def test_heldout_prompt_sneaked_into_training_is_refused(project, tmp_path):
     assert not {prompt_key(p) for p, _, _ in policy_pairs(paths.pairs, paths.root)} & held_keys
     assert {prompt_key(p) for p, _, _ in policy_pairs(paths.pairs)} & held_keys
     # the reward model: pairs on held-out prompts are found (and never trained on)
-    from components.prompt_pool import heldout_keys
+    from components.data.prompt_pool import heldout_keys
 
     rows = pool_heldout_rows(read_pairs(paths.pairs), heldout_keys(paths.root))
     assert len(rows) == sum(1 for p in held if prompt_key(p).startswith("question") or "Human:" in prompt_key(p))
@@ -164,8 +164,8 @@ def test_a_failed_store_leaves_no_files(tmp_path, monkeypatch):
 
 
 def test_formats_are_detected_and_ambiguity_is_explained(tmp_path):
-    from components.feedback.io import read_feedback
-    from components.feedback.schema import FeedbackFileError
+    from components.data.feedback.io import read_feedback
+    from components.data.feedback.schema import FeedbackFileError
 
     def write(name, rows):
         f = tmp_path / name
@@ -256,7 +256,7 @@ def test_formats_are_detected_and_ambiguity_is_explained(tmp_path):
 
 
 def test_real_hh_excerpt_imports(tmp_path):
-    from components.feedback.io import read_feedback
+    from components.data.feedback.io import read_feedback
 
     assert read_feedback(FIXTURE).format == "hh-rlhf"
 
@@ -354,5 +354,5 @@ def test_the_demo_project_is_an_init_project_with_the_demo_task_on(tmp_path, mon
     assert raw["seeding"]["demo_task"] is True and raw["eval"]["judge"] == "demo"
     assert raw["seeding"]["seed_prompts"] == QUICK["seeding"]["seed_prompts"]
     assert not (root / "components").exists()  # no code copied
-    assert "python -m components.reward.train" in (root / "dvc.yaml").read_text(encoding="utf-8")
+    assert "python -m components.models.reward.train" in (root / "dvc.yaml").read_text(encoding="utf-8")
     assert prepare_project(root, repo_params) == root  # reused as it is

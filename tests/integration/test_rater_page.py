@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from components import canary
-from components.feedback.io import read_feedback
-from components.served_store import export_feedback, open_store
+from components.data.feedback.io import read_feedback
+from components.data.served_store import export_feedback, open_store
+from components.decide import canary
 from tests.serving.server import TOKEN, make_project, register_candidate, start_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -188,13 +188,13 @@ def test_people_compare_champion_and_candidate_blind_and_the_gate_decides_on_the
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    from components import registry
     from components.config.gate import GateConfig
     from components.config.judges import HumanJudgeConfig
-    from components.evaluation import EvalResult, ModelEval
-    from components.gate import gate
-    from components.judges.human import await_human_verdict, human_evaluation
-    from components.paths import ProjectPaths
+    from components.decide.evaluation import EvalResult, ModelEval
+    from components.decide.gate import gate
+    from components.decide.judges.human import await_human_verdict, human_evaluation
+    from components.project.paths import ProjectPaths
+    from components.records import registry
 
     driver, paths = browser, ProjectPaths(page_server.project)
     url = str(page_server.project / "live" / "served.sqlite")

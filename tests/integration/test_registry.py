@@ -13,17 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from components import registry
 from components.config.gate import GateConfig
-from components.evaluation import EvalResult, ModelEval
-from components.gate import gate
-from components.paths import ProjectPaths
+from components.decide.evaluation import EvalResult, ModelEval
+from components.decide.gate import gate
+from components.project.paths import ProjectPaths
+from components.records import registry
 
 
 @pytest.fixture(scope="session")
 def tiny_folder(tmp_path_factory) -> Path:
     """A transformers folder of the tiny model (what a policy version folder holds), built once."""
-    from components.base_model import prepare_tiny
+    from components.models.base_model import prepare_tiny
 
     return prepare_tiny(tmp_path_factory.mktemp("tiny") / "tiny")
 
@@ -178,8 +178,8 @@ def test_rollback_to_a_retired_version_and_refusals(project, tiny_folder):
 CRASH = textwrap.dedent(
     """
     import os, sys
-    from components import registry
-    from components.paths import ProjectPaths
+    from components.records import registry
+    from components.project.paths import ProjectPaths
     def die(step):
         if step == "champion-marked":
             os._exit(9)  # killed between "new champion marked" and "old one retired"
@@ -207,8 +207,8 @@ def test_a_crash_between_marking_and_retiring_recovers_to_one_champion(project, 
 RACE = textwrap.dedent(
     """
     import sys
-    from components import registry
-    from components.paths import ProjectPaths
+    from components.records import registry
+    from components.project.paths import ProjectPaths
     paths = ProjectPaths(sys.argv[1])
     for i in range(16):
         registry.promote(paths, sys.argv[2 + i % 2])
@@ -239,7 +239,7 @@ def test_audit_across_two_versions(project, tiny_folder):
     import pandas as pd
     import yaml
 
-    from components.lineage import audit_trail
+    from components.records.lineage import audit_trail
 
     d1, d2 = "1" * 32, "d" * 32  # policy_folder's manifests record d2
     (project.root / "data.dvc").write_text(yaml.safe_dump({"outs": [{"md5": d2, "path": "data"}]}))
@@ -283,8 +283,8 @@ def test_human_judge_registers_the_candidate_decides_nothing_without_enough_peop
     from components.config.evaluation import EvalConfig
     from components.config.judges import HumanJudgeConfig
     from components.config.serve import ServeConfig
-    from components.judges.human import judge_by_humans
-    from components.served_store import ServedOutput, open_store
+    from components.data.served_store import ServedOutput, open_store
+    from components.decide.judges.human import judge_by_humans
     from flows.retrain import _decided
 
     folder = policy_folder(tiny_folder, project.root, "cand")

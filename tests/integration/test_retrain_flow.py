@@ -20,8 +20,8 @@ from prefect.artifacts import Artifact
 from prefect.client.schemas.objects import StateType
 from typer.testing import CliRunner
 
-from components.paths import ProjectPaths
-from components.project import init_project, pipeline_template
+from components.project.paths import ProjectPaths
+from components.project.scaffold import init_project, pipeline_template
 from flows.retrain import retrain
 from rlhf_cli.main import app
 from tests.tiny_params import TINY_REWARD
@@ -76,7 +76,7 @@ def one_thread(monkeypatch, tmp_path):
 
 @pytest.mark.slow
 def test_round_one_decides_then_a_rerun_skips_training_and_a_broken_stage_changes_nothing(prefect_api, tmp_path):
-    from components import registry
+    from components.records import registry
 
     # A gate the tiny model cannot pass (it ties the base on most prompts): round one is rejected, the base stays,
     # so a rerun has nothing new to start from (after a promotion PPO reruns from the new champion, see
@@ -169,10 +169,10 @@ def test_round_one_decides_then_a_rerun_skips_training_and_a_broken_stage_change
 
 
 def test_a_failing_stage_fails_the_flow_run_and_keeps_the_champion(prefect_api, tmp_path, caplog):
-    from components import registry
-    from components.base_model import resolve_model_dir
+    from components.models.base_model import resolve_model_dir
+    from components.records import registry
 
-    # An unknown reward backbone makes `python -m components.reward.train` exit non-zero inside `dvc repro`.
+    # An unknown reward backbone makes `python -m components.models.reward.train` exit non-zero inside `dvc repro`.
     caplog.set_level(logging.INFO, logger="prefect")  # the CLI's tests leave it at WARNING
     root = make_project(tmp_path, {"reward": {"backbone": str(tmp_path / "no-such-model")}})
     paths = ProjectPaths(root)
@@ -193,10 +193,10 @@ def test_a_failing_stage_fails_the_flow_run_and_keeps_the_champion(prefect_api, 
 
 def test_served_feedback_enters_the_next_data_version_once(tmp_path):
     from components import stages
-    from components.feedback.store import data_version, load
-    from components.params import load_params
-    from components.prompt_pool import is_heldout
-    from components.served_store import ServedOutput, open_store
+    from components.data.feedback.store import data_version, load
+    from components.data.prompt_pool import is_heldout
+    from components.data.served_store import ServedOutput, open_store
+    from components.project.params import load_params
 
     root = make_project(tmp_path)
     paths = ProjectPaths(root)

@@ -11,11 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from components.precision import autocast
-from components.reward.disk_cache import DiskActivationCache, model_key
-from components.reward.frozen_cache import FrozenPrefix
-from components.reward.model import build_reward_model
-from components.reward.trainer import select_trainable, train_reward
+from components.models.precision import autocast
+from components.models.reward.disk_cache import DiskActivationCache, model_key
+from components.models.reward.frozen_cache import FrozenBlockCache
+from components.models.reward.model import build_reward_model
+from components.models.reward.trainer import select_trainable, train_reward
 from tests.integration.test_reward_frozen_cache import CFG, _pairs
 from tests.integration.test_reward_tiny import toy_rows
 
@@ -25,10 +25,10 @@ def _texts(n: int, seed: int) -> tuple[list[str], list[str]]:
     return [*pairs.prompts, *pairs.prompts], [*pairs.chosen, *pairs.rejected]
 
 
-def _cache() -> FrozenPrefix:
+def _cache() -> FrozenBlockCache:
     model, tok = build_reward_model("tiny", seed=0)
     select_trainable(model, CFG)
-    return FrozenPrefix(model, tok, CFG.max_length, top_layers=1)
+    return FrozenBlockCache(model, tok, CFG.max_length, top_layers=1)
 
 
 def test_a_second_build_reads_the_first_builds_bytes(tmp_path):

@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from components.code_fingerprint import write_code_fingerprint
-from components.project import pipeline_template
+from components.project.scaffold import pipeline_template
+from components.records.code_fingerprint import write_code_fingerprint
 from tests.tiny_params import TINY_REWARD
 
 ROOT = Path(__file__).resolve().parents[2]

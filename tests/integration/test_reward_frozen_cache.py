@@ -8,10 +8,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from components.reward.frozen_cache import FrozenPrefix
-from components.reward.model import build_reward_model, pair_scores
-from components.reward.pairs import Pairs
-from components.reward.trainer import fit_reward_model, select_trainable
+from components.models.reward.frozen_cache import FrozenBlockCache
+from components.models.reward.model import build_reward_model, pair_scores
+from components.models.reward.pairs import Pairs
+from components.models.reward.trainer import fit_reward_model, select_trainable
 from tests.integration.test_reward_tiny import TOY_CFG, toy_rows
 
 CFG = replace(TOY_CFG, trainable="top", train_layers=1, bf16=False)
@@ -28,7 +28,7 @@ def test_cached_scores_and_gradients_equal_the_full_forward():
     model, tok = build_reward_model("tiny", seed=0)
     select_trainable(model, CFG)
     pairs = _pairs(12, seed=1)
-    cache = FrozenPrefix(model, tok, CFG.max_length, top_layers=1)
+    cache = FrozenBlockCache(model, tok, CFG.max_length, top_layers=1)
     cache.build([*pairs.prompts, *pairs.prompts], [*pairs.chosen, *pairs.rejected], batch_size=5)
     assert len(cache.features) == 24
     assert all(key in cache for key in zip(pairs.prompts, pairs.chosen))

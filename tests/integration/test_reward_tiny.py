@@ -9,17 +9,17 @@ import pandas as pd
 import pytest
 import torch
 
-from components.base_model import accelerator_device
 from components.config.reward import RewardConfig
-from components.reward.model import (
+from components.models.base_model import accelerator_device
+from components.models.reward.model import (
     RewardModel,
     build_reward_model,
     encode,
     pair_scores,
     sequence_scores,
 )
-from components.reward.pairs import read_pairs, split_by_prompt
-from components.reward.trainer import select_trainable, train_reward
+from components.models.reward.pairs import read_pairs, split_by_prompt
+from components.models.reward.trainer import select_trainable, train_reward
 
 WORDS = ["order", "refund", "password", "package", "billing", "account", "status", "help", "day", "number"]
 OTHER = ["sorry", "please", "okay", "great"]
@@ -199,7 +199,7 @@ def test_truncation_keeps_the_reply_end():
 
 
 def test_a_long_conversation_loses_its_far_past_and_the_cut_is_reported():
-    from components.reward.model import reward_text, truncation_stats
+    from components.models.reward.model import reward_text, truncation_stats
 
     _, tok = build_reward_model("tiny")
     talk = (("user", "the first question, long ago " * 20), ("assistant", "an old answer " * 20), ("user", "now?"))
@@ -254,9 +254,9 @@ def test_early_stopping_keeps_the_weights_of_the_best_validation_point(tmp_path)
     minimum, not the last point's."""
     from dataclasses import replace
 
-    from components.reward.losses import bradley_terry_loss
-    from components.reward.pairs import Pairs
-    from components.reward.trainer import fit_reward_model, score_pairs
+    from components.models.reward.losses import bradley_terry_loss
+    from components.models.reward.pairs import Pairs
+    from components.models.reward.trainer import fit_reward_model, score_pairs
 
     rows = toy_rows(96, seed=3)
     pairs = Pairs(
@@ -276,7 +276,7 @@ def test_early_stopping_keeps_the_weights_of_the_best_validation_point(tmp_path)
 
 
 def test_checkpoint_averaging_is_the_mean_of_the_epoch_end_weights():
-    from components.reward.trainer import average_states
+    from components.models.reward.trainer import average_states
 
     a = {"w": torch.tensor([1.0, 2.0]), "b": torch.tensor([0.0])}
     b = {"w": torch.tensor([3.0, 6.0]), "b": torch.tensor([1.0])}
@@ -289,8 +289,8 @@ def test_checkpoint_averaging_is_the_mean_of_the_epoch_end_weights():
 def test_averaged_model_differs_from_the_last_weights(tmp_path):
     from dataclasses import replace
 
-    from components.reward.pairs import Pairs
-    from components.reward.trainer import fit_reward_model
+    from components.models.reward.pairs import Pairs
+    from components.models.reward.trainer import fit_reward_model
 
     rows = toy_rows(48, seed=4)
     pairs = Pairs(

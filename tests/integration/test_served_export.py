@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.served_store import ServedOutput, export_feedback, open_store
+from components.data.served_store import ServedOutput, export_feedback, open_store
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def out(i: str, reply: str) -> ServedOutput:
 
 def test_exported_rows_pass_the_normal_validation(store, tmp_path):
     from components.config.validation import ValidationConfig
-    from components.feedback.validation import validate_file
+    from components.data.feedback.validation import validate_file
 
     store.log_outputs([out("a", "Please share your order number."), out("b", "No.")])
     store.record_rating("a", 5)
@@ -38,7 +38,7 @@ def test_a_conversation_is_exported_with_its_turns(store, tmp_path):
     import json
 
     from components.config.validation import ValidationConfig
-    from components.feedback.validation import validate_file
+    from components.data.feedback.validation import validate_file
 
     talk = [
         {"role": "system", "content": "be kind"},

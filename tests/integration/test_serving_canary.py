@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from components.served_store import open_store
+from components.data.served_store import open_store
 from tests.serving.server import make_project, register_candidate, start_server
 
 

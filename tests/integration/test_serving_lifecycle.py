@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from components.base_model import prepare_tiny
-from components.served_store import open_store
+from components.data.served_store import open_store
+from components.models.base_model import prepare_tiny
 from tests.serving.server import TOKEN, Server, free_port, make_project, start_server
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -28,8 +28,8 @@ def _promote_in_registry(project) -> None:
     base = prepare_tiny(project / "models" / "base-tiny", seed=0)
     new = prepare_tiny(project / "models" / "policy-2", seed=1)
     code = (
-        "import sys; from pathlib import Path; from components.paths import ProjectPaths; "
-        "from components.registry import ensure_base_champion, promote, register; "
+        "import sys; from pathlib import Path; from components.project.paths import ProjectPaths; "
+        "from components.records.registry import ensure_base_champion, promote, register; "
         "p = ProjectPaths(Path(sys.argv[1])); ensure_base_champion(p, 'tiny', Path(sys.argv[2])); "
         "register(p, 'policy-2', Path(sys.argv[3]), parent='base-tiny'); promote(p, 'policy-2')"
     )

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from components.generation import generate, reply_logits
-from components.reward.frozen_cache import FrozenPrefix
-from components.reward.model import (
+from components.models.generation import generate, reply_logits
+from components.models.reward.frozen_cache import FrozenBlockCache
+from components.models.reward.model import (
     RewardModel,
     build_reward_model,
     encode,
@@ -17,15 +17,15 @@ from components.reward.model import (
     sequence_scores,
     token_ids,
 )
-from components.reward.trainer import select_trainable
-from components.shared_prefix import MIN_SHARED, common_prefix_length, reply_logits_shared, shared_real_prefix
+from components.models.reward.trainer import select_trainable
+from components.models.shared_prefix import MIN_SHARED, common_prefix_length, reply_logits_shared, shared_real_prefix
 from tests.integration.test_reward_frozen_cache import CFG, _pairs
 
 PROMPTS = ["where is my order", "reset my password please", "hi", "I was billed twice for one month, why?"]
 
 
 def test_reply_logits_with_the_system_prompt_once_equal_the_full_pass(tiny, monkeypatch):
-    import components.shared_prefix as sp
+    import components.models.shared_prefix as sp
 
     calls = []
     real_cache = sp.prefix_cache
@@ -73,7 +73,7 @@ def test_frozen_features_with_the_opening_once_equal_the_full_pass():
     model, tok = build_reward_model("tiny", seed=0)
     select_trainable(model, CFG)
     pairs = _pairs(6, seed=5)
-    cache = FrozenPrefix(model, tok, CFG.max_length, top_layers=1)
+    cache = FrozenBlockCache(model, tok, CFG.max_length, top_layers=1)
     cache.build(pairs.prompts, pairs.chosen)
     batch = encode(tok, pairs.prompts, pairs.chosen, CFG.max_length)
     with torch.no_grad():
@@ -90,7 +90,7 @@ def test_training_scores_and_gradients_with_the_opening_once_equal_the_full_pass
     model, tok = build_reward_model("tiny", seed=0)
     select_trainable(model, CFG)
     pairs = _pairs(8, seed=6)
-    cache = FrozenPrefix(model, tok, CFG.max_length, top_layers=1)
+    cache = FrozenBlockCache(model, tok, CFG.max_length, top_layers=1)
     cache.build([*pairs.prompts, *pairs.prompts], [*pairs.chosen, *pairs.rejected], batch_size=16)
     assert common_prefix_length(list(cache.ids.values())) >= MIN_SHARED
     full_c, full_r, _ = pair_scores(model, tok, pairs.prompts, pairs.chosen, pairs.rejected, CFG.max_length)
@@ -111,9 +111,9 @@ def test_ppo_update_forward_with_the_opening_once_equals_the_full_pass(monkeypat
     """The policy (LoRA) and value head in PPO's update: the same logits, values and LoRA/head gradients."""
     import copy
 
-    import components.policy.model as ppo_trainer
-    from components.base_model import build_tiny
+    import components.models.policy.model as ppo_trainer
     from components.config.policy import PolicyConfig
+    from components.models.base_model import build_tiny
 
     base, tok = build_tiny(seed=0)
     ac, reference = ppo_trainer.build_actor_critic(PolicyConfig(lora=True, lora_r=4, lora_alpha=8), copy.deepcopy(base))

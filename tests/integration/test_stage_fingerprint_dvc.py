@@ -15,17 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from components import code_fingerprint
+from components.records import code_fingerprint
 
 REPO = Path(__file__).resolve().parents[2]
 
 DVC_YAML = """stages:
   train_reward:
-    cmd: python -m components.reward.train --params params.yaml
+    cmd: python -m components.models.reward.train --params params.yaml
     params:
       - .rlhf/code.yaml: [train_reward]
   evaluate:
-    cmd: python -m components.evaluation --params params.yaml
+    cmd: python -m components.decide.evaluation --params params.yaml
     params:
       - .rlhf/code.yaml: [evaluate]
 """

@@ -1,7 +1,7 @@
 """The ``ppo`` stage continues a killed run from its last complete checkpoint when its params still match.
 
-The DVC stage's command (``python -m components.ppo.train --params params.yaml``, no flag) is SIGKILLed mid-PPO
-on the tiny model; the next run of the stage (what a flow's task calls) starts from the checkpoint's step, not
+The DVC stage's command (``python -m components.models.policy.train --params params.yaml``, no flag) is SIGKILLed
+mid-PPO on the tiny model; the next run of the stage (what a flow's task calls) starts from the checkpoint's step, not
 from 0. With other params it starts fresh.
 """
 
@@ -24,9 +24,9 @@ from components import stages
 from components.config import load_section
 from components.config.model import ModelConfig
 from components.config.policy import PolicyConfig
-from components.paths import ProjectPaths
-from components.ppo.checkpoint import latest_checkpoint
-from components.ppo.train import run
+from components.models.policy.checkpoint import latest_checkpoint
+from components.models.policy.train import run
+from components.project.paths import ProjectPaths
 
 PROMPTS = ["My order is late.", "How do I reset my password?", "Can I get a refund?", "Where is my package?"]
 PPO = {
@@ -77,7 +77,7 @@ def log_steps(path: Path) -> list[int]:
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 def test_a_killed_ppo_stage_continues_from_its_checkpoint(tmp_path):
     paths = project(tmp_path / "project")
-    cmd = [sys.executable, "-m", "components.ppo.train", "--params", "params.yaml"]  # the dvc.yaml command
+    cmd = [sys.executable, "-m", "components.models.policy.train", "--params", "params.yaml"]  # the dvc.yaml command
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     ckpts, steps_log = paths.root / "models" / "ppo-checkpoints", paths.metrics / "ppo_log.jsonl"
     with open(tmp_path / "killed.log", "w") as out:
@@ -113,7 +113,7 @@ def test_a_checkpoint_made_with_other_params_is_not_continued(tmp_path, caplog):
 
     project(paths.root, steps=3, learning_rate=5e-3)  # changed params: the checkpoint no longer applies
     cfg, model = configs(paths)
-    with caplog.at_level("INFO", logger="components.ppo.train"):
+    with caplog.at_level("INFO", logger="components.models.policy.train"):
         result = stages.train_policy(cfg, paths, model=model)
     assert result.resumed_from == 0 and log_steps(paths.metrics / "ppo_log.jsonl") == [1, 2, 3]
     assert "was made with other params" in caplog.text

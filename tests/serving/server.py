@@ -22,13 +22,13 @@ TOKEN = "test-token-0123456789"
 def register_candidate(project: Path, version: str = "policy-2") -> None:
     """The tiny base as champion and a differently seeded tiny model registered as candidate ``version`` (in a
     subprocess: BentoML reads ``BENTOML_HOME`` once, at import)."""
-    from components.base_model import prepare_tiny
+    from components.models.base_model import prepare_tiny
 
     base = prepare_tiny(project / "models" / "base-tiny", seed=0)
     new = prepare_tiny(project / "models" / version, seed=1)
     code = (
-        "import sys; from pathlib import Path; from components.paths import ProjectPaths; "
-        "from components.registry import ensure_base_champion, register; "
+        "import sys; from pathlib import Path; from components.project.paths import ProjectPaths; "
+        "from components.records.registry import ensure_base_champion, register; "
         "p = ProjectPaths(Path(sys.argv[1])); ensure_base_champion(p, 'tiny', Path(sys.argv[2])); "
         "register(p, sys.argv[4], Path(sys.argv[3]), parent='base-tiny')"
     )

@@ -8,7 +8,7 @@ import random
 import pandas as pd
 import pytest
 
-from components.feedback.agreement import agreement_rate, krippendorff_alpha_interval, summarise
+from components.data.feedback.agreement import agreement_rate, krippendorff_alpha_interval, summarise
 
 
 def naive_alpha(units: list[list[float]]) -> float:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.code_fingerprint import (
+from components.records.code_fingerprint import (
     FINGERPRINT_FILE,
     PACKAGES,
     FingerprintError,
@@ -22,7 +22,9 @@ from components.code_fingerprint import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-PIPELINES = [REPO / "components" / "templates" / "pipeline.yaml"]  # the pipeline rlhf init writes as dvc.yaml
+PIPELINES = [
+    REPO / "components" / "project" / "templates" / "pipeline.yaml"
+]  # the pipeline rlhf init writes as dvc.yaml
 STAGES = yaml.safe_load(PIPELINES[0].read_text())["stages"]
 DECLARED = [
     (path.relative_to(REPO), stage, spec)
@@ -66,22 +68,26 @@ def test_the_fingerprint_covers_every_project_module_a_stage_loads(stage, tmp_pa
 def test_lazy_imports_and_package_data_are_covered():
     """Imports inside functions and ``if TYPE_CHECKING:`` count, and so do the data files packages ship; the
     modules the issue found missing from the hand-written deps are all there."""
-    evaluate = {str(p.relative_to(REPO)) for p in code_files("components.evaluation")}
+    evaluate = {str(p.relative_to(REPO)) for p in code_files("components.decide.evaluation")}
     for must in (
         "components/demo_task/gold.py",
-        "components/generation.py",
-        "components/precision.py",
-        "components/reward/model.py",
-        "components/ppo/core.py",
-        "components/judges/templates/pairwise-v1.txt",
+        "components/models/generation.py",
+        "components/models/precision.py",
+        "components/models/reward/model.py",
+        "components/models/policy/ppo_math.py",
+        "components/decide/judges/templates/pairwise-v1.txt",
         "components/demo_task/prompts.jsonl",
     ):
         assert must in evaluate, must
-    reward = {str(p.relative_to(REPO)) for p in code_files("components.reward.train")}
-    assert {"components/precision.py", "components/generation.py", "components/config/reward.py"} <= reward
-    assert "components/served_store.py" not in reward  # only what the stage imports
+    reward = {str(p.relative_to(REPO)) for p in code_files("components.models.reward.train")}
+    assert {
+        "components/models/precision.py",
+        "components/models/generation.py",
+        "components/config/reward.py",
+    } <= reward
+    assert "components/data/served_store.py" not in reward  # only what the stage imports
     # the stage API imports each stage lazily; its TYPE_CHECKING block still names them
-    assert "components.evaluation" in imported_modules("components.stages")
+    assert "components.decide.evaluation" in imported_modules("components.stages")
 
 
 def test_a_stage_command_without_a_module_is_refused(tmp_path):
@@ -89,13 +95,14 @@ def test_a_stage_command_without_a_module_is_refused(tmp_path):
     with pytest.raises(FingerprintError, match="names no module"):
         stage_entries(tmp_path)
     (tmp_path / "dvc.yaml").write_text(
-        "stages:\n  ppo:\n    cmd: accelerate launch --multi_gpu -m components.ppo.train --params params.yaml\n"
+        "stages:\n  ppo:\n"
+        "    cmd: accelerate launch --multi_gpu -m components.models.policy.train --params params.yaml\n"
     )
-    assert stage_entries(tmp_path) == {"ppo": "components.ppo.train"}
+    assert stage_entries(tmp_path) == {"ppo": "components.models.policy.train"}
 
 
 def test_the_file_is_rewritten_only_when_a_fingerprint_changes(tmp_path):
-    (tmp_path / "dvc.yaml").write_text("stages:\n  evaluate:\n    cmd: python -m components.evaluation\n")
+    (tmp_path / "dvc.yaml").write_text("stages:\n  evaluate:\n    cmd: python -m components.decide.evaluation\n")
     path = write_code_fingerprint(tmp_path)
     written = yaml.safe_load(path.read_text())
     assert set(written) == {"evaluate"} and len(written["evaluate"]) == 64

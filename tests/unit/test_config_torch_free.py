@@ -49,7 +49,7 @@ def test_load_params_and_every_config_module_import_no_torch():
         "import importlib, pkgutil, components.config\n"
         "for m in pkgutil.iter_modules(components.config.__path__):\n"
         "    importlib.import_module('components.config.' + m.name)\n"
-        "from components.params import load_params\n"
+        "from components.project.params import load_params\n"
         f"load_params({str(REPO / 'params.yaml')!r})"
     )
     assert _loaded_heavy(body, REPO) == []

@@ -57,7 +57,7 @@ NOT_PARAMS = {"flow.serve", "flow.deploy", "flow.to_deployment", "flow.from_sour
 def test_every_params_key_the_docs_name_exists():
     import dataclasses
 
-    from components.params import SECTIONS
+    from components.project.params import SECTIONS
 
     pattern = re.compile(r"`([a-z_]+)\.([a-z_0-9]+)(?![a-z_0-9(])")
     pages = [ROOT / "README.md", *(p for p in (ROOT / "docs").glob("*.md") if p.name not in HISTORY_PAGES)]

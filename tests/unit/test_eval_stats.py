@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from components.eval_stats import (
+from components.decide.eval_stats import (
     distinct_ngram_fraction,
     is_degenerate,
     overoptimised,

@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from components.feedback.io import LINE, read_feedback, split_hh_conversation
-from components.feedback.schema import PAIRS, RATINGS, FeedbackFileError
+from components.data.feedback.io import LINE, read_feedback, split_hh_conversation
+from components.data.feedback.schema import PAIRS, RATINGS, FeedbackFileError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 

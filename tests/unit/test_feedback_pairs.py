@@ -1,8 +1,8 @@
 import pandas as pd
 import pytest
 
-from components.feedback.pairs import ratings_to_pairs
-from components.feedback.schema import PAIRS_SCHEMA
+from components.data.feedback.pairs import ratings_to_pairs
+from components.data.feedback.schema import PAIRS_SCHEMA
 
 
 def _ratings(rows):

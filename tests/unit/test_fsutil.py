@@ -2,7 +2,7 @@
 
 import pytest
 
-from components.fsutil import atomic_dir, atomic_write_text
+from components.common.fsutil import atomic_dir, atomic_write_text
 
 
 def test_new_folder_appears_complete(tmp_path):

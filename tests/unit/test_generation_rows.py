@@ -6,7 +6,7 @@ import threading
 
 import torch
 
-from components.generation import (
+from components.models.generation import (
     RowParams,
     chat_messages_text,
     chat_text,
@@ -86,7 +86,7 @@ def test_stop_string_ends_the_row(tiny):
 
 
 def test_inverse_cdf_sampler_follows_the_distribution_and_never_picks_filtered_tokens():
-    from components.generation import _pick
+    from components.models.generation import _pick
 
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
     logits = torch.log(probs).repeat(4000, 1)  # shape: (4000, 4)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from components import canary
 from components.config.judges import HumanJudgeConfig
-from components.judges.human import await_human_verdict, human_evaluation, tally
-from components.paths import ProjectPaths
-from components.served_store import ServedOutput, open_store
+from components.data.served_store import ServedOutput, open_store
+from components.decide import canary
+from components.decide.judges.human import await_human_verdict, human_evaluation, tally
+from components.project.paths import ProjectPaths
 
 
 def test_tally_counts_ties_half_and_brackets_the_rate():

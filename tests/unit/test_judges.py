@@ -8,11 +8,11 @@ from dataclasses import replace
 import pytest
 
 from components.config.gate import GateConfig
-from components.gate import checks
-from components.judges import JudgeError, make_judge
-from components.judges.base import outcome_from_scores
-from components.judges.llm import Template, combine, parse_choice
-from components.judges.slices import in_judge_slice, normalise_prompt, slice_position
+from components.data.judge_slice import in_judge_slice, normalise_prompt, slice_position
+from components.decide.gate import checks
+from components.decide.judges import JudgeError, make_judge
+from components.decide.judges.base import outcome_from_scores
+from components.decide.judges.llm import Template, combine, parse_choice
 
 
 @pytest.mark.parametrize(
@@ -119,8 +119,8 @@ def test_disagreement_is_flagged_both_ways():
 
 
 def test_gate_refuses_to_decide_below_the_judge_floor():
-    from components.gate import gate
-    from components.paths import ProjectPaths
+    from components.decide.gate import gate
+    from components.project.paths import ProjectPaths
 
     ev = _evaluation(judge={"name": "reward_model"}, judge_accuracy=0.55, judge_min_accuracy=0.6)
     import tempfile
@@ -145,7 +145,7 @@ def test_judge_settings_that_cannot_work_are_refused_when_params_load(tmp_path, 
     import yaml
 
     from components.config import ConfigError
-    from components.params import load_params
+    from components.project.params import load_params
 
     raw = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
     for section, values in changes.items():

@@ -14,7 +14,7 @@ from components.config.policy import PolicyConfig
 from components.config.reward import RewardConfig
 from components.config.seeding import SeedingConfig
 from components.config.validation import ValidationConfig
-from components.params import SECTIONS, load_params
+from components.project.params import SECTIONS, load_params
 
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from components.policy import losses as L
+from components.models.policy import losses as L
 
 
 def rand_batch(B: int = 6, R: int = 5, seed: int = 0) -> tuple[torch.Tensor, ...]:

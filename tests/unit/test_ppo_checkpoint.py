@@ -11,8 +11,13 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from components.ppo.checkpoint import incomplete_checkpoints, latest_checkpoint, load_checkpoint, save_checkpoint
-from components.ppo.metrics import LOG_CSV, LOG_JSONL, PLOT_SCORE, MetricsWriter
+from components.models.policy.checkpoint import (
+    incomplete_checkpoints,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from components.models.policy.metrics import LOG_CSV, LOG_JSONL, PLOT_SCORE, MetricsWriter
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import torch
 from components.config import ConfigError, load_section
 from components.config.model import ModelConfig
 from components.config.policy import PolicyConfig
-from components.ppo.checkpoint import fingerprint
-from components.ppo.scorers import CountScorer, Scorer, load_scorer, scorer_fingerprint
+from components.models.policy.checkpoint import fingerprint
+from components.models.policy.scorers import CountScorer, Scorer, load_scorer, scorer_fingerprint
 
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 
@@ -63,7 +63,7 @@ def test_accelerator_can_change_precision_in_one_process():
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    from components.policy.model import make_accelerator
+    from components.models.policy.model import make_accelerator
 
     AcceleratorState._reset_state(reset_partial_state=True)
     try:
@@ -97,7 +97,7 @@ def test_algorithm_settings_are_checked_naming_the_key():
 
 
 def test_the_old_section_name_ppo_is_read_as_policy_with_a_warning(caplog):
-    from components.params import params_from_dict
+    from components.project.params import params_from_dict
 
     with caplog.at_level("WARNING", logger="components.config.loading"):
         params = params_from_dict({"ppo": {"steps": 3, "algorithm": "rloo"}, "seeding": {"demo_task": True}})

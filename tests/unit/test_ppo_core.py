@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from components.ppo import core
+from components.models.policy import ppo_math
 
 # ----------------------------------------------------------------------------- loop references
 
@@ -86,34 +86,34 @@ def batch():
 
 def test_masked_mean_var_hand_values():
     x, m = T([[1.0, 2.0, 100.0], [3.0, 100.0, 100.0]]), torch.tensor([[1, 1, 0], [1, 0, 0]])
-    assert core.masked_mean(x, m).item() == pytest.approx(2.0)
-    assert core.masked_var(x, m).item() == pytest.approx(1.0)  # values 1,2,3: unbiased var = 1
-    assert core.masked_var(x, m, unbiased=False).item() == pytest.approx(2 / 3)
-    assert core.masked_mean(x, m, dim=1).tolist() == pytest.approx([1.5, 3.0])
+    assert ppo_math.masked_mean(x, m).item() == pytest.approx(2.0)
+    assert ppo_math.masked_var(x, m).item() == pytest.approx(1.0)  # values 1,2,3: unbiased var = 1
+    assert ppo_math.masked_var(x, m, unbiased=False).item() == pytest.approx(2 / 3)
+    assert ppo_math.masked_mean(x, m, dim=1).tolist() == pytest.approx([1.5, 3.0])
 
 
 def test_masked_stats_match_loop(batch):
     x, m = batch["x"], batch["mask"]
-    assert core.masked_mean(x, m).item() == pytest.approx(loop_masked_mean(x.tolist(), m.tolist()))
-    assert core.masked_var(x, m).item() == pytest.approx(loop_masked_var(x.tolist(), m.tolist()))
+    assert ppo_math.masked_mean(x, m).item() == pytest.approx(loop_masked_mean(x.tolist(), m.tolist()))
+    assert ppo_math.masked_var(x, m).item() == pytest.approx(loop_masked_var(x.tolist(), m.tolist()))
 
 
 def test_masked_whiten_hand_and_loop(batch):
-    w = core.masked_whiten(T([[1.0, 2.0, 3.0, 9.0]]), torch.tensor([[1, 1, 1, 0]]))
+    w = ppo_math.masked_whiten(T([[1.0, 2.0, 3.0, 9.0]]), torch.tensor([[1, 1, 1, 0]]))
     assert w.tolist()[0] == pytest.approx([-1.0, 0.0, 1.0, 0.0], abs=1e-6)
     x, m = batch["x"], batch["mask"]
-    w = core.masked_whiten(x, m)
+    w = ppo_math.masked_whiten(x, m)
     mu, var = loop_masked_mean(x.tolist(), m.tolist()), loop_masked_var(x.tolist(), m.tolist())
     expected = [[(x[b, t].item() - mu) / math.sqrt(var + 1e-8) if m[b, t] else 0.0 for t in range(6)] for b in range(4)]
     assert torch.allclose(w, T(expected))
-    assert core.masked_mean(w, m).item() == pytest.approx(0.0, abs=1e-9)
-    kept = core.masked_whiten(x, m, shift_mean=False)
-    assert core.masked_mean(kept, m).item() == pytest.approx(mu)
+    assert ppo_math.masked_mean(w, m).item() == pytest.approx(0.0, abs=1e-9)
+    kept = ppo_math.masked_whiten(x, m, shift_mean=False)
+    assert ppo_math.masked_mean(kept, m).item() == pytest.approx(mu)
 
 
 def test_masked_var_refuses_a_single_value():
     with pytest.raises(ValueError, match="at least 2"):
-        core.masked_var(T([[1.0, 2.0]]), torch.tensor([[1, 0]]))
+        ppo_math.masked_var(T([[1.0, 2.0]]), torch.tensor([[1, 0]]))
 
 
 # ----------------------------------------------------------------------------- logprobs, entropy, KL
@@ -121,20 +121,20 @@ def test_masked_var_refuses_a_single_value():
 
 def test_logprobs_from_logits_hand_values_and_temperature():
     logits = T([[[0.0, math.log(3.0)]]])  # probs 1/4, 3/4
-    assert core.logprobs_from_logits(logits, torch.tensor([[1]])).item() == pytest.approx(math.log(0.75))
+    assert ppo_math.logprobs_from_logits(logits, torch.tensor([[1]])).item() == pytest.approx(math.log(0.75))
     # temperature 2 halves the logits: probs 1/(1+sqrt3), sqrt3/(1+sqrt3)
-    lp = core.logprobs_from_logits(logits, torch.tensor([[0]]), temperature=2.0).item()
+    lp = ppo_math.logprobs_from_logits(logits, torch.tensor([[0]]), temperature=2.0).item()
     assert lp == pytest.approx(math.log(1 / (1 + math.sqrt(3))))
     with pytest.raises(ValueError):
-        core.logprobs_from_logits(logits, torch.tensor([[0]]), temperature=0.0)
+        ppo_math.logprobs_from_logits(logits, torch.tensor([[0]]), temperature=0.0)
 
 
 def test_entropy_hand_values_and_loop():
-    assert core.entropy_from_logits(T([[[0.0, 0.0]]])).item() == pytest.approx(math.log(2))
-    assert core.entropy_from_logits(T([[[5.0, 5.0, 5.0, 5.0]]])).item() == pytest.approx(math.log(4))
+    assert ppo_math.entropy_from_logits(T([[[0.0, 0.0]]])).item() == pytest.approx(math.log(2))
+    assert ppo_math.entropy_from_logits(T([[[5.0, 5.0, 5.0, 5.0]]])).item() == pytest.approx(math.log(4))
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(2, 3, 7, generator=g, dtype=torch.float64)
-    ent = core.entropy_from_logits(logits)
+    ent = ppo_math.entropy_from_logits(logits)
     for b in range(2):
         for t in range(3):
             z = logits[b, t].tolist()
@@ -144,17 +144,17 @@ def test_entropy_hand_values_and_loop():
 
 def test_kl_estimators_hand_values():
     logp, ref = T([[math.log(0.5), math.log(0.2)]]), T([[math.log(0.25), math.log(0.2)]])
-    k1 = core.kl_per_token(logp, ref, "k1")
+    k1 = ppo_math.kl_per_token(logp, ref, "k1")
     assert k1.tolist()[0] == pytest.approx([math.log(2), 0.0])
-    k3 = core.kl_per_token(logp, ref, "k3")  # r = q/p = 0.5: (r - 1) - log r = -0.5 + log 2
+    k3 = ppo_math.kl_per_token(logp, ref, "k3")  # r = q/p = 0.5: (r - 1) - log r = -0.5 + log 2
     assert k3.tolist()[0] == pytest.approx([-0.5 + math.log(2), 0.0])
     with pytest.raises(ValueError):
-        core.kl_per_token(logp, ref, "k2")  # type: ignore[arg-type]
+        ppo_math.kl_per_token(logp, ref, "k2")  # type: ignore[arg-type]
 
 
 def test_kl_estimators_loop_and_unbiased(batch):
     lp, rp = -batch["x"].abs(), -batch["y"].abs()
-    k3 = core.kl_per_token(lp, rp, "k3")
+    k3 = ppo_math.kl_per_token(lp, rp, "k3")
     for b in range(4):
         for t in range(6):
             r = math.exp(rp[b, t].item() - lp[b, t].item())
@@ -166,29 +166,29 @@ def test_kl_estimators_loop_and_unbiased(batch):
     exact = (p * (p / q).log()).sum().item()
     idx = torch.multinomial(p, 200_000, replacement=True, generator=g)
     lp_s, lq_s = p.log()[idx].unsqueeze(0), q.log()[idx].unsqueeze(0)
-    assert core.kl_per_token(lp_s, lq_s, "k1").mean().item() == pytest.approx(exact, abs=0.01)
-    assert core.kl_per_token(lp_s, lq_s, "k3").mean().item() == pytest.approx(exact, abs=0.01)
+    assert ppo_math.kl_per_token(lp_s, lq_s, "k1").mean().item() == pytest.approx(exact, abs=0.01)
+    assert ppo_math.kl_per_token(lp_s, lq_s, "k3").mean().item() == pytest.approx(exact, abs=0.01)
 
 
 def test_missing_eos_penalty():
-    out = core.apply_missing_eos_penalty(T([1.0, 2.0]), torch.tensor([True, False]), 1.5)
+    out = ppo_math.apply_missing_eos_penalty(T([1.0, 2.0]), torch.tensor([True, False]), 1.5)
     assert out.tolist() == [1.0, 0.5]
 
 
 def test_score_stats_and_normalise_scores_hand_values():
-    mean, std = core.score_stats(T([1.0, 3.0]))
+    mean, std = ppo_math.score_stats(T([1.0, 3.0]))
     assert (mean, std) == (2.0, 1.0)  # population std
-    assert core.normalise_scores(T([1.0, 3.0, 4.0]), mean, std).tolist() == [-1.0, 1.0, 2.0]
-    assert core.score_stats(T([5.0, 5.0]))[1] == 1e-6  # a constant scorer cannot divide by zero
+    assert ppo_math.normalise_scores(T([1.0, 3.0, 4.0]), mean, std).tolist() == [-1.0, 1.0, 2.0]
+    assert ppo_math.score_stats(T([5.0, 5.0]))[1] == 1e-6  # a constant scorer cannot divide by zero
     with pytest.raises(ValueError):
-        core.score_stats(T([1.0]))
+        ppo_math.score_stats(T([1.0]))
 
 
 def test_kl_shaped_rewards_hand_values():
     logp = T([[-1.0, -1.0, -1.0], [-2.0, -2.0, -2.0]])
     ref = T([[-1.5, -0.5, -1.0], [-2.0, -3.0, -9.0]])
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
-    rewards, kl = core.kl_shaped_rewards(T([10.0, 20.0]), logp, ref, mask, kl_coef=0.1)
+    rewards, kl = ppo_math.kl_shaped_rewards(T([10.0, 20.0]), logp, ref, mask, kl_coef=0.1)
     assert torch.allclose(kl, T([[0.5, -0.5, 0.0], [0.0, 1.0, 0.0]]))
     assert rewards.tolist()[0] == pytest.approx([-0.05, 0.05, 10.0])
     assert rewards.tolist()[1] == pytest.approx([0.0, 20.0 - 0.1, 0.0])  # score on last real token, pad zero
@@ -197,7 +197,7 @@ def test_kl_shaped_rewards_hand_values():
 def test_kl_shaped_rewards_loop(batch):
     lp, rp, m = -batch["x"].abs(), -batch["y"].abs(), batch["mask"]
     scores = T([1.0, -2.0, 3.0, 0.5])
-    rewards, _ = core.kl_shaped_rewards(scores, lp, rp, m, kl_coef=0.2, estimator="k3")
+    rewards, _ = ppo_math.kl_shaped_rewards(scores, lp, rp, m, kl_coef=0.2, estimator="k3")
     for b in range(4):
         n = int(m[b].sum())
         for t in range(6):
@@ -208,7 +208,7 @@ def test_kl_shaped_rewards_loop(batch):
 
 def test_empty_response_row_is_an_error():
     with pytest.raises(ValueError, match="at least one token"):
-        core.last_token_index(torch.tensor([[1, 0], [0, 0]]))
+        ppo_math.last_token_index(torch.tensor([[1, 0], [0, 0]]))
 
 
 # ----------------------------------------------------------------------------- GAE
@@ -216,7 +216,7 @@ def test_empty_response_row_is_an_error():
 
 def test_gae_hand_values():
     # one sequence, 3 tokens, gamma=1, lam=0.5; rewards (0, 0, 1), values (0.5, 0.5, 0.5)
-    adv, ret = core.gae(T([[0.0, 0.0, 1.0]]), T([[0.5, 0.5, 0.5]]), torch.tensor([[1, 1, 1]]), gamma=1.0, lam=0.5)
+    adv, ret = ppo_math.gae(T([[0.0, 0.0, 1.0]]), T([[0.5, 0.5, 0.5]]), torch.tensor([[1, 1, 1]]), gamma=1.0, lam=0.5)
     # deltas: d0 = 0 + .5 - .5 = 0, d1 = 0, d2 = 1 - .5 = .5; A2 = .5, A1 = 0 + .5*.5 = .25, A0 = .125
     assert adv.tolist()[0] == pytest.approx([0.125, 0.25, 0.5])
     assert ret.tolist()[0] == pytest.approx([0.625, 0.75, 1.0])
@@ -224,7 +224,7 @@ def test_gae_hand_values():
 
 def test_gae_lambda_one_gamma_one_is_monte_carlo_minus_value():
     r, v, m = T([[1.0, 2.0, 3.0, 99.0]]), T([[0.1, 0.2, 0.3, 99.0]]), torch.tensor([[1, 1, 1, 0]])
-    adv, ret = core.gae(r, v, m, gamma=1.0, lam=1.0)
+    adv, ret = ppo_math.gae(r, v, m, gamma=1.0, lam=1.0)
     assert adv.tolist()[0] == pytest.approx([6 - 0.1, 5 - 0.2, 3 - 0.3, 0.0])
     assert ret.tolist()[0] == pytest.approx([6.0, 5.0, 3.0, 0.0])
 
@@ -232,7 +232,7 @@ def test_gae_lambda_one_gamma_one_is_monte_carlo_minus_value():
 @pytest.mark.parametrize(("gamma", "lam"), [(1.0, 0.95), (0.9, 0.8), (1.0, 0.0)])
 def test_gae_matches_loop(batch, gamma, lam):
     r, v, m = batch["x"], batch["y"], batch["mask"]
-    adv, ret = core.gae(r, v, m, gamma, lam)
+    adv, ret = ppo_math.gae(r, v, m, gamma, lam)
     want_adv, want_ret = loop_gae(r.tolist(), v.tolist(), m.tolist(), gamma, lam)
     assert torch.allclose(adv, T(want_adv))
     assert torch.allclose(ret, T(want_ret))
@@ -244,7 +244,9 @@ def test_gae_matches_loop(batch, gamma, lam):
 def test_policy_loss_hand_values():
     # ratios e^0 = 1 (adv 1), e^{ln 1.5} = 1.5 (adv 2, clipped to 1.2), e^{ln .5} = .5 (adv -1, clipped .8)
     logp = T([[0.0, math.log(1.5), math.log(0.5)]])
-    out = core.clipped_policy_loss(logp, T([[0.0, 0.0, 0.0]]), T([[1.0, 2.0, -1.0]]), torch.tensor([[1, 1, 1]]), 0.2)
+    out = ppo_math.clipped_policy_loss(
+        logp, T([[0.0, 0.0, 0.0]]), T([[1.0, 2.0, -1.0]]), torch.tensor([[1, 1, 1]]), 0.2
+    )
     # per token max(-A r, -A clip r): -1, max(-3, -2.4) = -2.4, max(.5, .8) = .8 -> mean = -2.6/3
     assert out.loss.item() == pytest.approx(-2.6 / 3)
     assert out.clipfrac.item() == pytest.approx(2 / 3)
@@ -254,47 +256,47 @@ def test_policy_loss_hand_values():
 
 def test_policy_loss_matches_loop_and_gradient_is_zero_when_clipped(batch):
     lp, old, adv, m = batch["x"] * 0.3, batch["y"] * 0.3, batch["z"], batch["mask"]
-    out = core.clipped_policy_loss(lp, old, adv, m, 0.2)
+    out = ppo_math.clipped_policy_loss(lp, old, adv, m, 0.2)
     want, want_cf = loop_policy_loss(lp.tolist(), old.tolist(), adv.tolist(), m.tolist(), 0.2)
     assert out.loss.item() == pytest.approx(want)
     assert out.clipfrac.item() == pytest.approx(want_cf)
     x = T([[math.log(2.0)]]).requires_grad_()  # ratio 2 with positive advantage: clipped, no gradient
-    core.clipped_policy_loss(x, T([[0.0]]), T([[1.0]]), torch.tensor([[1]]), 0.2).loss.backward()
+    ppo_math.clipped_policy_loss(x, T([[0.0]]), T([[1.0]]), torch.tensor([[1]]), 0.2).loss.backward()
     assert x.grad.item() == 0.0
 
 
 def test_value_loss_hand_values_and_loop(batch):
     # v=2, old=1, ret=3, clip .2: unclipped (2-3)^2 = 1, clipped (1.2-3)^2 = 3.24 -> 0.5 * 3.24
-    loss, cf = core.clipped_value_loss(T([[2.0]]), T([[1.0]]), T([[3.0]]), torch.tensor([[1]]), 0.2)
+    loss, cf = ppo_math.clipped_value_loss(T([[2.0]]), T([[1.0]]), T([[3.0]]), torch.tensor([[1]]), 0.2)
     assert loss.item() == pytest.approx(1.62)
     assert cf.item() == 1.0
     v, old, ret, m = batch["x"], batch["y"], batch["z"], batch["mask"]
-    loss, _ = core.clipped_value_loss(v, old, ret, m, 0.3)
+    loss, _ = ppo_math.clipped_value_loss(v, old, ret, m, 0.3)
     assert loss.item() == pytest.approx(loop_value_loss(v.tolist(), old.tolist(), ret.tolist(), m.tolist(), 0.3))
 
 
 def test_approx_kl_zero_when_equal_and_hand_value():
     m = torch.tensor([[1, 1, 0]])
-    assert core.approx_kl(T([[0.1, 0.2, 5.0]]), T([[0.1, 0.2, 0.0]]), m).item() == 0.0
-    assert core.approx_kl(T([[1.0, 0.0, 0.0]]), T([[0.0, 0.0, 0.0]]), m).item() == pytest.approx(0.25)
+    assert ppo_math.approx_kl(T([[0.1, 0.2, 5.0]]), T([[0.1, 0.2, 0.0]]), m).item() == 0.0
+    assert ppo_math.approx_kl(T([[1.0, 0.0, 0.0]]), T([[0.0, 0.0, 0.0]]), m).item() == pytest.approx(0.25)
 
 
 # ----------------------------------------------------------------------------- KL controllers, LR
 
 
 def test_adaptive_kl_controller_hand_values():
-    ctl = core.AdaptiveKLController(0.2, target=6.0, horizon=10_000)
+    ctl = ppo_math.AdaptiveKLController(0.2, target=6.0, horizon=10_000)
     ctl.update(current_kl=9.0, n_steps=100)  # error clip(0.5) = 0.2 -> beta * (1 + 0.2 * 0.01)
     assert ctl.value == pytest.approx(0.2 * 1.002)
     ctl.update(current_kl=5.4, n_steps=1000)  # error -0.1 -> * (1 - 0.01)
     assert ctl.value == pytest.approx(0.2 * 1.002 * 0.99)
-    fresh = core.AdaptiveKLController(1.0, 6.0, 10_000)
+    fresh = ppo_math.AdaptiveKLController(1.0, 6.0, 10_000)
     fresh.load_state_dict(ctl.state_dict())
     assert fresh.value == ctl.value
 
 
 def test_adaptive_kl_controller_loop_reference():
-    ctl, beta = core.AdaptiveKLController(0.1, 2.0, 500), 0.1
+    ctl, beta = ppo_math.AdaptiveKLController(0.1, 2.0, 500), 0.1
     for kl in [0.5, 1.0, 3.0, 10.0, 2.0, 1.9]:
         ctl.update(kl, 16)
         beta *= 1 + min(max(kl / 2.0 - 1, -0.2), 0.2) * 16 / 500
@@ -302,10 +304,10 @@ def test_adaptive_kl_controller_loop_reference():
 
 
 def test_fixed_kl_controller_stays():
-    ctl = core.make_kl_controller(False, 0.05, 6.0, 100)
+    ctl = ppo_math.make_kl_controller(False, 0.05, 6.0, 100)
     ctl.update(100.0, 64)
     assert ctl.value == 0.05
 
 
 def test_linear_decay():
-    assert [core.linear_decay(s, 4) for s in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert [ppo_math.linear_decay(s, 4) for s in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]

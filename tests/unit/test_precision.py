@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from components.precision import autocast, bf16_fast, cpu_flags_have_bf16
+from components.models.precision import autocast, bf16_fast, cpu_flags_have_bf16
 
 
 def test_cpu_flags_are_read_from_the_flags_line():
@@ -32,7 +32,7 @@ def test_autocast_follows_the_override_and_the_switch(monkeypatch):
 def test_frozen_weights_cast_once_gives_the_same_result_and_restores_the_flags(monkeypatch):
     import pytest
 
-    from components.precision import cast_frozen_weights_once
+    from components.models.precision import cast_frozen_weights_once
 
     monkeypatch.setenv("RLHF_CPU_BF16", "1")
     torch.manual_seed(0)
@@ -51,7 +51,7 @@ def test_frozen_weights_cast_once_gives_the_same_result_and_restores_the_flags(m
 
 
 def test_fixed_precision_holds_inside_a_callers_bf16_region(monkeypatch):
-    from components.precision import fixed_precision, precision_name
+    from components.models.precision import fixed_precision, precision_name
 
     x = torch.randn(4, 8)
     w = torch.randn(8, 2)

@@ -5,7 +5,7 @@ import hashlib
 import pytest
 
 from components.config.prompts import PromptsConfig
-from components.prompt_pool import (
+from components.data.prompt_pool import (
     as_messages,
     check,
     conversation,

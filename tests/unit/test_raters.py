@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.raters import (
+from components.data.raters import (
     RaterBook,
     add_rater,
     load_admin,
@@ -61,7 +61,7 @@ def test_the_admin_token_is_stored_hashed_beside_the_raters_and_rotates(tmp_path
 
 
 def test_the_demo_gives_its_simulated_users_a_fresh_rater_token(tmp_path):
-    from components.service_process import SIMULATED_RATER, simulated_rater_token
+    from components.common.service_process import SIMULATED_RATER, simulated_rater_token
 
     book = RaterBook(raters_file(tmp_path / "live"))
     first = simulated_rater_token(tmp_path)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from components.reward.losses import (
+from components.models.reward.losses import (
     bradley_terry_loss,
     center_loss,
     normalise,

@@ -3,7 +3,7 @@ import pytest
 
 from components.config import ConfigError, from_dict, load_section
 from components.config.reward import RewardConfig
-from components.reward.pairs import PairsError, read_pairs, split_by_prompt
+from components.models.reward.pairs import PairsError, read_pairs, split_by_prompt
 
 
 def _write(tmp_path, rows, name="pairs.parquet"):
@@ -68,7 +68,7 @@ def test_reward_config_from_params_and_bad_values():
 
 
 def test_first_pair_per_prompt_is_each_prompts_first_row():
-    from components.reward.pairs import Pairs, first_pair_per_prompt
+    from components.models.reward.pairs import Pairs, first_pair_per_prompt
 
     pairs = Pairs(["a", "a", "b", "c", "b"], ["1", "2", "3", "4", "5"], ["x", "y", "z", "w", "v"], [0.0] * 5)
     assert first_pair_per_prompt(pairs).tolist() == [0, 2, 3]

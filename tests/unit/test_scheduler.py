@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from components.generation import RowParams, encode_chat, generate_rows
+from components.models.generation import RowParams, encode_chat, generate_rows
 from serving.scheduler import Engine, QueueFull, Row
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from components.feedback.io import read_feedback
-from components.feedback.schema import PAIRS, RATINGS, SCHEMAS
-from components.served_store import (
+from components.data.feedback.io import read_feedback
+from components.data.feedback.schema import PAIRS, RATINGS, SCHEMAS
+from components.data.served_store import (
     AlreadyRated,
     FeedbackConflict,
     ServedOutput,

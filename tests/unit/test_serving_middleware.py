@@ -126,8 +126,8 @@ def test_open_feedback_false_needs_a_token_even_on_loopback():
 
 
 def test_the_service_reads_open_feedback_and_the_raters_file_of_its_project(tmp_path, monkeypatch):
-    from components.paths import ProjectPaths
-    from components.raters import add_rater, raters_file
+    from components.data.raters import add_rater, raters_file
+    from components.project.paths import ProjectPaths
     from serving.service import guard_options
     from tests.serving.server import make_project
 

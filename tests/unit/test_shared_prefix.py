@@ -1,10 +1,10 @@
-"""The index arithmetic of encoding a batch's common opening once (components/shared_prefix.py)."""
+"""The index arithmetic of encoding a batch's common opening once (components/models/shared_prefix.py)."""
 
 from __future__ import annotations
 
 import torch
 
-from components.shared_prefix import common_prefix_length, suffix_after_prefix, suffix_inputs
+from components.models.shared_prefix import common_prefix_length, suffix_after_prefix, suffix_inputs
 
 
 def test_common_prefix_leaves_every_row_a_token():

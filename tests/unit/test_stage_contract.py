@@ -36,7 +36,9 @@ def test_every_stage_function_is_called_by_a_flow_or_the_cli():
 def test_each_dvc_stage_command_calls_its_stage_function():
     from components import stages
 
-    template = yaml.safe_load((REPO / "components/templates/pipeline.yaml").read_text(encoding="utf-8"))["stages"]
+    template = yaml.safe_load((REPO / "components/project/templates/pipeline.yaml").read_text(encoding="utf-8"))[
+        "stages"
+    ]
     assert set(template) == set(DVC_STAGE_FUNCTION)
     for stage, spec in template.items():
         module_name = re.search(r"python -m (\S+)", spec["cmd"]).group(1)

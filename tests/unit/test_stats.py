@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from components.stats import (
+from components.decide.stats import (
     best_of_n_kl,
     best_of_n_weights,
     mean_interval,

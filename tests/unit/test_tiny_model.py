@@ -1,7 +1,7 @@
 import torch
 
-from components.base_model import build_tiny
-from components.generation import chat_text, response_mask_from_eos
+from components.models.base_model import build_tiny
+from components.models.generation import chat_text, response_mask_from_eos
 
 
 def test_tiny_model_is_small_and_deterministic():

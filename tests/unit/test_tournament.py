@@ -11,7 +11,7 @@ import pytest
 from components.config import ConfigError, from_dict, load_section
 from components.config.flow import CandidateRecipe, FlowConfig
 from components.config.policy import PolicyConfig
-from components.eval_stats import win_rate_interval
+from components.decide.eval_stats import win_rate_interval
 from components.tournament import (
     Entrant,
     bootstrap_p_value,
@@ -114,7 +114,7 @@ def test_flow_candidates_load_from_params_and_refuse_bad_entries():
 
 
 def _entrant(name: str, win: float, p: float, passed: bool, kl: float = 1.0) -> Entrant:
-    from components.gate import GateCheck, GateResult
+    from components.decide.gate import GateCheck, GateResult
 
     # the decision reads an evaluation's win rate and the candidate's KL only (EvalResult would import torch)
     ev = SimpleNamespace(win_rate=win, candidate=SimpleNamespace(kl=kl))

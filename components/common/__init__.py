@@ -1,0 +1,1 @@
+"""Small shared helpers: environment, file writes, progress bars, child processes."""

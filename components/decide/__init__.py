@@ -1,0 +1,1 @@
+"""Deciding: the evaluation, its statistics, the judges and the promotion gate."""

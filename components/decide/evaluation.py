@@ -1,0 +1,494 @@
+"""Evaluate a policy on held-out prompts: the judge's win rate, reward-model score, KL to the reference.
+
+:func:`evaluate` (the **evaluate stage**, ``EvalConfig``; its DVC command is :func:`main`): a candidate against
+the current champion, ``samples_per_prompt`` seeded samples per held-out prompt from each (sample k of both
+models drawn with the same seed); the configured judge (``eval.judge``, :mod:`components.decide.judges`) decides each
+(prompt, sample): win rate (ties half) with a 95 % bootstrap interval over prompts, an A/A figure (the champion
+against itself), the training reward model's win rate on the same pairs and the disagreement flags both ways,
+the candidate's KL to its reference on its own samples, reply length, EOS rate, degenerate rate. Writes
+``metrics/eval.json``, ``reports/eval.md`` and every verdict to ``reports/judge_verdicts.jsonl``.
+
+Letters: B batch, P prompt tokens (left padded), R response tokens, V vocabulary; K samples per prompt.
+
+The judge is the only way the evaluation reaches a task's notion of "better"; the demo task's annotator is one
+judge (``demo``), refused in projects without the demo task.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from components.common.fsutil import atomic_write_text
+from components.common.progress import Progress, log_progress, report
+from components.config.evaluation import EvalConfig
+from components.config.model import ModelConfig
+from components.data.prompt_pool import Prompt, prompt_text
+from components.decide.judges import Comparison, Judge, ScoringJudge, Verdict, make_judge
+from components.decide.judges.base import judge_label, outcome_from_scores
+from components.models.generation import generate
+from components.models.policy import ppo_math
+from components.models.precision import autocast
+from components.models.shared_prefix import reply_logits_shared
+from components.project.paths import ProjectPaths
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def sequence_kl(
+    policy: PreTrainedModel,
+    reference: PreTrainedModel,
+    query_ids: torch.Tensor,
+    query_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """Summed k1 log-ratio of each sampled response under policy vs reference; shape (B,)."""
+    ids = torch.cat([query_ids, response_ids], dim=1)  # shape: (B, P+R)
+    mask = torch.cat([query_mask, response_mask], dim=1)  # shape: (B, P+R)
+    r = response_ids.shape[1]
+    pol = reply_logits_shared(policy, ids, mask, r)  # shape: (B, R, V); the shared system prompt once
+    ref = reply_logits_shared(reference, ids, mask, r)  # shape: (B, R, V)
+    logp = ppo_math.logprobs_from_logits(pol, response_ids, temperature)  # shape: (B, R)
+    ref_logp = ppo_math.logprobs_from_logits(ref, response_ids, temperature)  # shape: (B, R)
+    return (ppo_math.kl_per_token(logp, ref_logp, "k1") * response_mask).sum(dim=1)  # shape: (B,)
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluate stage: candidate against champion
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelEval:
+    """One model's means over every (prompt, sample) of the evaluation."""
+
+    version: str
+    judge_score: float | None
+    """Mean score under the judge, where it scores replies one by one (``demo``, ``reward_model``); None for
+    pairwise-only judges (``llm``)."""
+    reward_score: float
+    mean_tokens: float
+    eos_rate: float
+    degenerate_rate: float
+    kl: float | None = None
+    """Mean summed k1 log-ratio to the reference per reply (the candidate only)."""
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """What the evaluate stage measured (JSON-serialisable)."""
+
+    candidate: ModelEval
+    champion: ModelEval
+    candidate_path: str
+    prompts: int
+    samples_per_prompt: int
+    win_rate: float
+    """The judge's pairwise win rate of the candidate over the champion (ties count half)."""
+    win_rate_low: float
+    win_rate_high: float
+    interval: str
+    """How the interval was computed."""
+    wins: int
+    ties: int
+    losses: int
+    overoptimised: bool
+    """The training reward model prefers the candidate while the judge prefers the champion (by more than
+    ``overopt_tolerance``)."""
+    reward_version: str | None
+    reward_accuracy: float | None
+    """Held-out accuracy of the reward model the candidate was trained against (from its manifest)."""
+    kl_target: float | None
+    metrics_path: str
+    report_path: str
+    examples: list[dict[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    judge: dict[str, Any] = field(default_factory=dict)
+    """Which judge decided: its name and settings (``describe()``)."""
+    judge_accuracy: float | None = None
+    """The judge's held-out accuracy on human pairs (the judge reward model), else None."""
+    judge_min_accuracy: float | None = None
+    """The floor ``judge_accuracy`` must reach for the gate to decide."""
+    reward_win_rate: float | None = None
+    """The training reward model's pairwise win rate of the candidate on the same comparisons (ties half)."""
+    judge_disagrees: bool = False
+    """The judge prefers the candidate while the training reward model prefers the champion."""
+    aa_win_rate: float | None = None
+    """A/A: the champion judged against itself with other seeds (should read about 0.5)."""
+    aa_low: float | None = None
+    aa_high: float | None = None
+    aa_comparisons: int = 0
+    verdicts_path: str = ""
+    """Every verdict and its reason, one JSON line each."""
+
+
+@dataclass
+class _Samples:
+    texts: list[list[str]]  # [K][P]
+    reward: list[list[float]]
+    tokens: list[list[float]]
+    ended: list[list[float]]
+    kl: list[list[float]]
+
+
+def _sample_and_score(
+    policy: PreTrainedModel,
+    reference: PreTrainedModel | None,
+    tok: PreTrainedTokenizerBase,
+    prompts: list[str],
+    reward: Callable[[list[str], list[str]], torch.Tensor],
+    cfg: EvalConfig,
+    system: str | None,
+    on_batch: Callable[[], None],
+) -> _Samples:
+    out = _Samples([], [], [], [], [])
+    for k in range(cfg.samples_per_prompt):
+        rows: dict[str, list] = {"texts": [], "reward": [], "tokens": [], "ended": [], "kl": []}
+        for start in range(0, len(prompts), cfg.batch_size):
+            chunk = prompts[start : start + cfg.batch_size]
+            gen = generate(
+                policy,
+                tok,
+                chunk,
+                system=system,
+                max_new_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature,
+                generator_seed=cfg.seed + 1000 * k + start,
+            )
+            rows["texts"] += gen.texts
+            rows["reward"] += reward(chunk, gen.texts).float().cpu().tolist()
+            rows["tokens"] += gen.response_mask.sum(dim=1).float().cpu().tolist()
+            rows["ended"] += gen.ended.float().cpu().tolist()
+            if reference is not None:
+                kl = sequence_kl(
+                    policy, reference, gen.query_ids, gen.query_mask, gen.response_ids, gen.response_mask,
+                    cfg.temperature,
+                )  # fmt: skip
+                rows["kl"] += kl.float().cpu().tolist()
+            on_batch()
+        for name, values in rows.items():
+            getattr(out, name).append(values)
+    return out
+
+
+def _summary(version: str, s: _Samples, cfg: EvalConfig, judge_scores: list[float] | None) -> ModelEval:
+    from components.decide.eval_stats import is_degenerate
+
+    texts = [t for row in s.texts for t in row]
+    flat = lambda rows: [x for row in rows for x in row]  # noqa: E731
+    degenerate = [is_degenerate(t, n=cfg.repeat_ngram, min_distinct=cfg.min_distinct_ngrams) for t in texts]
+    kls = flat(s.kl)
+    return ModelEval(
+        version=version,
+        judge_score=None if judge_scores is None else round(float(np.mean(judge_scores)), 6),
+        reward_score=round(float(np.mean(flat(s.reward))), 6),
+        mean_tokens=round(float(np.mean(flat(s.tokens))), 4),
+        eos_rate=round(float(np.mean(flat(s.ended))), 6),
+        degenerate_rate=round(float(np.mean(degenerate)), 6),
+        kl=round(float(np.mean(kls)), 6) if kls else None,
+    )
+
+
+def read_prompt_file(path: Path) -> list[Prompt]:
+    """The held-out prompts (a pool file: strings, or conversations as messages)."""
+    from components.data.prompt_pool import read_prompts
+
+    return read_prompts(path)
+
+
+@dataclass(frozen=True)
+class _Judged:
+    """A judge's verdicts on K x P comparisons, and each side's judge scores where the judge scores replies."""
+
+    outcomes: np.ndarray  # shape: (P, K)
+    verdicts: list[Verdict]  # K x P, sample-major
+    scores_a: list[float] | None
+    scores_b: list[float] | None
+
+
+def judge_samples(
+    judge: Judge, prompts: Sequence[str], a: list[list[str]], b: list[list[str]], note: str,
+    progress: Progress | None = None,
+) -> _Judged:  # fmt: skip
+    """Judge a[k][p] against b[k][p] for every sample k and prompt p (sample-major)."""
+    items = [Comparison(prompts[p], a[k][p], b[k][p]) for k in range(len(a)) for p in range(len(prompts))]
+    done = [0]
+
+    def tick(n: int) -> None:
+        done[0] += n
+        report(progress, done[0], len(items), note)
+
+    scores_a = scores_b = None
+    if isinstance(judge, ScoringJudge):
+        s = judge.scores([*(i.prompt for i in items), *(i.prompt for i in items)],
+                         [*(i.reply_a for i in items), *(i.reply_b for i in items)])  # fmt: skip
+        scores_a, scores_b = s[: len(items)], s[len(items) :]
+        verdicts = [Verdict(outcome_from_scores(x, y), f"{judge.name} scores {x:.3f} vs {y:.3f}")
+                    for x, y in zip(scores_a, scores_b)]  # fmt: skip
+        tick(len(items))
+    else:
+        verdicts = judge.compare_many(items, on_done=tick)
+    values = np.array([v.value for v in verdicts]).reshape(len(a), len(prompts))  # shape: (K, P)
+    return _Judged(values.T, verdicts, scores_a, scores_b)
+
+
+def _verdict_lines(kind: str, prompts: Sequence[str], a: list[list[str]], b: list[list[str]], names: tuple[str, str],
+                   judged: _Judged, judge: str, sample_of: Callable[[int], tuple[int, int]]) -> list[str]:  # fmt: skip
+    lines = []
+    for i, v in enumerate(judged.verdicts):
+        k, p = divmod(i, len(prompts))
+        ka, kb = sample_of(k)
+        lines.append(json.dumps({
+            "kind": kind, "judge": judge, "prompt_index": p, "prompt": prompts[p],
+            "a": names[0], "sample_a": ka, "reply_a": a[k][p], "b": names[1], "sample_b": kb, "reply_b": b[k][p],
+            "outcome": v.outcome, "reason": v.reason,
+        }))  # fmt: skip
+    return lines
+
+
+def evaluate(
+    cfg: EvalConfig,
+    paths: ProjectPaths,
+    *,
+    model: ModelConfig,
+    candidate: str | Path,
+    kl_target: float | None = None,
+    demo_task: bool = False,
+    progress: Progress | None = None,
+) -> EvalResult:
+    """The evaluate stage: the candidate policy folder against the registry's champion on held-out prompts.
+
+    The base model is registered as the first champion if the registry has none. The reward model and the
+    KL reference are the ones named in the candidate's manifest (``reward_model.spec``, ``base_dir``). The judge
+    (``cfg.judge``) decides each comparison; ``demo_task`` is the project's ``seeding.demo_task`` (the demo judge
+    refuses a project without it). A judge that cannot decide raises :class:`JudgeError` before anything is
+    written (nothing is promoted).
+    """
+    from components.decide.eval_stats import overoptimised, pairwise_outcomes, win_rate_interval
+    from components.models.base_model import accelerator_device, load_base, resolve_model_dir
+    from components.models.reward.model import RewardModel
+    from components.records import registry
+
+    t0 = time.perf_counter()
+    candidate = Path(candidate)
+    manifest = json.loads((candidate / "manifest.json").read_text(encoding="utf-8"))
+    rm_info = manifest.get("reward_model") or {}
+    rm_path = paths.root / rm_info.get("spec", "models/reward")
+    judge = make_judge(
+        cfg.judge, root=paths.root, demo_task=demo_task, judge_reward=cfg.judge_reward, llm_judge=cfg.llm_judge,
+        human_judge=cfg.human_judge, training_manifest=rm_path / "manifest.json",
+    )  # fmt: skip
+    judge.preflight()  # an unreachable judge fails before minutes of sampling
+    champ = registry.ensure_base_champion(paths, model.base, resolve_model_dir(model.base))
+    prompts = read_prompt_file(paths.root / cfg.prompts)[: cfg.max_prompts]
+    device = accelerator_device()
+
+    # 1. models: candidate, champion, the candidate's KL reference (loaded once when folders coincide), RM
+    loaded: dict[str, tuple[PreTrainedModel, PreTrainedTokenizerBase]] = {}
+
+    def load(folder: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        key = str(Path(folder).resolve())
+        if key not in loaded:
+            loaded[key] = load_base(key, dtype=model.dtype, device=device)
+        return loaded[key]
+
+    cand_model, tok = load(candidate)
+    champ_model, champ_tok = load(champ.path)
+    ref_dir = manifest.get("base_dir") or str(resolve_model_dir(manifest.get("base", model.base)))
+    reference, _ = load(Path(ref_dir))
+    rm = RewardModel.load(rm_path, device=device)
+
+    # 2. sample and score: K seeded samples per prompt from each model
+    total = 2 * cfg.samples_per_prompt * -(-len(prompts) // cfg.batch_size)
+    done = [0]
+
+    def tick() -> None:
+        done[0] += 1
+        report(progress, done[0], total, "evaluating candidate and champion")
+
+    with autocast(device, cfg.bf16):
+        cand = _sample_and_score(cand_model, reference, tok, prompts, rm.score, cfg, model.system_prompt, tick)
+        champ_s = _sample_and_score(champ_model, None, champ_tok, prompts, rm.score, cfg, model.system_prompt, tick)
+
+    # 3. judge: per prompt and sample, ties half; bootstrap over prompts; the training RM on the same pairs
+    c_version = manifest.get("version", candidate.name)
+    judged = judge_samples(judge, prompts, cand.texts, champ_s.texts, f"judge {judge.name}: candidate vs champion",
+                           progress)  # fmt: skip
+    outcomes = judged.outcomes  # shape: (P, K)
+    rate, low, high = win_rate_interval(
+        outcomes, confidence=cfg.confidence, resamples=cfg.bootstrap_resamples, seed=cfg.seed
+    )
+    rm_rate = float(pairwise_outcomes(np.array(cand.reward).T, np.array(champ_s.reward).T).mean())
+    verdict_lines = _verdict_lines("candidate_vs_champion", prompts, cand.texts, champ_s.texts,
+                                   (c_version, champ.version), judged, judge.name, lambda k: (k, k))  # fmt: skip
+
+    # 4. A/A: the champion's sample 2i against its sample 2i+1 (other seeds): about 50 % if judge and interval
+    # are sound
+    aa: tuple[float, float, float] | None = None
+    aa_n = 0
+    if cfg.aa_check and cfg.samples_per_prompt >= 2:
+        even, odd = champ_s.texts[0::2], champ_s.texts[1::2]
+        even = even[: len(odd)]
+        aa_j = judge_samples(judge, prompts, even, odd, f"judge {judge.name}: A/A (champion vs itself)", progress)
+        aa = win_rate_interval(aa_j.outcomes, confidence=cfg.confidence, resamples=cfg.bootstrap_resamples,
+                               seed=cfg.seed + 1)  # fmt: skip
+        aa_n = aa_j.outcomes.size
+        verdict_lines += _verdict_lines("aa", prompts, even, odd, (champ.version, champ.version), aa_j, judge.name,
+                                        lambda k: (2 * k, 2 * k + 1))  # fmt: skip
+
+    c_sum = _summary(c_version, cand, cfg, judged.scores_a)
+    h_sum = _summary(champ.version, champ_s, cfg, judged.scores_b)
+    flag = overoptimised(rm_rate - 0.5, rate - 0.5, cfg.overopt_tolerance)
+    reverse = overoptimised(rate - 0.5, rm_rate - 0.5, cfg.overopt_tolerance)
+    examples = [
+        {"prompt": prompt_text(p), "candidate": c, "champion": h}
+        for p, c, h in list(zip(prompts, cand.texts[0], champ_s.texts[0]))[:3]
+    ]
+    result = EvalResult(
+        candidate=c_sum,
+        champion=h_sum,
+        candidate_path=str(candidate),
+        prompts=len(prompts),
+        samples_per_prompt=cfg.samples_per_prompt,
+        win_rate=round(rate, 6),
+        win_rate_low=round(low, 6),
+        win_rate_high=round(high, 6),
+        interval=f"{cfg.confidence:.0%} percentile bootstrap over prompts ({cfg.bootstrap_resamples} resamples)",
+        wins=int((outcomes == 1.0).sum()),
+        ties=int((outcomes == 0.5).sum()),
+        losses=int((outcomes == 0.0).sum()),
+        overoptimised=bool(flag),
+        reward_version=rm_info.get("version"),
+        reward_accuracy=rm_info.get("heldout_accuracy"),
+        kl_target=kl_target,
+        metrics_path=str(paths.eval_metrics),
+        report_path=str(paths.eval_report),
+        examples=examples,
+        seconds=round(time.perf_counter() - t0, 1),
+        judge=judge.describe(),
+        judge_accuracy=judge.accuracy,
+        judge_min_accuracy=cfg.judge_min_accuracy if judge.accuracy is not None else None,
+        reward_win_rate=round(rm_rate, 6),
+        judge_disagrees=bool(reverse),
+        aa_win_rate=None if aa is None else round(aa[0], 6),
+        aa_low=None if aa is None else round(aa[1], 6),
+        aa_high=None if aa is None else round(aa[2], 6),
+        aa_comparisons=aa_n,
+        verdicts_path=str(paths.judge_verdicts),
+    )
+    atomic_write_text(paths.judge_verdicts, "\n".join(verdict_lines) + "\n")
+    atomic_write_text(paths.eval_metrics, json.dumps(asdict(result), indent=2) + "\n")
+    atomic_write_text(paths.eval_report, eval_markdown(result))
+    log.info("candidate %s vs champion %s: win rate by judge %s %.3f [%.3f, %.3f]",
+             c_sum.version, h_sum.version, judge.name, rate, low, high)  # fmt: skip
+    return result
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1%}"
+
+
+def eval_markdown(r: EvalResult) -> str:
+    """A short Markdown report of an evaluation."""
+    c, h = r.candidate, r.champion
+    kl = "n/a" if c.kl is None else f"{c.kl:.3f}" + (f" (target {r.kl_target:g})" if r.kl_target else "")
+    score = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+    label = judge_label(r.judge)
+    lines = [
+        f"# Evaluation: candidate `{c.version}` vs champion `{h.version}`",
+        "",
+        f"{r.prompts} held-out prompts x {r.samples_per_prompt} seeded samples from each model; judge: **{label}**.",
+        "",
+        f"**Win rate of the candidate by the judge: {r.win_rate:.1%}** "
+        f"({r.interval}: {r.win_rate_low:.1%} - {r.win_rate_high:.1%}); "
+        f"{r.wins} wins, {r.ties} ties, {r.losses} losses.",
+        "",
+    ]
+    if r.aa_win_rate is not None:
+        lines += [
+            f"A/A check (the champion judged against itself, other seeds; should read about 50 %): "
+            f"{r.aa_win_rate:.1%} ({_pct(r.aa_low)} - {_pct(r.aa_high)}, {r.aa_comparisons} comparisons).",
+            "",
+        ]
+    else:
+        lines += ["A/A check: not measured (it needs eval.aa_check and eval.samples_per_prompt >= 2).", ""]
+    if r.judge_accuracy is not None:
+        ok = r.judge_min_accuracy is None or r.judge_accuracy >= r.judge_min_accuracy
+        lines += [
+            f"Judge held-out accuracy on human pairs: {r.judge_accuracy:.1%} (floor {_pct(r.judge_min_accuracy)})"
+            + ("." if ok else ": **below the floor, the gate will not decide**."),
+            "",
+        ]
+    lines += [
+        "| metric | champion | candidate |",
+        "| --- | --- | --- |",
+        f"| judge score ({r.judge.get('name', 'judge')}) | {score(h.judge_score)} | {score(c.judge_score)} |",
+        f"| reward-model score | {h.reward_score:.3f} | {c.reward_score:.3f} |",
+        f"| reply length (tokens) | {h.mean_tokens:.1f} | {c.mean_tokens:.1f} |",
+        f"| replies that end (EOS) | {h.eos_rate:.1%} | {c.eos_rate:.1%} |",
+        f"| degenerate replies | {h.degenerate_rate:.1%} | {c.degenerate_rate:.1%} |",
+        f"| KL to the reference (nats/reply) | - | {kl} |",
+        "",
+        f"Training reward model's win rate of the candidate on the same pairs: {_pct(r.reward_win_rate)}.",
+        f"Over-optimisation (reward model prefers the candidate, judge the champion): "
+        f"**{'yes' if r.overoptimised else 'no'}**; the reverse (judge prefers the candidate, reward model the "
+        f"champion): **{'yes' if r.judge_disagrees else 'no'}**.",
+        f"Reward model {r.reward_version or 'n/a'}, held-out accuracy {_pct(r.reward_accuracy)}.",
+        f"Every verdict with its reason: `{r.verdicts_path}`.",
+        "",
+    ]
+    for ex in r.examples:
+        lines += [f"- **{ex['prompt']}**", f"  - champion: {ex['champion']}", f"  - candidate: {ex['candidate']}"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``evaluate`` DVC stage: the last exported policy against the champion."""
+    import argparse
+    import sys
+
+    from components.config import load_section
+    from components.config.policy import PolicyConfig
+    from components.config.seeding import SeedingConfig
+    from components.decide.judges import JudgeError
+    from components.models.policy.train import exported_policy
+
+    parser = argparse.ArgumentParser(prog="python -m components.decide.evaluation", description=main.__doc__)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (sections eval, model)")
+    parser.add_argument("--candidate", type=Path, default=None, help="policy folder (default: the last PPO export)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    paths = ProjectPaths(args.params.resolve().parent)
+    cfg = load_section(EvalConfig, "eval", args.params)
+    model_cfg = load_section(ModelConfig, "model", args.params)
+    policy = load_section(PolicyConfig, "policy", args.params)
+    candidate = args.candidate or exported_policy(paths.root)
+    if candidate is None:
+        print("evaluate: no exported policy (metrics/ppo.json); run the ppo stage first", file=sys.stderr)
+        return 2
+    kl_target = policy.kl_target if policy.adaptive_kl else None
+    progress = log_progress(log, "evaluate batch")
+    demo_task = load_section(SeedingConfig, "seeding", args.params).demo_task
+    try:
+        evaluate(cfg, paths, model=model_cfg, candidate=candidate, kl_target=kl_target, demo_task=demo_task,
+                 progress=progress)  # fmt: skip
+    except JudgeError as exc:
+        print(f"evaluate: the judge could not decide: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

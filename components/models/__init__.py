@@ -1,0 +1,1 @@
+"""The models: base model loading, generation, precision, the reward model and the policy optimisers."""

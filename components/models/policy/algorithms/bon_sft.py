@@ -1,0 +1,43 @@
+"""Best-of-n distillation (RAFT, Dong et al. 2023; expert iteration): n samples per prompt, the reward model's
+best one, a few supervised epochs on it. The KL to the parent is measured every step on the policy's own samples
+and bounded: a step beyond ``bon_sft.max_kl`` makes no update."""
+
+from __future__ import annotations
+
+import torch
+
+from components.models.policy import losses, ppo_math
+from components.models.policy.algorithms.base import Algorithm, Forward, Targets
+from components.models.policy.batch import RolloutBatch, slice_rows
+
+
+class BoNSFT(Algorithm):
+    name = "bon_sft"
+
+    @property
+    def epochs(self) -> int:
+        return self.cfg.bon_sft.epochs
+
+    def targets(
+        self,
+        batch: RolloutBatch,
+        raw: torch.Tensor | None,
+        scores: torch.Tensor | None,
+        kl_coef: float,
+        mean_kl: float,
+    ) -> Targets:
+        b = self.cfg.bon_sft
+        # 4.-5. the best of each prompt's n samples; no update once the policy is max_kl from the parent
+        best = losses.best_of_group(scores, b.n)  # shape: (G,)
+        over = mean_kl > b.max_kl  # the mean over all processes: every process skips, or none does
+        stats = {"bon_sft/best_score": raw[best].mean(), "bon_sft/over_kl_bound": float(over)}
+        return Targets(None if over else slice_rows(batch, best), {}, stats)
+
+    def loss(
+        self, part: RolloutBatch, out: Forward, tgt: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        nll = losses.sft_loss(out.logp, part.mask)
+        return nll, {
+            "loss/policy": nll,
+            "policy/approx_kl": ppo_math.approx_kl(out.logp, part.logp, part.mask).detach(),
+        }

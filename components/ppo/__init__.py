@@ -1,1 +1,0 @@
-"""PPO fine-tuning of the policy against a reward scorer (issue: PPO stage)."""

@@ -1,0 +1,1 @@
+"""A project on disk: scaffolding (`rlhf init`), paths, params loading, the DVC runner, templates."""

@@ -1,0 +1,1 @@
+"""Records: the model registry, lineage and the code fingerprints of the stages."""
