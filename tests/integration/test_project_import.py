@@ -345,14 +345,15 @@ def test_init_import_retrain_audit_a_round_on_human_data(prefect_api, tmp_path, 
 
 
 def test_the_demo_project_is_an_init_project_with_the_demo_task_on(tmp_path, monkeypatch):
-    from rlhf_cli.demo_loop import QUICK, prepare_project
+    from rlhf_cli.demo_loop import QUICK, demo_params, prepare_project
 
     monkeypatch.setenv("RLHF_DVC_REMOTE", str(tmp_path / "remote"))
     repo_params = Path(__file__).parents[2] / "params.yaml"
-    root = prepare_project(tmp_path / "demo", repo_params, QUICK)
+    root = prepare_project(tmp_path / "demo", demo_params(repo_params, quick=True))
     raw = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
     assert raw["seeding"]["demo_task"] is True and raw["eval"]["judge"] == "demo"
     assert raw["seeding"]["seed_prompts"] == QUICK["seeding"]["seed_prompts"]
     assert not (root / "components").exists()  # no code copied
     assert "python -m components.models.reward.train" in (root / "dvc.yaml").read_text(encoding="utf-8")
-    assert prepare_project(root, repo_params) == root  # reused as it is
+    assert prepare_project(root, demo_params(repo_params), sync=False) == root  # reused as it is
+    assert yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8")) == raw
