@@ -22,6 +22,9 @@ evaluate            ``evaluate(EvalConfig, paths, *, model, candidate, kl_target
 human judge         ``judge_by_humans(EvalConfig, ServeConfig, paths, *, policy, evaluation)``  ``HumanJudgeResult``
 gate                ``gate(GateConfig, paths, *, evaluation)``                              ``GateResult``
 register / promote  ``register_and_decide(paths, *, policy, evaluation, gate)``             ``PromotionResult``
+tournament: train   ``train_candidate(PolicyConfig, CandidateRecipe, paths, *, model, ...)``  ``PolicyResult``
+tournament: eval    ``evaluate_candidate(EvalConfig, paths, *, name, model, candidate, ...)``  ``EvalResult``
+tournament: decide  ``decide_tournament(EvalConfig, GateConfig, paths, *, entrants)``      ``list[GateResult]``
 ==================  ======================================================================  =====================
 
 The DVC stages (``train_reward``, ``ppo``, ``train_judge``, ``evaluate``) also have ``reward_result``,
@@ -61,6 +64,7 @@ if TYPE_CHECKING:
     from components.decide.gate import GateCheck, GateResult, gate
     from components.decide.judges.human import HumanJudgeResult, judge_by_humans
     from components.decide.judges.reward_model import JudgeModelResult, train_judge_model
+    from components.decide.tournament import decide_tournament, evaluate_candidate, train_candidate
     from components.demo_task.seed import SeedLabels, SeedSample, ingest_seed, label_seed, sample_seed
     from components.models.policy.train import PolicyResult, policy_result, train_policy
     from components.models.reward.train import RewardStageResult, reward_result, train_reward_model
@@ -88,7 +92,9 @@ _HOME: dict[str, str] = {
     "ServedExport": "components.data.feedback.served",
     "ServedIngest": "components.data.feedback.served",
     "ValidateResult": "components.data.feedback.store",
+    "decide_tournament": "components.decide.tournament",
     "evaluate": "components.decide.evaluation",
+    "evaluate_candidate": "components.decide.tournament",
     "export_served_feedback": "components.data.feedback.served",
     "forget_rater": "components.data.feedback.forget",
     "gate": "components.decide.gate",
@@ -102,6 +108,7 @@ _HOME: dict[str, str] = {
     "register_and_decide": "components.records.registry",
     "reward_result": "components.models.reward.train",
     "sample_seed": "components.demo_task.seed",
+    "train_candidate": "components.decide.tournament",
     "train_judge_model": "components.decide.judges.reward_model",
     "train_policy": "components.models.policy.train",
     "train_reward_model": "components.models.reward.train",
@@ -200,7 +207,9 @@ __all__ = [
     "ServedExport",
     "ServedIngest",
     "ValidateResult",
+    "decide_tournament",
     "evaluate",
+    "evaluate_candidate",
     "evaluation_result",
     "export_served_feedback",
     "gate",
@@ -216,6 +225,7 @@ __all__ = [
     "result_from_dict",
     "reward_result",
     "sample_seed",
+    "train_candidate",
     "train_judge_model",
     "train_policy",
     "train_reward_model",

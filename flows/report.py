@@ -144,7 +144,7 @@ def publish_summary(summary: dict[str, Any]) -> None:
 
 def publish_tournament(rows: list[dict[str, Any]], label: str = "") -> None:
     """The round's candidates side by side (recipe, win rate with interval, Holm-adjusted p, KL, time, decision)."""
-    from components.tournament import markdown as tournament_markdown
+    from components.decide.tournament import markdown as tournament_markdown
 
     title = f"Tournament {label}".rstrip()
     create_markdown_artifact(key=TOURNAMENT_KEY, markdown=tournament_markdown(rows, title),

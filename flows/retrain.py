@@ -62,7 +62,7 @@ class RetrainSummary:
     comparisons by the deadline: the champion stays) / not reached."""
     candidate: str | None = None
     tournament: list[dict[str, Any]] = field(default_factory=list)
-    """With ``flow.candidates``: one row per candidate (``components.tournament.row``: recipe, win rate with its
+    """With ``flow.candidates``: one row per candidate (``components.decide.tournament.row``: recipe, win rate with its
     interval, Holm-adjusted p, KL, seconds, decision); empty for a round with the ``policy`` section alone."""
     champion_before: str | None = None
     champion_after: str | None = None
@@ -215,14 +215,14 @@ def train_policy_launched(root: str, processes: int) -> dict[str, Any]:
 def train_candidate(root: str, recipe: dict[str, Any]) -> dict[str, Any]:
     """An extra candidate of the tournament (``flow.candidates``): the ``policy`` section with the recipe's
     overrides, into ``models/candidates/<name>/`` (not a DVC output); reused when trained on the same inputs."""
-    from components import tournament
+    from components import stages
     from components.config import from_dict
     from components.config.flow import CandidateRecipe
 
     paths, p = _paths(root), _params(_paths(root).params)
     spec = from_dict(CandidateRecipe, recipe)
     progress = task_progress(f"train-candidate-{spec.name}")
-    return asdict(tournament.train_candidate(p.policy, spec, paths, model=p.model, progress=progress))
+    return asdict(stages.train_candidate(p.policy, spec, paths, model=p.model, progress=progress))
 
 
 @flow(name=TRAIN_FLOW_NAME, persist_result=True, log_prints=True)
@@ -338,20 +338,21 @@ def human_judge(root: str, params: str, policy: dict[str, Any], evaluation: dict
 def evaluate_extra(root: str, name: str, policy: dict[str, Any]) -> dict[str, Any]:
     """An extra candidate against the champion: the ``evaluate`` stage's judge, prompts and seeds, its files in
     ``models/candidates/<name>/`` (not a DVC stage)."""
-    from components import tournament
+    from components import stages
 
     paths, p = _paths(root), _params(_paths(root).params)
     kl_target = p.policy.kl_target if p.policy.adaptive_kl else None
     progress = task_progress(f"evaluate-candidate-{name}")
     opts = {"kl_target": kl_target, "demo_task": p.seeding.demo_task, "progress": progress}
-    result = tournament.evaluate_candidate(p.eval, paths, name=name, model=p.model, candidate=policy["path"], **opts)
+    result = stages.evaluate_candidate(p.eval, paths, name=name, model=p.model, candidate=policy["path"], **opts)
     return asdict(result)
 
 
 @task(name="gate", cache_policy=NO_CACHE)
 def gate_candidate(root: str, params: str, evaluation: dict[str, Any], name: str = "policy") -> dict[str, Any]:
     """Every gate check (value vs threshold); never retried: a failing gate is a decision."""
-    from components import stages, tournament
+    from components import stages
+    from components.decide import tournament
 
     ev = stages.result_from_dict(stages.EvalResult, evaluation)
     paths = tournament.candidate_paths(_paths(root), name)
@@ -361,20 +362,14 @@ def gate_candidate(root: str, params: str, evaluation: dict[str, Any], name: str
 @task(name="tournament", cache_policy=NO_CACHE)
 def decide_tournament(root: str, params: str, entrants: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each candidate's gate plus its win-rate test Holm-corrected over the candidates; at most one passes."""
-    from components import stages, tournament
+    from components import stages
 
-    p, paths = _params(params), _paths(root)
-    alpha = (1.0 - p.eval.confidence) / 2.0  # one-sided, as the lower end of the gate's two-sided interval
-    found = []
-    for e in entrants:
-        verdicts = tournament.candidate_paths(paths, e["name"]).judge_verdicts
-        outcomes = tournament.outcomes_from_verdicts(verdicts)  # shape: (P, K)
-        p_value = tournament.bootstrap_p_value(
-            outcomes, p.gate.min_win_rate, resamples=p.eval.bootstrap_resamples, seed=p.eval.seed
-        )
-        ev = stages.result_from_dict(stages.EvalResult, e["evaluation"])
-        found.append(tournament.Entrant(e["name"], ev, stages.result_from_dict(stages.GateResult, e["gate"]), p_value))
-    return [asdict(g) for g in tournament.decide(found, min_win_rate=p.gate.min_win_rate, alpha=alpha)]
+    p, rebuild = _params(params), stages.result_from_dict
+    found = [
+        (e["name"], rebuild(stages.EvalResult, e["evaluation"]), rebuild(stages.GateResult, e["gate"]))
+        for e in entrants
+    ]
+    return [asdict(g) for g in stages.decide_tournament(p.eval, p.gate, _paths(root), entrants=found)]
 
 
 @task(name="promote-or-reject", cache_policy=NO_CACHE)
@@ -523,7 +518,7 @@ def _tournament_rows(
     gates: list[dict[str, Any]],
     outcomes: dict[int, dict[str, Any]],
 ) -> list[dict[str, Any]]:
-    from components import tournament
+    from components.decide import tournament
 
     recipes = {POLICY_CANDIDATE: {"algorithm": _params(str(paths.params)).policy.algorithm, "overrides": {}}}
     recipes |= {c.name: tournament.recipe_dict(c) for c in cfg.candidates}

@@ -38,9 +38,9 @@ SWEEP_KEY = "sweep"
 def sweep(project: str | None = None, axes: list[str] | None = None, zip_axes: bool = False) -> dict[str, Any]:
     """Train and evaluate every recipe of ``axes`` (``policy.KEY=V1,V2`` each: their grid, or with ``zip_axes``
     the i-th values together) on the project at ``project`` (default: the checkout holding ``params.yaml``)."""
-    from components import tournament
     from components.config import to_dict
     from components.config.flow import load_flow_config
+    from components.decide import tournament
 
     t0 = time.perf_counter()
     paths = ProjectPaths(Path(project).resolve()) if project else ProjectPaths.discover()

@@ -128,7 +128,7 @@ def sweep(
     import os
 
     from components.config import ConfigError
-    from components.tournament import sweep_recipes
+    from components.decide.tournament import sweep_recipes
     from flows.sweep import sweep as sweep_flow
 
     console = make_console()

@@ -1,1 +1,1 @@
-"""Deciding: the evaluation, its statistics, the judges and the promotion gate."""
+"""Deciding: the evaluation, its statistics, the judges, the promotion gate and the tournament between candidates."""

@@ -12,7 +12,7 @@ from components.config import ConfigError, from_dict, load_section
 from components.config.flow import CandidateRecipe, FlowConfig
 from components.config.policy import PolicyConfig
 from components.decide.eval_stats import win_rate_interval
-from components.tournament import (
+from components.decide.tournament import (
     Entrant,
     bootstrap_p_value,
     decide,

@@ -37,6 +37,7 @@ from components.project.paths import ProjectPaths
 if TYPE_CHECKING:
     from components.common.progress import Progress
     from components.config.evaluation import EvalConfig
+    from components.config.gate import GateConfig
     from components.config.model import ModelConfig
     from components.decide.evaluation import EvalResult
     from components.decide.gate import GateCheck, GateResult
@@ -362,6 +363,27 @@ def decide(entrants: Sequence[Entrant], *, min_win_rate: float, alpha: float) ->
         check = _check("best candidate of the tournament", e.evaluation.win_rate, None, ok, reason)
         out.append(dataclasses.replace(g, checks=[*g.checks, check], passed=g.passed and ok))
     return out
+
+
+def decide_tournament(
+    eval_cfg: EvalConfig,
+    gate_cfg: GateConfig,
+    paths: ProjectPaths,
+    *,
+    entrants: Sequence[tuple[str, EvalResult, GateResult]],
+) -> list[GateResult]:
+    """The tournament stage: each ``(name, evaluation, gate result)`` gets its one-sided bootstrap p-value of
+    "win rate > ``gate.min_win_rate``" from its verdicts, then :func:`decide` (Holm at alpha = (1 -
+    ``eval.confidence``) / 2, the one-sided level of the lower end of the gate's two-sided interval)."""
+    alpha = (1.0 - eval_cfg.confidence) / 2.0
+    found = []
+    for name, ev, gate in entrants:
+        outcomes = outcomes_from_verdicts(candidate_paths(paths, name).judge_verdicts)  # shape: (P, K)
+        p = bootstrap_p_value(
+            outcomes, gate_cfg.min_win_rate, resamples=eval_cfg.bootstrap_resamples, seed=eval_cfg.seed
+        )
+        found.append(Entrant(name, ev, gate, p))
+    return decide(found, min_win_rate=gate_cfg.min_win_rate, alpha=alpha)
 
 
 def _kl(e: Entrant) -> float:
