@@ -423,7 +423,8 @@ def main() -> None:
     train_prompts = [p["prompt"] for p in load_prompts("train")]
 
     # only the prompts the reward model and the normalisation check read are sampled
-    pool_prompts = train_prompts[: max(data_cfg.seed_prompts, args.norm_prompts)]
+    seed_prompts = _overrides(args.reward_set).get("seeding.seed_prompts", data_cfg.seed_prompts)
+    pool_prompts = train_prompts[: max(int(seed_prompts), args.norm_prompts)]
 
     def make_pool() -> dict:
         replies = sample_replies(
