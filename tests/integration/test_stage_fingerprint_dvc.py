@@ -67,15 +67,16 @@ def test_changing_the_judges_code_makes_evaluate_stale(project):
     assert _changed(root) == set()  # nothing changed: up to date
     gold = installed / "demo_task" / "gold.py"
     gold.write_text(gold.read_text() + "\nEMPTY_SCORE_NOTE = 'changed'\n")
-    assert _changed(root) == {"evaluate", "train_reward"}  # both import the judges package (and so gold)
+    # the evaluation imports the judges (and so the demo annotator); the reward stage only the judge slice
+    assert _changed(root) == {"evaluate"}
 
 
 def test_only_the_stages_that_import_the_changed_code_go_stale(project):
     root, installed = project
-    stats = installed / "eval_stats.py"
+    stats = installed / "decide" / "eval_stats.py"
     stats.write_text(stats.read_text() + "\n# changed\n")
     assert _changed(root) == {"evaluate"}
-    gate = installed / "gate.py"  # neither stage imports the gate
+    gate = installed / "decide" / "gate.py"  # neither stage imports the gate
     gate.write_text(gate.read_text() + "\n# changed\n")
     assert _changed(root) == {"evaluate"}
     lock = (root / "dvc.lock").read_text()

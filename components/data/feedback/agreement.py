@@ -88,7 +88,7 @@ def _choice_units(pairs: pd.DataFrame) -> list[list[str]]:
 
 def _item(frame: pd.DataFrame, by_id: tuple[str, ...], by_text: tuple[str, ...]) -> pd.Series:
     """An item key: the served id where there is one, else the text columns joined."""
-    text = frame[list(by_text)].astype(str).agg("\x1f".join, axis=1)
+    text = frame[list(by_text)].fillna("").astype(str).agg("\x1f".join, axis=1)  # missing -> "" (not NaN)
     if all(c in frame for c in by_id):
         ids = frame[by_id[0]]
         return ids.where(ids.notna() & (ids.astype(str) != ""), text).astype(str)
