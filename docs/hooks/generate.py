@@ -29,7 +29,7 @@ from mkdocs.structure.files import File, Files
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = {"README.md": "scaling-out/index.md", "orchestration.md": "scaling-out/orchestration.md"}
 INFRA["serving.md"] = "scaling-out/serving.md"
-FIGURES = ("alignment.png", "alignment_cpu_pairs2.png")
+FIGURES = ("alignment.png", "alignment_cpu_pairs2.png", "alignment_algorithms.png")
 MARKER = "<!-- config-reference -->"
 CLI_MARKER = "<!-- cli-reference -->"
 STAGE_MARKER = "<!-- stage-api -->"
