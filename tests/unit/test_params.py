@@ -24,7 +24,9 @@ def test_every_section_of_params_yaml_equals_its_dataclass_defaults():
     assert p.reward == RewardConfig()
     # the one difference: params.yaml is the demo project, so it switches the demo task on (default off)
     assert p.seeding == replace(SeedingConfig(), demo_task=True) and not SeedingConfig().demo_task
-    assert p.policy == PolicyConfig() and p.validation == ValidationConfig() and p.model == ModelConfig()
+    # and it trains the policy with offline DPO (docs/benchmarks.md, "Choosing the demo's optimiser"; default PPO)
+    assert p.policy == replace(PolicyConfig(), algorithm="dpo") and PolicyConfig().algorithm == "ppo"
+    assert p.validation == ValidationConfig() and p.model == ModelConfig()
     assert p.eval == EvalConfig() and p.gate == GateConfig()
     assert set(yaml.safe_load(PARAMS.read_text())) == set(SECTIONS)
 
