@@ -292,7 +292,7 @@ def demo(
     console = make_console()
     t0 = time.perf_counter()
     if params is not None and not params.is_file():
-        console.print(f"[red]config error:[/] --params {params}: no such file")
+        console.print(f"[red]config error:[/] --params {params}: params file not found (pass a params.yaml)")
         raise typer.Exit(code=2)
     try:
         raw = demo_loop.demo_params(params, quick)
