@@ -413,7 +413,7 @@ def test_after_a_promotion_ppo_starts_from_the_champion_and_dvc_reruns_it(tmp_pa
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["model"]["base"] = "tiny"
     params["policy"].update({**project(tmp_path)["policy"], "prompts": "data/prompts/train.jsonl", "steps": 1})
-    params["policy"].update({"save_every": 1, "bf16": False})
+    params["policy"].update({"save_every": 1, "bf16": False, "algorithm": "ppo"})  # the demo trains with DPO
     (tmp_path / "params-src.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     paths = init_project(tmp_path / "p", params=tmp_path / "params-src.yaml")
     root = paths.root
