@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -82,4 +82,25 @@ def atomic_write_text(path: Path, text: str) -> None:
         _fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def restored_on_failure(files: Iterable[Path], folders: Iterable[Path] = ()) -> Iterator[None]:
+    """All or nothing for a group of small files: if the block raises, each file gets back the bytes it had
+    before (or is removed if it did not exist), and each of ``folders`` that did not exist and is empty again
+    is removed; then the error goes on."""
+    saved = {f: (f.read_bytes() if f.is_file() else None) for f in files}
+    created = [d for d in folders if not d.exists()]
+    try:
+        yield
+    except BaseException:
+        for f, data in saved.items():
+            if data is None:
+                f.unlink(missing_ok=True)
+            else:
+                f.write_bytes(data)
+        for d in reversed(created):
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
         raise

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from components.common.fsutil import restored_on_failure
 from components.data.feedback.agreement import made_from_ratings
 from components.data.feedback.io import write_parquet
 from components.data.feedback.schema import PAIRS, RATINGS, SCHEMAS
@@ -115,10 +116,9 @@ def forget_rater(paths: ProjectPaths, name: str, *, store_url: str | None = None
         *(paths.prompts / f for f in POOL_FILES),
         paths.data_dvc,
     ]
-    saved = {f: (f.read_bytes() if f.is_file() else None) for f in touched}
     removed = {"ratings": int(mine_r.sum()), "pairs": int(mine_p.sum()), "pairs_from_ratings": int(from_mine.sum())}
     version = previous
-    try:
+    with restored_on_failure(touched):
         removed["quarantined"] = _drop_quarantined(paths, name)
         if any(removed.values()):
             write_parquet(ratings[~mine_r].reset_index(drop=True), touched[0], RATINGS)
@@ -129,13 +129,6 @@ def forget_rater(paths: ProjectPaths, name: str, *, store_url: str | None = None
             if push:
                 ensure_remote(paths)
                 dvc(paths, "push", "data.dvc")
-    except BaseException:
-        for f, data in saved.items():
-            if data is None:
-                f.unlink(missing_ok=True)
-            else:
-                f.write_bytes(data)
-        raise
     if store_url is not None:
         from components.data.served_store import open_store
 

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from components.common.fsutil import restored_on_failure
 from components.config.validation import ValidationConfig
 from components.data.feedback.io import read_parquet, write_jsonl, write_parquet
 from components.data.feedback.schema import PAIRS, RATINGS, SCHEMAS, key_hashes
@@ -149,20 +150,8 @@ def append(paths: ProjectPaths, result: ValidationResult, *, origin: str, push: 
         *(paths.prompts / name for name in POOL_FILES),
         paths.data_dvc,
     ]
-    saved = {f: (f.read_bytes() if f.is_file() else None) for f in touched}
-    created = [d for d in (paths.data, paths.feedback, paths.quarantine, paths.prompts) if not d.exists()]
-    try:
+    with restored_on_failure(touched, (paths.data, paths.feedback, paths.quarantine, paths.prompts)):
         version, stamp, pool = _write_and_version(paths, result, origin, push)
-    except BaseException:
-        for f, data in saved.items():
-            if data is None:
-                f.unlink(missing_ok=True)
-            else:
-                f.write_bytes(data)
-        for d in reversed(created):
-            if d.is_dir() and not any(d.iterdir()):
-                d.rmdir()
-        raise
     totals = {k: len(load(paths, k)) for k in (PAIRS, RATINGS)}
     entry = {
         "version": version,
@@ -399,20 +388,12 @@ def version_prompts(paths: ProjectPaths, *, origin: str, push: bool = True) -> s
     feedback on them). All or nothing for the pool files and ``data.dvc``; returns the new data version."""
     previous = data_version(paths)
     touched = [*(paths.prompts / name for name in POOL_FILES), paths.data_dvc]
-    saved = {f: (f.read_bytes() if f.is_file() else None) for f in touched}
-    try:
+    with restored_on_failure(touched):
         pool = build_pool(pool_config(paths), paths)
         dvc(paths, "add", "data")
         if push:
             ensure_remote(paths)
             dvc(paths, "push", "data.dvc")
-    except BaseException:
-        for f, data in saved.items():
-            if data is None:
-                f.unlink(missing_ok=True)
-            else:
-                f.write_bytes(data)
-        raise
     version = data_version(paths)
     totals = {k: len(load(paths, k)) for k in (PAIRS, RATINGS)}
     entry = {
