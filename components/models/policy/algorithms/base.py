@@ -63,8 +63,9 @@ class Algorithm:
 
     @property
     def epochs(self) -> int:
-        """Passes over each step's training rows."""
-        return 1
+        """Passes over each step's training rows: ``epochs`` of the algorithm's own section of the policy config
+        (``policy.<name>.epochs``), 1 where it has none."""
+        return getattr(getattr(self.cfg, self.name, None), "epochs", 1)
 
     def kl_coef(self, controller: float) -> float:
         """The KL coefficient this step uses (logged as ``objective/kl_coef``); default: the controller's."""

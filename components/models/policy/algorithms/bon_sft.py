@@ -14,10 +14,6 @@ from components.models.policy.batch import RolloutBatch, slice_rows
 class BoNSFT(Algorithm):
     name = "bon_sft"
 
-    @property
-    def epochs(self) -> int:
-        return self.cfg.bon_sft.epochs
-
     def targets(
         self,
         batch: RolloutBatch,

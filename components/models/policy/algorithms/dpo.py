@@ -54,10 +54,6 @@ class DPO(_Preference):
         super().__init__(cfg)
         self._pairs: list[tuple[str, str, str]] | None = None
 
-    @property
-    def epochs(self) -> int:
-        return self.cfg.dpo.epochs
-
     def _settings(self) -> tuple[float, losses.DPOLossType]:
         return self.cfg.dpo.beta, self.cfg.dpo.loss
 
@@ -87,10 +83,6 @@ class DPO(_Preference):
 
 class OnlineDPO(_Preference):
     name = "online_dpo"
-
-    @property
-    def epochs(self) -> int:
-        return self.cfg.online_dpo.epochs
 
     def _settings(self) -> tuple[float, losses.DPOLossType]:
         return self.cfg.online_dpo.beta, self.cfg.online_dpo.loss

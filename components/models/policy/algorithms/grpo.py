@@ -14,10 +14,6 @@ from components.models.policy.batch import RolloutBatch
 class GRPO(Algorithm):
     name = "grpo"
 
-    @property
-    def epochs(self) -> int:
-        return self.cfg.grpo.epochs
-
     def kl_coef(self, controller: float) -> float:
         return self.cfg.grpo.kl_coef  # fixed beta in the loss (Shao et al.), no controller
 

@@ -13,10 +13,6 @@ from components.models.policy.batch import RolloutBatch
 class RLOO(Algorithm):
     name = "rloo"
 
-    @property
-    def epochs(self) -> int:
-        return self.cfg.rloo.epochs
-
     def targets(
         self,
         batch: RolloutBatch,
