@@ -191,3 +191,28 @@ def test_best_of_n_stops_updating_beyond_its_kl_bound(tmp_path):
     assert rows[0]["bon_sft/over_kl_bound"] == 0.0 and rows[0]["policy/minibatches"] >= 1
     assert rows[-1]["objective/kl"] > 1e-3
     assert rows[-1]["bon_sft/over_kl_bound"] == 1.0 and rows[-1]["policy/minibatches"] == 0
+
+
+def test_offline_dpo_without_the_no_grad_policy_pass_trains_the_same(trained_project, tmp_path, monkeypatch):
+    """Offline DPO's loss reads the fresh and the reference log-probs only, so the loop skips the no-grad policy
+    pass and logs KL and entropy from the update's first pass: same losses, same weights, and (one minibatch a
+    step: that pass sees the policy before the step's update) the same logged KL and entropy."""
+    from components.models.policy.algorithms import DPO
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(trained_project, a)
+    shutil.copytree(trained_project, b)
+    params = policy_params("dpo", steps=3, mini_batch_size=8, micro_batch_size=4)
+    fast = run(params, a, export=False)
+    monkeypatch.setattr(DPO, "needs_old_logp", True)  # the policy's own no-grad pass before the update, as PPO has
+    full = run(params, b, export=False)
+    for f, g in zip(fast.metrics, full.metrics, strict=True):
+        assert f["loss/policy"] == g["loss/policy"] and f["dpo/margin"] == g["dpo/margin"], f["step"]
+        assert f["objective/kl"] == pytest.approx(g["objective/kl"], abs=1e-5)
+        assert f["objective/entropy"] == pytest.approx(g["objective/entropy"], abs=1e-5)
+    assert fast.metrics[-1]["objective/kl"] != 0.0  # the policy moved, and the KL says so
+    trained = dict(fast.actor_critic.named_parameters())
+    for name, p in full.actor_critic.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(trained[name], p), name
+

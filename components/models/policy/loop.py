@@ -3,7 +3,8 @@
 One step reads top to bottom:
   1. batch     - sample k replies per prompt (left padding, KV cache, temperature, stop at EOS; one prompt pass
                  for a prompt's k samples), or, offline, read preference pairs
-  2. forward   - log-probs of the policy and of the frozen reference, values (PPO), entropy (no grad)
+  2. forward   - log-probs of the policy and of the frozen reference, values (PPO), entropy (no grad); offline
+                 DPO only the reference's (its policy log-probs and entropy come from the update's first pass)
   3. score     - the scorer on prompt + reply; penalty for replies without EOS (not offline)
   4. targets   - what the loss fits: the algorithm's part (``components/models/policy/algorithms/``)
   5. update    - epochs over minibatches (grad accumulation, clipping, PPO's early stop on approx KL)
@@ -153,6 +154,11 @@ class PolicyTrainer:
             # the system prompt every row opens with runs once (components/models/shared_prefix.py)
             return reply_logits_shared(model, batch.input_ids, batch.attention_mask, batch.response_ids.shape[1])
 
+    def mean_kl(self, batch: RolloutBatch) -> float:
+        """The mean summed k1 KL per reply of ``batch`` to the reference, over all processes (nats)."""
+        kl = ((batch.logp - batch.ref_logp) * batch.mask.float()).sum(1)  # shape: (B,)
+        return self._mean(kl.mean())
+
     def _mean(self, x: torch.Tensor | float) -> float:
         """Mean of a per-process scalar over all processes."""
         t = torch.as_tensor(x, dtype=torch.float32, device=self.acc.device)
@@ -228,6 +234,16 @@ class PolicyTrainer:
                 ref_logp.append(ppo_math.logprobs_from_logits(logits, part.response_ids, cfg.temperature))
             batch.ref_logp = torch.cat(ref_logp)  # shape: (B, R)
             return
+        if not self.algo.needs_old_logp:
+            # the policy's log-probs and entropy come from the update's first pass (``update``), not a pass here
+            ref_logp = []
+            for s in range(0, len(batch.prompts), fb):
+                part = slice_rows(batch, slice(s, s + fb))
+                with self.acc.autocast():
+                    ref_logits = self._reference_logits(part)
+                ref_logp.append(ppo_math.logprobs_from_logits(ref_logits, part.response_ids, cfg.temperature))
+            batch.ref_logp = torch.cat(ref_logp)  # shape: (B, R)
+            return
         logp, ref_logp, values, entropy = [], [], [], []
         for s in range(0, len(batch.prompts), fb):
             part = slice_rows(batch, slice(s, s + fb))
@@ -277,20 +293,28 @@ class PolicyTrainer:
 
     def update(self, targets: Targets) -> dict[str, float]:
         """``algo.epochs`` passes over shuffled minibatches of the target rows (a preference pair's two rows stay
-        together); returns the mean of each loss diagnostic over the minibatches run."""
+        together); returns the mean of each loss diagnostic over the minibatches run.
+
+        When the batch has no policy log-probs yet (``algo.needs_old_logp`` off), the first epoch fills
+        ``batch.logp`` and ``batch.entropy`` from its own forward passes (detached): a row's values are those of
+        the policy its minibatch was trained from."""
         cfg, algo, batch = self.cfg, self.algo, targets.batch
         if batch is None or len(batch) == 0:
             return {"policy/minibatches": 0.0, "policy/early_stopped": 0.0}
+        record = batch.logp is None
+        if record:
+            batch.logp = torch.zeros_like(batch.ref_logp)  # shape: (B, R)
+            batch.entropy = torch.zeros_like(batch.ref_logp)  # shape: (B, R)
         g = algo.group
         units = len(batch) // g  # shuffled together: single rows, or pairs
         mini = max(1, min(cfg.mini_batch_size, len(batch)) // g)
         stats: dict[str, list[float]] = {}
         stopped, n_mini = False, 0
-        for _epoch in range(algo.epochs):
+        for epoch in range(algo.epochs):
             perm = torch.randperm(units)
             for m0 in range(0, units, mini):
                 rows = (perm[m0 : m0 + mini].unsqueeze(1) * g + torch.arange(g)).reshape(-1)  # shape: (mini * g,)
-                mb_stats = self._minibatch_step(batch, targets.per_row, rows)
+                mb_stats = self._minibatch_step(batch, targets.per_row, rows, record=record and epoch == 0)
                 n_mini += 1
                 for k, v in mb_stats.items():
                     stats.setdefault(k, []).append(v)
@@ -310,7 +334,11 @@ class PolicyTrainer:
         out["policy/early_stopped"] = float(stopped)
         return out
 
-    def _minibatch_step(self, batch: RolloutBatch, per_row: dict[str, torch.Tensor], mini: torch.Tensor) -> dict:
+    def _minibatch_step(
+        self, batch: RolloutBatch, per_row: dict[str, torch.Tensor], mini: torch.Tensor, *, record: bool = False
+    ) -> dict:
+        """One optimiser step over the rows ``mini``; ``record`` writes their detached log-probs and entropy into
+        ``batch.logp`` / ``batch.entropy``."""
         cfg = self.cfg
         micro = max(self.algo.group, min(cfg.micro_batch_size, len(mini)))
         acc_steps = -(-len(mini) // micro)
@@ -326,6 +354,10 @@ class PolicyTrainer:
                 logp = ppo_math.logprobs_from_logits(logits, part.response_ids, cfg.temperature)  # shape: (b, R)
                 loss, loss_stats = self.algo.loss(part, Forward(logits, logp, values), tgt)
                 self.acc.backward(loss / acc_steps)
+            if record:
+                with torch.no_grad():
+                    batch.logp[idx] = logp.detach().float()
+                    batch.entropy[idx] = ppo_math.entropy_from_logits(logits.detach().float() / cfg.temperature)
             for k, v in loss_stats.items():
                 sums[k] = sums.get(k, 0.0) + float(torch.as_tensor(v).detach()) / acc_steps
         self.acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
@@ -376,14 +408,15 @@ class PolicyTrainer:
 
             # 4. targets: advantages, preferences or the best replies (the algorithm's part); the mean summed k1
             # KL per reply over all processes, for a KL bound and (step 6) the controller
-            m = batch.mask.float()
-            mean_kl = self._mean(((batch.logp - batch.ref_logp) * m).sum(1).mean())
+            mean_kl = self.mean_kl(batch) if algo.needs_old_logp else float("nan")
             kl_coef = algo.kl_coef(self.kl_ctl.value)
             targets = algo.targets(batch, raw, scores, kl_coef, mean_kl)
 
             # 5. update: epochs over minibatches
             upd = self.update(targets)
             self.scheduler.step()
+            if not algo.needs_old_logp:
+                mean_kl = self.mean_kl(batch)  # from the update's first pass (offline DPO)
             t4 = self._clock()
 
             # 6. KL: the controller sees the global mean KL per reply (Ziegler et al. 2019, eq. 3).

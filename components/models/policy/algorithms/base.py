@@ -57,6 +57,10 @@ class Algorithm:
     """Stop a step's remaining epochs once ``policy/approx_kl`` exceeds ``early_stop_kl`` (PPO)."""
     group: ClassVar[int] = 1
     """Rows the loss needs together in one micro-batch (a preference pair: 2)."""
+    needs_old_logp: ClassVar[bool] = True
+    """Reads the policy's log-probs of the batch from before the update (ratios, KL penalties, the KL bound). Off
+    (offline DPO): where they would cost a forward pass of their own (replies it did not sample), the loop skips
+    that pass and logs the KL and entropy from the update's first pass instead."""
 
     def __init__(self, cfg: PolicyConfig) -> None:
         self.cfg = cfg

@@ -49,6 +49,7 @@ class _Preference(Algorithm):
 class DPO(_Preference):
     name = "dpo"
     uses_scorer = False
+    needs_old_logp = False  # the loss compares fresh log-probs with the reference's only
 
     def __init__(self, cfg: PolicyConfig) -> None:
         super().__init__(cfg)
