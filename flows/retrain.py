@@ -176,14 +176,15 @@ def train_reward_model(root: str) -> dict[str, Any]:
     return {"ran": ran, "result": asdict(result)}
 
 
-@task(name="train-policy-ppo", cache_policy=NO_CACHE)
+@task(name="train-policy", cache_policy=NO_CACHE)
 def train_policy(root: str) -> dict[str, Any]:
     """The ``ppo`` stage (continuing a killed run from its checkpoint when its params match); skipped when the
-    reward model, prompts, params and code match ``dvc.lock``."""
+    reward model, prompts, params and code match ``dvc.lock``. The flow names it ``train-policy-<algorithm>``."""
     from components import stages
     from components.project import dvc_runner
 
-    paths, progress, p = _paths(root), task_progress("train-policy-ppo"), _params(_paths(root).params)
+    paths, p = _paths(root), _params(_paths(root).params)
+    progress = task_progress(f"train-policy-{p.policy.algorithm}")
     ran, result = dvc_runner.run_stage(
         paths.root,
         "ppo",
@@ -193,7 +194,7 @@ def train_policy(root: str) -> dict[str, Any]:
     return {"ran": ran, "result": asdict(result)}
 
 
-@task(name="train-policy-ppo-multi", cache_policy=NO_CACHE)
+@task(name="train-policy-multi", cache_policy=NO_CACHE)
 def train_policy_launched(root: str, processes: int) -> dict[str, Any]:
     """The ``ppo`` stage's command under ``accelerate launch`` on ``processes`` devices, recorded in ``dvc.lock``."""
     from components import stages
@@ -241,11 +242,12 @@ def train_models(
 
     opts = {"retries": retries, "retry_delay_seconds": retry_delay_s}
     processes = ppo_processes or load_flow_config(Path(root) / "params.yaml").ppo_processes
+    name = f"train-policy-{_params(_paths(root).params).policy.algorithm}"  # what the task is in the UI
     reward = train_reward_model.with_options(**opts)(root)
     if processes > 1:
-        policy = train_policy_launched.with_options(**opts)(root, processes)
+        policy = train_policy_launched.with_options(**opts, name=f"{name}-multi")(root, processes)
     else:
-        policy = train_policy.with_options(**opts)(root)
+        policy = train_policy.with_options(**opts, name=name)(root)
     extra = {
         r["name"]: train_candidate.with_options(**opts, task_run_name=f"train-candidate-{r['name']}")(root, r)
         for r in candidates or []

@@ -216,3 +216,16 @@ def test_offline_dpo_without_the_no_grad_policy_pass_trains_the_same(trained_pro
         if p.requires_grad:
             assert torch.equal(trained[name], p), name
 
+
+def test_the_step_log_line_shows_only_what_the_algorithm_logs(caplog):
+    from components.models.policy.loop import _progress
+
+    dpo = {"step": 3, "objective/kl": 1.5, "objective/kl_coef": 0.1, "loss/policy": 0.6, "dpo/accuracy": 0.75}
+    ppo = {**dpo, "objective/score": 0.25, "policy/approx_kl": 0.01}
+    with caplog.at_level("INFO", logger="components.models.policy.loop"):
+        for row in (dpo, ppo):
+            _progress("x", 16, True)({**row, "charts/samples_per_s": 2.0})
+    dpo_line, ppo_line = (r.getMessage() for r in caplog.records)
+    assert "nan" not in dpo_line and "score" not in dpo_line and "approx_kl" not in dpo_line
+    assert "accuracy 0.75" in dpo_line and "kl 1.500" in dpo_line
+    assert "score 0.250" in ppo_line and "approx_kl 0.0100" in ppo_line

@@ -539,23 +539,25 @@ def _note(algorithm: str, row: dict[str, float]) -> str:
     return f"{algorithm}{score} kl {row['objective/kl']:.2f}"
 
 
+_PROGRESS_FIELDS = (
+    ("score", "objective/score", "%.3f"),
+    ("kl", "objective/kl", "%.3f"),
+    ("beta", "objective/kl_coef", "%.4f"),
+    ("loss", "loss/policy", "%.4f"),
+    ("approx_kl", "policy/approx_kl", "%.4f"),
+    ("accuracy", "dpo/accuracy", "%.2f"),
+)
+"""What a step's log line shows, where the algorithm logs it: (label, metric key, format)."""
+
+
 def _progress(algorithm: str, total: int, enabled: bool) -> Callable[[dict[str, float]], None]:
-    """A log line per step (the CLI shows a progress bar around the whole stage)."""
+    """A log line per step with the fields the algorithm has (the CLI shows a progress bar around the stage)."""
 
     def report(row: dict[str, float]) -> None:
         if enabled:
-            log.info(
-                "%s step %d/%d score %.3f kl %.3f beta %.4f loss %.4f approx_kl %.4f %.1f samples/s",
-                algorithm,
-                row["step"],
-                total,
-                row.get("objective/score", float("nan")),
-                row["objective/kl"],
-                row["objective/kl_coef"],
-                row.get("loss/policy", float("nan")),
-                row.get("policy/approx_kl", float("nan")),
-                row["charts/samples_per_s"],
-            )
+            fields = [(f"{label} {fmt}", row[key]) for label, key, fmt in _PROGRESS_FIELDS if key in row]
+            fmt = " ".join(["%s step %d/%d", *(f for f, _ in fields), "%.1f samples/s"])
+            log.info(fmt, algorithm, row["step"], total, *(v for _, v in fields), row["charts/samples_per_s"])
 
     return report
 
