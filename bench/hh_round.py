@@ -12,7 +12,8 @@ retrain`` (judge reward model gate) -> ``rlhf models`` / ``rlhf audit``, with th
    (``reward.judge_fraction``), held-out prompts apart from both; PPO; the evaluation judged by the judge
    reward model; the gate. Stage boundaries are the times each stage wrote its last output file
    (``registry/ppo_parent.json`` before training, then ``metrics/reward_train.png``, ``metrics/ppo.json``,
-   ``metrics/judge_reward.json``, ``metrics/eval.json``, ``registry/status.json``).
+   ``metrics/judge_reward.json``, ``metrics/eval.json``, ``registry/status.json``); a file the run did not
+   rewrite joins its stage to the next (:func:`stage_seconds`), so the stages add up to the retrain's time.
 4. ``rlhf models --json`` and ``rlhf audit CANDIDATE --json``: the audit must name no demo data or annotator.
 5. Long conversations: every stored pair's text as the reward model reads it (``reward.max_length``), how many
    were cut and by how much, and whether the cut stayed in the conversation's past (the reply being scored and
@@ -96,16 +97,31 @@ def json_tail(output: str, opener: str) -> Any:
     return json.loads(output[output.index(opener) :])
 
 
-def stage_seconds(root: Path, t0: float) -> dict[str, float]:
-    """Wall seconds per stage of ``rlhf retrain`` from the times its stages wrote their last files."""
-    out, before = {}, t0
+def stage_seconds(root: Path, t0: float, wall: float) -> dict[str, float]:
+    """Wall seconds per stage of the ``rlhf retrain`` that started at ``t0`` (epoch seconds) and ran ``wall``
+    seconds, from the times its stages wrote their last files (``STAGE_ENDS``), in the order they run.
+
+    A file this run did not write (older than ``t0``, e.g. ``registry/ppo_parent.json`` rewritten only for a new
+    champion, or the outputs of a stage DVC skipped as up to date) ends no stage: its stage is counted together
+    with the next one that wrote its file, under both names joined by " + ". The time from the last file written
+    to the command's exit is its own entry, so every figure is >= 0 and they add up to ``wall``."""
+    t1 = t0 + wall
+    out: dict[str, float] = {}
+    names: list[str] = []
+    before = t0
     for stage, rel in STAGE_ENDS:
         path = root / rel
         if not path.exists():
             break
+        names.append(stage)
         end = path.stat().st_mtime
-        out[stage] = round(end - before, 1)
-        before = end
+        if end < t0:
+            continue
+        end = min(max(end, before), t1)
+        out[" + ".join(names)] = round(end - before, 1)
+        names, before = [], end
+    rest = " + ".join([*names, "to exit (the round's summary)"])
+    out[rest] = round(max(0.0, wall - sum(out.values())), 1)
     return out
 
 
@@ -214,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     # 3. retrain
     t0 = time.time()
     code, report["seconds"]["retrain"], text = run([RLHF, "retrain"], root, env, work / "retrain.log")
-    report["seconds"]["retrain_stages"] = stage_seconds(root, t0)
+    report["seconds"]["retrain_stages"] = stage_seconds(root, t0, report["seconds"]["retrain"])
     metrics = {
         name: read_json(root / "metrics" / f"{name}.json") for name in ("reward", "judge_reward", "ppo", "eval", "gate")
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -80,3 +81,25 @@ def test_results_record_where_they_ran(tmp_path):
     assert record["figure"] == 1.5
     assert record["machine"]["cpu_count"] >= 1 and record["versions"]["ours"]["torch"]
     assert len(record["load_average_at_end"]) == 3
+
+
+def test_hh_round_stage_seconds_are_never_negative_and_add_up_to_the_wall_time(tmp_path):
+    from bench.hh_round import STAGE_ENDS, stage_seconds
+
+    t0 = 1_000_000.0
+    # ppo_parent.json kept from an earlier run (same champion: not rewritten), the rest written in this one
+    ends = [t0 - 2600.0, t0 + 500.0, t0 + 900.0, t0 + 1000.0, t0 + 1100.0, t0 + 1103.0]
+    for (_, rel), end in zip(STAGE_ENDS, ends, strict=True):
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}", encoding="utf-8")
+        os.utime(path, (end, end))
+    got = stage_seconds(tmp_path, t0, 1110.0)
+    first, reward = STAGE_ENDS[0][0], STAGE_ENDS[1][0]
+    assert got[f"{first} + {reward}"] == 500.0  # the stage that wrote nothing is counted with the next
+    assert list(got.values()) == [500.0, 400.0, 100.0, 100.0, 3.0, 7.0]
+    assert min(got.values()) >= 0 and sum(got.values()) == 1110.0
+    # a round stopped before the evaluation: the time after the last file written is the rest of the wall time
+    (tmp_path / STAGE_ENDS[4][1]).unlink()
+    stopped = stage_seconds(tmp_path, t0, 1050.0)
+    assert list(stopped.values()) == [500.0, 400.0, 100.0, 50.0]
