@@ -104,7 +104,8 @@ def stage_seconds(root: Path, t0: float, wall: float) -> dict[str, float]:
     A file this run did not write (older than ``t0``, e.g. ``registry/ppo_parent.json`` rewritten only for a new
     champion, or the outputs of a stage DVC skipped as up to date) ends no stage: its stage is counted together
     with the next one that wrote its file, under both names joined by " + ". The time from the last file written
-    to the command's exit is its own entry, so every figure is >= 0 and they add up to ``wall``."""
+    to the command's exit is its own entry (named after the stage that did not finish when one did not, e.g. a
+    round stopped part way), so every figure is >= 0 and they add up to ``wall``."""
     t1 = t0 + wall
     out: dict[str, float] = {}
     names: list[str] = []
@@ -112,6 +113,7 @@ def stage_seconds(root: Path, t0: float, wall: float) -> dict[str, float]:
     for stage, rel in STAGE_ENDS:
         path = root / rel
         if not path.exists():
+            names.append(f"{stage} (did not finish)")
             break
         names.append(stage)
         end = path.stat().st_mtime

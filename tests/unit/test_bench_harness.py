@@ -102,4 +102,9 @@ def test_hh_round_stage_seconds_are_never_negative_and_add_up_to_the_wall_time(t
     # a round stopped before the evaluation: the time after the last file written is the rest of the wall time
     (tmp_path / STAGE_ENDS[4][1]).unlink()
     stopped = stage_seconds(tmp_path, t0, 1050.0)
-    assert list(stopped.values()) == [500.0, 400.0, 100.0, 50.0]
+    assert stopped == {
+        f"{first} + {reward}": 500.0,
+        "ppo": 400.0,
+        "train_judge": 100.0,
+        "evaluate (did not finish) + to exit (the round's summary)": 50.0,
+    }
