@@ -19,3 +19,9 @@ class ModelConfig:
     """System message put in front of every chat prompt."""
     seed: int = 0
     """Seed for anything random at model level (the tiny model's init)."""
+    static_cache: Literal["auto", "on", "off"] = "auto"
+    """How rollouts and the evaluation decode: ``on`` keeps the KV cache in a preallocated static cache of
+    bucketed shape and, on CUDA, replays the decode step as a CUDA graph (``torch.compile`` mode
+    ``reduce-overhead``); ``off`` is the eager loop with a growing cache; ``auto`` = ``on`` on CUDA, ``off``
+    elsewhere. The same tokens and log-probs either way, up to float rounding
+    (``components/models/generation.py``). Not part of the resume fingerprint: it changes speed, not the numbers."""

@@ -35,7 +35,7 @@ from components.config.model import ModelConfig
 from components.data.prompt_pool import Prompt, prompt_text
 from components.decide.judges import Comparison, Judge, ScoringJudge, Verdict, make_judge
 from components.decide.judges.base import judge_label, outcome_from_scores
-from components.models.generation import generate
+from components.models.generation import StaticCacheMode, generate
 from components.models.policy import ppo_math
 from components.models.precision import autocast
 from components.models.shared_prefix import reply_logits_shared
@@ -60,8 +60,8 @@ def sequence_kl(
     r = response_ids.shape[1]
     pol = reply_logits_shared(policy, ids, mask, r)  # shape: (B, R, V); the shared system prompt once
     ref = reply_logits_shared(reference, ids, mask, r)  # shape: (B, R, V)
-    logp = ppo_math.logprobs_from_logits(pol, response_ids, temperature)  # shape: (B, R)
-    ref_logp = ppo_math.logprobs_from_logits(ref, response_ids, temperature)  # shape: (B, R)
+    logp = ppo_math.chunked_logprobs(pol, response_ids, temperature)[0]  # shape: (B, R)
+    ref_logp = ppo_math.chunked_logprobs(ref, response_ids, temperature)[0]  # shape: (B, R)
     return (ppo_math.kl_per_token(logp, ref_logp, "k1") * response_mask).sum(dim=1)  # shape: (B,)
 
 
@@ -152,6 +152,7 @@ def _sample_and_score(
     cfg: EvalConfig,
     system: str | None,
     on_batch: Callable[[], None],
+    static_cache: StaticCacheMode = "auto",
 ) -> _Samples:
     out = _Samples([], [], [], [], [])
     for k in range(cfg.samples_per_prompt):
@@ -166,6 +167,7 @@ def _sample_and_score(
                 max_new_tokens=cfg.max_new_tokens,
                 temperature=cfg.temperature,
                 generator_seed=cfg.seed + 1000 * k + start,
+                static_cache=static_cache,
             )
             rows["texts"] += gen.texts
             rows["reward"] += reward(chunk, gen.texts).float().cpu().tolist()
@@ -319,8 +321,9 @@ def evaluate(
         report(progress, done[0], total, "evaluating candidate and champion")
 
     with autocast(device, cfg.bf16):
-        cand = _sample_and_score(cand_model, reference, tok, prompts, rm.score, cfg, model.system_prompt, tick)
-        champ_s = _sample_and_score(champ_model, None, champ_tok, prompts, rm.score, cfg, model.system_prompt, tick)
+        sys_prompt, static = model.system_prompt, model.static_cache
+        cand = _sample_and_score(cand_model, reference, tok, prompts, rm.score, cfg, sys_prompt, tick, static)
+        champ_s = _sample_and_score(champ_model, None, champ_tok, prompts, rm.score, cfg, sys_prompt, tick, static)
 
     # 3. judge: per prompt and sample, ties half; bootstrap over prompts; the training RM on the same pairs
     c_version = manifest.get("version", candidate.name)

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase, StaticCache
 
 from components.data.prompt_pool import Prompt, as_messages
 
@@ -220,6 +221,125 @@ def _pick(
     return torch.where(temperature > 0, sampled, greedy)
 
 
+StaticCacheMode = Literal["auto", "on", "off"]
+"""How decoding keeps its KV cache: ``off`` the growing cache of the eager loop; ``on`` a static cache of
+fixed (bucketed) shapes whose decode step is, on CUDA, compiled with CUDA graphs; ``auto`` = ``on`` on CUDA,
+``off`` elsewhere (on the CPU the eager loop is the fast path)."""
+
+BATCH_BUCKET_MIN = 8
+"""Smallest batch bucket of the static cache; buckets are powers of two from here (8, 16, 32, ...)."""
+LENGTH_BUCKET = 64
+"""The static cache's length (prompt + reply tokens) is rounded up to a multiple of this."""
+
+
+def static_cache_on(mode: StaticCacheMode | bool, device: torch.device | str) -> bool:
+    """Whether decoding on ``device`` uses the static cache (``mode`` as :data:`StaticCacheMode`, or a bool)."""
+    if isinstance(mode, bool):
+        return mode
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"static_cache must be auto, on or off, got {mode!r}")
+    return mode == "on" or (mode == "auto" and torch.device(device).type == "cuda")
+
+
+def bucket_shape(rows: int, length: int) -> tuple[int, int]:
+    """The static cache's (batch, length) for ``rows`` rows of ``length`` tokens: the batch rounded up to a power
+    of two (at least :data:`BATCH_BUCKET_MIN`), the length to a multiple of :data:`LENGTH_BUCKET`, so that batches
+    of nearby sizes share one compiled decode step (a CUDA graph per shape) instead of compiling their own."""
+    batch = BATCH_BUCKET_MIN
+    while batch < rows:
+        batch *= 2
+    return batch, -(-max(length, 1) // LENGTH_BUCKET) * LENGTH_BUCKET
+
+
+def _decode_step(
+    model: PreTrainedModel,
+    token: torch.Tensor,
+    position: torch.Tensor,
+    mask: torch.Tensor,
+    cache: StaticCache,
+    keep_internals: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One decode step of fixed shapes: token and position (Bb, 1), mask (Bb, Lb); the cache is updated in place.
+    Returns the next-token logits (Bb, V) and, with ``keep_internals``, the last hidden state (Bb, H)."""
+    out = model(
+        input_ids=token,
+        attention_mask=mask,
+        position_ids=position,
+        past_key_values=cache,
+        use_cache=True,
+        output_hidden_states=keep_internals,
+    )
+    hidden = out.hidden_states[-1][:, -1, :] if keep_internals else None
+    return out.logits[:, -1, :], hidden
+
+
+_compiled_step: Callable[..., tuple[torch.Tensor, torch.Tensor | None]] | None = None
+
+
+def _graph_step() -> Callable[..., tuple[torch.Tensor, torch.Tensor | None]]:
+    """:func:`_decode_step` under ``torch.compile(mode="reduce-overhead")`` (CUDA graphs), compiled once per
+    process and shape bucket (transformers' own recipe for static-cache decoding)."""
+    global _compiled_step
+    if _compiled_step is None:
+        _compiled_step = torch.compile(_decode_step, mode="reduce-overhead", dynamic=False)
+    return _compiled_step
+
+
+class StaticDecoder:
+    """Decode steps over a preallocated KV cache of bucketed shape (:func:`bucket_shape`).
+
+    The prompt is encoded once by the caller into a growing cache (its shape varies with the prompts, and it runs
+    once per batch); its keys and values are copied into the first columns of the static cache, rows beyond the
+    batch stay padding. The attention mask is fixed for the whole reply: the prompt's padding mask, then ones
+    (the causal mask hides the columns not written yet), so a step's inputs have the same shapes and addresses
+    every time. ``graph=True`` runs the step compiled with CUDA graphs; else eagerly (the same numbers up to
+    float rounding, which is what the CPU tests compare with the growing-cache loop).
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        prefill: DynamicCache,
+        prompt_mask: torch.Tensor,
+        max_new_tokens: int,
+        *,
+        graph: bool,
+        keep_internals: bool,
+    ) -> None:
+        rows, width = prompt_mask.shape  # shape: (B, P)
+        self.rows, self.graph, self.keep_internals, self.model = rows, graph, keep_internals, model
+        batch, length = bucket_shape(rows, width + max_new_tokens)
+        self.cache = StaticCache(config=model.config, max_cache_len=length)
+        for layer, filled in zip(self.cache.layers, prefill.layers):
+            keys, values = filled.keys, filled.values  # shape: (B, heads, P, head_dim) each
+            layer.lazy_initialization(
+                keys.new_zeros((batch, *keys.shape[1:2], 1, keys.shape[-1])),
+                values.new_zeros((batch, *values.shape[1:2], 1, values.shape[-1])),
+            )
+            layer.keys[:rows, :, :width].copy_(keys)
+            layer.values[:rows, :, :width].copy_(values)
+            layer.cumulative_length.fill_(width)
+        device = prompt_mask.device
+        self.mask = torch.ones((batch, length), dtype=prompt_mask.dtype, device=device)  # shape: (Bb, Lb)
+        self.mask[:rows, :width] = prompt_mask
+        self.token = torch.zeros((batch, 1), dtype=torch.long, device=device)  # shape: (Bb, 1)
+        self.position = torch.zeros((batch, 1), dtype=torch.long, device=device)  # shape: (Bb, 1)
+
+    def step(self, token: torch.Tensor, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Feed one token per row at ``position`` (both (B,)); the next logits (B, V) and hidden state (B, H)."""
+        self.token[: self.rows, 0] = token
+        self.position[: self.rows, 0] = position
+        fn = _decode_step
+        if self.graph:
+            fn = _graph_step()
+            torch.compiler.cudagraph_mark_step_begin()
+        logits, hidden = fn(self.model, self.token, self.position, self.mask, self.cache, self.keep_internals)
+        # a CUDA graph's outputs are overwritten by its next replay: keep copies of the real rows
+        logits = logits[: self.rows].clone()  # shape: (B, V)
+        hidden = hidden[: self.rows].clone() if hidden is not None else None  # shape: (B, H)
+        return logits, hidden
+
+
 @torch.no_grad()
 def sample(
     model: PreTrainedModel,
@@ -235,6 +355,7 @@ def sample(
     stopped: Callable[[int, torch.Tensor], bool] | None = None,
     keep_internals: bool = False,
     repeats: int = 1,
+    static_cache: StaticCacheMode | bool = "off",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Sample replies with the KV cache; every row has its own limits, temperature, top-p and generator.
 
@@ -248,6 +369,10 @@ def sample(
     of the result belong to query ``i``): the prompt is encoded once and its KV cache copied, so B is
     ``len(query_ids) * repeats`` and the per-row sequences have that length. The prompt forward keeps only
     the last position's logits (the (B, P, V) tensor of all positions is never built).
+
+    ``static_cache`` (:data:`StaticCacheMode`): decode over a preallocated cache of bucketed shape
+    (:class:`StaticDecoder`; a CUDA graph on CUDA) instead of a growing one. Sampling, stop checks and the kept
+    logits are the same code either way, outside the decode step, so per-row control is unchanged.
     """
     device = query_ids.device
     b = query_ids.shape[0] * repeats
@@ -282,7 +407,13 @@ def sample(
     ended = torch.zeros(b, dtype=torch.bool, device=device)
     tokens: list[torch.Tensor] = []
     next_pos = positions[:, -1]  # shape: (B,)
-    for step in range(int(limits.max().item()) if b else 0):
+    steps = int(limits.max().item()) if b else 0
+    decoder = None
+    if b and static_cache_on(static_cache, device):
+        graph = device.type == "cuda"
+        decoder = StaticDecoder(model, past, mask, steps, graph=graph, keep_internals=keep_internals)
+        past = None  # its keys and values now live in the static cache
+    for step in range(steps):
         if keep_internals:
             kept_logits.append(logits)
             kept_hidden.append(hidden)  # shape: (B, H): the position that predicts
@@ -300,8 +431,11 @@ def sample(
                     done[i] = True
         if bool(done.all()):
             break
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # shape: (B, P+t+1)
         next_pos = next_pos + 1
+        if decoder is not None:
+            logits, hidden = decoder.step(token, next_pos)  # shapes: (B, V), (B, H) or None
+            continue
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # shape: (B, P+t+1)
         out = model(
             input_ids=token.unsqueeze(1),
             attention_mask=mask,
@@ -343,6 +477,7 @@ def generate(
     generator_seed: int | None = None,
     return_internals: bool = False,
     samples_per_prompt: int = 1,
+    static_cache: StaticCacheMode = "auto",
 ) -> Generation:
     """Sample ``samples_per_prompt`` replies per prompt in a single left-padded batch with the KV cache.
 
@@ -350,7 +485,8 @@ def generate(
     share one encoding of the prompt. ``generator_seed`` seeds a private ``torch.Generator`` for this call
     (the global RNG is not touched); without it, sampling draws from torch's default generator.
     ``return_internals`` also keeps the logits and last hidden states the sampling computed anyway, so PPO
-    needs no second policy forward pass for its rollout log-probs and values.
+    needs no second policy forward pass for its rollout log-probs and values. ``static_cache``: see
+    :data:`StaticCacheMode` (``auto``: the static cache and a CUDA graph on CUDA, the eager loop elsewhere).
     """
     if samples_per_prompt < 1:
         raise ValueError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
@@ -372,6 +508,7 @@ def generate(
         generators=None if gen is None else _shared(gen, n),
         keep_internals=return_internals,
         repeats=samples_per_prompt,
+        static_cache=static_cache,
     )
     mask, ended = response_mask_from_eos(response, tok.eos_token_id)
     replies = [decode_reply(tok, row, m) for row, m in zip(response, mask)]
@@ -408,9 +545,11 @@ def generate_rows(
     tok: PreTrainedTokenizerBase,
     prompts: Sequence[str] | Sequence[Sequence[int]],
     params: Sequence[RowParams],
+    *,
+    static_cache: StaticCacheMode = "auto",
 ) -> list[RowResult]:
     """Sample one reply for each already-templated prompt (text, or token ids from :func:`encode_chat`),
-    each row with its own parameters and seed.
+    each row with its own parameters and seed (``static_cache``: see :data:`StaticCacheMode`).
 
     Safe to call from several threads on the same model and tokenizer (nothing shared is mutated).
     """
@@ -440,6 +579,7 @@ def generate_rows(
         top_p=[p.top_p for p in params],
         generators=gens,
         stopped=stopped if any(p.stop for p in params) else None,
+        static_cache=static_cache,
     )
     mask, ended = response_mask_from_eos(response, tok.eos_token_id)
     results = []

@@ -142,6 +142,35 @@ def test_entropy_hand_values_and_loop():
             assert ent[b, t].item() == pytest.approx(-sum(math.exp(v) / s * math.log(math.exp(v) / s) for v in z))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("max_elements", [1, 2 * 5 * 11, 1 << 22])  # one position per chunk, 5, all at once
+def test_chunked_logprobs_equal_the_full_tensor_functions(dtype, max_elements):
+    g = torch.Generator().manual_seed(3)
+    logits = (4 * torch.randn(2, 13, 11, generator=g)).to(dtype)  # shape: (B, T, V)
+    tokens = torch.randint(0, 11, (2, 13), generator=g)
+    logp, ent = ppo_math.chunked_logprobs(logits, tokens, 0.7, with_entropy=True, max_elements=max_elements)
+    # the same float32 values as today's functions (bf16 logits are converted to float32 by both first)
+    assert torch.allclose(logp, ppo_math.logprobs_from_logits(logits, tokens, 0.7), atol=1e-5, rtol=0)
+    assert torch.allclose(ent, ppo_math.entropy_from_logits(logits.float() / 0.7), atol=1e-5, rtol=0)
+    assert logp.dtype == ent.dtype == torch.float32
+    only, none = ppo_math.chunked_logprobs(logits, tokens, 0.7, max_elements=max_elements)
+    assert none is None and torch.equal(only, logp)
+
+
+def test_chunked_logprobs_gradient_equals_the_full_tensor_function():
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(3, 6, 9, generator=g, dtype=torch.float64)
+    tokens = torch.randint(0, 9, (3, 6), generator=g)
+    a, b = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    ppo_math.chunked_logprobs(a, tokens, 0.5, max_elements=9)[0].sum().backward()
+    ppo_math.logprobs_from_logits(b, tokens, 0.5).sum().backward()
+    assert torch.allclose(a.grad, b.grad, atol=1e-6)
+    with pytest.raises(ValueError, match="temperature"):
+        ppo_math.chunked_logprobs(logits, tokens, 0.0)
+    empty, _ = ppo_math.chunked_logprobs(logits[:, :0], tokens[:, :0])
+    assert empty.shape == (3, 0)
+
+
 def test_kl_estimators_hand_values():
     logp, ref = T([[math.log(0.5), math.log(0.2)]]), T([[math.log(0.25), math.log(0.2)]])
     k1 = ppo_math.kl_per_token(logp, ref, "k1")

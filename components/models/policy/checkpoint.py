@@ -44,7 +44,8 @@ class CheckpointError(RuntimeError):
 def fingerprint(cfg: PolicyConfig, model_cfg: ModelConfig, scorer_id: str, world_size: int) -> str:
     """Hash of everything that changes the numbers: PPO params, model section, scorer, process count."""
     ppo = {k: v for k, v in to_dict(cfg).items() if k not in OPERATIONAL_FIELDS}
-    payload = {"policy": ppo, "model": to_dict(model_cfg), "scorer": scorer_id, "world_size": world_size}
+    model = {k: v for k, v in to_dict(model_cfg).items() if k != "static_cache"}  # how it decodes, not what
+    payload = {"policy": ppo, "model": model, "scorer": scorer_id, "world_size": world_size}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -185,6 +185,7 @@ class PolicyTrainer:
                 # second policy forward (a separate value trunk needs its own forward anyway).
                 return_internals=self.unwrapped.value_trunk is None,
                 samples_per_prompt=samples_per_prompt,
+                static_cache=self.model_cfg.static_cache,
             )
         input_ids = torch.cat([gen.query_ids, gen.response_ids], dim=1)  # shape: (B, P+R)
         attention_mask = torch.cat([gen.query_mask, gen.response_mask], dim=1)  # shape: (B, P+R)
@@ -217,8 +218,10 @@ class PolicyTrainer:
         ac = self.unwrapped
         if batch.gen_logits is not None:
             logits = batch.gen_logits  # shape: (B, R, V)
-            batch.logp = ppo_math.logprobs_from_logits(logits, batch.response_ids, cfg.temperature)  # shape: (B, R)
-            batch.entropy = ppo_math.entropy_from_logits(logits.float() / cfg.temperature)  # shape: (B, R)
+            # shapes: (B, R) each; a chunk of positions at a time, never a float32 (B, R, V) copy
+            batch.logp, batch.entropy = ppo_math.chunked_logprobs(
+                logits, batch.response_ids, cfg.temperature, with_entropy=True
+            )
             if ac.value_head is not None:
                 with self.acc.autocast():
                     batch.values = ac.value_head(batch.gen_hidden.float()).squeeze(-1).float()  # shape: (B, R)
@@ -231,7 +234,7 @@ class PolicyTrainer:
             with self.acc.autocast(), cast_frozen_weights_once(frozen):
                 ref_logits = [self._reference_logits(part) for part in parts]
             for part, logits in zip(parts, ref_logits):
-                ref_logp.append(ppo_math.logprobs_from_logits(logits, part.response_ids, cfg.temperature))
+                ref_logp.append(ppo_math.chunked_logprobs(logits, part.response_ids, cfg.temperature)[0])
             batch.ref_logp = torch.cat(ref_logp)  # shape: (B, R)
             return
         if not self.algo.needs_old_logp:
@@ -250,9 +253,12 @@ class PolicyTrainer:
             with self.acc.autocast():
                 logits, v = ac(part.input_ids, part.attention_mask, part.context_length)
                 ref_logits = self._reference_logits(part)
-            logp.append(ppo_math.logprobs_from_logits(logits, part.response_ids, cfg.temperature))
-            ref_logp.append(ppo_math.logprobs_from_logits(ref_logits, part.response_ids, cfg.temperature))
-            entropy.append(ppo_math.entropy_from_logits(logits.float() / cfg.temperature))
+            part_logp, part_entropy = ppo_math.chunked_logprobs(
+                logits, part.response_ids, cfg.temperature, with_entropy=True
+            )
+            logp.append(part_logp)
+            ref_logp.append(ppo_math.chunked_logprobs(ref_logits, part.response_ids, cfg.temperature)[0])
+            entropy.append(part_entropy)
             if v is not None:
                 values.append(v.float())
         batch.logp, batch.ref_logp = torch.cat(logp), torch.cat(ref_logp)  # shape: (B, R)

@@ -83,6 +83,49 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)  # shape: (B, T)
 
 
+LOGIT_CHUNK_ELEMENTS = 1 << 22
+"""Logits converted to float32 at a time by the chunked functions (16 MiB); a chunk is whole positions."""
+
+
+def _position_chunk(logits: torch.Tensor, max_elements: int) -> int:
+    """Positions per chunk so that one chunk's float32 copy holds at most ``max_elements`` (at least 1)."""
+    per_position = logits.shape[0] * logits.shape[-1]
+    return max(1, max_elements // max(per_position, 1))
+
+
+def chunked_logprobs(
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    temperature: float = 1.0,
+    *,
+    with_entropy: bool = False,
+    max_elements: int = LOGIT_CHUNK_ELEMENTS,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`logprobs_from_logits` (and, with ``with_entropy``, :func:`entropy_from_logits` of the same
+    tempered logits) computed a chunk of positions at a time: ``log p(y_t) = z_t[y_t] - logsumexp(z_t)`` with
+    ``z = logits / temperature`` in float32, so no float32 (B, T, V) tensor (nor its log-softmax or softmax) is
+    ever built, only a chunk of at most ``max_elements`` values. Same values as the full-tensor functions up to
+    float rounding (the same formula: log-softmax is z - logsumexp z; entropy = logsumexp z - sum p z).
+
+    Returns ``(logp, entropy)``, both (B, T) float32 (entropy None unless asked). Gradients flow to ``logits``.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    step = _position_chunk(logits, max_elements)
+    logps, ents = [], []
+    for s in range(0, logits.shape[1], step):
+        z = logits[:, s : s + step].float() / temperature  # shape: (B, c, V)
+        lse = torch.logsumexp(z, dim=-1)  # shape: (B, c)
+        logps.append(z.gather(-1, tokens[:, s : s + step].unsqueeze(-1)).squeeze(-1) - lse)  # shape: (B, c)
+        if with_entropy:
+            probs = torch.exp(z - lse.unsqueeze(-1))  # shape: (B, c, V)
+            ents.append(lse - (probs * z).sum(-1))  # shape: (B, c)
+    if not logps:
+        empty = logits.new_zeros(tokens.shape, dtype=torch.float32)
+        return empty, (empty.clone() if with_entropy else None)
+    return torch.cat(logps, dim=1), (torch.cat(ents, dim=1) if with_entropy else None)
+
+
 def kl_per_token(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: KLEstimator = "k1") -> torch.Tensor:
     """Per-token estimate of KL(policy || reference) from the sampled token's log-probs.
 
@@ -297,6 +340,7 @@ __all__ = [
     "PolicyLoss",
     "apply_missing_eos_penalty",
     "approx_kl",
+    "chunked_logprobs",
     "clipped_policy_loss",
     "clipped_value_loss",
     "entropy_from_logits",
