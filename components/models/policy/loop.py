@@ -244,7 +244,7 @@ class PolicyTrainer:
                 part = slice_rows(batch, slice(s, s + fb))
                 with self.acc.autocast():
                     ref_logits = self._reference_logits(part)
-                ref_logp.append(ppo_math.logprobs_from_logits(ref_logits, part.response_ids, cfg.temperature))
+                ref_logp.append(ppo_math.chunked_logprobs(ref_logits, part.response_ids, cfg.temperature)[0])
             batch.ref_logp = torch.cat(ref_logp)  # shape: (B, R)
             return
         logp, ref_logp, values, entropy = [], [], [], []
