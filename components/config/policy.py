@@ -115,12 +115,15 @@ class PolicyConfig:
     """Prompts (= replies) per step per process (N-details: 512 on 8 GPUs; small for CPU)."""
     mini_batch_size: int = 8
     """Replies per optimiser step; ``batch_size`` must be a multiple of it."""
-    micro_batch_size: int = 8
-    """Replies per forward/backward pass; gradients are accumulated up to ``mini_batch_size``."""
-    forward_batch_size: int | None = None
+    micro_batch_size: int | Literal["auto"] = 8
+    """Replies per forward/backward pass; gradients are accumulated up to ``mini_batch_size``. ``auto``: on CUDA
+    the largest divisor of ``mini_batch_size`` whose activations fit half the free GPU memory (the rule in
+    ``components/models/policy/batch_sizing.py``), on the CPU 8."""
+    forward_batch_size: int | Literal["auto"] | None = None
     """Replies per no-grad pass of step 2 (the reference's log-probs; with a separate value trunk also the
     policy's); ``None``: the whole batch in one pass. Smaller only bounds memory: on a GPU each pass costs about
-    the same whatever its size."""
+    the same whatever its size. ``auto``: on CUDA the most replies that fit half the free GPU memory, on the CPU
+    the whole batch."""
     ppo_epochs: int = 2
     """Passes over each rollout batch (N-details / Ziegler et al.: 4; 2 keeps CPU steps short)."""
     seed: int = 0
@@ -231,12 +234,16 @@ class PolicyConfig:
             raise ValueError(
                 f"batch_size {self.batch_size} must be a multiple of mini_batch_size {self.mini_batch_size}"
             )
-        if self.mini_batch_size % self.micro_batch_size:
+        if self.micro_batch_size != "auto" and self.micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be >= 1 or auto, got {self.micro_batch_size}")
+        if self.micro_batch_size != "auto" and self.mini_batch_size % self.micro_batch_size:
             raise ValueError(
                 f"mini_batch_size {self.mini_batch_size} must be a multiple of micro_batch_size {self.micro_batch_size}"
             )
-        if self.forward_batch_size is not None and self.forward_batch_size < 1:
-            raise ValueError(f"forward_batch_size must be >= 1 or null (whole batch), got {self.forward_batch_size}")
+        if self.forward_batch_size not in (None, "auto") and self.forward_batch_size < 1:
+            raise ValueError(
+                f"forward_batch_size must be >= 1, null (whole batch) or auto, got {self.forward_batch_size}"
+            )
         for name in ("steps", "batch_size", "ppo_epochs", "save_every", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -256,7 +263,8 @@ class PolicyConfig:
             raise ValueError(
                 f"batch_size {self.batch_size} must be a multiple of {self.algorithm}'s {group} samples per prompt"
             )
-        if self.algorithm in ("dpo", "online_dpo") and (self.mini_batch_size % 2 or self.micro_batch_size % 2):
+        odd_micro = self.micro_batch_size != "auto" and self.micro_batch_size % 2
+        if self.algorithm in ("dpo", "online_dpo") and (self.mini_batch_size % 2 or odd_micro):
             raise ValueError(f"{self.algorithm} keeps each pair in one micro-batch: mini/micro_batch_size must be even")
         for name in ("rloo", "grpo", "dpo", "online_dpo", "bon_sft"):
             if getattr(self, name).epochs < 1:
@@ -274,8 +282,10 @@ class PolicyConfig:
         )
 
     @property
-    def grad_accumulation(self) -> int:
-        """Micro-batches per optimiser step."""
+    def grad_accumulation(self) -> int | None:
+        """Micro-batches per optimiser step (None with ``micro_batch_size: auto``: known once resolved)."""
+        if self.micro_batch_size == "auto":
+            return None
         return self.mini_batch_size // self.micro_batch_size
 
 

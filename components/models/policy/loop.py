@@ -42,7 +42,7 @@ from components.config.model import ModelConfig
 from components.config.policy import PolicyConfig
 from components.models.base_model import accelerator_device, load_base
 from components.models.generation import generate
-from components.models.policy import ppo_math
+from components.models.policy import batch_sizing, ppo_math
 from components.models.policy.algorithms import Algorithm, Forward, Targets, make_algorithm
 from components.models.policy.batch import RolloutBatch, read_prompts, slice_rows
 from components.models.policy.checkpoint import (
@@ -159,6 +159,38 @@ class PolicyTrainer:
         kl = ((batch.logp - batch.ref_logp) * batch.mask.float()).sum(1)  # shape: (B,)
         return self._mean(kl.mean())
 
+    def _model_dims(self) -> tuple[int, int, int]:
+        """(layers, hidden size, vocabulary) of the policy, for the batch-size rule."""
+        c = self.unwrapped.policy.config
+        return c.num_hidden_layers, c.hidden_size, c.vocab_size
+
+    def micro_batch_size(self, batch: RolloutBatch, mini: int) -> int:
+        """Replies per update micro-step: ``micro_batch_size``, or with ``auto`` the largest divisor of the
+        minibatch that fits the free GPU memory (``batch_sizing``; 8 on the CPU)."""
+        cfg = self.cfg
+        if cfg.micro_batch_size != "auto":
+            return cfg.micro_batch_size
+        if self.acc.device.type != "cuda":
+            return batch_sizing.CPU_MICRO_BATCH
+        layers, hidden, vocab = self._model_dims()
+        seq, reply = batch.input_ids.shape[1], batch.response_ids.shape[1]
+        per_reply = batch_sizing.update_bytes_per_reply(seq, reply, layers, hidden, vocab)
+        free, _total = torch.cuda.mem_get_info(self.acc.device)
+        return batch_sizing.auto_micro_batch(free, per_reply, mini, self.algo.group)
+
+    def forward_batch_size(self, batch: RolloutBatch) -> int:
+        """Replies per no-grad pass of step 2: ``forward_batch_size`` (null: the whole batch), or with ``auto``
+        the most that fit the free GPU memory (``batch_sizing``; the whole batch on the CPU)."""
+        cfg, n = self.cfg, len(batch.prompts)
+        if cfg.forward_batch_size != "auto":
+            return cfg.forward_batch_size or n
+        if self.acc.device.type != "cuda":
+            return n
+        _layers, hidden, vocab = self._model_dims()
+        seq, reply = batch.input_ids.shape[1], batch.response_ids.shape[1]
+        free, _total = torch.cuda.mem_get_info(self.acc.device)
+        return batch_sizing.auto_forward_batch(free, batch_sizing.forward_bytes_per_reply(seq, reply, hidden, vocab), n)
+
     def _mean(self, x: torch.Tensor | float) -> float:
         """Mean of a per-process scalar over all processes."""
         t = torch.as_tensor(x, dtype=torch.float32, device=self.acc.device)
@@ -214,7 +246,7 @@ class PolicyTrainer:
         rounding); only the reference needs a forward pass. A separate value trunk needs its own pass.
         """
         cfg = self.cfg
-        fb = cfg.forward_batch_size or len(batch.prompts)  # replies per no-grad pass
+        fb = self.forward_batch_size(batch)  # replies per no-grad pass
         ac = self.unwrapped
         if batch.gen_logits is not None:
             logits = batch.gen_logits  # shape: (B, R, V)
@@ -346,7 +378,7 @@ class PolicyTrainer:
         """One optimiser step over the rows ``mini``; ``record`` writes their detached log-probs and entropy into
         ``batch.logp`` / ``batch.entropy``."""
         cfg = self.cfg
-        micro = max(self.algo.group, min(cfg.micro_batch_size, len(mini)))
+        micro = max(self.algo.group, min(self.micro_batch_size(batch, len(mini)), len(mini)))
         acc_steps = -(-len(mini) // micro)
         sums: dict[str, float] = {}
         for i in range(acc_steps):
