@@ -5,14 +5,18 @@ Letters: B batch, P prompt tokens (left padded), R response tokens.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase, StaticCache
+from transformers.cache_utils import StaticLayer
 
 from components.data.prompt_pool import Prompt, as_messages
+
+log = logging.getLogger(__name__)
 
 
 def chat_text(tok: PreTrainedTokenizerBase, prompt: Prompt, system: str | None = None) -> str:
@@ -285,15 +289,48 @@ def _graph_step() -> Callable[..., tuple[torch.Tensor, torch.Tensor | None]]:
     return _compiled_step
 
 
+class PrefilledStaticLayer(StaticLayer):
+    """A static cache layer whose first columns hold a prompt's keys and values from a growing cache.
+
+    Its tensors are allocated at the first decode step (transformers' lazy initialisation), in the dtypes that
+    step's keys and values have: under autocast those can differ from each other and from the growing cache's
+    (which promotes the bf16 values to its float32 keys' dtype, losslessly); the prompt is copied in then.
+    """
+
+    def __init__(self, max_cache_len: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        super().__init__(max_cache_len=max_cache_len)
+        self.prompt_keys, self.prompt_values = keys, values  # shape: (B, heads, P, head_dim) each
+        self.cumulative_length = torch.tensor(keys.shape[2], dtype=torch.long, device=keys.device)
+
+    def get_seq_length(self) -> torch.Tensor:
+        """Tokens held, the prompt's included also before the first step allocates the tensors (the causal mask
+        of that step reads it)."""
+        return self.cumulative_length
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        filled = self.cumulative_length.clone()
+        super().lazy_initialization(key_states, value_states)
+        if self.values.dtype != value_states.dtype:  # the parent allocates both in the keys' dtype
+            self.values = torch.zeros_like(self.values, dtype=value_states.dtype)
+            torch._dynamo.mark_static_address(self.values)
+        rows, width = self.prompt_keys.shape[0], self.prompt_keys.shape[2]
+        self.keys[:rows, :, :width].copy_(self.prompt_keys)
+        self.values[:rows, :, :width].copy_(self.prompt_values)
+        self.cumulative_length.copy_(filled)
+        self.prompt_keys = self.prompt_values = None
+
+
 class StaticDecoder:
     """Decode steps over a preallocated KV cache of bucketed shape (:func:`bucket_shape`).
 
     The prompt is encoded once by the caller into a growing cache (its shape varies with the prompts, and it runs
-    once per batch); its keys and values are copied into the first columns of the static cache, rows beyond the
-    batch stay padding. The attention mask is fixed for the whole reply: the prompt's padding mask, then ones
-    (the causal mask hides the columns not written yet), so a step's inputs have the same shapes and addresses
-    every time. ``graph=True`` runs the step compiled with CUDA graphs; else eagerly (the same numbers up to
-    float rounding, which is what the CPU tests compare with the growing-cache loop).
+    once per batch); its keys and values go into the first columns of the static cache
+    (:class:`PrefilledStaticLayer`), rows beyond the batch stay padding. The attention mask is fixed for the whole
+    reply: the prompt's padding mask, then ones (the causal mask hides the columns not written yet), so a step's
+    inputs have the same shapes and addresses every time. ``graph=True`` runs the steps after the first (which
+    allocates the cache) compiled with CUDA graphs; else eagerly (the same numbers up to float rounding, which is
+    what the CPU tests compare with the growing-cache loop). Models whose cache layers are not all plain static
+    layers (sliding-window attention) are refused with ``ValueError``; :func:`sample` then keeps the eager loop.
     """
 
     def __init__(
@@ -310,15 +347,10 @@ class StaticDecoder:
         self.rows, self.graph, self.keep_internals, self.model = rows, graph, keep_internals, model
         batch, length = bucket_shape(rows, width + max_new_tokens)
         self.cache = StaticCache(config=model.config, max_cache_len=length)
-        for layer, filled in zip(self.cache.layers, prefill.layers):
-            keys, values = filled.keys, filled.values  # shape: (B, heads, P, head_dim) each
-            layer.lazy_initialization(
-                keys.new_zeros((batch, *keys.shape[1:2], 1, keys.shape[-1])),
-                values.new_zeros((batch, *values.shape[1:2], 1, values.shape[-1])),
-            )
-            layer.keys[:rows, :, :width].copy_(keys)
-            layer.values[:rows, :, :width].copy_(values)
-            layer.cumulative_length.fill_(width)
+        if any(type(layer) is not StaticLayer for layer in self.cache.layers):
+            raise ValueError(f"{type(model).__name__} has sliding-window or other special cache layers")
+        self.cache.layers = [PrefilledStaticLayer(length, f.keys, f.values) for f in prefill.layers]
+        self.allocated = False
         device = prompt_mask.device
         self.mask = torch.ones((batch, length), dtype=prompt_mask.dtype, device=device)  # shape: (Bb, Lb)
         self.mask[:rows, :width] = prompt_mask
@@ -330,9 +362,10 @@ class StaticDecoder:
         self.token[: self.rows, 0] = token
         self.position[: self.rows, 0] = position
         fn = _decode_step
-        if self.graph:
+        if self.graph and self.allocated:
             fn = _graph_step()
             torch.compiler.cudagraph_mark_step_begin()
+        self.allocated = True
         logits, hidden = fn(self.model, self.token, self.position, self.mask, self.cache, self.keep_internals)
         # a CUDA graph's outputs are overwritten by its next replay: keep copies of the real rows
         logits = logits[: self.rows].clone()  # shape: (B, V)
@@ -411,8 +444,10 @@ def sample(
     decoder = None
     if b and static_cache_on(static_cache, device):
         graph = device.type == "cuda"
-        decoder = StaticDecoder(model, past, mask, steps, graph=graph, keep_internals=keep_internals)
-        past = None  # its keys and values now live in the static cache
+        try:
+            decoder = StaticDecoder(model, past, mask, steps, graph=graph, keep_internals=keep_internals)
+        except ValueError as exc:
+            log.warning("static cache off for this model (%s): decoding with the eager loop", exc)
     for step in range(steps):
         if keep_internals:
             kept_logits.append(logits)

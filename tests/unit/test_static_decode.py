@@ -73,6 +73,27 @@ def test_static_cache_samples_the_same_tokens_and_logits_as_the_eager_loop(model
     assert torch.allclose(logp, ppo_math.logprobs_from_logits(s_logits, s_tokens, 0.7), atol=1e-4, rtol=0)
 
 
+def test_static_cache_under_bf16_autocast_as_rollouts_run_it(model_on):
+    """Under autocast the growing cache holds float32 keys and (promoted) values, the static one the step's own
+    dtypes: the same tokens, logits within bf16 rounding."""
+    from components.models.precision import cast_frozen_weights_once
+
+    model, tok = model_on
+    ids, attn = encode_prompts(tok, PROMPTS, "Be brief.")
+    ids, attn = ids.to(model.device), attn.to(model.device)
+    runs = {}
+    for mode in ("off", "on"):
+        gens = [torch.Generator(device=model.device).manual_seed(i) for i in range(8)]
+        bf16 = torch.autocast(model.device.type, dtype=torch.bfloat16)
+        with torch.no_grad(), bf16, cast_frozen_weights_once(model):
+            runs[mode] = sample(
+                model, ids, attn, eos_id=tok.eos_token_id, max_new_tokens=[12] * 8, temperature=[0.9] * 8,
+                top_p=[1.0] * 8, generators=gens, keep_internals=True, repeats=2, static_cache=mode,
+            )  # fmt: skip
+    assert torch.equal(runs["off"][0], runs["on"][0])
+    assert torch.allclose(runs["off"][2].float(), runs["on"][2].float(), atol=0.05, rtol=0)
+
+
 def test_static_cache_keeps_seeds_limits_and_stop_strings_per_row(model_on):
     model, tok = model_on
     texts = [chat_text(tok, p) for p in PROMPTS]
