@@ -3,6 +3,7 @@
     python -m bench gpu_roofline                                # SmolLM2-135M-Instruct on the first CUDA GPU
     python -m bench gpu_roofline --model PATH --random-init     # the folder's architecture, random weights
     python -m bench gpu_roofline --model tiny --cpu-smoke --out /tmp/r.json   # the code path on the CPU
+    python -m bench gpu_roofline --static-cache off --micro-batches "" --out bench/results/gpu_roofline_static_off.json
 
 Measures, on one CUDA GPU, each figure the median of timed repeats (CUDA events) after warm-up:
 
@@ -14,7 +15,9 @@ Measures, on one CUDA GPU, each figure the median of timed repeats (CUDA events)
    gradients only: the base weights are frozen; LoRA's own FLOPs, under 3 %, are left out), plus attention's
    QK^T and AV (4 L T^2 d forward, 8 L T^2 d backward). MFU = counted FLOPs / time / measured matrix rate;
 3. generation tokens/s with ``components.models.generation.generate`` as the rollout runs it (bf16 autocast, frozen
-   weights cast once) for several batch sizes, against the memory-bandwidth bound: each decode step must
+   weights cast once; ``--static-cache``: the rollout's ``model.static_cache``, default ``auto`` = the static cache
+   and a CUDA graph per shape bucket on CUDA, ``off`` = the eager loop) for several batch sizes, against the
+   memory-bandwidth bound: each decode step must
    read the bf16 weights once (embedding rows excepted) and the batch's KV cache, so
    bound tokens/s = batch x bandwidth / bytes per step;
 4. for each, the share of its wall time the GPU spends running kernels (torch profiler): far under 100 % means
@@ -181,7 +184,9 @@ def update_mfu(policy, tok, peak_tflops: float, micro_batches: list[int], seq_le
     return rows
 
 
-def generation(policy, tok, bandwidth_gbs: float, batches: list[int], new_tokens: int) -> list:
+def generation(
+    policy, tok, bandwidth_gbs: float, batches: list[int], new_tokens: int, static_cache: str = "auto"
+) -> list:
     import torch
 
     from components.models.generation import generate
@@ -195,7 +200,9 @@ def generation(policy, tok, bandwidth_gbs: float, batches: list[int], new_tokens
     rows = []
     for b in batches:
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(b)]
-        kwargs = dict(system=SYSTEM, max_new_tokens=new_tokens, temperature=0.7, generator_seed=0)
+        kwargs = dict(
+            system=SYSTEM, max_new_tokens=new_tokens, temperature=0.7, generator_seed=0, static_cache=static_cache
+        )
 
         def run(prompts=prompts, kwargs=kwargs):
             with torch.no_grad(), autocast(DEVICE), cast_frozen_weights_once(policy):
@@ -243,7 +250,8 @@ def generation(policy, tok, bandwidth_gbs: float, batches: list[int], new_tokens
 def main(argv: list[str] | None = None) -> None:
     ap = harness.parser(__doc__, name="gpu_roofline", out="gpu_roofline.json")
     ap.add_argument("--random-init", action="store_true", help="the folder's architecture with random weights")
-    ap.add_argument("--micro-batches", default="4,8,16,64")
+    ap.add_argument("--micro-batches", default="4,8,16,64", help='update micro-batch sizes ("": skip the update)')
+    ap.add_argument("--static-cache", choices=["auto", "on", "off"], default="auto", help="decoding's static cache")
     ap.add_argument("--batches", default="16,64,256")
     ap.add_argument("--seq-len", type=int, default=96, help="tokens per sequence in the update (prompt + reply)")
     ap.add_argument("--reply-len", type=int, default=32)
@@ -261,10 +269,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  bf16 matmul {ceil['bf16_matmul_tflops']:.0f} TFLOP/s, copy {ceil['copy_gb_per_s']:.0f} GB/s")
     policy, tok, folder = load_policy(args.model, args.random_init)
     print("update phase (LoRA micro-step, bf16 autocast) ...", flush=True)
-    mbs = [int(x) for x in args.micro_batches.split(",")]
-    upd = update_mfu(policy, tok, ceil["bf16_matmul_tflops"], mbs, args.seq_len, args.reply_len)
-    print("generation (rollout path) ...", flush=True)
-    gen = generation(policy, tok, ceil["copy_gb_per_s"], [int(x) for x in args.batches.split(",")], args.reply_len)
+    mbs = [int(x) for x in args.micro_batches.split(",") if x.strip()]
+    upd = update_mfu(policy, tok, ceil["bf16_matmul_tflops"], mbs, args.seq_len, args.reply_len) if mbs else []
+    print(f"generation (rollout path, static cache {args.static_cache}) ...", flush=True)
+    batches = [int(x) for x in args.batches.split(",")]
+    gen = generation(policy, tok, ceil["copy_gb_per_s"], batches, args.reply_len, args.static_cache)
     out = {
         "benchmark": "gpu_roofline",
         "gpu": torch.cuda.get_device_name() if DEVICE == "cuda" else None,
@@ -272,6 +281,7 @@ def main(argv: list[str] | None = None) -> None:
         "model": args.model,
         "model_folder": folder,
         "weights": "random-init" if args.random_init else "pretrained",
+        "static_cache": args.static_cache,
         "matmul_params": matmul_params(policy),
         "ceilings": ceil,
         "update": upd,

@@ -4,6 +4,7 @@
     python -m bench ppo_vs_trl --model tiny          # quick mode (tiny random Llama)
     python -m bench ppo_vs_trl --device cuda         # on a GPU: bf16 autocast for both
     python -m bench ppo_vs_trl --bf16                # CPU, bf16 autocast for both (CPUs with native bf16)
+    python -m bench ppo_vs_trl --device cuda --batch-size 128   # a GPU-sized configuration
 
 Both trainers get the same policy weights, the same reward-model folder (a transformers
 ``AutoModelForSequenceClassification`` folder written by ``components.models.reward.model.RewardModel.save``),
@@ -11,6 +12,11 @@ the same prompts and the same PPO configuration: 16 prompts x 32 reply tokens pe
 2 PPO epochs x 2 minibatches of 8, micro-batch 4, LoRA r 16 / alpha 32 on every projection, lr 5e-4 with
 linear decay, k1 KL, missing-EOS penalty 0.5. TRL runs in its own virtual environment
 (``bench/.venv-anchors/trl-1.12``, same torch / transformers / peft versions, created on first use).
+
+``--batch-size N`` (a GPU-sized configuration) gives both N prompts per step in 2 minibatches of N/2, one
+micro-batch each; ``--static-cache`` sets ours' ``model.static_cache`` (default ``auto``: the static cache and a
+CUDA graph for decoding on CUDA, the eager loop on the CPU), so one command can measure ours before (``off``) and
+after (``on``) on the same card.
 
 Runs alternate ours / TRL (``--pairs`` times), each in a fresh process, so peak RSS is per trainer. The
 first step of every run is warm-up and left out of the throughput means. Writes
@@ -65,7 +71,19 @@ PHASES = ("rollout", "forward", "score", "update")
 # ---------------------------------------------------------------------------------------------
 
 
-def worker_ours(work: Path, steps: int, device: str, threads: int | None, bf16: bool) -> dict:
+def configure(batch_size: int) -> None:
+    """The configuration for ``--batch-size``: 16 is the benchmark's own (micro-batch 4); another N gives both
+    trainers N prompts per step, 2 minibatches of N/2, each one micro-batch."""
+    if batch_size == 16:
+        return
+    if batch_size < 4 or batch_size % 2:
+        raise SystemExit(f"--batch-size must be an even number >= 4, got {batch_size}")
+    CONFIG.update(batch_size=batch_size, mini_batch_size=batch_size // 2, micro_batch_size=batch_size // 2)
+
+
+def worker_ours(
+    work: Path, steps: int, device: str, threads: int | None, bf16: bool, static_cache: str = "auto"
+) -> dict:
     harness.set_threads(threads)
     from components.models.policy.train import run
 
@@ -101,7 +119,7 @@ def worker_ours(work: Path, steps: int, device: str, threads: int | None, bf16: 
         prompts="prompts.jsonl",
         bf16=bf16,
     )
-    model = {"base": spec["policy"], "system_prompt": SYSTEM, "dtype": "float32"}
+    model = {"base": spec["policy"], "system_prompt": SYSTEM, "dtype": "float32", "static_cache": static_cache}
     result = run({"model": model, "policy": ppo}, work, export=False)
     rows = [
         {
@@ -326,13 +344,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pairs", type=int, default=2, help="ours/TRL run pairs, alternating")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast for both on the CPU (always on with cuda)")
     ap.add_argument("--collect", type=Path, default=None, help="report from the runs kept in DIR (BENCH_KEEP=DIR)")
+    ap.add_argument("--batch-size", type=int, default=16, help="prompts per step (16: the benchmark's configuration)")
+    ap.add_argument("--static-cache", choices=["auto", "on", "off"], default="auto", help="ours' model.static_cache")
     args = ap.parse_args(argv)
+    configure(args.batch_size)
     tiny = args.model == "tiny"
     steps = args.steps or (4 if tiny else 3)
     if args.worker:
-        fn = worker_ours if args.worker == "ours" else worker_trl
         bf16 = args.bf16 or args.device == "cuda"
-        return harness.worker(args, lambda: fn(args.work, steps, args.device, args.threads, bf16))
+        if args.worker == "ours":
+            return harness.worker(
+                args, lambda: worker_ours(args.work, steps, args.device, args.threads, bf16, args.static_cache)
+            )
+        return harness.worker(args, lambda: worker_trl(args.work, steps, args.device, args.threads, bf16))
 
     trl_python = args.anchor_python or harness.anchor_env("trl-1.12", TRL_REQUIREMENT)
     if args.collect:
@@ -346,6 +370,7 @@ def main(argv: list[str] | None = None) -> None:
     extra = ["--model", args.model, "--steps", str(steps), "--device", args.device]
     extra += ["--threads", str(args.threads)] if args.threads else []
     extra += ["--bf16"] if args.bf16 else []
+    extra += ["--batch-size", str(args.batch_size), "--static-cache", args.static_cache]
 
     def clear(who: str, pair: int) -> None:
         for old in ("models", "metrics", "trl-out"):
@@ -398,6 +423,8 @@ def report(args: argparse.Namespace, runs: list[dict], steps: int, trl_python: P
     if path == harness.RESULTS / "ppo_vs_trl.json":  # the default: one file per kind of run
         suffix = "_tiny" if tiny else ""
         suffix += "_cuda" if args.device == "cuda" else "_bf16" if args.bf16 else ""
+        suffix += f"_b{args.batch_size}" if args.batch_size != 16 else ""
+        suffix += f"_static_{args.static_cache}" if args.static_cache != "auto" else ""
         path = path.with_name(f"ppo_vs_trl{suffix}.json")
     harness.write_results(path, out)
     print(json.dumps({k: out[k] for k in ("ratio_samples_per_s_per_pair", "ratio_median")}, indent=2))
@@ -425,10 +452,14 @@ def report(args: argparse.Namespace, runs: list[dict], steps: int, trl_python: P
     cond = f"{dev}, {harness.machine()['cpu_count']} cores, torch threads {runs[0]['torch_threads']}"
     cond += f"; {args.conditions}" if args.conditions else ""
     where = ", GPU" if args.device == "cuda" else ", CPU bf16" if args.bf16 else ""
+    where += f", batch {args.batch_size}" if args.batch_size != 16 else ""
+    where += f", static cache {args.static_cache}" if args.static_cache != "auto" else ""
     name = f"PPO vs TRL 1.12 PPOTrainer ({'tiny' if tiny else args.model}{where})"
     flags = ["--model", args.model, "--steps", str(steps), "--pairs", str(args.pairs)]
     flags += ["--bf16"] if args.bf16 and args.device == "cpu" else []
     flags += ["--device", args.device] if args.device != "cpu" else []
+    flags += ["--batch-size", str(args.batch_size)] if args.batch_size != 16 else []
+    flags += ["--static-cache", args.static_cache] if args.static_cache != "auto" else []
     harness.update_row(
         name,
         [
