@@ -60,6 +60,19 @@ class DPOConfig:
     """Reply tokens kept per side of a pair (longer replies are cut)."""
     epochs: int = 1
     """Passes over each step's pairs."""
+    max_kl: float | None = 4.0
+    """Bound on the KL to the reference (the parent), in nats per reply: every ``kl_every`` steps the policy
+    samples replies to ``kl_prompts`` training prompts (``policy.prompts``) and the mean summed k1 to the reference
+    is measured on them, as ``bon_sft`` measures its bound; once it exceeds ``max_kl``, training stops (no further
+    update) and the policy is exported as it is. null = no bound: the pairs' loss alone decides how far it goes.
+    4.0 leaves 2 nats below the gate's default ``gate.max_kl`` (6) for the steps between two measurements and for
+    the held-out prompts' KL scattering around the training prompts' one."""
+    kl_every: int = 2
+    """Steps between two measurements of the bounded KL (each costs one rollout of ``kl_prompts`` replies and a
+    reference pass; the bound can be overshot by what this many steps add)."""
+    kl_prompts: int = 16
+    """Training prompts (a fixed seeded draw, one reply each, the same sampling seed every time) the bounded KL
+    is measured on."""
 
 
 @dataclass(frozen=True)
@@ -273,6 +286,12 @@ class PolicyConfig:
             raise ValueError("rloo.k, grpo.k and bon_sft.n must be >= 2 (they compare samples of one prompt)")
         if self.dpo.beta <= 0 or self.online_dpo.beta <= 0:
             raise ValueError("dpo.beta and online_dpo.beta must be > 0")
+        if self.dpo.max_kl is not None and self.dpo.max_kl <= 0:
+            raise ValueError(f"dpo.max_kl must be > 0 nats or null (no bound), got {self.dpo.max_kl}")
+        if self.dpo.kl_every < 1 or self.dpo.kl_prompts < 1:
+            raise ValueError(
+                f"dpo.kl_every and dpo.kl_prompts must be >= 1, got {self.dpo.kl_every} and {self.dpo.kl_prompts}"
+            )
 
     @property
     def group_size(self) -> int:

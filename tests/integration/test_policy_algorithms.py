@@ -229,3 +229,32 @@ def test_the_step_log_line_shows_only_what_the_algorithm_logs(caplog):
     assert "nan" not in dpo_line and "score" not in dpo_line and "approx_kl" not in dpo_line
     assert "accuracy 0.75" in dpo_line and "kl 1.500" in dpo_line
     assert "score 0.250" in ppo_line and "approx_kl 0.0100" in ppo_line
+
+
+def test_offline_dpo_stops_at_its_kl_bound(trained_project, tmp_path):
+    """With ``dpo.max_kl``, the KL measured on the policy's own samples every ``kl_every`` steps stops training
+    once beyond the bound: no further step, also when resumed; the policy is exported with where it stopped. The
+    measurement leaves the training's numbers alone; without a bound every step runs."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(trained_project, a)
+    shutil.copytree(trained_project, b)
+    leash = {"max_reply_tokens": 12, "max_kl": 1e-3, "kl_every": 2, "kl_prompts": 8}
+    bounded = run(policy_params("dpo", steps=4, dpo=leash), a, export=False)
+    rows = bounded.metrics
+    assert [r["step"] for r in rows] == [1, 2] and [r["kl_bound/stopped"] for r in rows] == [0.0, 1.0]
+    assert rows[0]["kl_bound/sampled_kl"] == 0.0 and rows[1]["kl_bound/sampled_kl"] > 1e-3
+    weights = {n: p.detach().clone() for n, p in bounded.actor_critic.named_parameters() if p.requires_grad}
+
+    again = run(policy_params("dpo", steps=4, dpo=leash), a, resume=True)  # continues from the stop: no step
+    assert again.steps_run == 0 and again.export_dir is not None
+    for n, p in again.actor_critic.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(weights[n], p), n
+    summary = json.loads((a / "metrics" / "ppo.json").read_text())
+    assert summary["stopped_at_step"] == 2 and summary["kl_at_stop"] == rows[1]["kl_bound/sampled_kl"]
+    assert json.loads((again.export_dir / "manifest.json").read_text())["metrics"]["stopped_at_step"] == 2
+
+    free = run(policy_params("dpo", steps=4, dpo={"max_reply_tokens": 12, "max_kl": None}), b, export=False).metrics
+    assert [r["step"] for r in free] == [1, 2, 3, 4] and "kl_bound/stopped" not in free[-1]
+    for f, g in zip(free[:2], rows, strict=False):
+        assert f["loss/policy"] == g["loss/policy"] and f["objective/kl"] == g["objective/kl"]

@@ -87,6 +87,11 @@ def test_algorithm_settings_are_checked_naming_the_key():
     with pytest.raises(ConfigError, match="must be even"):
         load_section(PolicyConfig, "policy", {"policy": {"algorithm": "dpo", "batch_size": 6, "mini_batch_size": 3,
                                                 "micro_batch_size": 3}})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"dpo\.max_kl must be > 0 nats or null"):
+        load_section(PolicyConfig, "policy", {"policy": {"dpo": {"max_kl": 0}}})
+    assert load_section(PolicyConfig, "policy", {"policy": {"dpo": {"max_kl": None}}}).dpo.max_kl is None
+    with pytest.raises(ConfigError, match=r"dpo\.kl_every and dpo\.kl_prompts must be >= 1"):
+        load_section(PolicyConfig, "policy", {"policy": {"dpo": {"kl_every": 0}}})
     with pytest.raises(ConfigError, match=r"unknown key policy\.grpo\.beta"):
         load_section(PolicyConfig, "policy", {"policy": {"grpo": {"beta": 0.1}}})
     cfg = load_section(

@@ -8,7 +8,9 @@ One step reads top to bottom:
   3. score     - the scorer on prompt + reply; penalty for replies without EOS (not offline)
   4. targets   - what the loss fits: the algorithm's part (``components/models/policy/algorithms/``)
   5. update    - epochs over minibatches (grad accumulation, clipping, PPO's early stop on approx KL)
-  6. KL        - the controller sees the mean KL per reply to the reference (Ziegler et al. 2019, eq. 3)
+  6. KL        - the controller sees the mean KL per reply to the reference (Ziegler et al. 2019, eq. 3);
+                 with a KL bound (offline DPO's ``max_kl``), every few steps the KL on the policy's own samples,
+                 and no further update once it is beyond the bound
   7. log       - one JSONL/CSV row of metrics
   8. checkpoint- every ``save_every`` steps: everything needed to resume bit-for-bit
 
@@ -118,12 +120,18 @@ class PolicyTrainer:
         if self.reference is not None:
             self.reference.to(self.acc.device)
         self.kl_ctl = ppo_math.make_kl_controller(cfg.adaptive_kl, cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
-        self.all_prompts = read_prompts(paths.root / cfg.prompts, paths.root) if self.algo.uses_scorer else []
+        samples = self.algo.uses_scorer or self.algo.kl_bound is not None
+        self.all_prompts = read_prompts(paths.root / cfg.prompts, paths.root) if samples else []
         self.fingerprint = fingerprint(cfg, model_cfg, scorer_id, self.acc.num_processes)
         self.step = 0
         self.metrics: list[dict[str, float]] = []
         self.score_norm: tuple[float, float] | None = None
         """(mean, std) the scores are normalised with (``reward_normalization: rollouts``), set at step 0."""
+        self.bounded_kl = 0.0
+        """With ``algo.kl_bound``: the latest KL measured on the policy's own samples (0 at the start: the policy
+        is the reference)."""
+        self.stopped = False
+        """With ``algo.kl_bound``: the measured KL went beyond the bound; no further step runs."""
         n_train = sum(p.numel() for p in params)
         if self.acc.is_main_process:
             log.info(
@@ -199,8 +207,9 @@ class PolicyTrainer:
     # -- 1. batch ----------------------------------------------------------------------------
 
     @torch.no_grad()
-    def rollout(self, prompts: list[str], samples_per_prompt: int = 1) -> RolloutBatch:
-        """``samples_per_prompt`` sampled replies per prompt, prompt by prompt (rows ``i*k .. i*k+k-1``)."""
+    def rollout(self, prompts: list[str], samples_per_prompt: int = 1, seed: int | None = None) -> RolloutBatch:
+        """``samples_per_prompt`` sampled replies per prompt, prompt by prompt (rows ``i*k .. i*k+k-1``); ``seed``
+        samples with a generator of its own (the global RNG untouched), else with torch's global one."""
         cfg = self.cfg
         # Frozen base weights are cast to bf16 once per rollout, not at each of its decode steps.
         with self.acc.autocast(), cast_frozen_weights_once(self.unwrapped.policy):
@@ -218,6 +227,7 @@ class PolicyTrainer:
                 return_internals=self.unwrapped.value_trunk is None,
                 samples_per_prompt=samples_per_prompt,
                 static_cache=self.model_cfg.static_cache,
+                generator_seed=seed,
             )
         input_ids = torch.cat([gen.query_ids, gen.response_ids], dim=1)  # shape: (B, P+R)
         attention_mask = torch.cat([gen.query_mask, gen.response_mask], dim=1)  # shape: (B, P+R)
@@ -327,6 +337,35 @@ class PolicyTrainer:
             log.info("score normalisation on %d policy rollouts: mean %.4f, std %.4f", pooled.numel(), mean, std)
         return mean, std
 
+    # -- 6. KL bound -------------------------------------------------------------------------
+
+    def sampled_kl(self, n: int) -> float:
+        """The mean summed k1 KL per reply to the reference on the policy's own replies to ``n`` training prompts,
+        measured as the online optimisers measure their batches' (steps 1, 2 and 4): the same seeded draw of
+        prompts and the same sampling seed every time, so two measurements differ by the policy only; the global
+        RNG is not touched, so the training's numbers are those of a run without the measurement."""
+        rng = np.random.default_rng(self.seed + 104729)
+        prompts = [self.all_prompts[i] for i in rng.choice(len(self.all_prompts), size=n, replace=True)]
+        batch = self.rollout(prompts, seed=self.seed + 15485863)
+        self.forward_batch(batch)
+        return self.mean_kl(batch)
+
+    def check_kl_bound(self) -> None:
+        """Every ``kl_every`` steps (not after the last), measure the KL on the policy's own samples; beyond
+        ``max_kl``, stop: the loop runs no further step, and the policy stays as this step left it."""
+        bound = self.algo.kl_bound
+        if bound is None or self.step % bound[1] or self.step >= self.cfg.steps:
+            return
+        max_kl, _, n = bound
+        self.bounded_kl = self.sampled_kl(n)
+        self.stopped = self.bounded_kl > max_kl
+        if self.stopped and self.acc.is_main_process:
+            log.info(
+                "%s: KL to the reference on the policy's own samples %.3f nats > max_kl %g after step %d of %d: "
+                "no further update, the policy is exported as it is",
+                self.cfg.algorithm, self.bounded_kl, max_kl, self.step, self.cfg.steps,
+            )  # fmt: skip
+
     # -- 5. update ---------------------------------------------------------------------------
 
     def update(self, targets: Targets) -> dict[str, float]:
@@ -427,7 +466,7 @@ class PolicyTrainer:
             self.score_norm = self.rollout_score_stats()
         steps_run = 0
         progress_log = _progress(cfg.algorithm, cfg.steps, acc.is_main_process)
-        while self.step < cfg.steps:
+        while self.step < cfg.steps and not self.stopped:
             if stop_after is not None and steps_run >= stop_after:
                 break
             t0 = self._clock()
@@ -461,17 +500,20 @@ class PolicyTrainer:
             self.kl_ctl.update(mean_kl, n_steps=cfg.batch_size * acc.num_processes)
             self.step += 1
             steps_run += 1
+            # A KL bound on the policy's own samples (offline DPO's max_kl): every few steps; beyond it, stop.
+            self.check_kl_bound()
+            t5 = self._clock()
 
             # 7. log
-            row = self._metrics_row(batch, raw, scores, mean_kl, kl_coef, targets, upd, (t0, t1, t2, t3, t4))
+            row = self._metrics_row(batch, raw, scores, mean_kl, kl_coef, targets, upd, (t0, t1, t2, t3, t4, t5))
             self.metrics.append(row)
             writer.append(row)
             progress_log(row)
             if acc.is_main_process:
                 report(progress, self.step, cfg.steps, _note(cfg.algorithm, row))
 
-            # 8. checkpoint
-            if self.step % cfg.save_every == 0 or self.step == cfg.steps:
+            # 8. checkpoint (also where a KL bound stops the run, so a resume stops there too)
+            if self.step % cfg.save_every == 0 or self.step == cfg.steps or self.stopped:
                 self._save(ckpt_root)
         writer.finish()
         return TrainResult(self.unwrapped, self.tok, self.metrics, acc, steps_run)
@@ -489,7 +531,7 @@ class PolicyTrainer:
     ) -> dict[str, float]:
         m = batch.mask.float()
         n_tokens = self._mean(m.sum()) * self.acc.num_processes
-        step_time = t[4] - t[0]
+        step_time = t[5] - t[0]
         row: dict[str, float] = {"step": self.step}
         if raw is not None:
             penalised = self._mean(scores.mean())
@@ -504,6 +546,10 @@ class PolicyTrainer:
             row[k] = self._mean(v)
         for k, v in upd.items():
             row[k] = v if k in ("policy/minibatches", "policy/early_stopped") else self._mean(v)
+        if self.algo.kl_bound is not None:
+            row["kl_bound/sampled_kl"] = self.bounded_kl
+            row["kl_bound/stopped"] = float(self.stopped)
+            row["time/kl_bound"] = t[5] - t[4]
         row.update(
             {
                 "val/eos_fraction": self._mean(batch.ended.float().mean()),
@@ -562,6 +608,9 @@ class PolicyTrainer:
         self.score_norm = (float(norm[0]), float(norm[1])) if norm is not None else None
         self.metrics = list(state["metrics"])
         self.step = int(state["step"])
+        last = self.metrics[-1] if self.metrics else {}
+        self.bounded_kl = float(last.get("kl_bound/sampled_kl", 0.0))
+        self.stopped = last.get("kl_bound/stopped", 0.0) == 1.0
         self.prompt_rng.bit_generator.state = state["rng"]["prompt_rng"]
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])
@@ -572,9 +621,11 @@ class PolicyTrainer:
 
 
 def _note(algorithm: str, row: dict[str, float]) -> str:
-    """The progress bar's note: the score when there is one, and the KL."""
+    """The progress bar's note: the score when there is one, the KL, and a KL bound's measurement and stop."""
     score = f" score {row['objective/score']:.3f}" if "objective/score" in row else ""
-    return f"{algorithm}{score} kl {row['objective/kl']:.2f}"
+    bound = f" sampled kl {row['kl_bound/sampled_kl']:.2f}" if "kl_bound/sampled_kl" in row else ""
+    stop = ": stopped at its KL bound" if row.get("kl_bound/stopped") == 1.0 else ""
+    return f"{algorithm}{score} kl {row['objective/kl']:.2f}{bound}{stop}"
 
 
 _PROGRESS_FIELDS = (
@@ -584,6 +635,8 @@ _PROGRESS_FIELDS = (
     ("loss", "loss/policy", "%.4f"),
     ("approx_kl", "policy/approx_kl", "%.4f"),
     ("accuracy", "dpo/accuracy", "%.2f"),
+    ("sampled_kl", "kl_bound/sampled_kl", "%.3f"),
+    ("stopped", "kl_bound/stopped", "%d"),
 )
 """What a step's log line shows, where the algorithm logs it: (label, metric key, format)."""
 
@@ -601,7 +654,9 @@ def _progress(algorithm: str, total: int, enabled: bool) -> Callable[[dict[str, 
 
 
 def summary(metrics: list[dict[str, Any]]) -> dict[str, float]:
-    """First/last score (when a scorer is in the loop) and KL, and mean throughput, for metrics/ppo.json."""
+    """First/last score (when a scorer is in the loop) and KL, and mean throughput, for metrics/ppo.json; with a
+    KL bound, the last measured KL (``kl_sampled_last``) and, where the bound stopped the run, the step and the
+    KL it stopped at (``stopped_at_step``, ``kl_at_stop``)."""
     if not metrics:
         return {}
     first, last = metrics[0], metrics[-1]
@@ -620,4 +675,10 @@ def summary(metrics: list[dict[str, Any]]) -> dict[str, float]:
             "seconds_total": float(sum(m["time/step"] for m in metrics)),
         }
     )
+    if "kl_bound/sampled_kl" in last:
+        out["kl_sampled_last"] = last["kl_bound/sampled_kl"]
+    stop = next((m for m in metrics if m.get("kl_bound/stopped") == 1.0), None)
+    if stop is not None:
+        out["stopped_at_step"] = int(stop["step"])
+        out["kl_at_stop"] = stop["kl_bound/sampled_kl"]
     return out

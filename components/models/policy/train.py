@@ -169,7 +169,7 @@ def run(
     resumed_from = trainer.step - result.steps_run
     if not replicas_in_sync(result.accelerator, result.actor_critic):
         raise RuntimeError("data-parallel replicas diverged: trainable weights differ between processes")
-    finished = trainer.step >= cfg.steps
+    finished = trainer.step >= cfg.steps or trainer.stopped  # a KL bound ends the run early, finished
     if export and finished and result.accelerator.is_main_process:
         version = version or new_policy_version()
         out_dir = root / cfg.output_dir / version

@@ -71,6 +71,13 @@ class Algorithm:
         (``policy.<name>.epochs``), 1 where it has none."""
         return getattr(getattr(self.cfg, self.name, None), "epochs", 1)
 
+    @property
+    def kl_bound(self) -> tuple[float, int, int] | None:
+        """A bound on the KL to the reference measured on the policy's own samples between steps: (max_kl nats,
+        every how many steps, on how many training prompts); the loop stops training once a measurement exceeds
+        it. None: no such bound (the online optimisers see their samples' KL every step)."""
+        return None
+
     def kl_coef(self, controller: float) -> float:
         """The KL coefficient this step uses (logged as ``objective/kl_coef``); default: the controller's."""
         return controller

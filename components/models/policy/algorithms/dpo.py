@@ -58,6 +58,11 @@ class DPO(_Preference):
     def _settings(self) -> tuple[float, losses.DPOLossType]:
         return self.cfg.dpo.beta, self.cfg.dpo.loss
 
+    @property
+    def kl_bound(self) -> tuple[float, int, int] | None:
+        d = self.cfg.dpo
+        return None if d.max_kl is None else (d.max_kl, d.kl_every, d.kl_prompts)
+
     def make_batch(self, trainer: PolicyTrainer) -> RolloutBatch:
         """``batch_size / 2`` pairs drawn with the trainer's seeded sampler; rows chosen, rejected, chosen, ..."""
         if self._pairs is None:
