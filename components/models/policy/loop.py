@@ -434,7 +434,10 @@ class PolicyTrainer:
             if record:
                 with torch.no_grad():
                     batch.logp[idx] = logp.detach().float()
-                    batch.entropy[idx] = ppo_math.entropy_from_logits(logits.detach().float() / cfg.temperature)
+                    _, entropy = ppo_math.chunked_logprobs(
+                        logits.detach(), part.response_ids, cfg.temperature, with_entropy=True
+                    )
+                    batch.entropy[idx] = entropy  # shape: (b, R)
             for k, v in loss_stats.items():
                 sums[k] = sums.get(k, 0.0) + float(torch.as_tensor(v).detach()) / acc_steps
         self.acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
