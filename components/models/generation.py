@@ -6,6 +6,8 @@ Letters: B batch, P prompt tokens (left padded), R response tokens.
 from __future__ import annotations
 
 import logging
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -295,12 +297,25 @@ class PrefilledStaticLayer(StaticLayer):
     Its tensors are allocated at the first decode step (transformers' lazy initialisation), in the dtypes that
     step's keys and values have: under autocast those can differ from each other and from the growing cache's
     (which promotes the bf16 values to its float32 keys' dtype, losslessly); the prompt is copied in then.
+    Once allocated, :meth:`refill` puts the next batch's prompt into the same tensors (same addresses, so a
+    captured CUDA graph replays over them); columns after the prompt are written before they are read, and the
+    causal mask hides the ones not written yet.
     """
 
     def __init__(self, max_cache_len: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         super().__init__(max_cache_len=max_cache_len)
-        self.prompt_keys, self.prompt_values = keys, values  # shape: (B, heads, P, head_dim) each
-        self.cumulative_length = torch.tensor(keys.shape[2], dtype=torch.long, device=keys.device)
+        self.cumulative_length = torch.zeros((), dtype=torch.long, device=keys.device)
+        self.refill(keys, values)
+
+    def refill(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Hold this prompt's keys and values (B, heads, P, head_dim) in the first rows and columns."""
+        self.cumulative_length.fill_(keys.shape[2])
+        if not self.is_initialized:
+            self.prompt_keys, self.prompt_values = keys, values
+            return
+        rows, width = keys.shape[0], keys.shape[2]
+        self.keys[:rows, :, :width].copy_(keys)
+        self.values[:rows, :, :width].copy_(values)
 
     def get_seq_length(self) -> torch.Tensor:
         """Tokens held, the prompt's included also before the first step allocates the tensors (the causal mask
@@ -313,11 +328,23 @@ class PrefilledStaticLayer(StaticLayer):
         if self.values.dtype != value_states.dtype:  # the parent allocates both in the keys' dtype
             self.values = torch.zeros_like(self.values, dtype=value_states.dtype)
             torch._dynamo.mark_static_address(self.values)
-        rows, width = self.prompt_keys.shape[0], self.prompt_keys.shape[2]
-        self.keys[:rows, :, :width].copy_(self.prompt_keys)
-        self.values[:rows, :, :width].copy_(self.prompt_values)
         self.cumulative_length.copy_(filled)
+        self.refill(self.prompt_keys, self.prompt_values)
         self.prompt_keys = self.prompt_values = None
+
+
+_kept_caches: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, StaticCache]] = weakref.WeakKeyDictionary()
+"""Static caches kept for the CUDA-graph path, per model and (bucket, autocast state, thread): every rollout of a
+bucket reuses one, so the graph captured over its tensors replays instead of being captured again."""
+
+
+def _kept_cache(model: PreTrainedModel, key: tuple, make: Callable[[], StaticCache]) -> tuple[StaticCache, bool]:
+    """The cache kept for ``model`` under ``key`` (made with ``make`` the first time); True when it was kept."""
+    kept = _kept_caches.setdefault(model, {})
+    if key in kept:
+        return kept[key], True
+    kept[key] = make()
+    return kept[key], False
 
 
 class StaticDecoder:
@@ -325,12 +352,14 @@ class StaticDecoder:
 
     The prompt is encoded once by the caller into a growing cache (its shape varies with the prompts, and it runs
     once per batch); its keys and values go into the first columns of the static cache
-    (:class:`PrefilledStaticLayer`), rows beyond the batch stay padding. The attention mask is fixed for the whole
+    (:class:`PrefilledStaticLayer`), rows beyond the batch are padding. The attention mask is fixed for the whole
     reply: the prompt's padding mask, then ones (the causal mask hides the columns not written yet), so a step's
-    inputs have the same shapes and addresses every time. ``graph=True`` runs the steps after the first (which
-    allocates the cache) compiled with CUDA graphs; else eagerly (the same numbers up to float rounding, which is
-    what the CPU tests compare with the growing-cache loop). Models whose cache layers are not all plain static
-    layers (sliding-window attention) are refused with ``ValueError``; :func:`sample` then keeps the eager loop.
+    inputs have the same shapes and addresses every time. ``graph=True`` runs the steps compiled with CUDA graphs
+    (the very first step of a new cache, which allocates it, eagerly) over a cache kept per model, bucket,
+    autocast state and thread (``keep``, default: with ``graph``), so later batches of the same bucket replay the
+    captured graph; else eagerly over a fresh cache (the same numbers up to float rounding, which is what the CPU
+    tests compare with the growing-cache loop). Models whose cache layers are not all plain static layers
+    (sliding-window attention) are refused with ``ValueError``; :func:`sample` then keeps the eager loop.
     """
 
     def __init__(
@@ -342,16 +371,30 @@ class StaticDecoder:
         *,
         graph: bool,
         keep_internals: bool,
+        keep: bool | None = None,
     ) -> None:
         rows, width = prompt_mask.shape  # shape: (B, P)
         self.rows, self.graph, self.keep_internals, self.model = rows, graph, keep_internals, model
         batch, length = bucket_shape(rows, width + max_new_tokens)
-        self.cache = StaticCache(config=model.config, max_cache_len=length)
-        if any(type(layer) is not StaticLayer for layer in self.cache.layers):
-            raise ValueError(f"{type(model).__name__} has sliding-window or other special cache layers")
-        self.cache.layers = [PrefilledStaticLayer(length, f.keys, f.values) for f in prefill.layers]
-        self.allocated = False
         device = prompt_mask.device
+
+        def make() -> StaticCache:
+            cache = StaticCache(config=model.config, max_cache_len=length)
+            if any(type(layer) is not StaticLayer for layer in cache.layers):
+                raise ValueError(f"{type(model).__name__} has sliding-window or other special cache layers")
+            cache.layers = [PrefilledStaticLayer(length, f.keys, f.values) for f in prefill.layers]
+            return cache
+
+        if graph if keep is None else keep:
+            autocast = (torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type))
+            key = (batch, length, *autocast, threading.get_ident())
+            self.cache, kept = _kept_cache(model, key, make)
+            if kept:
+                for layer, filled in zip(self.cache.layers, prefill.layers):
+                    layer.refill(filled.keys, filled.values)
+        else:
+            self.cache = make()
+        self.allocated = all(layer.is_initialized for layer in self.cache.layers)
         self.mask = torch.ones((batch, length), dtype=prompt_mask.dtype, device=device)  # shape: (Bb, Lb)
         self.mask[:rows, :width] = prompt_mask
         self.token = torch.zeros((batch, 1), dtype=torch.long, device=device)  # shape: (Bb, 1)

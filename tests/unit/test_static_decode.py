@@ -94,6 +94,32 @@ def test_static_cache_under_bf16_autocast_as_rollouts_run_it(model_on):
     assert torch.allclose(runs["off"][2].float(), runs["on"][2].float(), atol=0.05, rtol=0)
 
 
+def test_a_kept_static_cache_serves_the_next_batches_of_its_bucket(tiny, monkeypatch):
+    """The CUDA-graph path keeps one cache per bucket (stable addresses for the graph): refilled with each new
+    batch's prompt, it still gives the eager loop's tokens and logits (run eagerly here)."""
+    from components.models import generation
+
+    class Keeping(generation.StaticDecoder):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "keep": True})
+
+    model, tok = tiny
+    monkeypatch.setattr(generation, "StaticDecoder", Keeping)
+    for prompts in (PROMPTS, PROMPTS[::-1], PROMPTS[1:]):  # one bucket (8 rows, 64 columns), three batches
+        ids, attn = encode_prompts(tok, prompts, "Be brief.")
+        runs = {}
+        for mode in ("off", "on"):
+            gens = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
+            runs[mode] = sample(
+                model, ids, attn, eos_id=tok.eos_token_id, max_new_tokens=[10] * len(prompts),
+                temperature=[0.9] * len(prompts), top_p=[1.0] * len(prompts), generators=gens,
+                keep_internals=True, static_cache=mode,
+            )  # fmt: skip
+        assert torch.equal(runs["off"][0], runs["on"][0])
+        assert torch.allclose(runs["off"][2], runs["on"][2], atol=1e-4, rtol=0)
+    assert len(generation._kept_caches[model]) == 1
+
+
 def test_static_cache_keeps_seeds_limits_and_stop_strings_per_row(model_on):
     model, tok = model_on
     texts = [chat_text(tok, p) for p in PROMPTS]
