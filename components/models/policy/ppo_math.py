@@ -102,10 +102,10 @@ def chunked_logprobs(
     max_elements: int = LOGIT_CHUNK_ELEMENTS,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`logprobs_from_logits` (and, with ``with_entropy``, :func:`entropy_from_logits` of the same
-    tempered logits) computed a chunk of positions at a time: ``log p(y_t) = z_t[y_t] - logsumexp(z_t)`` with
-    ``z = logits / temperature`` in float32, so no float32 (B, T, V) tensor (nor its log-softmax or softmax) is
-    ever built, only a chunk of at most ``max_elements`` values. Same values as the full-tensor functions up to
-    float rounding (the same formula: log-softmax is z - logsumexp z; entropy = logsumexp z - sum p z).
+    tempered logits) computed a chunk of positions at a time: the float32 log-softmax of ``logits / temperature``
+    over a chunk of at most ``max_elements`` values, its sampled entries gathered (and ``-sum p log p``), so no
+    float32 (B, T, V) tensor (nor its log-softmax or softmax) is ever built. The same values as the full-tensor
+    functions up to float rounding (entropy: ``-sum p log p`` = ``logsumexp z - sum p z``).
 
     Returns ``(logp, entropy)``, both (B, T) float32 (entropy None unless asked). Gradients flow to ``logits``.
     """
@@ -114,12 +114,10 @@ def chunked_logprobs(
     step = _position_chunk(logits, max_elements)
     logps, ents = [], []
     for s in range(0, logits.shape[1], step):
-        z = logits[:, s : s + step].float() / temperature  # shape: (B, c, V)
-        lse = torch.logsumexp(z, dim=-1)  # shape: (B, c)
-        logps.append(z.gather(-1, tokens[:, s : s + step].unsqueeze(-1)).squeeze(-1) - lse)  # shape: (B, c)
+        logp = F.log_softmax(logits[:, s : s + step].float() / temperature, dim=-1)  # shape: (B, c, V)
+        logps.append(logp.gather(-1, tokens[:, s : s + step].unsqueeze(-1)).squeeze(-1))  # shape: (B, c)
         if with_entropy:
-            probs = torch.exp(z - lse.unsqueeze(-1))  # shape: (B, c, V)
-            ents.append(lse - (probs * z).sum(-1))  # shape: (B, c)
+            ents.append(-(logp.exp() * logp).sum(-1))  # shape: (B, c)
     if not logps:
         empty = logits.new_zeros(tokens.shape, dtype=torch.float32)
         return empty, (empty.clone() if with_entropy else None)
