@@ -49,8 +49,7 @@ def test_bucket_shapes_and_the_switch():
         static_cache_on("yes", "cpu")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("repeats", [1, 3])
-def test_static_cache_samples_the_same_tokens_and_logits_as_the_eager_loop(model_on, repeats):
+def test_static_cache_samples_the_same_tokens_and_logits_as_the_eager_loop(model_on, repeats=2):
     model, tok = model_on
     device = model.device
     ids, attn = encode_prompts(tok, PROMPTS, "Be brief.")
@@ -95,7 +94,7 @@ def test_static_cache_under_bf16_autocast_as_rollouts_run_it(model_on):
 
 
 def test_a_kept_static_cache_serves_the_next_batches_of_its_bucket(tiny, monkeypatch):
-    """The CUDA-graph path keeps one cache per bucket (stable addresses for the graph): refilled with each new
+    """The CUDA-graph path keeps one cache per bucket (stable addresses for the graph): refilled with the next
     batch's prompt, it still gives the eager loop's tokens and logits (run eagerly here)."""
     from components.models import generation
 
@@ -105,7 +104,7 @@ def test_a_kept_static_cache_serves_the_next_batches_of_its_bucket(tiny, monkeyp
 
     model, tok = tiny
     monkeypatch.setattr(generation, "StaticDecoder", Keeping)
-    for prompts in (PROMPTS, PROMPTS[::-1], PROMPTS[1:]):  # one bucket (8 rows, 64 columns), three batches
+    for prompts in (PROMPTS, PROMPTS[1:]):  # one bucket (8 rows, 64 columns), two batches
         ids, attn = encode_prompts(tok, prompts, "Be brief.")
         runs = {}
         for mode in ("off", "on"):
@@ -138,10 +137,9 @@ def test_static_cache_keeps_seeds_limits_and_stop_strings_per_row(model_on):
 def test_generate_switch_defaults_to_the_eager_loop_on_cpu_and_agrees_with_it(model_on):
     model, tok = model_on
     common = dict(max_new_tokens=10, generator_seed=5, return_internals=True, samples_per_prompt=2)
-    a = generate(model, tok, PROMPTS[:2], static_cache="off", **common)
-    b = generate(model, tok, PROMPTS[:2], static_cache="on", **common)
-    c = generate(model, tok, PROMPTS[:2], **common)  # auto
-    assert a.texts == b.texts == c.texts
+    a = generate(model, tok, PROMPTS[:2], **common)  # auto: the eager loop on the CPU, the graph on CUDA
+    b = generate(model, tok, PROMPTS[:2], static_cache="off" if model.device.type == "cuda" else "on", **common)
+    assert a.texts == b.texts
     assert torch.equal(a.response_ids, b.response_ids) and torch.equal(a.response_mask, b.response_mask)
 
 
