@@ -489,6 +489,7 @@ def sample(
         graph = device.type == "cuda"
         try:
             decoder = StaticDecoder(model, past, mask, steps, graph=graph, keep_internals=keep_internals)
+            past = None  # the static cache holds the prompt's keys and values now
         except ValueError as exc:
             log.warning("static cache off for this model (%s): decoding with the eager loop", exc)
     for step in range(steps):
