@@ -1,7 +1,8 @@
 """The ``retrain`` flow on the tiny model against a real local Prefect API and a real git + DVC project.
 
 Seeds round one, trains through ``dvc repro`` (reward model, PPO), publishes artifacts; a rerun with nothing
-changed skips both training stages; a failing stage fails the flow run and promotes nothing.
+changed skips both training stages; with the human judge and too few people's comparisons by the deadline there is
+no decision; a failing stage fails the flow run and promotes nothing.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import logging
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,8 @@ from prefect.artifacts import Artifact
 from prefect.client.schemas.objects import StateType
 from typer.testing import CliRunner
 
+from components.data.served_store import ServedOutput, ServedStore, open_store
+from components.decide import canary
 from components.project.paths import ProjectPaths
 from components.project.scaffold import init_project, pipeline_template
 from flows.retrain import retrain
@@ -152,6 +157,33 @@ def test_round_one_decides_then_a_rerun_skips_training_and_a_broken_stage_change
     assert best["policy"]["algorithm"] in ("rloo", "ppo") and best["policy"]["learning_rate"] in (1e-4, 1e-3)
     assert [(m.version, m.status) for m in registry.list_models(paths)] == registered
 
+    # 3c. people judge (eval.judge: human): the new candidate goes on canary, one rater's choice arrives where two
+    # are needed, the deadline passes: no decision, nothing promoted or rejected, the summary says why
+    champion = registry.champion(paths).version
+    params = yaml.safe_load(paths.params.read_text())
+    params["flow"]["candidates"] = []  # people judge one candidate at a time
+    params["eval"]["judge"] = "human"
+    params["eval"]["human_judge"] = {"comparisons": 2, "deadline_s": 3.0, "poll_s": 0.1, "canary_share": 0.5}
+    paths.params.write_text(yaml.safe_dump(params, sort_keys=False))
+    store = open_store(paths.served_store)  # made before the flow's judge opens it too
+    rater = threading.Thread(target=_one_choice_on_canary, args=(paths, store, champion), daemon=True)
+    rater.start()
+    waited = retrain(project=str(root), label="people", return_state=True)
+    rater.join(timeout=5)
+    store.close()
+    assert waited.type == StateType.COMPLETED, waited.message
+    people = waited.result()
+    assert people["decision"] == "no decision" and people["champion_after"] == champion == first["champion_after"]
+    assert people["training"]["ran"] == ["ppo"] and people["candidate"] not in dict(registered)  # a new one
+    assert people["human"]["decided"] is False and people["human"]["tally"]["comparisons"] == 1
+    assert "1 of 2 human comparisons had arrived by the deadline" in people["human"]["reason"]
+    assert people["gate"] == {"passed": False, "reasons": [people["human"]["reason"]]}
+    assert registry.champion(paths).version == champion
+    assert registry.get(paths, people["candidate"]).status == "candidate"  # neither promoted nor rejected
+    assert canary.read_assignment(paths) is None  # off canary again
+    assert json.loads((paths.reports / "human_judge.json").read_text())["decided"] is False
+    assert "no decision" in str(Artifact.get("retrain-summary").data)
+
     # 4. a stage that fails (a reward backbone that does not exist) fails the run; the champion stays
     models_before = [(m.version, m.status) for m in registry.list_models(paths)]
     params = yaml.safe_load(paths.params.read_text())
@@ -195,7 +227,6 @@ def test_served_feedback_enters_the_next_data_version_once(tmp_path):
     from components import stages
     from components.data.feedback.store import data_version, load
     from components.data.prompt_pool import is_heldout
-    from components.data.served_store import ServedOutput, open_store
     from components.project.params import load_params
 
     root = make_project(tmp_path)
@@ -261,6 +292,19 @@ def test_served_feedback_enters_the_next_data_version_once(tmp_path):
     exported_dict = export_served_feedback.fn(str(root), str(paths.params))
     assert stages.result_from_dict(stages.ServedExport, exported_dict) == again.__class__(**exported_dict)
     assert validate_and_version.fn(str(root), str(paths.params), exported_dict)["version"] == ingested.version
+
+
+def _one_choice_on_canary(paths: ProjectPaths, store: ServedStore, champion: str, timeout: float = 600.0) -> None:
+    """A rater who, once a candidate is on canary, compares one of its replies with one of ``champion``'s."""
+    t0 = time.monotonic()
+    while (on := canary.read_assignment(paths)) is None:
+        if time.monotonic() - t0 > timeout:
+            return
+        time.sleep(0.05)
+    prompt = "Where is my parcel?"
+    store.log_outputs([ServedOutput("out-canary", prompt, "On its way.", on.version),
+                       ServedOutput("out-champion", prompt, "No idea.", champion)])  # fmt: skip
+    store.record_pair("out-canary", "out-champion", annotator="rater-a")
 
 
 def _pool(paths: ProjectPaths) -> dict:
