@@ -166,14 +166,29 @@ class Engine:
                     self._lock.wait()
                 if self._stop:
                     return
-            try:
-                self._step()
-            except Exception as exc:  # every running caller gets the error; the engine keeps serving
-                log.exception("decode step failed with %d running row(s)", len(self._rows))
-                for row in self._rows:
-                    if not row.future.done():
-                        row.future.set_exception(exc)
-                self._reset()
+            with self._busy_region():
+                while True:
+                    try:
+                        self._step()
+                    except Exception as exc:  # every running caller gets the error; the engine keeps serving
+                        log.exception("decode step failed with %d running row(s)", len(self._rows))
+                        for row in self._rows:
+                            if not row.future.done():
+                                row.future.set_exception(exc)
+                        self._reset()
+                    if not self._rows or self._stop:  # drained: the region ends (the next rows may use a new model)
+                        break
+
+    def _busy_region(self) -> Any:
+        """One autocast region from the first step of a busy period until the batch drains.
+
+        torch keeps autocast's low-precision copy of a weight (a leaf that requires grad) until the outermost
+        autocast region ends; each step's own region, nested in this one, reuses the copies, so the weights are
+        cast once per busy period instead of at every decode step (the cast of every weight is a fixed cost per
+        step that does not shrink with the batch). The copies are freed when the batch drains."""
+        if self.autocast is None:
+            return _nullcontext()
+        return self.autocast(self.current()[0])
 
     def _reset(self) -> None:
         self._rows, self._cache, self._mask, self._pos, self._logits = [], None, None, None, None
