@@ -26,6 +26,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "eval_evidence": ("bench.eval_evidence:main", "the win rate's interval (A/A) by held-out fraction and samples"),
     "serving": ("bench.serving_load:main", "serving load test: 1 / 4 / 16 clients, batched vs one at a time"),
     "serving_hostage": ("bench.serving_load:main_hostage", "short requests beside a long one; streaming latency"),
+    "serving_stream": (
+        "bench.serving_load:main_stream",
+        "streaming chat at 1 / 4 / 16 / 32 clients: time to first token, gaps, tokens/s, ratios to one client",
+    ),
     "validation": ("bench.validation_rows:main", "feedback validation (Great Expectations) rows/s"),
     "gpu_roofline": ("bench.gpu_roofline:main", "GPU: PPO update MFU and decoding against the bandwidth bound"),
     "alignment": ("bench/alignment.py", "reward-model over-optimisation: gold score against KL (its own script)"),

@@ -18,6 +18,17 @@ client keeps asking for ``--long-tokens`` tokens, then one streaming chat reques
     python -m bench serving_hostage                                     # tiny model
     nice -n 10 python -m bench serving_hostage --model smollm2-135m-instruct --rounds 2
 
+``python -m bench serving_stream``: streaming chat (``POST /v1/chat/completions`` with ``stream: true``) at 1, 4,
+16 and 32 concurrent clients against one server, each client sending ``--rounds`` requests one after another: time
+to the first content chunk (TTFT), gaps between content chunks, time per output token after the first, completion
+tokens/s (all clients together and per stream), p50/p95, and the engine's decode steps and rows per step (from
+``/metrics``). Every figure is also given as a ratio to the one-client level of the same run; the serving goals
+are TTFT p50 at 16 clients <= 3x one client's and 16 clients' tokens/s >= 8x one client's. Writes
+``bench/results/serving_stream.json``.
+
+    python -m bench serving_stream                                      # tiny model
+    nice -n 10 python -m bench serving_stream --model smollm2-135m-instruct
+
 The server runs on ``--server-threads`` torch threads (1: the clients use the other core).
 """
 
@@ -281,3 +292,236 @@ def main_hostage(argv: list[str] | None = None) -> None:
     }
     print(json.dumps(result, indent=2))
     harness.append_results(args.out, result)
+
+
+# ---------------------------------------------------------------------------------------------
+# serving_stream: streaming chat by client count, as ratios against one client
+# ---------------------------------------------------------------------------------------------
+
+STREAM_PROMPTS = (
+    "Explain step by step how to return a damaged parcel and get a refund.",
+    "Write a short, friendly reply to a customer whose order #{i} is a week late.",
+    "List the things to check before contacting support about a login problem.",
+    "Describe how a refund is processed after a return is received.",
+)
+
+
+def stream_once(c: httpx.Client, i: int, max_tokens: int) -> dict:
+    """One streaming chat request: when each content chunk arrived (seconds after sending), the completion tokens
+    (the usage chunk), the status."""
+    prompt = STREAM_PROMPTS[i % len(STREAM_PROMPTS)].format(i=1000 + i)
+    body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 1.0}
+    body |= {"seed": i, "stream": True, "stream_options": {"include_usage": True}}
+    t0 = time.perf_counter()
+    stamps: list[float] = []
+    tokens = 0
+    with c.stream("POST", "/v1/chat/completions", json=body) as r:
+        if r.status_code != 200:
+            r.read()
+            return {"status": r.status_code}
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            choices = chunk.get("choices") or []
+            if choices and choices[0]["delta"].get("content"):
+                stamps.append(time.perf_counter() - t0)
+    return {"status": 200, "stamps": stamps, "done": time.perf_counter() - t0, "tokens": tokens}
+
+
+def engine_steps(url: str) -> tuple[float, float]:
+    """The engine's decode steps so far and the rows they sampled (the ``rlhf_batch_size`` histogram)."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    count = total = 0.0
+    for line in text.splitlines():
+        if line.startswith("rlhf_batch_size_count"):
+            count += float(line.split()[-1])
+        elif line.startswith("rlhf_batch_size_sum"):
+            total += float(line.split()[-1])
+    return count, total
+
+
+def _ms(values: list[float], q: float) -> float | None:
+    return round(harness.percentile(values, q) * 1000, 1) if values else None
+
+
+def stream_level(url: str, clients: int, requests: int, max_tokens: int, spacing: float = 0.0) -> dict:
+    """``clients`` concurrent clients, each sending streaming requests one after another, ``requests`` in all.
+
+    ``spacing`` 0: every client starts at once (a burst: with replies of the same length they stay in step, so
+    every round's prompts arrive together). Otherwise client k starts ``k * spacing`` seconds late (staggered:
+    requests then arrive one by one into a running batch)."""
+    got: list[dict] = []
+    lock = threading.Lock()
+    counter = iter(range(requests))
+
+    def client(k: int) -> None:
+        time.sleep(k * spacing)
+        with httpx.Client(base_url=url, timeout=900) as c:
+            while (i := next(counter, None)) is not None:
+                one = stream_once(c, i, max_tokens)
+                with lock:
+                    got.append(one)
+
+    steps0, rows0 = engine_steps(url)
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    steps1, rows1 = engine_steps(url)
+    ok = [g for g in got if g["status"] == 200 and g["stamps"]]
+    ttft = [g["stamps"][0] for g in ok]
+    gaps = [b - a for g in ok for a, b in zip(g["stamps"], g["stamps"][1:])]
+    # time per output token after the first chunk, per request
+    tpot = [(g["done"] - g["stamps"][0]) / (g["tokens"] - 1) for g in ok if g["tokens"] > 1]
+    per_stream = [g["tokens"] / g["done"] for g in ok if g["done"] > 0]
+    tokens = sum(g["tokens"] for g in ok)
+    steps = steps1 - steps0
+    return {
+        "clients": clients,
+        "arrivals": "staggered" if spacing else "burst",
+        "start_spacing_s": round(spacing, 3),
+        "requests": requests,
+        "ok": len(ok),
+        "errors": [g["status"] for g in got if g["status"] != 200],
+        "wall_s": round(wall, 3),
+        "req_per_s": round(len(ok) / wall, 3),
+        "tokens_per_s": round(tokens / wall, 2),
+        "mean_completion_tokens": round(tokens / len(ok), 1) if ok else 0,
+        "ttft_p50_ms": _ms(ttft, 50),
+        "ttft_p95_ms": _ms(ttft, 95),
+        "chunk_gap_p50_ms": _ms(gaps, 50),
+        "chunk_gap_p95_ms": _ms(gaps, 95),
+        "tpot_p50_ms": _ms(tpot, 50),
+        "tpot_p95_ms": _ms(tpot, 95),
+        "stream_tokens_per_s_p50": round(harness.percentile(per_stream, 50), 2) if per_stream else None,
+        "latency_p50_ms": _ms([g["done"] for g in ok], 50),
+        "latency_p95_ms": _ms([g["done"] for g in ok], 95),
+        "decode_steps": int(steps),
+        "mean_rows_per_step": round((rows1 - rows0) / steps, 2) if steps else None,
+        "ms_per_step": round(wall / steps * 1000, 1) if steps else None,
+    }
+
+
+def main_stream(argv: list[str] | None = None) -> None:
+    ap = _parser("serving_stream", "serving_stream.json")
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 32])
+    ap.add_argument("--rounds", type=int, default=3, help="streaming requests per client at each client count")
+    ap.add_argument("--anchor-requests", type=int, default=8, help="requests of the one-client anchor (at least)")
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument(
+        "--arrivals",
+        nargs="+",
+        choices=["burst", "staggered"],
+        default=["burst", "staggered"],
+        help="burst: every client starts at once; staggered: client k starts k x (one-client latency / clients) late",
+    )
+    ap.add_argument("--max-batch-size", type=int, default=16, help="serve.max_batch_size")
+    ap.add_argument("--max-queued", type=int, default=64, help="serve.max_queued")
+    ap.add_argument("--no-bf16", dest="bf16", action="store_false", help="serve in float32 (serve.bf16 false)")
+    ap.add_argument("--label", default="", help="a name for this run in the output")
+    args = ap.parse_args(argv)
+    load_before = os.getloadavg()
+    serve = {"max_batch_size": args.max_batch_size, "max_queued": args.max_queued}
+    serve |= {"torch_threads": args.server_threads, "bf16": args.bf16}
+    levels: list[dict] = []
+    with harness.workdir("stream") as tmp, served(Path(tmp) / "p", args.model, **serve) as (url, _):
+        with httpx.Client(base_url=url, timeout=900) as c:  # warm-up
+            stream_once(c, 0, 8)
+        stream_level(url, 2, 4, args.max_tokens)
+        for clients in args.clients:
+            if clients == 1:
+                runs = [(max(args.rounds, args.anchor_requests), 0.0)]
+            else:
+                one = next((lv["latency_p50_ms"] / 1000 for lv in levels if lv["clients"] == 1), 0.0)
+                runs = [(clients * args.rounds, 0.0 if a == "burst" else one / clients) for a in args.arrivals]
+            for n, spacing in runs:
+                levels.append(lv := stream_level(url, clients, n, args.max_tokens, spacing))
+                print(
+                    f"{clients:>3} clients {lv['arrivals']:>9}: TTFT p50 {lv['ttft_p50_ms']} ms "
+                    f"p95 {lv['ttft_p95_ms']} ms, {lv['tokens_per_s']} tok/s, gap p50 {lv['chunk_gap_p50_ms']} ms, "
+                    f"{lv['mean_rows_per_step']} rows x {lv['ms_per_step']} ms per step, errors {lv['errors']}",
+                    flush=True,
+                )
+    anchor = next(lv for lv in levels if lv["clients"] == min(args.clients))
+    for lv in levels:
+        lv["ttft_p50_vs_one"] = round(lv["ttft_p50_ms"] / anchor["ttft_p50_ms"], 2)
+        lv["throughput_vs_one"] = round(lv["tokens_per_s"] / anchor["tokens_per_s"], 2)
+    result: dict = {
+        "benchmark": "serving_stream",
+        "label": args.label,
+        "conditions": args.conditions,
+        "model": args.model,
+        "max_tokens": args.max_tokens,
+        "serve": serve,
+        "hardware": f"CPU only: {os.cpu_count()} cores, the server uses {args.server_threads} torch thread(s)",
+        "load_average_before": load_before,
+        "goals": _stream_goals(levels, anchor),
+        "levels": levels,
+    }
+    print(json.dumps({k: v for k, v in result.items() if k != "levels"}, indent=2))
+    harness.write_results(args.out, result)
+    if not args.no_table:
+        harness.update_row(STREAM_ROW, stream_row(json.loads(args.out.read_text()), args.out))
+
+
+STREAM_ROW = "Serving, streaming chat by client count"
+
+
+def stream_row(result: dict, out: Path) -> list[str]:
+    """The results table's cells (after the first) for a ``serving_stream`` run."""
+    levels = result["levels"]
+
+    def fig(arrivals: str, key: str, fmt: str = "{:g}") -> str:
+        got = [lv for lv in levels if lv["arrivals"] == arrivals or lv["clients"] == 1]
+        return " / ".join(fmt.format(lv[key]) for lv in got)
+
+    counts = " / ".join(str(lv["clients"]) for lv in levels if lv["arrivals"] == "burst")
+    load = result.get("load_average_before", [0])[0], result.get("load_average_at_end", [0])[0]
+    where = (
+        f"CPU ({result['machine']['cpu']}, bf16 {result['serve']['bf16']}), {result['machine']['cpu_count']} cores; "
+        f"server on {result['serve']['torch_threads']} torch thread; {result['conditions'] or 'conditions not given'}, "
+        f"load average {load[0]:.1f} before / {load[1]:.1f} after; {result['model']}, {result['max_tokens']} tokens"
+    )
+    ours = [f"TTFT p50 (ms) at {counts} clients, burst: {fig('burst', 'ttft_p50_ms')}"]
+    ours.append(f"tokens/s: {fig('burst', 'tokens_per_s')}")
+    ours.append(f"chunk gap p50 (ms): {fig('burst', 'chunk_gap_p50_ms')}")
+    if any(lv["arrivals"] == "staggered" for lv in levels):
+        ours.append(
+            f"staggered: TTFT p50 {fig('staggered', 'ttft_p50_ms')}, tokens/s {fig('staggered', 'tokens_per_s')}"
+        )
+    ratios = [
+        f"{a}: TTFT p50 16:1 **{g['ttft_p50_16_over_1']['value']}x** (goal <= 3x), "
+        f"throughput 16:1 **{g['throughput_16_over_1']['value']}x** (goal >= 8x)"
+        for a, g in result.get("goals", {}).items()
+    ]
+    args = ["--model", result["model"]] if result["model"] != "tiny" else []
+    return [
+        where,
+        "; ".join(ours),
+        "the same run's one client",
+        "; ".join(ratios),
+        harness.command("serving_stream", args),
+        f"`{harness.results_path(out)}`",
+    ]
+
+
+def _stream_goals(levels: list[dict], anchor: dict) -> dict:
+    """The serving goals at 16 clients against the one-client anchor, for each arrival pattern measured."""
+    if anchor["clients"] != 1:
+        return {}
+    goals = {}
+    for lv in levels:
+        if lv["clients"] != 16:
+            continue
+        ttft, tput = lv["ttft_p50_vs_one"], lv["throughput_vs_one"]
+        goals[lv["arrivals"]] = {
+            "ttft_p50_16_over_1": {"value": ttft, "goal": "<= 3", "met": ttft <= 3},
+            "throughput_16_over_1": {"value": tput, "goal": ">= 8", "met": tput >= 8},
+        }
+    return goals
