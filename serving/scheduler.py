@@ -188,7 +188,11 @@ class Engine:
         step that does not shrink with the batch). The copies are freed when the batch drains."""
         if self.autocast is None:
             return _nullcontext()
-        return self.autocast(self.current()[0])
+        try:
+            return self.autocast(self.current()[0])
+        except Exception:  # no model to serve: the step fails and reports it to the callers, as without the region
+            log.exception("could not open the autocast region for the next steps")
+            return _nullcontext()
 
     def _reset(self) -> None:
         self._rows, self._cache, self._mask, self._pos, self._logits = [], None, None, None, None
