@@ -119,6 +119,44 @@ def test_a_kept_static_cache_serves_the_next_batches_of_its_bucket(tiny, monkeyp
     assert len(generation._kept_caches[model]) == 1
 
 
+@pytest.mark.slow  # ~13 s (dynamo traces the LoRA model's step); bench/gpu_check.sh tests runs it
+def test_the_decode_step_traces_into_one_graph_without_breaks_or_recompiles(tiny, monkeypatch):
+    """What torch.compile captures as a CUDA graph on a GPU, traced here by dynamo (``aot_eager``: no code
+    generation): the step of a LoRA policy under bf16 autocast is one graph, with no graph break, and the next
+    batch of the same bucket reuses it; the tokens are the eager loop's."""
+    import copy
+
+    import torch._dynamo
+    from peft import LoraConfig, get_peft_model
+    from torch._dynamo.utils import counters
+
+    from components.models import generation
+    from components.models.precision import cast_frozen_weights_once
+
+    class Graphing(generation.StaticDecoder):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "graph": True})
+
+    model, tok = tiny
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    policy = get_peft_model(copy.deepcopy(model), lora).eval()
+    torch._dynamo.reset()
+    counters.clear()
+    traced = torch.compile(generation._decode_step, backend="aot_eager", dynamic=False)
+    monkeypatch.setattr(generation, "_compiled_step", traced)
+    monkeypatch.setattr(generation, "StaticDecoder", Graphing)
+    for prompts in (PROMPTS, PROMPTS[1:]):  # two batches of one bucket
+        texts = {}
+        for mode in ("off", "on"):
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), cast_frozen_weights_once(policy):
+                out = generate(policy, tok, prompts, max_new_tokens=8, generator_seed=0, static_cache=mode)
+            texts[mode] = out.texts
+        assert texts["on"] == texts["off"]
+    assert not counters["graph_break"]
+    assert counters["stats"]["unique_graphs"] == 1
+    torch._dynamo.reset()
+
+
 def test_static_cache_keeps_seeds_limits_and_stop_strings_per_row(model_on):
     model, tok = model_on
     texts = [chat_text(tok, p) for p in PROMPTS]
