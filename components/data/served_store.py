@@ -185,6 +185,21 @@ def store_url(cfg: ServeConfig, paths: ProjectPaths) -> str:
     return os.environ.get("RLHF_STORE_URL") or cfg.store_url or default_url(paths.served_store)
 
 
+def _create_schema(engine: Engine, attempts: int = 5) -> None:
+    """Create the tables that are missing. Two processes (or threads) opening a fresh store at once both see a
+    table missing and both create it; the loser's error ("already exists", or PostgreSQL's duplicate type name)
+    only means the winner made it, so look again."""
+    for attempt in range(attempts):
+        try:
+            _meta.create_all(engine)
+            return
+        except sa.exc.DBAPIError as exc:
+            text = str(exc.orig).lower()
+            raced = "already exists" in text or "duplicate key" in text
+            if not raced or attempt == attempts - 1:
+                raise
+
+
 class ServedStore:
     """Thread-safe access to the store; one instance per process (it holds a connection pool)."""
 
@@ -202,7 +217,7 @@ class ServedStore:
         else:
             self.engine = sa.create_engine(url, pool_pre_ping=True)
         self._write_lock = threading.Lock() if self.is_sqlite else None
-        _meta.create_all(self.engine)
+        _create_schema(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -182,3 +182,36 @@ def test_version_comparisons_give_the_first_versions_outcome_and_skip_same_versi
         ("tie", "ann", "c2", "h2"),
     ]
     assert [r["outcome"] for r in store.version_comparisons("champ", "cand")] == ["loss", "win", "tie"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_openers_racing_on_a_fresh_store_all_get_it(backend, request, tmp_path):
+    """Several openers of one fresh store race to create its tables; each must end up with a working store."""
+    import threading
+
+    if backend == "sqlite":
+        url = str(tmp_path / "live" / "served.sqlite")
+    else:
+        url = request.getfixturevalue("postgres").new_database()
+    openers = 6
+    barrier = threading.Barrier(openers)
+    opened, errors = [], []
+
+    def open_one() -> None:
+        barrier.wait()
+        try:
+            opened.append(open_store(url))
+        except Exception as exc:  # the test reports any failure to open
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=open_one) for _ in range(openers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(opened) == openers
+    opened[0].log_outputs([out("a")])
+    assert opened[-1].get("a").reply == "Sorry to hear that."
+    for s in opened:
+        s.close()
