@@ -547,12 +547,22 @@ def main() -> None:
     }
     tag = f"_{args.tag}" if args.tag else ""
     out_json, out_png = args.out / f"alignment{tag}.json", args.out / f"alignment{tag}.png"
+    # with --append, the runs already in the results JSON are kept: read before this run overwrites the file,
+    # and only when they were measured against the same reward model and base samples
+    if args.append and out_json.is_file():
+        earlier = json.loads(out_json.read_text())
+        same = ("reward_model", "base", "best_of_n")
+        if any(earlier.get(k) != report[k] for k in same):
+            raise SystemExit(
+                f"--append: {out_json} was measured with another reward model or other base samples "
+                f"({', '.join(k for k in same if earlier.get(k) != report[k])} differ); "
+                "rerun with the same --samples/--refs/--reward-set/params, or write to another --tag"
+            )
+        report["ppo"] = earlier["ppo"]
     write_json(out_json, report)
     base.to("cpu")  # PPO loads its own copy
 
     # 5. policy runs: every recipe x seed (with --append, the ones already in the results JSON are kept)
-    if args.append and out_json.is_file():
-        report["ppo"] = json.loads(out_json.read_text())["ppo"]
     seeds = args.seeds if args.seeds else [ppo_cfg.seed]
     bon = report["best_of_n"]["reward_model"]
     for name in args.ppo:
