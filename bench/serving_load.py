@@ -40,12 +40,24 @@ import os
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
 from bench import harness
+
+
+def run_clients(client: Callable[[int], None], clients: int) -> float:
+    """Run ``client(0..clients-1)`` on one thread each, all started before any is joined; the wall seconds."""
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
 
 
 @contextmanager
@@ -109,13 +121,7 @@ def run_level(url: str, clients: int, total: int, max_new_tokens: int) -> dict:
                     else:
                         errors.append(r.status_code)
 
-    threads = [threading.Thread(target=client, args=(w,)) for w in range(clients)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+    wall = run_clients(client, clients)
     return {
         "clients": clients,
         "requests": total,
@@ -211,11 +217,7 @@ def shorts(url: str, clients: int, rounds: int) -> list[float]:
                 with lock:
                     latencies.append(time.perf_counter() - t0)
 
-    threads = [threading.Thread(target=client, args=(w,)) for w in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_clients(client, clients)
     return latencies
 
 
@@ -366,13 +368,7 @@ def stream_level(url: str, clients: int, requests: int, max_tokens: int, spacing
                     got.append(one)
 
     steps0, rows0 = engine_steps(url)
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+    wall = run_clients(client, clients)
     steps1, rows1 = engine_steps(url)
     ok = [g for g in got if g["status"] == 200 and g["stamps"]]
     ttft = [g["stamps"][0] for g in ok]
