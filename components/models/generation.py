@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase, StaticCache
+from transformers import Cache, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase, StaticCache
 from transformers.cache_utils import StaticLayer
 
 from components.data.prompt_pool import Prompt, as_messages
@@ -262,11 +262,12 @@ def _decode_step(
     token: torch.Tensor,
     position: torch.Tensor,
     mask: torch.Tensor,
-    cache: StaticCache,
+    cache: Cache,
     keep_internals: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One decode step of fixed shapes: token and position (Bb, 1), mask (Bb, Lb); the cache is updated in place.
-    Returns the next-token logits (Bb, V) and, with ``keep_internals``, the last hidden state (Bb, H)."""
+    """One decode step: token and position (Bb, 1), mask (Bb, Lb); the cache (the eager loop's growing one, or a
+    static one of fixed shapes) is updated in place. Returns the next-token logits (Bb, V) and, with
+    ``keep_internals``, the last hidden state (Bb, H)."""
     out = model(
         input_ids=token,
         attention_mask=mask,
@@ -515,17 +516,8 @@ def sample(
             logits, hidden = decoder.step(token, next_pos)  # shapes: (B, V), (B, H) or None
             continue
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # shape: (B, P+t+1)
-        out = model(
-            input_ids=token.unsqueeze(1),
-            attention_mask=mask,
-            position_ids=next_pos.unsqueeze(1),
-            past_key_values=past,
-            use_cache=True,
-            output_hidden_states=keep_internals,
-        )
-        past = out.past_key_values
-        logits = out.logits[:, -1, :]
-        hidden = out.hidden_states[-1][:, -1, :] if keep_internals else None
+        # the growing cache is extended in place by the step
+        logits, hidden = _decode_step(model, token.unsqueeze(1), next_pos.unsqueeze(1), mask, past, keep_internals)
     if not tokens:
         return torch.zeros((b, 0), dtype=query_ids.dtype, device=device), ended, None, None
     if keep_internals:  # shapes: (B, R), (B,), (B, R, V), (B, R, H)
