@@ -27,6 +27,11 @@ class RLOOConfig:
     """Clip of the sequence-level ratio pi/pi_old (TRL ``RLOOTrainer``: 0.2); null = plain REINFORCE."""
     whiten_advantages: bool = False
     """Whiten the leave-one-out advantages over the batch (TRL ``normalize_advantage``, default off)."""
+    max_kl: float | None = 4.0
+    """Bound on the KL to the reference (the parent), in nats per reply: the mean summed k1 of each step's own
+    samples (the batch's ``objective/kl``, measured before the update); a step whose batch is beyond it makes no
+    update and training stops there (as ``dpo.max_kl``). null = no bound: the KL controller's penalty alone holds
+    the policy. 4.0 leaves 2 nats below the gate's default ``gate.max_kl`` (6)."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,11 @@ class GRPOConfig:
     """Updates over each batch (TRL ``num_iterations``: 1); the ratio clip acts from the second on."""
     clip_range: float = 0.2
     """Token ratio clip epsilon (TRL ``epsilon``: 0.2)."""
+    max_kl: float | None = 4.0
+    """Bound on the KL to the reference (the parent), in nats per reply: the mean summed k1 of each step's own
+    samples (the batch's ``objective/kl``, measured before the update); a step whose batch is beyond it makes no
+    update and training stops there (as ``dpo.max_kl``). null = no bound: ``kl_coef`` alone holds the policy.
+    4.0 leaves 2 nats below the gate's default ``gate.max_kl`` (6)."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,11 @@ class OnlineDPOConfig:
     """As ``dpo.loss``."""
     epochs: int = 1
     """Passes over each step's pairs."""
+    max_kl: float | None = 4.0
+    """Bound on the KL to the reference (the parent), in nats per reply: the mean summed k1 of each step's own
+    samples (the batch's ``objective/kl``, measured before the update); a step whose batch is beyond it makes no
+    update and training stops there (as ``dpo.max_kl``). null = no bound: ``beta`` alone holds the policy.
+    4.0 leaves 2 nats below the gate's default ``gate.max_kl`` (6)."""
 
 
 @dataclass(frozen=True)
@@ -97,9 +112,10 @@ class BoNSFTConfig:
     prompts."""
     epochs: int = 2
     """Supervised passes over each step's best replies."""
-    max_kl: float = 4.0
-    """Bound on the KL to the parent (nats per reply, k1 on the policy's own samples, measured every step): a step
-    whose samples are further away makes no update."""
+    max_kl: float | None = 4.0
+    """Bound on the KL to the parent (nats per reply, k1 on the policy's own samples, measured on each step's
+    batch before the update): a step whose samples are further away makes no update and training stops there (as
+    ``grpo.max_kl``). null = no bound."""
 
 
 @dataclass(frozen=True)
@@ -287,8 +303,10 @@ class PolicyConfig:
             raise ValueError("rloo.k, grpo.k and bon_sft.n must be >= 2 (they compare samples of one prompt)")
         if self.dpo.beta <= 0 or self.online_dpo.beta <= 0:
             raise ValueError("dpo.beta and online_dpo.beta must be > 0")
-        if self.dpo.max_kl is not None and self.dpo.max_kl <= 0:
-            raise ValueError(f"dpo.max_kl must be > 0 nats or null (no bound), got {self.dpo.max_kl}")
+        for name in ("rloo", "grpo", "dpo", "online_dpo", "bon_sft"):
+            max_kl = getattr(self, name).max_kl
+            if max_kl is not None and max_kl <= 0:
+                raise ValueError(f"{name}.max_kl must be > 0 nats or null (no bound), got {max_kl}")
         if self.dpo.kl_every < 1 or self.dpo.kl_prompts < 1:
             raise ValueError(
                 f"dpo.kl_every and dpo.kl_prompts must be >= 1, got {self.dpo.kl_every} and {self.dpo.kl_prompts}"

@@ -176,6 +176,7 @@ def test_known_reward_rises(tmp_path, algorithm):
         lora=False,
         init_kl_coef=0.05,
         adaptive_kl=False,
+        **{algorithm: {"max_kl": None}},  # the optimiser alone: full fine-tuning of the tiny model leaves 4 nats fast
     )
     result = run(params, tmp_path, scorer=CountScorer("e", cap=4.0), export=False)
     scores = [m["objective/score"] for m in result.metrics]
@@ -183,14 +184,51 @@ def test_known_reward_rises(tmp_path, algorithm):
     assert last > first + 0.5, f"{algorithm}: mean reward did not rise: {scores}"
 
 
-def test_best_of_n_stops_updating_beyond_its_kl_bound(tmp_path):
-    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
-    params = policy_params("bon_sft", reward_model="builtin:count:e", steps=3, bon_sft={"max_kl": 1e-3})
-    rows = run(params, tmp_path, scorer=CountScorer("e"), export=False).metrics
-    # step 1 starts at the parent (KL 0) and trains; the trained policy is then beyond 1e-3 nats and stops
-    assert rows[0]["bon_sft/over_kl_bound"] == 0.0 and rows[0]["policy/minibatches"] >= 1
-    assert rows[-1]["objective/kl"] > 1e-3
-    assert rows[-1]["bon_sft/over_kl_bound"] == 1.0 and rows[-1]["policy/minibatches"] == 0
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo", "online_dpo", "bon_sft"])
+def test_online_optimisers_stop_at_their_kl_bound(tmp_path, algorithm):
+    """With ``<algorithm>.max_kl``, the KL of a step's own batch (measured before its update) beyond the bound
+    stops training: that step makes no update, no further step runs, also when resumed, and the stop reaches the
+    metrics and the manifest. Without a bound every step runs, the first one as with it."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root in (a, b):
+        root.mkdir()
+        (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    # online DPO's 4 pairs a step move the tiny policy too little with the defaults to show a KL on 8 samples
+    push = algorithm == "online_dpo"
+    scored = {
+        "reward_model": "builtin:count:e",
+        "steps": 3,
+        "max_new_tokens": 6,
+        "learning_rate": 0.05 if push else 1e-2,
+    }
+
+    def params(max_kl: float | None, **more: object) -> dict:
+        own = {"max_kl": max_kl, **({"beta": 1.0} if push else {})}
+        return policy_params(algorithm, **scored, **more, **{algorithm: own})
+
+    bounded = run(params(1e-3), a, export=False)
+    rows = bounded.metrics
+    # step 1 samples the parent (KL 0) and trains; step 2's batch, from the trained policy, is beyond 1e-3 nats
+    assert [r["step"] for r in rows] == [1, 2] and [r["kl_bound/stopped"] for r in rows] == [0.0, 1.0]
+    assert rows[0]["policy/minibatches"] >= 1 and rows[1]["policy/minibatches"] == 0
+    assert rows[1]["kl_bound/sampled_kl"] == rows[1]["objective/kl"] > 1e-3
+    weights = {n: p.detach().clone() for n, p in bounded.actor_critic.named_parameters() if p.requires_grad}
+
+    again = run(params(1e-3), a, resume=True)
+    assert again.steps_run == 0 and again.export_dir is not None  # the checkpoint at the stop: no further step
+    summary = json.loads((a / "metrics" / "ppo.json").read_text())
+    assert summary["stopped_at_step"] == 2 and summary["kl_at_stop"] == rows[1]["objective/kl"]
+    assert json.loads((again.export_dir / "manifest.json").read_text())["metrics"]["stopped_at_step"] == 2
+
+    free = params(None, save_every=1)
+    first = run(free, b, stop_after=1, export=False)
+    assert first.metrics[0]["loss/policy"] == rows[0]["loss/policy"]
+    after_1 = dict(first.actor_critic.named_parameters())
+    for n, p in again.actor_critic.named_parameters():  # the stopped step changed nothing, nor did the resume
+        if p.requires_grad:
+            assert torch.equal(weights[n], p) and torch.equal(after_1[n], p), n
+    rest = run(free, b, resume=True, export=False).metrics
+    assert [r["step"] for r in rest] == [1, 2, 3] and "kl_bound/stopped" not in rest[-1]
 
 
 def test_offline_dpo_without_the_no_grad_policy_pass_trains_the_same(trained_project, tmp_path, monkeypatch):

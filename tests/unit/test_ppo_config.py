@@ -90,6 +90,9 @@ def test_algorithm_settings_are_checked_naming_the_key():
     with pytest.raises(ConfigError, match=r"dpo\.max_kl must be > 0 nats or null"):
         load_section(PolicyConfig, "policy", {"policy": {"dpo": {"max_kl": 0}}})
     assert load_section(PolicyConfig, "policy", {"policy": {"dpo": {"max_kl": None}}}).dpo.max_kl is None
+    with pytest.raises(ConfigError, match=r"online_dpo\.max_kl must be > 0 nats or null"):
+        load_section(PolicyConfig, "policy", {"policy": {"online_dpo": {"max_kl": -1.0}}})
+    assert load_section(PolicyConfig, "policy", {"policy": {"grpo": {"max_kl": None}}}).grpo.max_kl is None
     with pytest.raises(ConfigError, match=r"dpo\.kl_every and dpo\.kl_prompts must be >= 1"):
         load_section(PolicyConfig, "policy", {"policy": {"dpo": {"kl_every": 0}}})
     with pytest.raises(ConfigError, match=r"unknown key policy\.grpo\.beta"):

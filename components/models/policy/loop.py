@@ -9,8 +9,8 @@ One step reads top to bottom:
   4. targets   - what the loss fits: the algorithm's part (``components/models/policy/algorithms/``)
   5. update    - epochs over minibatches (grad accumulation, clipping, PPO's early stop on approx KL)
   6. KL        - the controller sees the mean KL per reply to the reference (Ziegler et al. 2019, eq. 3);
-                 with a KL bound (offline DPO's ``max_kl``), every few steps the KL on the policy's own samples,
-                 and no further update once it is beyond the bound
+                 with a KL bound (``max_kl``), the KL on the policy's own samples (the step's batch, before
+                 step 5; offline DPO: samples of its own every few steps), and no further update once it is beyond
   7. log       - one JSONL/CSV row of metrics
   8. checkpoint- every ``save_every`` steps: everything needed to resume bit-for-bit
 
@@ -350,21 +350,30 @@ class PolicyTrainer:
         self.forward_batch(batch)
         return self.mean_kl(batch)
 
-    def check_kl_bound(self) -> None:
-        """Every ``kl_every`` steps (not after the last), measure the KL on the policy's own samples; beyond
-        ``max_kl``, stop: the loop runs no further step, and the policy stays as this step left it."""
+    def check_kl_bound(self, batch_kl: float | None = None) -> bool:
+        """The KL bound on the policy's own samples (``algo.kl_bound``); beyond ``max_kl``, stop: the loop runs no
+        further step. With ``batch_kl`` (step 4, before the update; a bound without ``prompts``): the step's batch
+        is the measurement, and the step makes no update. Without (after step 6; a bound with ``prompts``): every
+        ``every`` steps but not after the last, a measurement of its own, the policy staying as the step left it.
+        Returns whether this call stopped training."""
         bound = self.algo.kl_bound
-        if bound is None or self.step % bound[1] or self.step >= self.cfg.steps:
-            return
-        max_kl, _, n = bound
-        self.bounded_kl = self.sampled_kl(n)
-        self.stopped = self.bounded_kl > max_kl
+        on_batch = batch_kl is not None
+        if bound is None or (bound.prompts is None) != on_batch:
+            return False
+        if on_batch:
+            self.bounded_kl, step, what = batch_kl, self.step + 1, "this step's batch, its update skipped"
+        elif self.step % bound.every or self.step >= self.cfg.steps:
+            return False
+        else:
+            self.bounded_kl, step, what = self.sampled_kl(bound.prompts), self.step, "samples after this step"
+        self.stopped = self.bounded_kl > bound.max_kl
         if self.stopped and self.acc.is_main_process:
             log.info(
-                "%s: KL to the reference on the policy's own samples %.3f nats > max_kl %g after step %d of %d: "
-                "no further update, the policy is exported as it is",
-                self.cfg.algorithm, self.bounded_kl, max_kl, self.step, self.cfg.steps,
+                "%s: KL to the reference on the policy's own samples (%s) %.3f nats > max_kl %g at step %d of %d: "
+                "training stops, no further update; the policy is exported as it is",
+                self.cfg.algorithm, what, self.bounded_kl, bound.max_kl, step, self.cfg.steps,
             )  # fmt: skip
+        return self.stopped
 
     # -- 5. update ---------------------------------------------------------------------------
 
@@ -491,6 +500,9 @@ class PolicyTrainer:
             mean_kl = self.mean_kl(batch) if algo.needs_old_logp else float("nan")
             kl_coef = algo.kl_coef(self.kl_ctl.value)
             targets = algo.targets(batch, raw, scores, kl_coef, mean_kl)
+            # A KL bound measured on the step's own batch (the online optimisers'): beyond it, no update, and stop.
+            if self.check_kl_bound(mean_kl):
+                targets = Targets(None, {}, targets.stats)
 
             # 5. update: epochs over minibatches
             upd = self.update(targets)
@@ -503,8 +515,9 @@ class PolicyTrainer:
             self.kl_ctl.update(mean_kl, n_steps=cfg.batch_size * acc.num_processes)
             self.step += 1
             steps_run += 1
-            # A KL bound on the policy's own samples (offline DPO's max_kl): every few steps; beyond it, stop.
-            self.check_kl_bound()
+            # A KL bound measured on samples of its own (offline DPO's max_kl): every few steps; beyond it, stop.
+            if not self.stopped:
+                self.check_kl_bound()
             t5 = self._clock()
 
             # 7. log

@@ -24,6 +24,20 @@ if TYPE_CHECKING:
     from components.models.policy.loop import PolicyTrainer
 
 
+@dataclass(frozen=True)
+class KLBound:
+    """A bound on the KL to the reference (nats per reply, mean summed k1) measured on the policy's own samples;
+    once a measurement exceeds ``max_kl`` the loop stops training (no further update, a checkpoint there)."""
+
+    max_kl: float
+    every: int = 1
+    """Steps between two measurements (with ``prompts``)."""
+    prompts: int | None = None
+    """Training prompts a measurement samples one reply each to, after every ``every``-th step (offline DPO, whose
+    batches are not the policy's samples). None: the step's own batch measures it, before the step's update (the
+    online optimisers sample it anyway); a batch beyond the bound gets no update."""
+
+
 @dataclass
 class Forward:
     """The policy's outputs on a micro-batch, with gradients."""
@@ -72,11 +86,12 @@ class Algorithm:
         return getattr(getattr(self.cfg, self.name, None), "epochs", 1)
 
     @property
-    def kl_bound(self) -> tuple[float, int, int] | None:
-        """A bound on the KL to the reference measured on the policy's own samples between steps: (max_kl nats,
-        every how many steps, on how many training prompts); the loop stops training once a measurement exceeds
-        it. None: no such bound (the online optimisers see their samples' KL every step)."""
-        return None
+    def kl_bound(self) -> KLBound | None:
+        """A bound on the KL to the reference on the policy's own samples: the ``max_kl`` of the algorithm's own
+        section of the policy config (``policy.<name>.max_kl``), measured on each step's batch; None where it has
+        none or it is null (no bound)."""
+        max_kl = getattr(getattr(self.cfg, self.name, None), "max_kl", None)
+        return None if max_kl is None else KLBound(max_kl)
 
     def kl_coef(self, controller: float) -> float:
         """The KL coefficient this step uses (logged as ``objective/kl_coef``); default: the controller's."""

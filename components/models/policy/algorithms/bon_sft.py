@@ -1,6 +1,7 @@
 """Best-of-n distillation (RAFT, Dong et al. 2023; expert iteration): n samples per prompt, the reward model's
 best one, a few supervised epochs on it. The KL to the parent is measured every step on the policy's own samples
-and bounded: a step beyond ``bon_sft.max_kl`` makes no update."""
+and bounded: a step whose batch is beyond ``bon_sft.max_kl`` makes no update, and training stops (the loop's KL
+bound, as for the other online optimisers)."""
 
 from __future__ import annotations
 
@@ -22,12 +23,9 @@ class BoNSFT(Algorithm):
         kl_coef: float,
         mean_kl: float,
     ) -> Targets:
-        b = self.cfg.bon_sft
-        # 4.-5. the best of each prompt's n samples; no update once the policy is max_kl from the parent
-        best = losses.best_of_group(scores, b.n)  # shape: (G,)
-        over = mean_kl > b.max_kl  # the mean over all processes: every process skips, or none does
-        stats = {"bon_sft/best_score": raw[best].mean(), "bon_sft/over_kl_bound": float(over)}
-        return Targets(None if over else slice_rows(batch, best), {}, stats)
+        # 4.-5. the best of each prompt's n samples (the loop's KL bound skips the update beyond max_kl)
+        best = losses.best_of_group(scores, self.cfg.bon_sft.n)  # shape: (G,)
+        return Targets(slice_rows(batch, best), {}, {"bon_sft/best_score": raw[best].mean()})
 
     def loss(
         self, part: RolloutBatch, out: Forward, tgt: dict[str, torch.Tensor]

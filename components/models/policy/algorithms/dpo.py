@@ -10,7 +10,7 @@ import torch
 
 from components.config.policy import PolicyConfig
 from components.models.policy import losses
-from components.models.policy.algorithms.base import Algorithm, Forward, Targets
+from components.models.policy.algorithms.base import Algorithm, Forward, KLBound, Targets
 from components.models.policy.batch import RolloutBatch, encode_replies, read_pairs, slice_rows
 
 if TYPE_CHECKING:
@@ -59,9 +59,9 @@ class DPO(_Preference):
         return self.cfg.dpo.beta, self.cfg.dpo.loss
 
     @property
-    def kl_bound(self) -> tuple[float, int, int] | None:
-        d = self.cfg.dpo
-        return None if d.max_kl is None else (d.max_kl, d.kl_every, d.kl_prompts)
+    def kl_bound(self) -> KLBound | None:
+        d = self.cfg.dpo  # the pairs' replies are not the policy's: a measurement samples its own
+        return None if d.max_kl is None else KLBound(d.max_kl, d.kl_every, d.kl_prompts)
 
     def make_batch(self, trainer: PolicyTrainer) -> RolloutBatch:
         """``batch_size / 2`` pairs drawn with the trainer's seeded sampler; rows chosen, rejected, chosen, ..."""
