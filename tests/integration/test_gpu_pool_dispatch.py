@@ -1,9 +1,14 @@
 """Training routed to a work pool: the ``retrain`` flow reaches ``rlhf-train/<name>`` with ``run_deployment``, a
-real ``prefect worker`` on a local process pool runs it in its own process, and the flow waits for its result."""
+real ``prefect worker`` on a local process pool runs it in its own process, and the flow waits for its result.
+
+The same run covers ``flow.ppo_processes > 1``: the worker reads it from the project's params and runs the policy
+stage under ``accelerate launch`` (2 CPU processes with gloo here, one per GPU on a GPU worker), then ``dvc commit
+ppo``: the lock records it and nothing is left to run."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 from prefect.deployments import run_deployment
@@ -60,8 +66,10 @@ def test_training_runs_on_the_pool_worker(prefect_api, tmp_path, monkeypatch):
     sys.path.insert(0, str(Path(__file__).parent))
     from test_retrain_flow import make_project
 
-    root = make_project(tmp_path, {"flow": {"gpu_pool": POOL, "train_deployment": "dispatch", "retries": 0}})
+    flow = {"gpu_pool": POOL, "train_deployment": "dispatch", "retries": 0, "ppo_processes": 2}
+    root = make_project(tmp_path, {"flow": flow})
     monkeypatch.delenv("RLHF_GPU_POOL", raising=False)
+    monkeypatch.delenv("RLHF_PPO_PROCESSES", raising=False)
     monkeypatch.setenv("RLHF_HOME", str(tmp_path / "home"))
     register_training(POOL, "dispatch")
     scheduled = register_on_pool(root, "0 3 * * *", POOL)  # what `rlhf deploy --pool` registers
@@ -73,8 +81,14 @@ def test_training_runs_on_the_pool_worker(prefect_api, tmp_path, monkeypatch):
     assert triggered.state.type == StateType.COMPLETED, (tmp_path / "worker.log").read_text()[-3000:]
     summary = state.result()
     assert summary["training"]["where"] == "work-pool" and summary["training"]["pool"] == POOL
-    assert summary["training"]["ran"] == ["train_reward", "ppo"]
+    assert summary["training"]["ran"] == ["train_reward", "ppo"] and summary["training"]["ppo_processes"] == 2
     assert (root / "models" / "policy" / summary["candidate"] / "config.json").is_file()
+    manifest = json.loads((root / "models" / "policy" / summary["candidate"] / "manifest.json").read_text())
+    assert manifest["processes"] == 2
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"train_reward", "train_judge", "ppo", "evaluate"}
+    status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=root, capture_output=True, text=True)
+    assert "up to date" in status.stdout, status.stdout + status.stderr
     with get_client(sync_client=True) as client:
         dep = client.read_deployment_by_name("rlhf-train/dispatch")
         runs = client.read_flow_runs()

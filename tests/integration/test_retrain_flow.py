@@ -47,6 +47,8 @@ TINY = {
         "max_new_tokens": 8,
         "bf16": False,
     },
+    # a short evaluation: the flow's tests check what is decided and recorded, not how well the tiny model does
+    "eval": {"max_new_tokens": 8, "max_prompts": 12, "samples_per_prompt": 2, "bootstrap_resamples": 200},
     "flow": {"retries": 0},
 }
 
@@ -318,24 +320,3 @@ def _pool_split(paths: ProjectPaths) -> dict[str, bool]:
         for line in (paths.prompts / name).read_text().splitlines():
             split[json.loads(line)["prompt"]] = held
     return split
-
-
-@pytest.mark.slow
-def test_ppo_on_several_processes_is_recorded_in_dvc_lock(prefect_api, tmp_path):
-    """flow.ppo_processes > 1: PPO under `accelerate launch` (2 CPU processes with gloo here, one per GPU on a
-    GPU worker), then `dvc commit ppo`: the lock records it and nothing is left to run."""
-    import json
-    import subprocess
-    import sys
-
-    root = make_project(tmp_path, {"flow": {"retries": 0, "ppo_processes": 2}})
-    state = retrain(project=str(root), seed_if_empty=True, label="two processes", return_state=True)
-    assert state.type == StateType.COMPLETED, state.message
-    summary = state.result()
-    assert summary["training"]["ran"] == ["train_reward", "ppo"] and summary["training"]["ppo_processes"] == 2
-    manifest = json.loads((root / "models" / "policy" / summary["candidate"] / "manifest.json").read_text())
-    assert manifest["processes"] == 2
-    lock = yaml.safe_load((root / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"train_reward", "train_judge", "ppo", "evaluate"}
-    status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=root, capture_output=True, text=True)
-    assert "up to date" in status.stdout, status.stdout + status.stderr
