@@ -82,8 +82,12 @@ def one_thread(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-def test_round_one_decides_then_a_rerun_skips_training_and_a_broken_stage_changes_nothing(prefect_api, tmp_path):
+def test_round_one_decides_then_a_rerun_skips_training_and_a_broken_stage_changes_nothing(
+    prefect_api, tmp_path, caplog
+):
     from components.records import registry
+
+    caplog.set_level(logging.INFO, logger="prefect")  # the CLI's tests leave it at WARNING
 
     # A gate the tiny model cannot pass (it ties the base on most prompts): round one is rejected, the base stays,
     # so a rerun has nothing new to start from (after a promotion PPO reruns from the new champion, see
@@ -123,6 +127,11 @@ def test_round_one_decides_then_a_rerun_skips_training_and_a_broken_stage_change
     assert "| rloo |" in str(Artifact.get("retrain-tournament").data)
     assert "rows accepted" in str(Artifact.get("retrain-metrics").data)
     assert "round 1" in str(Artifact.get("retrain-summary").data)
+    # the long tasks logged their progress through the run logger, each ending with its last step
+    logged = [r.getMessage() for r in caplog.records]
+    assert "seed-sample: sampling seed replies 1/1 (100 %)" in " | ".join(logged)
+    assert any(m.startswith("seed-label: gold-labelling seed replies 8/8") for m in logged)
+    assert any(m.startswith("seed-validate-and-version: ") and "accepted" in m for m in logged)
 
     # 2. nothing changed: no training, no new candidate, no new decision
     registered = [(m.version, m.status) for m in registry.list_models(paths)]
@@ -186,43 +195,23 @@ def test_round_one_decides_then_a_rerun_skips_training_and_a_broken_stage_change
     assert json.loads((paths.reports / "human_judge.json").read_text())["decided"] is False
     assert "no decision" in str(Artifact.get("retrain-summary").data)
 
-    # 4. a stage that fails (a reward backbone that does not exist) fails the run; the champion stays
+    # 4. a stage that fails (a reward backbone that does not exist: `python -m components.models.reward.train`
+    # exits non-zero inside `dvc repro`) fails the run; the champion stays, nothing is registered or written
     models_before = [(m.version, m.status) for m in registry.list_models(paths)]
+    policies_before = sorted(p.name for p in paths.policies.iterdir())
     params = yaml.safe_load(paths.params.read_text())
     params["reward"]["backbone"] = str(tmp_path / "no-such-model")
     paths.params.write_text(yaml.safe_dump(params, sort_keys=False))
     broken = retrain(project=str(root), label="broken", return_state=True)
     assert broken.type == StateType.FAILED
-    with pytest.raises(Exception, match="train_reward"):
+    with pytest.raises(Exception, match="DVC stage 'train_reward' failed"):
         broken.result()
     assert registry.champion(paths).version == first["champion_after"]
     assert [(m.version, m.status) for m in registry.list_models(paths)] == models_before
+    assert sorted(p.name for p in paths.policies.iterdir()) == policies_before
     failed = runner.invoke(app, ["retrain", "--params", str(paths.params)])
     assert failed.exit_code == 1 and "Nothing was promoted" in failed.output
     assert registry.champion(paths).version == first["champion_after"]
-
-
-def test_a_failing_stage_fails_the_flow_run_and_keeps_the_champion(prefect_api, tmp_path, caplog):
-    from components.models.base_model import resolve_model_dir
-    from components.records import registry
-
-    # An unknown reward backbone makes `python -m components.models.reward.train` exit non-zero inside `dvc repro`.
-    caplog.set_level(logging.INFO, logger="prefect")  # the CLI's tests leave it at WARNING
-    root = make_project(tmp_path, {"reward": {"backbone": str(tmp_path / "no-such-model")}})
-    paths = ProjectPaths(root)
-    base = registry.ensure_base_champion(paths, "tiny", resolve_model_dir("tiny"))
-    state = retrain(project=str(root), seed_if_empty=True, label="broken", return_state=True)
-    assert state.type == StateType.FAILED
-    with pytest.raises(Exception, match="DVC stage 'train_reward' failed"):
-        state.result()
-    assert registry.champion(paths).version == base.version
-    assert [m.version for m in registry.list_models(paths)] == [base.version]
-    assert not paths.policies.exists() or not any(paths.policies.iterdir())
-    # the long tasks logged their progress through the run logger, each ending with its last step
-    logged = [r.getMessage() for r in caplog.records]
-    assert "seed-sample: sampling seed replies 1/1 (100 %)" in " | ".join(logged)
-    assert any(m.startswith("seed-label: gold-labelling seed replies 8/8") for m in logged)
-    assert any(m.startswith("seed-validate-and-version: ") and "accepted" in m for m in logged)
 
 
 def test_served_feedback_enters_the_next_data_version_once(tmp_path):
