@@ -46,6 +46,7 @@ def test_a_round_judged_by_the_judge_reward_model(prefect_api, tmp_path, monkeyp
             "judge_min_accuracy": 0.0,
             "max_new_tokens": 6,
             "max_prompts": 8,
+            "samples_per_prompt": 2,
             "bootstrap_resamples": 200,
         },
     }

@@ -273,7 +273,7 @@ TINY_ROUND = {
         "max_new_tokens": 8,
         "bf16": False,
     },
-    "eval": {"max_new_tokens": 8, "judge_min_accuracy": 0.0},
+    "eval": {"max_new_tokens": 8, "samples_per_prompt": 2, "bootstrap_resamples": 200, "judge_min_accuracy": 0.0},
     "flow": {"retries": 0},
 }
 
