@@ -14,10 +14,19 @@ Streaming: each row's text so far is offered to its ``on_text`` callback after e
 longer change: incomplete UTF-8, trailing whitespace and a possible start of a stop string are held back), so
 the concatenated pieces equal the final reply.
 
+Shared prefix (``prefix``, ``serve.prefix_cache``): every prompt the service renders opens with the same tokens
+(the chat template's system turn with the configured system prompt and the user turn's header, about 30 tokens
+of a short chat prompt's 40-50). Their KV cache is computed once per served model (again after a reload); an
+admitted row whose prompt really starts with them prefills only its suffix after a copy of it, so the cache
+row reads [prefix][padding][suffix], the mask zero in the middle and the suffix's position ids continuing from
+the prefix (:func:`components.models.shared_prefix.prefixed_inputs`): the same keys, values and positions the
+whole prompt would get, up to float rounding. Other rows are prefilled whole; both join the running batch.
+
 Backpressure: at most ``max_queued`` requests wait for a place; more raise :class:`QueueFull` (the service
 answers 503 with ``Retry-After``). A request still waiting at its deadline raises :class:`DeadlineExceeded`.
 
-Letters: B running rows, T cached positions (left padded), V vocabulary.
+Letters: B running rows, T cached positions (left padded; [prefix][padding][suffix] for rows after the
+shared prefix), V vocabulary, P shared prefix tokens, S suffix tokens.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from typing import Any
 import torch
 
 from components.models.generation import RowParams, RowResult, _pick, filter_logits, left_pad, position_ids_from_mask
+from components.models.shared_prefix import MIN_SHARED, prefix_cache, prefixed_inputs, repeat_cache, starts_with
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +116,10 @@ def _visible(tok: Any, tokens: Sequence[int], stop: Sequence[str], final: bool) 
 
 class Engine:
     """The engine thread. ``current()`` gives the ``(model, tokenizer, version)`` to serve; a change is picked
-    up when the running batch is empty (rows never switch weights mid-reply)."""
+    up when the running batch is empty (rows never switch weights mid-reply). ``prefix(tokenizer)`` gives the
+    token ids prompts open with, whose KV cache is computed once per served model and reused at admission
+    (None: every prompt is prefilled whole); ``on_prefill(cached, computed)`` hears, per admission, how many
+    prompt tokens came from that cache and how many ran through the model."""
 
     def __init__(
         self,
@@ -117,8 +130,12 @@ class Engine:
         on_finish: Callable[[list[Finished]], None],
         on_step: Callable[[int], None] | None = None,
         autocast: Callable[[Any], Any] | None = None,
+        prefix: Callable[[Any], Sequence[int]] | None = None,
+        on_prefill: Callable[[int, int], None] | None = None,
     ):
         self.current = current
+        self.prefix = prefix
+        self.on_prefill = on_prefill
         self.max_rows = max_rows
         self.max_queued = max_queued
         self.on_finish = on_finish
@@ -133,6 +150,9 @@ class Engine:
         self._mask: torch.Tensor | None = None  # shape: (B, T)
         self._pos: torch.Tensor | None = None  # shape: (B,): position of each row's next token
         self._logits: torch.Tensor | None = None  # shape: (B, V): predicts each row's next token
+        self._prefix_key: tuple[str, int] | None = None  # the served model the prefix below belongs to
+        self._prefix_ids: list[int] = []
+        self._prefix_kv: Any = None  # the prefix's KV cache (one row), computed at its first use
         self._thread = threading.Thread(target=self._loop, name="decode-engine", daemon=True)
         self._thread.start()
 
@@ -237,27 +257,86 @@ class Engine:
                     new.append(row)
         if not new:
             return
-        model, _, version = self._served  # type: ignore[misc]
-        ids, mask = left_pad([r.prompt_ids for r in new], 0)
-        ids, mask = ids.to(model.device), mask.to(model.device)
-        ctx = self.autocast(model) if self.autocast is not None else _nullcontext()
-        with torch.no_grad(), ctx:
-            out = model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=position_ids_from_mask(mask),
-                use_cache=True,
-                logits_to_keep=1,
-            )
+        model, tok, version = self._served  # type: ignore[misc]
         for r in new:
             r.model_version, r.started = version, now
-        logits = out.logits[:, -1, :]  # shape: (b, V)
-        pos = mask.sum(dim=1)  # shape: (b,)
+        prefix = self._shared_prefix(model, tok, version)
+        hits = [r for r in new if starts_with(r.prompt_ids, prefix)]
+        rest = [r for r in new if not starts_with(r.prompt_ids, prefix)]
+        ctx = self.autocast(model) if self.autocast is not None else _nullcontext()
+        try:
+            with torch.no_grad(), ctx:
+                if hits:
+                    self._join(hits, *self._prefill_after_prefix(model, hits, prefix))
+                if rest:
+                    self._join(rest, *self._prefill(model, rest))
+        except Exception as exc:  # rows not joined yet hear of it here, the running ones from the step's handler
+            for r in new:
+                if r not in self._rows and not r.future.done():
+                    r.future.set_exception(exc)
+            raise
+        if self.on_prefill is not None:
+            cached = len(prefix) * len(hits)
+            self.on_prefill(cached, sum(len(r.prompt_ids) for r in new) - cached)
+
+    def _shared_prefix(self, model: Any, tok: Any, version: str) -> list[int]:
+        """The served model's shared prefix ids ([] when off or too short to be worth a pass); a new model
+        (version or object) drops the cached KV of the last one."""
+        key = (version, id(model))
+        if self._prefix_key != key:
+            self._prefix_key, self._prefix_ids, self._prefix_kv = key, [], None
+            if self.prefix is not None:
+                try:
+                    ids = list(self.prefix(tok))
+                except Exception:  # serving goes on without the cache: every prompt is prefilled whole
+                    log.exception(
+                        "could not derive the shared prompt prefix of %s: prompts are prefilled whole", version
+                    )
+                    ids = []
+                self._prefix_ids = ids if len(ids) >= MIN_SHARED else []
+        return self._prefix_ids
+
+    def _prefill(self, model: Any, rows: list[Row]) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """Whole prompts, left padded: their KV cache, mask (b, T) and last logits (b, V)."""
+        ids, mask = left_pad([r.prompt_ids for r in rows], 0)
+        ids, mask = ids.to(model.device), mask.to(model.device)
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids_from_mask(mask),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.past_key_values, mask, out.logits[:, -1, :]
+
+    def _prefill_after_prefix(
+        self, model: Any, rows: list[Row], prefix: list[int]
+    ) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """Prompts that start with ``prefix``: only their suffixes run, after a copy of the prefix's KV cache
+        (computed here the first time); the cache, mask (b, P+S) and last logits (b, V) as :meth:`_prefill`."""
+        if self._prefix_kv is None:
+            self._prefix_kv = prefix_cache(model, prefix, 1, model.device, logits_to_keep=1)
+            log.info("cached the %d-token prompt prefix of %s", len(prefix), self._prefix_key[0])  # type: ignore[index]
+        shared = len(prefix)
+        ids, mask, positions = prefixed_inputs([r.prompt_ids[shared:] for r in rows], shared, 0)
+        out = model(
+            input_ids=ids.to(model.device),  # shape: (b, S)
+            attention_mask=mask.to(model.device),  # shape: (b, P+S)
+            position_ids=positions.to(model.device),  # shape: (b, S)
+            past_key_values=repeat_cache(self._prefix_kv, len(rows)),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.past_key_values, mask.to(model.device), out.logits[:, -1, :]
+
+    def _join(self, new: list[Row], cache: Any, mask: torch.Tensor, logits: torch.Tensor) -> None:
+        """Append prefilled rows (their cache, mask (b, T'), last logits (b, V)) to the running batch."""
+        pos = mask.sum(dim=1)  # shape: (b,): each row's real tokens = the position of its next token
         if not self._rows:
-            self._rows, self._cache, self._mask, self._pos, self._logits = new, out.past_key_values, mask, pos, logits
+            self._rows, self._cache, self._mask, self._pos, self._logits = new, cache, mask, pos, logits
             return
         width = max(self._mask.shape[1], mask.shape[1])  # type: ignore[union-attr]
-        _join_caches(self._cache, out.past_key_values, width)
+        _join_caches(self._cache, cache, width)
         self._mask = torch.cat([_pad_left(self._mask, width), _pad_left(mask, width)])  # shape: (B, T)
         self._pos = torch.cat([self._pos, pos])  # type: ignore[list-item]
         self._logits = torch.cat([self._logits, logits])  # type: ignore[list-item]

@@ -50,6 +50,7 @@ from components.data.served_store import (
 from components.decide import canary as canary_plan
 from components.models.generation import RowParams, RowResult, encode_chat
 from components.models.precision import autocast
+from components.models.shared_prefix import template_prefix
 from components.project.paths import ProjectPaths
 from serving import model_source
 from serving.middleware import RATER_HEADER, ClientErrorLogFilter, GuardMiddleware, error_body, is_loopback
@@ -89,6 +90,11 @@ feedback_total = bentoml.metrics.Counter(
     name="rlhf_feedback_total",
     documentation="Feedback accepted (new, not duplicates), by kind and model version of the rated output",
     labelnames=["kind", "model_version"],
+)
+prompt_tokens_total = bentoml.metrics.Counter(
+    name="rlhf_prompt_tokens_total",
+    documentation="Prompt tokens of admitted replies: read from the shared prefix's KV cache, or prefilled",
+    labelnames=["source"],
 )
 batch_sizes = bentoml.metrics.Histogram(
     name="rlhf_batch_size",
@@ -256,6 +262,11 @@ def _label_known_paths_only() -> None:
 _label_known_paths_only()
 
 
+def _count_prompt_tokens(cached: int, computed: int) -> None:
+    prompt_tokens_total.labels(source="prefix_cache").inc(cached)
+    prompt_tokens_total.labels(source="prefilled").inc(computed)
+
+
 @bentoml.asgi_app(openai_app, path="/")
 @bentoml.service(name="rlhf", workers=1, traffic={"timeout": 600})
 class RLHFService:
@@ -297,7 +308,13 @@ class RLHFService:
             on_finish=self._record,
             on_step=lambda n: batch_sizes.observe(n) if n else None,
             autocast=lambda model: autocast(model.device, self.cfg.bf16),
+            prefix=self._prefix if self.cfg.prefix_cache else None,
+            on_prefill=_count_prompt_tokens,
         )
+
+    def _prefix(self, tok: Any) -> list[int]:
+        """The token ids every prompt with the configured system prompt opens with (the engine caches their KV)."""
+        return template_prefix(tok, self.model_cfg.system_prompt)
 
     @property
     def canary(self) -> Loaded | None:

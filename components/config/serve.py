@@ -58,6 +58,11 @@ class ServeConfig:
     shared with other work (the load test in ``bench/`` sets it)."""
     bf16: bool = True
     """Generate under bf16 autocast where the device computes bf16 natively (``components/models/precision.py``)."""
+    prefix_cache: bool = True
+    """Run the prompt opening every chat request shares (the chat template's system turn with ``model.system_prompt``
+    and the user turn's header, derived from the tokenizer) through the model once per served model and keep its
+    KV cache: a request whose prompt starts with it prefills only the rest. The same replies up to float rounding;
+    false prefills every prompt whole (for A/B runs)."""
     canary_version: str | None = None
     """A registered model version served beside the champion to ``canary_share`` of the conversations
     (null = the champion only). Read when the service starts."""

@@ -9,19 +9,24 @@ only the remaining tokens, with the cache in front. The result equals the full p
 
 Used by the reward model's frozen blocks, its training steps (top blocks, with gradient) and its scoring, the
 PPO reference pass, PPO's update (the policy with LoRA, with gradient: the opening runs once per micro-batch,
-and its gradient is the sum over the rows, as in the full pass) and the evaluation's KL.
+and its gradient is the sum over the rows, as in the full pass), the evaluation's KL, and the serving engine
+(``serve.prefix_cache``: the chat template's opening, :func:`template_prefix`, runs once per served model and
+each admitted prompt that starts with it prefills only its suffix after a copy of that cache,
+:func:`prefixed_inputs`).
 
 Letters: B rows, P shared tokens, S remaining tokens (padded), T = P + S.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from transformers import DynamicCache
 
-from components.models.generation import position_ids_from_mask, reply_logits
+from components.models.generation import encode_chat, left_pad, position_ids_from_mask, reply_logits
 
 MIN_SHARED = 4
 """Shorter shared openings are not worth the extra prefix pass."""
@@ -58,6 +63,41 @@ def suffix_inputs(suffix_mask: torch.Tensor, shared: int) -> tuple[torch.Tensor,
     (B, P+S) and the suffix tokens' position ids (B, S), counting only real tokens (left or right padding)."""
     ones = torch.ones((suffix_mask.shape[0], shared), dtype=suffix_mask.dtype, device=suffix_mask.device)
     return torch.cat([ones, suffix_mask], dim=1), shared + position_ids_from_mask(suffix_mask)
+
+
+def repeat_cache(cache: DynamicCache, rows: int) -> DynamicCache:
+    """A new cache with ``rows`` copies of one-row ``cache``, which stays as it was (a forward pass appends to
+    the copy, so one prefix cache serves any number of batches)."""
+    out = copy.deepcopy(cache)
+    if rows > 1:
+        out.batch_repeat_interleave(rows)
+    return out
+
+
+def template_prefix(tok: Any, system: str) -> list[int]:
+    """The token ids every prompt with system prompt ``system`` opens with, as :func:`encode_chat` renders it:
+    the system turn and the first user turn's header. Derived from the tokenizer, not assumed: the longest
+    common prefix of two renderings whose user texts differ from their first character on. A caller still
+    checks each prompt against it (:func:`starts_with`): a request with its own system prompt does not."""
+    a, b = (encode_chat(tok, [{"role": "system", "content": system}, {"role": "user", "content": t}]) for t in "0x")
+    return a[: common_prefix_length([a, b])]
+
+
+def starts_with(ids: Sequence[int], prefix: Sequence[int]) -> bool:
+    """Whether ``ids`` opens with ``prefix`` and has at least one token after it (the one whose logits are read)."""
+    return 0 < len(prefix) < len(ids) and list(ids[: len(prefix)]) == list(prefix)
+
+
+def prefixed_inputs(
+    suffixes: Sequence[Sequence[int]], shared: int, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inputs of a batch prefilled after a cached prefix of ``shared`` tokens: the suffixes left padded (B, S),
+    the attention mask over prefix + suffix (B, P+S) (ones, then each suffix's padding as zeros in the middle,
+    then its tokens) and the suffix tokens' position ids (B, S): a real token's position is the one it has in
+    the whole left-padded prompt (prefix length + its index in its suffix), so RoPE sees the same positions."""
+    ids, mask = left_pad(suffixes, pad_id)
+    full, positions = suffix_inputs(mask, shared)
+    return ids, full, positions
 
 
 def suffix_after_prefix(

@@ -237,6 +237,25 @@ def test_health_metrics_and_openapi_are_published(api):
     assert {"/v1/chat/completions", "/v1/models", "/feedback/queue"} <= set(mounted["paths"])
 
 
+def prompt_tokens(api) -> dict[str, float]:
+    got: dict[str, float] = {}
+    for line in api.get("/metrics").text.splitlines():
+        if line.startswith("rlhf_prompt_tokens_total{"):
+            got[line.split('source="')[1].split('"')[0]] = float(line.split()[-1])
+    return got
+
+
+def test_the_system_turn_is_read_from_the_prefix_cache(api):
+    """serve.prefix_cache (on in params.yaml): a request with the configured system prompt prefills only what
+    follows the system turn and the user header."""
+    before = prompt_tokens(api)
+    gen(api, prompt="is my refund on its way?")
+    after = prompt_tokens(api)
+    cached = after.get("prefix_cache", 0) - before.get("prefix_cache", 0)
+    prefilled = after.get("prefilled", 0) - before.get("prefilled", 0)
+    assert cached >= 4 and prefilled > 0, (before, after)
+
+
 def test_schemathesis_finds_no_server_errors(served, tmp_path):
     """Every phase of schemathesis on every route of the published spec (BentoML's, which includes the mounted
     chat API): no 5xx."""

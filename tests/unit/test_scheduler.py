@@ -3,12 +3,15 @@ stop strings, streaming that adds up to the reply, cancellation and a bounded qu
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 
 import pytest
+import torch
 
 from components.models.generation import RowParams, encode_chat, generate_rows
+from components.models.shared_prefix import template_prefix
 from serving.scheduler import Engine, QueueFull, Row
 
 
@@ -86,3 +89,111 @@ def test_a_full_queue_refuses_and_nothing_is_half_queued(tiny):
     finally:
         gate.set()
         eng.close()
+
+
+SYSTEM = "Be brief."
+
+
+def chat(tok, text: str, system: str = SYSTEM) -> list[int]:
+    return encode_chat(tok, [{"role": "system", "content": system}, {"role": "user", "content": text}])
+
+
+class Passes:
+    """Counts the model's forward passes by input shape (b, tokens)."""
+
+    def __init__(self, model):
+        self.shapes: list[tuple[int, int]] = []
+        self._hook = model.register_forward_pre_hook(self._seen, with_kwargs=True)
+
+    def _seen(self, module, args, kwargs):
+        self.shapes.append(tuple(kwargs["input_ids"].shape))
+
+    def remove(self) -> None:
+        self._hook.remove()
+
+
+def run_mixed(model, tok, prompts, params, prefix) -> list[Row]:
+    """The first prompt alone, then the others joining its running batch, then the second again in a new busy
+    period; the rows, finished."""
+    eng = Engine(lambda: (model, tok, "v1"), max_rows=4, max_queued=8, on_finish=lambda f: None, prefix=prefix)
+    try:
+        first = Row(prompts[0], params[0])
+        eng.submit([first])
+        deadline = time.monotonic() + 30
+        while eng.load != (1, 0) and time.monotonic() < deadline:  # the first row is running
+            time.sleep(0.001)
+        later = [Row(p, q) for p, q in zip(prompts[1:], params[1:])]
+        eng.submit(later)
+        rows = [first, *later]
+        for r in rows:
+            r.future.result(timeout=60)
+        again = Row(prompts[1], params[1])
+        eng.submit([again])
+        again.future.result(timeout=60)
+        return [*rows, again]
+    finally:
+        eng.close()
+
+
+@pytest.fixture(scope="module")
+def sharp(tiny):
+    """The tiny model with its weights (norms aside) scaled 6x: the random model's attention is nearly uniform
+    and its argmax one token everywhere, so greedy tokens could not tell right positions and keys from wrong
+    ones; scaled, greedy replies vary and a position off by the prefix length moves the logits by ~1."""
+    model, tok = tiny
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" not in name:
+                p.mul_(6.0)
+    return model, tok
+
+
+def test_the_prefix_cache_decodes_the_same_greedy_tokens_and_runs_the_prefix_once(sharp):
+    model, tok = sharp
+    prefix = template_prefix(tok, SYSTEM)
+    params = [RowParams(30, 0.0), RowParams(10, 0.0), RowParams(12, 0.0), RowParams(8, 0.0)]
+    prompts = [
+        chat(tok, "a long question about a late order"),
+        chat(tok, "hi"),
+        chat(tok, "refund?", system="You are a pirate."),  # another system prompt: prefilled whole
+        chat(tok, "where is my parcel, it is late"),
+    ]
+    assert [p[: len(prefix)] == prefix for p in prompts] == [True, True, False, True]
+    plain = run_mixed(model, tok, prompts, params, None)
+    passes = Passes(model)
+    try:
+        cached = run_mixed(model, tok, prompts, params, lambda t: prefix)
+    finally:
+        passes.remove()
+    assert [r.tokens for r in cached] == [r.tokens for r in plain]
+    assert len({t for r in cached for t in r.tokens}) > 5  # the replies vary: the comparison means something
+    expected = [generate_rows(model, tok, [p], [q])[0] for p, q in zip(prompts, params)]
+    assert [r.future.result().result for r in cached] == [*expected, expected[1]]
+    assert cached[0].peak_rows == 4  # the others joined the first row's running batch
+    assert passes.shapes.count((1, len(prefix))) == 1  # the prefix's one pass, for two busy periods
+    longest_suffix = max(len(p) - len(prefix) for p in prompts)
+    prefills = [n for b, n in passes.shapes if n > 1 and (b, n) != (1, len(prefix))]
+    # prefix rows prefill only their suffixes; the other system prompt's row its whole prompt
+    assert len(prompts[2]) in prefills and all(n <= longest_suffix or n == len(prompts[2]) for n in prefills)
+    assert len(prefills) == 4  # first; its joiners with the prefix; the pirate; the second busy period
+
+
+def test_a_new_model_version_runs_its_prefix_again(tiny):
+    model, tok = tiny
+    prefix = template_prefix(tok, SYSTEM)
+    version = ["v1"]
+    passes = Passes(model)
+    eng = Engine(
+        lambda: (model, tok, version[0]), max_rows=2, max_queued=4, on_finish=lambda f: None, prefix=lambda t: prefix
+    )
+    try:
+        for v in ("v1", "v2"):
+            version[0] = v
+            row = Row(chat(tok, "hi"), RowParams(3, 0.0))
+            eng.submit([row])
+            assert row.future.result(timeout=60).model_version == v
+    finally:
+        eng.close()
+        passes.remove()
+    assert passes.shapes.count((1, len(prefix))) == 2
