@@ -345,6 +345,16 @@ def engine_steps(url: str) -> tuple[float, float]:
     return count, total
 
 
+def prompt_tokens(url: str) -> dict[str, int]:
+    """Prompt tokens admitted so far by source (``prefix_cache`` / ``prefilled``, the ``rlhf_prompt_tokens_total``
+    counter)."""
+    got: dict[str, int] = {}
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        if line.startswith("rlhf_prompt_tokens_total{"):
+            got[line.split('source="')[1].split('"')[0]] = int(float(line.split()[-1]))
+    return got
+
+
 def _ms(values: list[float], q: float) -> float | None:
     return round(harness.percentile(values, q) * 1000, 1) if values else None
 
@@ -420,11 +430,17 @@ def main_stream(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-batch-size", type=int, default=16, help="serve.max_batch_size")
     ap.add_argument("--max-queued", type=int, default=64, help="serve.max_queued")
     ap.add_argument("--no-bf16", dest="bf16", action="store_false", help="serve in float32 (serve.bf16 false)")
+    ap.add_argument(
+        "--no-prefix-cache",
+        dest="prefix_cache",
+        action="store_false",
+        help="prefill every prompt whole (serve.prefix_cache false)",
+    )
     ap.add_argument("--label", default="", help="a name for this run in the output")
     args = ap.parse_args(argv)
     load_before = os.getloadavg()
     serve = {"max_batch_size": args.max_batch_size, "max_queued": args.max_queued}
-    serve |= {"torch_threads": args.server_threads, "bf16": args.bf16}
+    serve |= {"torch_threads": args.server_threads, "bf16": args.bf16, "prefix_cache": args.prefix_cache}
     levels: list[dict] = []
     with harness.workdir("stream") as tmp, served(Path(tmp) / "p", args.model, **serve) as (url, _):
         with httpx.Client(base_url=url, timeout=900) as c:  # warm-up
@@ -444,6 +460,7 @@ def main_stream(argv: list[str] | None = None) -> None:
                     f"{lv['mean_rows_per_step']} rows x {lv['ms_per_step']} ms per step, errors {lv['errors']}",
                     flush=True,
                 )
+        admitted = prompt_tokens(url)
     anchor = next(lv for lv in levels if lv["clients"] == min(args.clients))
     for lv in levels:
         lv["ttft_p50_vs_one"] = round(lv["ttft_p50_ms"] / anchor["ttft_p50_ms"], 2)
@@ -457,6 +474,7 @@ def main_stream(argv: list[str] | None = None) -> None:
         "serve": serve,
         "hardware": f"CPU only: {os.cpu_count()} cores, the server uses {args.server_threads} torch thread(s)",
         "load_average_before": load_before,
+        "prompt_tokens": admitted,
         "goals": _stream_goals(levels, anchor),
         "levels": levels,
     }
@@ -481,6 +499,7 @@ def stream_row(result: dict, out: Path) -> list[str]:
     load = result.get("load_average_before", [0])[0], result.get("load_average_at_end", [0])[0]
     where = (
         f"CPU ({result['machine']['cpu']}, bf16 {result['serve']['bf16']}), {result['machine']['cpu_count']} cores; "
+        f"prefix cache {'on' if result['serve'].get('prefix_cache') else 'off'}; "
         f"server on {result['serve']['torch_threads']} torch thread; {result['conditions'] or 'conditions not given'}, "
         f"load average {load[0]:.1f} before / {load[1]:.1f} after; {result['model']}, {result['max_tokens']} tokens"
     )
