@@ -16,6 +16,10 @@ from pathlib import Path
 BENCHMARKS: dict[str, tuple[str, str]] = {
     # name: (module:function, what it answers)
     "ppo_vs_trl": ("bench.ppo_vs_trl:main", "PPO samples/s and phase times, ours vs TRL 1.12 PPOTrainer"),
+    "optimisers_vs_trl": (
+        "bench.optimisers_vs_trl:main",
+        "GRPO / RLOO / DPO samples/s (pairs/s), ours vs TRL 1.12 GRPOTrainer / RLOOTrainer / DPOTrainer",
+    ),
     "ppo_steps": ("bench.ppo_steps:main", "PPO steps at params.yaml's defaults, per phase; value model variants"),
     "reward_vs_trl": ("bench.reward_vs_trl:main", "reward-model training pairs/s, ours vs TRL's RewardTrainer"),
     "reward_rounds": ("bench.reward_rounds:main", "the reward stage on a demo's two rounds of pairs, with its store"),

@@ -321,7 +321,8 @@ PINNED = ("transformers", "peft", "accelerate", "tokenizers", "safetensors", "hu
 
 
 def anchor_env(name: str, requirement: str) -> Path:
-    """The python of anchor environment ``bench/.venv-anchors/NAME`` holding ``requirement`` (made on first use).
+    """The python of anchor environment ``bench/.venv-anchors/NAME`` holding ``requirement`` (made on first use;
+    several requirements separated by spaces).
 
     Anchors (TRL) are never a product dependency. Each environment gets the SAME torch / transformers / peft /
     accelerate versions as ours, so both sides run the same kernels: torch is installed first on its own (pip
@@ -342,6 +343,6 @@ def anchor_env(name: str, requirement: str) -> Path:
         for pkg in PINNED:
             fh.write(f"{pkg}=={md.version(pkg)}\n")
         pins = fh.name
-    subprocess.run([*pip, requirement, f"peft=={md.version('peft')}", "-c", pins], check=True)
+    subprocess.run([*pip, *requirement.split(), f"peft=={md.version('peft')}", "-c", pins], check=True)
     marker.write_text(want)
     return python

@@ -38,8 +38,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench import harness
-from bench.prompts import PROMPTS, SYSTEM
+from bench import harness, trl_anchor
+from bench.prompts import SYSTEM
 
 CONFIG = {
     "batch_size": 16,
@@ -62,7 +62,6 @@ CONFIG = {
     "adam_eps": 1e-5,
     "seed": 0,
 }
-TRL_REQUIREMENT = "trl==1.12.0"
 PHASES = ("rollout", "forward", "score", "update")
 
 
@@ -87,7 +86,7 @@ def worker_ours(
     harness.set_threads(threads)
     from components.models.policy.train import run
 
-    spec = json.loads((work / "spec.json").read_text())
+    spec = trl_anchor.read_spec(work)
     ppo = {
         k: CONFIG[k]
         for k in (
@@ -147,15 +146,12 @@ def worker_trl(work: Path, steps: int, device: str, threads: int | None, bf16: b
     harness.set_threads(threads)
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TrainerCallback
     from trl.experimental.ppo import PPOConfig, PPOTrainer
     from trl.experimental.ppo import ppo_trainer as mod
 
-    spec = json.loads((work / "spec.json").read_text())
-    tok = AutoTokenizer.from_pretrained(spec["policy_dir"], padding_side="left")
-    # TRL masks by ``token != pad_token_id``; SmolLM2's pad is its EOS, which also closes every chat turn of
-    # the prompt. A pad id that never occurs in the text (the unused <|endoftext|>) keeps the prompt intact.
-    tok.pad_token = tok.unk_token
+    spec = trl_anchor.read_spec(work)
+    tok = trl_anchor.trl_tokenizer(spec["policy_dir"])
     dtype = torch.float32
     policy = AutoModelForCausalLM.from_pretrained(spec["policy_dir"], dtype=dtype)
     policy.generation_config.pad_token_id = tok.pad_token_id
@@ -163,17 +159,7 @@ def worker_trl(work: Path, steps: int, device: str, threads: int | None, bf16: b
     value = AutoModelForSequenceClassification.from_pretrained(str(work / "reward"), num_labels=1, dtype=dtype)
     for m in (reward, value):
         m.config.pad_token_id = tok.pad_token_id
-    prompts = [json.loads(line)["prompt"] for line in (work / "prompts.jsonl").read_text().splitlines()]
-    ids = [
-        tok.apply_chat_template(
-            [{"role": "system", "content": SYSTEM}, {"role": "user", "content": p}],
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=False,
-        )
-        for p in prompts
-    ]
-    ids = [x["input_ids"] if isinstance(x, dict) else list(x) for x in ids]
+    ids = trl_anchor.prompt_ids(tok, trl_anchor.read_prompts(work))
     data = Dataset.from_dict({"input_ids": ids})
     c = CONFIG
     args = PPOConfig(
@@ -302,26 +288,6 @@ def worker_trl(work: Path, steps: int, device: str, threads: int | None, bf16: b
 # ---------------------------------------------------------------------------------------------
 
 
-def prepare(work: Path, model: str) -> dict:
-    """Policy folder, reward-model folder and prompts, shared by both trainers."""
-    from transformers import AutoModelForSequenceClassification
-
-    from components.models.base_model import resolve_model_dir
-    from components.models.reward.model import RewardModel, build_reward_model
-
-    policy_dir = resolve_model_dir(model)
-    rm, tok = build_reward_model(model, seed=0)  # the backbone with a fresh scalar head (N(0, 1/(H+1)))
-    RewardModel(rm, tok, mean=0.0, std=1.0, max_length=256).save(work / "reward")
-    # The folder must load as a plain sequence classifier, as TRL loads it.
-    check = AutoModelForSequenceClassification.from_pretrained(str(work / "reward"), num_labels=1)
-    if check.num_labels != 1:
-        raise RuntimeError(f"{work / 'reward'}: expected one label, got {check.num_labels}")
-    (work / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
-    spec = {"policy": model, "policy_dir": str(policy_dir)}
-    (work / "spec.json").write_text(json.dumps(spec))
-    return spec
-
-
 def summarise(run: dict) -> dict:
     timed = run["steps"][1:] or run["steps"]
     seconds = sum(s["seconds"] for s in timed)
@@ -358,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
             )
         return harness.worker(args, lambda: worker_trl(args.work, steps, args.device, args.threads, bf16))
 
-    trl_python = args.anchor_python or harness.anchor_env("trl-1.12", TRL_REQUIREMENT)
+    trl_python = args.anchor_python or harness.anchor_env(trl_anchor.TRL_ENV, trl_anchor.TRL_REQUIREMENT)
     if args.collect:
         runs = [json.loads(f.read_text()) for f in sorted(args.collect.glob("*-*.json"))]
         for run in runs:
@@ -387,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
 
     with harness.workdir("ppo-vs-trl") as tmp:
         work = Path(tmp)
-        prepare(work, args.model)
+        trl_anchor.prepare(work, args.model)
         sides = {"ours": sys.executable, "trl": str(trl_python)}
         runs = harness.alternate(
             "ppo_vs_trl", sides, work, pairs=args.pairs, argv=lambda w, p: extra, env=env, before=clear, after=show

@@ -15,7 +15,7 @@ from bench import harness
 from bench.__main__ import BENCHMARKS
 
 ROOT = Path(__file__).resolve().parents[2]
-NOT_BENCHMARKS = {"harness.py", "__main__.py", "prompts.py", "align_common.py"}
+NOT_BENCHMARKS = {"harness.py", "__main__.py", "prompts.py", "align_common.py", "trl_anchor.py"}
 
 
 def _doc(tmp_path: Path, rows: list[str]) -> Path:
