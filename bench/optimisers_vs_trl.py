@@ -451,6 +451,7 @@ def report(args: argparse.Namespace, runs: list[dict], steps: int, cfg: dict, tr
         "device": args.device,
         **harness.context(trl_python, ("trl",)),
         "model": args.model,
+        "conditions": args.conditions,
         "bf16": args.bf16 or args.device == "cuda",
         "steps_per_run": steps,
         "warmup_steps_excluded": 1 if steps > 1 else 0,
