@@ -15,8 +15,8 @@ longer change: incomplete UTF-8, trailing whitespace and a possible start of a s
 the concatenated pieces equal the final reply.
 
 Shared prefix (``prefix``, ``serve.prefix_cache``): every prompt the service renders opens with the same tokens
-(the chat template's system turn with the configured system prompt and the user turn's header, about 30 tokens
-of a short chat prompt's 40-50). Their KV cache is computed once per served model (again after a reload); an
+(the chat template's system turn with the configured system prompt and the user turn's header, often half of
+a short chat prompt). Their KV cache is computed once per served model (again after a reload); an
 admitted row whose prompt really starts with them prefills only its suffix after a copy of it, so the cache
 row reads [prefix][padding][suffix], the mask zero in the middle and the suffix's position ids continuing from
 the prefix (:func:`components.models.shared_prefix.prefixed_inputs`): the same keys, values and positions the
