@@ -192,7 +192,6 @@ def worker_trl(work: Path, algorithm: str, steps: int, device: str, threads: int
 
     harness.set_threads(threads)
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TrainerCallback
 
     spec = trl_anchor.read_spec(work)
@@ -220,13 +219,7 @@ def worker_trl(work: Path, algorithm: str, steps: int, device: str, threads: int
         use_cpu=device == "cpu",
         disable_tqdm=True,
     )
-    peft = LoraConfig(
-        r=c["lora_r"],
-        lora_alpha=c["lora_alpha"],
-        lora_dropout=0.0,
-        target_modules=c["lora_target_modules"],
-        task_type="CAUSAL_LM",
-    )
+    peft = trl_anchor.lora_config(c)
     if algorithm == "dpo":
         import contextlib
 

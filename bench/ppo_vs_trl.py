@@ -35,7 +35,6 @@ import json
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 from bench import harness, trl_anchor
@@ -145,7 +144,6 @@ def worker_trl(work: Path, steps: int, device: str, threads: int | None, bf16: b
 
     harness.set_threads(threads)
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TrainerCallback
     from trl.experimental.ppo import PPOConfig, PPOTrainer
     from trl.experimental.ppo import ppo_trainer as mod
@@ -193,48 +191,24 @@ def worker_trl(work: Path, steps: int, device: str, threads: int | None, bf16: b
         use_cpu=device == "cpu",
         disable_tqdm=True,
     )
-    peft = LoraConfig(
-        r=c["lora_r"],
-        lora_alpha=c["lora_alpha"],
-        lora_dropout=0.0,
-        target_modules=c["lora_target_modules"],
-        task_type="CAUSAL_LM",
-    )
-    spent = dict.fromkeys(PHASES[:3], 0.0)
-
-    def now_synced() -> float:
-        if device == "cuda":  # CUDA runs asynchronously: wait for the queued kernels before reading the clock
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
-    def timed(fn, phase_of):
-        def wrapper(*a, **kw):
-            t = now_synced()
-            try:
-                return fn(*a, **kw)
-            finally:
-                phase = phase_of(*a, **kw)
-                if phase:
-                    spent[phase] += now_synced() - t
-
-        return wrapper
-
-    mod.batch_generation = timed(mod.batch_generation, lambda *a, **k: "rollout")
-    mod.forward = timed(mod.forward, lambda *a, **k: None if torch.is_grad_enabled() else "forward")
-    mod.get_reward = timed(mod.get_reward, lambda model, *a, **k: "score" if model is reward else "forward")
+    peft = trl_anchor.lora_config(c)
+    timer = trl_anchor.PhaseTimer(PHASES[:3], cuda=device == "cuda")
+    mod.batch_generation = timer.wrap(mod.batch_generation, lambda *a, **k: "rollout")
+    mod.forward = timer.wrap(mod.forward, lambda *a, **k: None if torch.is_grad_enabled() else "forward")
+    mod.get_reward = timer.wrap(mod.get_reward, lambda model, *a, **k: "score" if model is reward else "forward")
     rows: list[dict] = []
 
     class Clock(TrainerCallback):
         def on_train_begin(self, *a, **k):
-            self.t = now_synced()
+            self.t = timer.now()
 
         def on_log(self, _args, _state, _control, logs=None, **k):
             if logs and "objective/kl" in logs:
                 self.last = logs
 
         def on_step_end(self, *a, **k):
-            now = now_synced()
-            step = {p: spent[p] for p in PHASES[:3]}
+            now = timer.now()
+            step = timer.take()
             step["seconds"] = now - self.t
             step["update"] = step["seconds"] - sum(step[p] for p in PHASES[:3])
             logs = getattr(self, "last", {})
@@ -245,9 +219,7 @@ def worker_trl(work: Path, steps: int, device: str, threads: int | None, bf16: b
                 kl=logs.get("objective/kl", float("nan")),
             )
             rows.append(step)
-            for p in spent:
-                spent[p] = 0.0
-            self.t = now_synced()
+            self.t = timer.now()
 
     clock = Clock()
     # Reply lengths (to the first EOS, inclusive) from the trainer's own truncation function.

@@ -1,8 +1,8 @@
 """What the benchmarks against TRL 1.12's trainers share (``ppo_vs_trl``, ``optimisers_vs_trl``).
 
 - :func:`prepare` (our environment): the policy, reward-model and prompt files both trainers read;
-- :func:`trl_tokenizer`, :func:`chat_prompt`, :func:`prompt_ids` (the TRL worker's environment): the same tokenizer
-  settings and chat-templated prompts on TRL's side;
+- :func:`trl_tokenizer`, :func:`chat_prompt`, :func:`prompt_ids`, :func:`lora_config` (the TRL worker's
+  environment): the same tokenizer settings, chat-templated prompts and LoRA on TRL's side;
 - :class:`PhaseTimer` (either environment): seconds per phase, by wrapping the functions a trainer calls.
 
 Only the standard library is imported at the top: the TRL worker (its own virtual environment) imports this module.
@@ -50,6 +50,19 @@ def read_spec(work: Path) -> dict:
 
 def read_prompts(work: Path) -> list[str]:
     return [json.loads(line)["prompt"] for line in (work / "prompts.jsonl").read_text().splitlines()]
+
+
+def lora_config(c: dict):
+    """TRL's side of the policy's LoRA: ``c``'s rank, alpha and target modules (as ours), no dropout."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=c["lora_r"],
+        lora_alpha=c["lora_alpha"],
+        lora_dropout=0.0,
+        target_modules=c["lora_target_modules"],
+        task_type="CAUSAL_LM",
+    )
 
 
 def trl_tokenizer(policy_dir: str):
