@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 DEMO_PARAMS = REPO / "params.yaml"
 """The demo's params in a source checkout (the values ``rlhf demo`` writes into its project); an installed package
-without a checkout uses every section's defaults, which are the demo's."""
+without a checkout uses every section's defaults, which differ from these only in ``policy.algorithm`` (``ppo``
+by default, ``dpo`` here: the demo's measured choice)."""
 
 DEMO_TASK: dict[str, dict[str, Any]] = {"seeding": {"demo_task": True}}
 """What makes a project the demo: the demo task switched on (seed prompts and feedback, the demo judge)."""
