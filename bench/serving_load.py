@@ -436,11 +436,19 @@ def main_stream(argv: list[str] | None = None) -> None:
         action="store_false",
         help="prefill every prompt whole (serve.prefix_cache false)",
     )
+    ap.add_argument(
+        "--prefill-rows",
+        type=int,
+        default=None,
+        help="serve.prefill_rows: most prompts per prefill pass (0: all admitted in one pass; default: params.yaml's)",
+    )
     ap.add_argument("--label", default="", help="a name for this run in the output")
     args = ap.parse_args(argv)
     load_before = os.getloadavg()
     serve = {"max_batch_size": args.max_batch_size, "max_queued": args.max_queued}
     serve |= {"torch_threads": args.server_threads, "bf16": args.bf16, "prefix_cache": args.prefix_cache}
+    if args.prefill_rows is not None:
+        serve["prefill_rows"] = args.prefill_rows
     levels: list[dict] = []
     with harness.workdir("stream") as tmp, served(Path(tmp) / "p", args.model, **serve) as (url, _):
         with httpx.Client(base_url=url, timeout=900) as c:  # warm-up

@@ -1,14 +1,21 @@
 """Continuous batching over the project's sampler: a request joins the running batch at the next decode step
 and leaves it when its reply ends.
 
-One engine thread owns the model. Each step it (1) admits waiting requests while there is room (their prompts
-are prefilled together and their KV caches joined to the running batch's, left padded to a common length),
-(2) samples one token for every running row with the row's own temperature, top-p and ``torch.Generator``
-(the functions of ``components/models/generation.py``), (3) ends rows that hit EOS, their token limit, a stop string,
-their deadline, or whose client went away, and hands each finished reply to ``on_finish`` (the service logs
-it to the store there) before the caller sees it, and (4) runs one forward pass of the remaining rows.
+One engine thread owns the model. Each step it (1) admits waiting requests while there is room, in passes of
+at most ``prefill_rows`` prompts: each pass prefills its prompts together, joins their KV caches to the running
+batch's (left padded to a common length) and at once samples and streams each new row's first token; the passes
+run back to back, taking whoever arrived meanwhile, before the running batch's next decode step, (2) samples
+one token for every other running row with the row's own temperature, top-p and ``torch.Generator`` (the functions
+of ``components/models/generation.py``), (3) ends rows that hit EOS, their token limit, a stop string, their
+deadline, or whose client went away, and hands each finished reply to ``on_finish`` (the service logs it to
+the store there) before the caller sees it, and (4) runs one forward pass of the remaining rows.
 A short request therefore waits for at most one step of a long one, never for its end (vLLM and TGI schedule
 the same way, at token granularity; Yu et al. 2022, "Orca").
+
+Bursts (``prefill_rows``): a prefill pass is compute-bound, so prefilling 16 prompts costs many times one, and
+in a single pass every request of a burst waits for all of it. Split into passes, the first requests get their
+first token after their own pass: the burst's prefill takes a little longer in all (each pass has a fixed cost),
+and its requests wait less on average.
 
 Streaming: each row's text so far is offered to its ``on_text`` callback after every step (only what can no
 longer change: incomplete UTF-8, trailing whitespace and a possible start of a stop string are held back), so
@@ -78,6 +85,8 @@ class Row:
     generator: torch.Generator | None = None
     peak_rows: int = 0
     """The most rows sampled together with this one."""
+    pending: int | None = None
+    """The token sampled for this row in the current step, not yet run through the model."""
 
     def cancel(self) -> None:
         """The client went away: the row ends at the next step, stored as ``aborted`` with what it has."""
@@ -118,8 +127,9 @@ class Engine:
     """The engine thread. ``current()`` gives the ``(model, tokenizer, version)`` to serve; a change is picked
     up when the running batch is empty (rows never switch weights mid-reply). ``prefix(tokenizer)`` gives the
     token ids prompts open with, whose KV cache is computed once per served model and reused at admission
-    (None: every prompt is prefilled whole); ``on_prefill(cached, computed)`` hears, per admission, how many
-    prompt tokens came from that cache and how many ran through the model."""
+    (None: every prompt is prefilled whole); ``on_prefill(cached, computed)`` hears, per admission pass, how many
+    prompt tokens came from that cache and how many ran through the model. ``prefill_rows``: most prompts per
+    prefill pass (None or 0: up to ``max_rows``)."""
 
     def __init__(
         self,
@@ -132,8 +142,10 @@ class Engine:
         autocast: Callable[[Any], Any] | None = None,
         prefix: Callable[[Any], Sequence[int]] | None = None,
         on_prefill: Callable[[int, int], None] | None = None,
+        prefill_rows: int | None = None,
     ):
         self.current = current
+        self.prefill_rows = prefill_rows or max_rows
         self.prefix = prefix
         self.on_prefill = on_prefill
         self.max_rows = max_rows
@@ -218,7 +230,7 @@ class Engine:
         self._rows, self._cache, self._mask, self._pos, self._logits = [], None, None, None, None
 
     def _step(self) -> None:
-        self._admit()
+        self._admit()  # new rows: prefilled, their first token sampled and streamed
         if not self._rows:
             return
         model, tok, _ = self._served  # type: ignore[misc]
@@ -226,8 +238,15 @@ class Engine:
             row.peak_rows = max(row.peak_rows, len(self._rows))
         ctx = self.autocast(model) if self.autocast is not None else _nullcontext()
         with torch.no_grad(), ctx:
-            tokens = self._sample()  # shape: (B,)
-            keep = self._advance(tok, tokens)
+            waiting = [i for i, r in enumerate(self._rows) if r.pending is None]  # not sampled at admission
+            if waiting:
+                self._sample_and_advance(tok, waiting, self._logits[waiting])  # type: ignore[index]
+            tokens = torch.tensor([r.pending for r in self._rows], dtype=torch.long, device=self._mask.device)  # type: ignore[union-attr]
+            keep = torch.tensor(
+                [i for i, r in enumerate(self._rows) if r.finish_reason is None], dtype=torch.long, device=tokens.device
+            )
+            for row in self._rows:
+                row.pending = None
             self._finish(tok)
             if self._rows:
                 self._select(keep)
@@ -238,16 +257,24 @@ class Engine:
             self.on_step(len(self._rows))
 
     def _admit(self) -> None:
-        """Take waiting rows while there is room; prefill them and join them to the running batch."""
-        now = time.monotonic()
+        """Take waiting rows while there is room, a pass of at most ``prefill_rows`` at a time, back to back
+        (rows that arrive during a pass join the next one): each pass's rows are prefilled, joined to the
+        running batch and get their first token at once."""
         latest = self.current()
         if not self._rows:
             self._served = latest  # the model to serve, fixed while rows run
         elif latest[2] != self._served[2]:  # type: ignore[index]
             return  # a new model: let the old one's rows finish first
+        while self._admit_pass():
+            pass
+
+    def _admit_pass(self) -> bool:
+        """One prefill pass of waiting rows (at most ``prefill_rows``, within the room left); False when none."""
+        now = time.monotonic()
         with self._lock:
             new: list[Row] = []
-            while self._waiting and len(self._rows) + len(new) < self.max_rows:
+            room = min(self.max_rows - len(self._rows), self.prefill_rows)
+            while self._waiting and len(new) < room:
                 row = self._waiting.popleft()
                 if row.cancelled.is_set():
                     row.future.cancel()
@@ -256,7 +283,7 @@ class Engine:
                 else:
                     new.append(row)
         if not new:
-            return
+            return False
         model, tok, version = self._served  # type: ignore[misc]
         for r in new:
             r.model_version, r.started = version, now
@@ -266,10 +293,16 @@ class Engine:
         ctx = self.autocast(model) if self.autocast is not None else _nullcontext()
         try:
             with torch.no_grad(), ctx:
-                if hits:
-                    self._join(hits, *self._prefill_after_prefix(model, hits, prefix))
-                if rest:
-                    self._join(rest, *self._prefill(model, rest))
+                for group, after_prefix in ((hits, True), (rest, False)):
+                    if not group:
+                        continue
+                    if after_prefix:
+                        cache, mask, logits = self._prefill_after_prefix(model, group, prefix)
+                    else:
+                        cache, mask, logits = self._prefill(model, group)
+                    self._join(group, cache, mask, logits)
+                    joined = list(range(len(self._rows) - len(group), len(self._rows)))
+                    self._sample_and_advance(tok, joined, logits)  # their first token, streamed now
         except Exception as exc:  # rows not joined yet hear of it here, the running ones from the step's handler
             for r in new:
                 if r not in self._rows and not r.future.done():
@@ -278,6 +311,7 @@ class Engine:
         if self.on_prefill is not None:
             cached = len(prefix) * len(hits)
             self.on_prefill(cached, sum(len(r.prompt_ids) for r in new) - cached)
+        return True
 
     def _shared_prefix(self, model: Any, tok: Any, version: str) -> list[int]:
         """The served model's shared prefix ids ([] when off or too short to be worth a pass); a new model
@@ -342,41 +376,42 @@ class Engine:
         self._logits = torch.cat([self._logits, logits])  # type: ignore[list-item]
         self._rows = self._rows + new
 
-    def _sample(self) -> torch.Tensor:
-        rows = self._rows
-        temp = torch.tensor([r.params.temperature for r in rows], dtype=torch.float32, device=self._logits.device)
-        top_p = torch.tensor([r.params.top_p for r in rows], dtype=torch.float32, device=self._logits.device)
-        gens = [_generator(r, self._logits.device) for r in rows]
-        filtered = filter_logits(self._logits.float(), temp, 0, top_p)  # type: ignore[union-attr]
-        return _pick(filtered, temp, gens)  # shape: (B,)
-
-    def _advance(self, tok: Any, tokens: torch.Tensor) -> torch.Tensor:
-        """Append each row's token, decide which rows end, stream the new text; the rows that go on."""
+    def _sample_and_advance(self, tok: Any, index: list[int], logits: torch.Tensor) -> None:
+        """Sample the next token of running rows ``index`` from their ``logits`` (b, V), keep it as the row's
+        ``pending`` token and advance the row with it (the text streams at once)."""
+        rows = [self._rows[i] for i in index]
+        temp = torch.tensor([r.params.temperature for r in rows], dtype=torch.float32, device=logits.device)
+        top_p = torch.tensor([r.params.top_p for r in rows], dtype=torch.float32, device=logits.device)
+        gens = [_generator(r, logits.device) for r in rows]
+        filtered = filter_logits(logits.float(), temp, 0, top_p)
+        tokens = _pick(filtered, temp, gens)  # shape: (b,)
         now = time.monotonic()
-        keep = []
-        for i, (row, token) in enumerate(zip(self._rows, tokens.tolist())):
-            if token == tok.eos_token_id:
+        for row, token in zip(rows, tokens.tolist()):
+            row.pending = token
+            self._advance(tok, row, token, now)
+
+    @staticmethod
+    def _advance(tok: Any, row: Row, token: int, now: float) -> None:
+        """Append the row's token, decide whether the row ends, stream the new text."""
+        if token == tok.eos_token_id:
+            row.finish_reason = "stop"
+        else:
+            row.tokens.append(token)
+        if row.finish_reason is None:
+            if row.cancelled.is_set():
+                row.finish_reason = "aborted"
+            elif len(row.tokens) >= row.params.max_new_tokens:
+                row.finish_reason = "length"
+            elif row.deadline is not None and now > row.deadline:
+                row.finish_reason = "length"
+                log.warning("a reply hit its deadline after %d tokens: cut", len(row.tokens))
+        if row.finish_reason is None and (row.params.stop or row.on_text is not None):
+            text, hit = _visible(tok, row.tokens, row.params.stop, final=False)
+            if hit:
                 row.finish_reason = "stop"
-            else:
-                row.tokens.append(token)
-            if row.finish_reason is None:
-                if row.cancelled.is_set():
-                    row.finish_reason = "aborted"
-                elif len(row.tokens) >= row.params.max_new_tokens:
-                    row.finish_reason = "length"
-                elif row.deadline is not None and now > row.deadline:
-                    row.finish_reason = "length"
-                    log.warning("a reply hit its deadline after %d tokens: cut", len(row.tokens))
-            if row.finish_reason is None and (row.params.stop or row.on_text is not None):
-                text, hit = _visible(tok, row.tokens, row.params.stop, final=False)
-                if hit:
-                    row.finish_reason = "stop"
-                elif row.on_text is not None and len(text) > len(row.sent) and text.startswith(row.sent):
-                    piece, row.sent = text[len(row.sent) :], text
-                    row.on_text(piece)
-            if row.finish_reason is None:
-                keep.append(i)
-        return torch.tensor(keep, dtype=torch.long, device=tokens.device)
+            elif row.on_text is not None and len(text) > len(row.sent) and text.startswith(row.sent):
+                piece, row.sent = text[len(row.sent) :], text
+                row.on_text(piece)
 
     def _finish(self, tok: Any) -> None:
         done = [r for r in self._rows if r.finish_reason is not None]

@@ -310,6 +310,7 @@ class RLHFService:
             autocast=lambda model: autocast(model.device, self.cfg.bf16),
             prefix=self._prefix if self.cfg.prefix_cache else None,
             on_prefill=_count_prompt_tokens,
+            prefill_rows=self.cfg.prefill_rows,
         )
 
     def _prefix(self, tok: Any) -> list[int]:

@@ -197,3 +197,36 @@ def test_a_new_model_version_runs_its_prefix_again(tiny):
         eng.close()
         passes.remove()
     assert passes.shapes.count((1, len(prefix))) == 2
+
+
+def test_a_burst_is_prefilled_in_passes_each_getting_its_first_token_before_the_next(tiny):
+    model, tok = tiny
+    texts = ["a long question about a late order", "hi", "refund?", "where is my parcel", "thanks", "help"]
+    params = [RowParams(5, 1.0, 1.0, 10 + i) for i in range(len(texts))]
+    expected = [generate_rows(model, tok, [prompt(tok, t)], [p])[0] for t, p in zip(texts, params)]
+    gate = threading.Event()
+
+    def current():
+        gate.wait(30)  # the whole burst waits before the first admission
+        return model, tok, "v1"
+
+    rows = [Row(prompt(tok, t), p) for t, p in zip(texts, params)]
+    started: list[list[bool]] = []  # per prefill pass: which rows had their first token when it began
+
+    def seen(module, args, kwargs):
+        if kwargs["input_ids"].shape[1] > 1:
+            started.append([bool(r.tokens or r.finish_reason) for r in rows])
+
+    hook = model.register_forward_pre_hook(seen, with_kwargs=True)
+    eng = Engine(current, max_rows=8, max_queued=8, on_finish=lambda f: None, prefill_rows=2)
+    try:
+        eng.submit(rows)
+        gate.set()
+        got = [r.future.result(timeout=60) for r in rows]
+    finally:
+        eng.close()
+        hook.remove()
+    # the same replies as sampled alone (the batch sampler also counts a final EOS among the completion tokens)
+    assert [(g.result.text, g.result.finish_reason) for g in got] == [(e.text, e.finish_reason) for e in expected]
+    assert started == [[False] * 6, [True] * 2 + [False] * 4, [True] * 4 + [False] * 2]
+    assert {g.row.peak_rows for g in got} == {6}  # then all six decode together
