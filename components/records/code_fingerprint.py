@@ -21,19 +21,24 @@ stage after any edit. A recorded hash of the imported modules works for both lay
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import importlib.util
 import logging
 import re
 import sys
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 
 from components.common.fsutil import atomic_write_text
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PACKAGES = ("components", "flows", "serving", "rlhf_cli")
 """This project's top-level packages; imports of anything else (torch, the standard library, ...) are not followed."""
@@ -42,6 +47,13 @@ FINGERPRINT_FILE = Path(".rlhf") / "code.yaml"
 """Where the fingerprints go, relative to the project root (a params file of every stage in ``dvc.yaml``)."""
 
 _MODULE_FLAG = re.compile(r"(?:^|\s)-m\s+([A-Za-z_][\w.]*)")
+
+SETTLED_S = 2.0
+"""A file's parsed imports and digest are remembered (for the process's later fingerprints) only once the file has
+not changed for this long, so an edit in the same clock tick as the reading cannot hide behind an unchanged stamp."""
+
+_memo: dict[tuple[str, str], tuple[tuple[int, int, int, int], object]] = {}
+_memo_guard = threading.Lock()
 
 
 class FingerprintError(RuntimeError):
@@ -52,7 +64,13 @@ def _package_dir(package: str) -> Path | None:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         return None
-    return Path(next(iter(spec.submodule_search_locations))).resolve()
+    return _resolved(next(iter(spec.submodule_search_locations)))
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved(location: str) -> Path:
+    """A package folder's real path (one ``realpath`` per folder and process: it is asked thousands of times)."""
+    return Path(location).resolve()
 
 
 def module_file(name: str) -> Path | None:
@@ -68,6 +86,42 @@ def module_file(name: str) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def _remembered(kind: str, path: Path, compute: Callable[[], T]) -> T:
+    """``compute()`` about ``path``, remembered while the file's stat stamp (inode, size, mtime, ctime) is the same.
+
+    Every DVC command recomputes every stage's fingerprint, which would otherwise parse and hash the same few
+    hundred modules again each time. ctime cannot be set back by hand, and a file is only remembered once it is
+    :data:`SETTLED_S` old, so any later write changes the stamp and the file is read again."""
+    st = path.stat()
+    stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    key = (kind, str(path))
+    with _memo_guard:
+        hit = _memo.get(key)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]  # type: ignore[return-value]
+    value = compute()
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > SETTLED_S * 1e9:
+        with _memo_guard:
+            _memo[key] = (stamp, value)
+    return value
+
+
+def _imports_of(path: Path, module: str) -> tuple[str, ...]:
+    """The project modules the source file ``path`` of ``module`` may import (:func:`_imported_names`), remembered."""
+
+    def parse() -> tuple[str, ...]:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+        names = _imported_names(tree, module, path.name == "__init__.py")
+        return tuple(n for n in names if n.split(".")[0] in PACKAGES)
+
+    return _remembered(f"imports:{module}", path, parse)
+
+
+def _digest(path: Path) -> bytes:
+    """sha256 of the file's bytes, remembered."""
+    return _remembered("sha256", path, lambda: hashlib.sha256(path.read_bytes()).digest())
 
 
 def _imported_names(tree: ast.AST, module: str, is_package: bool) -> Iterable[str]:
@@ -104,8 +158,7 @@ def imported_modules(entry: str) -> dict[str, Path]:
         found[name] = path
         parts = name.split(".")
         todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # importing a.b.c runs a and a.b first
-        tree = ast.parse(path.read_bytes(), filename=str(path))
-        todo += [n for n in _imported_names(tree, name, path.name == "__init__.py") if n.split(".")[0] in PACKAGES]
+        todo += _imports_of(path, name)
     if entry not in found:
         raise FingerprintError(f"{entry!r} is not a module of this project ({', '.join(PACKAGES)})")
     return found
@@ -150,7 +203,7 @@ def fingerprint(files: Iterable[Path]) -> str:
     """sha256 over each file's label and bytes, in label order."""
     digest = hashlib.sha256()
     for label, path in sorted((_label(p), p) for p in files):
-        digest.update(label.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+        digest.update(label.encode() + b"\0" + _digest(path))
     return digest.hexdigest()
 
 

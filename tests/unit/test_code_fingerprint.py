@@ -109,3 +109,28 @@ def test_the_file_is_rewritten_only_when_a_fingerprint_changes(tmp_path):
     before = path.stat().st_mtime_ns
     write_code_fingerprint(tmp_path)
     assert path.stat().st_mtime_ns == before
+
+
+def test_a_remembered_file_is_read_again_after_any_write(tmp_path, monkeypatch):
+    """The parsed imports and digests are remembered by stat stamp: a write the same size with the old mtime put
+    back is still seen (ctime moves), and a file that changed in the last SETTLED_S seconds is never remembered."""
+    import hashlib
+    import os
+
+    from components.records import code_fingerprint
+
+    module = tmp_path / "m.py"
+    module.write_text("A = 1\n")
+    old = module.stat().st_mtime_ns - 10**10
+    os.utime(module, ns=(old, old))  # an old mtime, but its ctime is now: not settled, so not remembered
+    assert code_fingerprint._digest(module) == hashlib.sha256(b"A = 1\n").digest()
+    module.write_text("A = 2\n")
+    os.utime(module, ns=(old, old))  # same size, same mtime
+    assert code_fingerprint._digest(module) == hashlib.sha256(b"A = 2\n").digest()
+    assert ("sha256", str(module)) not in code_fingerprint._memo
+
+    monkeypatch.setattr(code_fingerprint, "SETTLED_S", -1.0)  # remember at once
+    assert code_fingerprint._digest(module) == hashlib.sha256(b"A = 2\n").digest()
+    assert ("sha256", str(module)) in code_fingerprint._memo
+    module.write_text("A = 33\n")
+    assert code_fingerprint._digest(module) == hashlib.sha256(b"A = 33\n").digest()
