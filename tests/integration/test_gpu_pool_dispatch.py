@@ -33,6 +33,7 @@ POOL = "gpu-dispatch-test"
 @contextlib.contextmanager
 def worker(pool: str, log: Path):
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "OMP_NUM_THREADS": "1"}
+    env["PREFECT_WORKER_QUERY_SECONDS"] = "1"  # pick up scheduled runs within a second (default: every 10 s)
     with log.open("w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"],
@@ -77,7 +78,7 @@ def test_training_runs_on_the_pool_worker(prefect_api, tmp_path, monkeypatch):
         state = retrain(project=str(root), seed_if_empty=True, label="pool", return_state=True)
         assert state.type == StateType.COMPLETED, state.message
         # a triggered run of the scheduled deployment completes on the worker (nothing new: no training)
-        triggered = run_deployment(scheduled.name, timeout=600, poll_interval=2)
+        triggered = run_deployment(scheduled.name, timeout=600, poll_interval=0.5)
     assert triggered.state.type == StateType.COMPLETED, (tmp_path / "worker.log").read_text()[-3000:]
     summary = state.result()
     assert summary["training"]["where"] == "work-pool" and summary["training"]["pool"] == POOL
