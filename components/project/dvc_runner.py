@@ -104,13 +104,43 @@ def dvc(root: Path, *args: str) -> str:
 
 
 def changed(root: Path, stage: str) -> bool:
-    """Whether ``dvc status STAGE`` reports anything (changed deps, params, outputs, or never run)."""
-    return bool(json.loads(dvc(root, "status", stage, "--json") or "{}"))
+    """Whether ``dvc status STAGE`` reports anything (changed deps, params, outputs, or never run).
+
+    Asked of DVC's Python API in this process (the flow asks before every stage; a ``dvc`` child process spends
+    most of its time starting). The stage is named ``ROOT/dvc.yaml:STAGE``: DVC resolves a bare stage name against
+    the working directory, which this process does not change."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    with repo_lock(root):
+        try:
+            with Repo(str(root)) as repo:
+                return bool(repo.status(targets=[f"{Path(root).resolve() / 'dvc.yaml'}:{stage}"]))
+        except DvcException as exc:
+            raise DvcError(f"`dvc status {stage}` failed in {root}: {exc}") from exc
 
 
 def status(root: Path) -> dict:
     """``dvc status --json`` of the whole pipeline (empty when everything is up to date)."""
     return json.loads(dvc(root, "status", "--json") or "{}")
+
+
+def default_remote(root: Path) -> str | None:
+    """The default remote's name, as ``dvc remote default`` in ``root`` prints it (every config level merged:
+    system, global, the project's ``.dvc/config`` and ``config.local``), read in this process; None when unset."""
+    from dvc.config import Config
+    from dvc.exceptions import DvcException, NotDvcRepoError
+    from dvc.repo import Repo
+
+    with repo_lock(root):
+        try:
+            try:
+                dvc_dir = Repo.find_dvc_dir(str(root))
+            except NotDvcRepoError:
+                dvc_dir = None
+            return Config(dvc_dir=dvc_dir, validate=False).read(None)["core"].get("remote") or None
+        except DvcException as exc:
+            raise DvcError(f"`dvc remote default` failed in {root}: {exc}") from exc
 
 
 def run_stage(root: Path, stage: str, *, run: Callable[[], T], last: Callable[[], T]) -> tuple[bool, T]:

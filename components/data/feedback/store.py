@@ -12,7 +12,6 @@ The default remote is the local folder :func:`components.project.paths.dvc_remot
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -65,9 +64,11 @@ def data_version(paths: ProjectPaths) -> str | None:
 
 def ensure_remote(paths: ProjectPaths) -> str:
     """The default DVC remote's name; adds ``local`` -> ``dvc_remote_dir()`` in config.local if there is none."""
-    with contextlib.suppress(dvc_runner.DvcError):  # exits non-zero when there is no default remote
-        if name := dvc_runner.dvc(paths.root, "remote", "default").strip():
+    try:
+        if name := dvc_runner.default_remote(paths.root):
             return name
+    except dvc_runner.DvcError as exc:
+        raise StoreError(str(exc)) from exc
     remote = dvc_remote_dir()
     try:
         remote.mkdir(parents=True, exist_ok=True)
