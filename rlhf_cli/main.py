@@ -307,7 +307,7 @@ def serve(
     from components.config import ConfigError
     from components.config.serve import load_serve_config
     from components.project.paths import ProjectPaths
-    from serving.service import check_host_allowed
+    from serving.middleware import check_host_allowed
 
     params = (params or ProjectPaths.discover().params).resolve()
     try:

@@ -71,6 +71,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_host_allowed(host: str, token: str | None) -> None:
+    """Refuse a non-loopback address without an API token (feedback would be open to the network).
+
+    Here, not in :mod:`serving.service`, so ``rlhf serve`` checks it without importing the service (torch,
+    BentoML) in the process it is about to replace with ``bentoml serve``."""
+    if not token and not is_loopback(host):
+        raise SystemExit(
+            f"refusing to serve on {host} without an API token: set RLHF_API_TOKEN (feedback endpoints need it "
+            "on any address but loopback), or serve on 127.0.0.1"
+        )
+
+
 def _hostname(authority: str) -> str:
     """The host part of a ``Host`` header value (``name:port``, ``[v6]:port``)."""
     return urlsplit("//" + authority).hostname or ""

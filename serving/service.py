@@ -53,7 +53,13 @@ from components.models.precision import autocast
 from components.models.shared_prefix import template_prefix
 from components.project.paths import ProjectPaths
 from serving import model_source
-from serving.middleware import RATER_HEADER, ClientErrorLogFilter, GuardMiddleware, error_body, is_loopback
+from serving.middleware import (
+    RATER_HEADER,
+    ClientErrorLogFilter,
+    GuardMiddleware,
+    check_host_allowed,
+    error_body,
+)
 from serving.ratelimit import RateLimiter
 from serving.scheduler import DeadlineExceeded, Engine, Finished, QueueFull, Row
 from serving.schemas import (
@@ -101,15 +107,6 @@ batch_sizes = bentoml.metrics.Histogram(
     documentation="Requests sampled together per forward pass",
     buckets=(1, 2, 4, 8, 16, 32, 64),
 )
-
-
-def check_host_allowed(host: str, token: str | None) -> None:
-    """Refuse a non-loopback address without an API token (feedback would be open to the network)."""
-    if not token and not is_loopback(host):
-        raise SystemExit(
-            f"refusing to serve on {host} without an API token: set RLHF_API_TOKEN (feedback endpoints need it "
-            "on any address but loopback), or serve on 127.0.0.1"
-        )
 
 
 def _refuse_public_without_token(host: str) -> None:

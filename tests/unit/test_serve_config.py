@@ -4,8 +4,7 @@ import pytest
 
 from components.config import load_section, to_dict
 from components.config.serve import ServeConfig
-from serving.middleware import token_ok
-from serving.service import check_host_allowed, is_loopback
+from serving.middleware import check_host_allowed, is_loopback, token_ok
 
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 
