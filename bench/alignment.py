@@ -76,6 +76,9 @@ PPO_VARIANTS: dict[str, dict[str, object]] = {
     "online_dpo": {"algorithm": "online_dpo"},
     "bon_sft": {"algorithm": "bon_sft"},
     "bon_sft_n16": {"algorithm": "bon_sft", "bon_sft.n": 16, "batch_size": 64, "steps": 8},
+    # the same n with 4x the distinct prompts per step (16 of them, 128 in a run): 4 minibatches of 8 best replies
+    "bon_sft_n16_wide": {"algorithm": "bon_sft", "bon_sft.n": 16, "batch_size": 256, "steps": 8},
+    "bon_sft_n8_wide": {"algorithm": "bon_sft", "bon_sft.n": 8, "batch_size": 128, "steps": 8},
     "norm_rollouts": {"norm": "rollouts"},
     "steps_32": {"steps": 32},
     "kl_target_8": {"kl_target": 8.0},
