@@ -17,8 +17,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 DEMO_PARAMS = REPO / "params.yaml"
 """The demo's params in a source checkout (the values ``rlhf demo`` writes into its project); an installed package
-without a checkout uses every section's defaults, which differ from these only in ``policy.algorithm`` (``ppo``
-by default, ``dpo`` here: the demo's measured choice)."""
+without a checkout uses every section's defaults with :data:`DEMO_CHOICES` (the same values, tested)."""
+
+DEMO_CHOICES: dict[str, dict[str, Any]] = {"policy": {"algorithm": "dpo"}}
+"""Where :data:`DEMO_PARAMS` differs from the sections' defaults: the demo's measured choice of optimiser (offline
+DPO; a project made with ``rlhf init`` keeps the default, PPO; docs/benchmarks.md, "Choosing the demo's
+optimiser")."""
 
 DEMO_TASK: dict[str, dict[str, Any]] = {"seeding": {"demo_task": True}}
 """What makes a project the demo: the demo task switched on (seed prompts and feedback, the demo judge)."""
@@ -57,6 +61,8 @@ def demo_params(source: Path | None, quick: bool = False) -> dict[str, Any]:
         from components.project.params import SECTIONS
 
         raw = {name: to_dict(cls()) for name, cls in SECTIONS.items()}
+        for section, values in DEMO_CHOICES.items():
+            raw[section].update(values)
     for overrides in (DEMO_TASK, QUICK if quick else {}):
         for section, values in overrides.items():
             raw.setdefault(section, {}).update(values)

@@ -30,6 +30,13 @@ def test_the_demo_folder_is_beside_the_code_and_ignored_by_its_git():
     assert not (REPO / "dvc.yaml").exists() and not (REPO / "data.dvc").exists() and not (REPO / ".dvc").exists()
 
 
+def test_an_installed_demo_without_a_checkout_uses_the_checkouts_params(tmp_path, monkeypatch):
+    checkout = demo_loop.demo_params(None)
+    assert checkout["policy"]["algorithm"] == "dpo"
+    monkeypatch.setattr(demo_loop, "DEMO_PARAMS", tmp_path / "absent.yaml")  # what a wheel install sees
+    assert demo_loop.demo_params(None) == checkout
+
+
 def test_demo_project_is_an_init_project_with_the_demo_task_and_models_record_the_codes_revision(tmp_path, monkeypatch):
     raw = demo_loop.demo_params(None)
     assert raw["seeding"]["demo_task"] is True
