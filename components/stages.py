@@ -25,6 +25,7 @@ register / promote  ``register_and_decide(paths, *, policy, evaluation, gate)`` 
 tournament: train   ``train_candidate(PolicyConfig, CandidateRecipe, paths, *, model, ...)``  ``PolicyResult``
 tournament: eval    ``evaluate_candidate(EvalConfig, paths, *, name, model, candidate, ...)``  ``EvalResult``
 tournament: decide  ``decide_tournament(EvalConfig, GateConfig, paths, *, entrants)``      ``list[GateResult]``
+compare (audit)     ``compare(EvalConfig, paths, *, model, a, b, demo_task, progress)``       ``CompareResult``
 ==================  ======================================================================  =====================
 
 The DVC stages (``train_reward``, ``ppo``, ``train_judge``, ``evaluate``) also have ``reward_result``,
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
         ingest_served_feedback,
     )
     from components.data.feedback.store import IngestSummary, ValidateResult, validate_and_store
+    from components.decide.compare import CompareResult, compare
     from components.decide.evaluation import EvalResult, ModelEval, evaluate
     from components.decide.gate import GateCheck, GateResult, gate
     from components.decide.judges.human import HumanJudgeResult, judge_by_humans
@@ -72,6 +74,7 @@ if TYPE_CHECKING:
     from components.records.registry import PromotionResult, register_and_decide
 
 _HOME: dict[str, str] = {
+    "CompareResult": "components.decide.compare",
     "EvalConfig": "components.config.evaluation",
     "EvalResult": "components.decide.evaluation",
     "ForgetResult": "components.data.feedback.forget",
@@ -92,6 +95,7 @@ _HOME: dict[str, str] = {
     "ServedExport": "components.data.feedback.served",
     "ServedIngest": "components.data.feedback.served",
     "ValidateResult": "components.data.feedback.store",
+    "compare": "components.decide.compare",
     "decide_tournament": "components.decide.tournament",
     "evaluate": "components.decide.evaluation",
     "evaluate_candidate": "components.decide.tournament",
@@ -188,6 +192,7 @@ def _rebuild(tp: Any, value: Any) -> Any:
 
 
 __all__ = [
+    "CompareResult",
     "EvalConfig",
     "EvalResult",
     "GateCheck",
@@ -207,6 +212,7 @@ __all__ = [
     "ServedExport",
     "ServedIngest",
     "ValidateResult",
+    "compare",
     "decide_tournament",
     "evaluate",
     "evaluate_candidate",

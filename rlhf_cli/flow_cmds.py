@@ -51,6 +51,29 @@ def summary_table(summary: dict[str, Any], title: str = "retrain") -> Table:
     return table
 
 
+def compare_table(r: dict[str, Any]) -> Table:
+    """A comparison's figures, one row each: win rate [interval], judge and reward-model scores, KL, counts, time."""
+    a, b = r["a"], r["b"]
+    num = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+    table = Table(title=f"{a['version']} ({r['a_name']}) vs {b['version']} ({r['b_name']})")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    judge = r["judge"].get("name", "judge")
+    for name, value in (
+        (f"win rate of A by the judge ({judge}) [95 % interval]",
+         f"{r['win_rate']:.1%} [{r['win_rate_low']:.1%}, {r['win_rate_high']:.1%}]"),
+        ("wins / ties / losses", f"{r['wins']} / {r['ties']} / {r['losses']}"),
+        ("prompts x samples", f"{r['prompts']} x {r['samples_per_prompt']} = {r['comparisons']}"),
+        ("judge score A / B", f"{num(a['judge_score'])} / {num(b['judge_score'])}"),
+        ("reward-model score A / B", f"{num(a['reward_score'])} / {num(b['reward_score'])}"),
+        ("KL of A to B, nats/reply", num(a["kl"])),
+        ("reply length A / B (tokens)", f"{a['mean_tokens']:.1f} / {b['mean_tokens']:.1f}"),
+        ("time", f"{r['seconds']:.0f} s"),
+    ):  # fmt: skip
+        table.add_row(name, value)
+    return table
+
+
 def _prefect_logs_visible() -> None:
     logging.getLogger("prefect").setLevel(logging.INFO)
 

@@ -509,6 +509,47 @@ def _raters_text(raters: dict, forgotten: list[dict]) -> list[str]:
 
 
 @app.command()
+def compare(
+    a: Annotated[str, typer.Argument(help="Model A: champion, base, a registered policy version or a model folder.")],
+    b: Annotated[str, typer.Argument(help="Model B, what A is judged against (the same choices).")] = "base",
+    params: ParamsOpt = None,
+    judge: Annotated[
+        str | None, typer.Option("--judge", help="Judge for this comparison (default: eval.judge in params.yaml).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Judge model A against model B on the held-out prompts, as the evaluate stage judges a candidate: the same
+    judge, prompts, seeds, samples per prompt and bootstrap interval. Prints A's win rate with its interval, both
+    judge scores and A's KL to B; writes reports/compare/A-vs-B.json and .md. Registers and promotes nothing."""
+    import time
+    from contextlib import nullcontext
+    from dataclasses import asdict, replace
+
+    from components.decide.compare import CompareError, compare
+    from components.decide.judges import JudgeError
+    from components.project.paths import ProjectPaths
+    from components.records import registry
+    from rlhf_cli.flow_cmds import compare_table
+
+    cfg = _load_params(params)
+    paths = ProjectPaths(cfg.path.parent) if params is not None and cfg.path else ProjectPaths.discover()
+    eval_cfg = cfg.eval if judge is None else replace(cfg.eval, judge=judge)
+    t0 = time.perf_counter()
+    try:
+        with nullcontext() if as_json else _progress_bar(f"compare {a} vs {b}") as bar:
+            result = compare(eval_cfg, paths, model=cfg.model, a=a, b=b, demo_task=cfg.seeding.demo_task,
+                             progress=bar)  # fmt: skip
+    except (CompareError, JudgeError, registry.RegistryError) as exc:
+        raise _fail("compare refused", exc) from exc
+    if as_json:
+        _print_json(asdict(result))
+        return
+    console.print(compare_table(asdict(result)))
+    console.print(f"report: {result.report_path}; every verdict: {result.verdicts_path} "
+                  f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+
+
+@app.command()
 def rollback(
     version: Annotated[str, typer.Argument(help="The version to make champion again.")],
     force: Annotated[bool, typer.Option(help="Also allow a version that was rejected or never decided.")] = False,

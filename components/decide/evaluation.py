@@ -78,7 +78,9 @@ class ModelEval:
     judge_score: float | None
     """Mean score under the judge, where it scores replies one by one (``demo``, ``reward_model``); None for
     pairwise-only judges (``llm``)."""
-    reward_score: float
+    reward_score: float | None
+    """Mean score under the training reward model (None where none was asked: a comparison in a project without
+    one)."""
     mean_tokens: float
     eos_rate: float
     degenerate_rate: float
@@ -148,7 +150,7 @@ def _sample_and_score(
     reference: PreTrainedModel | None,
     tok: PreTrainedTokenizerBase,
     prompts: list[str],
-    reward: Callable[[list[str], list[str]], torch.Tensor],
+    reward: Callable[[list[str], list[str]], torch.Tensor] | None,
     cfg: EvalConfig,
     system: str | None,
     on_batch: Callable[[], None],
@@ -170,7 +172,8 @@ def _sample_and_score(
                 static_cache=static_cache,
             )
             rows["texts"] += gen.texts
-            rows["reward"] += reward(chunk, gen.texts).float().cpu().tolist()
+            if reward is not None:
+                rows["reward"] += reward(chunk, gen.texts).float().cpu().tolist()
             rows["tokens"] += gen.response_mask.sum(dim=1).float().cpu().tolist()
             rows["ended"] += gen.ended.float().cpu().tolist()
             if reference is not None:
@@ -191,11 +194,11 @@ def _summary(version: str, s: _Samples, cfg: EvalConfig, judge_scores: list[floa
     texts = [t for row in s.texts for t in row]
     flat = lambda rows: [x for row in rows for x in row]  # noqa: E731
     degenerate = [is_degenerate(t, n=cfg.repeat_ngram, min_distinct=cfg.min_distinct_ngrams) for t in texts]
-    kls = flat(s.kl)
+    kls, rewards = flat(s.kl), flat(s.reward)
     return ModelEval(
         version=version,
         judge_score=None if judge_scores is None else round(float(np.mean(judge_scores)), 6),
-        reward_score=round(float(np.mean(flat(s.reward))), 6),
+        reward_score=round(float(np.mean(rewards)), 6) if rewards else None,
         mean_tokens=round(float(np.mean(flat(s.tokens))), 4),
         eos_rate=round(float(np.mean(flat(s.ended))), 6),
         degenerate_rate=round(float(np.mean(degenerate)), 6),
@@ -260,6 +263,33 @@ def _verdict_lines(kind: str, prompts: Sequence[str], a: list[list[str]], b: lis
     return lines
 
 
+def eval_judge(cfg: EvalConfig, paths: ProjectPaths, *, demo_task: bool, training_manifest: Path) -> Judge:
+    """The judge ``cfg.judge`` for the project, checked reachable (``preflight``) before any sampling."""
+    judge = make_judge(
+        cfg.judge, root=paths.root, demo_task=demo_task, judge_reward=cfg.judge_reward, llm_judge=cfg.llm_judge,
+        human_judge=cfg.human_judge, training_manifest=training_manifest,
+    )  # fmt: skip
+    judge.preflight()  # an unreachable judge fails before minutes of sampling
+    return judge
+
+
+def model_loader(
+    model: ModelConfig, device: torch.device
+) -> Callable[[str | Path], tuple[PreTrainedModel, PreTrainedTokenizerBase]]:
+    """``load(folder)``: the model and tokenizer in ``folder``, loaded once however often it is asked for."""
+    from components.models.base_model import load_base
+
+    loaded: dict[str, tuple[PreTrainedModel, PreTrainedTokenizerBase]] = {}
+
+    def load(folder: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        key = str(Path(folder).resolve())
+        if key not in loaded:
+            loaded[key] = load_base(key, dtype=model.dtype, device=device)
+        return loaded[key]
+
+    return load
+
+
 def evaluate(
     cfg: EvalConfig,
     paths: ProjectPaths,
@@ -279,7 +309,7 @@ def evaluate(
     written (nothing is promoted).
     """
     from components.decide.eval_stats import overoptimised, pairwise_outcomes, win_rate_interval
-    from components.models.base_model import accelerator_device, load_base, resolve_model_dir
+    from components.models.base_model import accelerator_device, resolve_model_dir
     from components.models.reward.model import RewardModel
     from components.records import registry
 
@@ -288,24 +318,13 @@ def evaluate(
     manifest = json.loads((candidate / "manifest.json").read_text(encoding="utf-8"))
     rm_info = manifest.get("reward_model") or {}
     rm_path = paths.root / rm_info.get("spec", "models/reward")
-    judge = make_judge(
-        cfg.judge, root=paths.root, demo_task=demo_task, judge_reward=cfg.judge_reward, llm_judge=cfg.llm_judge,
-        human_judge=cfg.human_judge, training_manifest=rm_path / "manifest.json",
-    )  # fmt: skip
-    judge.preflight()  # an unreachable judge fails before minutes of sampling
+    judge = eval_judge(cfg, paths, demo_task=demo_task, training_manifest=rm_path / "manifest.json")
     champ = registry.ensure_base_champion(paths, model.base, resolve_model_dir(model.base))
     prompts = read_prompt_file(paths.root / cfg.prompts)[: cfg.max_prompts]
     device = accelerator_device()
 
     # 1. models: candidate, champion, the candidate's KL reference (loaded once when folders coincide), RM
-    loaded: dict[str, tuple[PreTrainedModel, PreTrainedTokenizerBase]] = {}
-
-    def load(folder: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-        key = str(Path(folder).resolve())
-        if key not in loaded:
-            loaded[key] = load_base(key, dtype=model.dtype, device=device)
-        return loaded[key]
-
+    load = model_loader(model, device)
     cand_model, tok = load(candidate)
     champ_model, champ_tok = load(champ.path)
     ref_dir = manifest.get("base_dir") or str(resolve_model_dir(manifest.get("base", model.base)))

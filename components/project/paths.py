@@ -164,6 +164,12 @@ class ProjectPaths:
         return self.reports / "judge_verdicts.jsonl"
 
     @property
+    def compare_reports(self) -> Path:
+        """``rlhf compare A B``'s results (``<A>-vs-<B>.json``, ``.md``, ``.verdicts.jsonl``): under ``reports/``
+        (git-ignored), no DVC stage's output, so a comparison never changes what the gate reads."""
+        return self.reports / "compare"
+
+    @property
     def gate_report(self) -> Path:
         """The latest gate decision with every check (JSON)."""
         return self.metrics / "gate.json"

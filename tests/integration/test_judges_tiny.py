@@ -136,3 +136,64 @@ def test_an_unreachable_llm_judge_fails_the_evaluation_naming_the_url(project):
     with pytest.raises(JudgeError, match=rf"{url}/chat/completions unreachable"):
         evaluate(cfg, project, model=ModelConfig(base="tiny"), candidate=project.policies / "v1")
     assert not project.eval_metrics.exists()  # nothing for the gate to decide on: nothing is promoted
+
+
+def test_compare_champion_vs_base_after_a_promotion_counts_add_up_and_changes_nothing_else(project):
+    from components.decide.compare import compare
+    from components.records import registry
+
+    cfg = EvalConfig(judge="reward_model", max_new_tokens=6, samples_per_prompt=2, bootstrap_resamples=200,
+                     batch_size=8, bf16=False)  # fmt: skip
+    model = ModelConfig(base="tiny")
+    from components.models.base_model import resolve_model_dir
+
+    base = registry.ensure_base_champion(project, "tiny", resolve_model_dir("tiny"))  # as evaluate registers it
+    registry.register(project, "v1", project.policies / "v1", parent=base.version)
+    registry.promote(project, "v1", reason="test")
+    eval_json = project.eval_metrics.read_bytes() if project.eval_metrics.exists() else None
+    before = [(r.version, r.status) for r in registry.list_models(project)]
+
+    r = compare(cfg, project, model=model, a="champion", b="base")
+    assert (r.a.version, r.b.version, r.a_name, r.b_name) == ("v1", base.version, "champion", "base")
+    assert r.comparisons == r.prompts * r.samples_per_prompt == 4 * 2 == r.wins + r.ties + r.losses
+    assert r.win_rate_low <= r.win_rate <= r.win_rate_high and not r.identical
+    assert r.win_rate == (r.wins + 0.5 * r.ties) / r.comparisons
+    assert r.a.kl is not None and r.b.kl is None and r.a.judge_score is not None and r.a.reward_score is not None
+    saved = json.loads(Path(r.json_path).read_text())
+    assert saved["win_rate"] == r.win_rate and Path(r.json_path).parent == project.compare_reports
+    lines = [json.loads(x) for x in Path(r.verdicts_path).read_text().splitlines()]
+    assert len(lines) == 8 and {(x["a"], x["b"]) for x in lines} == {("v1", base.version)}
+    assert "Read-only" in Path(r.report_path).read_text()
+    # an audit only: the evaluate stage's record, the registry and the champion are as they were
+    assert (project.eval_metrics.read_bytes() if project.eval_metrics.exists() else None) == eval_json
+    assert [(x.version, x.status) for x in registry.list_models(project)] == before
+
+    # X vs X: one folder is sampled once, every comparison a tie, KL 0; the registry's copy against the policy
+    # folder it was registered from: the same weights and seeds give the same replies, so ties too
+    same = compare(cfg, project, model=model, a="v1", b="champion")
+    assert same.identical and same.ties == same.comparisons == 8 and same.win_rate == 0.5 and same.a.kl == 0.0
+    copy = compare(cfg, project, model=model, a=str(project.policies / "v1"), b="v1")
+    assert not copy.identical and copy.ties == 8 and abs(copy.a.kl) < 1e-4
+
+
+def test_rlhf_compare_prints_the_table_and_an_unknown_name_fails_naming_what_exists(project, monkeypatch):
+    import yaml
+    from typer.testing import CliRunner
+
+    from components.decide.compare import CompareError, compare
+    from rlhf_cli.main import app
+
+    cfg = EvalConfig(judge="reward_model", max_new_tokens=4, samples_per_prompt=1, bootstrap_resamples=200, bf16=False)
+    with pytest.raises(CompareError, match=r"'nope': not a model version.*champion, base.*base-tiny"):
+        compare(cfg, project, model=ModelConfig(base="tiny"), a="nope", b="base")
+
+    small = {"judge": "reward_model", "max_new_tokens": 4, "samples_per_prompt": 1, "bf16": False}
+    params = {"model": {"base": "tiny"}, "reward": {"judge_fraction": FRACTION}, "eval": small}
+    project.params.write_text(yaml.safe_dump(params))
+    monkeypatch.setenv("COLUMNS", "200")
+    runner = CliRunner()
+    done = runner.invoke(app, ["--project", str(project.root), "compare", "champion", "base"])
+    assert done.exit_code == 0, done.output
+    assert "win rate of A by the judge (reward_model)" in done.output and "4 x 1 = 4" in done.output
+    refused = runner.invoke(app, ["--project", str(project.root), "compare", "nope"])
+    assert refused.exit_code == 2 and "champion, base" in refused.output

@@ -1,0 +1,283 @@
+"""Compare any two policies on the evaluate stage's terms: ``rlhf compare A B`` (e.g. ``champion`` vs ``base``).
+
+:func:`compare` samples ``eval.samples_per_prompt`` seeded replies per held-out prompt from A and from B (sample k
+of both drawn with the same seed, as the evaluate stage draws them), asks the configured judge (``eval.judge``)
+about every (prompt, sample), and reports A's win rate over B (ties half) with the same percentile bootstrap over
+prompts, each model's mean judge score, reward-model score, reply length and EOS rate, and A's KL to B per reply
+(summed k1 log-ratio on A's own samples, as the evaluate stage measures a candidate's KL to its reference).
+
+It is a read-only audit: it writes only under ``reports/compare/`` (git-ignored, no DVC stage's output, so the
+evaluate stage's ``metrics/eval.json`` and reports, which the gate reads, stay as they were) and registers or
+promotes nothing.
+
+Names (:func:`resolve_policy`): ``champion`` (the registry's current champion), ``base`` (the registry's base
+entry, the first champion; the unregistered base model before any round), any registered policy version, a
+version folder under ``models/policy/``, or a folder holding a transformers model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from components.common.fsutil import atomic_write_text
+from components.common.progress import Progress, report
+from components.config.evaluation import EvalConfig
+from components.config.model import ModelConfig
+from components.decide.evaluation import ModelEval
+from components.project.paths import ProjectPaths
+
+log = logging.getLogger(__name__)
+
+
+class CompareError(ValueError):
+    """A comparison that cannot run (an unknown name, a judge that needs people), with what to do."""
+
+
+@dataclass(frozen=True)
+class ResolvedPolicy:
+    """A name given to ``rlhf compare`` and the model folder it stands for."""
+
+    name: str
+    """As asked (``champion``, ``base``, a version, a folder)."""
+    version: str
+    """The registry version, the manifest's version for a policy folder, else the folder's name."""
+    path: str
+    """The transformers folder."""
+    source: str
+    """``registry``, ``policy folder``, ``folder`` or ``base model (unregistered)``."""
+
+
+def _is_model_folder(folder: Path) -> bool:
+    return folder.is_dir() and (folder / "config.json").is_file()
+
+
+def resolve_policy(paths: ProjectPaths, model: ModelConfig, name: str) -> ResolvedPolicy:
+    """The model folder behind ``name``; :class:`CompareError` naming what exists when nothing matches."""
+    from components.records import registry
+
+    policies = registry.list_models(paths, "policy")
+    by_version = {r.version: r for r in policies}
+    if name == "champion":
+        champ = registry.champion(paths)
+        if champ is None:
+            raise CompareError(f"champion: the registry at {paths.registry} has no champion yet; run a round first "
+                               "(`rlhf retrain` or `rlhf demo`) or name a folder")  # fmt: skip
+        return ResolvedPolicy(name, champ.version, str(champ.path), "registry")
+    if name == "base":
+        roots = [r for r in policies if r.parent is None]
+        wanted = registry.base_version(model.base)
+        entry = by_version.get(wanted) or (roots[0] if roots else None)
+        if entry is not None:
+            return ResolvedPolicy(name, entry.version, str(entry.path), "registry")
+        from components.models.base_model import resolve_model_dir
+
+        return ResolvedPolicy(name, wanted, str(resolve_model_dir(model.base)), "base model (unregistered)")
+    if name in by_version:
+        return ResolvedPolicy(name, name, str(by_version[name].path), "registry")
+    folder = paths.policies / name
+    if "/" not in name and _is_model_folder(folder):
+        return ResolvedPolicy(name, _folder_version(folder), str(folder), "policy folder")
+    folder = Path(name).expanduser()
+    if not folder.is_absolute():
+        folder = (Path.cwd() / folder) if _is_model_folder(Path.cwd() / folder) else paths.root / folder
+    if _is_model_folder(folder):
+        return ResolvedPolicy(name, _folder_version(folder), str(folder.resolve()), "folder")
+    known = ", ".join(f"{r.version} ({r.status})" for r in policies) or "none registered yet"
+    raise CompareError(
+        f"{name!r}: not a model version or model folder. Name one of: champion, base, a registered policy version "
+        f"({known}), or a folder holding a transformers model (config.json) (registry: {paths.registry})"
+    )
+
+
+def _folder_version(folder: Path) -> str:
+    manifest = folder / "manifest.json"
+    if manifest.is_file():
+        version = json.loads(manifest.read_text(encoding="utf-8")).get("version")
+        if version:
+            return str(version)
+    return folder.name
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    """What :func:`compare` measured (JSON-serialisable). ``a.kl`` is A's KL to B; ``b.kl`` is None."""
+
+    a: ModelEval
+    b: ModelEval
+    a_name: str
+    b_name: str
+    a_path: str
+    b_path: str
+    prompts: int
+    samples_per_prompt: int
+    comparisons: int
+    """``prompts`` x ``samples_per_prompt``; ``wins + ties + losses``."""
+    win_rate: float
+    """The judge's win rate of A over B (ties count half)."""
+    win_rate_low: float
+    win_rate_high: float
+    interval: str
+    wins: int
+    ties: int
+    losses: int
+    identical: bool
+    """A and B are the same folder: B's samples are A's (every comparison a tie, the KL 0)."""
+    reward_version: str | None
+    """The training reward model that scored both (``models/reward``), None where the project has none."""
+    judge: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    json_path: str = ""
+    report_path: str = ""
+    verdicts_path: str = ""
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[:80] or "model"
+
+
+def compare(
+    cfg: EvalConfig,
+    paths: ProjectPaths,
+    *,
+    model: ModelConfig,
+    a: str,
+    b: str,
+    demo_task: bool = False,
+    progress: Progress | None = None,
+) -> CompareResult:
+    """A against B on the held-out prompts with the evaluate stage's judge, seeds, samples and interval.
+
+    ``a`` and ``b`` are names :func:`resolve_policy` knows. ``demo_task`` is the project's ``seeding.demo_task``
+    (the demo judge refuses a project without it). Writes ``reports/compare/<A>-vs-<B>.json``, ``.md`` and
+    ``.verdicts.jsonl`` (A and B by version) and nothing else."""
+    import numpy as np
+
+    from components.decide.eval_stats import win_rate_interval
+    from components.decide.evaluation import (
+        _sample_and_score,
+        _summary,
+        _verdict_lines,
+        eval_judge,
+        judge_samples,
+        model_loader,
+        read_prompt_file,
+    )
+    from components.models.base_model import accelerator_device
+    from components.models.precision import autocast
+
+    t0 = time.perf_counter()
+    if cfg.judge == "human":
+        raise CompareError("eval.judge is human: people judge only a candidate on canary; compare with an automatic "
+                           "judge (demo, reward_model or llm: `rlhf compare --judge ...`)")  # fmt: skip
+    pa, pb = resolve_policy(paths, model, a), resolve_policy(paths, model, b)
+    judge = eval_judge(cfg, paths, demo_task=demo_task, training_manifest=paths.reward_model / "manifest.json")
+    prompts = read_prompt_file(paths.root / cfg.prompts)[: cfg.max_prompts]
+    device = accelerator_device()
+
+    # 1. models: A, B (once when the folders coincide) and the project's training reward model where it has one
+    load = model_loader(model, device)
+    model_a, tok_a = load(pa.path)
+    model_b, tok_b = load(pb.path)
+    identical = Path(pa.path).resolve() == Path(pb.path).resolve()
+    rm_version, reward = None, None
+    if (paths.reward_model / "manifest.json").is_file():
+        from components.models.reward.model import RewardModel
+
+        rm_manifest = json.loads((paths.reward_model / "manifest.json").read_text(encoding="utf-8"))
+        rm_version, reward = rm_manifest.get("version"), RewardModel.load(paths.reward_model, device=device).score
+    # A's KL to B is only defined over one vocabulary
+    same_vocab = identical or tok_a.get_vocab() == tok_b.get_vocab()
+
+    # 2. sample and score: sample k of A and of B with the same seed; B's are A's when they are one folder
+    total = (1 if identical else 2) * cfg.samples_per_prompt * -(-len(prompts) // cfg.batch_size)
+    done = [0]
+
+    def tick() -> None:
+        done[0] += 1
+        report(progress, done[0], total, f"sampling {pa.version} and {pb.version}")
+
+    with autocast(device, cfg.bf16):
+        sys_prompt, static = model.system_prompt, model.static_cache
+        ref = model_b if same_vocab else None
+        sa = _sample_and_score(model_a, ref, tok_a, prompts, reward, cfg, sys_prompt, tick, static)
+        sb = sa if identical else _sample_and_score(model_b, None, tok_b, prompts, reward, cfg, sys_prompt, tick,
+                                                     static)  # fmt: skip
+
+    # 3. judge every (prompt, sample); ties half; bootstrap over prompts
+    judged = judge_samples(judge, prompts, sa.texts, sb.texts, f"judge {judge.name}: {pa.version} vs {pb.version}",
+                           progress)  # fmt: skip
+    outcomes = judged.outcomes  # shape: (P, K)
+    rate, low, high = win_rate_interval(
+        outcomes, confidence=cfg.confidence, resamples=cfg.bootstrap_resamples, seed=cfg.seed
+    )
+    out = paths.compare_reports
+    stem = f"{_slug(pa.version)}-vs-{_slug(pb.version)}"
+    result = CompareResult(
+        a=_summary(pa.version, sa, cfg, judged.scores_a),
+        b=_summary(pb.version, sb, cfg, judged.scores_b),
+        a_name=pa.name,
+        b_name=pb.name,
+        a_path=pa.path,
+        b_path=pb.path,
+        prompts=len(prompts),
+        samples_per_prompt=cfg.samples_per_prompt,
+        comparisons=int(outcomes.size),
+        win_rate=round(rate, 6),
+        win_rate_low=round(low, 6),
+        win_rate_high=round(high, 6),
+        interval=f"{cfg.confidence:.0%} percentile bootstrap over prompts ({cfg.bootstrap_resamples} resamples)",
+        wins=int((outcomes == 1.0).sum()),
+        ties=int((outcomes == 0.5).sum()),
+        losses=int((outcomes == 0.0).sum()),
+        identical=identical,
+        reward_version=rm_version,
+        judge=judge.describe(),
+        seconds=round(time.perf_counter() - t0, 1),
+        json_path=str(out / f"{stem}.json"),
+        report_path=str(out / f"{stem}.md"),
+        verdicts_path=str(out / f"{stem}.verdicts.jsonl"),
+    )
+    lines = _verdict_lines("a_vs_b", prompts, sa.texts, sb.texts, (pa.version, pb.version), judged, judge.name,
+                           lambda k: (k, k))  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(result.verdicts_path), "\n".join(lines) + "\n")
+    atomic_write_text(Path(result.json_path), json.dumps(asdict(result), indent=2) + "\n")
+    atomic_write_text(Path(result.report_path), compare_markdown(result))
+    log.info("%s vs %s: win rate by judge %s %.3f [%.3f, %.3f] over %d comparisons in %.0f s", pa.version,
+             pb.version, judge.name, rate, low, high, int(np.size(outcomes)), result.seconds)  # fmt: skip
+    return result
+
+
+def compare_markdown(r: CompareResult) -> str:
+    """A short Markdown report of a comparison."""
+    from components.decide.judges.base import judge_label
+
+    num = lambda x, f="{:.3f}": "-" if x is None else f.format(x)  # noqa: E731
+    a, b = r.a, r.b
+    return "\n".join([
+        f"# Comparison: `{a.version}` ({r.a_name}) vs `{b.version}` ({r.b_name})",
+        "",
+        f"{r.prompts} held-out prompts x {r.samples_per_prompt} seeded samples from each model (sample k of both with "
+        f"the same seed); judge: **{judge_label(r.judge)}**. Read-only: nothing was registered or promoted.",
+        "",
+        f"**Win rate of `{a.version}` by the judge: {r.win_rate:.1%}** ({r.interval}: {r.win_rate_low:.1%} - "
+        f"{r.win_rate_high:.1%}); {r.wins} wins, {r.ties} ties, {r.losses} losses in {r.comparisons} comparisons.",
+        "",
+        f"| metric | {b.version} | {a.version} |",
+        "| --- | --- | --- |",
+        f"| judge score ({r.judge.get('name', 'judge')}) | {num(b.judge_score)} | {num(a.judge_score)} |",
+        f"| reward-model score ({r.reward_version or 'none'}) | {num(b.reward_score)} | {num(a.reward_score)} |",
+        f"| reply length (tokens) | {b.mean_tokens:.1f} | {a.mean_tokens:.1f} |",
+        f"| replies that end (EOS) | {b.eos_rate:.1%} | {a.eos_rate:.1%} |",
+        f"| degenerate replies | {b.degenerate_rate:.1%} | {a.degenerate_rate:.1%} |",
+        f"| KL of A to B (nats/reply) | - | {num(a.kl)} |",
+        "",
+        f"Folders: A `{r.a_path}`, B `{r.b_path}`. Every verdict: `{r.verdicts_path}`. {r.seconds:.0f} s.",
+        "",
+    ])  # fmt: skip
