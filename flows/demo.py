@@ -3,7 +3,9 @@
 round 1 (a ``retrain`` sub-flow run: seed -> validate -> version -> reward model -> PPO -> evaluate -> gate ->
 promote) -> start the service (a real ``bentoml serve`` of the champion) -> simulated users ask it questions and
 rate the replies over HTTP -> round 2 (a ``retrain`` sub-flow run on seed + served feedback, waiting for the
-service, whose URL it gets as a parameter, to switch to a new champion) -> stop the service.
+service, whose URL it gets as a parameter, to switch to a new champion) -> stop the service -> the final
+champion against the base model the loop started from (``champion-vs-base``: round 2's candidate if it was
+promoted, else round 1's champion; read-only, ``reports/compare/``).
 
 The rounds show in the Prefect UI as sub-flow runs of the one ``demo`` run. The service is stopped whatever
 happens to round 2.
@@ -60,6 +62,21 @@ def stop_service(service: dict[str, Any]) -> None:
     stop(ServiceProcess(**service))
 
 
+@task(name="champion-vs-base", cache_policy=NO_CACHE)
+def champion_vs_base(root: str, params: str) -> dict[str, Any]:
+    """The final champion against the base model the loop started from, with the evaluate stage's judge, prompts,
+    seeds and interval (``reports/compare/``); registers and promotes nothing."""
+    from components import stages
+    from components.project.paths import ProjectPaths
+    from flows.report import publish_comparison
+
+    p, progress = stages.load_params(Path(params)), task_progress("champion-vs-base")
+    result = stages.compare(p.eval, ProjectPaths(Path(root)), model=p.model, a="champion", b="base",
+                            demo_task=p.seeding.demo_task, progress=progress)  # fmt: skip
+    publish_comparison(asdict(result))
+    return asdict(result)
+
+
 @flow(name="demo", log_prints=True)
 def demo(
     project: str,
@@ -70,7 +87,8 @@ def demo(
     port: int | None = None,
 ) -> dict[str, Any]:
     """Two rounds of the loop on the project at ``project``, with simulated users of the served champion between
-    them. Returns both rounds' summaries, what the users did, and what the service served at the end."""
+    them. Returns both rounds' summaries, what the users did, what the service served at the end, and the final
+    champion against the base."""
     params = params or str(Path(project) / "params.yaml")
     rounds = [retrain(project=project, params=params, seed_if_empty=True, label="round 1")]
     service = start_service(project, params, port)
@@ -81,5 +99,7 @@ def demo(
         served_after = served_version(service["url"])
     finally:
         stop_service(service)
+    final = champion_vs_base(project, params)
     public = {k: v for k, v in service.items() if k not in ("token", "rater_token")}
-    return {"rounds": rounds, "traffic": traffic, "service": public | {"first": first_served, "last": served_after}}
+    served = public | {"first": first_served, "last": served_after}
+    return {"rounds": rounds, "traffic": traffic, "service": served, "champion_vs_base": final}

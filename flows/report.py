@@ -10,6 +10,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 SUMMARY_KEY = "retrain-summary"
 METRICS_KEY = "retrain-metrics"
 TOURNAMENT_KEY = "retrain-tournament"
+COMPARE_KEY = "champion-vs-base"
 
 
 def _fmt(value: Any) -> str:
@@ -149,3 +150,12 @@ def publish_tournament(rows: list[dict[str, Any]], label: str = "") -> None:
     title = f"Tournament {label}".rstrip()
     create_markdown_artifact(key=TOURNAMENT_KEY, markdown=tournament_markdown(rows, title),
                              description="retrain: the candidates compared")  # fmt: skip
+
+
+def publish_comparison(result: dict[str, Any]) -> None:
+    """A comparison of two models (``components.decide.compare``) as a Markdown artifact."""
+    from components.decide.compare import CompareResult, compare_markdown
+    from components.stages import result_from_dict
+
+    create_markdown_artifact(key=COMPARE_KEY, markdown=compare_markdown(result_from_dict(CompareResult, result)),
+                             description="the final champion against the base")  # fmt: skip

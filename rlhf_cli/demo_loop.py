@@ -152,6 +152,16 @@ def round_table(rounds: list[dict[str, Any]]) -> Any:
     return table
 
 
+def which_champion(rounds: list[dict[str, Any]]) -> str:
+    """Which round the demo's final champion came from, in words."""
+    last, first = rounds[-1], rounds[0]
+    if last.get("champion_after") and last.get("champion_after") == last.get("candidate"):
+        return f"{last.get('label') or 'the last round'}'s candidate, promoted"
+    if first.get("champion_after") and first.get("champion_after") == first.get("candidate"):
+        return f"{first.get('label') or 'the first round'}'s champion; {last.get('label')} was {last.get('decision')}"
+    return "the base: no round promoted a candidate"
+
+
 def where_next(root: Path, service_note: str) -> str:
     prefect_home = os.environ.get("PREFECT_HOME", "~/.prefect")
     return "\n".join(

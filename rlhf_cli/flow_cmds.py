@@ -344,6 +344,10 @@ def demo(
     for summary in rounds:
         console.print(summary_table(summary, title=summary["label"]))
     console.print(demo_loop.round_table(rounds))
+    final = result["champion_vs_base"]
+    console.print(compare_table(final))
+    console.print(f"the final champion {final['a']['version']} ({demo_loop.which_champion(rounds)}) against the base "
+                  f"{final['b']['version']}: report {final['report_path']}")  # fmt: skip
     if traffic["errors"]:
         console.print(f"[yellow]{len(traffic['errors'])} simulated users failed[/]: {traffic['errors'][0]}")
     console.print(

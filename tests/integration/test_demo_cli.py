@@ -100,6 +100,13 @@ def test_demo_runs_two_rounds_through_the_flow_and_the_service(prefect_api, tmp_
     assert first.parent == base.version and second.version == registry.champion(paths).version
     assert f"serves {second.version}" in text  # the running service switched to round 2's champion
 
+    # the demo's last task: the final champion (round 2's) against the base, read-only, in reports/compare/
+    said = f"the final champion {second.version} (round 2's candidate, promoted) against the base {base.version}"
+    assert said in text
+    final = json.loads((paths.compare_reports / f"{second.version}-vs-{base.version}.json").read_text())
+    assert final["comparisons"] == final["prompts"] * 2 == final["wins"] + final["ties"] + final["losses"]
+    assert final["win_rate_low"] <= final["win_rate"] <= final["win_rate_high"] and final["a"]["kl"] is not None
+
     # round 2 trained on seed + served feedback: the champion's data holds the served ids
     audit = runner.invoke(app, ["audit", "--json"])
     assert audit.exit_code == 0, audit.output

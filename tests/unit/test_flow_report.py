@@ -80,3 +80,15 @@ def test_markdown_has_every_gate_check_and_the_links():
     assert "| win rate by demo vs champion (point estimate) | 0.4875 | 0.55 | **fail** | low |" in md
     assert "| KL | 0.08 | 6 | pass | ok |" in md
     assert "- evaluation report: `reports/eval.md`" in md
+
+
+def test_the_demo_names_which_round_its_final_champion_came_from():
+    from rlhf_cli.demo_loop import which_champion
+
+    r1 = {"label": "round 1", "candidate": "v1", "champion_after": "v1", "decision": "promoted"}
+    r2 = {"label": "round 2", "candidate": "v2", "champion_after": "v2", "decision": "promoted"}
+    assert which_champion([r1, r2]) == "round 2's candidate, promoted"
+    rejected = {**r2, "champion_after": "v1", "decision": "rejected"}
+    assert which_champion([r1, rejected]) == "round 1's champion; round 2 was rejected"
+    base = {**r1, "champion_after": "base-x", "decision": "rejected"}
+    assert which_champion([base, {**rejected, "champion_after": "base-x"}]) == "the base: no round promoted a candidate"
