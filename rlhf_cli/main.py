@@ -516,6 +516,7 @@ def compare(
     judge: Annotated[
         str | None, typer.Option("--judge", help="Judge for this comparison (default: eval.judge in params.yaml).")
     ] = None,
+    kl: Annotated[bool, typer.Option(help="Also A's KL to B (a forward pass of both models over A's replies).")] = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Judge model A against model B on the held-out prompts, as the evaluate stage judges a candidate: the same
@@ -538,7 +539,7 @@ def compare(
     try:
         with nullcontext() if as_json else _progress_bar(f"compare {a} vs {b}") as bar:
             result = compare(eval_cfg, paths, model=cfg.model, a=a, b=b, demo_task=cfg.seeding.demo_task,
-                             progress=bar)  # fmt: skip
+                             kl=kl, progress=bar)  # fmt: skip
     except (CompareError, JudgeError, registry.RegistryError) as exc:
         raise _fail("compare refused", exc) from exc
     if as_json:

@@ -149,12 +149,14 @@ def compare(
     a: str,
     b: str,
     demo_task: bool = False,
+    kl: bool = True,
     progress: Progress | None = None,
 ) -> CompareResult:
     """A against B on the held-out prompts with the evaluate stage's judge, seeds, samples and interval.
 
     ``a`` and ``b`` are names :func:`resolve_policy` knows. ``demo_task`` is the project's ``seeding.demo_task``
-    (the demo judge refuses a project without it). Writes ``reports/compare/<A>-vs-<B>.json``, ``.md`` and
+    (the demo judge refuses a project without it). ``kl``: also A's KL to B (a forward pass of each model over A's
+    samples; without it ``a.kl`` is None). Writes ``reports/compare/<A>-vs-<B>.json``, ``.md`` and
     ``.verdicts.jsonl`` (A and B by version) and nothing else."""
     import numpy as np
 
@@ -192,7 +194,7 @@ def compare(
         rm_manifest = json.loads((paths.reward_model / "manifest.json").read_text(encoding="utf-8"))
         rm_version, reward = rm_manifest.get("version"), RewardModel.load(paths.reward_model, device=device).score
     # A's KL to B is only defined over one vocabulary
-    same_vocab = identical or tok_a.get_vocab() == tok_b.get_vocab()
+    with_kl = kl and (identical or tok_a.get_vocab() == tok_b.get_vocab())
 
     # 2. sample and score: sample k of A and of B with the same seed; B's are A's when they are one folder
     total = (1 if identical else 2) * cfg.samples_per_prompt * -(-len(prompts) // cfg.batch_size)
@@ -204,7 +206,7 @@ def compare(
 
     with autocast(device, cfg.bf16):
         sys_prompt, static = model.system_prompt, model.static_cache
-        ref = model_b if same_vocab else None
+        ref = model_b if with_kl else None
         sa = _sample_and_score(model_a, ref, tok_a, prompts, reward, cfg, sys_prompt, tick, static)
         sb = sa if identical else _sample_and_score(model_b, None, tok_b, prompts, reward, cfg, sys_prompt, tick,
                                                      static)  # fmt: skip

@@ -5,6 +5,7 @@ every verdict and an A/A figure, and a misconfigured judge fails it before anyth
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -192,8 +193,9 @@ def test_rlhf_compare_prints_the_table_and_an_unknown_name_fails_naming_what_exi
     project.params.write_text(yaml.safe_dump(params))
     monkeypatch.setenv("COLUMNS", "200")
     runner = CliRunner()
-    done = runner.invoke(app, ["--project", str(project.root), "compare", "champion", "base"])
+    done = runner.invoke(app, ["--project", str(project.root), "compare", "champion", "base", "--no-kl"])
     assert done.exit_code == 0, done.output
     assert "win rate of A by the judge (reward_model)" in done.output and "4 x 1 = 4" in done.output
+    assert re.search(r"KL of A to B, nats/reply\s*\S\s*-\s", done.output), done.output  # --no-kl: not measured
     refused = runner.invoke(app, ["--project", str(project.root), "compare", "nope"])
     assert refused.exit_code == 2 and "champion, base" in refused.output
