@@ -68,6 +68,7 @@ def compare_table(r: dict[str, Any]) -> Table:
         ("reward-model score A / B", f"{num(a['reward_score'])} / {num(b['reward_score'])}"),
         ("KL of A to B, nats/reply", num(a["kl"])),
         ("reply length A / B (tokens)", f"{a['mean_tokens']:.1f} / {b['mean_tokens']:.1f}"),
+        ("replies replayed from the evaluation", ", ".join(r.get("replayed") or []).upper() or "none"),
         ("time", f"{r['seconds']:.0f} s"),
     ):  # fmt: skip
         table.add_row(name, value)

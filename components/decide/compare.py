@@ -128,6 +128,9 @@ class CompareResult:
     losses: int
     identical: bool
     """A and B are the same folder: B's samples are A's (every comparison a tie, the KL 0)."""
+    replayed: list[str]
+    """The sides (``a``, ``b``) whose replies were read from the sample cache (what the evaluation drew from the same
+    model files with the same prompts and settings, :mod:`components.decide.sample_cache`), not sampled again."""
     reward_version: str | None
     """The training reward model that scored both (``models/reward``), None where the project has none."""
     judge: dict[str, Any] = field(default_factory=dict)
@@ -167,11 +170,12 @@ def compare(
         _verdict_lines,
         eval_judge,
         judge_samples,
+        keep_samples,
         model_loader,
         read_prompt_file,
     )
     from components.models.base_model import accelerator_device
-    from components.models.precision import autocast
+    from components.models.precision import autocast, bf16_fast
 
     t0 = time.perf_counter()
     if cfg.judge == "human":
@@ -196,8 +200,14 @@ def compare(
     # A's KL to B is only defined over one vocabulary
     with_kl = kl and (identical or tok_a.get_vocab() == tok_b.get_vocab())
 
-    # 2. sample and score: sample k of A and of B with the same seed; B's are A's when they are one folder
-    total = (1 if identical else 2) * cfg.samples_per_prompt * -(-len(prompts) // cfg.batch_size)
+    # 2. sample and score: sample k of A and of B with the same seed; B's are A's when they are one folder. Replies
+    # the evaluation kept under the same fingerprint (model files, prompts, settings) are replayed, not resampled;
+    # A's only without the KL, which needs its token ids
+    bf16_on = cfg.bf16 and bf16_fast(device)
+    replay = {"a": None if with_kl else _replayed(paths, pa.path, prompts, cfg, model, bf16_on, reward),
+              "b": None if identical else _replayed(paths, pb.path, prompts, cfg, model, bf16_on, reward)}  # fmt: skip
+    to_sample = (replay["a"] is None) + (not identical and replay["b"] is None)
+    total = max(1, to_sample * cfg.samples_per_prompt * -(-len(prompts) // cfg.batch_size))
     done = [0]
 
     def tick() -> None:
@@ -207,9 +217,12 @@ def compare(
     with autocast(device, cfg.bf16):
         sys_prompt, static = model.system_prompt, model.static_cache
         ref = model_b if with_kl else None
-        sa = _sample_and_score(model_a, ref, tok_a, prompts, reward, cfg, sys_prompt, tick, static)
-        sb = sa if identical else _sample_and_score(model_b, None, tok_b, prompts, reward, cfg, sys_prompt, tick,
-                                                     static)  # fmt: skip
+        sa = replay["a"] or _sample_and_score(model_a, ref, tok_a, prompts, reward, cfg, sys_prompt, tick, static)
+        sb = sa if identical else replay["b"] or _sample_and_score(model_b, None, tok_b, prompts, reward, cfg,
+                                                                    sys_prompt, tick, static)  # fmt: skip
+    fresh = [(pa.path, pa.version, sa)] if replay["a"] is None else []
+    fresh += [(pb.path, pb.version, sb)] if replay["b"] is None and not identical else []
+    keep_samples(paths, cfg, model, device, prompts, fresh)
 
     # 3. judge every (prompt, sample); ties half; bootstrap over prompts
     judged = judge_samples(judge, prompts, sa.texts, sb.texts, f"judge {judge.name}: {pa.version} vs {pb.version}",
@@ -238,6 +251,7 @@ def compare(
         ties=int((outcomes == 0.5).sum()),
         losses=int((outcomes == 0.0).sum()),
         identical=identical,
+        replayed=[side for side in ("a", "b") if replay[side] is not None],
         reward_version=rm_version,
         judge=judge.describe(),
         seconds=round(time.perf_counter() - t0, 1),
@@ -254,6 +268,22 @@ def compare(
     log.info("%s vs %s: win rate by judge %s %.3f [%.3f, %.3f] over %d comparisons in %.0f s", pa.version,
              pb.version, judge.name, rate, low, high, int(np.size(outcomes)), result.seconds)  # fmt: skip
     return result
+
+
+def _replayed(paths: ProjectPaths, folder: str, prompts: list[Any], cfg: EvalConfig, model: ModelConfig,
+              bf16_on: bool, reward: Any) -> Any:  # fmt: skip
+    """The replies the sample cache holds for ``folder`` under the current prompts and settings (rescored by the
+    reward model), or None."""
+    from components.decide import sample_cache
+    from components.decide.evaluation import _Samples
+
+    key = sample_cache.sample_key(Path(folder), prompts, cfg, model, bf16_on)
+    record = sample_cache.load(paths, key, cfg.samples_per_prompt, len(prompts))
+    if record is None:
+        return None
+    log.info("%s: replies replayed from %s", folder, paths.sample_cache / f"{key}.json")
+    rewards = [] if reward is None else [reward(prompts, texts).float().cpu().tolist() for texts in record["texts"]]
+    return _Samples(record["texts"], rewards, record["tokens"], record["ended"], [])
 
 
 def compare_markdown(r: CompareResult) -> str:
@@ -280,6 +310,8 @@ def compare_markdown(r: CompareResult) -> str:
         f"| degenerate replies | {b.degenerate_rate:.1%} | {a.degenerate_rate:.1%} |",
         f"| KL of A to B (nats/reply) | - | {num(a.kl)} |",
         "",
-        f"Folders: A `{r.a_path}`, B `{r.b_path}`. Every verdict: `{r.verdicts_path}`. {r.seconds:.0f} s.",
+        f"Folders: A `{r.a_path}`, B `{r.b_path}`. Replies replayed from the evaluation's sample cache (same model "
+        f"files, prompts and settings): {', '.join(r.replayed).upper() or 'none'}. Every verdict: `{r.verdicts_path}`. "
+        f"{r.seconds:.0f} s.",
         "",
     ])  # fmt: skip

@@ -273,6 +273,18 @@ def eval_judge(cfg: EvalConfig, paths: ProjectPaths, *, demo_task: bool, trainin
     return judge
 
 
+def keep_samples(paths: ProjectPaths, cfg: EvalConfig, model: ModelConfig, device: torch.device, prompts: list[Prompt],
+                 sampled: list[tuple[str | Path, str, _Samples]]) -> None:  # fmt: skip
+    """Keep each model's replies in the sample cache (``staging/samples/``) for a later comparison to replay."""
+    from components.decide import sample_cache
+    from components.models.precision import bf16_fast
+
+    bf16_on = cfg.bf16 and bf16_fast(device)
+    for folder, version, s in sampled:
+        key = sample_cache.sample_key(Path(folder), prompts, cfg, model, bf16_on)
+        sample_cache.save(paths, key, version, s.texts, s.tokens, s.ended)
+
+
 def model_loader(
     model: ModelConfig, device: torch.device
 ) -> Callable[[str | Path], tuple[PreTrainedModel, PreTrainedTokenizerBase]]:
@@ -343,6 +355,8 @@ def evaluate(
         sys_prompt, static = model.system_prompt, model.static_cache
         cand = _sample_and_score(cand_model, reference, tok, prompts, rm.score, cfg, sys_prompt, tick, static)
         champ_s = _sample_and_score(champ_model, None, champ_tok, prompts, rm.score, cfg, sys_prompt, tick, static)
+    keep_samples(paths, cfg, model, device, prompts, [(candidate, manifest.get("version", candidate.name), cand),
+                                                      (champ.path, champ.version, champ_s)])  # fmt: skip
 
     # 3. judge: per prompt and sample, ties half; bootstrap over prompts; the training RM on the same pairs
     c_version = manifest.get("version", candidate.name)

@@ -127,6 +127,12 @@ class ProjectPaths:
         return self.root / "staging" / "seed"
 
     @property
+    def sample_cache(self) -> Path:
+        """Replies the evaluation sampled, by a fingerprint of model files, prompts and sampling settings, so a
+        comparison of the same model reads them instead of sampling again (``components/decide/sample_cache.py``)."""
+        return self.root / "staging" / "samples"
+
+    @property
     def reward_features(self) -> Path:
         """The reward model's frozen-block output per text, kept between runs (``reward.disk_cache_gib``)."""
         return self.root / "staging" / "reward-features"

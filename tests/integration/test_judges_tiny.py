@@ -149,12 +149,25 @@ def test_compare_champion_vs_base_after_a_promotion_counts_add_up_and_changes_no
     from components.models.base_model import resolve_model_dir
 
     base = registry.ensure_base_champion(project, "tiny", resolve_model_dir("tiny"))  # as evaluate registers it
+    # the evaluation keeps both models' replies; a comparison of the same model files with the same prompts and
+    # settings replays them (A's only without the KL) and reaches the evaluation's verdicts
+    ev = evaluate(cfg, project, model=model, candidate=project.policies / "v1")
+    replay = compare(cfg, project, model=model, a=str(project.policies / "v1"), b="base", kl=False)
+    assert replay.replayed == ["a", "b"] and (replay.wins, replay.ties, replay.losses) == (ev.wins, ev.ties, ev.losses)
+    replayed_lines = Path(replay.verdicts_path).read_text()
+    shutil.rmtree(project.sample_cache)
+    resampled = compare(cfg, project, model=model, a=str(project.policies / "v1"), b="base", kl=False)
+    assert resampled.replayed == [] and Path(resampled.verdicts_path).read_text() == replayed_lines
+
     registry.register(project, "v1", project.policies / "v1", parent=base.version)
     registry.promote(project, "v1", reason="test")
     eval_json = project.eval_metrics.read_bytes() if project.eval_metrics.exists() else None
     before = [(r.version, r.status) for r in registry.list_models(project)]
 
-    r = compare(cfg, project, model=model, a="champion", b="base")
+    r = compare(cfg, project, model=model, a="champion", b="base")  # A sampled again: its KL needs the token ids
+    assert r.replayed == ["b"] and (r.wins, r.ties, r.losses) == (ev.wins, ev.ties, ev.losses)
+    # the registry's copy of v1 has v1's model files: replayed too
+    assert compare(cfg, project, model=model, a="champion", b="base", kl=False).replayed == ["a", "b"]
     assert (r.a.version, r.b.version, r.a_name, r.b_name) == ("v1", base.version, "champion", "base")
     assert r.comparisons == r.prompts * r.samples_per_prompt == 4 * 2 == r.wins + r.ties + r.losses
     assert r.win_rate_low <= r.win_rate <= r.win_rate_high and not r.identical
