@@ -187,9 +187,7 @@ def compare(
     device = accelerator_device()
 
     # 1. models: A, B (once when the folders coincide) and the project's training reward model where it has one
-    load = model_loader(model, device)
-    model_a, tok_a = load(pa.path)
-    model_b, tok_b = load(pb.path)
+    load = model_loader(model, device)  # on first use: replayed replies without the KL need no model
     identical = Path(pa.path).resolve() == Path(pb.path).resolve()
     rm_version, reward = None, None
     if (paths.reward_model / "manifest.json").is_file():
@@ -198,7 +196,7 @@ def compare(
         rm_manifest = json.loads((paths.reward_model / "manifest.json").read_text(encoding="utf-8"))
         rm_version, reward = rm_manifest.get("version"), RewardModel.load(paths.reward_model, device=device).score
     # A's KL to B is only defined over one vocabulary
-    with_kl = kl and (identical or tok_a.get_vocab() == tok_b.get_vocab())
+    with_kl = kl and (identical or load(pa.path)[1].get_vocab() == load(pb.path)[1].get_vocab())
 
     # 2. sample and score: sample k of A and of B with the same seed; B's are A's when they are one folder. Replies
     # the evaluation kept under the same fingerprint (model files, prompts, settings) are replayed, not resampled;
@@ -214,12 +212,14 @@ def compare(
         done[0] += 1
         report(progress, done[0], total, f"sampling {pa.version} and {pb.version}")
 
+    def sample(folder: str, reference: Any) -> Any:
+        policy, tok = load(folder)
+        return _sample_and_score(policy, reference, tok, prompts, reward, cfg, model.system_prompt, tick,
+                                 model.static_cache)  # fmt: skip
+
     with autocast(device, cfg.bf16):
-        sys_prompt, static = model.system_prompt, model.static_cache
-        ref = model_b if with_kl else None
-        sa = replay["a"] or _sample_and_score(model_a, ref, tok_a, prompts, reward, cfg, sys_prompt, tick, static)
-        sb = sa if identical else replay["b"] or _sample_and_score(model_b, None, tok_b, prompts, reward, cfg,
-                                                                    sys_prompt, tick, static)  # fmt: skip
+        sa = replay["a"] or sample(pa.path, load(pb.path)[0] if with_kl else None)
+        sb = sa if identical else replay["b"] or sample(pb.path, None)
     fresh = [(pa.path, pa.version, sa)] if replay["a"] is None else []
     fresh += [(pb.path, pb.version, sb)] if replay["b"] is None and not identical else []
     keep_samples(paths, cfg, model, device, prompts, fresh)
