@@ -68,6 +68,10 @@ class DPOConfig:
     """``sigmoid``: DPO; ``ipo`` (Azar et al. 2023): squared loss on length-averaged log-ratios."""
     max_reply_tokens: int = 64
     """Reply tokens kept per side of a pair (longer replies are cut)."""
+    rpo_alpha: float = 0.0
+    """Weight of the chosen replies' negative log-likelihood (token mean) added to the DPO loss: RPO (Pang et al.
+    2024; TRL's ``rpo_alpha``, 1.0 in the paper). It keeps the chosen replies likely, so the policy moves towards
+    them rather than only away from the rejected ones. 0 = plain DPO."""
     epochs: int = 1
     """Passes over each step's pairs."""
     max_kl: float | None = 4.0
@@ -311,6 +315,8 @@ class PolicyConfig:
             raise ValueError(
                 f"dpo.kl_every and dpo.kl_prompts must be >= 1, got {self.dpo.kl_every} and {self.dpo.kl_prompts}"
             )
+        if self.dpo.rpo_alpha < 0:
+            raise ValueError(f"dpo.rpo_alpha must be >= 0 (0 = plain DPO), got {self.dpo.rpo_alpha}")
 
     @property
     def group_size(self) -> int:

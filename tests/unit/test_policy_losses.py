@@ -164,6 +164,36 @@ def test_dpo_at_the_reference_is_log_2_and_weights_drop_pairs():
         L.preference_loss(z, z, z, z, 0.0)
 
 
+def test_rpo_adds_the_chosen_replies_token_mean_nll_to_dpo():
+    from components.config import load_section
+    from components.config.policy import PolicyConfig
+    from components.models.policy.algorithms.base import Forward
+    from components.models.policy.algorithms.dpo import DPO
+    from components.models.policy.batch import RolloutBatch
+
+    logp, _, ref, mask = rand_batch(B=6, R=5, seed=4)
+    B, R = logp.shape
+    ids = torch.zeros(B, R, dtype=torch.long)
+    part = RolloutBatch(["p"] * B, ["r"] * B, ids, torch.ones(B, R), 0, ids, mask, torch.ones(B, dtype=torch.bool),
+                        logp=logp, ref_logp=ref)  # fmt: skip
+    weight = torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0, 1.0])  # the middle pair is a tie: no preference, no NLL
+
+    def loss(alpha: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        cfg = load_section(PolicyConfig, "policy", {"policy": {"algorithm": "dpo", "dpo": {"rpo_alpha": alpha}}})
+        return DPO(cfg).loss(part, Forward(None, logp, None), {"weight": weight})
+
+    plain, _ = loss(0.0)
+    rpo, stats = loss(0.5)
+    want_nll, n = 0.0, 0
+    for i in (0, 4):  # chosen rows of the decisive pairs
+        for t in range(R):
+            if mask[i, t]:
+                want_nll, n = want_nll - logp[i, t].item(), n + 1
+    assert stats["loss/chosen_nll"].item() == pytest.approx(want_nll / n, rel=1e-5)
+    assert rpo.item() == pytest.approx(plain.item() + 0.5 * want_nll / n, rel=1e-5)
+    assert stats["loss/policy"].item() == pytest.approx(plain.item(), rel=1e-6)
+
+
 def F_logsig(x: float) -> float:
     return math.log(1 / (1 + math.exp(-x)))
 

@@ -95,6 +95,8 @@ def test_algorithm_settings_are_checked_naming_the_key():
     assert load_section(PolicyConfig, "policy", {"policy": {"grpo": {"max_kl": None}}}).grpo.max_kl is None
     with pytest.raises(ConfigError, match=r"dpo\.kl_every and dpo\.kl_prompts must be >= 1"):
         load_section(PolicyConfig, "policy", {"policy": {"dpo": {"kl_every": 0}}})
+    with pytest.raises(ConfigError, match=r"dpo\.rpo_alpha must be >= 0"):
+        load_section(PolicyConfig, "policy", {"policy": {"dpo": {"rpo_alpha": -0.5}}})
     with pytest.raises(ConfigError, match=r"unknown key policy\.grpo\.beta"):
         load_section(PolicyConfig, "policy", {"policy": {"grpo": {"beta": 0.1}}})
     cfg = load_section(

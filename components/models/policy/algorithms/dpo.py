@@ -25,6 +25,9 @@ class _Preference(Algorithm):
     def _settings(self) -> tuple[float, losses.DPOLossType]:
         raise NotImplementedError
 
+    def _sft_weight(self) -> float:
+        return 0.0
+
     def kl_coef(self, controller: float) -> float:
         return self._settings()[0]
 
@@ -37,7 +40,14 @@ class _Preference(Algorithm):
         ref = losses.sequence_logprob(part.ref_logp, part.mask, average)  # shape: (b,)
         w = tgt["weight"][0::2]  # shape: (b/2,)
         pl = losses.preference_loss(logp[0::2], logp[1::2], ref[0::2], ref[1::2], beta, kind, weights=w)
-        return pl.loss, {
+        total, extra = pl.loss, {}
+        alpha = self._sft_weight()
+        if alpha > 0:  # RPO: the chosen replies' token-mean NLL (pairs of weight 0 left out)
+            keep = part.mask[0::2] * (w > 0).to(part.mask.dtype)[:, None]  # shape: (b/2, R)
+            nll = losses.sft_loss(out.logp[0::2], keep)
+            total, extra = total + alpha * nll, {"loss/chosen_nll": nll}
+        return total, {
+            **extra,
             "loss/policy": pl.loss,
             "dpo/accuracy": pl.accuracy,
             "dpo/margin": pl.margin,
@@ -57,6 +67,9 @@ class DPO(_Preference):
 
     def _settings(self) -> tuple[float, losses.DPOLossType]:
         return self.cfg.dpo.beta, self.cfg.dpo.loss
+
+    def _sft_weight(self) -> float:
+        return self.cfg.dpo.rpo_alpha
 
     @property
     def kl_bound(self) -> KLBound | None:
