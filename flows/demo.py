@@ -65,15 +65,17 @@ def stop_service(service: dict[str, Any]) -> None:
 @task(name="champion-vs-base", cache_policy=NO_CACHE)
 def champion_vs_base(root: str, params: str) -> dict[str, Any]:
     """The final champion against the base model the loop started from, with the evaluate stage's judge, prompts,
-    seeds and interval (``reports/compare/``); registers and promotes nothing. Without the KL to the base, a fifth
-    of the comparison's time (``rlhf compare champion base`` measures it)."""
+    seeds and interval (``reports/compare/``); registers and promotes nothing. Without the KL to the base and the
+    reward-model scores, so both models' replies are replayed from the rounds' evaluations and nothing is sampled
+    or scored but by the judge (``rlhf compare champion base`` measures them)."""
     from components import stages
     from components.project.paths import ProjectPaths
     from flows.report import publish_comparison
 
     p, progress = stages.load_params(Path(params)), task_progress("champion-vs-base")
     result = stages.compare(p.eval, ProjectPaths(Path(root)), model=p.model, a="champion", b="base",
-                            demo_task=p.seeding.demo_task, kl=False, progress=progress)  # fmt: skip
+                            demo_task=p.seeding.demo_task, kl=False, reward_scores=False,
+                            progress=progress)  # fmt: skip
     publish_comparison(asdict(result))
     return asdict(result)
 

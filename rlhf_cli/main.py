@@ -517,6 +517,7 @@ def compare(
         str | None, typer.Option("--judge", help="Judge for this comparison (default: eval.judge in params.yaml).")
     ] = None,
     kl: Annotated[bool, typer.Option(help="Also A's KL to B (a forward pass of both models over A's replies).")] = True,
+    reward: Annotated[bool, typer.Option(help="Also each model's mean score under the training reward model.")] = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Judge model A against model B on the held-out prompts, as the evaluate stage judges a candidate: the same
@@ -539,7 +540,7 @@ def compare(
     try:
         with nullcontext() if as_json else _progress_bar(f"compare {a} vs {b}") as bar:
             result = compare(eval_cfg, paths, model=cfg.model, a=a, b=b, demo_task=cfg.seeding.demo_task,
-                             kl=kl, progress=bar)  # fmt: skip
+                             kl=kl, reward_scores=reward, progress=bar)  # fmt: skip
     except (CompareError, JudgeError, registry.RegistryError) as exc:
         raise _fail("compare refused", exc) from exc
     if as_json:

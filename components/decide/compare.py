@@ -132,7 +132,8 @@ class CompareResult:
     """The sides (``a``, ``b``) whose replies were read from the sample cache (what the evaluation drew from the same
     model files with the same prompts and settings, :mod:`components.decide.sample_cache`), not sampled again."""
     reward_version: str | None
-    """The training reward model that scored both (``models/reward``), None where the project has none."""
+    """The training reward model that scored both (``models/reward``), None where the project has none or none was
+    asked for."""
     judge: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     json_path: str = ""
@@ -153,13 +154,15 @@ def compare(
     b: str,
     demo_task: bool = False,
     kl: bool = True,
+    reward_scores: bool = True,
     progress: Progress | None = None,
 ) -> CompareResult:
     """A against B on the held-out prompts with the evaluate stage's judge, seeds, samples and interval.
 
     ``a`` and ``b`` are names :func:`resolve_policy` knows. ``demo_task`` is the project's ``seeding.demo_task``
     (the demo judge refuses a project without it). ``kl``: also A's KL to B (a forward pass of each model over A's
-    samples; without it ``a.kl`` is None). Writes ``reports/compare/<A>-vs-<B>.json``, ``.md`` and
+    samples; without it ``a.kl`` is None). ``reward_scores``: also each model's mean score under the project's
+    training reward model (replayed replies are scored again). Writes ``reports/compare/<A>-vs-<B>.json``, ``.md`` and
     ``.verdicts.jsonl`` (A and B by version) and nothing else."""
     import numpy as np
 
@@ -190,7 +193,7 @@ def compare(
     load = model_loader(model, device)  # on first use: replayed replies without the KL need no model
     identical = Path(pa.path).resolve() == Path(pb.path).resolve()
     rm_version, reward = None, None
-    if (paths.reward_model / "manifest.json").is_file():
+    if reward_scores and (paths.reward_model / "manifest.json").is_file():
         from components.models.reward.model import RewardModel
 
         rm_manifest = json.loads((paths.reward_model / "manifest.json").read_text(encoding="utf-8"))

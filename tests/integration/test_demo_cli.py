@@ -107,6 +107,7 @@ def test_demo_runs_two_rounds_through_the_flow_and_the_service(prefect_api, tmp_
     assert final["comparisons"] == final["prompts"] * 2 == final["wins"] + final["ties"] + final["losses"]
     assert final["win_rate_low"] <= final["win_rate"] <= final["win_rate_high"] and final["a"]["kl"] is None
     assert final["replayed"] == ["a", "b"]  # both models' replies as the rounds' evaluations drew them: no sampling
+    assert final["reward_version"] is None and final["a"]["reward_score"] is None  # nor any reward-model scoring
 
     # round 2 trained on seed + served feedback: the champion's data holds the served ids
     audit = runner.invoke(app, ["audit", "--json"])

@@ -206,9 +206,10 @@ def test_rlhf_compare_prints_the_table_and_an_unknown_name_fails_naming_what_exi
     project.params.write_text(yaml.safe_dump(params))
     monkeypatch.setenv("COLUMNS", "200")
     runner = CliRunner()
-    done = runner.invoke(app, ["--project", str(project.root), "compare", "champion", "base", "--no-kl"])
+    done = runner.invoke(app, ["--project", str(project.root), "compare", "champion", "base", "--no-kl", "--no-reward"])
     assert done.exit_code == 0, done.output
     assert "win rate of A by the judge (reward_model)" in done.output and "4 x 1 = 4" in done.output
     assert re.search(r"KL of A to B, nats/reply\s*\S\s*-\s", done.output), done.output  # --no-kl: not measured
+    assert re.search(r"reward-model score A / B\s*\S\s*- / -\s", done.output), done.output  # --no-reward
     refused = runner.invoke(app, ["--project", str(project.root), "compare", "nope"])
     assert refused.exit_code == 2 and "champion, base" in refused.output
