@@ -73,6 +73,12 @@ PPO_VARIANTS: dict[str, dict[str, object]] = {
     "dpo": {"algorithm": "dpo"},
     "dpo_steps_48": {"algorithm": "dpo", "steps": 48},
     "ipo": {"algorithm": "dpo", "dpo.loss": "ipo"},
+    # replies cut at the seeding's 32-token cap keep no EOS (a reply the sampler cut did not end there)
+    "dpo_cut32": {"algorithm": "dpo", "dpo.max_reply_tokens": 32},
+    # RPO: DPO plus the chosen replies' NLL (the seed's chosen replies are the gold annotator's best of 6)
+    "rpo_cut32": {"algorithm": "dpo", "dpo.max_reply_tokens": 32, "dpo.rpo_alpha": 1.0},
+    # one optimizer update per step's 8 pairs instead of two of 4 (the same compute, half the updates' noise)
+    "dpo_mb16": {"algorithm": "dpo", "mini_batch_size": 16},
     "online_dpo": {"algorithm": "online_dpo"},
     "bon_sft": {"algorithm": "bon_sft"},
     "bon_sft_n16": {"algorithm": "bon_sft", "bon_sft.n": 16, "batch_size": 64, "steps": 8},
