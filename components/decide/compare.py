@@ -164,15 +164,13 @@ def compare(
     samples; without it ``a.kl`` is None). ``reward_scores``: also each model's mean score under the project's
     training reward model (replayed replies are scored again). Writes ``reports/compare/<A>-vs-<B>.json``, ``.md`` and
     ``.verdicts.jsonl`` (A and B by version) and nothing else."""
-    import numpy as np
-
-    from components.decide.eval_stats import win_rate_interval
     from components.decide.evaluation import (
         _sample_and_score,
         _summary,
         _verdict_lines,
         eval_judge,
         judge_samples,
+        judged_win_rate,
         keep_samples,
         model_loader,
         read_prompt_file,
@@ -231,9 +229,7 @@ def compare(
     judged = judge_samples(judge, prompts, sa.texts, sb.texts, f"judge {judge.name}: {pa.version} vs {pb.version}",
                            progress)  # fmt: skip
     outcomes = judged.outcomes  # shape: (P, K)
-    rate, low, high = win_rate_interval(
-        outcomes, confidence=cfg.confidence, resamples=cfg.bootstrap_resamples, seed=cfg.seed
-    )
+    rate, rate_fields = judged_win_rate(outcomes, cfg)
     out = paths.compare_reports
     stem = f"{_slug(pa.version)}-vs-{_slug(pb.version)}"
     result = CompareResult(
@@ -246,13 +242,7 @@ def compare(
         prompts=len(prompts),
         samples_per_prompt=cfg.samples_per_prompt,
         comparisons=int(outcomes.size),
-        win_rate=round(rate, 6),
-        win_rate_low=round(low, 6),
-        win_rate_high=round(high, 6),
-        interval=f"{cfg.confidence:.0%} percentile bootstrap over prompts ({cfg.bootstrap_resamples} resamples)",
-        wins=int((outcomes == 1.0).sum()),
-        ties=int((outcomes == 0.5).sum()),
-        losses=int((outcomes == 0.0).sum()),
+        **rate_fields,
         identical=identical,
         replayed=[side for side in ("a", "b") if replay[side] is not None],
         reward_version=rm_version,
@@ -269,7 +259,8 @@ def compare(
     atomic_write_text(Path(result.json_path), json.dumps(asdict(result), indent=2) + "\n")
     atomic_write_text(Path(result.report_path), compare_markdown(result))
     log.info("%s vs %s: win rate by judge %s %.3f [%.3f, %.3f] over %d comparisons in %.0f s", pa.version,
-             pb.version, judge.name, rate, low, high, int(np.size(outcomes)), result.seconds)  # fmt: skip
+             pb.version, judge.name, rate, result.win_rate_low, result.win_rate_high, result.comparisons,
+             result.seconds)  # fmt: skip
     return result
 
 

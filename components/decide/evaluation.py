@@ -263,6 +263,26 @@ def _verdict_lines(kind: str, prompts: Sequence[str], a: list[list[str]], b: lis
     return lines
 
 
+def judged_win_rate(outcomes: np.ndarray, cfg: EvalConfig) -> tuple[float, dict[str, Any]]:
+    """The judge's win rate over ``(P, K)`` outcomes (1 win, 0.5 tie, 0 loss) with ``cfg``'s percentile bootstrap
+    over prompts: the rate itself, and the result fields it fills (``win_rate``, ``win_rate_low``,
+    ``win_rate_high``, ``interval``, ``wins``, ``ties``, ``losses``) for :class:`EvalResult` and a comparison."""
+    from components.decide.eval_stats import win_rate_interval
+
+    rate, low, high = win_rate_interval(
+        outcomes, confidence=cfg.confidence, resamples=cfg.bootstrap_resamples, seed=cfg.seed
+    )
+    return rate, {
+        "win_rate": round(rate, 6),
+        "win_rate_low": round(low, 6),
+        "win_rate_high": round(high, 6),
+        "interval": f"{cfg.confidence:.0%} percentile bootstrap over prompts ({cfg.bootstrap_resamples} resamples)",
+        "wins": int((outcomes == 1.0).sum()),
+        "ties": int((outcomes == 0.5).sum()),
+        "losses": int((outcomes == 0.0).sum()),
+    }
+
+
 def eval_judge(cfg: EvalConfig, paths: ProjectPaths, *, demo_task: bool, training_manifest: Path) -> Judge:
     """The judge ``cfg.judge`` for the project, checked reachable (``preflight``) before any sampling."""
     judge = make_judge(
@@ -363,9 +383,7 @@ def evaluate(
     judged = judge_samples(judge, prompts, cand.texts, champ_s.texts, f"judge {judge.name}: candidate vs champion",
                            progress)  # fmt: skip
     outcomes = judged.outcomes  # shape: (P, K)
-    rate, low, high = win_rate_interval(
-        outcomes, confidence=cfg.confidence, resamples=cfg.bootstrap_resamples, seed=cfg.seed
-    )
+    rate, rate_fields = judged_win_rate(outcomes, cfg)
     rm_rate = float(pairwise_outcomes(np.array(cand.reward).T, np.array(champ_s.reward).T).mean())
     verdict_lines = _verdict_lines("candidate_vs_champion", prompts, cand.texts, champ_s.texts,
                                    (c_version, champ.version), judged, judge.name, lambda k: (k, k))  # fmt: skip
@@ -398,13 +416,7 @@ def evaluate(
         candidate_path=str(candidate),
         prompts=len(prompts),
         samples_per_prompt=cfg.samples_per_prompt,
-        win_rate=round(rate, 6),
-        win_rate_low=round(low, 6),
-        win_rate_high=round(high, 6),
-        interval=f"{cfg.confidence:.0%} percentile bootstrap over prompts ({cfg.bootstrap_resamples} resamples)",
-        wins=int((outcomes == 1.0).sum()),
-        ties=int((outcomes == 0.5).sum()),
-        losses=int((outcomes == 0.0).sum()),
+        **rate_fields,
         overoptimised=bool(flag),
         reward_version=rm_info.get("version"),
         reward_accuracy=rm_info.get("heldout_accuracy"),
@@ -428,7 +440,7 @@ def evaluate(
     atomic_write_text(paths.eval_metrics, json.dumps(asdict(result), indent=2) + "\n")
     atomic_write_text(paths.eval_report, eval_markdown(result))
     log.info("candidate %s vs champion %s: win rate by judge %s %.3f [%.3f, %.3f]",
-             c_sum.version, h_sum.version, judge.name, rate, low, high)  # fmt: skip
+             c_sum.version, h_sum.version, judge.name, rate, result.win_rate_low, result.win_rate_high)  # fmt: skip
     return result
 
 
