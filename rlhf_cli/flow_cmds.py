@@ -69,10 +69,20 @@ def compare_table(r: dict[str, Any]) -> Table:
         ("KL of A to B, nats/reply", num(a["kl"])),
         ("reply length A / B (tokens)", f"{a['mean_tokens']:.1f} / {b['mean_tokens']:.1f}"),
         ("replies replayed from the evaluation", ", ".join(r.get("replayed") or []).upper() or "none"),
+        *_part_rows(r.get("judge_parts") or {}),
         ("time", f"{r['seconds']:.0f} s"),
     ):  # fmt: skip
         table.add_row(name, value)
     return table
+
+
+def _part_rows(parts: dict[str, Any]) -> list[tuple[str, str]]:
+    """One row per part of the judge's score that either side has: weight, A / B means, weight x (A - B)."""
+    if not parts:
+        return []
+    w, a, b = parts["weights"], parts["a"], parts["b"]
+    return [(f"  judge part {k} (x{w[k]:g}) A / B", f"{a[k]:.3f} / {b[k]:.3f} ({w[k] * (a[k] - b[k]):+.3f})")
+            for k in w if a[k] or b[k]]  # fmt: skip
 
 
 def _prefect_logs_visible() -> None:

@@ -23,6 +23,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 from components.common.fsutil import atomic_write_text
@@ -135,6 +136,10 @@ class CompareResult:
     """The training reward model that scored both (``models/reward``), None where the project has none or none was
     asked for."""
     judge: dict[str, Any] = field(default_factory=dict)
+    judge_parts: dict[str, dict[str, float]] = field(default_factory=dict)
+    """For a judge whose score is a weighted sum of named parts (the demo annotator): ``weights`` and each side's
+    mean part over its replies (``a``, ``b``), so the judge scores' difference is the sum over parts of weight x
+    (a - b): what the win is made of. Empty for other judges."""
     seconds: float = 0.0
     json_path: str = ""
     report_path: str = ""
@@ -247,6 +252,7 @@ def compare(
         replayed=[side for side in ("a", "b") if replay[side] is not None],
         reward_version=rm_version,
         judge=judge.describe(),
+        judge_parts=judge_parts(judge, prompts, sa.texts, sb.texts),
         seconds=round(time.perf_counter() - t0, 1),
         json_path=str(out / f"{stem}.json"),
         report_path=str(out / f"{stem}.md"),
@@ -262,6 +268,19 @@ def compare(
              pb.version, judge.name, rate, result.win_rate_low, result.win_rate_high, result.comparisons,
              result.seconds)  # fmt: skip
     return result
+
+
+def judge_parts(judge: Any, prompts: list[Any], texts_a: list[list[str]], texts_b: list[list[str]]) -> dict:
+    """``weights`` and the mean of each part of the judge's score over A's and over B's replies (texts [K][P]);
+    {} when the judge's score has no parts."""
+    weights = judge.part_weights
+    if not weights:
+        return {}
+    out: dict[str, dict[str, float]] = {"weights": dict(weights)}
+    for side, texts in (("a", texts_a), ("b", texts_b)):
+        parts = judge.parts([p for row in texts for p in prompts[: len(row)]], [t for row in texts for t in row])
+        out[side] = {k: round(fmean(x[k] for x in parts), 6) for k in weights}
+    return out
 
 
 def _replayed(paths: ProjectPaths, folder: str, prompts: list[Any], cfg: EvalConfig, model: ModelConfig,
@@ -304,8 +323,26 @@ def compare_markdown(r: CompareResult) -> str:
         f"| degenerate replies | {b.degenerate_rate:.1%} | {a.degenerate_rate:.1%} |",
         f"| KL of A to B (nats/reply) | - | {num(a.kl)} |",
         "",
+        *_parts_markdown(r),
         f"Folders: A `{r.a_path}`, B `{r.b_path}`. Replies replayed from the evaluation's sample cache (same model "
         f"files, prompts and settings): {', '.join(r.replayed).upper() or 'none'}. Every verdict: `{r.verdicts_path}`. "
         f"{r.seconds:.0f} s.",
         "",
     ])  # fmt: skip
+
+
+def _parts_markdown(r: CompareResult) -> list[str]:
+    """The judge score by part (mean over each side's replies), with each part's share of the difference."""
+    if not r.judge_parts:
+        return []
+    w, pa, pb = r.judge_parts["weights"], r.judge_parts["a"], r.judge_parts["b"]
+    rows = [f"| {k} | {w[k]:+g} | {pb[k]:.3f} | {pa[k]:.3f} | {w[k] * (pa[k] - pb[k]):+.3f} |" for k in w
+            if pa[k] or pb[k]]  # fmt: skip
+    return [
+        f"Judge score by part (the score is the sum of weight x part; mean over each model's {r.comparisons} replies):",
+        "",
+        f"| part | weight | {r.b.version} | {r.a.version} | weight x (A - B) |",
+        "| --- | --- | --- | --- | --- |",
+        *rows,
+        "",
+    ]

@@ -178,6 +178,7 @@ def test_compare_champion_vs_base_after_a_promotion_counts_add_up_and_changes_no
     lines = [json.loads(x) for x in Path(r.verdicts_path).read_text().splitlines()]
     assert len(lines) == 8 and {(x["a"], x["b"]) for x in lines} == {("v1", base.version)}
     assert "Read-only" in Path(r.report_path).read_text()
+    assert r.judge_parts == {} and "by part" not in Path(r.report_path).read_text()  # a reward model has no parts
     # an audit only: the evaluate stage's record, the registry and the champion are as they were
     assert (project.eval_metrics.read_bytes() if project.eval_metrics.exists() else None) == eval_json
     assert [(x.version, x.status) for x in registry.list_models(project)] == before
@@ -188,6 +189,22 @@ def test_compare_champion_vs_base_after_a_promotion_counts_add_up_and_changes_no
     assert same.identical and same.ties == same.comparisons == 8 and same.win_rate == 0.5 and same.a.kl == 0.0
     copy = compare(cfg, project, model=model, a=str(project.policies / "v1"), b="v1")
     assert not copy.identical and copy.ties == 8 and abs(copy.a.kl) < 1e-4
+
+
+def test_compare_by_the_demo_judge_splits_the_score_difference_into_its_parts(project):
+    from components.decide.compare import compare
+
+    cfg = EvalConfig(judge="demo", max_new_tokens=6, samples_per_prompt=2, bootstrap_resamples=200, batch_size=8,
+                     bf16=False)  # fmt: skip
+    r = compare(cfg, project, model=ModelConfig(base="tiny"), a=str(project.policies / "v1"), b="base",
+                demo_task=True, kl=False, reward_scores=False)  # fmt: skip
+    w, a, b = r.judge_parts["weights"], r.judge_parts["a"], r.judge_parts["b"]
+    assert set(w) == set(a) == set(b) >= {"sentiment", "topic", "finished"}
+    # the judge score is the weighted sum of the parts, so the mean parts add up to each side's mean score
+    assert sum(w[k] * a[k] for k in w) == pytest.approx(r.a.judge_score, abs=1e-4)
+    assert sum(w[k] * b[k] for k in w) == pytest.approx(r.b.judge_score, abs=1e-4)
+    assert json.loads(Path(r.json_path).read_text())["judge_parts"] == r.judge_parts
+    assert "Judge score by part" in Path(r.report_path).read_text()
 
 
 def test_rlhf_compare_prints_the_table_and_an_unknown_name_fails_naming_what_exists(project, monkeypatch):

@@ -88,6 +88,25 @@ def test_the_demo_judge_refuses_a_project_without_the_demo_task(tmp_path):
     assert judge.compare(convo, "no", "Sorry about the delay! Your parcel ships today.").outcome == "loss"
 
 
+def test_the_demo_judges_parts_weighted_add_up_to_its_score_and_other_judges_have_none(tmp_path):
+    judge = make_judge("demo", root=tmp_path, demo_task=True)
+    prompts = ["my parcel is late", "how do I get a refund?", "the app crashes", "change my address"]
+    replies = ["Happy to help! Your parcel is on its way and arrives today.",  # finished, positive, on topic
+               "refund refund refund refund refund refund refund refund",  # repeated trigrams
+               "",  # empty: the annotator's fixed score
+               " ".join(["the address changed and"] * 12)]  # too long, cut mid-sentence  # fmt: skip
+    parts, scores, w = judge.parts(prompts, replies), judge.scores(prompts, replies), judge.part_weights
+    assert len(parts) == 4 and all(set(p) == set(w) for p in parts)
+    for p, s in zip(parts, scores):
+        assert sum(w[k] * p[k] for k in w) == pytest.approx(s, abs=1e-5)
+    assert parts[0]["finished"] == 1.0 and parts[0]["topic"] > 0 and parts[0]["sentiment"] > 0
+    assert parts[1]["repetition_penalty"] > 0.5 and parts[2]["empty"] == 1.0 and parts[3]["length_penalty"] > 0
+    assert parts[3]["finished"] == 0.0
+    from components.decide.judges.base import Judge
+
+    assert Judge().parts(prompts, replies) is None and Judge().part_weights == {}
+
+
 def _evaluation(**fields):
     from tests.integration.test_registry import evaluation
 

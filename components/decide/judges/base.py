@@ -111,6 +111,16 @@ class Judge:
         """Held-out agreement with human labels, where the judge has one (the judge reward model)."""
         return None
 
+    def parts(self, prompts: Sequence[Prompt], replies: Sequence[str]) -> list[dict[str, float]] | None:
+        """Each reply's score split into its named parts, for judges whose score is a weighted sum of parts
+        (``part_weights``); None for the others (a reward model, an LLM, people)."""
+        return None
+
+    @property
+    def part_weights(self) -> dict[str, float]:
+        """Weight of each part of :meth:`parts` in the score (score = sum of weight x part); empty without parts."""
+        return {}
+
 
 class ScoringJudge(Judge):
     """A judge that scores each reply on its own; a comparison is the score difference."""

@@ -24,10 +24,26 @@ class DemoJudge(ScoringJudge):
             raise JudgeError(DEMO_JUDGE_REFUSAL)
         from components.demo_task import gold
 
-        self._score = gold.score
+        self._score, self._explain = gold.score, gold.explain
+        self._weights = {"sentiment": gold.W_SENTIMENT, "topic": 1.0, "finished": gold.W_FINISHED,
+                         "length_penalty": -1.0, "repetition_penalty": -1.0, "empty": gold.EMPTY_SCORE}  # fmt: skip
+
+    @property
+    def part_weights(self) -> dict[str, float]:
+        return dict(self._weights)
 
     def scores(self, prompts: Sequence[Prompt], replies: Sequence[str]) -> list[float]:
         return [float(self._score(last_user_turn(p), r)) for p, r in zip(prompts, replies)]
+
+    def parts(self, prompts: Sequence[Prompt], replies: Sequence[str]) -> list[dict[str, float]]:
+        """The annotator's parts of each score: sentiment, topic, finished, length and repetition penalties, and
+        ``empty`` (1 for an empty reply, whose score is the annotator's fixed ``EMPTY_SCORE``)."""
+        out = []
+        for p, r in zip(prompts, replies):
+            g = self._explain(last_user_turn(p), r)
+            parts = {k: float(getattr(g, k)) for k in self._weights if k != "empty"}
+            out.append(parts | {"empty": 0.0 if r.split() else 1.0})
+        return out
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "annotator": "components.demo_task.gold (demo task only)"}
