@@ -20,7 +20,6 @@ A DVC stage runs in one of two ways, both recorded in ``dvc.lock`` exactly as ``
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import subprocess
@@ -118,11 +117,6 @@ def changed(root: Path, stage: str) -> bool:
                 return bool(repo.status(targets=[f"{Path(root).resolve() / 'dvc.yaml'}:{stage}"]))
         except DvcException as exc:
             raise DvcError(f"`dvc status {stage}` failed in {root}: {exc}") from exc
-
-
-def status(root: Path) -> dict:
-    """``dvc status --json`` of the whole pipeline (empty when everything is up to date)."""
-    return json.loads(dvc(root, "status", "--json") or "{}")
 
 
 def default_remote(root: Path) -> str | None:
