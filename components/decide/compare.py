@@ -179,6 +179,7 @@ def compare(
         keep_samples,
         model_loader,
         read_prompt_file,
+        replayed_samples,
     )
     from components.models.base_model import accelerator_device
     from components.models.precision import autocast, bf16_fast
@@ -208,8 +209,10 @@ def compare(
     # the evaluation kept under the same fingerprint (model files, prompts, settings) are replayed, not resampled;
     # A's only without the KL, which needs its token ids
     bf16_on = cfg.bf16 and bf16_fast(device)
-    replay = {"a": None if with_kl else _replayed(paths, pa.path, prompts, cfg, model, bf16_on, reward),
-              "b": None if identical else _replayed(paths, pb.path, prompts, cfg, model, bf16_on, reward)}  # fmt: skip
+    replay = {
+        "a": None if with_kl else replayed_samples(paths, pa.path, prompts, cfg, model, bf16_on, reward),
+        "b": None if identical else replayed_samples(paths, pb.path, prompts, cfg, model, bf16_on, reward),
+    }
     to_sample = (replay["a"] is None) + (not identical and replay["b"] is None)
     total = max(1, to_sample * cfg.samples_per_prompt * -(-len(prompts) // cfg.batch_size))
     done = [0]
@@ -281,22 +284,6 @@ def judge_parts(judge: Any, prompts: list[Any], texts_a: list[list[str]], texts_
         parts = judge.parts([p for row in texts for p in prompts[: len(row)]], [t for row in texts for t in row])
         out[side] = {k: round(fmean(x[k] for x in parts), 6) for k in weights}
     return out
-
-
-def _replayed(paths: ProjectPaths, folder: str, prompts: list[Any], cfg: EvalConfig, model: ModelConfig,
-              bf16_on: bool, reward: Any) -> Any:  # fmt: skip
-    """The replies the sample cache holds for ``folder`` under the current prompts and settings (rescored by the
-    reward model), or None."""
-    from components.decide import sample_cache
-    from components.decide.evaluation import _Samples
-
-    key = sample_cache.sample_key(Path(folder), prompts, cfg, model, bf16_on)
-    record = sample_cache.load(paths, key, cfg.samples_per_prompt, len(prompts))
-    if record is None:
-        return None
-    log.info("%s: replies replayed from %s", folder, paths.sample_cache / f"{key}.json")
-    rewards = [] if reward is None else [reward(prompts, texts).float().cpu().tolist() for texts in record["texts"]]
-    return _Samples(record["texts"], rewards, record["tokens"], record["ended"], [])
 
 
 def compare_markdown(r: CompareResult) -> str:

@@ -37,7 +37,7 @@ from components.decide.judges import Comparison, Judge, ScoringJudge, Verdict, m
 from components.decide.judges.base import judge_label, outcome_from_scores
 from components.models.generation import StaticCacheMode, generate
 from components.models.policy import ppo_math
-from components.models.precision import autocast
+from components.models.precision import autocast, bf16_fast
 from components.models.shared_prefix import reply_logits_shared
 from components.project.paths import ProjectPaths
 
@@ -134,6 +134,10 @@ class EvalResult:
     aa_comparisons: int = 0
     verdicts_path: str = ""
     """Every verdict and its reason, one JSON line each."""
+    champion_replayed: bool = False
+    """The champion's replies were read from the sample cache (an earlier evaluation drew them from the same model
+    files with the same prompts and settings, :mod:`components.decide.sample_cache`) and scored again by this
+    round's reward model, not sampled again; the same replies and verdicts as sampling afresh."""
 
 
 @dataclass
@@ -295,14 +299,29 @@ def eval_judge(cfg: EvalConfig, paths: ProjectPaths, *, demo_task: bool, trainin
 
 def keep_samples(paths: ProjectPaths, cfg: EvalConfig, model: ModelConfig, device: torch.device, prompts: list[Prompt],
                  sampled: list[tuple[str | Path, str, _Samples]]) -> None:  # fmt: skip
-    """Keep each model's replies in the sample cache (``staging/samples/``) for a later comparison to replay."""
+    """Keep each model's replies in the sample cache (``staging/samples/``) for a later comparison or evaluation
+    (the next round's, where this candidate is the champion) to replay."""
     from components.decide import sample_cache
-    from components.models.precision import bf16_fast
 
     bf16_on = cfg.bf16 and bf16_fast(device)
     for folder, version, s in sampled:
         key = sample_cache.sample_key(Path(folder), prompts, cfg, model, bf16_on)
         sample_cache.save(paths, key, version, s.texts, s.tokens, s.ended)
+
+
+def replayed_samples(paths: ProjectPaths, folder: str | Path, prompts: list[Prompt], cfg: EvalConfig,
+                     model: ModelConfig, bf16_on: bool, reward: Any) -> _Samples | None:  # fmt: skip
+    """The replies the sample cache holds for ``folder`` under the current prompts and settings, scored by
+    ``reward`` (None: not scored), or None when it holds none (no KL: it needs the token ids)."""
+    from components.decide import sample_cache
+
+    key = sample_cache.sample_key(Path(folder), prompts, cfg, model, bf16_on)
+    record = sample_cache.load(paths, key, cfg.samples_per_prompt, len(prompts))
+    if record is None:
+        return None
+    log.info("%s: replies replayed from %s", folder, paths.sample_cache / f"{key}.json")
+    rewards = [] if reward is None else [reward(prompts, texts).float().cpu().tolist() for texts in record["texts"]]
+    return _Samples(record["texts"], rewards, record["tokens"], record["ended"], [])
 
 
 def model_loader(
@@ -358,13 +377,16 @@ def evaluate(
     # 1. models: candidate, champion, the candidate's KL reference (loaded once when folders coincide), RM
     load = model_loader(model, device)
     cand_model, tok = load(candidate)
-    champ_model, champ_tok = load(champ.path)
     ref_dir = manifest.get("base_dir") or str(resolve_model_dir(manifest.get("base", model.base)))
     reference, _ = load(Path(ref_dir))
     rm = RewardModel.load(rm_path, device=device)
 
-    # 2. sample and score: K seeded samples per prompt from each model
-    total = 2 * cfg.samples_per_prompt * -(-len(prompts) // cfg.batch_size)
+    # 2. sample and score: K seeded samples per prompt from each model; the champion's replies are replayed where
+    # an earlier evaluation kept them (it was the last round's candidate: same files, prompts and settings)
+    bf16_on = cfg.bf16 and bf16_fast(device)
+    champ_s = replayed_samples(paths, champ.path, prompts, cfg, model, bf16_on, rm.score)
+    replayed = champ_s is not None
+    total = (1 + (not replayed)) * cfg.samples_per_prompt * -(-len(prompts) // cfg.batch_size)
     done = [0]
 
     def tick() -> None:
@@ -374,9 +396,12 @@ def evaluate(
     with autocast(device, cfg.bf16):
         sys_prompt, static = model.system_prompt, model.static_cache
         cand = _sample_and_score(cand_model, reference, tok, prompts, rm.score, cfg, sys_prompt, tick, static)
-        champ_s = _sample_and_score(champ_model, None, champ_tok, prompts, rm.score, cfg, sys_prompt, tick, static)
-    keep_samples(paths, cfg, model, device, prompts, [(candidate, manifest.get("version", candidate.name), cand),
-                                                      (champ.path, champ.version, champ_s)])  # fmt: skip
+        if champ_s is None:
+            champ_model, champ_tok = load(champ.path)
+            champ_s = _sample_and_score(champ_model, None, champ_tok, prompts, rm.score, cfg, sys_prompt, tick, static)
+    fresh = [(candidate, manifest.get("version", candidate.name), cand)]
+    fresh += [] if replayed else [(champ.path, champ.version, champ_s)]
+    keep_samples(paths, cfg, model, device, prompts, fresh)
 
     # 3. judge: per prompt and sample, ties half; bootstrap over prompts; the training RM on the same pairs
     c_version = manifest.get("version", candidate.name)
@@ -435,6 +460,7 @@ def evaluate(
         aa_high=None if aa is None else round(aa[2], 6),
         aa_comparisons=aa_n,
         verdicts_path=str(paths.judge_verdicts),
+        champion_replayed=replayed,
     )
     atomic_write_text(paths.judge_verdicts, "\n".join(verdict_lines) + "\n")
     atomic_write_text(paths.eval_metrics, json.dumps(asdict(result), indent=2) + "\n")
@@ -495,6 +521,13 @@ def eval_markdown(r: EvalResult) -> str:
         f"champion): **{'yes' if r.judge_disagrees else 'no'}**.",
         f"Reward model {r.reward_version or 'n/a'}, held-out accuracy {_pct(r.reward_accuracy)}.",
         f"Every verdict with its reason: `{r.verdicts_path}`.",
+        "The champion's replies: "
+        + (
+            "replayed from the sample cache (an earlier evaluation drew them from the same "
+            "model files, prompts and settings)."
+            if r.champion_replayed
+            else "sampled."
+        ),
         "",
     ]
     for ex in r.examples:

@@ -151,7 +151,15 @@ def test_compare_champion_vs_base_after_a_promotion_counts_add_up_and_changes_no
     base = registry.ensure_base_champion(project, "tiny", resolve_model_dir("tiny"))  # as evaluate registers it
     # the evaluation keeps both models' replies; a comparison of the same model files with the same prompts and
     # settings replays them (A's only without the KL) and reaches the evaluation's verdicts
+    shutil.rmtree(project.sample_cache, ignore_errors=True)
     ev = evaluate(cfg, project, model=model, candidate=project.policies / "v1")
+    verdicts = project.judge_verdicts.read_text()
+    # the next evaluation against the same champion replays its replies: the same verdicts, nothing resampled
+    again = evaluate(cfg, project, model=model, candidate=project.policies / "v1")
+    assert not ev.champion_replayed and again.champion_replayed
+    assert (again.wins, again.ties, again.losses) == (ev.wins, ev.ties, ev.losses)
+    assert project.judge_verdicts.read_text() == verdicts and again.champion == ev.champion
+    assert "replayed from the sample cache" in project.eval_report.read_text()
     replay = compare(cfg, project, model=model, a=str(project.policies / "v1"), b="base", kl=False)
     assert replay.replayed == ["a", "b"] and (replay.wins, replay.ties, replay.losses) == (ev.wins, ev.ties, ev.losses)
     replayed_lines = Path(replay.verdicts_path).read_text()
