@@ -289,8 +289,14 @@ def update_row(key: str, cells: list[str], doc: Path = DOC) -> None:
     """Replace (or append) the row of ``doc``'s results table whose first cell is ``key``.
 
     The table sits between two HTML comments, so the prose around it is never touched; ``cells`` are the
-    columns after the first.
+    columns after the first. A row whose raw figures (the last cell) lie outside the repository (an absolute
+    path: ``--out`` elsewhere, a trial run) is not written: the table names only files a reader can open.
     """
+    raw = cells[-1].strip().strip("`") if cells else ""
+    if raw.startswith("/"):
+        print(f"raw figures outside the repository ({raw}): the results table in {doc.name} is left as it is",
+              flush=True)  # fmt: skip
+        return
     text = doc.read_text(encoding="utf-8")
     if START not in text or END not in text:
         raise ValueError(f"{doc}: no results table (expected the markers {START} and {END})")

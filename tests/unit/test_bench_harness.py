@@ -37,6 +37,15 @@ def test_update_row_replaces_its_own_row_and_appends_a_new_one(tmp_path):
     assert text.startswith("# B\n\nprose\n\n") and text.endswith("\n\nmore prose\n")
 
 
+def test_update_row_leaves_the_table_alone_for_raw_figures_outside_the_repository(tmp_path, capsys):
+    doc = _doc(tmp_path, ["| A | old | 1 | 2 | 3 | x | `bench/results/a.json` |"])
+    before = doc.read_text()
+    harness.update_row("A", ["new", "1", "2", "3x", "`python -m bench a`", "`/elsewhere/a.json`"], doc)
+    assert doc.read_text() == before and "outside the repository" in capsys.readouterr().out
+    harness.update_row("A", ["new", "1", "2", "3x", "`python -m bench a`", "`bench/results/a.json`"], doc)
+    assert "| A | new |" in doc.read_text()
+
+
 def test_update_row_refuses_a_page_without_the_table_markers(tmp_path):
     doc = tmp_path / "b.md"
     doc.write_text("# no table\n", encoding="utf-8")
