@@ -78,11 +78,10 @@ def compare_table(r: dict[str, Any]) -> Table:
 
 def _part_rows(parts: dict[str, Any]) -> list[tuple[str, str]]:
     """One row per part of the judge's score that either side has: weight, A / B means, weight x (A - B)."""
-    if not parts:
-        return []
-    w, a, b = parts["weights"], parts["a"], parts["b"]
-    return [(f"  judge part {k} (x{w[k]:g}) A / B", f"{a[k]:.3f} / {b[k]:.3f} ({w[k] * (a[k] - b[k]):+.3f})")
-            for k in w if a[k] or b[k]]  # fmt: skip
+    from components.decide.compare import part_contributions
+
+    return [(f"  judge part {k} (x{w:g}) A / B", f"{a:.3f} / {b:.3f} ({d:+.3f})")
+            for k, w, a, b, d in part_contributions(parts)]  # fmt: skip
 
 
 def _prefect_logs_visible() -> None:

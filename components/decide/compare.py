@@ -182,7 +182,7 @@ def compare(
         replayed_samples,
     )
     from components.models.base_model import accelerator_device
-    from components.models.precision import autocast, bf16_fast
+    from components.models.precision import autocast
 
     t0 = time.perf_counter()
     if cfg.judge == "human":
@@ -208,10 +208,9 @@ def compare(
     # 2. sample and score: sample k of A and of B with the same seed; B's are A's when they are one folder. Replies
     # the evaluation kept under the same fingerprint (model files, prompts, settings) are replayed, not resampled;
     # A's only without the KL, which needs its token ids
-    bf16_on = cfg.bf16 and bf16_fast(device)
     replay = {
-        "a": None if with_kl else replayed_samples(paths, pa.path, prompts, cfg, model, bf16_on, reward),
-        "b": None if identical else replayed_samples(paths, pb.path, prompts, cfg, model, bf16_on, reward),
+        "a": None if with_kl else replayed_samples(paths, pa.path, prompts, cfg, model, device, reward),
+        "b": None if identical else replayed_samples(paths, pb.path, prompts, cfg, model, device, reward),
     }
     to_sample = (replay["a"] is None) + (not identical and replay["b"] is None)
     total = max(1, to_sample * cfg.samples_per_prompt * -(-len(prompts) // cfg.batch_size))
@@ -281,9 +280,18 @@ def judge_parts(judge: Any, prompts: list[Any], texts_a: list[list[str]], texts_
         return {}
     out: dict[str, dict[str, float]] = {"weights": dict(weights)}
     for side, texts in (("a", texts_a), ("b", texts_b)):
-        parts = judge.parts([p for row in texts for p in prompts[: len(row)]], [t for row in texts for t in row])
+        parts = judge.parts([p for _ in texts for p in prompts], [t for row in texts for t in row])
         out[side] = {k: round(fmean(x[k] for x in parts), 6) for k in weights}
     return out
+
+
+def part_contributions(judge_parts: dict[str, dict[str, float]]) -> list[tuple[str, float, float, float, float]]:
+    """``(part, weight, A's mean, B's mean, weight x (A - B))`` for each part of the judge's score that either side
+    has (a ``judge_parts`` of :class:`CompareResult`); [] without parts."""
+    if not judge_parts:
+        return []
+    w, a, b = judge_parts["weights"], judge_parts["a"], judge_parts["b"]
+    return [(k, w[k], a[k], b[k], w[k] * (a[k] - b[k])) for k in w if a[k] or b[k]]
 
 
 def compare_markdown(r: CompareResult) -> str:
@@ -320,11 +328,9 @@ def compare_markdown(r: CompareResult) -> str:
 
 def _parts_markdown(r: CompareResult) -> list[str]:
     """The judge score by part (mean over each side's replies), with each part's share of the difference."""
-    if not r.judge_parts:
+    rows = [f"| {k} | {w:+g} | {b:.3f} | {a:.3f} | {d:+.3f} |" for k, w, a, b, d in part_contributions(r.judge_parts)]
+    if not rows:
         return []
-    w, pa, pb = r.judge_parts["weights"], r.judge_parts["a"], r.judge_parts["b"]
-    rows = [f"| {k} | {w[k]:+g} | {pb[k]:.3f} | {pa[k]:.3f} | {w[k] * (pa[k] - pb[k]):+.3f} |" for k in w
-            if pa[k] or pb[k]]  # fmt: skip
     return [
         f"Judge score by part (the score is the sum of weight x part; mean over each model's {r.comparisons} replies):",
         "",

@@ -297,25 +297,32 @@ def eval_judge(cfg: EvalConfig, paths: ProjectPaths, *, demo_task: bool, trainin
     return judge
 
 
+def _sample_key(folder: str | Path, prompts: list[Prompt], cfg: EvalConfig, model: ModelConfig,
+                device: torch.device) -> str:  # fmt: skip
+    """The sample cache's key for ``folder``'s replies as :func:`_sample_and_score` draws them on ``device``."""
+    from components.decide import sample_cache
+
+    return sample_cache.sample_key(Path(folder), prompts, cfg, model, cfg.bf16 and bf16_fast(device))
+
+
 def keep_samples(paths: ProjectPaths, cfg: EvalConfig, model: ModelConfig, device: torch.device, prompts: list[Prompt],
                  sampled: list[tuple[str | Path, str, _Samples]]) -> None:  # fmt: skip
     """Keep each model's replies in the sample cache (``staging/samples/``) for a later comparison or evaluation
     (the next round's, where this candidate is the champion) to replay."""
     from components.decide import sample_cache
 
-    bf16_on = cfg.bf16 and bf16_fast(device)
     for folder, version, s in sampled:
-        key = sample_cache.sample_key(Path(folder), prompts, cfg, model, bf16_on)
+        key = _sample_key(folder, prompts, cfg, model, device)
         sample_cache.save(paths, key, version, s.texts, s.tokens, s.ended)
 
 
 def replayed_samples(paths: ProjectPaths, folder: str | Path, prompts: list[Prompt], cfg: EvalConfig,
-                     model: ModelConfig, bf16_on: bool, reward: Any) -> _Samples | None:  # fmt: skip
+                     model: ModelConfig, device: torch.device, reward: Any) -> _Samples | None:  # fmt: skip
     """The replies the sample cache holds for ``folder`` under the current prompts and settings, scored by
     ``reward`` (None: not scored), or None when it holds none (no KL: it needs the token ids)."""
     from components.decide import sample_cache
 
-    key = sample_cache.sample_key(Path(folder), prompts, cfg, model, bf16_on)
+    key = _sample_key(folder, prompts, cfg, model, device)
     record = sample_cache.load(paths, key, cfg.samples_per_prompt, len(prompts))
     if record is None:
         return None
@@ -383,8 +390,7 @@ def evaluate(
 
     # 2. sample and score: K seeded samples per prompt from each model; the champion's replies are replayed where
     # an earlier evaluation kept them (it was the last round's candidate: same files, prompts and settings)
-    bf16_on = cfg.bf16 and bf16_fast(device)
-    champ_s = replayed_samples(paths, champ.path, prompts, cfg, model, bf16_on, rm.score)
+    champ_s = replayed_samples(paths, champ.path, prompts, cfg, model, device, rm.score)
     replayed = champ_s is not None
     total = (1 + (not replayed)) * cfg.samples_per_prompt * -(-len(prompts) // cfg.batch_size)
     done = [0]
