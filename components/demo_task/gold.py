@@ -28,6 +28,9 @@ TOPIC_WORDS = 3
 EMPTY_SCORE = -2.0
 W_SENTIMENT = 0.75
 W_FINISHED = 0.25
+PART_WEIGHTS = {"sentiment": W_SENTIMENT, "topic": 1.0, "finished": W_FINISHED, "length_penalty": -1.0,
+                "repetition_penalty": -1.0}  # fmt: skip
+"""Each part's weight in ``total`` (the formula in :func:`explain`); an empty reply scores ``EMPTY_SCORE`` instead."""
 RATING_EDGES = (-0.25, 0.25, 0.75, 1.25)
 """Score thresholds between ratings 1|2|3|4|5."""
 

@@ -25,8 +25,7 @@ class DemoJudge(ScoringJudge):
         from components.demo_task import gold
 
         self._score, self._explain = gold.score, gold.explain
-        self._weights = {"sentiment": gold.W_SENTIMENT, "topic": 1.0, "finished": gold.W_FINISHED,
-                         "length_penalty": -1.0, "repetition_penalty": -1.0, "empty": gold.EMPTY_SCORE}  # fmt: skip
+        self._weights = {**gold.PART_WEIGHTS, "empty": gold.EMPTY_SCORE}
 
     @property
     def part_weights(self) -> dict[str, float]:
