@@ -79,6 +79,8 @@ PPO_VARIANTS: dict[str, dict[str, object]] = {
     "rpo_cut32": {"algorithm": "dpo", "dpo.max_reply_tokens": 32, "dpo.rpo_alpha": 1.0},
     # one optimizer update per step's 8 pairs instead of two of 4 (the same compute, half the updates' noise)
     "dpo_mb16": {"algorithm": "dpo", "mini_batch_size": 16},
+    # a larger beta saturates the loss of pairs already separated, so later updates go to the pairs not yet learned
+    "dpo_beta_0.5": {"algorithm": "dpo", "dpo.beta": 0.5},
     "online_dpo": {"algorithm": "online_dpo"},
     "bon_sft": {"algorithm": "bon_sft"},
     "bon_sft_n16": {"algorithm": "bon_sft", "bon_sft.n": 16, "batch_size": 64, "steps": 8},

@@ -27,11 +27,12 @@ class RLOOConfig:
     """Clip of the sequence-level ratio pi/pi_old (TRL ``RLOOTrainer``: 0.2); null = plain REINFORCE."""
     whiten_advantages: bool = False
     """Whiten the leave-one-out advantages over the batch (TRL ``normalize_advantage``, default off)."""
-    max_kl: float | None = 4.0
+    max_kl: float | None = 5.0
     """Bound on the KL to the reference (the parent), in nats per reply: the mean summed k1 of each step's own
     samples (the batch's ``objective/kl``, measured before the update); a step whose batch is beyond it makes no
-    update and training stops there (as ``dpo.max_kl``). null = no bound: the KL controller's penalty alone holds
-    the policy. 4.0 leaves 2 nats below the gate's default ``gate.max_kl`` (6)."""
+    update, training stops there and the policy goes back to its weights at the last batch within the bound (as
+    ``dpo.max_kl``). null = no bound: the KL controller's penalty alone holds
+    the policy. 5.0 leaves 1 nat below the gate's default ``gate.max_kl`` (6) (docs/optimisers.md)."""
 
 
 @dataclass(frozen=True)
@@ -49,11 +50,12 @@ class GRPOConfig:
     """Updates over each batch (TRL ``num_iterations``: 1); the ratio clip acts from the second on."""
     clip_range: float = 0.2
     """Token ratio clip epsilon (TRL ``epsilon``: 0.2)."""
-    max_kl: float | None = 4.0
+    max_kl: float | None = 5.0
     """Bound on the KL to the reference (the parent), in nats per reply: the mean summed k1 of each step's own
     samples (the batch's ``objective/kl``, measured before the update); a step whose batch is beyond it makes no
-    update and training stops there (as ``dpo.max_kl``). null = no bound: ``kl_coef`` alone holds the policy.
-    4.0 leaves 2 nats below the gate's default ``gate.max_kl`` (6)."""
+    update, training stops there and the policy goes back to its weights at the last batch within the bound (as
+    ``dpo.max_kl``). null = no bound: ``kl_coef`` alone holds the policy.
+    5.0 leaves 1 nat below the gate's default ``gate.max_kl`` (6) (docs/optimisers.md)."""
 
 
 @dataclass(frozen=True)
@@ -74,17 +76,19 @@ class DPOConfig:
     them rather than only away from the rejected ones. 0 = plain DPO."""
     epochs: int = 1
     """Passes over each step's pairs."""
-    max_kl: float | None = 4.0
-    """Bound on the KL to the reference (the parent), in nats per reply: every ``kl_every`` steps the policy
-    samples replies to ``kl_prompts`` training prompts (``policy.prompts``) and the mean summed k1 to the reference
-    is measured on them, as ``bon_sft`` measures its bound; once it exceeds ``max_kl``, training stops (no further
-    update) and the policy is exported as it is. null = no bound: the pairs' loss alone decides how far it goes.
-    4.0 leaves 2 nats below the gate's default ``gate.max_kl`` (6) for the steps between two measurements and for
-    the held-out prompts' KL scattering around the training prompts' one."""
+    max_kl: float | None = 5.0
+    """Bound on the KL to the reference (the parent), in nats per reply: every ``kl_every`` steps and after the last
+    one the policy samples replies to ``kl_prompts`` training prompts (``policy.prompts``) and the mean summed k1 to
+    the reference is measured on them, as ``bon_sft`` measures its bound; once it exceeds ``max_kl``, training stops
+    (no further update) and the policy goes back to its weights at the last measurement within the bound (the
+    parent's if none), the ones exported. null = no bound: the pairs' loss alone decides how far it goes. 5.0 leaves
+    1 nat below the gate's default ``gate.max_kl`` (6) for the held-out prompts' KL scattering around the training
+    prompts' one (the steps since the last measurement within the bound are undone)."""
     kl_every: int = 1
     """Steps between two measurements of the bounded KL. Each costs one batched generation of ``kl_prompts``
-    replies and a reference pass (on CPU about as long as an offline DPO step); the bound is overshot by what the
-    steps since the last measurement added (on the demo up to about 2 nats a step), so 1."""
+    replies and a reference pass (on CPU about as long as an offline DPO step); a stop goes back to the last
+    measurement within the bound, so the steps since it are lost (on the demo the KL grew up to about 2.6 nats in a
+    step), hence 1."""
     kl_prompts: int = 16
     """Training prompts (a fixed seeded draw, one reply each, the same sampling seed every time) the bounded KL
     is measured on."""
@@ -100,11 +104,12 @@ class OnlineDPOConfig:
     """As ``dpo.loss``."""
     epochs: int = 1
     """Passes over each step's pairs."""
-    max_kl: float | None = 4.0
+    max_kl: float | None = 5.0
     """Bound on the KL to the reference (the parent), in nats per reply: the mean summed k1 of each step's own
     samples (the batch's ``objective/kl``, measured before the update); a step whose batch is beyond it makes no
-    update and training stops there (as ``dpo.max_kl``). null = no bound: ``beta`` alone holds the policy.
-    4.0 leaves 2 nats below the gate's default ``gate.max_kl`` (6)."""
+    update, training stops there and the policy goes back to its weights at the last batch within the bound (as
+    ``dpo.max_kl``). null = no bound: ``beta`` alone holds the policy.
+    5.0 leaves 1 nat below the gate's default ``gate.max_kl`` (6) (docs/optimisers.md)."""
 
 
 @dataclass(frozen=True)
@@ -116,10 +121,10 @@ class BoNSFTConfig:
     prompts."""
     epochs: int = 2
     """Supervised passes over each step's best replies."""
-    max_kl: float | None = 4.0
+    max_kl: float | None = 5.0
     """Bound on the KL to the parent (nats per reply, k1 on the policy's own samples, measured on each step's
-    batch before the update): a step whose samples are further away makes no update and training stops there (as
-    ``grpo.max_kl``). null = no bound."""
+    batch before the update): a step whose samples are further away makes no update, training stops there and the
+    policy goes back to its weights at the last batch within the bound (as ``grpo.max_kl``). null = no bound."""
 
 
 @dataclass(frozen=True)

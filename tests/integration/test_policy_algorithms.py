@@ -98,6 +98,16 @@ def policy_params(algorithm: str, **overrides: object) -> dict:
     return {"model": {"base": "tiny"}, "policy": ppo}
 
 
+def assert_export_equals_base(out: Path) -> None:
+    from components.models.base_model import load_base
+
+    policy, tok = load_base(str(out))
+    base, _ = load_base("tiny")
+    ids = tok("hello there", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.allclose(policy(ids).logits, base(ids).logits, atol=1e-5), "the export is not the parent"
+
+
 def assert_export_differs_from_base(out: Path) -> None:
     from components.models.base_model import load_base
 
@@ -187,10 +197,11 @@ def test_known_reward_rises(tmp_path, algorithm):
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo", "online_dpo", "bon_sft"])
 def test_online_optimisers_stop_at_their_kl_bound(tmp_path, algorithm):
     """With ``<algorithm>.max_kl``, the KL of a step's own batch (measured before its update) beyond the bound
-    stops training: that step makes no update, no further step runs, also when resumed, and the stop reaches the
-    metrics and the manifest. Without a bound every step runs, the first one as with it."""
+    stops training: that step makes no update, no further step runs, also when resumed, the policy goes back to
+    its weights at the last measurement within the bound (here step 1's batch: the parent), and the stop reaches
+    the metrics and the manifest. Without a bound every step runs, the first one as with it."""
     a, b = tmp_path / "a", tmp_path / "b"
-    for root in (a, b):
+    for root in (a, b, tmp_path / "c"):
         root.mkdir()
         (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
     # online DPO's 4 pairs a step move the tiny policy too little with the defaults to show a KL on 8 samples
@@ -212,21 +223,27 @@ def test_online_optimisers_stop_at_their_kl_bound(tmp_path, algorithm):
     assert [r["step"] for r in rows] == [1, 2] and [r["kl_bound/stopped"] for r in rows] == [0.0, 1.0]
     assert rows[0]["policy/minibatches"] >= 1 and rows[1]["policy/minibatches"] == 0
     assert rows[1]["kl_bound/sampled_kl"] == rows[1]["objective/kl"] > 1e-3
+    # the parent's own batch measured at step 1 (KL 0 up to float rounding)
+    assert rows[1]["kl_bound/kept_step"] == 0.0 and rows[1]["kl_bound/kept_kl"] == rows[0]["kl_bound/sampled_kl"]
     weights = {n: p.detach().clone() for n, p in bounded.actor_critic.named_parameters() if p.requires_grad}
 
     again = run(params(1e-3), a, resume=True)
     assert again.steps_run == 0 and again.export_dir is not None  # the checkpoint at the stop: no further step
     summary = json.loads((a / "metrics" / "ppo.json").read_text())
     assert summary["stopped_at_step"] == 2 and summary["kl_at_stop"] == rows[1]["objective/kl"]
-    assert json.loads((again.export_dir / "manifest.json").read_text())["metrics"]["stopped_at_step"] == 2
+    assert summary["exported_step"] == 0 and summary["exported_kl"] == rows[0]["kl_bound/sampled_kl"] < 1e-5
+    manifest = json.loads((again.export_dir / "manifest.json").read_text())["metrics"]
+    assert manifest["stopped_at_step"] == 2 and manifest["exported_step"] == 0
 
     free = params(None, save_every=1)
+    parent = dict(run(free, tmp_path / "c", stop_after=0, export=False).actor_critic.named_parameters())
     first = run(free, b, stop_after=1, export=False)
     assert first.metrics[0]["loss/policy"] == rows[0]["loss/policy"]
     after_1 = dict(first.actor_critic.named_parameters())
-    for n, p in again.actor_critic.named_parameters():  # the stopped step changed nothing, nor did the resume
+    for n, p in again.actor_critic.named_parameters():  # back to the parent, and the resume changed nothing
         if p.requires_grad:
-            assert torch.equal(weights[n], p) and torch.equal(after_1[n], p), n
+            assert torch.equal(weights[n], p) and torch.equal(parent[n], p), n
+    assert any(not torch.equal(after_1[n], p) for n, p in parent.items() if p.requires_grad)  # step 1 trained
     rest = run(free, b, resume=True, export=False).metrics
     assert [r["step"] for r in rest] == [1, 2, 3] and "kl_bound/stopped" not in rest[-1]
 
@@ -271,7 +288,8 @@ def test_the_step_log_line_shows_only_what_the_algorithm_logs(caplog):
 
 def test_offline_dpo_stops_at_its_kl_bound(trained_project, tmp_path):
     """With ``dpo.max_kl``, the KL measured on the policy's own samples every ``kl_every`` steps stops training
-    once beyond the bound: no further step, also when resumed; the policy is exported with where it stopped. The
+    once beyond the bound: no further step, also when resumed; the policy goes back to its weights at the last
+    measurement within the bound (here the start: the parent) and is exported with where it stopped. The
     measurement leaves the training's numbers alone; without a bound every step runs."""
     a, b = tmp_path / "a", tmp_path / "b"
     shutil.copytree(trained_project, a)
@@ -290,9 +308,48 @@ def test_offline_dpo_stops_at_its_kl_bound(trained_project, tmp_path):
             assert torch.equal(weights[n], p), n
     summary = json.loads((a / "metrics" / "ppo.json").read_text())
     assert summary["stopped_at_step"] == 2 and summary["kl_at_stop"] == rows[1]["kl_bound/sampled_kl"]
+    assert summary["exported_step"] == 0 and summary["exported_kl"] == 0.0
     assert json.loads((again.export_dir / "manifest.json").read_text())["metrics"]["stopped_at_step"] == 2
+    assert_export_equals_base(again.export_dir)
 
     free = run(policy_params("dpo", steps=4, dpo={"max_reply_tokens": 12, "max_kl": None}), b, export=False).metrics
     assert [r["step"] for r in free] == [1, 2, 3, 4] and "kl_bound/stopped" not in free[-1]
     for f, g in zip(free[:2], rows, strict=False):
         assert f["loss/policy"] == g["loss/policy"] and f["objective/kl"] == g["objective/kl"]
+
+
+def test_offline_dpo_goes_back_to_its_last_step_within_the_bound(trained_project, tmp_path, monkeypatch):
+    """Measurements within the bound after steps 2 and 4, beyond it after step 6: training stops at 6 and the
+    policy is the one after step 4, weight for weight as a run stopped there; a run killed after step 5 (no
+    measurement there, so the kept weights are not the checkpoint's own) and resumed goes back to the same
+    weights. The measured KLs are scripted by step (the tiny policy's KL on 8 samples does not grow steadily);
+    training, checkpoints and weights are the real ones, compared with an unbounded run's."""
+    from components.models.policy.loop import PolicyTrainer
+
+    script = {2: 0.25, 4: 0.5, 6: 2.0}
+    monkeypatch.setattr(PolicyTrainer, "sampled_kl", lambda self, n: script[self.step])
+    dirs = [tmp_path / x for x in "abc"]
+    for d in dirs:
+        shutil.copytree(trained_project, d)
+    a, b, c = dirs
+    leash = {"max_reply_tokens": 12, "max_kl": 1.0, "kl_every": 2, "kl_prompts": 8}
+    params = policy_params("dpo", steps=8, save_every=1, dpo=leash)
+
+    bounded = run(params, a, export=False)
+    last = bounded.metrics[-1]
+    assert [r["step"] for r in bounded.metrics] == [1, 2, 3, 4, 5, 6] and last["kl_bound/stopped"] == 1.0
+    assert last["kl_bound/sampled_kl"] == 2.0 and last["kl_bound/kept_step"] == 4 and last["kl_bound/kept_kl"] == 0.5
+    weights = {n: p.detach().clone() for n, p in bounded.actor_critic.named_parameters() if p.requires_grad}
+    free = policy_params("dpo", steps=8, save_every=1, dpo={**leash, "max_kl": None})  # measurements leave it alone
+    after_4 = dict(run(free, b, stop_after=4, export=False).actor_critic.named_parameters())
+    after_6 = dict(run(free, b, resume=True, stop_after=2, export=False).actor_critic.named_parameters())
+    for n, p in weights.items():
+        assert torch.equal(after_4[n], p), n
+    assert any(not torch.equal(after_6[n], p) for n, p in weights.items())  # steps 5 and 6 trained: undone
+
+    run(params, c, stop_after=5, export=False)  # killed after step 5
+    resumed = run(params, c, resume=True, export=False)
+    assert resumed.steps_run == 1 and resumed.metrics[-1]["kl_bound/kept_step"] == 4
+    for n, p in resumed.actor_critic.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(weights[n], p), n

@@ -115,8 +115,10 @@ def save_checkpoint(
     params: dict[str, Any],
     prompt_rng: dict[str, Any],
     score_norm: tuple[float, float] | None = None,
+    within: dict[str, Any] | None = None,
 ) -> Path:
-    """Write step ``step``'s checkpoint (every process writes its RNG; the main process the rest)."""
+    """Write step ``step``'s checkpoint (every process writes its RNG; the main process the rest); ``within``:
+    a KL bound's kept weights (``{"step", "kl", "weights"}``) where they differ from ``trainable``."""
     final = root / f"step_{step:06d}"
     tmp = root / f".tmp_step_{step:06d}"
     if accelerator.is_main_process:
@@ -145,6 +147,7 @@ def save_checkpoint(
             "metrics": metrics,
             "fingerprint": fingerprint,
             "world_size": accelerator.num_processes,
+            "within": within,
         }
         torch.save(state, tmp / "state.pt")
         (tmp / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True))

@@ -66,6 +66,15 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class Within:
+    """Trainable weights (on the CPU) at a KL measurement within the bound: after ``step`` steps, measured ``kl``."""
+
+    step: int
+    kl: float
+    weights: dict[str, torch.Tensor]
+
+
+@dataclass
 class TrainResult:
     actor_critic: ActorCritic
     tokenizer: PreTrainedTokenizerBase
@@ -132,6 +141,10 @@ class PolicyTrainer:
         is the reference)."""
         self.stopped = False
         """With ``algo.kl_bound``: the measured KL went beyond the bound; no further step runs."""
+        self.within: Within | None = None
+        """With ``algo.kl_bound``: the trainable weights at the latest measurement within the bound (at the start:
+        the parent, KL 0); a measurement beyond the bound puts them back, so the exported policy is one measured
+        within ``max_kl``."""
         n_train = sum(p.numel() for p in params)
         if self.acc.is_main_process:
             log.info(
@@ -350,30 +363,52 @@ class PolicyTrainer:
         self.forward_batch(batch)
         return self.mean_kl(batch)
 
+    def _trainable(self) -> dict[str, torch.Tensor]:
+        return {n: p for n, p in self.unwrapped.named_parameters() if p.requires_grad}
+
+    def keep_within(self) -> None:
+        """Remember the trainable weights as they are now, with the latest measured KL (within the bound)."""
+        weights = {n: p.detach().to("cpu", copy=True) for n, p in self._trainable().items()}
+        self.within = Within(self.step, self.bounded_kl, weights)
+
+    def restore_within(self) -> None:
+        """Put back the weights of the latest measurement within the bound."""
+        assert self.within is not None
+        with torch.no_grad():
+            for n, p in self._trainable().items():
+                p.copy_(self.within.weights[n].to(p.device))
+
     def check_kl_bound(self, batch_kl: float | None = None) -> bool:
         """The KL bound on the policy's own samples (``algo.kl_bound``); beyond ``max_kl``, stop: the loop runs no
         further step. With ``batch_kl`` (step 4, before the update; a bound without ``prompts``): the step's batch
         is the measurement, and the step makes no update. Without (after step 6; a bound with ``prompts``): every
-        ``every`` steps but not after the last, a measurement of its own, the policy staying as the step left it.
-        Returns whether this call stopped training."""
+        ``every`` steps and after the last, a measurement of its own. Within the bound, the weights measured are
+        kept (:meth:`keep_within`); beyond it, the kept ones are put back. Returns whether this call stopped
+        training."""
         bound = self.algo.kl_bound
         on_batch = batch_kl is not None
         if bound is None or (bound.prompts is None) != on_batch:
             return False
         if on_batch:
             self.bounded_kl, step, what = batch_kl, self.step + 1, "this step's batch, its update skipped"
-        elif self.step % bound.every or self.step >= self.cfg.steps:
+        elif self.step % bound.every and self.step < self.cfg.steps:
             return False
         else:
             self.bounded_kl, step, what = self.sampled_kl(bound.prompts), self.step, "samples after this step"
         self.stopped = self.bounded_kl > bound.max_kl
-        if self.stopped and self.acc.is_main_process:
+        if not self.stopped:
+            self.keep_within()
+            return False
+        self.restore_within()
+        if self.acc.is_main_process:
+            kept = self.within
             log.info(
                 "%s: KL to the reference on the policy's own samples (%s) %.3f nats > max_kl %g at step %d of %d: "
-                "training stops, no further update; the policy is exported as it is",
-                self.cfg.algorithm, what, self.bounded_kl, bound.max_kl, step, self.cfg.steps,
+                "training stops; the policy goes back to its weights after step %d (measured KL %.3f) and is "
+                "exported with them",
+                self.cfg.algorithm, what, self.bounded_kl, bound.max_kl, step, self.cfg.steps, kept.step, kept.kl,
             )  # fmt: skip
-        return self.stopped
+        return True
 
     # -- 5. update ---------------------------------------------------------------------------
 
@@ -474,6 +509,8 @@ class PolicyTrainer:
         if resume:
             self._resume(ckpt_root)
         writer.start(self.metrics)
+        if algo.kl_bound is not None and self.within is None and not self.stopped:
+            self.keep_within()  # the parent (KL 0), or where a checkpoint without a kept copy left the policy
         if algo.uses_scorer and cfg.reward_normalization == "rollouts" and self.score_norm is None:
             self.score_norm = self.rollout_score_stats()
         steps_run = 0
@@ -566,6 +603,9 @@ class PolicyTrainer:
             row["kl_bound/sampled_kl"] = self.bounded_kl
             row["kl_bound/stopped"] = float(self.stopped)
             row["time/kl_bound"] = t[5] - t[4]
+            if self.stopped and self.within is not None:  # the weights the policy went back to
+                row["kl_bound/kept_step"] = float(self.within.step)
+                row["kl_bound/kept_kl"] = self.within.kl
         row.update(
             {
                 "val/eos_fraction": self._mean(batch.ended.float().mean()),
@@ -599,7 +639,16 @@ class PolicyTrainer:
             params={"policy": to_dict(self.cfg), "model": to_dict(self.model_cfg)},
             prompt_rng=self.prompt_rng.bit_generator.state,
             score_norm=self.score_norm,
+            within=self._within_state(),
         )
+
+    def _within_state(self) -> dict[str, Any] | None:
+        """The kept copy for a checkpoint, where it differs from the weights saved beside it (so a resumed run
+        goes back to the same weights as an uninterrupted one); after a stop they are the saved weights."""
+        w = self.within
+        if w is None or self.stopped or w.step == self.step:
+            return None
+        return {"step": w.step, "kl": w.kl, "weights": w.weights}
 
     def _resume(self, root: Path) -> None:
         ckpt = latest_checkpoint(root)
@@ -627,6 +676,9 @@ class PolicyTrainer:
         last = self.metrics[-1] if self.metrics else {}
         self.bounded_kl = float(last.get("kl_bound/sampled_kl", 0.0))
         self.stopped = last.get("kl_bound/stopped", 0.0) == 1.0
+        kept = state.get("within")
+        if kept is not None:
+            self.within = Within(int(kept["step"]), float(kept["kl"]), dict(kept["weights"]))
         self.prompt_rng.bit_generator.state = state["rng"]["prompt_rng"]
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])
@@ -672,7 +724,8 @@ def _progress(algorithm: str, total: int, enabled: bool) -> Callable[[dict[str, 
 def summary(metrics: list[dict[str, Any]]) -> dict[str, float]:
     """First/last score (when a scorer is in the loop) and KL, and mean throughput, for metrics/ppo.json; with a
     KL bound, the last measured KL (``kl_sampled_last``) and, where the bound stopped the run, the step and the
-    KL it stopped at (``stopped_at_step``, ``kl_at_stop``)."""
+    KL it stopped at (``stopped_at_step``, ``kl_at_stop``) and the step and KL of the weights it went back to and
+    exported (``exported_step``, ``exported_kl``)."""
     if not metrics:
         return {}
     first, last = metrics[0], metrics[-1]
@@ -697,4 +750,7 @@ def summary(metrics: list[dict[str, Any]]) -> dict[str, float]:
     if stop is not None:
         out["stopped_at_step"] = int(stop["step"])
         out["kl_at_stop"] = stop["kl_bound/sampled_kl"]
+        if "kl_bound/kept_step" in stop:
+            out["exported_step"] = int(stop["kl_bound/kept_step"])
+            out["exported_kl"] = stop["kl_bound/kept_kl"]
     return out
