@@ -41,6 +41,8 @@ def _aa(ev: dict[str, Any]) -> str | None:
 
 def metric_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
     """One row per figure a reviewer looks at first: counts, reward accuracy, win rate, KL, decision."""
+    from components.models.policy.metrics import steps_run
+
     val, ev = summary.get("validation") or {}, summary.get("evaluation") or {}
     exported = summary.get("exported") or {}
     reward = summary.get("reward") or {}
@@ -55,6 +57,7 @@ def metric_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
         ("raters (ratings / pairs each)", _raters(summary.get("raters") or {})),
         ("rater agreement: ratings alpha (replies) / choices (pairs)", _agreement(summary.get("raters") or {})),
         ("training stages run", ", ".join((summary.get("training") or {}).get("ran", [])) or "none (up to date)"),
+        ("policy steps run", steps_run((summary.get("policy") or {}).get("metrics") or {})),
         ("reward model held-out accuracy", reward.get("accuracy")),
         ("candidate", summary.get("candidate")),
         ("judge", _judge(ev)),

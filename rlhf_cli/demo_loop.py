@@ -94,6 +94,8 @@ def round_table(rounds: list[dict[str, Any]]) -> Any:
     """One column per round: counts, reward-model accuracy, win rate with its interval, KL, decision, version."""
     from rich.table import Table
 
+    from components.models.policy.metrics import steps_run
+
     table = Table(title="rlhf demo: the loop, round by round")
     table.add_column("")
     for r in rounds:
@@ -129,6 +131,7 @@ def round_table(rounds: list[dict[str, Any]]) -> Any:
             "candidate": r.get("candidate") or "-",
             "champion": r.get("champion_after") or "-",
             "time": f"{r.get('seconds', 0):.0f} s",
+            "steps": steps_run((r.get("policy") or {}).get("metrics") or {}) or "-",
         }
         return values[key]
 
@@ -143,6 +146,7 @@ def round_table(rounds: list[dict[str, Any]]) -> Any:
         ("A/A: champion vs itself (about 50 %)", "aa"),
         ("judge score candidate vs champion", "score"),
         ("KL to reference, nats/reply", "kl"),
+        ("policy steps run", "steps"),
         ("gate decision", "decision"),
         ("candidate version", "candidate"),
         ("champion after the round", "champion"),

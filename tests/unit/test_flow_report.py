@@ -19,6 +19,9 @@ SUMMARY = {
         "pairs_judged_more_than_once": 1,
     },
     "candidate": "v2",
+    "policy": {
+        "metrics": {"steps": 6, "stopped_at_step": 6, "kl_at_stop": 5.158, "exported_step": 5, "exported_kl": 4.07}
+    },
     "evaluation": {
         "champion": "v1",
         "win_rate": 0.4875,
@@ -58,6 +61,7 @@ def test_metric_rows_show_counts_interval_and_decision():
     assert rows["served ratings / pairs exported"] == "16 / 3"
     assert (rows["rows in"], rows["rows accepted"], rows["rows quarantined"]) == ("19", "16", "3")
     assert rows["training stages run"] == "train_reward, ppo"
+    assert rows["policy steps run"] == "6, back to 5 (KL 5.16 > bound; 4.07)"
     assert rows["raters (ratings / pairs each)"] == "alice 10 / 2, bob 6 / 1"
     assert rows["rater agreement: ratings alpha (replies) / choices (pairs)"] == "0.6123 (4) / 0.5 (1)"
     assert rows["judge"] == "demo"
@@ -70,7 +74,7 @@ def test_metric_rows_show_counts_interval_and_decision():
 
 def test_rows_before_any_evaluation_say_so():
     rows = {r["figure"]: r["value"] for r in metric_rows({"training": {"ran": []}, "decision": "unchanged"})}
-    assert rows["training stages run"] == "none (up to date)"
+    assert rows["training stages run"] == "none (up to date)" and rows["policy steps run"] == "-"
     assert rows["win rate by the judge vs champion"] == "-" and rows["decision"] == "unchanged"
 
 
@@ -92,3 +96,13 @@ def test_the_demo_names_which_round_its_final_champion_came_from():
     assert which_champion([r1, rejected]) == "round 1's champion; round 2 was rejected"
     base = {**r1, "champion_after": "base-x", "decision": "rejected"}
     assert which_champion([base, {**rejected, "champion_after": "base-x"}]) == "the base: no round promoted a candidate"
+
+
+def test_policy_steps_in_words_with_and_without_a_stop():
+    from components.models.policy.metrics import steps_run
+
+    assert steps_run({"steps": 16}) == "16"
+    assert steps_run({"steps": 16, "kl_sampled_last": 3.538}) == "16 (last KL 3.54)"
+    # a run from before the step back: stopped, exported as the stopping step left it
+    assert steps_run({"steps": 5, "stopped_at_step": 5, "kl_at_stop": 4.072}) == "5 (KL 4.07 > bound: stopped)"
+    assert steps_run({}) is None

@@ -116,3 +116,18 @@ def plot(rows: list[dict[str, Any]], folder: Path) -> list[Path]:
     fig.savefig(out[-1], dpi=100)
     plt.close(fig)
     return out
+
+
+def steps_run(summary: dict[str, Any]) -> str | None:
+    """The policy stage's steps in words, from its summary (``metrics/ppo.json``, a policy manifest's ``metrics``):
+    how many ran and, where a KL bound stopped training, the KL it stopped at and the step it went back to."""
+    if "steps" not in summary:
+        return None
+    stop = summary.get("stopped_at_step")
+    if stop is None:
+        last = summary.get("kl_sampled_last")
+        return f"{summary['steps']}" + ("" if last is None else f" (last KL {last:.2f})")
+    if summary.get("exported_step") is None:
+        return f"{stop} (KL {summary['kl_at_stop']:.2f} > bound: stopped)"
+    kl, kept = summary["kl_at_stop"], summary["exported_kl"]
+    return f"{stop}, back to {summary['exported_step']} (KL {kl:.2f} > bound; {kept:.2f})"
