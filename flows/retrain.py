@@ -313,7 +313,7 @@ def evaluate_candidate(root: str, policy: dict[str, Any]) -> dict[str, Any]:
     from components.project import dvc_runner
 
     paths, p, progress = _paths(root), _params(_paths(root).params), task_progress("evaluate-vs-champion")
-    kl_target = p.policy.kl_target if p.policy.adaptive_kl else None
+    kl_target = p.policy.controller_kl_target
     opts = {"kl_target": kl_target, "demo_task": p.seeding.demo_task, "progress": progress}
     ran, result = dvc_runner.run_stage(
         paths.root,
@@ -343,7 +343,7 @@ def evaluate_extra(root: str, name: str, policy: dict[str, Any]) -> dict[str, An
     from components import stages
 
     paths, p = _paths(root), _params(_paths(root).params)
-    kl_target = p.policy.kl_target if p.policy.adaptive_kl else None
+    kl_target = p.policy.controller_kl_target
     progress = task_progress(f"evaluate-candidate-{name}")
     opts = {"kl_target": kl_target, "demo_task": p.seeding.demo_task, "progress": progress}
     result = stages.evaluate_candidate(p.eval, paths, name=name, model=p.model, candidate=policy["path"], **opts)

@@ -30,9 +30,10 @@ class RLOOConfig:
     max_kl: float | None = 5.0
     """Bound on the KL to the reference (the parent), in nats per reply: the mean summed k1 of each step's own
     samples (the batch's ``objective/kl``, measured before the update); a step whose batch is beyond it makes no
-    update, training stops there and the policy goes back to its weights at the last batch within the bound (as
-    ``dpo.max_kl``). null = no bound: the KL controller's penalty alone holds
-    the policy. 5.0 leaves 1 nat below the gate's default ``gate.max_kl`` (6) (docs/optimisers.md)."""
+    update, training stops there and the policy goes back to its weights at the last batch within the bound; the
+    last step's update is measured on samples of its own (as ``dpo.max_kl``). null = no bound: the KL controller's
+    penalty alone holds the policy. 5.0 leaves 1 nat below the gate's default ``gate.max_kl`` (6)
+    (docs/optimisers.md)."""
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,9 @@ class GRPOConfig:
     max_kl: float | None = 5.0
     """Bound on the KL to the reference (the parent), in nats per reply: the mean summed k1 of each step's own
     samples (the batch's ``objective/kl``, measured before the update); a step whose batch is beyond it makes no
-    update, training stops there and the policy goes back to its weights at the last batch within the bound (as
-    ``dpo.max_kl``). null = no bound: ``kl_coef`` alone holds the policy.
-    5.0 leaves 1 nat below the gate's default ``gate.max_kl`` (6) (docs/optimisers.md)."""
+    update, training stops there and the policy goes back to its weights at the last batch within the bound; the
+    last step's update is measured on samples of its own (as ``dpo.max_kl``). null = no bound: ``kl_coef`` alone
+    holds the policy. 5.0 leaves 1 nat below the gate's default ``gate.max_kl`` (6) (docs/optimisers.md)."""
 
 
 @dataclass(frozen=True)
@@ -107,9 +108,9 @@ class OnlineDPOConfig:
     max_kl: float | None = 5.0
     """Bound on the KL to the reference (the parent), in nats per reply: the mean summed k1 of each step's own
     samples (the batch's ``objective/kl``, measured before the update); a step whose batch is beyond it makes no
-    update, training stops there and the policy goes back to its weights at the last batch within the bound (as
-    ``dpo.max_kl``). null = no bound: ``beta`` alone holds the policy.
-    5.0 leaves 1 nat below the gate's default ``gate.max_kl`` (6) (docs/optimisers.md)."""
+    update, training stops there and the policy goes back to its weights at the last batch within the bound; the
+    last step's update is measured on samples of its own (as ``dpo.max_kl``). null = no bound: ``beta`` alone holds
+    the policy. 5.0 leaves 1 nat below the gate's default ``gate.max_kl`` (6) (docs/optimisers.md)."""
 
 
 @dataclass(frozen=True)
@@ -122,9 +123,10 @@ class BoNSFTConfig:
     epochs: int = 2
     """Supervised passes over each step's best replies."""
     max_kl: float | None = 5.0
-    """Bound on the KL to the parent (nats per reply, k1 on the policy's own samples, measured on each step's
-    batch before the update): a step whose samples are further away makes no update, training stops there and the
-    policy goes back to its weights at the last batch within the bound (as ``grpo.max_kl``). null = no bound."""
+    """Bound on the KL to the parent (nats per reply, k1 on the policy's own samples, measured on each step's batch
+    before the update): a step whose samples are further away makes no update, training stops there and the policy
+    goes back to its weights at the last batch within the bound; the last step's update is measured on samples of
+    its own (as ``grpo.max_kl``). null = no bound."""
 
 
 @dataclass(frozen=True)
@@ -329,6 +331,12 @@ class PolicyConfig:
         return {"rloo": self.rloo.k, "grpo": self.grpo.k, "bon_sft": self.bon_sft.n, "dpo": 2, "online_dpo": 2}.get(
             self.algorithm, 1
         )
+
+    @property
+    def controller_kl_target(self) -> float | None:
+        """The KL the adaptive controller steers toward (``kl_target``), for the optimisers whose KL penalty it sets
+        (PPO, RLOO); None for the others (GRPO's ``kl_coef`` and DPO's ``beta`` are fixed) or without it."""
+        return self.kl_target if self.adaptive_kl and self.algorithm in ("ppo", "rloo") else None
 
     @property
     def grad_accumulation(self) -> int | None:

@@ -565,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     if candidate is None:
         print("evaluate: no exported policy (metrics/ppo.json); run the ppo stage first", file=sys.stderr)
         return 2
-    kl_target = policy.kl_target if policy.adaptive_kl else None
+    kl_target = policy.controller_kl_target
     progress = log_progress(log, "evaluate batch")
     demo_task = load_section(SeedingConfig, "seeding", args.params).demo_task
     try:

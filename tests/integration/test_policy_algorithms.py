@@ -248,6 +248,31 @@ def test_online_optimisers_stop_at_their_kl_bound(tmp_path, algorithm):
     assert [r["step"] for r in rest] == [1, 2, 3] and "kl_bound/stopped" not in rest[-1]
 
 
+def test_an_online_optimisers_last_update_is_measured_too(tmp_path):
+    """No batch follows the last step, so after it the policy samples replies of its own to measure the bound: here
+    the one step's batch (the parent's samples) is within it and the trained policy's samples are not, so the policy
+    goes back to the parent's weights; without a bound the same step trains and stays."""
+    for root in (tmp_path / "a", tmp_path / "b"):
+        root.mkdir()
+        (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    scored = {"reward_model": "builtin:count:e", "steps": 1, "max_new_tokens": 6, "save_every": 1}
+
+    def params(max_kl: float | None) -> dict:
+        return policy_params("grpo", **scored, grpo={"max_kl": max_kl})
+
+    bounded = run(params(1e-3), tmp_path / "a", export=False)
+    (row,) = bounded.metrics
+    assert row["objective/kl"] <= 1e-3 < row["kl_bound/sampled_kl"] and row["kl_bound/stopped"] == 1.0
+    assert row["kl_bound/kept_step"] == 0 and row["policy/minibatches"] >= 1  # the step trained, then was undone
+    free = run(params(None), tmp_path / "b", export=False)
+    parent = dict(run(params(None), tmp_path / "b", stop_after=0, export=False).actor_critic.named_parameters())
+    trained = dict(free.actor_critic.named_parameters())
+    for n, p in bounded.actor_critic.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(parent[n], p), n
+    assert any(not torch.equal(trained[n], p) for n, p in parent.items() if p.requires_grad)
+
+
 def test_offline_dpo_without_the_no_grad_policy_pass_trains_the_same(trained_project, tmp_path, monkeypatch):
     """Offline DPO's loss reads the fresh and the reference log-probs only, so the loop skips the no-grad policy
     pass and logs KL and entropy from the update's first pass: same losses, same weights, and (one minibatch a

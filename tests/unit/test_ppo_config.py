@@ -121,3 +121,14 @@ def test_the_old_section_name_ppo_is_read_as_policy_with_a_warning(caplog):
         params_from_dict({"ppo": {}, "policy": {}})
     with pytest.raises(ConfigError, match="now called 'policy'"):
         load_section(PolicyConfig, "ppo", {"policy": {}})
+
+
+def test_the_kl_target_is_reported_only_where_a_controller_uses_it():
+    def cfg(**policy: object) -> PolicyConfig:
+        return load_section(PolicyConfig, "policy", {"policy": policy})
+
+    assert cfg(algorithm="ppo").controller_kl_target == cfg().kl_target == 4.0
+    assert cfg(algorithm="rloo", kl_target=6.0).controller_kl_target == 6.0
+    assert cfg(algorithm="ppo", adaptive_kl=False).controller_kl_target is None
+    for algorithm in ("grpo", "dpo", "online_dpo", "bon_sft"):  # fixed coefficients, or no KL penalty
+        assert cfg(algorithm=algorithm).controller_kl_target is None, algorithm

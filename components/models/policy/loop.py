@@ -381,17 +381,23 @@ class PolicyTrainer:
     def check_kl_bound(self, batch_kl: float | None = None) -> bool:
         """The KL bound on the policy's own samples (``algo.kl_bound``); beyond ``max_kl``, stop: the loop runs no
         further step. With ``batch_kl`` (step 4, before the update; a bound without ``prompts``): the step's batch
-        is the measurement, and the step makes no update. Without (after step 6; a bound with ``prompts``): every
-        ``every`` steps and after the last, a measurement of its own. Within the bound, the weights measured are
-        kept (:meth:`keep_within`); beyond it, the kept ones are put back. Returns whether this call stopped
+        is the measurement, and the step makes no update. Without (after step 6): with ``prompts``, every ``every``
+        steps and after the last, a measurement of its own; without (no batch follows the last step), after the last
+        step only, on one sample to each of ``batch_size`` training prompts. Within the bound, the weights measured
+        are kept (:meth:`keep_within`); beyond it, the kept ones are put back. Returns whether this call stopped
         training."""
         bound = self.algo.kl_bound
         on_batch = batch_kl is not None
-        if bound is None or (bound.prompts is None) != on_batch:
+        if bound is None or (on_batch and bound.prompts is not None):
             return False
+        last = self.step >= self.cfg.steps
         if on_batch:
             self.bounded_kl, step, what = batch_kl, self.step + 1, "this step's batch, its update skipped"
-        elif self.step % bound.every and self.step < self.cfg.steps:
+        elif bound.prompts is None:
+            if not last:
+                return False
+            self.bounded_kl, step, what = self.sampled_kl(self.cfg.batch_size), self.step, "samples after the last step"
+        elif self.step % bound.every and not last:
             return False
         else:
             self.bounded_kl, step, what = self.sampled_kl(bound.prompts), self.step, "samples after this step"

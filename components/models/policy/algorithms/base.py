@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class KLBound:
     """A bound on the KL to the reference (nats per reply, mean summed k1) measured on the policy's own samples;
-    once a measurement exceeds ``max_kl`` the loop stops training (no further update, a checkpoint there)."""
+    once a measurement exceeds ``max_kl`` the loop stops training (no further update), puts back the weights of the
+    last measurement within the bound and checkpoints there."""
 
     max_kl: float
     every: int = 1
@@ -35,7 +36,8 @@ class KLBound:
     prompts: int | None = None
     """Training prompts a measurement samples one reply each to, after every ``every``-th step (offline DPO, whose
     batches are not the policy's samples). None: the step's own batch measures it, before the step's update (the
-    online optimisers sample it anyway); a batch beyond the bound gets no update."""
+    online optimisers sample it anyway); a batch beyond the bound gets no update; after the last step, which no
+    batch follows, one sample to each of ``batch_size`` training prompts measures it."""
 
 
 @dataclass
