@@ -364,6 +364,7 @@ class PolicyTrainer:
         return self.mean_kl(batch)
 
     def _trainable(self) -> dict[str, torch.Tensor]:
+        """The parameters training changes (LoRA adapters, or every weight), by name."""
         return {n: p for n, p in self.unwrapped.named_parameters() if p.requires_grad}
 
     def keep_within(self) -> None:
@@ -558,7 +559,8 @@ class PolicyTrainer:
             self.kl_ctl.update(mean_kl, n_steps=cfg.batch_size * acc.num_processes)
             self.step += 1
             steps_run += 1
-            # A KL bound measured on samples of its own (offline DPO's max_kl): every few steps; beyond it, stop.
+            # A KL bound measured on samples of its own (offline DPO's max_kl every few steps; any bound after the
+            # last step, which no batch follows): beyond it, back to the last weights within it, and stop.
             if not self.stopped:
                 self.check_kl_bound()
             t5 = self._clock()
@@ -609,7 +611,7 @@ class PolicyTrainer:
             row["kl_bound/sampled_kl"] = self.bounded_kl
             row["kl_bound/stopped"] = float(self.stopped)
             row["time/kl_bound"] = t[5] - t[4]
-            if self.stopped and self.within is not None:  # the weights the policy went back to
+            if self.stopped:  # the weights the policy went back to (kept whenever a bound is set)
                 row["kl_bound/kept_step"] = float(self.within.step)
                 row["kl_bound/kept_kl"] = self.within.kl
         row.update(
@@ -631,7 +633,7 @@ class PolicyTrainer:
     # -- 8. checkpoint / resume --------------------------------------------------------------
 
     def _save(self, root: Path) -> None:
-        trainable = {n: p.detach().cpu() for n, p in self.unwrapped.named_parameters() if p.requires_grad}
+        trainable = {n: p.detach().cpu() for n, p in self._trainable().items()}
         save_checkpoint(
             root,
             step=self.step,
