@@ -184,6 +184,36 @@ def test_version_comparisons_give_the_first_versions_outcome_and_skip_same_versi
     assert [r["outcome"] for r in store.version_comparisons("champ", "cand")] == ["loss", "win", "tie"]
 
 
+def test_opening_waits_for_another_connection_holding_a_fresh_sqlite_file(tmp_path):
+    """Switching a file to WAL needs it to itself, and SQLite refuses that at once (no busy wait) while another
+    connection is writing to it (as a racing opener does): the opener must wait, as it waits for any other lock."""
+    import sqlite3
+    import threading
+    import time
+
+    path = tmp_path / "live" / "served.sqlite"
+    path.parent.mkdir(parents=True)
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE held (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    released = threading.Event()
+
+    def release() -> None:
+        time.sleep(0.5)
+        holder.execute("COMMIT")
+        holder.close()
+        released.set()
+
+    threading.Thread(target=release).start()
+    store = open_store(path)
+    assert released.is_set()
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    store.log_outputs([out("a")])
+    assert store.get("a").reply == "Sorry to hear that."
+    store.close()
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_openers_racing_on_a_fresh_store_all_get_it(backend, request, tmp_path):
     """Several openers of one fresh store race to create its tables; each must end up with a working store."""
