@@ -25,23 +25,25 @@ from flows.retrain import retrain
 
 
 @task(name="start-service", cache_policy=NO_CACHE)
-def start_service(root: str, params: str, port: int | None = None) -> dict[str, Any]:
-    """``bentoml serve`` of the project's champion on a loopback port with a fresh API token and a rater token for
-    the simulated users; ready when done."""
+def start_service(root: str, params: str, port: int | None = None, raters: int = 1) -> dict[str, Any]:
+    """``bentoml serve`` of the project's champion on a loopback port with a fresh API token and ``raters`` rater
+    tokens for the simulated users (one per concurrent user); ready when done."""
     from components.common.service_process import start_service as start
 
-    return asdict(start(Path(root), Path(params), port=port))
+    return asdict(start(Path(root), Path(params), port=port, simulated_raters=raters))
 
 
 @task(name="simulated-users", cache_policy=NO_CACHE)
-def simulated_users(root: str, url: str, token: str, users: int, clients: int, max_tokens: int) -> dict[str, Any]:
-    """``users`` prompts of the project's training pool asked ``clients`` at a time; each reply rated, the better
-    of two chosen, over HTTP."""
+def simulated_users(
+    root: str, url: str, tokens: list[str], users: int, clients: int, max_tokens: int
+) -> dict[str, Any]:
+    """``users`` prompts of the project's training pool asked ``clients`` at a time, each client a rater with a
+    token of its own; each reply rated, the better of two chosen, over HTTP."""
     from components.demo_task.traffic import simulate_users, traffic_prompts
     from components.project.paths import ProjectPaths
 
     prompts, progress = traffic_prompts(ProjectPaths(Path(root)), users), task_progress("simulated-users")
-    done = simulate_users(url, prompts, token=token, clients=clients, max_tokens=max_tokens, progress=progress)
+    done = simulate_users(url, prompts, tokens=tokens, clients=clients, max_tokens=max_tokens, progress=progress)
     return asdict(done)
 
 
@@ -94,15 +96,15 @@ def demo(
     champion against the base."""
     params = params or str(Path(project) / "params.yaml")
     rounds = [retrain(project=project, params=params, seed_if_empty=True, label="round 1")]
-    service = start_service(project, params, port)
+    service = start_service(project, params, port, raters=clients)
     try:
         first_served = served_version(service["url"])
-        traffic = simulated_users(project, service["url"], service["rater_token"], users, clients, max_tokens)
+        traffic = simulated_users(project, service["url"], service["rater_tokens"], users, clients, max_tokens)
         rounds.append(retrain(project=project, params=params, label="round 2", service_url=service["url"]))
         served_after = served_version(service["url"])
     finally:
         stop_service(service)
     final = champion_vs_base(project, params)
-    public = {k: v for k, v in service.items() if k not in ("token", "rater_token")}
+    public = {k: v for k, v in service.items() if k not in ("token", "rater_tokens")}
     served = public | {"first": first_served, "last": served_after}
     return {"rounds": rounds, "traffic": traffic, "service": served, "champion_vs_base": final}

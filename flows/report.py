@@ -87,9 +87,18 @@ def _pool(pool: dict[str, Any]) -> str | None:
     return f"{pool['train']} / {pool['heldout']} ({(pool.get('by_source') or {}).get('served', 0)} served)"
 
 
+RATERS_SHOWN = 4
+"""Raters a round's row names one by one; the rest are summed (``rlhf audit`` lists every one)."""
+
+
 def _raters(raters: dict[str, Any]) -> str | None:
-    by_rater = raters.get("by_rater") or {}
-    return ", ".join(f"{n} {c['ratings']} / {c['pairs']}" for n, c in by_rater.items()) or None
+    by_rater = list((raters.get("by_rater") or {}).items())
+    shown = [f"{n} {c['ratings']} / {c['pairs']}" for n, c in by_rater[:RATERS_SHOWN]]
+    rest = by_rater[RATERS_SHOWN:]
+    if rest:
+        ratings, pairs = sum(c["ratings"] for _, c in rest), sum(c["pairs"] for _, c in rest)
+        shown.append(f"{len(rest)} more {ratings} / {pairs}")
+    return ", ".join(shown) or None
 
 
 def _agreement(raters: dict[str, Any]) -> str | None:

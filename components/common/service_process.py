@@ -38,8 +38,9 @@ class ServiceProcess:
     """The ``bentoml serve`` process; also its process group."""
     log: str
     """Its output."""
-    rater_token: str = ""
-    """A rater token for simulated users (rater ``SIMULATED_RATER``), made when the service starts."""
+    rater_tokens: tuple[str, ...] = ()
+    """Rater tokens for simulated users (raters ``simulated-user-1`` .. ``-N``, :func:`simulated_rater_tokens`),
+    made when the service starts: one per concurrent simulated user, as each person rates with their own."""
     grace_s: int = 30
     """Seconds its requests in flight get after SIGTERM (``serve.shutdown_grace_s``)."""
 
@@ -50,11 +51,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_service(root: Path, params: Path, *, port: int | None = None, timeout_s: float = 180.0) -> ServiceProcess:
-    """Start the service for the project at ``root`` on ``port`` (default: a free one) and wait until ready."""
+def start_service(
+    root: Path, params: Path, *, port: int | None = None, timeout_s: float = 180.0, simulated_raters: int = 1
+) -> ServiceProcess:
+    """Start the service for the project at ``root`` on ``port`` (default: a free one) and wait until ready, with
+    ``simulated_raters`` fresh rater tokens for simulated users."""
     port = port or free_port()
     token = secrets.token_urlsafe(24)
-    rater_token = simulated_rater_token(Path(root))
+    rater_tokens = tuple(simulated_rater_tokens(Path(root), simulated_raters))
     out_file = Path(root) / "live" / f"serve-{port}.log"
     out_file.parent.mkdir(parents=True, exist_ok=True)
     env = {
@@ -69,7 +73,7 @@ def start_service(root: Path, params: Path, *, port: int | None = None, timeout_
     cmd += ["--port", str(port), "--timeout-graceful-shutdown", str(grace_s)]
     with out_file.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    service = ServiceProcess(f"http://127.0.0.1:{port}", token, proc.pid, str(out_file), rater_token, grace_s)
+    service = ServiceProcess(f"http://127.0.0.1:{port}", token, proc.pid, str(out_file), rater_tokens, grace_s)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -83,19 +87,25 @@ def start_service(root: Path, params: Path, *, port: int | None = None, timeout_
     raise RuntimeError(f"bentoml serve was not ready after {timeout_s:.0f} s; see {out_file}")
 
 
-SIMULATED_RATER = "simulated-users"
-"""The rater the demo's simulated users rate as."""
+SIMULATED_RATER = "simulated-user"
+"""The name prefix of the demo's simulated users as raters: ``simulated-user-1``, ``simulated-user-2``, ..."""
 
 
-def simulated_rater_token(root: Path) -> str:
-    """A fresh rater token for ``SIMULATED_RATER`` in the project's raters file (an earlier one is revoked)."""
+def simulated_rater_tokens(root: Path, n: int) -> list[str]:
+    """Fresh rater tokens for ``n`` simulated users (``simulated-user-1`` .. ``-n``) in the project's raters file;
+    earlier simulated users' tokens are revoked. One token per simulated person, so each gets the per-rater rate
+    limit (``serve.rate_limit_per_minute``) a real rater gets, and the report counts them as the people they
+    stand for."""
     from components.data.raters import add_rater, load_raters, raters_file, revoke_rater
     from components.project.paths import ProjectPaths
 
+    if n < 1:
+        raise ValueError(f"simulated raters must be >= 1, got {n}")
     path = raters_file(ProjectPaths(root).live)
-    if SIMULATED_RATER in load_raters(path):
-        revoke_rater(path, SIMULATED_RATER)
-    return add_rater(path, SIMULATED_RATER)
+    for name in load_raters(path):
+        if name.startswith(SIMULATED_RATER):  # also "simulated-users", the one shared rater of older demos
+            revoke_rater(path, name)
+    return [add_rater(path, f"{SIMULATED_RATER}-{i}") for i in range(1, n + 1)]
 
 
 def served_version(url: str) -> str | None:

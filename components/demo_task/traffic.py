@@ -4,7 +4,9 @@ Each simulated user takes a prompt, asks the service for two replies (through th
 ``/v1/chat/completions`` with ``n=2`` for even-numbered prompts, through two ``/generate`` calls for odd ones),
 and the gold annotator plays the rater: a 1..5 rating of each reply and, when their gold scores differ by at
 least ``min_gap``, a pairwise choice of the better one, all sent through ``POST /feedback`` with their rater
-token. A 429 (the token's rate limit) is waited out as its ``Retry-After`` says.
+token: one token per concurrent user (the demo registers ``simulated-user-1`` .. ``-N``, one per client), so
+each stands for one person with that person's rate limit. A 429 (the token's rate limit) is waited out as its
+``Retry-After`` says.
 Nothing here touches the store directly: everything the next round learns went through HTTP.
 """
 
@@ -101,19 +103,23 @@ def simulate_users(
     base_url: str,
     prompts: Sequence[str],
     *,
-    token: str | None,
+    tokens: Sequence[str],
     clients: int = 4,
     max_tokens: int = 32,
     min_gap: float = 0.05,
     seed: int = 0,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> TrafficResult:
-    """``clients`` users at once, one prompt each at a time, until every prompt was asked and rated."""
+    """``clients`` users at once, one prompt each at a time, until every prompt was asked and rated; prompt ``i``
+    is asked and rated with ``tokens[i % len(tokens)]`` (no tokens: without one, as on an open service)."""
     t0 = time.perf_counter()
     done: list[dict] = []
     errors: list[str] = []
     with ThreadPoolExecutor(max_workers=clients) as pool:
-        futures = [pool.submit(_user, base_url, token, p, i, max_tokens, min_gap, seed) for i, p in enumerate(prompts)]
+        futures = [
+            pool.submit(_user, base_url, tokens[i % len(tokens)] if tokens else None, p, i, max_tokens, min_gap, seed)
+            for i, p in enumerate(prompts)
+        ]
         for n, fut in enumerate(futures, 1):
             try:
                 done.append(fut.result())

@@ -115,6 +115,18 @@ def test_demo_runs_two_rounds_through_the_flow_and_the_service(prefect_api, tmp_
     trail = json.loads(audit.output)
     assert trail["feedback"]["served_ids"]["count"] >= 2
     assert set(trail["feedback"]["by_source"]["ratings"]) == {"served"}
+    # each of the 3 concurrent simulated users rated with a token of their own, so the store names 3 raters
+    import sqlalchemy as sa
+
+    from components.data.served_store import open_store, ratings
+
+    store = open_store(paths.served_store)
+    with store.engine.connect() as conn:
+        query = sa.select(ratings.c.annotator, sa.func.count()).group_by(ratings.c.annotator)
+        raters = dict(conn.execute(query).all())
+    store.close()
+    assert sorted(raters) == ["simulated-user-1", "simulated-user-2", "simulated-user-3"], raters
+    assert sum(raters.values()) == 20  # 10 prompts x 2 replies, every reply rated once
     assert (
         "demo-seed" in trail["feedback"]["by_source"]["pairs"] and "served" in trail["feedback"]["by_source"]["pairs"]
     )

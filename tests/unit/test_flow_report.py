@@ -72,6 +72,15 @@ def test_metric_rows_show_counts_interval_and_decision():
     assert (rows["decision"], rows["champion"]) == ("rejected", "v1")
 
 
+def test_many_raters_are_named_up_to_four_and_the_rest_summed():
+    by_rater = {f"simulated-user-{i}": {"ratings": 10 + i, "pairs": i} for i in range(1, 9)}
+    rows = {r["figure"]: r["value"] for r in metric_rows({**SUMMARY, "raters": {"by_rater": by_rater}})}
+    assert rows["raters (ratings / pairs each)"] == (
+        "simulated-user-1 11 / 1, simulated-user-2 12 / 2, simulated-user-3 13 / 3, simulated-user-4 14 / 4, "
+        "4 more 66 / 26"
+    )
+
+
 def test_rows_before_any_evaluation_say_so():
     rows = {r["figure"]: r["value"] for r in metric_rows({"training": {"ran": []}, "decision": "unchanged"})}
     assert rows["training stages run"] == "none (up to date)" and rows["policy steps run"] == "-"

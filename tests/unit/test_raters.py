@@ -60,11 +60,19 @@ def test_the_admin_token_is_stored_hashed_beside_the_raters_and_rotates(tmp_path
     assert book.name_of(second) == "admin" and sorted(load_raters(path)) == []
 
 
-def test_the_demo_gives_its_simulated_users_a_fresh_rater_token(tmp_path):
-    from components.common.service_process import SIMULATED_RATER, simulated_rater_token
+def test_the_demo_gives_each_simulated_user_a_fresh_rater_token(tmp_path):
+    from components.common.service_process import simulated_rater_tokens
 
-    book = RaterBook(raters_file(tmp_path / "live"))
-    first = simulated_rater_token(tmp_path)
-    assert book.name_of(first) == SIMULATED_RATER
-    second = simulated_rater_token(tmp_path)  # a new demo run: the earlier token is revoked
-    assert (book.name_of(first), book.name_of(second)) == (None, SIMULATED_RATER)
+    path = raters_file(tmp_path / "live")
+    add_rater(path, "simulated-users")  # the one shared rater of older demos
+    add_rater(path, "alice")
+    book = RaterBook(path)
+    first = simulated_rater_tokens(tmp_path, 3)
+    assert [book.name_of(t) for t in first] == ["simulated-user-1", "simulated-user-2", "simulated-user-3"]
+    assert sorted(load_raters(path)) == ["alice", "simulated-user-1", "simulated-user-2", "simulated-user-3"]
+    second = simulated_rater_tokens(tmp_path, 2)  # a new demo run: every earlier simulated user's token is revoked
+    assert [book.name_of(t) for t in first] == [None, None, None]
+    assert [book.name_of(t) for t in second] == ["simulated-user-1", "simulated-user-2"]
+    assert sorted(load_raters(path)) == ["alice", "simulated-user-1", "simulated-user-2"]  # a person stays
+    with pytest.raises(ValueError, match=">= 1"):
+        simulated_rater_tokens(tmp_path, 0)
