@@ -86,8 +86,8 @@ def champion_vs_base(root: str, params: str) -> dict[str, Any]:
 def demo(
     project: str,
     params: str | None = None,
-    users: int = 48,
-    clients: int = 8,
+    users: int = 96,
+    clients: int = 16,
     max_tokens: int = 32,
     port: int | None = None,
 ) -> dict[str, Any]:

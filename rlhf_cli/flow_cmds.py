@@ -304,8 +304,8 @@ def demo(
         Path | None,
         typer.Option(help="Run in this project (made as rlhf init makes one if missing); default: a demo/ folder."),
     ] = None,
-    users: Annotated[int, typer.Option(help="Prompts the simulated users ask (two replies each, all rated).")] = 48,
-    clients: Annotated[int, typer.Option(help="Simulated users sending requests at the same time.")] = 8,
+    users: Annotated[int, typer.Option(help="Prompts the simulated users ask (two replies each, all rated).")] = 96,
+    clients: Annotated[int, typer.Option(help="Simulated users sending requests at the same time.")] = 16,
     max_tokens: Annotated[int, typer.Option(help="Reply length (tokens) the simulated users ask for.")] = 32,
 ) -> None:
     """The whole loop, twice, as the ``demo`` flow: round 1 (seed -> ... -> promote), the service with simulated
