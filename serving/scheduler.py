@@ -106,9 +106,11 @@ def _visible(tok: Any, tokens: Sequence[int], stop: Sequence[str], final: bool) 
     """The reply text that can be shown now, and whether a stop string was found.
 
     Final text is the decoded reply without special tokens, cut before the first stop string, stripped (as
-    ``generate_rows`` does). Before the end, also hold back what may still change.
+    ``generate_rows`` does), without NUL characters (a byte token can decode to one; no reply needs it, and
+    PostgreSQL text cannot store it, so the store would refuse the reply). Before the end, also hold back what
+    may still change.
     """
-    text = tok.decode(list(tokens), skip_special_tokens=True).lstrip()
+    text = tok.decode(list(tokens), skip_special_tokens=True).replace("\x00", "").lstrip()
     cuts = [text.find(s) for s in stop if s and s in text]
     if cuts:
         return text[: min(cuts)].rstrip(), True

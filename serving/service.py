@@ -188,6 +188,12 @@ def _bad(message: str) -> BadInput:
     return BadInput(message)
 
 
+def _no_nul(text: str, what: str) -> None:
+    """400 for a NUL character: no prompt or comment needs one, and PostgreSQL text cannot store it."""
+    if "\x00" in text:
+        raise _bad(f"{what} contains a NUL character (\\u0000), which text fields cannot store: remove it")
+
+
 class Conflict(BentoMLException):
     """409: the request contradicts what is stored (a rater judging the same output twice, differently)."""
 
@@ -520,6 +526,7 @@ class RLHFService:
     def _check_text(self, text: str, what: str) -> None:
         if not text.strip():
             raise _bad(f"{what} is empty: send some text")
+        _no_nul(text, what)
         if len(text) > self.cfg.max_prompt_chars:
             raise _bad(f"{what} has {len(text)} characters; the limit is {self.cfg.max_prompt_chars}: shorten it")
 
@@ -597,6 +604,9 @@ class RLHFService:
         as_pair = chosen_id is not None or rejected_id is not None
         if as_rating == as_pair:
             raise _bad('send either {"id", "rating"} (a rating) or {"chosen_id", "rejected_id"} (a pair)')
+        for name, value in (("id", id), ("comment", comment), ("chosen_id", chosen_id), ("rejected_id", rejected_id)):
+            if value is not None:
+                _no_nul(value, name)
         try:
             if as_rating:
                 if id is None or rating is None:
@@ -721,6 +731,7 @@ class RLHFService:
         if len(req.messages) > cfg.max_messages:
             raise _bad(f"{len(req.messages)} messages; the limit is {cfg.max_messages}: drop older turns")
         for i, m in enumerate(req.messages):
+            _no_nul(m.content, f"messages[{i}].content")
             if len(m.content) > cfg.max_prompt_chars:
                 raise _bad(
                     f"messages[{i}].content has {len(m.content)} characters; the limit is {cfg.max_prompt_chars}"

@@ -144,6 +144,8 @@ def test_rating_is_stored_once_and_unknown_id_is_404(api, store):
     assert [(r["rating"], r["comment"]) for r in rows] == [(4, "polite")]
     r = api.post("/feedback", json={"id": "out-nope", "rating": 3}, headers=AUTH)
     assert r.status_code == 404 and "out-nope" in r.text
+    nul = api.post("/feedback", json={"id": gen(api)["id"], "rating": 3, "comment": "a\u0000b"}, headers=AUTH)
+    assert nul.status_code == 400 and "NUL" in nul.text  # PostgreSQL text cannot store it: refused, not a 5xx
 
 
 def test_pairs_need_the_same_prompt(api, store):
@@ -182,6 +184,7 @@ BAD_GENERATE = [
     ({"prompt": "x", "max_new_tokens": 100000}, "max_new_tokens"),
     ({"prompt": "x", "temperature": -1}, "temperature"),
     ({"prompt": "x", "temperature": "hot"}, "temperature"),
+    ({"prompt": "my order\u0000 is late"}, "NUL"),  # PostgreSQL text cannot store it: refused, not a 5xx
 ]
 
 
@@ -202,6 +205,7 @@ BAD_CHAT = [
     ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5000}, "max_tokens"),
     ({"messages": [{"role": "user", "content": "hi"}], "temperature": 3}, "temperature"),
     ({"messages": "hi"}, "messages"),
+    ({"messages": [{"role": "user", "content": "hi\u0000"}]}, "NUL"),
 ]
 
 

@@ -230,3 +230,15 @@ def test_a_burst_is_prefilled_in_passes_each_getting_its_first_token_before_the_
     assert [(g.result.text, g.result.finish_reason) for g in got] == [(e.text, e.finish_reason) for e in expected]
     assert started == [[False] * 6, [True] * 2 + [False] * 4, [True] * 4 + [False] * 2]
     assert {g.row.peak_rows for g in got} == {6}  # then all six decode together
+
+
+def test_replies_never_carry_a_nul_character(tiny):
+    """A byte token can decode to NUL; the reply shown, streamed and stored leaves it out (PostgreSQL text cannot
+    hold it, so the store would refuse the whole reply)."""
+    from serving.scheduler import _visible
+
+    _, tok = tiny
+    ids = tok.encode("a\x00b. c", add_special_tokens=False)
+    assert "\x00" in tok.decode(ids)
+    assert _visible(tok, ids, [], final=True) == ("ab. c", False)
+    assert _visible(tok, ids[:3], [], final=False) == ("ab", False)
