@@ -177,6 +177,10 @@ class ExportResult:
     """Distinct prompts of the outputs served since the last export, rated or not (``prompts.jsonl``)."""
 
 
+BUSY_TIMEOUT_S = 30
+"""How long a SQLite connection waits for another one's lock (the busy timeout, and the switch to WAL)."""
+
+
 def default_url(path: Path) -> str:
     return f"sqlite:///{Path(path).resolve()}"
 
@@ -213,7 +217,7 @@ class ServedStore:
             if db and db != ":memory:":
                 Path(db).parent.mkdir(parents=True, exist_ok=True)
             self.engine: Engine = sa.create_engine(
-                url, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=True
+                url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_S}, pool_pre_ping=True
             )
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
@@ -535,14 +539,14 @@ class _NullLock:
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
     _wal(cur)
     cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
 
 
-def _wal(cur: Any, wait_s: float = 30.0) -> None:
+def _wal(cur: Any, wait_s: float = BUSY_TIMEOUT_S) -> None:
     """Switch the file to WAL (a setting the file keeps). The switch needs the file to itself and SQLite answers
     "database is locked" at once, without its busy wait, while another connection holds it (openers racing on a
     fresh store), so wait here as the busy timeout would."""
