@@ -4,8 +4,8 @@
     python -m bench eval_stage --model tiny --max-prompts 2 --out /tmp/eval.json    # quick check
 
 The candidate is a copy of the base policy and the reward model the backbone with an untrained head (the cost
-does not depend on the weights): 40 held-out prompts x 2 samples x 2 models, 32 new tokens each, plus the
-candidate's KL forward passes and reward-model scoring. Writes ``bench/results/eval_cpu.json``.
+does not depend on the weights): the demo's 52 held-out prompts x 4 samples x 2 models, 32 new tokens each,
+plus the candidate's KL to the base and reward-model scoring. Writes ``bench/results/eval_cpu.json``.
 """
 
 from __future__ import annotations

@@ -173,6 +173,7 @@ def compare(
         _sample_and_score,
         _summary,
         _verdict_lines,
+        eval_batches,
         eval_judge,
         judge_samples,
         judged_win_rate,
@@ -213,7 +214,7 @@ def compare(
         "b": None if identical else replayed_samples(paths, pb.path, prompts, cfg, model, device, reward),
     }
     to_sample = (replay["a"] is None) + (not identical and replay["b"] is None)
-    total = max(1, to_sample * cfg.samples_per_prompt * -(-len(prompts) // cfg.batch_size))
+    total = max(1, to_sample * eval_batches(len(prompts), cfg))
     done = [0]
 
     def tick() -> None:

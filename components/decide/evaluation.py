@@ -53,14 +53,21 @@ def sequence_kl(
     response_ids: torch.Tensor,
     response_mask: torch.Tensor,
     temperature: float,
+    policy_logits: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Summed k1 log-ratio of each sampled response under policy vs reference; shape (B,)."""
+    """Summed k1 log-ratio of each sampled response under policy vs reference; shape (B,).
+
+    ``policy_logits`` (B, R, V): the raw logits that sampled the response (``generate(return_internals=True)``),
+    used instead of a second policy forward, as PPO's rollout uses them. The same model as reference: 0."""
+    if reference is policy:
+        return torch.zeros(response_ids.shape[0], device=response_ids.device)
     ids = torch.cat([query_ids, response_ids], dim=1)  # shape: (B, P+R)
     mask = torch.cat([query_mask, response_mask], dim=1)  # shape: (B, P+R)
     r = response_ids.shape[1]
-    pol = reply_logits_shared(policy, ids, mask, r)  # shape: (B, R, V); the shared system prompt once
-    ref = reply_logits_shared(reference, ids, mask, r)  # shape: (B, R, V)
+    pol = policy_logits if policy_logits is not None else reply_logits_shared(policy, ids, mask, r)  # (B, R, V)
     logp = ppo_math.chunked_logprobs(pol, response_ids, temperature)[0]  # shape: (B, R)
+    del pol, policy_logits
+    ref = reply_logits_shared(reference, ids, mask, r)  # shape: (B, R, V); the shared system prompt once
     ref_logp = ppo_math.chunked_logprobs(ref, response_ids, temperature)[0]  # shape: (B, R)
     return (ppo_math.kl_per_token(logp, ref_logp, "k1") * response_mask).sum(dim=1)  # shape: (B,)
 
@@ -149,6 +156,17 @@ class _Samples:
     kl: list[list[float]]
 
 
+def eval_batches(prompts: int, cfg: EvalConfig) -> int:
+    """How many generation batches :func:`_sample_and_score` runs for one model."""
+    return -(-prompts // prompts_per_batch(cfg))
+
+
+def prompts_per_batch(cfg: EvalConfig) -> int:
+    """Prompts in one batch: every sample of a prompt is in its batch (one encoding of the prompt, its KV cache
+    copied), about ``cfg.batch_size`` replies in all."""
+    return max(1, cfg.batch_size // cfg.samples_per_prompt)
+
+
 def _sample_and_score(
     policy: PreTrainedModel,
     reference: PreTrainedModel | None,
@@ -160,35 +178,41 @@ def _sample_and_score(
     on_batch: Callable[[], None],
     static_cache: StaticCacheMode = "auto",
 ) -> _Samples:
+    """``cfg.samples_per_prompt`` replies to each prompt, a batch of prompts at a time with all their samples;
+    a batch is seeded with ``cfg.seed`` plus the index of its first prompt, so two models draw sample k of a prompt
+    from the same random numbers. With ``reference``: each reply's KL to it, from the logits that sampled it."""
+    k_n, step = cfg.samples_per_prompt, prompts_per_batch(cfg)
+    flat: dict[str, list] = {"texts": [], "reward": [], "tokens": [], "ended": [], "kl": []}  # prompt-major
+    for start in range(0, len(prompts), step):
+        chunk = prompts[start : start + step]
+        gen = generate(
+            policy,
+            tok,
+            chunk,
+            system=system,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            generator_seed=cfg.seed + start,
+            samples_per_prompt=k_n,
+            return_internals=reference is not None and reference is not policy,
+            static_cache=static_cache,
+        )
+        flat["texts"] += gen.texts
+        if reward is not None:
+            flat["reward"] += reward([p for p in chunk for _ in range(k_n)], gen.texts).float().cpu().tolist()
+        flat["tokens"] += gen.response_mask.sum(dim=1).float().cpu().tolist()
+        flat["ended"] += gen.ended.float().cpu().tolist()
+        if reference is not None:
+            kl = sequence_kl(
+                policy, reference, gen.query_ids, gen.query_mask, gen.response_ids, gen.response_mask,
+                cfg.temperature, policy_logits=gen.logits,
+            )  # fmt: skip
+            flat["kl"] += kl.float().cpu().tolist()
+        del gen
+        on_batch()
     out = _Samples([], [], [], [], [])
-    for k in range(cfg.samples_per_prompt):
-        rows: dict[str, list] = {"texts": [], "reward": [], "tokens": [], "ended": [], "kl": []}
-        for start in range(0, len(prompts), cfg.batch_size):
-            chunk = prompts[start : start + cfg.batch_size]
-            gen = generate(
-                policy,
-                tok,
-                chunk,
-                system=system,
-                max_new_tokens=cfg.max_new_tokens,
-                temperature=cfg.temperature,
-                generator_seed=cfg.seed + 1000 * k + start,
-                static_cache=static_cache,
-            )
-            rows["texts"] += gen.texts
-            if reward is not None:
-                rows["reward"] += reward(chunk, gen.texts).float().cpu().tolist()
-            rows["tokens"] += gen.response_mask.sum(dim=1).float().cpu().tolist()
-            rows["ended"] += gen.ended.float().cpu().tolist()
-            if reference is not None:
-                kl = sequence_kl(
-                    policy, reference, gen.query_ids, gen.query_mask, gen.response_ids, gen.response_mask,
-                    cfg.temperature,
-                )  # fmt: skip
-                rows["kl"] += kl.float().cpu().tolist()
-            on_batch()
-        for name, values in rows.items():
-            getattr(out, name).append(values)
+    for name, values in flat.items():  # prompt-major (p * K + k) -> [K][P]
+        getattr(out, name).extend([values[k::k_n] for k in range(k_n)] if values else [[] for _ in range(k_n)])
     return out
 
 
@@ -392,7 +416,7 @@ def evaluate(
     # an earlier evaluation kept them (it was the last round's candidate: same files, prompts and settings)
     champ_s = replayed_samples(paths, champ.path, prompts, cfg, model, device, rm.score)
     replayed = champ_s is not None
-    total = (1 + (not replayed)) * cfg.samples_per_prompt * -(-len(prompts) // cfg.batch_size)
+    total = (1 + (not replayed)) * eval_batches(len(prompts), cfg)
     done = [0]
 
     def tick() -> None:

@@ -145,3 +145,19 @@ def test_ppo_update_forward_with_the_opening_once_equals_the_full_pass(monkeypat
     assert set(fast_grads) == set(full_grads) and any("lora_A" in n for n in full_grads)
     for name, grad in full_grads.items():
         torch.testing.assert_close(fast_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_the_evaluations_kl_from_the_sampling_logits_equals_a_second_policy_pass(tiny):
+    from components.decide.evaluation import sequence_kl
+    from components.models.base_model import build_tiny
+
+    model, tok = tiny
+    reference = build_tiny(seed=1)[0]  # another random model: a KL well away from 0
+    gen = generate(model, tok, PROMPTS, system="You are a support agent.", max_new_tokens=6, generator_seed=3,
+                   samples_per_prompt=3, return_internals=True)  # fmt: skip
+    args = (gen.query_ids, gen.query_mask, gen.response_ids, gen.response_mask, 0.7)
+    from_sampling = sequence_kl(model, reference, *args, policy_logits=gen.logits)
+    second_pass = sequence_kl(model, reference, *args)
+    assert second_pass.abs().mean() > 0.1
+    torch.testing.assert_close(from_sampling, second_pass, atol=1e-4, rtol=1e-4)
+    assert torch.equal(sequence_kl(model, model, *args), torch.zeros(len(PROMPTS) * 3))  # itself: 0
