@@ -1,14 +1,14 @@
-"""The ``demo`` flow: the loop twice, with real HTTP traffic in between, as one Prefect run.
+"""The ``demo`` flow: the loop ``rounds`` times, with real HTTP traffic between rounds, as one Prefect run.
 
-round 1 (a ``retrain`` sub-flow run: seed -> validate -> version -> reward model -> PPO -> evaluate -> gate ->
-promote) -> start the service (a real ``bentoml serve`` of the champion) -> simulated users ask it questions and
-rate the replies over HTTP -> round 2 (a ``retrain`` sub-flow run on seed + served feedback, waiting for the
-service, whose URL it gets as a parameter, to switch to a new champion) -> stop the service -> the final
-champion against the base model the loop started from (``champion-vs-base``: round 2's candidate if it was
-promoted, else round 1's champion; read-only, ``reports/compare/``).
+round 1 (a ``retrain`` sub-flow run: seed -> validate -> version -> reward model -> policy -> evaluate -> gate ->
+promote) -> start the service (a real ``bentoml serve`` of the champion) -> then, for each further round:
+simulated users ask the served champion questions and rate its replies over HTTP -> round n (a ``retrain``
+sub-flow run on seed + all served feedback so far, waiting for the service, whose URL it gets as a parameter,
+to switch to a new champion) -> stop the service -> the final champion against the base model the loop started
+from (``champion-vs-base``; read-only, ``reports/compare/``).
 
 The rounds show in the Prefect UI as sub-flow runs of the one ``demo`` run. The service is stopped whatever
-happens to round 2.
+happens to the rounds after the first.
 """
 
 from __future__ import annotations
@@ -35,14 +35,16 @@ def start_service(root: str, params: str, port: int | None = None, raters: int =
 
 @task(name="simulated-users", cache_policy=NO_CACHE)
 def simulated_users(
-    root: str, url: str, tokens: list[str], users: int, clients: int, max_tokens: int
+    root: str, url: str, tokens: list[str], users: int, clients: int, max_tokens: int, phase: int = 0
 ) -> dict[str, Any]:
     """``users`` prompts of the project's training pool asked ``clients`` at a time, each client a rater with a
-    token of its own; each reply rated, the better of two chosen, over HTTP."""
+    token of its own; each reply rated, the better of two chosen, over HTTP. Phase ``n`` asks the next ``users``
+    prompts of the pool's seeded order after those of the phases before it."""
     from components.demo_task.traffic import simulate_users, traffic_prompts
     from components.project.paths import ProjectPaths
 
-    prompts, progress = traffic_prompts(ProjectPaths(Path(root)), users), task_progress("simulated-users")
+    prompts = traffic_prompts(ProjectPaths(Path(root)), users, skip=phase * users)
+    progress = task_progress("simulated-users")
     done = simulate_users(url, prompts, tokens=tokens, clients=clients, max_tokens=max_tokens, progress=progress)
     return asdict(done)
 
@@ -90,21 +92,28 @@ def demo(
     clients: int = 16,
     max_tokens: int = 32,
     port: int | None = None,
+    rounds: int = 2,
 ) -> dict[str, Any]:
-    """Two rounds of the loop on the project at ``project``, with simulated users of the served champion between
-    them. Returns both rounds' summaries, what the users did, what the service served at the end, and the final
-    champion against the base."""
+    """``rounds`` (>= 2) rounds of the loop on the project at ``project``, with simulated users of the served
+    champion before each round after the first. Returns every round's summary, what the users did before each
+    (``traffic``, one entry per round after the first), what the service served at the end, and the final champion
+    against the base."""
+    if rounds < 2:
+        raise ValueError(f"the demo runs at least 2 rounds (one on served feedback), got {rounds}")
     params = params or str(Path(project) / "params.yaml")
-    rounds = [retrain(project=project, params=params, seed_if_empty=True, label="round 1")]
+    summaries = [retrain(project=project, params=params, seed_if_empty=True, label="round 1")]
     service = start_service(project, params, port, raters=clients)
+    traffic = []
     try:
         first_served = served_version(service["url"])
-        traffic = simulated_users(project, service["url"], service["rater_tokens"], users, clients, max_tokens)
-        rounds.append(retrain(project=project, params=params, label="round 2", service_url=service["url"]))
+        for n in range(2, rounds + 1):
+            url, tokens = service["url"], service["rater_tokens"]
+            traffic.append(simulated_users(project, url, tokens, users, clients, max_tokens, phase=n - 2))
+            summaries.append(retrain(project=project, params=params, label=f"round {n}", service_url=url))
         served_after = served_version(service["url"])
     finally:
         stop_service(service)
     final = champion_vs_base(project, params)
     public = {k: v for k, v in service.items() if k not in ("token", "rater_tokens")}
     served = public | {"first": first_served, "last": served_after}
-    return {"rounds": rounds, "traffic": traffic, "service": served, "champion_vs_base": final}
+    return {"rounds": summaries, "traffic": traffic, "service": served, "champion_vs_base": final}

@@ -158,12 +158,14 @@ def round_table(rounds: list[dict[str, Any]]) -> Any:
 
 def which_champion(rounds: list[dict[str, Any]]) -> str:
     """Which round the demo's final champion came from, in words."""
-    last, first = rounds[-1], rounds[0]
-    if last.get("champion_after") and last.get("champion_after") == last.get("candidate"):
+    last = rounds[-1]
+    promoted = [r for r in rounds if r.get("champion_after") and r.get("champion_after") == r.get("candidate")]
+    if not promoted:
+        return "the base: no round promoted a candidate"
+    if promoted[-1] is last:
         return f"{last.get('label') or 'the last round'}'s candidate, promoted"
-    if first.get("champion_after") and first.get("champion_after") == first.get("candidate"):
-        return f"{first.get('label') or 'the first round'}'s champion; {last.get('label')} was {last.get('decision')}"
-    return "the base: no round promoted a candidate"
+    champion = promoted[-1].get("label") or "an earlier round"
+    return f"{champion}'s champion; {last.get('label')} was {last.get('decision')}"
 
 
 def where_next(root: Path, service_note: str) -> str:

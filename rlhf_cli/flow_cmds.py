@@ -307,9 +307,16 @@ def demo(
     users: Annotated[int, typer.Option(help="Prompts the simulated users ask (two replies each, all rated).")] = 96,
     clients: Annotated[int, typer.Option(help="Simulated users sending requests at the same time.")] = 16,
     max_tokens: Annotated[int, typer.Option(help="Reply length (tokens) the simulated users ask for.")] = 32,
+    rounds: Annotated[
+        int,
+        typer.Option(
+            min=2, help="Rounds of the loop; simulated users rate the served champion before each but the first."
+        ),
+    ] = 2,
 ) -> None:
-    """The whole loop, twice, as the ``demo`` flow: round 1 (seed -> ... -> promote), the service with simulated
-    users rating its replies over HTTP, round 2 on seed + served feedback, gated against round 1.
+    """The whole loop as the ``demo`` flow: round 1 (seed -> ... -> promote), the service with simulated users
+    rating its replies over HTTP, round 2 on seed + served feedback, gated against round 1, and so on for
+    ``--rounds``.
 
     It runs in a project of its own (``rlhf init``'s layout, the demo task on): by default ``demo/`` beside the
     code (``demo-quick/`` with ``--quick``), never the code checkout, whose files the demo leaves untouched."""
@@ -339,34 +346,43 @@ def demo(
     users = min(users, 16) if quick else users
     os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
     _prefect_logs_visible()
-    console.print(f"[bold]rlhf demo[/] in {root} ({'quick' if quick else 'full'}): the demo flow, two rounds")
+    console.print(f"[bold]rlhf demo[/] in {root} ({'quick' if quick else 'full'}): the demo flow, {rounds} rounds")
 
     from flows.demo import demo as demo_flow
 
     state = demo_flow(
-        project=str(root), params=str(params), users=users, clients=clients, max_tokens=max_tokens, return_state=True
+        project=str(root),
+        params=str(params),
+        users=users,
+        clients=clients,
+        max_tokens=max_tokens,
+        rounds=rounds,
+        return_state=True,
     )
     if not state.is_completed():
         console.print(f"[red]demo failed[/] ({state.name}): {state.message}. See the rounds above and in Prefect.")
         raise typer.Exit(code=1)
     result = state.result()
-    rounds, traffic, service = result["rounds"], result["traffic"], result["service"]
-    for summary in rounds:
+    summaries, traffic, service = result["rounds"], result["traffic"], result["service"]
+    for summary in summaries:
         console.print(summary_table(summary, title=summary["label"]))
-    console.print(demo_loop.round_table(rounds))
+    console.print(demo_loop.round_table(summaries))
     final = result["champion_vs_base"]
     console.print(compare_table(final))
-    console.print(f"the final champion {final['a']['version']} ({demo_loop.which_champion(rounds)}) against the base "
-                  f"{final['b']['version']}: report {final['report_path']}")  # fmt: skip
-    if traffic["errors"]:
-        console.print(f"[yellow]{len(traffic['errors'])} simulated users failed[/]: {traffic['errors'][0]}")
-    console.print(
-        f"simulated users: {traffic['prompts']} prompts, {traffic['replies']} replies, {traffic['ratings']} ratings, "
-        f"{traffic['pairs']} pairwise choices in {traffic['seconds']:.0f} s; requests {traffic['requests']}"
-    )
+    which = demo_loop.which_champion(summaries)
+    console.print(f"the final champion {final['a']['version']} ({which}) against the base {final['b']['version']}: "
+                  f"report {final['report_path']}")  # fmt: skip
+    for n, phase in enumerate(traffic, start=2):
+        if phase["errors"]:
+            console.print(f"[yellow]{len(phase['errors'])} simulated users failed[/]: {phase['errors'][0]}")
+        console.print(
+            f"simulated users before round {n}: {phase['prompts']} prompts, {phase['replies']} replies, "
+            f"{phase['ratings']} ratings, {phase['pairs']} pairwise choices in {phase['seconds']:.0f} s; "
+            f"requests {phase['requests']}"
+        )
     console.print(f"the service at {service['url']} served {service['first']} after round 1 (log {service['log']})")
-    switch = rounds[-1].get("service") or "no switch"
-    console.print(f"the service served {service['last']} when round 2 ended ({switch})")
+    switch = summaries[-1].get("service") or "no switch"
+    console.print(f"the service served {service['last']} when {summaries[-1].get('label')} ended ({switch})")
     console.print(demo_loop.where_next(root, "stopped now"))
     console.print(f"demo finished in {time.perf_counter() - t0:.0f} s (CPU)")
 

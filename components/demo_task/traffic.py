@@ -147,12 +147,13 @@ def simulate_users(
     )
 
 
-def traffic_prompts(paths: ProjectPaths, n: int, seed: int = 0) -> list[str]:
-    """``n`` prompts the project's pool trains on (never the held-out ones the gate evaluates on), seeded order."""
+def traffic_prompts(paths: ProjectPaths, n: int, seed: int = 0, skip: int = 0) -> list[str]:
+    """``n`` prompts the project's pool trains on (never the held-out ones the gate evaluates on), in a seeded
+    order, after its first ``skip`` (so each phase of traffic asks other prompts; round the pool where it ends)."""
     import random
 
     from components.demo_task.seed import train_prompts
 
     prompts = train_prompts(paths)
     random.Random(seed).shuffle(prompts)
-    return prompts[:n]
+    return [prompts[(skip + i) % len(prompts)] for i in range(min(n, len(prompts)))]

@@ -75,7 +75,7 @@ def test_demo_runs_two_rounds_through_the_flow_and_the_service(prefect_api, tmp_
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "round 1" in text and "round 2" in text and "win rate by the judge" in text and "A/A" in text
-    assert "simulated users: 10 prompts, 20 replies, 20 ratings" in text
+    assert "simulated users before round 2: 10 prompts, 20 replies, 20 ratings" in text
     paths = ProjectPaths(root)
     monkeypatch.chdir(root)
 
@@ -183,6 +183,40 @@ def test_demo_runs_two_rounds_through_the_flow_and_the_service(prefect_api, tmp_
     back = runner.invoke(app, ["rollback", first.version])
     assert back.exit_code == 0, back.output
     assert registry.champion(paths).version == first.version
+
+
+@pytest.mark.slow
+def test_demo_with_three_rounds_asks_other_prompts_before_each_round(prefect_api, tmp_path, monkeypatch):
+    import sqlalchemy as sa
+
+    from components.data.served_store import open_store, served
+
+    torch.set_num_threads(1)
+    monkeypatch.setenv("RLHF_DVC_REMOTE", str(tmp_path / "remote"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    src = tmp_path / "params.yaml"
+    params = _repo_params()
+    for section, values in TINY.items():
+        params[section].update(values)
+    src.write_text(yaml.safe_dump(params, sort_keys=False))
+    root = tmp_path / "proj"
+    monkeypatch.setenv("COLUMNS", "200")
+    args = ["--users", "4", "--clients", "2", "--max-tokens", "3", "--rounds", "3"]
+    result = CliRunner().invoke(app, ["demo", "--params", str(src), "--project", str(root), *args])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "the demo flow, 3 rounds" in text
+    for n in (2, 3):
+        assert f"simulated users before round {n}: 4 prompts, 8 replies, 8 ratings" in text
+    policies = registry.list_models(ProjectPaths(root), "policy")
+    assert [m.status for m in policies] == ["retired", "retired", "retired", "champion"]  # the permissive gate
+    assert "(round 3's candidate, promoted)" in text and f"serves {policies[-1].version}" in text
+    # the second phase of users asked other prompts than the first, each twice (two replies to choose from)
+    store = open_store(ProjectPaths(root).served_store)
+    with store.engine.connect() as conn:
+        asked = [row[0] for row in conn.execute(sa.select(served.c.prompt).order_by(served.c.seq))]
+    store.close()
+    assert len(asked) == 16 and len(set(asked)) == 8 and not set(asked[:8]) & set(asked[8:])
 
 
 def _checkout_status() -> str:

@@ -53,3 +53,19 @@ def test_gold_rating_buckets_the_score():
     good = "I'm sorry your package is late! Please send me your order number and I will check the delivery."
     assert gold.rating(PROMPT, good) >= 4
     assert all(1 <= gold.rating(PROMPT, r) <= 5 for r in ("No.", "Hello!", "package package package package"))
+
+
+def test_each_phase_of_simulated_traffic_asks_other_training_prompts(tmp_path):
+    from components.demo_task.seed import train_prompts
+    from components.demo_task.traffic import traffic_prompts
+    from components.project.paths import ProjectPaths
+
+    paths = ProjectPaths(tmp_path)  # no params file: the default pool split
+    pool = train_prompts(paths)
+    first, second = traffic_prompts(paths, 96), traffic_prompts(paths, 96, skip=96)
+    assert len(first) == len(second) == 96 and not set(first) & set(second)
+    assert set(first) | set(second) <= set(pool)  # never a held-out prompt
+    assert traffic_prompts(paths, 96) == first  # seeded: the same order every time
+    # past the end of the pool the order starts again; never more prompts than the pool has
+    assert traffic_prompts(paths, 10, skip=len(pool) - 5)[5:] == traffic_prompts(paths, 5)
+    assert len(traffic_prompts(paths, len(pool) + 10)) == len(pool)

@@ -105,6 +105,9 @@ def test_the_demo_names_which_round_its_final_champion_came_from():
     assert which_champion([r1, rejected]) == "round 1's champion; round 2 was rejected"
     base = {**r1, "champion_after": "base-x", "decision": "rejected"}
     assert which_champion([base, {**rejected, "champion_after": "base-x"}]) == "the base: no round promoted a candidate"
+    # three rounds: the last one rejected, the champion is round 2's
+    r3 = {"label": "round 3", "candidate": "v3", "champion_after": "v2", "decision": "rejected"}
+    assert which_champion([r1, r2, r3]) == "round 2's champion; round 3 was rejected"
 
 
 def test_policy_steps_in_words_with_and_without_a_stop():
