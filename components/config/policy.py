@@ -93,6 +93,13 @@ class DPOConfig:
     kl_prompts: int = 16
     """Training prompts (a fixed seeded draw, one reply each, the same sampling seed every time) the bounded KL
     is measured on."""
+    served_weight: float = 1.0
+    """How often a pair people chose between two replies of a served model (source ``served``: the loop's own,
+    on-policy feedback) is drawn for a step, relative to any other pair (imported, seed). 1 = uniform over pairs."""
+
+    def __post_init__(self) -> None:
+        if self.served_weight <= 0:
+            raise ValueError(f"policy.dpo.served_weight must be > 0, got {self.served_weight}")
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,11 @@ def read_pairs(path: Path, root: Path | None = None) -> list[tuple[Prompt, str, 
     """``(prompt, chosen, rejected)`` rows of the versioned preference pairs (a conversation's prompt as its
     messages); none is an error saying what to do. With ``root`` (the project), pairs on the prompt pool's
     held-out prompts are left out: they never train the policy."""
+    return [row[:3] for row in read_pairs_with_source(path, root)]
+
+
+def read_pairs_with_source(path: Path, root: Path | None = None) -> list[tuple[Prompt, str, str, str]]:
+    """:func:`read_pairs` with each pair's ``source`` (``served``: people chose between two served replies)."""
     from components.data.feedback.io import read_parquet
     from components.data.feedback.schema import PAIRS
     from components.data.prompt_pool import from_record, heldout_keys, prompt_key
@@ -126,7 +131,8 @@ def read_pairs(path: Path, root: Path | None = None) -> list[tuple[Prompt, str, 
         raise FileNotFoundError(f"preference pairs {path} not found: validate and store feedback first (rlhf import)")
     frame = read_parquet(path, PAIRS)
     prompts = [from_record(r) for r in frame.loc[:, ["prompt", "prompt_messages"]].to_dict("records")]
-    rows = list(zip(prompts, frame["chosen"], frame["rejected"], strict=True))
+    sources = frame["source"].fillna("").astype(str) if "source" in frame.columns else [""] * len(frame)
+    rows = list(zip(prompts, frame["chosen"], frame["rejected"], sources, strict=True))
     held = heldout_keys(root) if root is not None else set()
     if held:
         kept = [r for r in rows if prompt_key(r[0]) not in held]

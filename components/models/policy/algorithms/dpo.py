@@ -4,14 +4,15 @@ reward model says which one is chosen, the same loss."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from components.config.policy import PolicyConfig
 from components.models.policy import losses
 from components.models.policy.algorithms.base import Algorithm, Forward, KLBound, Targets
-from components.models.policy.batch import RolloutBatch, encode_replies, read_pairs, slice_rows
+from components.models.policy.batch import RolloutBatch, encode_replies, read_pairs_with_source, slice_rows
 
 if TYPE_CHECKING:
     from components.models.policy.loop import PolicyTrainer
@@ -63,7 +64,8 @@ class DPO(_Preference):
 
     def __init__(self, cfg: PolicyConfig) -> None:
         super().__init__(cfg)
-        self._pairs: list[tuple[str, str, str]] | None = None
+        self._pairs: list[tuple[str, str, str, str]] | None = None
+        self._draw: np.ndarray | None = None  # probability of each pair per draw (None: uniform)
 
     def _settings(self) -> tuple[float, losses.DPOLossType]:
         return self.cfg.dpo.beta, self.cfg.dpo.loss
@@ -77,13 +79,15 @@ class DPO(_Preference):
         return None if d.max_kl is None else KLBound(d.max_kl, d.kl_every, d.kl_prompts)
 
     def make_batch(self, trainer: PolicyTrainer) -> RolloutBatch:
-        """``batch_size / 2`` pairs drawn with the trainer's seeded sampler; rows chosen, rejected, chosen, ..."""
+        """``batch_size / 2`` pairs drawn with the trainer's seeded sampler (served pairs ``dpo.served_weight`` times as
+        often as others); rows chosen, rejected, chosen, ..."""
         if self._pairs is None:
-            self._pairs = read_pairs(trainer.paths.root / self.cfg.dpo.pairs, trainer.paths.root)
-        idx = trainer.prompt_rng.choice(len(self._pairs), size=self.cfg.batch_size // 2, replace=True)
+            self._pairs = read_pairs_with_source(trainer.paths.root / self.cfg.dpo.pairs, trainer.paths.root)
+            self._draw = served_draw(self._pairs, self.cfg.dpo.served_weight)
+        idx = trainer.prompt_rng.choice(len(self._pairs), size=self.cfg.batch_size // 2, replace=True, p=self._draw)
         prompts, replies = [], []
         for i in idx:
-            prompt, chosen, rejected = self._pairs[i]
+            prompt, chosen, rejected, _ = self._pairs[i]
             prompts += [prompt, prompt]
             replies += [chosen, rejected]
         system, max_tokens = trainer.model_cfg.system_prompt, self.cfg.dpo.max_reply_tokens
@@ -98,6 +102,16 @@ class DPO(_Preference):
         mean_kl: float,
     ) -> Targets:
         return Targets(batch, {"weight": torch.ones(len(batch))})
+
+
+def served_draw(pairs: list[tuple[Any, str, str, str]], served_weight: float) -> np.ndarray | None:
+    """Each pair's probability per draw: served pairs (the 4th field ``served``) ``served_weight`` times as likely as
+    the others; None (uniform) where that changes nothing."""
+    served = np.array([p[3] == "served" for p in pairs])
+    if served_weight == 1.0 or served.all() or not served.any():
+        return None
+    w = np.where(served, served_weight, 1.0)
+    return w / w.sum()
 
 
 class OnlineDPO(_Preference):
