@@ -1,6 +1,7 @@
-"""`rlhf demo` end to end on the tiny model in a throwaway git + DVC project: round 1 through the retrain flow
-(seed -> validate -> version -> reward -> PPO -> evaluate -> gate -> promote), a real `bentoml serve` with
-simulated users rating its replies over HTTP, round 2 on seed + served feedback gated against round 1; then
+"""`rlhf demo --rounds 3` end to end on the tiny model in a throwaway git + DVC project: round 1 through the
+retrain flow (seed -> validate -> version -> reward -> policy -> evaluate -> gate -> promote), a real `bentoml serve`
+with simulated users rating its replies over HTTP, rounds 2 and 3 on seed + served feedback, each gated against
+the champion before it, with other prompts asked before each; then
 `dvc status`, `rlhf models`, `rlhf audit` and `rlhf rollback` on what it left."""
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ TINY = {
 
 
 @pytest.mark.slow
-def test_demo_runs_two_rounds_through_the_flow_and_the_service(prefect_api, tmp_path, monkeypatch):
+def test_demo_runs_three_rounds_through_the_flow_and_the_service(prefect_api, tmp_path, monkeypatch):
     torch.set_num_threads(1)
     monkeypatch.setenv("RLHF_DVC_REMOTE", str(tmp_path / "remote"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -67,19 +68,18 @@ def test_demo_runs_two_rounds_through_the_flow_and_the_service(prefect_api, tmp_
     runner = CliRunner()
     checkout_before = _checkout_status()
 
-    result = runner.invoke(
-        app,
-        # short replies: the random tiny model emits control characters that validation rightly quarantines
-        ["demo", "--params", str(src), "--project", str(root), "--users", "10", "--clients", "3", "--max-tokens", "3"],
-    )
+    # short replies: the random tiny model emits control characters that validation rightly quarantines
+    sizes = ["--users", "10", "--clients", "3", "--max-tokens", "3", "--rounds", "3"]
+    result = runner.invoke(app, ["demo", "--params", str(src), "--project", str(root), *sizes])
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
-    assert "round 1" in text and "round 2" in text and "win rate by the judge" in text and "A/A" in text
-    assert "simulated users before round 2: 10 prompts, 20 replies, 20 ratings" in text
+    assert "the demo flow, 3 rounds" in text and "round 3" in text and "win rate by the judge" in text and "A/A" in text
+    for n in (2, 3):
+        assert f"simulated users before round {n}: 10 prompts, 20 replies, 20 ratings" in text
     paths = ProjectPaths(root)
     monkeypatch.chdir(root)
 
-    # one `demo` flow run in Prefect, its two rounds `retrain` sub-flow runs of it
+    # one `demo` flow run in Prefect, its three rounds `retrain` sub-flow runs of it
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC)
         names = {f.id: f.name for f in client.read_flows()}
@@ -91,42 +91,47 @@ def test_demo_runs_two_rounds_through_the_flow_and_the_service(prefect_api, tmp_
             and r.parent_task_run_id
             and client.read_task_run(r.parent_task_run_id).flow_run_id == demo_run.id
         ]
-    assert demo_run.state.is_completed() and sorted(r.parameters["label"] for r in rounds) == ["round 1", "round 2"]
+    labels = sorted(r.parameters["label"] for r in rounds)
+    assert demo_run.state.is_completed() and labels == ["round 1", "round 2", "round 3"]
 
-    # both rounds promoted (the permissive gate): the champion is round 2's policy, child of round 1's
+    # every round promoted (the permissive gate): the champion is round 3's policy, child of round 2's
     policies = registry.list_models(paths, "policy")
-    assert [m.status for m in policies] == ["retired", "retired", "champion"], result.output[-6000:]
-    base, first, second = policies
-    assert first.parent == base.version and second.version == registry.champion(paths).version
-    assert f"serves {second.version}" in text  # the running service switched to round 2's champion
+    assert [m.status for m in policies] == ["retired", "retired", "retired", "champion"], result.output[-6000:]
+    base, first, second, third = policies
+    assert first.parent == base.version and third.version == registry.champion(paths).version
+    assert third.parent == second.version
+    assert f"serves {third.version}" in text  # the running service switched to round 3's champion
 
-    # the demo's last task: the final champion (round 2's) against the base, read-only, in reports/compare/
-    said = f"the final champion {second.version} (round 2's candidate, promoted) against the base {base.version}"
+    # the demo's last task: the final champion (round 3's) against the base, read-only, in reports/compare/
+    said = f"the final champion {third.version} (round 3's candidate, promoted) against the base {base.version}"
     assert said in text
-    final = json.loads((paths.compare_reports / f"{second.version}-vs-{base.version}.json").read_text())
+    final = json.loads((paths.compare_reports / f"{third.version}-vs-{base.version}.json").read_text())
     assert final["comparisons"] == final["prompts"] * 2 == final["wins"] + final["ties"] + final["losses"]
     assert final["win_rate_low"] <= final["win_rate"] <= final["win_rate_high"] and final["a"]["kl"] is None
     assert final["replayed"] == ["a", "b"]  # both models' replies as the rounds' evaluations drew them: no sampling
     assert final["reward_version"] is None and final["a"]["reward_score"] is None  # nor any reward-model scoring
 
-    # round 2 trained on seed + served feedback: the champion's data holds the served ids
+    # rounds 2 and 3 trained on seed + served feedback: the champion's data holds the served ids
     audit = runner.invoke(app, ["audit", "--json"])
     assert audit.exit_code == 0, audit.output
     trail = json.loads(audit.output)
     assert trail["feedback"]["served_ids"]["count"] >= 2
     assert set(trail["feedback"]["by_source"]["ratings"]) == {"served"}
-    # each of the 3 concurrent simulated users rated with a token of their own, so the store names 3 raters
+    # each of the 3 concurrent simulated users rated with a token of their own, so the store names 3 raters;
+    # the second phase of users asked other prompts than the first, each twice (two replies to choose from)
     import sqlalchemy as sa
 
-    from components.data.served_store import open_store, ratings
+    from components.data.served_store import open_store, ratings, served
 
     store = open_store(paths.served_store)
     with store.engine.connect() as conn:
         query = sa.select(ratings.c.annotator, sa.func.count()).group_by(ratings.c.annotator)
         raters = dict(conn.execute(query).all())
+        asked = [row[0] for row in conn.execute(sa.select(served.c.prompt).order_by(served.c.seq))]
     store.close()
     assert sorted(raters) == ["simulated-user-1", "simulated-user-2", "simulated-user-3"], raters
-    assert sum(raters.values()) == 20  # 10 prompts x 2 replies, every reply rated once
+    assert sum(raters.values()) == 40  # 2 phases x 10 prompts x 2 replies, every reply rated once
+    assert len(asked) == 40 and len(set(asked)) == 20 and not set(asked[:20]) & set(asked[20:])
     assert (
         "demo-seed" in trail["feedback"]["by_source"]["pairs"] and "served" in trail["feedback"]["by_source"]["pairs"]
     )
@@ -150,13 +155,14 @@ def test_demo_runs_two_rounds_through_the_flow_and_the_service(prefect_api, tmp_
     # the code's revision (the checkout's HEAD), not the project's
     assert _checkout_status() == checkout_before
     revisions = {
-        json.loads((paths.policies / m.version / "manifest.json").read_text())["code_revision"] for m in (first, second)
+        json.loads((paths.policies / m.version / "manifest.json").read_text())["code_revision"]
+        for m in (first, second, third)
     }
     assert revisions == {code_revision()}
     assert json.loads((paths.reward_model / "manifest.json").read_text())["code_revision"] == code_revision()
 
     listed = json.loads(runner.invoke(app, ["models", "--json"]).output)
-    assert {m["version"]: m["status"] for m in listed if m["kind"] == "policy"}[second.version] == "champion"
+    assert {m["version"]: m["status"] for m in listed if m["kind"] == "policy"}[third.version] == "champion"
 
     # a strict gate rejects through the flow's own tasks: a copy of the champion ties it, 50 % < 100 %
     from flows.retrain import gate_candidate, promote_or_reject
@@ -165,58 +171,24 @@ def test_demo_runs_two_rounds_through_the_flow_and_the_service(prefect_api, tmp_
     strict["gate"]["min_win_rate"] = 1.0
     (root / "strict.yaml").write_text(yaml.safe_dump(strict, sort_keys=False))
     copy = paths.policies / "20990101-000000-beef"
-    shutil.copytree(second.path, copy)
+    shutil.copytree(third.path, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
-    (copy / "manifest.json").write_text(json.dumps({**manifest, "version": copy.name, "parent": second.version}))
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "version": copy.name, "parent": third.version}))
     ev = json.loads(paths.eval_metrics.read_text())
     ev = {**ev, "candidate": {**ev["champion"], "version": copy.name, "kl": 0.0}, "win_rate": 0.5}
-    ev |= {"win_rate_low": 0.5, "win_rate_high": 0.5, "champion": {**ev["champion"], "version": second.version}}
+    ev |= {"win_rate_low": 0.5, "win_rate_high": 0.5, "champion": {**ev["champion"], "version": third.version}}
     decision = gate_candidate.fn(str(root), str(root / "strict.yaml"), ev)
     reasons = [c["reason"] for c in decision["checks"] if not c["passed"]]
     assert decision["passed"] is False and "win rate by demo" in reasons[0]
     outcome = promote_or_reject.fn(str(root), str(copy), ev, decision)
-    assert outcome["status"] == "rejected" and outcome["champion"] == second.version
-    assert registry.champion(paths).version == second.version
+    assert outcome["status"] == "rejected" and outcome["champion"] == third.version
+    assert registry.champion(paths).version == third.version
     refused = runner.invoke(app, ["rollback", copy.name])
     assert refused.exit_code == 2 and "never champion" in refused.output
 
     back = runner.invoke(app, ["rollback", first.version])
     assert back.exit_code == 0, back.output
     assert registry.champion(paths).version == first.version
-
-
-@pytest.mark.slow
-def test_demo_with_three_rounds_asks_other_prompts_before_each_round(prefect_api, tmp_path, monkeypatch):
-    import sqlalchemy as sa
-
-    from components.data.served_store import open_store, served
-
-    torch.set_num_threads(1)
-    monkeypatch.setenv("RLHF_DVC_REMOTE", str(tmp_path / "remote"))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    src = tmp_path / "params.yaml"
-    params = _repo_params()
-    for section, values in TINY.items():
-        params[section].update(values)
-    src.write_text(yaml.safe_dump(params, sort_keys=False))
-    root = tmp_path / "proj"
-    monkeypatch.setenv("COLUMNS", "200")
-    args = ["--users", "4", "--clients", "2", "--max-tokens", "3", "--rounds", "3"]
-    result = CliRunner().invoke(app, ["demo", "--params", str(src), "--project", str(root), *args])
-    assert result.exit_code == 0, result.output
-    text = " ".join(result.output.split())
-    assert "the demo flow, 3 rounds" in text
-    for n in (2, 3):
-        assert f"simulated users before round {n}: 4 prompts, 8 replies, 8 ratings" in text
-    policies = registry.list_models(ProjectPaths(root), "policy")
-    assert [m.status for m in policies] == ["retired", "retired", "retired", "champion"]  # the permissive gate
-    assert "(round 3's candidate, promoted)" in text and f"serves {policies[-1].version}" in text
-    # the second phase of users asked other prompts than the first, each twice (two replies to choose from)
-    store = open_store(ProjectPaths(root).served_store)
-    with store.engine.connect() as conn:
-        asked = [row[0] for row in conn.execute(sa.select(served.c.prompt).order_by(served.c.seq))]
-    store.close()
-    assert len(asked) == 16 and len(set(asked)) == 8 and not set(asked[:8]) & set(asked[8:])
 
 
 def _checkout_status() -> str:
