@@ -103,14 +103,13 @@ def demo(
     params = params or str(Path(project) / "params.yaml")
     summaries = [retrain(project=project, params=params, seed_if_empty=True, label="round 1")]
     service = start_service(project, params, port, raters=clients)
-    traffic = []
+    url, tokens, traffic = service["url"], service["rater_tokens"], []
     try:
-        first_served = served_version(service["url"])
+        first_served = served_version(url)
         for n in range(2, rounds + 1):
-            url, tokens = service["url"], service["rater_tokens"]
             traffic.append(simulated_users(project, url, tokens, users, clients, max_tokens, phase=n - 2))
             summaries.append(retrain(project=project, params=params, label=f"round {n}", service_url=url))
-        served_after = served_version(service["url"])
+        served_after = served_version(url)
     finally:
         stop_service(service)
     final = champion_vs_base(project, params)

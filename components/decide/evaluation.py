@@ -66,7 +66,7 @@ def sequence_kl(
     r = response_ids.shape[1]
     pol = policy_logits if policy_logits is not None else reply_logits_shared(policy, ids, mask, r)  # (B, R, V)
     logp = ppo_math.chunked_logprobs(pol, response_ids, temperature)[0]  # shape: (B, R)
-    del pol, policy_logits
+    del pol  # a second pass's (B, R, V) logits are freed before the reference pass builds its own
     ref = reply_logits_shared(reference, ids, mask, r)  # shape: (B, R, V); the shared system prompt once
     ref_logp = ppo_math.chunked_logprobs(ref, response_ids, temperature)[0]  # shape: (B, R)
     return (ppo_math.kl_per_token(logp, ref_logp, "k1") * response_mask).sum(dim=1)  # shape: (B,)
@@ -212,7 +212,7 @@ def _sample_and_score(
         on_batch()
     out = _Samples([], [], [], [], [])
     for name, values in flat.items():  # prompt-major (p * K + k) -> [K][P]
-        getattr(out, name).extend([values[k::k_n] for k in range(k_n)] if values else [[] for _ in range(k_n)])
+        getattr(out, name).extend(values[k::k_n] for k in range(k_n))
     return out
 
 
