@@ -59,6 +59,7 @@ def metric_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
         ("training stages run", ", ".join((summary.get("training") or {}).get("ran", [])) or "none (up to date)"),
         ("policy steps run", steps_run((summary.get("policy") or {}).get("metrics") or {})),
         ("reward model held-out accuracy", reward.get("accuracy")),
+        ("reward model trained on from", reward.get("parent") or "the backbone"),
         ("candidate", summary.get("candidate")),
         ("judge", _judge(ev)),
         (f"win rate by the judge vs {ev.get('champion', 'champion')}", _win(ev)),

@@ -19,10 +19,11 @@ DEMO_PARAMS = REPO / "params.yaml"
 """The demo's params in a source checkout (the values ``rlhf demo`` writes into its project); an installed package
 without a checkout uses every section's defaults with :data:`DEMO_CHOICES` (the same values, tested)."""
 
-DEMO_CHOICES: dict[str, dict[str, Any]] = {"policy": {"algorithm": "dpo"}}
+DEMO_CHOICES: dict[str, dict[str, Any]] = {"policy": {"algorithm": "dpo"}, "reward": {"init_from": "champion"}}
 """Where :data:`DEMO_PARAMS` differs from the sections' defaults: the demo's measured choice of optimiser (offline
 DPO; a project made with ``rlhf init`` keeps the default, PPO; docs/benchmarks.md, "Choosing the demo's
-optimiser")."""
+optimiser"), and its reward model trained on from the champion's each round (one pass instead of three from the
+backbone; docs/benchmarks.md, "The reward model trained on from the champion's")."""
 
 DEMO_TASK: dict[str, dict[str, Any]] = {"seeding": {"demo_task": True}}
 """What makes a project the demo: the demo task switched on (seed prompts and feedback, the demo judge)."""
@@ -112,7 +113,8 @@ def round_table(rounds: list[dict[str, Any]]) -> Any:
             f"{exp.get('prompts', 0)} prompts",
             "rows": f"{val.get('accepted', 0)} / {val.get('quarantined', 0)}",
             "data": (r.get("data_version") or "-")[:12],
-            "acc": "-" if acc is None else f"{acc:.1%}",
+            "acc": ("-" if acc is None else f"{acc:.1%}")
+            + (" (trained on from the champion's)" if (r.get("reward") or {}).get("parent") else ""),
             "against": ev.get("champion", "-"),
             "win": "-"
             if "win_rate" not in ev

@@ -434,6 +434,7 @@ def _audit_text(t: dict) -> str:
         lines.append(
             f"  reward model: {rm['version']} trained on data version {rm.get('data_version')}, held-out accuracy "
             + ("n/a" if accuracy is None else f"{accuracy:.1%}")
+            + (f", trained on from {rm['parent']}" if rm.get("parent") else "")
         )
     lines.append(f"  data version: {t['data_version']}")
     for ingest in t["data_history"]:

@@ -39,7 +39,14 @@ class RewardConfig:
     max_grad_norm: float = 1.0
     """Gradient clipping by global norm."""
     epochs: int = 3
-    """Passes over the training pairs."""
+    """Passes over the training pairs (from the backbone with a fresh head)."""
+    init_from: Literal["base", "champion"] = "base"
+    """Where training starts: ``base`` (the backbone with a fresh head, every time) or ``champion`` (the reward
+    model the champion policy was trained with, from the registry, for ``warm_epochs`` passes over all the pairs;
+    the base model as champion, a reward model of another backbone or one missing from the store start from
+    ``base``). The champion is the one ``registry/ppo_parent.json`` names, a dep of the stage."""
+    warm_epochs: int = 1
+    """With ``init_from: champion``: passes over the training pairs when a reward model to start from exists."""
     batch_size: int = 8
     """Preference pairs per optimiser step (2 x batch_size sequences in one forward pass)."""
     eval_batch_size: int = 16
@@ -92,8 +99,10 @@ class RewardConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.eval_batch_size < 1:
             raise ValueError("batch_size and eval_batch_size must be >= 1")
-        if self.epochs < 1:
-            raise ValueError("epochs must be >= 1")
+        if self.epochs < 1 or self.warm_epochs < 1:
+            raise ValueError("epochs and warm_epochs must be >= 1")
+        if self.init_from not in ("base", "champion"):
+            raise ValueError(f"init_from must be base or champion, got {self.init_from!r}")
         if not 0.0 <= self.judge_fraction < 1.0:
             raise ValueError(f"judge_fraction must be in [0, 1), got {self.judge_fraction}")
         if not 0.0 <= self.eval_fraction < 1.0:

@@ -178,6 +178,9 @@ def create_project(
         paths = ProjectPaths(root)
         for folder in (paths.feedback, paths.quarantine, paths.prompts):
             folder.mkdir(parents=True, exist_ok=True)
+        from components.records.registry import write_ppo_parent  # the reading side: no BentoML
+
+        write_ppo_parent(paths)  # no champion yet: a dep of the training stages that `dvc repro` finds
         (root / "README.md").write_text(
             README.format(name=root.name, model=raw["model"]["base"], root=root, remote=remote), encoding="utf-8"
         )

@@ -158,7 +158,7 @@ def audit_trail(paths: Any, version: str | None = None) -> dict[str, Any]:
                   "accuracy": facts.get("reward_accuracy")}  # fmt: skip
         try:
             rm = registry.get(paths, rm_version)
-            reward.update(path=str(rm.path), code_revision=rm.facts.get("code_revision"))
+            reward.update(path=str(rm.path), code_revision=rm.facts.get("code_revision"), parent=rm.parent)
         except registry.RegistryError:
             reward["note"] = "not registered"
     dv = facts.get("data_version")

@@ -75,7 +75,8 @@ class ModelRecord:
     """BentoML tag, e.g. ``rlhf-policy:20261127-120102-3fa2``."""
     created_at: str
     parent: str | None = None
-    """Policy version this one was trained from (None for the base model and reward models)."""
+    """Version this one was trained on from: a policy's parent policy; a reward model's parent reward model
+    (``reward.init_from: champion``). None for the base model and models trained from the backbone."""
     facts: dict[str, Any] = field(default_factory=dict)
     """Facts saved with the model: data version, reward model, params, code revision, metrics (a version registered
     before its evaluation, to go on canary, gets the later facts added here; the store keeps the first ones)."""
@@ -470,7 +471,8 @@ def register_reward_model(paths: ProjectPaths, folder: Path) -> ModelRecord | No
         "metrics": m.get("metrics"),
         "trained_at": m.get("created_at"),
     }
-    return register(paths, m["version"], folder, kind="reward_model", facts=facts, reason="trained")
+    parent = (m.get("parent") or {}).get("version")
+    return register(paths, m["version"], folder, kind="reward_model", facts=facts, parent=parent, reason="trained")
 
 
 def register_and_decide(paths: ProjectPaths, *, policy: str | Path, evaluation: Any, gate: Any) -> PromotionResult:

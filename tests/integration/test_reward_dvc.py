@@ -13,8 +13,11 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from components.models.reward.pairs import read_pairs, split_by_prompt
+from components.project.paths import ProjectPaths
 from components.project.scaffold import pipeline_template
 from components.records.code_fingerprint import write_code_fingerprint
+from components.records.registry import write_ppo_parent
 from tests.tiny_params import TINY_REWARD
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,6 +56,7 @@ def test_dvc_repro_train_reward_runs_skips_and_reruns(tmp_path):
     pd.DataFrame(_rows(24)).to_parquet(project / "data" / "feedback" / "pairs.parquet")
     (project / "data" / "prompts").mkdir()
     (project / "data" / "prompts" / "heldout.jsonl").write_text("")  # a pool with no held-out prompt
+    write_ppo_parent(ProjectPaths(project))  # no champion: the reward model trains from the backbone
 
     env = {
         **os.environ,
@@ -80,7 +84,8 @@ def test_dvc_repro_train_reward_runs_skips_and_reruns(tmp_path):
     assert (project / "models" / "reward" / "config.json").is_file()
     assert (project / "models" / "reward" / "manifest.json").is_file()
     metrics = json.loads((project / "metrics" / "reward.json").read_text())
-    assert metrics["eval"]["pairs"] == 6
+    held = split_by_prompt(read_pairs(project / "data" / "feedback" / "pairs.parquet"), 0.25, 0)[1]
+    assert metrics["eval"]["pairs"] == len(held) > 0  # the prompts whose hash falls in reward.eval_fraction
     assert (project / "metrics" / "reward_train.csv").is_file()
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert lock["stages"]["train_reward"]["params"]["params.yaml"]["reward"]["backbone"] == "tiny"

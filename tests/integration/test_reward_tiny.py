@@ -79,15 +79,17 @@ def trained(tmp_path_factory):
 
 
 def test_toy_preference_is_learned_above_chance(trained):
-    root, _, result = trained
+    root, pairs_path, result = trained
     ev = result.metrics["eval"]
-    assert ev["pairs"] == 40
+    train_idx, held_idx = split_by_prompt(read_pairs(pairs_path), TOY_CFG.eval_fraction, TOY_CFG.seed)
+    assert ev["pairs"] == len(held_idx) and 20 <= len(held_idx) <= 60  # a quarter of 160 prompts, by hash
     assert ev["accuracy"] >= 0.8, ev
     assert ev["mean_margin"] > 0
     steps = [json.loads(x) for x in (root / "metrics" / "reward_train.jsonl").read_text().splitlines()]
-    assert len(steps) == result.metrics["train"]["steps"] == 3 * 15
-    first = sum(s["loss"] for s in steps[:15]) / 15
-    last = sum(s["loss"] for s in steps[-15:]) / 15
+    per_epoch = -(-len(train_idx) // TOY_CFG.batch_size)
+    assert len(steps) == result.metrics["train"]["steps"] == 3 * per_epoch
+    first = sum(s["loss"] for s in steps[:per_epoch]) / per_epoch
+    last = sum(s["loss"] for s in steps[-per_epoch:]) / per_epoch
     assert last < first * 0.5, (first, last)
     assert steps[-1]["lr"] == pytest.approx(0.0)  # linear decay to 0
 
@@ -129,6 +131,53 @@ def test_reload_scores_like_the_trained_model(trained):
     fresh, tok = build_reward_model("tiny", seed=123)
     other = RewardModel(fresh, tok).raw_scores(held.prompts, held.chosen)
     assert not torch.allclose(other, torch.tensor(check["raw_chosen"]), atol=1e-4)
+
+
+def test_a_reward_model_trains_on_from_the_champions(trained, tmp_path):
+    """``reward.init_from: champion``: the reward model the champion policy was trained with is the start; it
+    trains ``warm_epochs`` passes, names its parent in the manifest and the registry. With a learning rate too
+    small to move a weight it gives back its parent's scores (a fresh head would not: see above). The base model
+    as champion, or a parent on another backbone, starts from the backbone."""
+    import shutil
+    from dataclasses import replace
+
+    from components.models.base_model import prepare_tiny
+    from components.models.reward.train import train_reward_model, warm_start
+    from components.project.paths import ProjectPaths
+    from components.records import registry
+
+    _, pairs_path, first = trained
+    paths = ProjectPaths(tmp_path / "project")
+    paths.pairs.parent.mkdir(parents=True)
+    shutil.copy(pairs_path, paths.pairs)
+    registry.ensure_base_champion(paths, "tiny", prepare_tiny(tmp_path / "tiny"))
+    cfg = replace(TOY_CFG, init_from="champion", warm_epochs=1, lr=1e-12)
+    registry.write_ppo_parent(paths)
+    assert warm_start(cfg, paths) is None  # the base is the champion: nothing to start from
+
+    parent = registry.register_reward_model(paths, first.model_dir)
+    policy = tmp_path / "policy-v1"
+    shutil.copytree(tmp_path / "tiny", policy)
+    registry.register(paths, "v1", policy, facts={"reward_version": parent.version}, parent="base-tiny")
+    registry.promote(paths, "v1")
+    registry.write_ppo_parent(paths)
+    assert warm_start(replace(cfg, backbone="smollm2-135m-instruct"), paths) is None  # another backbone
+    assert warm_start(replace(cfg, init_from="base"), paths) is None
+
+    result = train_reward_model(cfg, paths)
+    assert result.parent == parent.version
+    manifest = json.loads((paths.reward_model / "manifest.json").read_text())
+    assert manifest["parent"] == {"version": parent.version, "champion": "v1"}
+    train_idx, held_idx = split_by_prompt(read_pairs(paths.pairs), cfg.eval_fraction, cfg.seed)
+    assert manifest["metrics"]["train"]["epochs"] == 1
+    assert manifest["metrics"]["train"]["steps"] == -(-len(train_idx) // cfg.batch_size)
+    held = read_pairs(paths.pairs).subset(held_idx[:8])
+    before, after = RewardModel.load(first.model_dir), RewardModel.load(paths.reward_model)
+    raw_before, raw_after = before.raw_scores(held.prompts, held.chosen), after.raw_scores(held.prompts, held.chosen)
+    assert torch.allclose(raw_before, raw_after, atol=1e-4), (raw_before - raw_after).abs().max()
+    assert result.accuracy == pytest.approx(first.eval_accuracy, abs=1e-9)  # same held-out pairs, same weights
+    record = registry.register_reward_model(paths, paths.reward_model)
+    assert record.parent == parent.version
 
 
 def rounding_tolerance(rm: RewardModel, raw: torch.Tensor, roundings: int = 8) -> float:
@@ -265,12 +314,15 @@ def test_early_stopping_keeps_the_weights_of_the_best_validation_point(tmp_path)
     cfg = replace(TOY_CFG, lr=2e-2, epochs=3, val_fraction=0.25, evals_per_epoch=2, eval_fraction=0.0)
     model, tok, metrics = fit_reward_model(pairs, cfg, tmp_path / "steps.jsonl", device="cpu")
     curve = metrics["val"]
-    assert metrics["val_pairs"] == 24 and metrics["pairs"] == 72
-    assert [c["step"] for c in curve] == [4, 9, 13, 18, 22, 27]  # 9 steps per epoch: mid-epoch and epoch end
+    fit_idx, val_idx = split_by_prompt(pairs, 0.25, cfg.seed + 2)
+    assert metrics["val_pairs"] == len(val_idx) and metrics["pairs"] == len(fit_idx) == 96 - len(val_idx)
+    per_epoch = -(-len(fit_idx) // cfg.batch_size)  # a validation point mid-epoch and one at each epoch's end
+    assert [c["step"] for c in curve] == [
+        e * per_epoch + m for e in range(3) for m in (round(per_epoch / 2), per_epoch)
+    ]
     best = min(curve, key=lambda c: c["loss"])
     assert metrics["best_step"] == best["step"] and metrics["best_val_loss"] == best["loss"]
     # the kept weights reproduce the best point's validation loss
-    _, val_idx = split_by_prompt(pairs, 0.25, cfg.seed + 2)
     r_c, r_r = score_pairs(model, tok, pairs.subset(val_idx), cfg)
     assert bradley_terry_loss(r_c, r_r).item() == pytest.approx(best["loss"], abs=1e-4)
 
@@ -318,5 +370,6 @@ def test_two_pairs_per_prompt_also_report_the_first_pairs_accuracy(tmp_path):
         path, replace(TOY_CFG, epochs=1), tmp_path / "rm", tmp_path / "metrics", project_root=tmp_path
     )
     ev = result.metrics["eval"]
-    assert ev["pairs"] == 20 and ev["first_pairs"] == 10
+    held = split_by_prompt(read_pairs(path), TOY_CFG.eval_fraction, TOY_CFG.seed)[1]
+    assert ev["pairs"] == len(held) and ev["first_pairs"] == len(held) // 2 and len(held) % 2 == 0
     assert 0.0 <= ev["first_pair_accuracy"] <= 1.0

@@ -65,6 +65,9 @@ def test_metric_rows_show_counts_interval_and_decision():
     assert rows["raters (ratings / pairs each)"] == "alice 10 / 2, bob 6 / 1"
     assert rows["rater agreement: ratings alpha (replies) / choices (pairs)"] == "0.6123 (4) / 0.5 (1)"
     assert rows["judge"] == "demo"
+    assert rows["reward model trained on from"] == "the backbone"
+    parent = {**SUMMARY, "reward": {"accuracy": 0.75, "parent": "rm-1"}}
+    assert {r["figure"]: r["value"] for r in metric_rows(parent)}["reward model trained on from"] == "rm-1"
     assert rows["win rate by the judge vs v1"] == "48.8% (95 % interval 45.0% - 52.5%)"
     assert rows["A/A: champion vs itself (about 50 %)"] == "51.2% (45.0% - 57.5%)"
     assert rows["judge score candidate / champion"] == "-0.699 / -0.694"

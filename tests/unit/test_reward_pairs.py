@@ -3,7 +3,7 @@ import pytest
 
 from components.config import ConfigError, from_dict, load_section
 from components.config.reward import RewardConfig
-from components.models.reward.pairs import PairsError, read_pairs, split_by_prompt
+from components.models.reward.pairs import PairsError, read_pairs, split_by_prompt, split_position
 
 
 def _write(tmp_path, rows, name="pairs.parquet"):
@@ -44,15 +44,32 @@ def test_read_pairs_errors_name_the_problem(tmp_path):
 def test_split_keeps_each_prompt_on_one_side_and_is_seeded(tmp_path):
     rows = [{"prompt": f"p{i % 10}", "chosen": f"c{i}", "rejected": f"r{i}"} for i in range(40)]
     pairs = read_pairs(_write(tmp_path, rows))
-    train, held = split_by_prompt(pairs, 0.2, seed=3)
+    train, held = split_by_prompt(pairs, 0.3, seed=3)
     assert len(train) + len(held) == 40 and set(train).isdisjoint(held)
-    assert len({pairs.prompts[i] for i in held}) == 2
-    assert {pairs.prompts[i] for i in train}.isdisjoint({pairs.prompts[i] for i in held})
-    again = split_by_prompt(pairs, 0.2, seed=3)
+    held_prompts = {pairs.prompts[i] for i in held}
+    assert held_prompts == {f"p{i}" for i in range(10) if split_position(f"p{i}", 3) < 0.3}
+    assert 1 <= len(held_prompts) <= 9
+    assert {pairs.prompts[i] for i in train}.isdisjoint(held_prompts)
+    again = split_by_prompt(pairs, 0.3, seed=3)
     assert (again[0] == train).all() and (again[1] == held).all()
     # a tiny fraction still holds out one prompt; zero holds out none
     assert len({pairs.prompts[i] for i in split_by_prompt(pairs, 0.01, 0)[1]}) == 1
     assert len(split_by_prompt(pairs, 0.0, 0)[1]) == 0
+    # and nearly all still trains one prompt
+    assert len({pairs.prompts[i] for i in split_by_prompt(pairs, 0.999999, 0)[0]}) == 1
+
+
+def test_split_keeps_a_prompt_on_its_side_as_pairs_grow(tmp_path):
+    """Round after round the pairs grow; a prompt held out before is held out again, and one trained on before
+    never becomes held out (a reward model continued from an earlier one must not be scored on its parent's
+    training prompts)."""
+    first = [{"prompt": f"p{i}", "chosen": f"c{i}", "rejected": f"r{i}"} for i in range(200)]
+    later = first + [{"prompt": f"q{i}", "chosen": f"c{i}", "rejected": f"r{i}"} for i in range(300)]
+    a, b = read_pairs(_write(tmp_path, first, "a.parquet")), read_pairs(_write(tmp_path, later, "b.parquet"))
+    (a_train, a_held), (b_train, b_held) = split_by_prompt(a, 0.2, 0), split_by_prompt(b, 0.2, 0)
+    assert {a.prompts[i] for i in a_held} == {b.prompts[i] for i in b_held if b.prompts[i].startswith("p")}
+    assert {a.prompts[i] for i in a_train} == {b.prompts[i] for i in b_train if b.prompts[i].startswith("p")}
+    assert 0.1 < len(b_held) / len(later) < 0.3  # about the fraction
 
 
 def test_reward_config_from_params_and_bad_values():

@@ -251,6 +251,17 @@ def build_reward_model(backbone: str, seed: int = 0) -> tuple[PreTrainedModel, P
     return model, tok
 
 
+def load_trained_weights(model: PreTrainedModel, folder: str | Path) -> None:
+    """Put the weights of the reward model saved in ``folder`` (backbone and head) into ``model``, built by
+    :func:`build_reward_model` on the same backbone: the start of a reward model trained on from an earlier one.
+    A folder of another architecture is a :class:`ModelLoadError`."""
+    try:
+        saved = AutoModelForSequenceClassification.from_pretrained(str(folder), dtype=torch.float32)
+        model.load_state_dict(saved.state_dict())
+    except (OSError, RuntimeError) as exc:
+        raise ModelLoadError(f"{folder}: cannot start the reward model from these weights: {exc}") from exc
+
+
 def transformer_layers(model: PreTrainedModel) -> nn.ModuleList:
     """The backbone's stack of transformer blocks (Llama-style ``.layers``)."""
     backbone = getattr(model, model.base_model_prefix)

@@ -75,18 +75,31 @@ def read_pairs(path: Path) -> Pairs:
     )
 
 
+SPLIT_SALT = "rlhf-loop/reward-split/v1"
+"""Mixed into the split's hash, so it is independent of the judge slice's hash split of the same prompts."""
+
+
+def split_position(key: str, seed: int) -> float:
+    """A prompt's fixed position in [0, 1) for the held-out split under ``seed`` (64 bits of a salted SHA-256)."""
+    digest = hashlib.sha256(f"{SPLIT_SALT}\0{seed}\0{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 def split_by_prompt(pairs: Pairs, eval_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices ``(train, held_out)``: a seeded random ``eval_fraction`` of the distinct prompts is held
-    out with all its pairs, so no held-out prompt is seen in training. With two or more prompts and a
-    positive fraction, at least one prompt is held out and at least one trains."""
+    """Row indices ``(train, held_out)``: a prompt is held out with all its pairs when its salted hash position
+    (:func:`split_position`) is below ``eval_fraction``, so no held-out prompt is seen in training and a prompt
+    stays on its side as the pairs grow round after round (a reward model trained on from an earlier one never
+    meets its parent's training prompts among its held-out ones). With two or more prompts and a positive
+    fraction, at least one prompt is held out (the lowest position) and at least one trains (the highest)."""
     keys = [p if isinstance(p, str) else prompt_key(p) for p in pairs.prompts]
     unique = sorted(set(keys))
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(unique))
-    n_eval = round(eval_fraction * len(unique))
+    position = {k: split_position(k, seed) for k in unique}
+    held = {k for k in unique if position[k] < eval_fraction} if eval_fraction > 0 else set()
     if eval_fraction > 0 and len(unique) >= 2:
-        n_eval = min(max(n_eval, 1), len(unique) - 1)
-    held = {unique[i] for i in order[:n_eval]}
+        if not held:
+            held = {min(unique, key=position.__getitem__)}
+        elif len(held) == len(unique):
+            held.discard(max(unique, key=position.__getitem__))
     is_eval = np.array([k in held for k in keys], dtype=bool)
     return np.flatnonzero(~is_eval), np.flatnonzero(is_eval)
 

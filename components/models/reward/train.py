@@ -14,12 +14,18 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from components.common.progress import Progress, log_progress
 from components.config import ConfigError, load_section
 from components.config.reward import RewardConfig
 from components.models.reward.pairs import PairsError
 from components.project.paths import ProjectPaths
+
+if TYPE_CHECKING:
+    from components.models.reward.trainer import WarmStart
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,42 @@ class RewardStageResult:
     data_version: str | None
     """The data version (DVC hash of ``data/``) it was trained on."""
     seconds: float
+    parent: str | None = None
+    """The reward model it was trained on from (``reward.init_from: champion``); None: from the backbone."""
+
+
+def warm_start(cfg: RewardConfig, paths: ProjectPaths) -> WarmStart | None:
+    """The reward model ``reward.init_from: champion`` starts from: the one the champion policy (as
+    ``registry/ppo_parent.json`` names it, else the registry's) was trained with, when it is registered, in the
+    store and on the same backbone; None (train from the backbone) otherwise, with the reason logged."""
+    from components.models.reward.trainer import WarmStart
+    from components.records import registry  # the reading side imports no BentoML
+
+    if cfg.init_from != "champion":
+        return None
+    champion = registry.ppo_parent(paths)
+    if champion is None:
+        record = registry.champion(paths)
+        champion = record.version if record is not None else None
+    if champion is None or champion.startswith("base-"):
+        log.info("reward model: the champion is the base model; training from the backbone")
+        return None
+    try:
+        rm_version = registry.get(paths, champion).facts.get("reward_version")
+        rm = registry.get(paths, rm_version) if rm_version else None
+    except registry.RegistryError as exc:
+        log.warning("reward model: %s; training from the backbone", exc)
+        return None
+    if rm is None or not (rm.path / "config.json").is_file():
+        log.warning("reward model: the champion %s names no reward model in the store; training from the backbone",
+                    champion)  # fmt: skip
+        return None
+    backbone = rm.facts.get("backbone") or (rm.facts.get("params") or {}).get("backbone")
+    if backbone != cfg.backbone:
+        log.info("reward model: the champion's (%s) has backbone %s, not reward.backbone %s; training from the "
+                 "backbone", rm.version, backbone, cfg.backbone)  # fmt: skip
+        return None
+    return WarmStart(rm.version, rm.path, champion)
 
 
 def train_reward_model(
@@ -70,6 +112,7 @@ def train_reward_model(
         project_root=paths.root,
         progress=progress,
         disk_cache=paths.reward_features,
+        init=warm_start(cfg, paths),
     )
     ev, tr = result.metrics["eval"], result.metrics["train"]
     return RewardStageResult(
@@ -82,6 +125,7 @@ def train_reward_model(
         train_pairs=int(tr["pairs"]),
         data_version=result.manifest["data"]["data_version"],
         seconds=round(time.perf_counter() - t0, 1),
+        parent=(result.manifest.get("parent") or {}).get("version"),
     )
 
 
@@ -103,6 +147,7 @@ def reward_result(paths: ProjectPaths) -> RewardStageResult:
         train_pairs=int(tr["pairs"]),
         data_version=m["data"]["data_version"],
         seconds=0.0,
+        parent=(m.get("parent") or {}).get("version"),
     )
 
 

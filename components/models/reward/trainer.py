@@ -19,7 +19,7 @@ import csv
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ from components.models.reward.model import (
     RewardModel,
     build_reward_model,
     count_trainable,
+    load_trained_weights,
     pair_scores,
     reward_ids,
     transformer_layers,
@@ -90,6 +91,16 @@ class RewardResult:
 # ---------------------------------------------------------------------------------------------
 # 2. what trains
 # ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """A registered reward model to train on from (``reward.init_from: champion``)."""
+
+    version: str
+    path: Path
+    champion: str
+    """The champion policy version it trained."""
 
 
 def select_trainable(model: PreTrainedModel, cfg: RewardConfig) -> PreTrainedModel:
@@ -509,7 +520,10 @@ def _fit_with_cache(
     device: str | torch.device | None = None,
     progress: Progress | None = None,
     store: DiskActivationCache | None = None,
+    init: WarmStart | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any], FrozenBlockCache | None]:
+    """Steps 2-3; with ``init`` the model starts from that reward model's weights and trains
+    ``cfg.warm_epochs`` passes instead of ``cfg.epochs``."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     val = None
     if cfg.val_fraction > 0:
@@ -517,6 +531,10 @@ def _fit_with_cache(
         train, val = train.subset(fit_idx), train.subset(val_idx)
         log.info("early stopping on %d validation pairs (reward.val_fraction=%s)", len(val), cfg.val_fraction)
     model, tok = build_reward_model(cfg.backbone, seed=cfg.seed)
+    if init is not None:
+        load_trained_weights(model, init.path)
+        cfg = replace(cfg, epochs=cfg.warm_epochs, average_epochs=min(cfg.average_epochs, cfg.warm_epochs))
+        log.info("reward model starts from %s (the champion's), %d pass(es) over the pairs", init.version, cfg.epochs)
     model.to(device)
     trainable = select_trainable(model, cfg)
     log.info("reward model on %s: %d of %d parameters train (%s)", cfg.backbone, count_trainable(trainable),
@@ -687,10 +705,11 @@ def truncation_report(tok: PreTrainedTokenizerBase, pairs: Pairs, cfg: RewardCon
 
 def reward_manifest(
     pairs_path: Path, cfg: RewardConfig, root: Path, *, metrics: dict[str, Any], judge_slice: dict[str, Any],
-    mean: float, std: float, check: dict[str, Any],
+    mean: float, std: float, check: dict[str, Any], init: WarmStart | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Step 6's lineage record (``manifest.json``): a fresh version, the data, params, metrics, normalisation,
-    the reload check, the code revision and the library versions."""
+    the reload check, the code revision and the library versions; ``parent``: the reward model it was trained on
+    from (None: from the backbone)."""
     from components.records.registry import new_version  # the reading side of the registry: no BentoML import
 
     return {
@@ -698,6 +717,7 @@ def reward_manifest(
         "version": new_version("rm-"),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "backbone": cfg.backbone,
+        "parent": None if init is None else {"version": init.version, "champion": init.champion},
         "data": {
             "pairs_path": str(pairs_path),
             "pairs_md5": file_md5(pairs_path),
@@ -723,6 +743,7 @@ def train_reward(
     progress: Progress | None = None,
     disk_cache: Path | None = None,
     side: str = "train",
+    init: WarmStart | None = None,
 ) -> RewardResult:
     """Train, evaluate, normalise and save a reward model; returns its folder and metrics. The numbered steps
     are the module docstring's.
@@ -748,7 +769,7 @@ def train_reward(
     disk = None
     if disk_cache is not None and cfg.disk_cache_gib > 0:
         disk = DiskActivationCache(disk_cache, int(cfg.disk_cache_gib * 2**30))
-    model, tok, train_metrics, cache = _fit_with_cache(train, cfg, step_log, progress=progress, store=disk)
+    model, tok, train_metrics, cache = _fit_with_cache(train, cfg, step_log, progress=progress, store=disk, init=init)
     train_metrics.update(cache_heldout(model, cache, held, cfg, disk))
     if disk is not None:
         disk.prune()
@@ -766,7 +787,7 @@ def train_reward(
     }
     # 6. save: the model folder with its manifest (one atomic rename), the metrics, the step table and plot
     manifest = reward_manifest(pairs_path, cfg, root, metrics=metrics, judge_slice=split.judge_slice, mean=mean,
-                               std=std, check=check)  # fmt: skip
+                               std=std, check=check, init=init)  # fmt: skip
     with atomic_dir(out_dir, replace=True) as staging:
         RewardModel(model, tok, mean=mean, std=std, max_length=cfg.max_length, bf16=cfg.bf16).save(staging)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
