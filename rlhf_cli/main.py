@@ -387,6 +387,7 @@ def models(as_json: JsonOpt = False) -> None:
         gate = "-" if r.gate is None else ("passed" if r.gate.get("passed") else "failed: " + "; ".join(
             c["reason"] for c in r.gate.get("checks", []) if not c["passed"]))  # fmt: skip
         status = r.status if r.kind == "policy" else "registered"
+        status += " (files pruned)" if r.pruned else ""
         table.add_row(
             r.version,
             r.kind,
@@ -425,7 +426,8 @@ def audit(
 
 def _audit_text(t: dict) -> str:
     m = t["model"]
-    lines = [f"[bold]{m['version']}[/] ({m['status']}), {m['tag']}", f"  files: {m['path']}"]
+    files = f"removed by `rlhf prune` at {m['pruned']}" if m.get("pruned") else m["path"]
+    lines = [f"[bold]{m['version']}[/] ({m['status']}), {m['tag']}", f"  files: {files}"]
     chain = " -> ".join(f"{p['version']} ({p['status']})" for p in t["ancestry"])
     lines.append(f"  ancestry: {chain}")
     rm = t.get("reward_model")
@@ -569,6 +571,51 @@ def rollback(
         raise _fail("rollback refused", exc) from exc
     was = before.version if before else "none"
     console.print(f"champion: [bold]{record.version}[/] (was {was}); files {record.path}")
+
+
+@app.command()
+def prune(
+    keep_last: Annotated[
+        int, typer.Option(help="Also keep this many of the newest policies, whatever their status.")
+    ] = 3,
+    keep_retired: Annotated[
+        bool,
+        typer.Option(help="Keep retired champions (what `rlhf rollback` returns to); --no-keep-retired drops them."),
+    ] = True,
+    dry_run: Annotated[bool, typer.Option(help="List what would be removed and kept; remove nothing.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Free disk: remove from BentoML's model store the files of versions nothing needs any more (rejected
+    candidates, reward models no kept policy was trained with). Kept: the base, the champion and its ancestry,
+    undecided candidates, the canary (serve.canary_version), retired champions, the newest policies and their
+    reward models. Every record stays, so `rlhf models` and `rlhf audit` still show the lineage."""
+    from components.config import ConfigError
+    from components.project.params import load_params
+    from components.project.paths import ProjectPaths
+    from components.records import registry
+
+    paths = ProjectPaths.discover()
+    try:
+        canary = load_params(paths.params).serve.canary_version if paths.params.is_file() else None
+    except ConfigError as exc:
+        raise _fail("config error", exc) from exc
+    try:
+        result = registry.prune(paths, keep_last=keep_last, keep_retired=keep_retired,
+                                also=(canary,) if canary else (), dry_run=dry_run)  # fmt: skip
+    except registry.RegistryError as exc:
+        raise _fail("registry error", exc) from exc
+    if as_json:
+        _print_json({"removed": result.removed, "kept": result.kept, "freed_bytes": result.freed_bytes,
+                     "dry_run": result.dry_run})  # fmt: skip
+        return
+    verb = "would remove" if dry_run else "removed"
+    for version, why in result.kept.items():
+        console.print(f"  keep {version}: {why}")
+    for version in result.removed:
+        console.print(f"  {verb} {version}")
+    console.print(
+        f"{verb} {len(result.removed)} version(s)' files, {result.freed_bytes / 1e6:.0f} MB; kept {len(result.kept)}"
+    )
 
 
 from rlhf_cli import flow_cmds  # noqa: E402  (retrain, deploy: the Prefect commands)

@@ -23,6 +23,7 @@ kept in the record, so a service can poll :func:`champion` cheaply for hot reloa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -84,6 +85,8 @@ class ModelRecord:
     """The gate report that decided this version (None for the base and undecided candidates)."""
     history: tuple[dict[str, str], ...] = ()
     """Every status change: ``{"status", "time", "reason"}``, oldest first."""
+    pruned: str | None = None
+    """When :func:`prune` removed this version's files from the store (None: they are there); its record stays."""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -201,6 +204,7 @@ def _to_record(entry: dict[str, Any]) -> ModelRecord:
         facts=entry.get("facts") or {},
         gate=entry.get("gate"),
         history=tuple(entry.get("history") or ()),
+        pruned=entry.get("pruned"),
     )
 
 
@@ -426,11 +430,95 @@ def rollback(paths: ProjectPaths, version: str, *, force: bool = False) -> Model
         raise RegistryError(f"{version} is a {target.kind}, not a policy")
     if target.status == "champion":
         return target
+    if target.pruned:
+        raise RegistryError(f"{version}'s files were removed from the store by `rlhf prune` ({target.pruned}); "
+                            "its record and lineage remain, but it cannot serve again")  # fmt: skip
     if target.status != "retired" and not force:
         raise RegistryError(
             f"{version} is {target.status}, it was never champion; pass --force to make it champion anyway"
         )
     return promote(paths, version, reason=f"rollback (was {target.status})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pruning the store (the record keeps every version's lineage)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What :func:`prune` removed (or would remove, ``dry_run``) and kept, with why each is kept."""
+
+    removed: list[str]
+    kept: dict[str, str]
+    """Version -> why it is kept."""
+    freed_bytes: int
+    dry_run: bool
+
+
+def _folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+
+
+def keep_reasons(paths: ProjectPaths, *, keep_last: int = 3, keep_retired: bool = True,
+                 also: tuple[str, ...] = ()) -> dict[str, str]:  # fmt: skip
+    """The versions :func:`prune` keeps, each with its reason: the base models, the champion and its ancestry,
+    undecided candidates (one may be on canary), retired champions (``keep_retired``: what `rlhf rollback`
+    returns to), the ``keep_last`` newest policies, the versions in ``also``, and every reward model one of
+    those policies was trained with, with that reward model's own parents."""
+    record = _read(paths)
+    models = record["models"]
+    keep: dict[str, str] = {}
+
+    def add(version: str | None, why: str) -> None:
+        while version and version in models and version not in keep:
+            keep[version] = why
+            version, why = models[version].get("parent"), f"ancestor of {version}"
+
+    policies = sorted(
+        (m for m in models.values() if m["kind"] == "policy"), key=lambda m: (m["created_at"], m["version"])
+    )
+    for m in policies:
+        if m["version"].startswith("base-"):
+            add(m["version"], "base model")
+    add(record.get("champion"), "champion")
+    for m in policies:
+        if m["status"] == "candidate":
+            add(m["version"], "undecided candidate")
+        elif m["status"] == "retired" and keep_retired:
+            add(m["version"], "retired champion (rollback target)")
+    for m in policies[-keep_last:] if keep_last > 0 else []:
+        add(m["version"], f"one of the {keep_last} newest policies")
+    for version in also:
+        add(version, "asked to keep")
+    for version in [v for v in keep if models[v]["kind"] == "policy"]:
+        rm = (models[version].get("facts") or {}).get("reward_version")
+        add(rm, f"reward model of {version}")
+    return keep
+
+
+def prune(paths: ProjectPaths, *, keep_last: int = 3, keep_retired: bool = True, also: tuple[str, ...] = (),
+          dry_run: bool = False) -> PruneResult:  # fmt: skip
+    """Remove from BentoML's store the files of every version :func:`keep_reasons` does not keep (rejected
+    candidates and unused reward models, mostly: each round adds a policy and a reward model, hundreds of MB
+    each at 135M parameters). Their records stay, marked ``pruned``, so ``rlhf models`` and ``rlhf audit`` still
+    show their lineage and gate decisions; ``rlhf rollback`` refuses them."""
+    keep = keep_reasons(paths, keep_last=keep_last, keep_retired=keep_retired, also=also)
+    models = _read(paths)["models"]
+    drop = sorted(v for v, m in models.items() if v not in keep and not m.get("pruned"))
+    freed = sum(_folder_bytes(Path(models[v]["path"])) for v in drop)
+    if dry_run or not drop:
+        return PruneResult(drop, keep, freed, dry_run)
+    import bentoml
+
+    with _locked(paths) as record:
+        for version in drop:
+            entry = record["models"][version]
+            with contextlib.suppress(bentoml.exceptions.NotFound):  # gone already (by hand): the record says so now
+                bentoml.models.delete(entry["tag"])
+            entry["pruned"] = _now()
+    log.info("pruned %d versions' files (%.1f MB): %s", len(drop), freed / 1e6, ", ".join(drop))
+    return PruneResult(drop, keep, freed, dry_run)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -277,6 +277,59 @@ def test_audit_across_two_versions(project, tiny_folder):
     assert champ_trail["model"]["version"] == "v1" and champ_trail["gate"]["passed"] is True
 
 
+def test_prune_removes_unneeded_files_and_keeps_lineage(project, tiny_folder):
+    """Rounds leave rejected candidates and reward models nobody needs in the store. `prune` removes their files
+    and keeps the base, the champion with its ancestry and reward models (with theirs), retired champions and
+    the newest policies; the records stay (marked), so lineage and gate decisions survive; a pruned version
+    cannot be rolled back to."""
+    from components.records.lineage import audit_trail
+
+    def round_(version: str, parent: str, rm: str, rm_parent: str | None, passed: bool) -> None:
+        registry.register(project, rm, tiny_folder, kind="reward_model", parent=rm_parent)
+        folder = policy_folder(tiny_folder, project.root, version, parent=parent)
+        registry.register(project, version, folder, facts={"reward_version": rm}, parent=parent)
+        (registry.promote if passed else lambda p, v: registry.reject(p, v, reason="gate failed"))(project, version)
+
+    round_("v1", "base-tiny", "rm-1", None, True)
+    round_("v2", "v1", "rm-2", "rm-1", False)
+    round_("v3", "v1", "rm-3", "rm-2", True)  # the champion's reward model trained on from a rejected round's
+    round_("v4", "v3", "rm-4", "rm-3", False)
+    round_("v5", "v3", "rm-5", None, False)
+    before = {r.version: r.path for r in registry.list_models(project)}
+
+    dry = registry.prune(project, keep_last=1, dry_run=True)
+    assert dry.removed == ["rm-4", "v2", "v4"] and dry.freed_bytes > 0 and all(p.is_dir() for p in before.values())
+    kept = registry.prune(project, keep_last=1)
+    assert kept.removed == dry.removed and kept.freed_bytes == dry.freed_bytes
+    assert (
+        kept.kept["v3"] == "champion" and kept.kept["v1"] == "ancestor of v3" and kept.kept["base-tiny"] == "base model"
+    )
+    assert kept.kept["v5"] == "one of the 1 newest policies" and kept.kept["rm-5"] == "reward model of v5"
+    assert kept.kept["rm-2"] == "ancestor of rm-3"  # rm-3 trained on from it: the audit follows that chain
+    for version, path in before.items():
+        assert path.is_dir() == (version not in kept.removed), version
+        assert (registry.get(project, version).pruned is not None) == (version in kept.removed)
+    assert registry.get(project, "v2").status == "rejected"  # the decision stays on record
+    assert [a["version"] for a in audit_trail(project, "v4")["ancestry"]] == ["v4", "v3", "v1", "base-tiny"]
+    with pytest.raises(registry.RegistryError, match="removed from the store"):
+        registry.rollback(project, "v2", force=True)
+    assert registry.prune(project, keep_last=1).removed == []  # nothing left to remove
+    # keeping no retired champion and no newest policy leaves the champion's line and its reward models
+    assert registry.prune(project, keep_last=0, keep_retired=False, dry_run=True).removed == ["rm-5", "v5"]
+    # the command: the canary named in params.yaml is kept too
+    from typer.testing import CliRunner
+
+    from rlhf_cli.main import app
+
+    (project.root / "params.yaml").write_text("seeding:\n  demo_task: true\nserve:\n  canary_version: v5\n")
+    cmd = ["--project", str(project.root), "prune", "--keep-last", "0", "--no-keep-retired", "--dry-run", "--json"]
+    out = CliRunner().invoke(app, cmd)
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["removed"] == [] and json.loads(out.output)["kept"]["v5"] == "asked to keep"
+    listed = CliRunner().invoke(app, ["--project", str(project.root), "models"])
+    assert listed.exit_code == 0 and "rejected (files pruned)" in listed.output, listed.output
+
+
 def test_human_judge_registers_the_candidate_decides_nothing_without_enough_people_then_on_their_choices(
     project, tiny_folder
 ):
