@@ -23,7 +23,6 @@ kept in the record, so a service can poll :func:`champion` cheaply for hot reloa
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -257,15 +256,25 @@ def _labels(facts: dict[str, Any]) -> dict[str, str]:
     return {k: str(facts[k]) for k in keys if facts.get(k) is not None}
 
 
+def _stored_model(tag: str) -> Any:
+    """The store's model of exactly ``tag``, else None. BentoML's own lookup also matches a version by its prefix
+    (``v1`` finds a lone ``v10``; several matches raise), so its answer counts only when the tag is the same."""
+    import bentoml
+
+    try:
+        model = bentoml.models.get(tag)
+    except bentoml.exceptions.BentoMLException:  # not found, or several versions start with this one
+        return None
+    return model if str(model.tag) == tag else None
+
+
 def _save_to_store(name: str, version: str, folder: Path, facts: dict[str, Any]) -> tuple[str, Path]:
     import bentoml
 
     tag = f"{name}:{version}"
-    try:
-        existing = bentoml.models.get(tag)
+    existing = _stored_model(tag)
+    if existing is not None:
         return str(existing.tag), Path(existing.path)
-    except bentoml.exceptions.NotFound:
-        pass
     # BentoML metadata refuses None (and so nested nulls): the facts travel as one JSON string, read back with
     # json.loads(bentoml.models.get(tag).info.metadata["facts"]).
     metadata = {"facts": json.dumps(facts, default=str, sort_keys=True)}
@@ -514,7 +523,7 @@ def prune(paths: ProjectPaths, *, keep_last: int = 3, keep_retired: bool = True,
     with _locked(paths) as record:
         for version in drop:
             entry = record["models"][version]
-            with contextlib.suppress(bentoml.exceptions.NotFound):  # gone already (by hand): the record says so now
+            if _stored_model(entry["tag"]) is not None:  # else gone already (by hand): the record says so now
                 bentoml.models.delete(entry["tag"])
             entry["pruned"] = _now()
     log.info("pruned %d versions' files (%.1f MB): %s", len(drop), freed / 1e6, ", ".join(drop))

@@ -277,12 +277,40 @@ def test_audit_across_two_versions(project, tiny_folder):
     assert champ_trail["model"]["version"] == "v1" and champ_trail["gate"]["passed"] is True
 
 
+def unique_names():
+    """Version names no other test uses: the BentoML store is shared by every test of the session."""
+    import secrets
+
+    tag = secrets.token_hex(3)
+    return lambda name: f"{name}-{tag}"
+
+
+def test_a_version_that_prefixes_another_gets_its_own_files(project, tiny_folder):
+    """BentoML finds a version by its prefix too: registering v1 beside a stored v10 must store v1, not return
+    v10's files; several versions starting with rm-2 must not stop rm-2 from being registered."""
+    n = unique_names()
+    v1, v10 = n("v1"), n("v1") + "0"
+    ten = registry.register(project, v10, policy_folder(tiny_folder, project.root, v10))
+    one = registry.register(project, v1, policy_folder(tiny_folder, project.root, v1))
+    assert one.path != ten.path and one.path.name == v1 and (one.path / "config.json").is_file()
+    for version in (n("rm-2") + "0", n("rm-2") + "1"):
+        registry.register(project, version, tiny_folder, kind="reward_model")
+    assert registry.register(project, n("rm-2"), tiny_folder, kind="reward_model").path.name == n("rm-2")
+
+
 def test_prune_removes_unneeded_files_and_keeps_lineage(project, tiny_folder):
     """Rounds leave rejected candidates and reward models nobody needs in the store. `prune` removes their files
     and keeps the base, the champion with its ancestry and reward models (with theirs), retired champions and
     the newest policies; the records stay (marked), so lineage and gate decisions survive; a pruned version
     cannot be rolled back to."""
+    from typer.testing import CliRunner
+
     from components.records.lineage import audit_trail
+    from rlhf_cli.main import app
+
+    n = unique_names()
+    v1, v2, v3, v4, v5 = (n(f"v{i}") for i in range(1, 6))
+    rm1, rm2, rm3, rm4, rm5 = (n(f"rm-{i}") for i in range(1, 6))
 
     def round_(version: str, parent: str, rm: str, rm_parent: str | None, passed: bool) -> None:
         registry.register(project, rm, tiny_folder, kind="reward_model", parent=rm_parent)
@@ -290,44 +318,40 @@ def test_prune_removes_unneeded_files_and_keeps_lineage(project, tiny_folder):
         registry.register(project, version, folder, facts={"reward_version": rm}, parent=parent)
         (registry.promote if passed else lambda p, v: registry.reject(p, v, reason="gate failed"))(project, version)
 
-    round_("v1", "base-tiny", "rm-1", None, True)
-    round_("v2", "v1", "rm-2", "rm-1", False)
-    round_("v3", "v1", "rm-3", "rm-2", True)  # the champion's reward model trained on from a rejected round's
-    round_("v4", "v3", "rm-4", "rm-3", False)
-    round_("v5", "v3", "rm-5", None, False)
+    round_(v1, "base-tiny", rm1, None, True)
+    round_(v2, v1, rm2, rm1, False)
+    round_(v3, v1, rm3, rm2, True)  # the champion's reward model trained on from a rejected round's
+    round_(v4, v3, rm4, rm3, False)
+    round_(v5, v3, rm5, None, False)
     before = {r.version: r.path for r in registry.list_models(project)}
 
     dry = registry.prune(project, keep_last=1, dry_run=True)
-    assert dry.removed == ["rm-4", "v2", "v4"] and dry.freed_bytes > 0 and all(p.is_dir() for p in before.values())
+    assert dry.removed == [rm4, v2, v4] and dry.freed_bytes > 0 and all(p.is_dir() for p in before.values())
     kept = registry.prune(project, keep_last=1)
     assert kept.removed == dry.removed and kept.freed_bytes == dry.freed_bytes
-    assert (
-        kept.kept["v3"] == "champion" and kept.kept["v1"] == "ancestor of v3" and kept.kept["base-tiny"] == "base model"
-    )
-    assert kept.kept["v5"] == "one of the 1 newest policies" and kept.kept["rm-5"] == "reward model of v5"
-    assert kept.kept["rm-2"] == "ancestor of rm-3"  # rm-3 trained on from it: the audit follows that chain
+    assert kept.kept[v3] == "champion" and kept.kept[v1] == f"ancestor of {v3}"
+    assert kept.kept["base-tiny"] == "base model" and kept.kept[v5] == "one of the 1 newest policies"
+    assert kept.kept[rm5] == f"reward model of {v5}"
+    assert kept.kept[rm2] == f"ancestor of {rm3}"  # rm3 trained on from it: the audit follows that chain
     for version, path in before.items():
         assert path.is_dir() == (version not in kept.removed), version
         assert (registry.get(project, version).pruned is not None) == (version in kept.removed)
-    assert registry.get(project, "v2").status == "rejected"  # the decision stays on record
-    assert [a["version"] for a in audit_trail(project, "v4")["ancestry"]] == ["v4", "v3", "v1", "base-tiny"]
+    assert registry.get(project, v2).status == "rejected"  # the decision stays on record
+    assert [a["version"] for a in audit_trail(project, v4)["ancestry"]] == [v4, v3, v1, "base-tiny"]
     with pytest.raises(registry.RegistryError, match="removed from the store"):
-        registry.rollback(project, "v2", force=True)
+        registry.rollback(project, v2, force=True)
     assert registry.prune(project, keep_last=1).removed == []  # nothing left to remove
     # keeping no retired champion and no newest policy leaves the champion's line and its reward models
-    assert registry.prune(project, keep_last=0, keep_retired=False, dry_run=True).removed == ["rm-5", "v5"]
+    assert registry.prune(project, keep_last=0, keep_retired=False, dry_run=True).removed == [rm5, v5]
     # the command: the canary named in params.yaml is kept too
-    from typer.testing import CliRunner
-
-    from rlhf_cli.main import app
-
-    (project.root / "params.yaml").write_text("seeding:\n  demo_task: true\nserve:\n  canary_version: v5\n")
+    (project.root / "params.yaml").write_text(f"seeding:\n  demo_task: true\nserve:\n  canary_version: {v5}\n")
     cmd = ["--project", str(project.root), "prune", "--keep-last", "0", "--no-keep-retired", "--dry-run", "--json"]
     out = CliRunner().invoke(app, cmd)
     assert out.exit_code == 0, out.output
-    assert json.loads(out.output)["removed"] == [] and json.loads(out.output)["kept"]["v5"] == "asked to keep"
-    listed = CliRunner().invoke(app, ["--project", str(project.root), "models"])
-    assert listed.exit_code == 0 and "rejected (files pruned)" in listed.output, listed.output
+    assert json.loads(out.output)["removed"] == [] and json.loads(out.output)["kept"][v5] == "asked to keep"
+    listed = CliRunner().invoke(app, ["--project", str(project.root), "models", "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert {m["version"]: m["pruned"] is not None for m in json.loads(listed.output)}[v2] is True
 
 
 def test_human_judge_registers_the_candidate_decides_nothing_without_enough_people_then_on_their_choices(
