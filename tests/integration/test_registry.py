@@ -278,7 +278,7 @@ def test_audit_across_two_versions(project, tiny_folder):
 
 
 def unique_names():
-    """Version names no other test uses: the BentoML store is shared by every test of the session."""
+    """Version names no other test uses: the BentoML store is shared by every test of a pytest run."""
     import secrets
 
     tag = secrets.token_hex(3)
