@@ -149,9 +149,15 @@ def pointer_path(paths: ProjectPaths) -> Path:
 
 
 def ppo_parent(paths: ProjectPaths) -> str | None:
-    """The version named by ``registry/ppo_parent.json`` (None when the file is missing or names none)."""
+    """The champion a training round starts from (the policy's parent, and with ``reward.init_from: champion`` the
+    reward model's): the version ``registry/ppo_parent.json`` names, else (the file missing or naming none) the
+    registry's champion; None before anything is registered."""
     path = pointer_path(paths)
-    return json.loads(path.read_text(encoding="utf-8")).get("version") if path.is_file() else None
+    version = json.loads(path.read_text(encoding="utf-8")).get("version") if path.is_file() else None
+    if version is None:
+        record = champion(paths)
+        version = record.version if record is not None else None
+    return version
 
 
 def write_ppo_parent(paths: ProjectPaths) -> Path:
@@ -469,13 +475,11 @@ def _folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
 
 
-def keep_reasons(paths: ProjectPaths, *, keep_last: int = 3, keep_retired: bool = True,
-                 also: tuple[str, ...] = ()) -> dict[str, str]:  # fmt: skip
+def _keep(record: dict[str, Any], keep_last: int, keep_retired: bool, also: tuple[str, ...]) -> dict[str, str]:
     """The versions :func:`prune` keeps, each with its reason: the base models, the champion and its ancestry,
     undecided candidates (one may be on canary), retired champions (``keep_retired``: what `rlhf rollback`
     returns to), the ``keep_last`` newest policies, the versions in ``also``, and every reward model one of
     those policies was trained with, with that reward model's own parents."""
-    record = _read(paths)
     models = record["models"]
     keep: dict[str, str] = {}
 
@@ -508,26 +512,32 @@ def keep_reasons(paths: ProjectPaths, *, keep_last: int = 3, keep_retired: bool 
 
 def prune(paths: ProjectPaths, *, keep_last: int = 3, keep_retired: bool = True, also: tuple[str, ...] = (),
           dry_run: bool = False) -> PruneResult:  # fmt: skip
-    """Remove from BentoML's store the files of every version :func:`keep_reasons` does not keep (rejected
-    candidates and unused reward models, mostly: each round adds a policy and a reward model, hundreds of MB
-    each at 135M parameters). Their records stay, marked ``pruned``, so ``rlhf models`` and ``rlhf audit`` still
-    show their lineage and gate decisions; ``rlhf rollback`` refuses them."""
-    keep = keep_reasons(paths, keep_last=keep_last, keep_retired=keep_retired, also=also)
-    models = _read(paths)["models"]
-    drop = sorted(v for v, m in models.items() if v not in keep and not m.get("pruned"))
-    freed = sum(_folder_bytes(Path(models[v]["path"])) for v in drop)
-    if dry_run or not drop:
-        return PruneResult(drop, keep, freed, dry_run)
+    """Remove from BentoML's store the files of every version :func:`_keep` does not keep (rejected candidates
+    and unused reward models, mostly: each round adds a policy and a reward model, hundreds of MB each at 135M
+    parameters). Their records stay, marked ``pruned``, so ``rlhf models`` and ``rlhf audit`` still show their
+    lineage and gate decisions; ``rlhf rollback`` refuses them. The kept set is decided under the registry lock
+    that marks the removals, so a promotion at the same time cannot lose its files."""
+
+    def plan(record: dict[str, Any]) -> tuple[list[str], dict[str, str], int]:
+        """(removed, kept, freed bytes), in :class:`PruneResult`'s order."""
+        keep = _keep(record, keep_last, keep_retired, also)
+        drop = sorted(v for v, m in record["models"].items() if v not in keep and not m.get("pruned"))
+        return drop, keep, sum(_folder_bytes(Path(record["models"][v]["path"])) for v in drop)
+
+    if dry_run:
+        return PruneResult(*plan(_read(paths)), dry_run=True)
     import bentoml
 
     with _locked(paths) as record:
+        drop, keep, freed = plan(record)
         for version in drop:
             entry = record["models"][version]
             if _stored_model(entry["tag"]) is not None:  # else gone already (by hand): the record says so now
                 bentoml.models.delete(entry["tag"])
             entry["pruned"] = _now()
-    log.info("pruned %d versions' files (%.1f MB): %s", len(drop), freed / 1e6, ", ".join(drop))
-    return PruneResult(drop, keep, freed, dry_run)
+    if drop:
+        log.info("pruned %d versions' files (%.1f MB): %s", len(drop), freed / 1e6, ", ".join(drop))
+    return PruneResult(drop, keep, freed, dry_run=False)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -236,9 +236,6 @@ def initial_policy(
 
     if parent is None and cfg.init_from == "champion":
         champ = registry.ppo_parent(paths)
-        if champ is None:
-            record = registry.champion(paths)
-            champ = record.version if record is not None else None
         if champ is not None and not champ.startswith("base-"):
             parent = champ
     if parent is None or parent.startswith("base-"):

@@ -59,9 +59,6 @@ def warm_start(cfg: RewardConfig, paths: ProjectPaths) -> WarmStart | None:
     if cfg.init_from != "champion":
         return None
     champion = registry.ppo_parent(paths)
-    if champion is None:
-        record = registry.champion(paths)
-        champion = record.version if record is not None else None
     if champion is None or champion.startswith("base-"):
         log.info("reward model: the champion is the base model; training from the backbone")
         return None
