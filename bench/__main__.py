@@ -27,6 +27,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "reward_splits": ("bench.reward_splits:main", "reward-model held-out accuracy over several prompt splits"),
     "hh_round": ("bench.hh_round:main", "one round on HH-RLHF: init -> import -> retrain (judge RM gate) -> audit"),
     "eval_stage": ("bench.eval_stage:main", "the evaluate stage's time at the default EvalConfig"),
+    "kl_estimators": (
+        "bench.kl_estimators:main",
+        "a policy's KL to its reference from a few replies: k1 against the exact per-position KL, their spread",
+    ),
     "eval_evidence": ("bench.eval_evidence:main", "the win rate's interval (A/A) by held-out fraction and samples"),
     "serving": ("bench.serving_load:main", "serving load test: 1 / 4 / 16 clients, batched vs one at a time"),
     "serving_hostage": ("bench.serving_load:main_hostage", "short requests beside a long one; streaming latency"),

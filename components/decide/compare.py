@@ -4,7 +4,8 @@
 of both drawn with the same seed, as the evaluate stage draws them), asks the configured judge (``eval.judge``)
 about every (prompt, sample), and reports A's win rate over B (ties half) with the same percentile bootstrap over
 prompts, each model's mean judge score, reward-model score, reply length and EOS rate, and A's KL to B per reply
-(summed k1 log-ratio on A's own samples, as the evaluate stage measures a candidate's KL to its reference).
+(the exact KL of the next-token distributions summed along A's own samples, as the evaluate stage measures a
+candidate's KL to its reference).
 
 It is a read-only audit: it writes only under ``reports/compare/`` (git-ignored, no DVC stage's output, so the
 evaluate stage's ``metrics/eval.json`` and reports, which the gate reads, stay as they were) and registers or

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -54,17 +54,26 @@ def sequence_kl(
     response_mask: torch.Tensor,
     temperature: float,
     policy_logits: torch.Tensor | None = None,
+    estimator: Literal["exact", "k1"] = "exact",
 ) -> torch.Tensor:
-    """Summed k1 log-ratio of each sampled response under policy vs reference; shape (B,).
+    """KL of each sampled response under policy vs reference, summed over its tokens; shape (B,).
 
-    ``policy_logits`` (B, R, V): the raw logits that sampled the response (``generate(return_internals=True)``),
-    used instead of a second policy forward, as PPO's rollout uses them. The same model as reference: 0."""
+    ``exact`` (default): at each position the exact KL of the two tempered next-token distributions
+    (:func:`~components.models.policy.ppo_math.chunked_token_kl`), the same mean over sampled replies as
+    ``k1`` (the sampled token's log-ratio) with about a quarter of its variance. ``policy_logits`` (B, R, V):
+    the raw logits that sampled the response (``generate(return_internals=True)``), used instead of a second
+    policy forward, as PPO's rollout uses them. The same model as reference: 0."""
     if reference is policy:
         return torch.zeros(response_ids.shape[0], device=response_ids.device)
     ids = torch.cat([query_ids, response_ids], dim=1)  # shape: (B, P+R)
     mask = torch.cat([query_mask, response_mask], dim=1)  # shape: (B, P+R)
     r = response_ids.shape[1]
     pol = policy_logits if policy_logits is not None else reply_logits_shared(policy, ids, mask, r)  # (B, R, V)
+    if estimator == "exact":
+        ref = reply_logits_shared(reference, ids, mask, r)  # shape: (B, R, V); the shared system prompt once
+        return (ppo_math.chunked_token_kl(pol, ref, temperature) * response_mask).sum(dim=1)  # shape: (B,)
+    if estimator != "k1":
+        raise ValueError(f"unknown KL estimator {estimator!r} (use 'exact' or 'k1')")
     logp = ppo_math.chunked_logprobs(pol, response_ids, temperature)[0]  # shape: (B, R)
     del pol  # a second pass's (B, R, V) logits are freed before the reference pass builds its own
     ref = reply_logits_shared(reference, ids, mask, r)  # shape: (B, R, V); the shared system prompt once
@@ -92,7 +101,8 @@ class ModelEval:
     eos_rate: float
     degenerate_rate: float
     kl: float | None = None
-    """Mean summed k1 log-ratio to the reference per reply (the candidate only)."""
+    """Mean KL to the reference per reply, summed along the reply (:func:`sequence_kl`, exact per position; the
+    candidate only)."""
 
 
 @dataclass(frozen=True)

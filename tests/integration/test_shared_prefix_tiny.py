@@ -4,6 +4,7 @@ scores and gradients during training."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from components.models.generation import generate, reply_logits
@@ -161,3 +162,10 @@ def test_the_evaluations_kl_from_the_sampling_logits_equals_a_second_policy_pass
     assert second_pass.abs().mean() > 0.1
     torch.testing.assert_close(from_sampling, second_pass, atol=1e-4, rtol=1e-4)
     assert torch.equal(sequence_kl(model, model, *args), torch.zeros(len(PROMPTS) * 3))  # itself: 0
+    # the sampled token's log-ratio (k1) per reply: the same from the sampling logits as from a second pass, and
+    # spread around the exact KL (its mean over the sampled token), which is never negative
+    k1 = sequence_kl(model, reference, *args, policy_logits=gen.logits, estimator="k1")
+    torch.testing.assert_close(k1, sequence_kl(model, reference, *args, estimator="k1"), atol=1e-4, rtol=1e-4)
+    assert (second_pass >= 0).all() and not torch.allclose(k1, second_pass, atol=1e-3)
+    with pytest.raises(ValueError, match="estimator"):
+        sequence_kl(model, reference, *args, estimator="k2")

@@ -157,6 +157,39 @@ def test_chunked_logprobs_equal_the_full_tensor_functions(dtype, max_elements):
     assert none is None and torch.equal(only, logp)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("max_elements", [1, 2 * 5 * 11, 1 << 22])  # one position per chunk, 5, all at once
+def test_chunked_token_kl_is_the_exact_kl_of_the_tempered_distributions(dtype, max_elements):
+    g = torch.Generator().manual_seed(5)
+    logits = (3 * torch.randn(2, 13, 11, generator=g)).to(dtype)  # shape: (B, T, V)
+    ref = (3 * torch.randn(2, 13, 11, generator=g)).to(dtype)
+    kl = ppo_math.chunked_token_kl(logits, ref, 0.7, max_elements=max_elements)
+    p = torch.distributions.Categorical(logits=logits.float() / 0.7)
+    q = torch.distributions.Categorical(logits=ref.float() / 0.7)
+    assert kl.shape == (2, 13) and kl.dtype == torch.float32
+    assert torch.allclose(kl, torch.distributions.kl_divergence(p, q), atol=1e-5, rtol=1e-5)
+    assert (kl >= 0).all() and kl.mean() > 0.5  # two random distributions: well apart
+    assert torch.equal(ppo_math.chunked_token_kl(logits, logits, 0.7, max_elements=max_elements), torch.zeros(2, 13))
+    with pytest.raises(ValueError, match="differ"):
+        ppo_math.chunked_token_kl(logits, ref[:, :5], 0.7)
+    with pytest.raises(ValueError, match="temperature"):
+        ppo_math.chunked_token_kl(logits, ref, 0.0)
+
+
+def test_chunked_token_kl_is_k1_averaged_over_the_sampled_token_with_less_spread():
+    """The Rao-Blackwell relation the KL bound relies on: k1 at a position, averaged over the token the policy
+    samples there, is the exact KL; k1 of one sampled token is spread around it, the exact KL is not."""
+    g = torch.Generator().manual_seed(6)
+    logits, ref = 2 * torch.randn(1, 4, 7, generator=g), 2 * torch.randn(1, 4, 7, generator=g)
+    exact = ppo_math.chunked_token_kl(logits, ref, 1.0)[0]  # shape: (4,)
+    tokens = torch.distributions.Categorical(logits=logits[0]).sample((200_000,))  # shape: (N, 4)
+    logp = torch.log_softmax(logits[0], -1).gather(-1, tokens.T).T  # shape: (N, 4)
+    logq = torch.log_softmax(ref[0], -1).gather(-1, tokens.T).T
+    k1 = ppo_math.kl_per_token(logp, logq, "k1")  # shape: (N, 4)
+    assert torch.allclose(k1.mean(0), exact, atol=0.03)
+    assert (k1.std(0) > 0.3).all()
+
+
 def test_chunked_logprobs_gradient_equals_the_full_tensor_function():
     g = torch.Generator().manual_seed(4)
     logits = torch.randn(3, 6, 9, generator=g, dtype=torch.float64)
