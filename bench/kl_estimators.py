@@ -12,7 +12,7 @@ prompt and of the prompts' means, and the spread of a KL bound's measurement: on
 prompts (the DPO bound's ``kl_prompts``), drawn ``--draws`` times from the replies sampled here.
 
     python -m bench kl_estimators --project demo --candidate ~/bentoml/models/rlhf-policy/VERSION
-    python -m bench kl_estimators --model tiny --candidate tiny --prompts 4 --replies 2 --out /tmp/k.json  # quick
+    python -m bench kl_estimators --model tiny --candidate tiny --prompts 4 --replies 2 --out k.json  # quick
 """
 
 from __future__ import annotations
