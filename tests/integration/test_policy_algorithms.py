@@ -222,7 +222,9 @@ def test_online_optimisers_stop_at_their_kl_bound(tmp_path, algorithm):
     # step 1 samples the parent (KL 0) and trains; step 2's batch, from the trained policy, is beyond 1e-3 nats
     assert [r["step"] for r in rows] == [1, 2] and [r["kl_bound/stopped"] for r in rows] == [0.0, 1.0]
     assert rows[0]["policy/minibatches"] >= 1 and rows[1]["policy/minibatches"] == 0
-    assert rows[1]["kl_bound/sampled_kl"] == rows[1]["objective/kl"] > 1e-3
+    # the batch measured exactly (the same mean as its k1 reading, objective/kl; never negative)
+    assert rows[1]["kl_bound/sampled_kl"] == rows[1]["objective/kl_exact"] > 1e-3
+    assert all(r["objective/kl_exact"] >= 0 for r in rows)
     # the parent's own batch measured at step 1 (KL 0 up to float rounding)
     assert rows[1]["kl_bound/kept_step"] == 0.0 and rows[1]["kl_bound/kept_kl"] == rows[0]["kl_bound/sampled_kl"]
     weights = {n: p.detach().clone() for n, p in bounded.actor_critic.named_parameters() if p.requires_grad}
@@ -230,7 +232,7 @@ def test_online_optimisers_stop_at_their_kl_bound(tmp_path, algorithm):
     again = run(params(1e-3), a, resume=True)
     assert again.steps_run == 0 and again.export_dir is not None  # the checkpoint at the stop: no further step
     summary = json.loads((a / "metrics" / "ppo.json").read_text())
-    assert summary["stopped_at_step"] == 2 and summary["kl_at_stop"] == rows[1]["objective/kl"]
+    assert summary["stopped_at_step"] == 2 and summary["kl_at_stop"] == rows[1]["kl_bound/sampled_kl"]
     assert summary["exported_step"] == 0 and summary["exported_kl"] == rows[0]["kl_bound/sampled_kl"] < 1e-5
     manifest = json.loads((again.export_dir / "manifest.json").read_text())["metrics"]
     assert manifest["stopped_at_step"] == 2 and manifest["exported_step"] == 0

@@ -38,6 +38,7 @@ class RolloutBatch:
     entropy: torch.Tensor | None = None  # shape: (B, R)
     gen_logits: torch.Tensor | None = None  # shape: (B, R, V), the logits sampling used (shared trunk only)
     gen_hidden: torch.Tensor | None = None  # shape: (B, R, H), the policy's last hidden states while sampling
+    exact_kl: torch.Tensor | None = None  # shape: (B,), per reply the summed exact KL to the reference (a bound's)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -65,6 +66,7 @@ def slice_rows(batch: RolloutBatch, idx: slice | torch.Tensor) -> RolloutBatch:
         entropy=pick(batch.entropy),
         gen_logits=pick(batch.gen_logits),
         gen_hidden=pick(batch.gen_hidden),
+        exact_kl=pick(batch.exact_kl),
     )
 
 

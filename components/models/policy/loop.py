@@ -271,6 +271,13 @@ class PolicyTrainer:
         cfg = self.cfg
         fb = self.forward_batch_size(batch)  # replies per no-grad pass
         ac = self.unwrapped
+        bound = self.algo.kl_bound
+        # a KL bound measured on this batch (the online optimisers'): the exact KL per reply, from the same logits
+        exact = bound is not None and bound.prompts is None and self.algo.needs_old_logp
+
+        def exact_sum(part: RolloutBatch, logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+            return (ppo_math.chunked_token_kl(logits, ref_logits, cfg.temperature) * part.mask.float()).sum(1)
+
         if batch.gen_logits is not None:
             logits = batch.gen_logits  # shape: (B, R, V)
             # shapes: (B, R) each; a chunk of positions at a time, never a float32 (B, R, V) copy
@@ -288,9 +295,14 @@ class PolicyTrainer:
             frozen = ac.policy if self.reference is None else self.reference
             with self.acc.autocast(), cast_frozen_weights_once(frozen):
                 ref_logits = [self._reference_logits(part) for part in parts]
-            for part, logits in zip(parts, ref_logits):
-                ref_logp.append(ppo_math.chunked_logprobs(logits, part.response_ids, cfg.temperature)[0])
+            for part, ref in zip(parts, ref_logits):
+                ref_logp.append(ppo_math.chunked_logprobs(ref, part.response_ids, cfg.temperature)[0])
             batch.ref_logp = torch.cat(ref_logp)  # shape: (B, R)
+            if exact:
+                starts = range(0, len(batch.prompts), fb)  # the parts' rows in ``logits``, the sampling's
+                batch.exact_kl = torch.cat(
+                    [exact_sum(p, logits[s : s + fb], ref) for s, p, ref in zip(starts, parts, ref_logits)]
+                )
             return
         if not self.algo.needs_old_logp:
             # the policy's log-probs and entropy come from the update's first pass (``update``), not a pass here
@@ -302,7 +314,7 @@ class PolicyTrainer:
                 ref_logp.append(ppo_math.chunked_logprobs(ref_logits, part.response_ids, cfg.temperature)[0])
             batch.ref_logp = torch.cat(ref_logp)  # shape: (B, R)
             return
-        logp, ref_logp, values, entropy = [], [], [], []
+        logp, ref_logp, values, entropy, exact_kls = [], [], [], [], []
         for s in range(0, len(batch.prompts), fb):
             part = slice_rows(batch, slice(s, s + fb))
             with self.acc.autocast():
@@ -316,7 +328,10 @@ class PolicyTrainer:
             entropy.append(part_entropy)
             if v is not None:
                 values.append(v.float())
+            if exact:
+                exact_kls.append(exact_sum(part, logits, ref_logits))
         batch.logp, batch.ref_logp = torch.cat(logp), torch.cat(ref_logp)  # shape: (B, R)
+        batch.exact_kl = torch.cat(exact_kls) if exact else None  # shape: (B,)
         batch.values = torch.cat(values) if values else None  # shape: (B, R)
         batch.entropy = torch.cat(entropy)  # shape: (B, R)
 
@@ -362,10 +377,10 @@ class PolicyTrainer:
         rng = np.random.default_rng(self.seed + 104729)
         prompts = [self.all_prompts[i] for i in rng.choice(len(self.all_prompts), size=n, replace=True)]
         batch = self.rollout(prompts, seed=self.seed + 15485863)
-        return self._mean(self.exact_kl(batch).mean())
+        return self._mean(self.measure_exact_kl(batch).mean())
 
     @torch.no_grad()
-    def exact_kl(self, batch: RolloutBatch) -> torch.Tensor:
+    def measure_exact_kl(self, batch: RolloutBatch) -> torch.Tensor:
         """Per reply of ``batch``, the summed exact KL of the policy's next-token distributions to the
         reference's (B,): the policy's logits from the rollout (a pass of its own with a separate value trunk),
         the reference's from a pass, ``forward_batch_size`` replies at a time."""
@@ -567,8 +582,10 @@ class PolicyTrainer:
             mean_kl = self.mean_kl(batch) if algo.needs_old_logp else float("nan")
             kl_coef = algo.kl_coef(self.kl_ctl.value)
             targets = algo.targets(batch, raw, scores, kl_coef, mean_kl)
-            # A KL bound measured on the step's own batch (the online optimisers'): beyond it, no update, and stop.
-            if self.check_kl_bound(mean_kl):
+            # A KL bound measured on the step's own batch (the online optimisers', the exact KL per reply):
+            # beyond it, no update, and stop.
+            batch_kl = mean_kl if batch.exact_kl is None else self._mean(batch.exact_kl.mean())
+            if self.check_kl_bound(batch_kl):
                 targets = Targets(None, {}, targets.stats)
 
             # 5. update: epochs over minibatches
@@ -623,6 +640,8 @@ class PolicyTrainer:
             row["objective/score_penalised"] = penalised
             row["objective/rlhf_reward"] = penalised - kl_coef * mean_kl
         row["objective/kl"] = mean_kl
+        if batch.exact_kl is not None:  # the same mean as objective/kl, measured exactly (a bound's measurement)
+            row["objective/kl_exact"] = self._mean(batch.exact_kl.mean())
         row["objective/kl_coef"] = kl_coef
         if batch.entropy is not None:
             row["objective/entropy"] = self._mean(ppo_math.masked_mean(batch.entropy, m))
