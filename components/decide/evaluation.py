@@ -71,7 +71,7 @@ def sequence_kl(
     pol = policy_logits if policy_logits is not None else reply_logits_shared(policy, ids, mask, r)  # (B, R, V)
     if estimator == "exact":
         ref = reply_logits_shared(reference, ids, mask, r)  # shape: (B, R, V); the shared system prompt once
-        return (ppo_math.chunked_token_kl(pol, ref, temperature) * response_mask).sum(dim=1)  # shape: (B,)
+        return ppo_math.reply_kl(pol, ref, response_mask, temperature)  # shape: (B,)
     if estimator != "k1":
         raise ValueError(f"unknown KL estimator {estimator!r} (use 'exact' or 'k1')")
     logp = ppo_math.chunked_logprobs(pol, response_ids, temperature)[0]  # shape: (B, R)

@@ -170,6 +170,10 @@ def test_chunked_token_kl_is_the_exact_kl_of_the_tempered_distributions(dtype, m
     assert torch.allclose(kl, torch.distributions.kl_divergence(p, q), atol=1e-5, rtol=1e-5)
     assert (kl >= 0).all() and kl.mean() > 0.5  # two random distributions: well apart
     assert torch.equal(ppo_math.chunked_token_kl(logits, logits, 0.7, max_elements=max_elements), torch.zeros(2, 13))
+    mask = torch.ones(2, 13)
+    mask[0, 9:] = 0  # a reply that ended at position 9: later positions do not count
+    per_reply = ppo_math.reply_kl(logits, ref, mask, 0.7)  # shape: (B,)
+    assert torch.allclose(per_reply, torch.stack([kl[0, :9].sum(), kl[1].sum()]), atol=1e-4, rtol=1e-5)
     with pytest.raises(ValueError, match="differ"):
         ppo_math.chunked_token_kl(logits, ref[:, :5], 0.7)
     with pytest.raises(ValueError, match="temperature"):

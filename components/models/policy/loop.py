@@ -275,9 +275,6 @@ class PolicyTrainer:
         # a KL bound measured on this batch (the online optimisers'): the exact KL per reply, from the same logits
         exact = bound is not None and bound.prompts is None and self.algo.needs_old_logp
 
-        def exact_sum(part: RolloutBatch, logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
-            return (ppo_math.chunked_token_kl(logits, ref_logits, cfg.temperature) * part.mask.float()).sum(1)
-
         if batch.gen_logits is not None:
             logits = batch.gen_logits  # shape: (B, R, V)
             # shapes: (B, R) each; a chunk of positions at a time, never a float32 (B, R, V) copy
@@ -301,7 +298,10 @@ class PolicyTrainer:
             if exact:
                 starts = range(0, len(batch.prompts), fb)  # the parts' rows in ``logits``, the sampling's
                 batch.exact_kl = torch.cat(
-                    [exact_sum(p, logits[s : s + fb], ref) for s, p, ref in zip(starts, parts, ref_logits)]
+                    [
+                        ppo_math.reply_kl(logits[s : s + fb], ref, p.mask, cfg.temperature)
+                        for s, p, ref in zip(starts, parts, ref_logits)
+                    ]
                 )
             return
         if not self.algo.needs_old_logp:
@@ -329,7 +329,7 @@ class PolicyTrainer:
             if v is not None:
                 values.append(v.float())
             if exact:
-                exact_kls.append(exact_sum(part, logits, ref_logits))
+                exact_kls.append(ppo_math.reply_kl(logits, ref_logits, part.mask, cfg.temperature))
         batch.logp, batch.ref_logp = torch.cat(logp), torch.cat(ref_logp)  # shape: (B, R)
         batch.exact_kl = torch.cat(exact_kls) if exact else None  # shape: (B,)
         batch.values = torch.cat(values) if values else None  # shape: (B, R)
@@ -397,8 +397,7 @@ class PolicyTrainer:
             else:
                 with self.acc.autocast():
                     pol = ac(part.input_ids, part.attention_mask, part.context_length)[0]
-            kl = ppo_math.chunked_token_kl(pol, ref, cfg.temperature)  # shape: (b, R)
-            kls.append((kl * part.mask.float()).sum(1))
+            kls.append(ppo_math.reply_kl(pol, ref, part.mask, cfg.temperature))  # shape: (b,)
         return torch.cat(kls)  # shape: (B,)
 
     def _trainable(self) -> dict[str, torch.Tensor]:

@@ -151,6 +151,11 @@ def chunked_token_kl(
     return torch.cat(out, dim=1) if out else logits.new_zeros(logits.shape[:2], dtype=torch.float32)
 
 
+def reply_kl(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per reply, :func:`chunked_token_kl` summed over its real positions (``mask`` (B, R)); shape (B,)."""
+    return (chunked_token_kl(logits, ref_logits, temperature) * mask.float()).sum(dim=1)
+
+
 def _token_kl(logits: torch.Tensor, ref_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     logp = F.log_softmax(logits.float() / temperature, dim=-1)  # shape: (B, c, V)
     logq = F.log_softmax(ref_logits.float() / temperature, dim=-1)  # shape: (B, c, V)
@@ -386,4 +391,5 @@ __all__ = [
     "masked_mean",
     "masked_var",
     "masked_whiten",
+    "reply_kl",
 ]
