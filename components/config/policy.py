@@ -28,11 +28,11 @@ class RLOOConfig:
     whiten_advantages: bool = False
     """Whiten the leave-one-out advantages over the batch (TRL ``normalize_advantage``, default off)."""
     max_kl: float | None = 5.0
-    """Bound on the KL to the reference (the parent), in nats per reply: the mean summed k1 of each step's own
-    samples (the batch's ``objective/kl``, measured before the update); a step whose batch is beyond it makes no
-    update, training stops there and the policy goes back to its weights at the last batch within the bound; the
-    last step's update is measured on samples of its own (as ``dpo.max_kl``). null = no bound: the KL controller's
-    penalty alone holds the policy. 5.0 leaves 1 nat below the gate's default ``gate.max_kl`` (6)
+    """Bound on the KL to the reference (the parent), in nats per reply: the mean KL of each step's own samples, summed
+    exactly along each reply (the batch's ``objective/kl_exact``, measured before the update); a step whose batch is
+    beyond it makes no update, training stops there and the policy goes back to its weights at the last batch within the
+    bound; the last step's update is measured on samples of its own (as ``dpo.max_kl``). null = no bound: the KL
+    controller's penalty alone holds the policy. 5.0 leaves 1 nat below the gate's default ``gate.max_kl`` (6)
     (docs/optimisers.md)."""
 
 
@@ -52,11 +52,11 @@ class GRPOConfig:
     clip_range: float = 0.2
     """Token ratio clip epsilon (TRL ``epsilon``: 0.2)."""
     max_kl: float | None = 5.0
-    """Bound on the KL to the reference (the parent), in nats per reply: the mean summed k1 of each step's own
-    samples (the batch's ``objective/kl``, measured before the update); a step whose batch is beyond it makes no
-    update, training stops there and the policy goes back to its weights at the last batch within the bound; the
-    last step's update is measured on samples of its own (as ``dpo.max_kl``). null = no bound: ``kl_coef`` alone
-    holds the policy. 5.0 leaves 1 nat below the gate's default ``gate.max_kl`` (6) (docs/optimisers.md)."""
+    """Bound on the KL to the reference (the parent), in nats per reply: the mean KL of each step's own samples, summed
+    exactly along each reply (the batch's ``objective/kl_exact``, measured before the update); a step whose batch is
+    beyond it makes no update, training stops there and the policy goes back to its weights at the last batch within the
+    bound; the last step's update is measured on samples of its own (as ``dpo.max_kl``). null = no bound: ``kl_coef``
+    alone holds the policy. 5.0 leaves 1 nat below the gate's default ``gate.max_kl`` (6) (docs/optimisers.md)."""
 
 
 @dataclass(frozen=True)
@@ -78,13 +78,13 @@ class DPOConfig:
     epochs: int = 1
     """Passes over each step's pairs."""
     max_kl: float | None = 5.0
-    """Bound on the KL to the reference (the parent), in nats per reply: every ``kl_every`` steps and after the last
-    one the policy samples replies to ``kl_prompts`` training prompts (``policy.prompts``) and the mean summed k1 to
-    the reference is measured on them, as ``bon_sft`` measures its bound; once it exceeds ``max_kl``, training stops
-    (no further update) and the policy goes back to its weights at the last measurement within the bound (the
-    parent's if none), the ones exported. null = no bound: the pairs' loss alone decides how far it goes. 5.0 leaves
-    1 nat below the gate's default ``gate.max_kl`` (6) for the held-out prompts' KL scattering around the training
-    prompts' one (the steps since the last measurement within the bound are undone)."""
+    """Bound on the KL to the reference (the parent), in nats per reply: every ``kl_every`` steps and after the last one
+    the policy samples replies to ``kl_prompts`` training prompts (``policy.prompts``) and their mean KL to the
+    reference is measured on them, exactly along each reply (``ppo_math.reply_kl``), as ``bon_sft`` measures its bound;
+    once it exceeds ``max_kl``, training stops (no further update) and the policy goes back to its weights at the last
+    measurement within the bound (the parent's if none), the ones exported. null = no bound: the pairs' loss alone
+    decides how far it goes. 5.0 leaves 1 nat below the gate's default ``gate.max_kl`` (6) for the held-out prompts' KL
+    scattering around the training prompts' one (the steps since the last measurement within the bound are undone)."""
     kl_every: int = 1
     """Steps between two measurements of the bounded KL. Each costs one batched generation of ``kl_prompts``
     replies and a reference pass (on CPU about as long as an offline DPO step); a stop goes back to the last
@@ -113,11 +113,11 @@ class OnlineDPOConfig:
     epochs: int = 1
     """Passes over each step's pairs."""
     max_kl: float | None = 5.0
-    """Bound on the KL to the reference (the parent), in nats per reply: the mean summed k1 of each step's own
-    samples (the batch's ``objective/kl``, measured before the update); a step whose batch is beyond it makes no
-    update, training stops there and the policy goes back to its weights at the last batch within the bound; the
-    last step's update is measured on samples of its own (as ``dpo.max_kl``). null = no bound: ``beta`` alone holds
-    the policy. 5.0 leaves 1 nat below the gate's default ``gate.max_kl`` (6) (docs/optimisers.md)."""
+    """Bound on the KL to the reference (the parent), in nats per reply: the mean KL of each step's own samples, summed
+    exactly along each reply (the batch's ``objective/kl_exact``, measured before the update); a step whose batch is
+    beyond it makes no update, training stops there and the policy goes back to its weights at the last batch within the
+    bound; the last step's update is measured on samples of its own (as ``dpo.max_kl``). null = no bound: ``beta`` alone
+    holds the policy. 5.0 leaves 1 nat below the gate's default ``gate.max_kl`` (6) (docs/optimisers.md)."""
 
 
 @dataclass(frozen=True)
@@ -130,10 +130,10 @@ class BoNSFTConfig:
     epochs: int = 2
     """Supervised passes over each step's best replies."""
     max_kl: float | None = 5.0
-    """Bound on the KL to the parent (nats per reply, k1 on the policy's own samples, measured on each step's batch
-    before the update): a step whose samples are further away makes no update, training stops there and the policy
-    goes back to its weights at the last batch within the bound; the last step's update is measured on samples of
-    its own (as ``grpo.max_kl``). null = no bound."""
+    """Bound on the KL to the parent (nats per reply, the exact KL summed along each of the policy's own samples,
+    measured on each step's batch before the update: ``objective/kl_exact``): a step whose samples are further away
+    makes no update, training stops there and the policy goes back to its weights at the last batch within the bound;
+    the last step's update is measured on samples of its own (as ``grpo.max_kl``). null = no bound."""
 
 
 @dataclass(frozen=True)

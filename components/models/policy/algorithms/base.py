@@ -26,9 +26,10 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class KLBound:
-    """A bound on the KL to the reference (nats per reply, mean summed k1) measured on the policy's own samples;
-    once a measurement exceeds ``max_kl`` the loop stops training (no further update), puts back the weights of the
-    last measurement within the bound and checkpoints there."""
+    """A bound on the KL to the reference (nats per reply, the mean exact KL summed along each reply,
+    ``ppo_math.reply_kl``) measured on the policy's own samples; once a measurement exceeds ``max_kl`` the loop
+    stops training (no further update), puts back the weights of the last measurement within the bound and
+    checkpoints there."""
 
     max_kl: float
     every: int = 1
