@@ -260,9 +260,11 @@ class PolicyTrainer:
     # -- 2. forward (no grad) ----------------------------------------------------------------
 
     @torch.no_grad()
-    def forward_batch(self, batch: RolloutBatch) -> None:
+    def forward_batch(self, batch: RolloutBatch, exact_kl: bool = False) -> None:
         """Fill the rollout-time log-probs, reference log-probs, values and entropy, ``forward_batch_size``
-        replies per pass (default: the whole batch at once).
+        replies per pass (default: the whole batch at once); with ``exact_kl``, or a KL bound measured on the
+        batch (the online optimisers'), also ``batch.exact_kl``: per reply the exact KL to the reference summed
+        along it (:func:`~components.models.policy.ppo_math.reply_kl`), from the same logits.
 
         With the shared trunk, the policy's part comes from the rollout itself: the logits that sampled each
         token and the last hidden state before it (KV-cached, equal to a full forward pass up to float
@@ -272,8 +274,7 @@ class PolicyTrainer:
         fb = self.forward_batch_size(batch)  # replies per no-grad pass
         ac = self.unwrapped
         bound = self.algo.kl_bound
-        # a KL bound measured on this batch (the online optimisers'): the exact KL per reply, from the same logits
-        exact = bound is not None and bound.prompts is None and self.algo.needs_old_logp
+        exact = exact_kl or (bound is not None and bound.prompts is None and self.algo.needs_old_logp)
 
         if batch.gen_logits is not None:
             logits = batch.gen_logits  # shape: (B, R, V)
@@ -304,7 +305,7 @@ class PolicyTrainer:
                     ]
                 )
             return
-        if not self.algo.needs_old_logp:
+        if not self.algo.needs_old_logp and not exact:
             # the policy's log-probs and entropy come from the update's first pass (``update``), not a pass here
             ref_logp = []
             for s in range(0, len(batch.prompts), fb):
@@ -377,28 +378,8 @@ class PolicyTrainer:
         rng = np.random.default_rng(self.seed + 104729)
         prompts = [self.all_prompts[i] for i in rng.choice(len(self.all_prompts), size=n, replace=True)]
         batch = self.rollout(prompts, seed=self.seed + 15485863)
-        return self._mean(self.measure_exact_kl(batch).mean())
-
-    @torch.no_grad()
-    def measure_exact_kl(self, batch: RolloutBatch) -> torch.Tensor:
-        """Per reply of ``batch``, the summed exact KL of the policy's next-token distributions to the
-        reference's (B,): the policy's logits from the rollout (a pass of its own with a separate value trunk),
-        the reference's from a pass, ``forward_batch_size`` replies at a time."""
-        cfg, ac = self.cfg, self.unwrapped
-        fb = self.forward_batch_size(batch)
-        frozen = ac.policy if self.reference is None else self.reference
-        kls = []
-        for s in range(0, len(batch.prompts), fb):
-            part = slice_rows(batch, slice(s, s + fb))
-            with self.acc.autocast(), cast_frozen_weights_once(frozen):
-                ref = self._reference_logits(part)  # shape: (b, R, V)
-            if part.gen_logits is not None:
-                pol = part.gen_logits  # shape: (b, R, V)
-            else:
-                with self.acc.autocast():
-                    pol = ac(part.input_ids, part.attention_mask, part.context_length)[0]
-            kls.append(ppo_math.reply_kl(pol, ref, part.mask, cfg.temperature))  # shape: (b,)
-        return torch.cat(kls)  # shape: (B,)
+        self.forward_batch(batch, exact_kl=True)
+        return self._mean(batch.exact_kl.mean())
 
     def _trainable(self) -> dict[str, torch.Tensor]:
         """The parameters training changes (LoRA adapters, or every weight), by name."""
